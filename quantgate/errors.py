@@ -1,0 +1,50 @@
+"""The error family. Every message names the bad value and the way out; the CLI prints it without a
+traceback. A rejected model is not an error: it is a `Decision` (see gates.py)."""
+
+
+class QuantgateError(Exception):
+    """Base of every error quantgate raises on purpose."""
+
+
+class ConfigError(QuantgateError):
+    """A setting, flag or flow parameter has a value that cannot work."""
+
+
+class StorageError(QuantgateError):
+    """Object storage could not be reached or refused a request."""
+
+
+class StorageUnreachableError(StorageError):
+    pass
+
+
+class StorageAuthError(StorageError):
+    pass
+
+
+class NotFoundError(StorageError):
+    """A model version, bucket or object that should exist does not."""
+
+
+class ConflictError(StorageError):
+    """A create-only write found the object already there (a concurrent or repeated run)."""
+
+
+class IntegrityError(QuantgateError):
+    """A file's checksum does not match what its manifest or registration says."""
+
+
+class InvalidModelError(QuantgateError):
+    """The registered model folder cannot be loaded or exported safely."""
+
+
+class HeldoutValidationError(QuantgateError):
+    """The held-out set failed its data checks; the run stops before any model work."""
+
+    def __init__(self, message: str, failures: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.failures = failures or []
+
+
+class ExportError(QuantgateError):
+    """Export to ONNX failed, or the exported graph does not reproduce the PyTorch outputs."""

@@ -1,0 +1,157 @@
+"""Held-out sets: parse a file into a DataFrame, then check it with Great Expectations before any model
+work. A task type declares its `HeldoutSchema`; the GX suite is built from it, so a new task type brings
+its own columns without new validation code."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from quantgate.errors import HeldoutValidationError
+
+ColumnKind = Literal["text", "score", "label"]
+
+
+class HeldoutSchema(BaseModel):
+    columns: dict[str, ColumnKind]
+    score_min: float = 0.0
+    score_max: float = 5.0
+    min_rows: int = Field(10, ge=1)
+    max_rows: int = Field(1_000_000, ge=1)
+    max_text_chars: int = Field(10_000, ge=1)
+    unique_columns: list[str] = Field(default_factory=list)
+
+
+class ValidationOutcome(BaseModel):
+    success: bool
+    rows: int
+    failures: list[str]
+    statistics: dict[str, Any]
+    result: dict[str, Any] = Field(description="the GX validation result as JSON")
+
+
+# --- parsing -----------------------------------------------------------------------------------------------
+
+def read_utf8(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HeldoutValidationError(
+            f"held-out file {path.name} is not UTF-8 (bad byte at offset {exc.start}): re-save it as UTF-8",
+            [f"encoding: invalid UTF-8 at byte {exc.start}"],
+        ) from None
+
+
+def load_sts_tsv(path: Path) -> pd.DataFrame:
+    """STS Benchmark layout: tab separated, no header, no quoting;
+    `genre filename year score sentence1 sentence2 [extra fields...]`. Sentences contain '"', so quoting
+    is off (csv.QUOTE_NONE). Rows with too few fields keep None in the missing columns, so the GX suite
+    reports them instead of the parser guessing."""
+    text = read_utf8(path)
+    records = []
+    for fields in csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE):
+        if not fields or fields == [""]:
+            continue
+        padded = fields + [None] * (7 - len(fields))
+        records.append({"score": padded[4], "sentence1": padded[5], "sentence2": padded[6]})
+    df = pd.DataFrame.from_records(records, columns=["score", "sentence1", "sentence2"])
+    df["score"] = pd.to_numeric(df["score"], errors="coerce")
+    return df
+
+
+LOADERS = {"sts-tsv": load_sts_tsv}
+
+
+def load_heldout(path: Path, fmt: str) -> pd.DataFrame:
+    try:
+        loader = LOADERS[fmt]
+    except KeyError:
+        raise HeldoutValidationError(
+            f"unknown held-out format {fmt!r}: choose one of {sorted(LOADERS)}"
+        ) from None
+    return loader(path)
+
+
+# --- validation with Great Expectations -----------------------------------------------------------------
+
+def _expectations(schema: HeldoutSchema) -> list[Any]:
+    import great_expectations as gx
+
+    exp = gx.expectations
+    out: list[Any] = [
+        exp.ExpectTableColumnsToMatchSet(column_set=list(schema.columns), exact_match=True),
+        exp.ExpectTableRowCountToBeBetween(min_value=schema.min_rows, max_value=schema.max_rows),
+    ]
+    for column, kind in schema.columns.items():
+        out.append(exp.ExpectColumnValuesToNotBeNull(column=column))
+        if kind == "text":
+            # At least one non-space character: an empty or blank sentence has no meaning to embed.
+            out.append(exp.ExpectColumnValuesToMatchRegex(column=column, regex=r"\S"))
+            out.append(exp.ExpectColumnValueLengthsToBeBetween(column=column, min_value=1,
+                                                               max_value=schema.max_text_chars))
+        elif kind == "score":
+            out.append(exp.ExpectColumnValuesToBeBetween(column=column, min_value=schema.score_min,
+                                                         max_value=schema.score_max))
+    if schema.unique_columns:
+        out.append(exp.ExpectCompoundColumnsToBeUnique(column_list=schema.unique_columns))
+    return out
+
+
+def _describe_failure(res: dict[str, Any]) -> str:
+    cfg = res.get("expectation_config", {})
+    kwargs = {k: v for k, v in cfg.get("kwargs", {}).items() if k not in {"batch_id"}}
+    column = kwargs.pop("column", None)
+    result = res.get("result", {})
+    where = f"column {column!r}: " if column else ""
+    detail = ""
+    if "unexpected_count" in result:
+        sample = result.get("partial_unexpected_list", [])[:3]
+        detail = f" ({result['unexpected_count']} bad values, e.g. {sample})"
+    elif "observed_value" in result:
+        detail = f" (observed {result['observed_value']})"
+    return f"{where}{cfg.get('type', '?')} {kwargs}{detail}"
+
+
+def validate_heldout(df: pd.DataFrame, schema: HeldoutSchema, name: str = "heldout") -> ValidationOutcome:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations as gx
+
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    # tqdm bars from inside a Prefect task would flood the run logs.
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    source = context.data_sources.add_pandas(name="heldout")
+    batch_def = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe("all")
+    suite = context.suites.add(gx.ExpectationSuite(name=f"{name}-suite"))
+    for expectation in _expectations(schema):
+        suite.add_expectation(expectation)
+    validation = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{name}-validation", data=batch_def, suite=suite)
+    )
+    result = validation.run(batch_parameters={"dataframe": df}, result_format="SUMMARY").to_json_dict()
+    failures = [_describe_failure(r) for r in result["results"] if not r["success"]]
+    return ValidationOutcome(
+        success=bool(result["success"]),
+        rows=len(df),
+        failures=failures,
+        statistics=result.get("statistics", {}),
+        result=result,
+    )
+
+
+def require_valid(outcome: ValidationOutcome, filename: str) -> None:
+    if not outcome.success:
+        listed = "; ".join(outcome.failures)
+        raise HeldoutValidationError(
+            f"held-out set {filename} failed {len(outcome.failures)} data check(s): {listed}. "
+            "Fix the file and register a new version.",
+            outcome.failures,
+        )

@@ -1,0 +1,217 @@
+"""A model version's life in storage: register → pull → (promote | reject). Every function takes an
+`ObjectStore` and local paths; the key layout lives in registry.py.
+
+Write order is what makes a crash harmless: data files first, the JSON record that makes them count
+(registration.json, manifest.json, the rejection report) last and create-only. A reader that trusts only
+files named by a record never sees a half-written version.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from quantgate.errors import ConflictError, IntegrityError, InvalidModelError, NotFoundError, StorageError
+from quantgate.export import check_model_folder
+from quantgate.heldout import read_utf8
+from quantgate.registry import (
+    FileEntry,
+    Manifest,
+    ModelRef,
+    Outcome,
+    Registration,
+    manifest_key,
+    parse_registration_key,
+    promoted_key,
+    registered_heldout_key,
+    registered_model_key,
+    registration_key,
+    rejected_prefix,
+    rejection_key,
+    run_prefix,
+    source_checksum,
+)
+from quantgate.storage import ObjectStore, sha256_file
+from quantgate.tasktypes import get_task_type
+
+
+def _json_bytes(data: Any) -> bytes:
+    return json.dumps(data, indent=2, sort_keys=True, default=str).encode()
+
+
+def model_files(model_dir: Path) -> list[Path]:
+    """Every regular file of a model folder, hidden files skipped, links refused (they could point
+    anywhere on the registering machine)."""
+    if not model_dir.is_dir():
+        raise InvalidModelError(f"model folder {model_dir} does not exist or is not a folder")
+    files = []
+    for path in sorted(model_dir.rglob("*")):
+        rel = path.relative_to(model_dir)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if path.is_symlink():
+            raise InvalidModelError(f"{rel} in {model_dir} is a symbolic link: copy the real file in")
+        if path.is_file():
+            files.append(path)
+    return files
+
+
+# --- register ----------------------------------------------------------------------------------------------
+
+def register(store: ObjectStore, ref: ModelRef, model_dir: Path, heldout: Path, task: str,
+             allow_pickle: bool = False) -> Registration:
+    task_type = get_task_type(task)
+    check_model_folder(model_dir, allow_pickle)
+    if not heldout.is_file():
+        raise InvalidModelError(f"held-out file {heldout} does not exist")
+    read_utf8(heldout)  # refuse a non-UTF-8 file before anything is uploaded
+    if store.exists(registration_key(ref)):
+        raise ConflictError(f"{ref} is already registered: register a new version instead")
+    entries = []
+    for path in model_files(model_dir):
+        rel = path.relative_to(model_dir).as_posix()
+        digest = store.put_file(registered_model_key(ref, rel), path)
+        entries.append(FileEntry(path=rel, sha256=digest, size=path.stat().st_size))
+    held_digest = store.put_file(registered_heldout_key(ref, heldout.name), heldout)
+    registration = Registration(
+        model=ref.name, version=ref.version, task=task_type.name, heldout_format=task_type.heldout_format,
+        files=entries, heldout=FileEntry(path=heldout.name, sha256=held_digest, size=heldout.stat().st_size),
+        source_checksum=source_checksum(entries),
+    )
+    try:
+        store.put_bytes(registration_key(ref), _json_bytes(registration.model_dump(mode="json")),
+                        create_only=True, content_type="application/json")
+    except ConflictError:
+        raise ConflictError(f"{ref} was registered concurrently by someone else: use a new version") from None
+    return registration
+
+
+def load_registration(store: ObjectStore, ref: ModelRef) -> Registration:
+    try:
+        raw = store.get_bytes(registration_key(ref))
+    except NotFoundError:
+        raise NotFoundError(
+            f"{ref} is not registered (no {registration_key(ref)} in bucket {store.bucket!r}): "
+            f"run `quantgate register {ref.name} {ref.version} --model-dir ... --heldout ...` or "
+            "`quantgate list` to see registered versions"
+        ) from None
+    try:
+        registration = Registration.model_validate_json(raw)
+    except ValidationError as exc:
+        raise IntegrityError(f"{registration_key(ref)} is not a valid registration: {exc.error_count()} errors") from None
+    if registration.ref != ref:
+        raise IntegrityError(f"{registration_key(ref)} describes {registration.ref}, not {ref}")
+    return registration
+
+
+def list_registered(store: ObjectStore, model: str | None = None) -> list[ModelRef]:
+    prefix = f"registered/{model}/" if model else "registered/"
+    refs = [parse_registration_key(obj.key) for obj in store.list(prefix)]
+    return sorted({r for r in refs if r is not None}, key=lambda r: (r.name, r.version))
+
+
+# --- pull --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PulledVersion:
+    registration: Registration
+    model_dir: Path
+    heldout_path: Path
+
+
+def _download_verified(store: ObjectStore, key: str, dest: Path, entry: FileEntry) -> None:
+    store.get_file(key, dest)
+    actual = sha256_file(dest)
+    if actual != entry.sha256:
+        dest.unlink()
+        raise IntegrityError(
+            f"{key} has sha256 {actual[:12]}… but its registration says {entry.sha256[:12]}…: "
+            "the stored file changed after registration; register the model again as a new version"
+        )
+
+
+def pull(store: ObjectStore, ref: ModelRef, dest: Path) -> PulledVersion:
+    registration = load_registration(store, ref)
+    model_dir = dest / "model"
+    for entry in registration.files:
+        _download_verified(store, registered_model_key(ref, entry.path), model_dir / entry.path, entry)
+    heldout_path = dest / "heldout" / registration.heldout.path
+    _download_verified(store, registered_heldout_key(ref, registration.heldout.path), heldout_path,
+                       registration.heldout)
+    return PulledVersion(registration, model_dir, heldout_path)
+
+
+# --- decisions -------------------------------------------------------------------------------------------
+
+def decision_of(store: ObjectStore, ref: ModelRef) -> Outcome | None:
+    if store.exists(manifest_key(ref)):
+        return "promoted"
+    if store.exists(rejection_key(ref)):
+        return "rejected"
+    return None
+
+
+def load_manifest(store: ObjectStore, ref: ModelRef) -> Manifest:
+    return Manifest.model_validate_json(store.get_bytes(manifest_key(ref)))
+
+
+def load_decision_report(store: ObjectStore, ref: ModelRef) -> dict[str, Any]:
+    """The report of the run that decided a version (promoted or rejected)."""
+    decision = decision_of(store, ref)
+    if decision == "promoted":
+        return json.loads(store.get_bytes(promoted_key(ref, "report.json")))
+    if decision == "rejected":
+        return json.loads(store.get_bytes(rejection_key(ref)))
+    raise NotFoundError(f"{ref} has no decision yet: run `quantgate run {ref.name} {ref.version}`")
+
+
+def promote(store: ObjectStore, manifest: Manifest, local_files: dict[str, Path],
+            report: dict[str, Any]) -> Manifest:
+    """Upload the artifact files, verify what the server stored, then write the manifest, create-only.
+
+    `local_files` maps a path under promoted/<m>/<v>/ to a local file; report.json is added here."""
+    ref = ModelRef(name=manifest.model, version=manifest.version)
+    if store.exists(manifest_key(ref)):
+        raise ConflictError(f"{ref} is already promoted: it is never overwritten; register a new version")
+    entries = []
+    for rel, path in sorted(local_files.items()):
+        key = promoted_key(ref, rel)
+        digest = store.put_file(key, path)
+        stored = store.sha256_of(key)
+        if stored is not None and stored != digest:
+            raise IntegrityError(f"{key} was stored with sha256 {stored[:12]}…, expected {digest[:12]}…")
+        entries.append(FileEntry(path=rel, sha256=digest, size=path.stat().st_size))
+    report_bytes = _json_bytes(report)
+    report_digest = store.put_bytes(promoted_key(ref, "report.json"), report_bytes, content_type="application/json")
+    entries.append(FileEntry(path="report.json", sha256=report_digest, size=len(report_bytes)))
+    final = manifest.model_copy(update={"files": entries})
+    try:
+        store.put_bytes(manifest_key(ref), _json_bytes(final.model_dump(mode="json")), create_only=True,
+                        content_type="application/json")
+    except ConflictError:
+        raise ConflictError(f"{ref} was promoted by a concurrent run; this run promoted nothing") from None
+    return final
+
+
+def reject(store: ObjectStore, ref: ModelRef, report: dict[str, Any], parity: dict[str, Any]) -> str:
+    """Record a rejection where a person looks for it: rejected/<m>/<v>/. Nothing goes to promoted/."""
+    store.put_bytes(f"{rejected_prefix(ref)}parity_report.json", _json_bytes(parity), content_type="application/json")
+    try:
+        store.put_bytes(rejection_key(ref), _json_bytes(report), create_only=True, content_type="application/json")
+    except ConflictError:
+        raise ConflictError(f"{ref} was decided by a concurrent run; see `quantgate report`") from None
+    return rejection_key(ref)
+
+
+def write_run_report(store: ObjectStore, ref: ModelRef, run_id: str, report: dict[str, Any]) -> str:
+    key = f"{run_prefix(ref, run_id)}report.json"
+    try:
+        store.put_bytes(key, _json_bytes(report), content_type="application/json")
+    except StorageError:
+        # The run report is best effort: it must never hide the error that ended the run.
+        return ""
+    return key

@@ -1,0 +1,202 @@
+"""Where a model version, its decision and its promotion live: the key layout and the JSON schemas.
+
+Layout inside one bucket (every key carries the model name and version):
+
+    registered/<model>/<version>/model/...            the Hugging Face folder as uploaded
+    registered/<model>/<version>/heldout/<file>       the held-out set
+    registered/<model>/<version>/registration.json    written last: task, files, sha256s
+    promoted/<model>/<version>/...                    INT8 model, tokenizer, reports
+    promoted/<model>/<version>/manifest.json          written last, create-only: the commit point
+    rejected/<model>/<version>/report.json            the decision record of a rejected version
+    runs/<model>/<version>/<run-id>/report.json       every run's own report (promoted, rejected, failed)
+
+A version is *decided* when its manifest or its rejection record exists. Readers of promoted/ must read
+manifest.json first and trust only the files it lists (with their sha256).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from quantgate.errors import ConfigError
+
+# Lower-case names, no path separators, no "..", no spaces or control characters: safe as S3 key
+# segments, file names and Prefect run names alike.
+_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._+-]{0,62}[A-Za-z0-9])?$")
+
+REGISTRATION_SCHEMA = "quantgate.registration/v1"
+MANIFEST_SCHEMA = "quantgate.manifest/v1"
+
+
+def _check_segment(kind: str, value: str, pattern: re.Pattern[str], rule: str) -> str:
+    if not isinstance(value, str) or not pattern.match(value) or ".." in value:
+        raise ConfigError(f"invalid {kind} {value!r}: use {rule}")
+    return value
+
+
+def check_name(value: str) -> str:
+    return _check_segment(
+        "model name", value, _NAME_RE,
+        "1-64 lower-case letters, digits, '.', '_' or '-', starting and ending with a letter or digit",
+    )
+
+
+def check_version(value: str) -> str:
+    return _check_segment(
+        "version", value, _VERSION_RE,
+        "1-64 letters, digits, '.', '_', '+' or '-', starting and ending with a letter or digit (e.g. 2024-06-01 or v3)",
+    )
+
+
+class ModelRef(BaseModel):
+    """A registered model version: the unit everything is keyed by."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    version: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v)
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        return check_version(v)
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+# --- keys ------------------------------------------------------------------------------------------------
+
+def _safe_relpath(rel: str) -> str:
+    parts = rel.split("/")
+    if rel.startswith("/") or any(p in {"", ".", ".."} for p in parts) or "\\" in rel:
+        raise ConfigError(f"unsafe file path {rel!r}: paths must be relative and stay inside the folder")
+    return rel
+
+
+def registered_prefix(ref: ModelRef) -> str:
+    return f"registered/{ref.name}/{ref.version}/"
+
+
+def registered_model_key(ref: ModelRef, rel: str) -> str:
+    return f"{registered_prefix(ref)}model/{_safe_relpath(rel)}"
+
+
+def registered_heldout_key(ref: ModelRef, filename: str) -> str:
+    return f"{registered_prefix(ref)}heldout/{_safe_relpath(filename)}"
+
+
+def registration_key(ref: ModelRef) -> str:
+    return f"{registered_prefix(ref)}registration.json"
+
+
+def promoted_prefix(ref: ModelRef) -> str:
+    return f"promoted/{ref.name}/{ref.version}/"
+
+
+def promoted_key(ref: ModelRef, rel: str) -> str:
+    return f"{promoted_prefix(ref)}{_safe_relpath(rel)}"
+
+
+def manifest_key(ref: ModelRef) -> str:
+    return promoted_key(ref, "manifest.json")
+
+
+def rejected_prefix(ref: ModelRef) -> str:
+    return f"rejected/{ref.name}/{ref.version}/"
+
+
+def rejection_key(ref: ModelRef) -> str:
+    return f"{rejected_prefix(ref)}report.json"
+
+
+def run_prefix(ref: ModelRef, run_id: str) -> str:
+    return f"runs/{ref.name}/{ref.version}/{_safe_relpath(run_id)}/"
+
+
+def parse_registration_key(key: str) -> ModelRef | None:
+    """The ModelRef of a `registered/<m>/<v>/registration.json` key, None for any other key."""
+    parts = key.split("/")
+    if len(parts) == 4 and parts[0] == "registered" and parts[3] == "registration.json":
+        try:
+            return ModelRef(name=parts[1], version=parts[2])
+        except (ConfigError, ValueError):
+            return None
+    return None
+
+
+# --- schemas -------------------------------------------------------------------------------------------
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class FileEntry(BaseModel):
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
+class Registration(BaseModel):
+    schema_version: Literal["quantgate.registration/v1"] = REGISTRATION_SCHEMA
+    model: str
+    version: str
+    task: str
+    heldout_format: str
+    registered_at: str = Field(default_factory=utcnow)
+    files: list[FileEntry]
+    heldout: FileEntry
+    source_checksum: str
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(name=self.model, version=self.version)
+
+
+def source_checksum(files: list[FileEntry]) -> str:
+    """One digest for a whole model folder: sha256 over the sorted 'path sha256' lines."""
+    from quantgate.storage import sha256_bytes
+
+    lines = "".join(f"{f.path} {f.sha256}\n" for f in sorted(files, key=lambda f: f.path))
+    return sha256_bytes(lines.encode())
+
+
+class Manifest(BaseModel):
+    """Written last, create-only, at promoted/<m>/<v>/manifest.json: what was promoted and why."""
+
+    schema_version: Literal["quantgate.manifest/v1"] = MANIFEST_SCHEMA
+    model: str
+    version: str
+    run_id: str
+    promoted_at: str = Field(default_factory=utcnow)
+    task: str
+    recipe: dict[str, Any]
+    files: list[FileEntry]
+    source: dict[str, Any]
+    thresholds: dict[str, Any]
+    metrics: dict[str, float]
+    gates: list[dict[str, Any]]
+    benchmark: dict[str, Any]
+    environment: dict[str, Any]
+
+
+Outcome = Literal["promoted", "rejected"]
+
+
+def registry_summary(outcome: str, ref: ModelRef, failed: list[Any]) -> str:
+    """One line for a run's final state: where the result is, and why when rejected."""
+    if outcome == "promoted":
+        return f"{ref} promoted to {promoted_prefix(ref)}"
+    reasons = ", ".join(f"{r.gate.name} = {r.value if r.value is None else round(r.value, 4)} "
+                        f"(limit {r.gate.op} {r.gate.limit:g})" for r in failed)
+    return f"{ref} not promoted: {reasons}; report at {rejection_key(ref)}"

@@ -1,0 +1,28 @@
+"""Typed configuration, parsed once at the entry point (CLI or flow), never at import time.
+
+Credentials are deliberately *not* settings: boto3 reads them from the environment
+(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), the AWS config files or an instance role, so they never pass
+through our objects, reports or logs."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QUANTGATE_", extra="ignore")
+
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="S3 endpoint, e.g. http://127.0.0.1:8333 for SeaweedFS/MinIO; unset means AWS S3.",
+    )
+    s3_region: str = "us-east-1"
+    bucket: str = Field(default="quantgate", min_length=3, max_length=63)
+    work_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()) / "quantgate-work")
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
+    max_attempts: int = Field(default=3, ge=1, description="botocore retry attempts per request")

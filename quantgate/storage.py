@@ -1,0 +1,211 @@
+"""The only module that talks S3. Works with any S3-compatible endpoint (AWS, SeaweedFS, MinIO, Ceph).
+
+Every upload sends its SHA-256 (`ChecksumSHA256`), so the server rejects a body that arrived damaged
+(SeaweedFS answers BadDigest), and every download is hashed again by the caller against the manifest.
+Create-only writes use `If-None-Match: *`, which SeaweedFS 4.48 and AWS S3 honour with 412.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+
+from quantgate.errors import (
+    ConflictError,
+    NotFoundError,
+    StorageAuthError,
+    StorageError,
+    StorageUnreachableError,
+)
+from quantgate.settings import Settings
+
+_AUTH_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "InvalidToken", "ExpiredToken"}
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _b64(hex_digest: str) -> str:
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    etag: str
+
+
+class ObjectStore:
+    """A bucket behind boto3, with errors translated into quantgate's error family."""
+
+    def __init__(self, settings: Settings, client: Any | None = None) -> None:
+        self.bucket = settings.bucket
+        self.endpoint = settings.s3_endpoint_url or "AWS S3"
+        self._client = client or boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            config=Config(
+                s3={"addressing_style": "path"},
+                signature_version="s3v4",
+                connect_timeout=settings.connect_timeout_s,
+                read_timeout=settings.read_timeout_s,
+                retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+            ),
+        )
+
+    # --- error translation ---------------------------------------------------------------------------
+    def _translate(self, exc: Exception, key: str | None = None) -> StorageError:
+        where = f"s3://{self.bucket}/{key}" if key else f"bucket {self.bucket!r}"
+        if isinstance(exc, EndpointConnectionError):
+            return StorageUnreachableError(
+                f"cannot reach the S3 endpoint {self.endpoint}: start the local server with "
+                "`python -m infra.seaweed start` or set QUANTGATE_S3_ENDPOINT_URL"
+            )
+        if isinstance(exc, NoCredentialsError):
+            return StorageAuthError(
+                "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(for the local server: `source .quantgate/seaweed.env`)"
+            )
+        if isinstance(exc, ClientError):
+            code = exc.response.get("Error", {}).get("Code", "")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in _AUTH_CODES or status == 403:
+                return StorageAuthError(
+                    f"the S3 endpoint {self.endpoint} refused the credentials ({code}) for {where}: "
+                    "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+                )
+            if code == "NoSuchBucket":
+                return NotFoundError(
+                    f"bucket {self.bucket!r} does not exist at {self.endpoint}: create it with "
+                    "`quantgate init` or set QUANTGATE_BUCKET"
+                )
+            if code in {"NoSuchKey", "404", "NotFound"}:
+                return NotFoundError(f"{where} does not exist")
+            if code == "PreconditionFailed" or status == 412:
+                return ConflictError(f"{where} already exists (create-only write refused)")
+            return StorageError(f"S3 request for {where} failed: {code or status}")
+        if isinstance(exc, BotoCoreError):
+            return StorageError(f"S3 request for {where} failed: {type(exc).__name__}")
+        raise exc
+
+    def _call(self, op: str, key: str | None = None, **kwargs: Any) -> Any:
+        try:
+            return getattr(self._client, op)(Bucket=self.bucket, **({"Key": key} if key else {}), **kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._translate(exc, key) from None
+
+    # --- bucket --------------------------------------------------------------------------------------
+    def ensure_bucket(self) -> bool:
+        """Create the bucket if missing; True when it was created."""
+        try:
+            self._call("head_bucket")
+            return False
+        except (StorageAuthError, StorageUnreachableError):
+            raise
+        except StorageError:
+            pass  # NoSuchBucket, or a bare 404: HEAD responses carry no error code
+        self._call("create_bucket")
+        return True
+
+    def check(self) -> None:
+        """Fail fast with a clear error when the endpoint, credentials or bucket are wrong."""
+        self._call("head_bucket")
+
+    # --- objects -------------------------------------------------------------------------------------
+    def put_bytes(self, key: str, data: bytes, *, create_only: bool = False,
+                  content_type: str = "application/octet-stream") -> str:
+        digest = sha256_bytes(data)
+        extra = {"IfNoneMatch": "*"} if create_only else {}
+        self._call("put_object", key, Body=data, ChecksumSHA256=_b64(digest), ContentType=content_type,
+                   Metadata={"sha256": digest}, **extra)
+        return digest
+
+    def put_file(self, key: str, path: Path, *, digest: str | None = None, create_only: bool = False) -> str:
+        digest = digest or sha256_file(path)
+        extra = {"IfNoneMatch": "*"} if create_only else {}
+        with path.open("rb") as fh:
+            self._call("put_object", key, Body=fh, ChecksumSHA256=_b64(digest),
+                       Metadata={"sha256": digest}, **extra)
+        return digest
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._call("get_object", key)["Body"].read()
+
+    def get_file(self, key: str, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = self._call("get_object", key)["Body"]
+        tmp = path.with_name(path.name + ".part")
+        with tmp.open("wb") as fh:
+            while chunk := body.read(_CHUNK):
+                fh.write(chunk)
+        tmp.replace(path)
+
+    def sha256_of(self, key: str) -> str | None:
+        """The SHA-256 the server stored at upload, hex; None when the server keeps none."""
+        head = self._call("head_object", key, ChecksumMode="ENABLED")
+        b64 = head.get("ChecksumSHA256")
+        if b64 and "-" not in b64:  # multipart uploads carry a checksum of checksums
+            return base64.b64decode(b64).hex()
+        return head.get("Metadata", {}).get("sha256")
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call("head_object", key)
+        except NotFoundError:
+            return False
+        except StorageError as exc:
+            # HEAD carries no body, so a missing key can surface as a bare 404 without a code.
+            if "404" in str(exc):
+                return False
+            raise
+        return True
+
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Prefix": prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._call("list_objects_v2", **kwargs)
+            for obj in page.get("Contents", []):
+                yield StoredObject(obj["Key"], obj["Size"], obj["ETag"].strip('"'))
+            if not page.get("IsTruncated"):
+                return
+            token = page["NextContinuationToken"]
+
+    def list_prefixes(self, prefix: str) -> list[str]:
+        """Immediate 'sub-folders' below prefix (which must end with '/')."""
+        out: list[str] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Prefix": prefix, "Delimiter": "/"}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._call("list_objects_v2", **kwargs)
+            out += [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+            if not page.get("IsTruncated"):
+                return out
+            token = page["NextContinuationToken"]
+
+    def delete(self, key: str) -> None:
+        self._call("delete_object", key)

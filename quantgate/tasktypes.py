@@ -1,0 +1,147 @@
+"""Task types: the seam between "what kind of model is this" and the pipeline.
+
+A task type knows its held-out schema and format, how to export its model, how to score an ONNX file on
+its held-out set (parity outputs and the task metric) and how to feed the benchmark. The flow only asks
+for `get_task_type(registration.task)`; classifiers, NER, scikit-learn and CNN models add a class here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+
+from quantgate.bench import BenchReport, BenchSettings, ort_engine, run_benchmark, torch_engine
+from quantgate.errors import ConfigError
+from quantgate.evaluate import ParityReport, embed_texts, parity_report, spearman
+from quantgate.export import ExportResult, build_embedding_module, export_sentence_embedding, tokenize
+from quantgate.heldout import HeldoutSchema
+
+
+class Evaluation(BaseModel):
+    task_metric: str
+    task_metric_fp32: float
+    task_metric_candidate: float
+    parity: ParityReport
+    seconds: float
+
+    def metrics(self) -> dict[str, float]:
+        """The flat metric dict the gates read."""
+        return {
+            "task_metric_fp32": self.task_metric_fp32,
+            "task_metric_candidate": self.task_metric_candidate,
+            "task_metric_drop": self.task_metric_fp32 - self.task_metric_candidate,
+            "max_abs_diff": self.parity.max_abs_diff,
+            "mean_abs_diff": self.parity.mean_abs_diff,
+            "mean_cosine": self.parity.mean_cosine,
+            "min_cosine": self.parity.min_cosine,
+            "neighbour_agreement": self.parity.neighbour_agreement,
+        }
+
+
+def speed_metrics(bench: BenchReport) -> dict[str, float]:
+    torch_fp32, onnx_fp32, candidate = (bench.by_engine(e) for e in ("pytorch-fp32", "onnx-fp32", "onnx-int8"))
+    return {
+        "p95_speedup_vs_onnx_fp32": onnx_fp32.p95_ms / candidate.p95_ms,
+        "p50_speedup_vs_onnx_fp32": onnx_fp32.p50_ms / candidate.p50_ms,
+        "p50_speedup_vs_torch_fp32": torch_fp32.p50_ms / candidate.p50_ms,
+        "size_ratio_vs_onnx_fp32": onnx_fp32.size_mb / candidate.size_mb,
+    }
+
+
+class TaskType(Protocol):
+    name: str
+    heldout_format: str
+    schema: HeldoutSchema
+
+    def export(self, model_dir: Path, out_dir: Path, heldout: pd.DataFrame, atol: float,
+               allow_pickle: bool = False) -> ExportResult: ...
+
+    def evaluate(self, fp32: Path, candidate: Path, tokenizer_dir: Path, heldout: pd.DataFrame,
+                 abs_tol: float, mean_tol: float) -> Evaluation: ...
+
+    def benchmark(self, model_dir: Path, fp32: Path, candidate: Path, tokenizer_dir: Path,
+                  heldout: pd.DataFrame, settings: BenchSettings, allow_pickle: bool = False) -> BenchReport: ...
+
+
+class SentenceEmbedding:
+    """Bi-encoders (sentence-transformers style): STS pairs, metric = Spearman(cosine, gold score)."""
+
+    name = "sentence-embedding"
+    heldout_format = "sts-tsv"
+    schema = HeldoutSchema(columns={"score": "score", "sentence1": "text", "sentence2": "text"},
+                           score_min=0.0, score_max=5.0, min_rows=10)
+    export_samples = 32
+    eval_max_length = 256
+
+    @staticmethod
+    def texts(heldout: pd.DataFrame) -> list[str]:
+        return [*heldout["sentence1"].astype(str), *heldout["sentence2"].astype(str)]
+
+    def export(self, model_dir: Path, out_dir: Path, heldout: pd.DataFrame, atol: float,
+               allow_pickle: bool = False) -> ExportResult:
+        texts = self.texts(heldout)
+        # Spread the parity samples over short and long texts: a graph that only breaks on long inputs
+        # (a wrongly static axis) must be caught here.
+        by_length = sorted(texts, key=len)
+        step = max(1, len(by_length) // self.export_samples)
+        return export_sentence_embedding(model_dir, out_dir, by_length[::step][: self.export_samples],
+                                         atol=atol, allow_pickle=allow_pickle)
+
+    def evaluate(self, fp32: Path, candidate: Path, tokenizer_dir: Path, heldout: pd.DataFrame,
+                 abs_tol: float, mean_tol: float) -> Evaluation:
+        import time
+
+        from transformers import AutoTokenizer
+
+        start = time.perf_counter()
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        texts = self.texts(heldout)
+        threads = os.cpu_count() or 1
+        ref = embed_texts(fp32, tokenizer, texts, max_length=self.eval_max_length, threads=threads)
+        cand = embed_texts(candidate, tokenizer, texts, max_length=self.eval_max_length, threads=threads)
+        n = len(heldout)
+        gold = heldout["score"].to_numpy(dtype=np.float64)
+        return Evaluation(
+            task_metric="sts_spearman",
+            task_metric_fp32=spearman((ref[:n] * ref[n:]).sum(1), gold),
+            task_metric_candidate=spearman((cand[:n] * cand[n:]).sum(1), gold),
+            parity=parity_report(ref, cand, abs_tol, mean_tol),
+            seconds=time.perf_counter() - start,
+        )
+
+    def benchmark(self, model_dir: Path, fp32: Path, candidate: Path, tokenizer_dir: Path,
+                  heldout: pd.DataFrame, settings: BenchSettings, allow_pickle: bool = False) -> BenchReport:
+        import torch
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        texts = self.texts(heldout)
+        batch_texts = [texts[i % len(texts)] for i in range(settings.batch)]
+        feeds = tokenize(tokenizer, batch_texts, settings.seq_len, pad_to_max=True)
+        weights = model_dir / "model.safetensors"
+        size = weights.stat().st_size if weights.exists() else 0
+        previous_threads = torch.get_num_threads()
+        try:
+            return run_benchmark([
+                torch_engine("pytorch-fp32", lambda: build_embedding_module(model_dir, allow_pickle)[0],
+                             feeds, settings.threads, size),
+                ort_engine("onnx-fp32", fp32, feeds, settings.threads),
+                ort_engine("onnx-int8", candidate, feeds, settings.threads),
+            ], settings)
+        finally:
+            torch.set_num_threads(previous_threads)
+
+
+TASK_TYPES: dict[str, TaskType] = {SentenceEmbedding.name: SentenceEmbedding()}
+
+
+def get_task_type(name: str) -> TaskType:
+    try:
+        return TASK_TYPES[name]
+    except KeyError:
+        raise ConfigError(f"unknown task type {name!r}: choose one of {sorted(TASK_TYPES)}") from None

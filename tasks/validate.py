@@ -1,0 +1,24 @@
+"""Held-out validation with Great Expectations: a set that fails stops the run before any model work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from quantgate.heldout import ValidationOutcome, load_heldout, require_valid, validate_heldout
+from quantgate.tasktypes import TaskType
+
+
+@task(name="validate-heldout", cache_policy=NO_CACHE)
+def validate(path: Path, task_type: TaskType) -> tuple[pd.DataFrame, ValidationOutcome]:
+    df = load_heldout(path, task_type.heldout_format)
+    outcome = validate_heldout(df, task_type.schema, name=task_type.name)
+    get_run_logger().info("held-out %s: %d rows, %d/%d expectations met", path.name, outcome.rows,
+                          outcome.statistics.get("successful_expectations", 0),
+                          outcome.statistics.get("evaluated_expectations", 0))
+    require_valid(outcome, path.name)
+    return df, outcome
