@@ -79,6 +79,7 @@ def _pooling_of(model_dir: Path) -> tuple[str, bool]:
 def build_embedding_module(model_dir: Path, allow_pickle: bool = False) -> tuple[Any, Any, str, bool]:
     """(torch module taking named inputs, tokenizer, pooling, normalize)."""
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -90,8 +91,10 @@ def build_embedding_module(model_dir: Path, allow_pickle: bool = False) -> tuple
             model_dir, local_files_only=True, attn_implementation="eager",
             use_safetensors=not allow_pickle, weights_only=True,
         ).eval()
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise InvalidModelError(f"cannot load the model in {model_dir.name}: {exc}") from None
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise InvalidModelError(
+            f"cannot load the model in {model_dir.name}: {exc}. Re-save it with save_pretrained()"
+        ) from None
     pooling, normalize = _pooling_of(model_dir)
 
     class SentenceEmbedder(torch.nn.Module):

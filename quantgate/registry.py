@@ -34,7 +34,7 @@ MANIFEST_SCHEMA = "quantgate.manifest/v1"
 
 
 def _check_segment(kind: str, value: str, pattern: re.Pattern[str], rule: str) -> str:
-    if not isinstance(value, str) or not pattern.match(value) or ".." in value:
+    if not isinstance(value, str) or not pattern.fullmatch(value) or ".." in value:
         raise ConfigError(f"invalid {kind} {value!r}: use {rule}")
     return value
 

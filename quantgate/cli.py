@@ -1,0 +1,221 @@
+"""`quantgate`: register model versions, run the quantize-and-promote flow, read decisions.
+
+Exit codes: 0 promoted (or already decided), 3 rejected by the gates, 2 a clear error (bad input,
+storage), 1 anything unexpected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from quantgate.errors import QuantgateError
+from quantgate.registry import ModelRef
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+console = Console()
+err = Console(stderr=True)
+
+EXIT_REJECTED = 3
+EXIT_ERROR = 2
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(EXIT_ERROR)
+
+
+def _store() -> Any:
+    from quantgate.settings import Settings
+    from quantgate.storage import ObjectStore
+
+    return ObjectStore(Settings())
+
+
+def _ref(model: str, version: str) -> ModelRef:
+    try:
+        return ModelRef(name=model, version=version)
+    except ValidationError as exc:
+        raise _fail(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+
+
+@app.command()
+def init() -> None:
+    """Create the bucket if it does not exist (and check endpoint and credentials)."""
+    try:
+        store = _store()
+        created = store.ensure_bucket()
+    except QuantgateError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"bucket [bold]{store.bucket}[/] at {store.endpoint}: {'created' if created else 'exists'}")
+
+
+@app.command()
+def register(
+    model: Annotated[str, typer.Argument(help="model name, e.g. minilm")],
+    version: Annotated[str, typer.Argument(help="version label, e.g. 2024-06-01 or v3")],
+    model_dir: Annotated[Path, typer.Option(help="local Hugging Face model folder")],
+    heldout: Annotated[Path, typer.Option(help="held-out file (STS TSV for sentence-embedding)")],
+    task: Annotated[str, typer.Option(help="task type")] = "sentence-embedding",
+    allow_pickle: Annotated[bool, typer.Option(help="accept a pytorch_model.bin pickle checkpoint")] = False,
+) -> None:
+    """Upload a local model folder and its held-out set as a new version of a named model."""
+    from quantgate import lifecycle
+
+    ref = _ref(model, version)
+    try:
+        registration = lifecycle.register(_store(), ref, model_dir, heldout, task, allow_pickle)
+    except QuantgateError as exc:
+        raise _fail(str(exc)) from None
+    total = sum(f.size for f in registration.files) / 1e6
+    console.print(f"registered [bold]{ref}[/] ({len(registration.files)} files, {total:.1f} MB, task "
+                  f"{registration.task}); source checksum {registration.source_checksum[:16]}…")
+
+
+def _thresholds(overrides: dict[str, float | None]) -> Any:
+    from quantgate.gates import GateThresholds
+
+    try:
+        return GateThresholds(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        raise _fail(f"bad threshold ({problems})") from None
+
+
+@app.command()
+def run(
+    model: Annotated[str, typer.Argument()],
+    version: Annotated[str, typer.Argument()],
+    recipe: Annotated[str, typer.Option(help="quantization recipe")] = "dynamic-int8-per-channel",
+    max_task_metric_drop: Annotated[float | None, typer.Option(help="max FP32-INT8 task metric drop (0.01 = 1 pt)")] = None,
+    min_mean_cosine: Annotated[float | None, typer.Option(help="min mean cosine INT8 vs FP32")] = None,
+    min_min_cosine: Annotated[float | None, typer.Option(help="min worst-case cosine")] = None,
+    min_neighbour_agreement: Annotated[float | None, typer.Option(help="min nearest-neighbour agreement")] = None,
+    abs_tol: Annotated[float | None, typer.Option(help="max |INT8-FP32| element")] = None,
+    mean_tol: Annotated[float | None, typer.Option(help="max mean |INT8-FP32|")] = None,
+    min_p95_speedup: Annotated[float | None, typer.Option(help="min ORT FP32 p95 / INT8 p95")] = None,
+    batch: Annotated[int, typer.Option(help="benchmark batch size")] = 1,
+    seq_len: Annotated[int, typer.Option(help="benchmark sequence length")] = 128,
+    threads: Annotated[int, typer.Option(help="benchmark threads")] = 1,
+    repeats: Annotated[int, typer.Option(help="benchmark timed runs per engine")] = 100,
+    allow_pickle: Annotated[bool, typer.Option(help="allow loading a pickle checkpoint")] = False,
+) -> None:
+    """Run quantize-and-promote for a registered version and print the decision."""
+    from quantgate.bench import BenchSettings
+    from quantgate.quantize import get_recipe
+
+    ref = _ref(model, version)
+    thresholds = _thresholds({
+        "max_task_metric_drop": max_task_metric_drop, "min_mean_cosine": min_mean_cosine,
+        "min_min_cosine": min_min_cosine, "min_neighbour_agreement": min_neighbour_agreement,
+        "abs_tol": abs_tol, "mean_tol": mean_tol, "min_p95_speedup": min_p95_speedup,
+    })
+    try:
+        get_recipe(recipe)
+        bench = BenchSettings(batch=batch, seq_len=seq_len, threads=threads, repeat_runs=repeats)
+        _store().check()  # unreachable endpoint, bad keys or a missing bucket: say so before Prefect starts
+    except ValidationError as exc:
+        raise _fail(f"bad benchmark setting: {exc.errors()[0]['loc'][0]} {exc.errors()[0]['msg']}") from None
+    except QuantgateError as exc:
+        raise _fail(str(exc)) from None
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.quantize_and_promote import quantize_and_promote
+
+    console.rule(f"quantize-and-promote {ref}")
+    state = quantize_and_promote(model=model, version=version, recipe=recipe, thresholds=thresholds,
+                                 bench=bench, allow_pickle=allow_pickle, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if state.is_failed():
+        raise _fail(str(result) if isinstance(result, QuantgateError) else f"run failed: {state.message}")
+    console.rule(f"{state.name}: {state.message}")
+    if isinstance(result, dict) and "gates" in result:
+        print_report(result)
+    elif state.name == "AlreadyDecided":
+        _show_decision(ref)
+    if state.name == "NotPromoted":
+        raise typer.Exit(EXIT_REJECTED)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    from quantgate.report import bench_rows, gate_rows
+    from quantgate.report import RunReport
+
+    parsed = RunReport.model_validate(report)
+    verdict = "[bold green]PROMOTED[/]" if parsed.outcome == "promoted" else "[bold yellow]NOT PROMOTED[/]"
+    console.print(f"{parsed.model}@{parsed.version}: {verdict}  recipe {parsed.recipe.get('name')}  "
+                  f"run {parsed.run_id}")
+    if parsed.promoted_to:
+        console.print(f"promoted to {parsed.promoted_to}")
+    m = parsed.metrics
+    console.print(f"task metric FP32 {m['task_metric_fp32']:.4f} → INT8 {m['task_metric_candidate']:.4f} "
+                  f"(drop {100 * m['task_metric_drop']:.2f} points)")
+    gates = Table(title="gates")
+    for col in ("gate", "value", "limit", "margin", "result"):
+        gates.add_column(col)
+    for row in gate_rows(parsed.gates):
+        style = "green" if row["result"] == "pass" else "red"
+        gates.add_row(*(str(row[c]) for c in ("gate", "value", "limit", "margin")), f"[{style}]{row['result']}[/]")
+    console.print(gates)
+    s = parsed.benchmark.settings
+    bench = Table(title=f"benchmark: batch {s.batch}, seq {s.seq_len}, {s.threads} thread(s), "
+                        f"{s.repeat_runs} interleaved runs, CPU {', '.join(parsed.benchmark.cpu.get('flags', []))}")
+    rows = bench_rows(parsed.benchmark)
+    for col in rows[0]:
+        bench.add_column(col)
+    for row in rows:
+        bench.add_row(*(str(v) for v in row.values()))
+    console.print(bench)
+
+
+def _show_decision(ref: ModelRef, as_json: bool = False) -> None:
+    from quantgate import lifecycle
+
+    report = lifecycle.load_decision_report(_store(), ref)
+    if as_json:
+        console.print_json(json.dumps(report))
+    else:
+        print_report(report)
+
+
+@app.command()
+def report(
+    model: Annotated[str, typer.Argument()],
+    version: Annotated[str, typer.Argument()],
+    as_json: Annotated[bool, typer.Option("--json", help="print the raw report JSON")] = False,
+) -> None:
+    """Print a version's decision, its gates and its benchmark table."""
+    ref = _ref(model, version)
+    try:
+        _show_decision(ref, as_json)
+    except QuantgateError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command("list")
+def list_versions(model: Annotated[str | None, typer.Argument(help="only this model")] = None) -> None:
+    """Registered versions and their decisions."""
+    from quantgate import lifecycle
+
+    try:
+        store = _store()
+        refs = lifecycle.list_registered(store, model)
+        table = Table(title=f"registered versions in s3://{store.bucket}")
+        for col in ("model", "version", "decision"):
+            table.add_column(col)
+        for ref in refs:
+            table.add_row(ref.name, ref.version, lifecycle.decision_of(store, ref) or "-")
+    except QuantgateError as exc:
+        raise _fail(str(exc)) from None
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

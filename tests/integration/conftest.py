@@ -1,0 +1,77 @@
+"""Real parts: one SeaweedFS server (`weed mini` on 127.0.0.1, access keys required) and one Prefect test
+harness per session, each stopped when the session ends, also on failure. Every test gets its own bucket."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.seaweed import SeaweedServer
+from quantgate.settings import Settings
+from quantgate.storage import ObjectStore
+
+ACCESS_KEY = "qgtest" + secrets.token_hex(4)
+SECRET_KEY = "s3cr3t-" + secrets.token_urlsafe(24)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweedfs"), ACCESS_KEY, SECRET_KEY)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    # The harness gives a throwaway database but not throwaway result storage (NOTES-infra.md).
+    results = tmp_path_factory.mktemp("prefect-results")
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}), \
+            prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture
+def s3_env(seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
+    bucket = "qg-" + secrets.token_hex(6)
+    monkeypatch.setenv("QUANTGATE_S3_ENDPOINT_URL", seaweed.endpoint_url)
+    monkeypatch.setenv("QUANTGATE_BUCKET", bucket)
+    monkeypatch.setenv("QUANTGATE_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    settings = Settings()
+    ObjectStore(settings).ensure_bucket()
+    return settings
+
+
+@pytest.fixture
+def store(s3_env: Settings) -> ObjectStore:
+    return ObjectStore(s3_env)
+
+
+def snapshot(store: ObjectStore, prefix: str = "") -> dict[str, str]:
+    """Every key under prefix with its ETag: equal snapshots mean storage was left exactly as it was."""
+    return {obj.key: obj.etag for obj in store.list(prefix)}
+
+
+def secret_in(text: str) -> bool:
+    return SECRET_KEY in text
+
+
+__all__ = ["ACCESS_KEY", "SECRET_KEY", "os", "secret_in", "snapshot"]

@@ -1,0 +1,160 @@
+"""The real flow on real SeaweedFS and a Prefect test harness."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flows.quantize_and_promote import quantize_and_promote
+from quantgate import lifecycle
+from quantgate.bench import BenchSettings
+from quantgate.errors import HeldoutValidationError
+from quantgate.gates import GateThresholds
+from quantgate.registry import Manifest, ModelRef, manifest_key, registration_key, rejection_key
+from quantgate.storage import sha256_bytes
+from tests.integration.conftest import secret_in, snapshot
+
+FAST_BENCH = BenchSettings(warmup_runs=2, repeat_runs=15)
+# A 64-wide random BERT has no latency to win from INT8 (per-op overhead dominates), so the speed gate is
+# off for it; every accuracy and parity gate stays at its default.
+TINY_GATES = GateThresholds(min_p95_speedup=0.0)
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def _register(store, name, version, model_dir, heldout):
+    ref = ModelRef(name=name, version=version)
+    lifecycle.register(store, ref, model_dir, heldout, "sentence-embedding")
+    return ref
+
+
+def _run(ref: ModelRef, **kwargs):
+    kwargs.setdefault("bench", FAST_BENCH)
+    return quantize_and_promote(model=ref.name, version=ref.version, return_state=True, **kwargs)
+
+
+def test_passing_run_promotes_with_a_manifest_whose_checksums_match_the_stored_files(store, tiny_model_dir, small_sts):
+    ref = _register(store, "tiny", "v1", tiny_model_dir, small_sts)
+    state = _run(ref, thresholds=TINY_GATES)
+    assert state.name == "Promoted", state.message
+    assert state.is_completed()
+
+    manifest = Manifest.model_validate_json(store.get_bytes(manifest_key(ref)))
+    stored = {o.key for o in store.list(f"promoted/{ref.name}/{ref.version}/")}
+    assert stored == {f"promoted/tiny/v1/{f.path}" for f in manifest.files} | {manifest_key(ref)}
+    for entry in manifest.files:
+        data = store.get_bytes(f"promoted/tiny/v1/{entry.path}")
+        assert sha256_bytes(data) == entry.sha256
+        assert len(data) == entry.size
+    names = {f.path for f in manifest.files}
+    assert {"model.int8.onnx", "report.json", "parity_report.json", "tokenizer/tokenizer.json"} <= names
+
+    registration = json.loads(store.get_bytes(registration_key(ref)))
+    assert manifest.source["source_checksum"] == registration["source_checksum"]
+    assert manifest.environment["packages"]["onnxruntime"]
+    assert "vnni" in manifest.environment["cpu"]
+    assert manifest.thresholds["min_mean_cosine"] == TINY_GATES.min_mean_cosine
+    assert manifest.metrics["mean_cosine"] >= TINY_GATES.min_mean_cosine
+    assert all(g["result"] == "pass" for g in manifest.gates)
+
+    parity = json.loads(store.get_bytes("promoted/tiny/v1/parity_report.json"))
+    assert parity["passed"] is True
+    assert {"max_abs_diff", "mean_abs_diff", "abs_tol", "mean_tol"} <= set(parity)
+    assert not list(store.list("rejected/"))
+
+    # The promoted INT8 file really is quantized and runs on the held-out inputs.
+    report = json.loads(store.get_bytes("promoted/tiny/v1/report.json"))
+    assert report["quantized_ops"]["MatMulInteger"] == 12
+
+
+def test_impossible_threshold_is_rejected_and_leaves_the_promoted_location_untouched(store, tiny_model_dir, small_sts):
+    good = _register(store, "tiny", "v1", tiny_model_dir, small_sts)
+    assert _run(good, thresholds=TINY_GATES).name == "Promoted"
+    before = snapshot(store, "promoted/")
+
+    bad = _register(store, "tiny", "v2", tiny_model_dir, small_sts)
+    impossible = TINY_GATES.model_copy(update={"min_mean_cosine": 1.0, "mean_tol": 1e-12})
+    state = _run(bad, thresholds=impossible)
+
+    assert state.name == "NotPromoted"
+    assert state.is_completed()  # a decision, not a crash
+    assert "mean cosine" in state.message
+    assert snapshot(store, "promoted/") == before
+    assert not store.exists(manifest_key(bad))
+    rejection = json.loads(store.get_bytes(rejection_key(bad)))
+    assert rejection["outcome"] == "rejected"
+    failed = {g["gate"]["metric"] for g in rejection["gates"]["results"] if not g["passed"]}
+    assert "mean_cosine" in failed
+    assert lifecycle.decision_of(store, bad) == "rejected"
+
+
+def test_broken_heldout_stops_at_validation_and_changes_nothing_but_its_report(store, tiny_model_dir, tmp_path, sts_path):
+    lines = sts_path.read_text(encoding="utf-8").splitlines()[:50]
+    broken = tmp_path / "broken.tsv"
+    broken.write_text("\n".join("\t".join(line.split("\t")[:4]) for line in lines), encoding="utf-8")  # no sentences
+    ref = _register(store, "tiny", "bad-heldout", tiny_model_dir, broken)
+    before = snapshot(store)
+
+    state = _run(ref, thresholds=TINY_GATES)
+
+    assert state.is_failed()
+    with pytest.raises(HeldoutValidationError, match="sentence1"):
+        state.result()
+    after = snapshot(store)
+    added = set(after) - set(before)
+    assert all(key.startswith("runs/tiny/bad-heldout/") for key in added), added
+    assert {k: v for k, v in after.items() if k in before} == before
+    (run_report_key,) = added
+    assert json.loads(store.get_bytes(run_report_key))["error"] == "HeldoutValidationError"
+
+
+def test_rerunning_a_decided_version_reports_the_decision_and_writes_nothing(store, tiny_model_dir, small_sts):
+    ref = _register(store, "tiny", "v1", tiny_model_dir, small_sts)
+    assert _run(ref, thresholds=TINY_GATES).name == "Promoted"
+    before = snapshot(store)
+    again = _run(ref, thresholds=TINY_GATES)
+    assert again.name == "AlreadyDecided"
+    assert "already promoted" in again.message
+    assert snapshot(store) == before
+
+
+def test_secret_key_never_reaches_reports_or_run_logs(store, tiny_model_dir, small_sts):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    ref = _register(store, "tiny", "v1", tiny_model_dir, small_sts)
+    state = _run(ref, thresholds=TINY_GATES)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    assert logs, "the run logged nothing: the check below would prove nothing"
+    assert not any(secret_in(log.message) for log in logs)
+    for obj in store.list(""):
+        if obj.key.endswith(".json"):
+            assert not secret_in(store.get_bytes(obj.key).decode())
+
+
+@pytest.mark.slow
+def test_minilm_promotes_per_channel_and_the_gate_sees_per_tensor_embedding_drift(store, minilm_dir, sts_path):
+    """The real model on the full STS-B dev split. Per-channel INT8 passes every default gate; the plain
+    per-tensor recipe keeps Spearman within 1 point but moves embeddings, and must be rejected for it."""
+    good = _register(store, "minilm", "v1", minilm_dir, sts_path)
+    state = _run(good, bench=BenchSettings(warmup_runs=5, repeat_runs=30))
+    assert state.name == "Promoted", state.message
+    report = json.loads(store.get_bytes("promoted/minilm/v1/report.json"))
+    assert report["metrics"]["task_metric_fp32"] > 0.85  # all-MiniLM-L6-v2 scores ~0.87 on this split
+    assert report["metrics"]["task_metric_drop"] <= 0.01
+    assert report["metrics"]["mean_cosine"] >= 0.98
+    assert report["quantized_ops"]["MatMulInteger"] == 36  # 6 layers x 6 weight MatMuls
+
+    plain = _register(store, "minilm", "v2", minilm_dir, sts_path)
+    state = _run(plain, recipe="dynamic-int8", bench=BenchSettings(warmup_runs=2, repeat_runs=10))
+    assert state.name == "NotPromoted"
+    rejection = json.loads(store.get_bytes(rejection_key(plain)))
+    by_metric = {g["gate"]["metric"]: g for g in rejection["gates"]["results"]}
+    assert by_metric["task_metric_drop"]["passed"] is True
+    assert by_metric["mean_cosine"]["passed"] is False
+    assert not store.exists(manifest_key(plain))
+
+

@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from quantgate.bench import BenchSettings, Engine, cpu_info, run_benchmark
+from quantgate.errors import ConfigError
+
+
+def _engine(name: str, size: int, calls: list[str], work: int) -> Engine:
+    def load():
+        def run():
+            calls.append(name)
+            np.linalg.svd(np.ones((work, work)))
+        return run
+    return Engine(name=name, load=load, size_bytes=size)
+
+
+def test_engines_are_interleaved_and_every_percentile_is_reported():
+    calls: list[str] = []
+    settings = BenchSettings(warmup_runs=1, repeat_runs=6)
+    report = run_benchmark([_engine("a", 10, calls, 8), _engine("b", 20, calls, 8)], settings)
+    timed = calls[2:]  # after one warm-up round of both
+    assert len(timed) == 12
+    # order rotates each round: a,b then b,a then a,b ...
+    assert timed[:4] == ["a", "b", "b", "a"]
+    for r in report.results:
+        assert 0 < r.p50_ms <= r.p95_ms <= r.p99_ms
+        assert r.throughput_per_s > 0
+    assert report.by_engine("b").size_mb == pytest.approx(20 / 1e6)
+
+
+def test_slower_engine_measures_slower():
+    calls: list[str] = []
+    report = run_benchmark([_engine("small", 1, calls, 4), _engine("big", 1, calls, 160)],
+                           BenchSettings(warmup_runs=1, repeat_runs=10))
+    assert report.by_engine("big").p50_ms > report.by_engine("small").p50_ms
+
+
+def test_no_engine_is_an_error():
+    with pytest.raises(ConfigError):
+        run_benchmark([], BenchSettings())
+
+
+def test_cpu_info_records_int8_relevant_flags():
+    info = cpu_info()
+    assert isinstance(info["vnni"], bool)
+    assert set(info["flags"]) <= {"avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                                  "amx_int8", "fma"}

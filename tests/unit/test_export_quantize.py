@@ -1,0 +1,91 @@
+"""Export and quantization on a tiny random BERT: real ONNX files, no servers."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quantgate.errors import ConfigError, ExportError, InvalidModelError
+from quantgate.evaluate import session
+from quantgate.export import check_model_folder, export_sentence_embedding, tokenize
+from quantgate.quantize import RECIPES, Recipe, apply_recipe, get_recipe
+
+EXPORT_ATOL = 1e-4
+TEXTS = ["a short one", "A considerably longer sentence, with punctuation and more tokens in it.",
+         "third", "the fourth sentence of the sample"]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    return export_sentence_embedding(tiny_model_dir, tmp_path_factory.mktemp("onnx"), TEXTS, atol=EXPORT_ATOL)
+
+
+def test_export_matches_pytorch_and_ships_the_tokenizer(exported):
+    assert exported.onnx_path.is_file()
+    assert max(exported.max_abs_diff_vs_torch.values()) <= EXPORT_ATOL
+    assert {"tokenizer.json", "tokenizer_config.json"} <= {p.name for p in exported.tokenizer_files}
+    assert exported.output_names == ["last_hidden_state", "sentence_embedding"]
+
+
+def test_exported_graph_has_dynamic_batch_and_sequence(exported, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    sess = session(exported.onnx_path, threads=1)
+    for batch, length in [(1, 8), (3, 17), (5, 64)]:
+        feeds = tokenize(tok, ["word " * 100] * batch, max_length=length, pad_to_max=True)
+        hidden, emb = sess.run(None, feeds)
+        assert hidden.shape == (batch, length, 64)
+        assert emb.shape == (batch, 64)
+        assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)  # L2-normalised in the graph
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_dynamic_int8_quantizes_every_weight_matmul(exported, tmp_path, per_channel):
+    recipe = Recipe(name="t", per_channel=per_channel)
+    result = apply_recipe(recipe, exported.onnx_path, tmp_path)
+    # 2 layers x (Q, K, V, attention output, FFN in, FFN out) = 12 weight MatMuls; the 2 per layer that
+    # multiply two activations (QK^T and attention x V) stay FP32 in dynamic quantization.
+    assert result.quantized_matmuls == 12
+    assert result.float_matmuls == 4
+    assert result.op_counts.get("DynamicQuantizeLinear", 0) > 0
+    assert result.size_bytes < exported.size_bytes / 2
+
+
+def test_recipes_serialise_and_reload_identically():
+    for recipe in RECIPES.values():
+        assert Recipe.model_validate_json(recipe.model_dump_json()) == recipe
+
+
+def test_unknown_recipe_names_the_choices():
+    with pytest.raises(ConfigError, match="dynamic-int8-per-channel"):
+        get_recipe("int4-magic")
+
+
+def test_model_folder_checks(tiny_model_dir, tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    check_model_folder(folder)
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    with pytest.raises(InvalidModelError, match="pickle.*--allow-pickle"):
+        check_model_folder(folder)
+    (folder / "pytorch_model.bin").unlink()
+    with pytest.raises(InvalidModelError, match=r"no model\.safetensors"):
+        check_model_folder(folder)
+    shutil.copy(tiny_model_dir / "model.safetensors", folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.pop("architectures", None)
+    cfg.pop("model_type", None)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InvalidModelError, match="architectures"):
+        check_model_folder(folder)
+
+
+def test_corrupt_weights_are_a_clear_error(tiny_model_dir, tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises((InvalidModelError, ExportError), match="cannot load"):
+        export_sentence_embedding(folder, tmp_path / "out", TEXTS, atol=EXPORT_ATOL)

@@ -1,0 +1,61 @@
+from pathlib import Path
+
+import pytest
+
+from quantgate.errors import HeldoutValidationError
+from quantgate.heldout import load_sts_tsv, require_valid, validate_heldout
+from quantgate.tasktypes import SentenceEmbedding
+
+SCHEMA = SentenceEmbedding.schema
+
+
+def test_real_sts_dev_parses_with_quotes_and_extra_fields(sts_path):
+    df = load_sts_tsv(sts_path)
+    assert len(df) == 1500
+    assert df["score"].between(0, 5).all()
+    assert df["sentence1"].str.contains('"').any()  # quoting is off: quote characters survive
+    outcome = validate_heldout(df, SCHEMA)
+    assert outcome.success, outcome.failures
+
+
+def test_broken_rows_are_reported_by_column(tmp_path: Path, sts_path):
+    lines = sts_path.read_text(encoding="utf-8").splitlines()[:20]
+    fields = lines[3].split("\t")
+    fields[4] = "7.5"  # score out of range
+    lines[3] = "\t".join(fields)
+    fields = lines[5].split("\t")
+    fields[5] = "   "  # blank sentence
+    lines[5] = "\t".join(fields)
+    lines[7] = "\t".join(lines[7].split("\t")[:5])  # row cut short: no sentences
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("\n".join(lines), encoding="utf-8")
+    outcome = validate_heldout(load_sts_tsv(bad), SCHEMA)
+    assert not outcome.success
+    text = " ".join(outcome.failures)
+    assert "'score'" in text and "be_between" in text
+    assert "'sentence1'" in text and "match_regex" in text
+    assert "not_be_null" in text
+    with pytest.raises(HeldoutValidationError, match="failed .* data check"):
+        require_valid(outcome, bad.name)
+
+
+def test_wrong_file_shape_fails_schema_checks(tmp_path: Path):
+    csv = tmp_path / "wrong.tsv"
+    csv.write_text("sentence,label\nhello,1\n" * 20, encoding="utf-8")
+    outcome = validate_heldout(load_sts_tsv(csv), SCHEMA)
+    assert not outcome.success
+    assert any("not_be_null" in f for f in outcome.failures)
+
+
+def test_too_few_rows_fail(tmp_path: Path, sts_path):
+    few = tmp_path / "few.tsv"
+    few.write_text("".join(sts_path.read_text(encoding="utf-8").splitlines(keepends=True)[:3]), encoding="utf-8")
+    outcome = validate_heldout(load_sts_tsv(few), SCHEMA)
+    assert any("row_count" in f for f in outcome.failures)
+
+
+def test_non_utf8_file_is_refused_with_the_way_out(tmp_path: Path):
+    latin = tmp_path / "latin1.tsv"
+    latin.write_bytes("x\tx\t2012\t3.0\tcaf\u00e9\tna\u00efve\n".encode("latin-1"))
+    with pytest.raises(HeldoutValidationError, match="not UTF-8.*re-save"):
+        load_sts_tsv(latin)
