@@ -42,8 +42,11 @@ def quantize_and_promote(
 
     decided = storage.find_decision(ref, settings)
     if decided is not None:
-        return Completed(name="AlreadyDecided", message=f"{ref} is already {decided}; nothing to do",
-                         data={"outcome": decided, "model": model, "version": version})
+        return Completed(
+            name="AlreadyDecided",
+            message=f"{ref} is already {decided}; nothing to do",
+            data={"outcome": decided, "model": model, "version": version},
+        )
 
     try:
         with workspace(settings.work_dir, run_id) as work:
@@ -53,37 +56,79 @@ def quantize_and_promote(
             heldout, heldout_check = validate.validate(pulled.heldout_path, task_type)
 
             # -- build the candidate ----------------------------------------------------------------------
-            exported = candidate.export(task_type, pulled.model_dir, heldout, work / "onnx",
-                                    thresholds.export_atol, allow_pickle)
+            exported = candidate.export(
+                task_type, pulled.model_dir, heldout, work / "onnx", thresholds.export_atol, allow_pickle
+            )
             quantized = candidate.quantize(recipe, exported.onnx_path, work / "quantized")
 
             # -- measure it against the FP32 baseline on the same data and harness ------------------------
-            evaluation = candidate.check_parity(task_type, exported.onnx_path, quantized.path,
-                                            exported.tokenizer_files[0].parent, heldout,
-                                            thresholds.abs_tol, thresholds.mean_tol)
-            bench_report = candidate.benchmark(task_type, pulled.model_dir, exported.onnx_path, quantized.path,
-                                           exported.tokenizer_files[0].parent, heldout, bench, allow_pickle)
+            evaluation = candidate.check_parity(
+                task_type,
+                exported.onnx_path,
+                quantized.path,
+                exported.tokenizer_files[0].parent,
+                heldout,
+                thresholds.abs_tol,
+                thresholds.mean_tol,
+            )
+            bench_report = candidate.benchmark(
+                task_type,
+                pulled.model_dir,
+                exported.onnx_path,
+                quantized.path,
+                exported.tokenizer_files[0].parent,
+                heldout,
+                bench,
+                allow_pickle,
+            )
 
             # -- decide and act on the decision -----------------------------------------------------------
-            report = gate.decide(ref, run_id, task_type.name, exported, quantized, evaluation, bench_report,
-                                 thresholds, heldout_check)
+            report = gate.decide(
+                ref,
+                run_id,
+                task_type.name,
+                exported,
+                quantized,
+                evaluation,
+                bench_report,
+                thresholds,
+                heldout_check,
+            )
             if report.passed:
-                report = report.model_copy(update={"promoted_to": f"s3://{settings.bucket}/{promoted_prefix(ref)}"})
-                storage.promote(settings, manifest_for(report, pulled.registration),
-                                promotion_files(report, quantized.path, exported.tokenizer_files, work / "out"),
-                                report.model_dump(mode="json"))
+                report = report.model_copy(
+                    update={"promoted_to": f"s3://{settings.bucket}/{promoted_prefix(ref)}"}
+                )
+                storage.promote(
+                    settings,
+                    manifest_for(report, pulled.registration),
+                    promotion_files(report, quantized.path, exported.tokenizer_files, work / "out"),
+                    report.model_dump(mode="json"),
+                )
             else:
-                storage.record_rejection(settings, ref, report.model_dump(mode="json"),
-                                         report.parity.model_dump())
+                storage.record_rejection(
+                    settings, ref, report.model_dump(mode="json"), report.parity.model_dump()
+                )
             storage.save_run_report(settings, ref, run_id, report.model_dump(mode="json"))
             gate.publish(ref, report)
     except QuantgateError as exc:
-        storage.save_run_report(settings, ref, run_id, {
-            "model": model, "version": version, "run_id": run_id, "outcome": "failed",
-            "error": type(exc).__name__, "message": str(exc),
-        })
+        storage.save_run_report(
+            settings,
+            ref,
+            run_id,
+            {
+                "model": model,
+                "version": version,
+                "run_id": run_id,
+                "outcome": "failed",
+                "error": type(exc).__name__,
+                "message": str(exc),
+            },
+        )
         raise
 
     summary = registry_summary(report.outcome, ref, report.gates.failed)
-    return Completed(name="Promoted" if report.passed else "NotPromoted", message=summary,
-                     data=report.model_dump(mode="json"))
+    return Completed(
+        name="Promoted" if report.passed else "NotPromoted",
+        message=summary,
+        data=report.model_dump(mode="json"),
+    )

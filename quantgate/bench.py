@@ -106,13 +106,18 @@ def run_benchmark(engines: list[Engine], settings: BenchSettings) -> BenchReport
     results = []
     for engine, t, load in zip(engines, times, loads, strict=True):
         ms = t * 1000
-        results.append(EngineResult(
-            engine=engine.name,
-            p50_ms=float(np.percentile(ms, 50)), p95_ms=float(np.percentile(ms, 95)),
-            p99_ms=float(np.percentile(ms, 99)), mean_ms=float(ms.mean()),
-            throughput_per_s=float(settings.batch / t.mean()),
-            size_mb=engine.size_bytes / 1e6, load_s=load,
-        ))
+        results.append(
+            EngineResult(
+                engine=engine.name,
+                p50_ms=float(np.percentile(ms, 50)),
+                p95_ms=float(np.percentile(ms, 95)),
+                p99_ms=float(np.percentile(ms, 99)),
+                mean_ms=float(ms.mean()),
+                throughput_per_s=float(settings.batch / t.mean()),
+                size_mb=engine.size_bytes / 1e6,
+                load_s=load,
+            )
+        )
     return BenchReport(settings=settings, results=results, cpu=cpu_info())
 
 
@@ -126,8 +131,9 @@ def ort_engine(name: str, path: Path, feeds: dict[str, np.ndarray], threads: int
     return Engine(name=name, load=load, size_bytes=path.stat().st_size)
 
 
-def torch_engine(name: str, build: Callable[[], Any], feeds: dict[str, np.ndarray], threads: int,
-                 size_bytes: int) -> Engine:
+def torch_engine(
+    name: str, build: Callable[[], Any], feeds: dict[str, np.ndarray], threads: int, size_bytes: int
+) -> Engine:
     def load() -> Callable[[], Any]:
         import torch
 

@@ -42,8 +42,8 @@ def _store() -> Any:
 def _ref(model: str, version: str) -> ModelRef:
     try:
         return ModelRef(name=model, version=version)
-    except ValidationError as exc:
-        raise _fail(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+    except QuantgateError as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command()
@@ -75,8 +75,10 @@ def register(
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
     total = sum(f.size for f in registration.files) / 1e6
-    console.print(f"registered [bold]{ref}[/] ({len(registration.files)} files, {total:.1f} MB, task "
-                  f"{registration.task}); source checksum {registration.source_checksum[:16]}…")
+    console.print(
+        f"registered [bold]{ref}[/] ({len(registration.files)} files, {total:.1f} MB, task "
+        f"{registration.task}); source checksum {registration.source_checksum[:16]}…"
+    )
 
 
 def _thresholds(overrides: dict[str, float | None]) -> Any:
@@ -85,7 +87,9 @@ def _thresholds(overrides: dict[str, float | None]) -> Any:
     try:
         return GateThresholds(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+        )
         raise _fail(f"bad threshold ({problems})") from None
 
 
@@ -94,10 +98,14 @@ def run(
     model: Annotated[str, typer.Argument()],
     version: Annotated[str, typer.Argument()],
     recipe: Annotated[str, typer.Option(help="quantization recipe")] = "dynamic-int8-per-channel",
-    max_task_metric_drop: Annotated[float | None, typer.Option(help="max FP32-INT8 task metric drop (0.01 = 1 pt)")] = None,
+    max_task_metric_drop: Annotated[
+        float | None, typer.Option(help="max FP32-INT8 task metric drop (0.01 = 1 pt)")
+    ] = None,
     min_mean_cosine: Annotated[float | None, typer.Option(help="min mean cosine INT8 vs FP32")] = None,
     min_min_cosine: Annotated[float | None, typer.Option(help="min worst-case cosine")] = None,
-    min_neighbour_agreement: Annotated[float | None, typer.Option(help="min nearest-neighbour agreement")] = None,
+    min_neighbour_agreement: Annotated[
+        float | None, typer.Option(help="min nearest-neighbour agreement")
+    ] = None,
     abs_tol: Annotated[float | None, typer.Option(help="max |INT8-FP32| element")] = None,
     mean_tol: Annotated[float | None, typer.Option(help="max mean |INT8-FP32|")] = None,
     min_p95_speedup: Annotated[float | None, typer.Option(help="min ORT FP32 p95 / INT8 p95")] = None,
@@ -112,15 +120,24 @@ def run(
     from quantgate.quantize import get_recipe
 
     ref = _ref(model, version)
-    thresholds = _thresholds({
-        "max_task_metric_drop": max_task_metric_drop, "min_mean_cosine": min_mean_cosine,
-        "min_min_cosine": min_min_cosine, "min_neighbour_agreement": min_neighbour_agreement,
-        "abs_tol": abs_tol, "mean_tol": mean_tol, "min_p95_speedup": min_p95_speedup,
-    })
+    thresholds = _thresholds(
+        {
+            "max_task_metric_drop": max_task_metric_drop,
+            "min_mean_cosine": min_mean_cosine,
+            "min_min_cosine": min_min_cosine,
+            "min_neighbour_agreement": min_neighbour_agreement,
+            "abs_tol": abs_tol,
+            "mean_tol": mean_tol,
+            "min_p95_speedup": min_p95_speedup,
+        }
+    )
     try:
         get_recipe(recipe)
         bench = BenchSettings(batch=batch, seq_len=seq_len, threads=threads, repeat_runs=repeats)
-        _store().check()  # unreachable endpoint, bad keys or a missing bucket: say so before Prefect starts
+        # An unreachable endpoint, bad keys, a missing bucket or version: say so before Prefect starts.
+        from quantgate import lifecycle
+
+        lifecycle.load_registration(_store(), ref)
     except ValidationError as exc:
         raise _fail(f"bad benchmark setting: {exc.errors()[0]['loc'][0]} {exc.errors()[0]['msg']}") from None
     except QuantgateError as exc:
@@ -130,8 +147,15 @@ def run(
     from flows.quantize_and_promote import quantize_and_promote
 
     console.rule(f"quantize-and-promote {ref}")
-    state = quantize_and_promote(model=model, version=version, recipe=recipe, thresholds=thresholds,
-                                 bench=bench, allow_pickle=allow_pickle, return_state=True)
+    state = quantize_and_promote(
+        model=model,
+        version=version,
+        recipe=recipe,
+        thresholds=thresholds,
+        bench=bench,
+        allow_pickle=allow_pickle,
+        return_state=True,
+    )
     result = state.result(raise_on_failure=False)
     if state.is_failed():
         raise _fail(str(result) if isinstance(result, QuantgateError) else f"run failed: {state.message}")
@@ -145,28 +169,34 @@ def run(
 
 
 def print_report(report: dict[str, Any]) -> None:
-    from quantgate.report import bench_rows, gate_rows
-    from quantgate.report import RunReport
+    from quantgate.report import RunReport, bench_rows, gate_rows
 
     parsed = RunReport.model_validate(report)
     verdict = "[bold green]PROMOTED[/]" if parsed.outcome == "promoted" else "[bold yellow]NOT PROMOTED[/]"
-    console.print(f"{parsed.model}@{parsed.version}: {verdict}  recipe {parsed.recipe.get('name')}  "
-                  f"run {parsed.run_id}")
+    console.print(
+        f"{parsed.model}@{parsed.version}: {verdict}  recipe {parsed.recipe.get('name')}  run {parsed.run_id}"
+    )
     if parsed.promoted_to:
         console.print(f"promoted to {parsed.promoted_to}")
     m = parsed.metrics
-    console.print(f"task metric FP32 {m['task_metric_fp32']:.4f} → INT8 {m['task_metric_candidate']:.4f} "
-                  f"(drop {100 * m['task_metric_drop']:.2f} points)")
+    console.print(
+        f"task metric FP32 {m['task_metric_fp32']:.4f} → INT8 {m['task_metric_candidate']:.4f} "
+        f"(drop {100 * m['task_metric_drop']:.2f} points)"
+    )
     gates = Table(title="gates")
     for col in ("gate", "value", "limit", "margin", "result"):
         gates.add_column(col)
     for row in gate_rows(parsed.gates):
         style = "green" if row["result"] == "pass" else "red"
-        gates.add_row(*(str(row[c]) for c in ("gate", "value", "limit", "margin")), f"[{style}]{row['result']}[/]")
+        gates.add_row(
+            *(str(row[c]) for c in ("gate", "value", "limit", "margin")), f"[{style}]{row['result']}[/]"
+        )
     console.print(gates)
     s = parsed.benchmark.settings
-    bench = Table(title=f"benchmark: batch {s.batch}, seq {s.seq_len}, {s.threads} thread(s), "
-                        f"{s.repeat_runs} interleaved runs, CPU {', '.join(parsed.benchmark.cpu.get('flags', []))}")
+    bench = Table(
+        title=f"benchmark: batch {s.batch}, seq {s.seq_len}, {s.threads} thread(s), "
+        f"{s.repeat_runs} interleaved runs, CPU {', '.join(parsed.benchmark.cpu.get('flags', []))}"
+    )
     rows = bench_rows(parsed.benchmark)
     for col in rows[0]:
         bench.add_column(col)

@@ -49,18 +49,24 @@ def neighbour_agreement(ref: np.ndarray, cand: np.ndarray) -> float:
     return float((nearest(ref) == nearest(cand)).mean())
 
 
-def parity_report(ref: np.ndarray, cand: np.ndarray, abs_tol: float, mean_tol: float,
-                  output: str = "sentence_embedding") -> ParityReport:
+def parity_report(
+    ref: np.ndarray, cand: np.ndarray, abs_tol: float, mean_tol: float, output: str = "sentence_embedding"
+) -> ParityReport:
     if ref.shape != cand.shape:
         raise ValueError(f"output shapes differ: {ref.shape} vs {cand.shape}")
     diff = np.abs(ref.astype(np.float64) - cand.astype(np.float64))
     cos = cosine_rows(ref, cand)
     max_abs, mean_abs = float(diff.max()), float(diff.mean())
     return ParityReport(
-        output=output, n_samples=len(ref), max_abs_diff=max_abs, mean_abs_diff=mean_abs,
-        abs_tol=abs_tol, mean_tol=mean_tol,
+        output=output,
+        n_samples=len(ref),
+        max_abs_diff=max_abs,
+        mean_abs_diff=mean_abs,
+        abs_tol=abs_tol,
+        mean_tol=mean_tol,
         passed=bool(np.isfinite(diff).all() and max_abs <= abs_tol and mean_abs <= mean_tol),
-        mean_cosine=float(cos.mean()), min_cosine=float(cos.min()),
+        mean_cosine=float(cos.mean()),
+        min_cosine=float(cos.min()),
         neighbour_agreement=neighbour_agreement(ref, cand),
     )
 
@@ -80,8 +86,15 @@ def session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def embed_texts(onnx_path: Path, tokenizer: Any, texts: list[str], *, batch: int = 64,
-                max_length: int = 256, threads: int = 2) -> np.ndarray:
+def embed_texts(
+    onnx_path: Path,
+    tokenizer: Any,
+    texts: list[str],
+    *,
+    batch: int = 64,
+    max_length: int = 256,
+    threads: int = 2,
+) -> np.ndarray:
     """sentence_embedding for every text; length-sorted batches keep padding (and time) low."""
     from quantgate.export import tokenize
 
@@ -89,11 +102,12 @@ def embed_texts(onnx_path: Path, tokenizer: Any, texts: list[str], *, batch: int
     order = np.argsort([len(t) for t in texts], kind="stable")
     out: np.ndarray | None = None
     for start in range(0, len(texts), batch):
-        idx = order[start:start + batch]
+        idx = order[start : start + batch]
         feeds = tokenize(tokenizer, [texts[i] for i in idx], max_length)
         (emb,) = sess.run(["sentence_embedding"], feeds)
         if out is None:
             out = np.zeros((len(texts), emb.shape[1]), dtype=np.float32)
         out[idx] = emb
-    assert out is not None
+    if out is None:
+        raise ValueError("no texts to embed")
     return out

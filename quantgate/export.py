@@ -46,7 +46,9 @@ def check_model_folder(model_dir: Path, allow_pickle: bool = False) -> dict[str,
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidModelError(f"config.json is not valid JSON ({exc}): re-save the model folder") from None
     if not config.get("architectures") and not config.get("model_type"):
-        raise InvalidModelError("config.json names no architectures or model_type: save it with save_pretrained()")
+        raise InvalidModelError(
+            "config.json names no architectures or model_type: save it with save_pretrained()"
+        )
     if not (model_dir / "model.safetensors").is_file():
         if (model_dir / "pytorch_model.bin").is_file() and not allow_pickle:
             raise InvalidModelError(
@@ -54,9 +56,13 @@ def check_model_folder(model_dir: Path, allow_pickle: bool = False) -> dict[str,
                 "Convert it to model.safetensors, or pass --allow-pickle if you trust its source"
             )
         if not (model_dir / "pytorch_model.bin").is_file():
-            raise InvalidModelError(f"{model_dir} has no model.safetensors: save the model with safe_serialization")
+            raise InvalidModelError(
+                f"{model_dir} has no model.safetensors: save the model with safe_serialization"
+            )
     if not any((model_dir / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
-        raise InvalidModelError(f"{model_dir} has no tokenizer (tokenizer.json or vocab.txt): save the tokenizer too")
+        raise InvalidModelError(
+            f"{model_dir} has no tokenizer (tokenizer.json or vocab.txt): save the tokenizer too"
+        )
     return config
 
 
@@ -88,8 +94,11 @@ def build_embedding_module(model_dir: Path, allow_pickle: bool = False) -> tuple
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         base = AutoModel.from_pretrained(
-            model_dir, local_files_only=True, attn_implementation="eager",
-            use_safetensors=not allow_pickle, weights_only=True,
+            model_dir,
+            local_files_only=True,
+            attn_implementation="eager",
+            use_safetensors=not allow_pickle,
+            weights_only=True,
         ).eval()
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise InvalidModelError(
@@ -102,10 +111,12 @@ def build_embedding_module(model_dir: Path, allow_pickle: bool = False) -> tuple
             super().__init__()
             self.encoder = encoder
 
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    token_type_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                                  token_type_ids=token_type_ids).last_hidden_state
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            hidden = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             if pooling == "cls":
                 pooled = hidden[:, 0]
@@ -124,16 +135,29 @@ INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 OUTPUT_NAMES = ["last_hidden_state", "sentence_embedding"]
 
 
-def tokenize(tokenizer: Any, texts: list[str], max_length: int, pad_to_max: bool = False) -> dict[str, np.ndarray]:
-    enc = tokenizer(texts, padding="max_length" if pad_to_max else True, truncation=True,
-                    max_length=max_length, return_tensors="np")
+def tokenize(
+    tokenizer: Any, texts: list[str], max_length: int, pad_to_max: bool = False
+) -> dict[str, np.ndarray]:
+    enc = tokenizer(
+        texts,
+        padding="max_length" if pad_to_max else True,
+        truncation=True,
+        max_length=max_length,
+        return_tensors="np",
+    )
     out = {name: enc[name].astype(np.int64) for name in INPUT_NAMES if name in enc}
     out.setdefault("token_type_ids", np.zeros_like(out["input_ids"]))
     return out
 
 
-def export_sentence_embedding(model_dir: Path, out_dir: Path, sample_texts: list[str], atol: float,
-                              allow_pickle: bool = False, max_length: int = 128) -> ExportResult:
+def export_sentence_embedding(
+    model_dir: Path,
+    out_dir: Path,
+    sample_texts: list[str],
+    atol: float,
+    allow_pickle: bool = False,
+    max_length: int = 128,
+) -> ExportResult:
     import onnx
     import onnxruntime as ort
     import torch
@@ -148,9 +172,14 @@ def export_sentence_embedding(model_dir: Path, out_dir: Path, sample_texts: list
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TorchScript tracer warnings about python control flow
             torch.onnx.export(
-                module, tuple(torch.from_numpy(example[n]) for n in INPUT_NAMES), str(onnx_path),
-                input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, dynamic_axes=axes,
-                opset_version=OPSET, dynamo=False,
+                module,
+                tuple(torch.from_numpy(example[n]) for n in INPUT_NAMES),
+                str(onnx_path),
+                input_names=INPUT_NAMES,
+                output_names=OUTPUT_NAMES,
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
             )
         # Consolidate into one file (small models) and check the graph; onnx.checker on the path also
         # covers models with external data.
@@ -172,25 +201,32 @@ def export_sentence_embedding(model_dir: Path, out_dir: Path, sample_texts: list
     return ExportResult(
         onnx_path=onnx_path,
         tokenizer_files=sorted(p for p in tokenizer_dir.iterdir() if p.is_file()),
-        input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, opset=OPSET,
-        pooling=pooling, normalize=normalize,
-        max_abs_diff_vs_torch=diffs, parity_samples=len(sample_texts),
+        input_names=INPUT_NAMES,
+        output_names=OUTPUT_NAMES,
+        opset=OPSET,
+        pooling=pooling,
+        normalize=normalize,
+        max_abs_diff_vs_torch=diffs,
+        parity_samples=len(sample_texts),
         size_bytes=onnx_path.stat().st_size,
     )
 
 
-def _parity_vs_torch(module: Any, onnx_path: Path, tokenizer: Any, texts: list[str], max_length: int,
-                     ort: Any, batch: int = 8) -> dict[str, float]:
+def _parity_vs_torch(
+    module: Any, onnx_path: Path, tokenizer: Any, texts: list[str], max_length: int, ort: Any, batch: int = 8
+) -> dict[str, float]:
     import torch
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     worst = dict.fromkeys(OUTPUT_NAMES, 0.0)
     for start in range(0, len(texts), batch):
-        feeds = tokenize(tokenizer, texts[start:start + batch], max_length)
+        feeds = tokenize(tokenizer, texts[start : start + batch], max_length)
         with torch.no_grad():
             ref = [t.numpy() for t in module(*(torch.from_numpy(feeds[n]) for n in INPUT_NAMES))]
         if not all(np.isfinite(r).all() for r in ref):
-            raise InvalidModelError("the PyTorch model outputs NaN or Inf on the held-out texts: check its weights")
+            raise InvalidModelError(
+                "the PyTorch model outputs NaN or Inf on the held-out texts: check its weights"
+            )
         got = session.run(OUTPUT_NAMES, feeds)
         for name, r, g in zip(OUTPUT_NAMES, ref, got, strict=True):
             worst[name] = max(worst[name], float(np.abs(r - g).max()))

@@ -59,13 +59,19 @@ class GateThresholds(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_task_metric_drop: float = Field(0.01, ge=0, le=1, description="FP32 minus INT8 task metric (0.01 = 1 point)")
+    max_task_metric_drop: float = Field(
+        0.01, ge=0, le=1, description="FP32 minus INT8 task metric (0.01 = 1 point)"
+    )
     min_mean_cosine: float = Field(0.98, ge=-1, le=1, description="mean cosine of INT8 vs FP32 embeddings")
     min_min_cosine: float = Field(0.90, ge=-1, le=1, description="worst single-example cosine")
-    min_neighbour_agreement: float = Field(0.90, ge=0, le=1, description="share of examples whose nearest neighbour is unchanged")
+    min_neighbour_agreement: float = Field(
+        0.90, ge=0, le=1, description="share of examples whose nearest neighbour is unchanged"
+    )
     abs_tol: float = Field(0.1, gt=0, description="max |INT8 - FP32| over every output element")
     mean_tol: float = Field(0.01, gt=0, description="mean |INT8 - FP32|")
-    min_p95_speedup: float = Field(1.0, ge=0, description="ORT FP32 p95 / INT8 p95; 1.0 = INT8 must be faster")
+    min_p95_speedup: float = Field(
+        1.0, ge=0, description="ORT FP32 p95 / INT8 p95; 1.0 = INT8 must be faster"
+    )
     export_atol: float = Field(1e-4, gt=0, description="max |ONNX FP32 - PyTorch| at export")
 
     @field_validator("*")
@@ -77,16 +83,29 @@ class GateThresholds(BaseModel):
 
     def to_gates(self) -> list[Gate]:
         return [
-            Gate(name="task metric drop", metric="task_metric_drop", op="<=", limit=self.max_task_metric_drop,
-                 description="FP32 ONNX minus INT8 on the held-out task metric"),
+            Gate(
+                name="task metric drop",
+                metric="task_metric_drop",
+                op="<=",
+                limit=self.max_task_metric_drop,
+                description="FP32 ONNX minus INT8 on the held-out task metric",
+            ),
             Gate(name="mean cosine", metric="mean_cosine", op=">=", limit=self.min_mean_cosine),
             Gate(name="min cosine", metric="min_cosine", op=">=", limit=self.min_min_cosine),
-            Gate(name="neighbour agreement", metric="neighbour_agreement", op=">=",
-                 limit=self.min_neighbour_agreement),
+            Gate(
+                name="neighbour agreement",
+                metric="neighbour_agreement",
+                op=">=",
+                limit=self.min_neighbour_agreement,
+            ),
             Gate(name="parity max abs diff", metric="max_abs_diff", op="<=", limit=self.abs_tol),
             Gate(name="parity mean abs diff", metric="mean_abs_diff", op="<=", limit=self.mean_tol),
-            Gate(name="p95 speed-up vs ORT FP32", metric="p95_speedup_vs_onnx_fp32", op=">=",
-                 limit=self.min_p95_speedup),
+            Gate(
+                name="p95 speed-up vs ORT FP32",
+                metric="p95_speedup_vs_onnx_fp32",
+                op=">=",
+                limit=self.min_p95_speedup,
+            ),
         ]
 
 

@@ -38,6 +38,7 @@ class ValidationOutcome(BaseModel):
 
 # --- parsing -----------------------------------------------------------------------------------------------
 
+
 def read_utf8(path: Path) -> str:
     raw = path.read_bytes()
     try:
@@ -81,6 +82,7 @@ def load_heldout(path: Path, fmt: str) -> pd.DataFrame:
 
 # --- validation with Great Expectations -----------------------------------------------------------------
 
+
 def _expectations(schema: HeldoutSchema) -> list[Any]:
     import great_expectations as gx
 
@@ -94,11 +96,17 @@ def _expectations(schema: HeldoutSchema) -> list[Any]:
         if kind == "text":
             # At least one non-space character: an empty or blank sentence has no meaning to embed.
             out.append(exp.ExpectColumnValuesToMatchRegex(column=column, regex=r"\S"))
-            out.append(exp.ExpectColumnValueLengthsToBeBetween(column=column, min_value=1,
-                                                               max_value=schema.max_text_chars))
+            out.append(
+                exp.ExpectColumnValueLengthsToBeBetween(
+                    column=column, min_value=1, max_value=schema.max_text_chars
+                )
+            )
         elif kind == "score":
-            out.append(exp.ExpectColumnValuesToBeBetween(column=column, min_value=schema.score_min,
-                                                         max_value=schema.score_max))
+            out.append(
+                exp.ExpectColumnValuesToBeBetween(
+                    column=column, min_value=schema.score_min, max_value=schema.score_max
+                )
+            )
     if schema.unique_columns:
         out.append(exp.ExpectCompoundColumnsToBeUnique(column_list=schema.unique_columns))
     return out
@@ -122,7 +130,6 @@ def _describe_failure(res: dict[str, Any]) -> str:
 def validate_heldout(df: pd.DataFrame, schema: HeldoutSchema, name: str = "heldout") -> ValidationOutcome:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
-
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")

@@ -62,8 +62,10 @@ def model_files(model_dir: Path) -> list[Path]:
 
 # --- register ----------------------------------------------------------------------------------------------
 
-def register(store: ObjectStore, ref: ModelRef, model_dir: Path, heldout: Path, task: str,
-             allow_pickle: bool = False) -> Registration:
+
+def register(
+    store: ObjectStore, ref: ModelRef, model_dir: Path, heldout: Path, task: str, allow_pickle: bool = False
+) -> Registration:
     task_type = get_task_type(task)
     check_model_folder(model_dir, allow_pickle)
     if not heldout.is_file():
@@ -78,13 +80,21 @@ def register(store: ObjectStore, ref: ModelRef, model_dir: Path, heldout: Path, 
         entries.append(FileEntry(path=rel, sha256=digest, size=path.stat().st_size))
     held_digest = store.put_file(registered_heldout_key(ref, heldout.name), heldout)
     registration = Registration(
-        model=ref.name, version=ref.version, task=task_type.name, heldout_format=task_type.heldout_format,
-        files=entries, heldout=FileEntry(path=heldout.name, sha256=held_digest, size=heldout.stat().st_size),
+        model=ref.name,
+        version=ref.version,
+        task=task_type.name,
+        heldout_format=task_type.heldout_format,
+        files=entries,
+        heldout=FileEntry(path=heldout.name, sha256=held_digest, size=heldout.stat().st_size),
         source_checksum=source_checksum(entries),
     )
     try:
-        store.put_bytes(registration_key(ref), _json_bytes(registration.model_dump(mode="json")),
-                        create_only=True, content_type="application/json")
+        store.put_bytes(
+            registration_key(ref),
+            _json_bytes(registration.model_dump(mode="json")),
+            create_only=True,
+            content_type="application/json",
+        )
     except ConflictError:
         raise ConflictError(f"{ref} was registered concurrently by someone else: use a new version") from None
     return registration
@@ -102,7 +112,9 @@ def load_registration(store: ObjectStore, ref: ModelRef) -> Registration:
     try:
         registration = Registration.model_validate_json(raw)
     except ValidationError as exc:
-        raise IntegrityError(f"{registration_key(ref)} is not a valid registration: {exc.error_count()} errors") from None
+        raise IntegrityError(
+            f"{registration_key(ref)} is not a valid registration: {exc.error_count()} errors"
+        ) from None
     if registration.ref != ref:
         raise IntegrityError(f"{registration_key(ref)} describes {registration.ref}, not {ref}")
     return registration
@@ -115,6 +127,7 @@ def list_registered(store: ObjectStore, model: str | None = None) -> list[ModelR
 
 
 # --- pull --------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class PulledVersion:
@@ -140,12 +153,14 @@ def pull(store: ObjectStore, ref: ModelRef, dest: Path) -> PulledVersion:
     for entry in registration.files:
         _download_verified(store, registered_model_key(ref, entry.path), model_dir / entry.path, entry)
     heldout_path = dest / "heldout" / registration.heldout.path
-    _download_verified(store, registered_heldout_key(ref, registration.heldout.path), heldout_path,
-                       registration.heldout)
+    _download_verified(
+        store, registered_heldout_key(ref, registration.heldout.path), heldout_path, registration.heldout
+    )
     return PulledVersion(registration, model_dir, heldout_path)
 
 
 # --- decisions -------------------------------------------------------------------------------------------
+
 
 def decision_of(store: ObjectStore, ref: ModelRef) -> Outcome | None:
     if store.exists(manifest_key(ref)):
@@ -169,8 +184,9 @@ def load_decision_report(store: ObjectStore, ref: ModelRef) -> dict[str, Any]:
     raise NotFoundError(f"{ref} has no decision yet: run `quantgate run {ref.name} {ref.version}`")
 
 
-def promote(store: ObjectStore, manifest: Manifest, local_files: dict[str, Path],
-            report: dict[str, Any]) -> Manifest:
+def promote(
+    store: ObjectStore, manifest: Manifest, local_files: dict[str, Path], report: dict[str, Any]
+) -> Manifest:
     """Upload the artifact files, verify what the server stored, then write the manifest, create-only.
 
     `local_files` maps a path under promoted/<m>/<v>/ to a local file; report.json is added here."""
@@ -186,12 +202,18 @@ def promote(store: ObjectStore, manifest: Manifest, local_files: dict[str, Path]
             raise IntegrityError(f"{key} was stored with sha256 {stored[:12]}…, expected {digest[:12]}…")
         entries.append(FileEntry(path=rel, sha256=digest, size=path.stat().st_size))
     report_bytes = _json_bytes(report)
-    report_digest = store.put_bytes(promoted_key(ref, "report.json"), report_bytes, content_type="application/json")
+    report_digest = store.put_bytes(
+        promoted_key(ref, "report.json"), report_bytes, content_type="application/json"
+    )
     entries.append(FileEntry(path="report.json", sha256=report_digest, size=len(report_bytes)))
     final = manifest.model_copy(update={"files": entries})
     try:
-        store.put_bytes(manifest_key(ref), _json_bytes(final.model_dump(mode="json")), create_only=True,
-                        content_type="application/json")
+        store.put_bytes(
+            manifest_key(ref),
+            _json_bytes(final.model_dump(mode="json")),
+            create_only=True,
+            content_type="application/json",
+        )
     except ConflictError:
         raise ConflictError(f"{ref} was promoted by a concurrent run; this run promoted nothing") from None
     return final
@@ -199,9 +221,13 @@ def promote(store: ObjectStore, manifest: Manifest, local_files: dict[str, Path]
 
 def reject(store: ObjectStore, ref: ModelRef, report: dict[str, Any], parity: dict[str, Any]) -> str:
     """Record a rejection where a person looks for it: rejected/<m>/<v>/. Nothing goes to promoted/."""
-    store.put_bytes(f"{rejected_prefix(ref)}parity_report.json", _json_bytes(parity), content_type="application/json")
+    store.put_bytes(
+        f"{rejected_prefix(ref)}parity_report.json", _json_bytes(parity), content_type="application/json"
+    )
     try:
-        store.put_bytes(rejection_key(ref), _json_bytes(report), create_only=True, content_type="application/json")
+        store.put_bytes(
+            rejection_key(ref), _json_bytes(report), create_only=True, content_type="application/json"
+        )
     except ConflictError:
         raise ConflictError(f"{ref} was decided by a concurrent run; see `quantgate report`") from None
     return rejection_key(ref)

@@ -25,7 +25,9 @@ class Recipe(BaseModel):
     # reduce_range keeps weights in 7 bits: needed on CPUs without VNNI to avoid overflow in
     # VPMADDUBSW (ORT quantization docs); this CPU has AVX-512 VNNI, so it is off by default.
     reduce_range: bool = False
-    op_types: list[str] | None = Field(default=None, description="None = every op ORT can quantize dynamically")
+    op_types: list[str] | None = Field(
+        default=None, description="None = every op ORT can quantize dynamically"
+    )
     nodes_to_exclude: list[str] = Field(default_factory=list)
 
 
@@ -68,7 +70,8 @@ def apply_recipe(recipe: Recipe, fp32_path: Path, out_dir: Path) -> QuantizeResu
     out_dir.mkdir(parents=True, exist_ok=True)
     out_path = out_dir / "model.int8.onnx"
     quantize_dynamic(
-        str(fp32_path), str(out_path),
+        str(fp32_path),
+        str(out_path),
         weight_type=QuantType[recipe.weight_type],
         per_channel=recipe.per_channel,
         reduce_range=recipe.reduce_range,
@@ -80,7 +83,10 @@ def apply_recipe(recipe: Recipe, fp32_path: Path, out_dir: Path) -> QuantizeResu
     onnx.checker.check_model(str(out_path))
     counts = op_counts(out_path)
     return QuantizeResult(
-        path=out_path, recipe=recipe, size_bytes=out_path.stat().st_size, op_counts=counts,
+        path=out_path,
+        recipe=recipe,
+        size_bytes=out_path.stat().st_size,
+        op_counts=counts,
         quantized_matmuls=counts.get("MatMulInteger", 0) + counts.get("DynamicQuantizeMatMul", 0),
         float_matmuls=counts.get("MatMul", 0),
     )

@@ -41,15 +41,20 @@ def _check_segment(kind: str, value: str, pattern: re.Pattern[str], rule: str) -
 
 def check_name(value: str) -> str:
     return _check_segment(
-        "model name", value, _NAME_RE,
+        "model name",
+        value,
+        _NAME_RE,
         "1-64 lower-case letters, digits, '.', '_' or '-', starting and ending with a letter or digit",
     )
 
 
 def check_version(value: str) -> str:
     return _check_segment(
-        "version", value, _VERSION_RE,
-        "1-64 letters, digits, '.', '_', '+' or '-', starting and ending with a letter or digit (e.g. 2024-06-01 or v3)",
+        "version",
+        value,
+        _VERSION_RE,
+        "1-64 letters, digits, '.', '_', '+' or '-', starting and ending with a letter or digit "
+        "(e.g. 2024-06-01 or v3)",
     )
 
 
@@ -76,6 +81,7 @@ class ModelRef(BaseModel):
 
 
 # --- keys ------------------------------------------------------------------------------------------------
+
 
 def _safe_relpath(rel: str) -> str:
     parts = rel.split("/")
@@ -137,6 +143,7 @@ def parse_registration_key(key: str) -> ModelRef | None:
 
 # --- schemas -------------------------------------------------------------------------------------------
 
+
 def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -197,6 +204,9 @@ def registry_summary(outcome: str, ref: ModelRef, failed: list[Any]) -> str:
     """One line for a run's final state: where the result is, and why when rejected."""
     if outcome == "promoted":
         return f"{ref} promoted to {promoted_prefix(ref)}"
-    reasons = ", ".join(f"{r.gate.name} = {r.value if r.value is None else round(r.value, 4)} "
-                        f"(limit {r.gate.op} {r.gate.limit:g})" for r in failed)
+    reasons = ", ".join(
+        f"{r.gate.name} = {r.value if r.value is None else round(r.value, 4)} "
+        f"(limit {r.gate.op} {r.gate.limit:g})"
+        for r in failed
+    )
     return f"{ref} not promoted: {reasons}; report at {rejection_key(ref)}"

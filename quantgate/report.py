@@ -18,8 +18,17 @@ from quantgate.registry import Manifest, Registration, registration_key, utcnow
 
 Outcome = Literal["promoted", "rejected"]
 
-_PACKAGES = ("quantgate", "torch", "transformers", "onnx", "onnxruntime", "prefect",
-             "great-expectations", "boto3", "numpy")
+_PACKAGES = (
+    "quantgate",
+    "torch",
+    "transformers",
+    "onnx",
+    "onnxruntime",
+    "prefect",
+    "great-expectations",
+    "boto3",
+    "numpy",
+)
 
 
 def environment() -> dict[str, Any]:
@@ -72,9 +81,13 @@ def gate_rows(report: GateReport) -> list[dict[str, Any]]:
 def bench_rows(bench: BenchReport) -> list[dict[str, Any]]:
     return [
         {
-            "engine": r.engine, "p50_ms": round(r.p50_ms, 2), "p95_ms": round(r.p95_ms, 2),
-            "p99_ms": round(r.p99_ms, 2), "throughput_per_s": round(r.throughput_per_s, 1),
-            "size_mb": round(r.size_mb, 1), "load_s": round(r.load_s, 2),
+            "engine": r.engine,
+            "p50_ms": round(r.p50_ms, 2),
+            "p95_ms": round(r.p95_ms, 2),
+            "p99_ms": round(r.p99_ms, 2),
+            "throughput_per_s": round(r.throughput_per_s, 1),
+            "size_mb": round(r.size_mb, 1),
+            "load_s": round(r.load_s, 2),
         }
         for r in bench.results
     ]
@@ -93,37 +106,68 @@ def to_markdown(report: RunReport) -> str:
     verdict = "PROMOTED" if report.outcome == "promoted" else "REJECTED (not promoted)"
     s = report.benchmark.settings
     failed = ", ".join(r.gate.name for r in report.gates.failed) or "none"
-    return "\n\n".join([
-        f"# {report.model}@{report.version}: {verdict}",
-        f"Recipe `{report.recipe.get('name')}` · task `{report.task}` · run `{report.run_id}` · "
-        f"failed gates: {failed}",
-        f"Task metric: FP32 "
-        f"{report.metrics['task_metric_fp32']:.4f} → INT8 {report.metrics['task_metric_candidate']:.4f}",
-        "## Gates\n\n" + _md_table(gate_rows(report.gates)),
-        f"## Benchmark (batch {s.batch}, seq {s.seq_len}, {s.threads} thread(s), {s.repeat_runs} interleaved "
-        f"runs; CPU flags {', '.join(report.benchmark.cpu.get('flags', []))})\n\n" + _md_table(bench_rows(report.benchmark)),
-        f"Promoted to: `{report.promoted_to}`" if report.promoted_to else "Nothing was promoted.",
-    ])
+    return "\n\n".join(
+        [
+            f"# {report.model}@{report.version}: {verdict}",
+            f"Recipe `{report.recipe.get('name')}` · task `{report.task}` · run `{report.run_id}` · "
+            f"failed gates: {failed}",
+            f"Task metric: FP32 "
+            f"{report.metrics['task_metric_fp32']:.4f} → INT8 {report.metrics['task_metric_candidate']:.4f}",
+            "## Gates\n\n" + _md_table(gate_rows(report.gates)),
+            f"## Benchmark (batch {s.batch}, seq {s.seq_len}, {s.threads} thread(s), "
+            f"{s.repeat_runs} interleaved runs; CPU flags "
+            f"{', '.join(report.benchmark.cpu.get('flags', []))})\n\n"
+            + _md_table(bench_rows(report.benchmark)),
+            f"Promoted to: `{report.promoted_to}`" if report.promoted_to else "Nothing was promoted.",
+        ]
+    )
 
 
-def build_run_report(*, ref_name: str, ref_version: str, run_id: str, task: str, recipe: dict[str, Any],
-                     quantized_ops: dict[str, int], export: dict[str, Any], heldout: dict[str, Any],
-                     metrics: dict[str, float], thresholds: dict[str, Any], gates: GateReport,
-                     parity: ParityReport, benchmark: BenchReport) -> RunReport:
+def build_run_report(
+    *,
+    ref_name: str,
+    ref_version: str,
+    run_id: str,
+    task: str,
+    recipe: dict[str, Any],
+    quantized_ops: dict[str, int],
+    export: dict[str, Any],
+    heldout: dict[str, Any],
+    metrics: dict[str, float],
+    thresholds: dict[str, Any],
+    gates: GateReport,
+    parity: ParityReport,
+    benchmark: BenchReport,
+) -> RunReport:
     """The decision is read off the gate report and nothing else."""
     return RunReport(
-        model=ref_name, version=ref_version, run_id=run_id, task=task,
+        model=ref_name,
+        version=ref_version,
+        run_id=run_id,
+        task=task,
         outcome="promoted" if gates.passed else "rejected",
-        recipe=recipe, quantized_ops=quantized_ops, export=export, heldout=heldout, metrics=metrics,
-        thresholds=thresholds, gates=gates, parity=parity, benchmark=benchmark, environment=environment(),
+        recipe=recipe,
+        quantized_ops=quantized_ops,
+        export=export,
+        heldout=heldout,
+        metrics=metrics,
+        thresholds=thresholds,
+        gates=gates,
+        parity=parity,
+        benchmark=benchmark,
+        environment=environment(),
     )
 
 
 def manifest_for(report: RunReport, registration: Registration) -> Manifest:
     """The manifest of a promotion; `files` is filled in by lifecycle.promote once they are stored."""
     return Manifest(
-        model=report.model, version=report.version, run_id=report.run_id, task=report.task,
-        recipe=report.recipe, files=[],
+        model=report.model,
+        version=report.version,
+        run_id=report.run_id,
+        task=report.task,
+        recipe=report.recipe,
+        files=[],
         source={
             "registration": registration_key(registration.ref),
             "source_checksum": registration.source_checksum,
@@ -131,8 +175,10 @@ def manifest_for(report: RunReport, registration: Registration) -> Manifest:
             "heldout": registration.heldout.model_dump(),
             "registered_at": registration.registered_at,
         },
-        thresholds=report.thresholds, metrics=report.metrics,
-        gates=gate_rows(report.gates), benchmark=report.benchmark.model_dump(mode="json"),
+        thresholds=report.thresholds,
+        metrics=report.metrics,
+        gates=gate_rows(report.gates),
+        benchmark=report.benchmark.model_dump(mode="json"),
         environment=report.environment,
     )
 
@@ -143,8 +189,9 @@ def write_json(path: Path, data: Any) -> Path:
     return path
 
 
-def promotion_files(report: RunReport, model_path: Path, tokenizer_files: list[Path],
-                    out_dir: Path) -> dict[str, Path]:
+def promotion_files(
+    report: RunReport, model_path: Path, tokenizer_files: list[Path], out_dir: Path
+) -> dict[str, Path]:
     """What goes under promoted/<m>/<v>/ besides report.json and manifest.json."""
     files = {"model.int8.onnx": model_path}
     files |= {f"tokenizer/{p.name}": p for p in tokenizer_files}

@@ -60,7 +60,8 @@ class ObjectStore:
     def __init__(self, settings: Settings, client: Any | None = None) -> None:
         self.bucket = settings.bucket
         self.endpoint = settings.s3_endpoint_url or "AWS S3"
-        self._client = client or boto3.client(
+        # A session of its own: boto3's default session caches the credentials it resolved first.
+        self._client = client or boto3.session.Session().client(
             "s3",
             endpoint_url=settings.s3_endpoint_url,
             region_name=settings.s3_region,
@@ -74,7 +75,7 @@ class ObjectStore:
         )
 
     # --- error translation ---------------------------------------------------------------------------
-    def _translate(self, exc: Exception, key: str | None = None) -> StorageError:
+    def _translate(self, exc: Exception, key: str | None = None) -> StorageError:  # noqa: PLR0911 - one return per S3 error class
         where = f"s3://{self.bucket}/{key}" if key else f"bucket {self.bucket!r}"
         if isinstance(exc, EndpointConnectionError):
             return StorageUnreachableError(
@@ -132,20 +133,34 @@ class ObjectStore:
         self._call("head_bucket")
 
     # --- objects -------------------------------------------------------------------------------------
-    def put_bytes(self, key: str, data: bytes, *, create_only: bool = False,
-                  content_type: str = "application/octet-stream") -> str:
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        create_only: bool = False,
+        content_type: str = "application/octet-stream",
+    ) -> str:
         digest = sha256_bytes(data)
         extra = {"IfNoneMatch": "*"} if create_only else {}
-        self._call("put_object", key, Body=data, ChecksumSHA256=_b64(digest), ContentType=content_type,
-                   Metadata={"sha256": digest}, **extra)
+        self._call(
+            "put_object",
+            key,
+            Body=data,
+            ChecksumSHA256=_b64(digest),
+            ContentType=content_type,
+            Metadata={"sha256": digest},
+            **extra,
+        )
         return digest
 
     def put_file(self, key: str, path: Path, *, digest: str | None = None, create_only: bool = False) -> str:
         digest = digest or sha256_file(path)
         extra = {"IfNoneMatch": "*"} if create_only else {}
         with path.open("rb") as fh:
-            self._call("put_object", key, Body=fh, ChecksumSHA256=_b64(digest),
-                       Metadata={"sha256": digest}, **extra)
+            self._call(
+                "put_object", key, Body=fh, ChecksumSHA256=_b64(digest), Metadata={"sha256": digest}, **extra
+            )
         return digest
 
     def get_bytes(self, key: str) -> bytes:
@@ -202,7 +217,7 @@ class ObjectStore:
             if token:
                 kwargs["ContinuationToken"] = token
             page = self._call("list_objects_v2", **kwargs)
-            out += [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+            out += [p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
             if not page.get("IsTruncated"):
                 return out
             token = page["NextContinuationToken"]

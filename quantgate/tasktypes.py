@@ -44,7 +44,9 @@ class Evaluation(BaseModel):
 
 
 def speed_metrics(bench: BenchReport) -> dict[str, float]:
-    torch_fp32, onnx_fp32, candidate = (bench.by_engine(e) for e in ("pytorch-fp32", "onnx-fp32", "onnx-int8"))
+    torch_fp32, onnx_fp32, candidate = (
+        bench.by_engine(e) for e in ("pytorch-fp32", "onnx-fp32", "onnx-int8")
+    )
     return {
         "p95_speedup_vs_onnx_fp32": onnx_fp32.p95_ms / candidate.p95_ms,
         "p50_speedup_vs_onnx_fp32": onnx_fp32.p50_ms / candidate.p50_ms,
@@ -58,14 +60,30 @@ class TaskType(Protocol):
     heldout_format: str
     schema: HeldoutSchema
 
-    def export(self, model_dir: Path, out_dir: Path, heldout: pd.DataFrame, atol: float,
-               allow_pickle: bool = False) -> ExportResult: ...
+    def export(
+        self, model_dir: Path, out_dir: Path, heldout: pd.DataFrame, atol: float, allow_pickle: bool = False
+    ) -> ExportResult: ...
 
-    def evaluate(self, fp32: Path, candidate: Path, tokenizer_dir: Path, heldout: pd.DataFrame,
-                 abs_tol: float, mean_tol: float) -> Evaluation: ...
+    def evaluate(
+        self,
+        fp32: Path,
+        candidate: Path,
+        tokenizer_dir: Path,
+        heldout: pd.DataFrame,
+        abs_tol: float,
+        mean_tol: float,
+    ) -> Evaluation: ...
 
-    def benchmark(self, model_dir: Path, fp32: Path, candidate: Path, tokenizer_dir: Path,
-                  heldout: pd.DataFrame, settings: BenchSettings, allow_pickle: bool = False) -> BenchReport: ...
+    def benchmark(
+        self,
+        model_dir: Path,
+        fp32: Path,
+        candidate: Path,
+        tokenizer_dir: Path,
+        heldout: pd.DataFrame,
+        settings: BenchSettings,
+        allow_pickle: bool = False,
+    ) -> BenchReport: ...
 
 
 class SentenceEmbedding:
@@ -73,8 +91,12 @@ class SentenceEmbedding:
 
     name = "sentence-embedding"
     heldout_format = "sts-tsv"
-    schema = HeldoutSchema(columns={"score": "score", "sentence1": "text", "sentence2": "text"},
-                           score_min=0.0, score_max=5.0, min_rows=10)
+    schema = HeldoutSchema(
+        columns={"score": "score", "sentence1": "text", "sentence2": "text"},
+        score_min=0.0,
+        score_max=5.0,
+        min_rows=10,
+    )
     export_samples = 32
     eval_max_length = 256
 
@@ -82,18 +104,27 @@ class SentenceEmbedding:
     def texts(heldout: pd.DataFrame) -> list[str]:
         return [*heldout["sentence1"].astype(str), *heldout["sentence2"].astype(str)]
 
-    def export(self, model_dir: Path, out_dir: Path, heldout: pd.DataFrame, atol: float,
-               allow_pickle: bool = False) -> ExportResult:
+    def export(
+        self, model_dir: Path, out_dir: Path, heldout: pd.DataFrame, atol: float, allow_pickle: bool = False
+    ) -> ExportResult:
         texts = self.texts(heldout)
         # Spread the parity samples over short and long texts: a graph that only breaks on long inputs
         # (a wrongly static axis) must be caught here.
         by_length = sorted(texts, key=len)
         step = max(1, len(by_length) // self.export_samples)
-        return export_sentence_embedding(model_dir, out_dir, by_length[::step][: self.export_samples],
-                                         atol=atol, allow_pickle=allow_pickle)
+        return export_sentence_embedding(
+            model_dir, out_dir, by_length[::step][: self.export_samples], atol=atol, allow_pickle=allow_pickle
+        )
 
-    def evaluate(self, fp32: Path, candidate: Path, tokenizer_dir: Path, heldout: pd.DataFrame,
-                 abs_tol: float, mean_tol: float) -> Evaluation:
+    def evaluate(
+        self,
+        fp32: Path,
+        candidate: Path,
+        tokenizer_dir: Path,
+        heldout: pd.DataFrame,
+        abs_tol: float,
+        mean_tol: float,
+    ) -> Evaluation:
         import time
 
         from transformers import AutoTokenizer
@@ -114,8 +145,16 @@ class SentenceEmbedding:
             seconds=time.perf_counter() - start,
         )
 
-    def benchmark(self, model_dir: Path, fp32: Path, candidate: Path, tokenizer_dir: Path,
-                  heldout: pd.DataFrame, settings: BenchSettings, allow_pickle: bool = False) -> BenchReport:
+    def benchmark(
+        self,
+        model_dir: Path,
+        fp32: Path,
+        candidate: Path,
+        tokenizer_dir: Path,
+        heldout: pd.DataFrame,
+        settings: BenchSettings,
+        allow_pickle: bool = False,
+    ) -> BenchReport:
         import torch
         from transformers import AutoTokenizer
 
@@ -127,12 +166,20 @@ class SentenceEmbedding:
         size = weights.stat().st_size if weights.exists() else 0
         previous_threads = torch.get_num_threads()
         try:
-            return run_benchmark([
-                torch_engine("pytorch-fp32", lambda: build_embedding_module(model_dir, allow_pickle)[0],
-                             feeds, settings.threads, size),
-                ort_engine("onnx-fp32", fp32, feeds, settings.threads),
-                ort_engine("onnx-int8", candidate, feeds, settings.threads),
-            ], settings)
+            return run_benchmark(
+                [
+                    torch_engine(
+                        "pytorch-fp32",
+                        lambda: build_embedding_module(model_dir, allow_pickle)[0],
+                        feeds,
+                        settings.threads,
+                        size,
+                    ),
+                    ort_engine("onnx-fp32", fp32, feeds, settings.threads),
+                    ort_engine("onnx-int8", candidate, feeds, settings.threads),
+                ],
+                settings,
+            )
         finally:
             torch.set_num_threads(previous_threads)
 

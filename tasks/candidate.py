@@ -17,37 +17,76 @@ from quantgate.tasktypes import Evaluation, TaskType
 
 
 @task(name="export-onnx", cache_policy=NO_CACHE)
-def export(task_type: TaskType, model_dir: Path, heldout: pd.DataFrame, out_dir: Path, atol: float,
-           allow_pickle: bool) -> ExportResult:
+def export(
+    task_type: TaskType,
+    model_dir: Path,
+    heldout: pd.DataFrame,
+    out_dir: Path,
+    atol: float,
+    allow_pickle: bool,
+) -> ExportResult:
     result = task_type.export(model_dir, out_dir, heldout, atol, allow_pickle)
-    get_run_logger().info("exported %s (%.1f MB, opset %d); max |ONNX - PyTorch| = %s", result.onnx_path.name,
-                          result.size_bytes / 1e6, result.opset,
-                          {k: f"{v:.2e}" for k, v in result.max_abs_diff_vs_torch.items()})
+    get_run_logger().info(
+        "exported %s (%.1f MB, opset %d); max |ONNX - PyTorch| = %s",
+        result.onnx_path.name,
+        result.size_bytes / 1e6,
+        result.opset,
+        {k: f"{v:.2e}" for k, v in result.max_abs_diff_vs_torch.items()},
+    )
     return result
 
 
 @task(name="quantize", cache_policy=NO_CACHE)
 def quantize(recipe_name: str, fp32_path: Path, out_dir: Path) -> QuantizeResult:
     result = apply_recipe(get_recipe(recipe_name), fp32_path, out_dir)
-    get_run_logger().info("recipe %s: %.1f MB, %d MatMuls quantized, %d left in FP32", recipe_name,
-                          result.size_bytes / 1e6, result.quantized_matmuls, result.float_matmuls)
+    get_run_logger().info(
+        "recipe %s: %.1f MB, %d MatMuls quantized, %d left in FP32",
+        recipe_name,
+        result.size_bytes / 1e6,
+        result.quantized_matmuls,
+        result.float_matmuls,
+    )
     return result
 
 
 @task(name="check-parity", cache_policy=NO_CACHE)
-def check_parity(task_type: TaskType, fp32_path: Path, candidate: Path, tokenizer_dir: Path,
-                 heldout: pd.DataFrame, abs_tol: float, mean_tol: float) -> Evaluation:
+def check_parity(
+    task_type: TaskType,
+    fp32_path: Path,
+    candidate: Path,
+    tokenizer_dir: Path,
+    heldout: pd.DataFrame,
+    abs_tol: float,
+    mean_tol: float,
+) -> Evaluation:
     ev = task_type.evaluate(fp32_path, candidate, tokenizer_dir, heldout, abs_tol, mean_tol)
-    get_run_logger().info("%s FP32 %.4f -> INT8 %.4f; mean cosine %.4f; max abs diff %.4f", ev.task_metric,
-                          ev.task_metric_fp32, ev.task_metric_candidate, ev.parity.mean_cosine,
-                          ev.parity.max_abs_diff)
+    get_run_logger().info(
+        "%s FP32 %.4f -> INT8 %.4f; mean cosine %.4f; max abs diff %.4f",
+        ev.task_metric,
+        ev.task_metric_fp32,
+        ev.task_metric_candidate,
+        ev.parity.mean_cosine,
+        ev.parity.max_abs_diff,
+    )
     return ev
 
 
 @task(name="benchmark", cache_policy=NO_CACHE)
-def benchmark(task_type: TaskType, model_dir: Path, fp32_path: Path, candidate: Path, tokenizer_dir: Path,
-              heldout: pd.DataFrame, settings: BenchSettings, allow_pickle: bool) -> BenchReport:
-    report = task_type.benchmark(model_dir, fp32_path, candidate, tokenizer_dir, heldout, settings, allow_pickle)
+def benchmark(
+    task_type: TaskType,
+    model_dir: Path,
+    fp32_path: Path,
+    candidate: Path,
+    tokenizer_dir: Path,
+    heldout: pd.DataFrame,
+    settings: BenchSettings,
+    allow_pickle: bool,
+) -> BenchReport:
+    report = task_type.benchmark(
+        model_dir, fp32_path, candidate, tokenizer_dir, heldout, settings, allow_pickle
+    )
     for r in report.results:
-        get_run_logger().info("%-13s p50 %7.2f ms  p95 %7.2f ms  %6.1f MB", r.engine, r.p50_ms, r.p95_ms, r.size_mb)
+        get_run_logger().info(
+            "%-13s p50 %7.2f ms  p95 %7.2f ms  %6.1f MB", r.engine, r.p50_ms, r.p95_ms, r.size_mb
+        )
     return report

@@ -20,17 +20,32 @@ from quantgate.tasktypes import Evaluation, speed_metrics
 
 
 @task(name="gate", cache_policy=NO_CACHE)
-def decide(ref: ModelRef, run_id: str, task_name: str, exported: ExportResult, quantized: QuantizeResult,
-           evaluation: Evaluation, bench: BenchReport, thresholds: GateThresholds,
-           heldout: ValidationOutcome) -> RunReport:
+def decide(
+    ref: ModelRef,
+    run_id: str,
+    task_name: str,
+    exported: ExportResult,
+    quantized: QuantizeResult,
+    evaluation: Evaluation,
+    bench: BenchReport,
+    thresholds: GateThresholds,
+    heldout: ValidationOutcome,
+) -> RunReport:
     metrics = {**evaluation.metrics(), **speed_metrics(bench)}
     gates = evaluate_gates(metrics, thresholds.to_gates())
     report = build_run_report(
-        ref_name=ref.name, ref_version=ref.version, run_id=run_id, task=task_name,
-        recipe=quantized.recipe.model_dump(mode="json"), quantized_ops=quantized.op_counts,
+        ref_name=ref.name,
+        ref_version=ref.version,
+        run_id=run_id,
+        task=task_name,
+        recipe=quantized.recipe.model_dump(mode="json"),
+        quantized_ops=quantized.op_counts,
         export=exported.model_dump(mode="json", exclude={"tokenizer_files"}),
         heldout={"rows": heldout.rows, "statistics": heldout.statistics},
-        metrics=metrics, thresholds=thresholds.model_dump(), gates=gates, parity=evaluation.parity,
+        metrics=metrics,
+        thresholds=thresholds.model_dump(),
+        gates=gates,
+        parity=evaluation.parity,
         benchmark=bench,
     )
     logger = get_run_logger()
@@ -47,10 +62,19 @@ def _artifact_key(ref: ModelRef, kind: str) -> str:
 
 @task(name="publish-report", cache_policy=NO_CACHE)
 def publish(ref: ModelRef, report: RunReport) -> dict[str, Any]:
-    md = create_markdown_artifact(key=_artifact_key(ref, "report"), markdown=to_markdown(report),
-                                  description=f"quantgate decision for {ref}")
-    gates = create_table_artifact(key=_artifact_key(ref, "gates"), table=gate_rows(report.gates),
-                                  description="each gate: value, limit, margin")
-    bench = create_table_artifact(key=_artifact_key(ref, "benchmark"), table=bench_rows(report.benchmark),
-                                  description="interleaved CPU benchmark")
+    md = create_markdown_artifact(
+        key=_artifact_key(ref, "report"),
+        markdown=to_markdown(report),
+        description=f"quantgate decision for {ref}",
+    )
+    gates = create_table_artifact(
+        key=_artifact_key(ref, "gates"),
+        table=gate_rows(report.gates),
+        description="each gate: value, limit, margin",
+    )
+    bench = create_table_artifact(
+        key=_artifact_key(ref, "benchmark"),
+        table=bench_rows(report.benchmark),
+        description="interleaved CPU benchmark",
+    )
     return {"markdown": str(md), "gates": str(gates), "benchmark": str(bench)}

@@ -24,22 +24,31 @@ def find_decision(ref: ModelRef, settings: Settings) -> Outcome | None:
 @task(name="pull", cache_policy=NO_CACHE, **STORAGE_TASK)
 def pull_version(ref: ModelRef, settings: Settings, dest: Path) -> lifecycle.PulledVersion:
     pulled = lifecycle.pull(ObjectStore(settings), ref, dest)
-    get_run_logger().info("pulled %s: %d model files, held-out %s (task %s)", ref,
-                          len(pulled.registration.files), pulled.registration.heldout.path,
-                          pulled.registration.task)
+    get_run_logger().info(
+        "pulled %s: %d model files, held-out %s (task %s)",
+        ref,
+        len(pulled.registration.files),
+        pulled.registration.heldout.path,
+        pulled.registration.task,
+    )
     return pulled
 
 
 @task(name="promote", cache_policy=NO_CACHE, **STORAGE_TASK)
-def promote(settings: Settings, manifest: Manifest, files: dict[str, Path], report: dict[str, Any]) -> Manifest:
+def promote(
+    settings: Settings, manifest: Manifest, files: dict[str, Path], report: dict[str, Any]
+) -> Manifest:
     final = lifecycle.promote(ObjectStore(settings), manifest, files, report)
-    get_run_logger().info("promoted %s@%s: %d files, manifest written last", final.model, final.version,
-                          len(final.files))
+    get_run_logger().info(
+        "promoted %s@%s: %d files, manifest written last", final.model, final.version, len(final.files)
+    )
     return final
 
 
 @task(name="record-rejection", cache_policy=NO_CACHE, **STORAGE_TASK)
-def record_rejection(settings: Settings, ref: ModelRef, report: dict[str, Any], parity: dict[str, Any]) -> str:
+def record_rejection(
+    settings: Settings, ref: ModelRef, report: dict[str, Any], parity: dict[str, Any]
+) -> str:
     key = lifecycle.reject(ObjectStore(settings), ref, report, parity)
     get_run_logger().info("rejected %s: report at s3://%s/%s; nothing promoted", ref, settings.bucket, key)
     return key

@@ -17,8 +17,12 @@ from quantgate.tasktypes import TaskType
 def validate(path: Path, task_type: TaskType) -> tuple[pd.DataFrame, ValidationOutcome]:
     df = load_heldout(path, task_type.heldout_format)
     outcome = validate_heldout(df, task_type.schema, name=task_type.name)
-    get_run_logger().info("held-out %s: %d rows, %d/%d expectations met", path.name, outcome.rows,
-                          outcome.statistics.get("successful_expectations", 0),
-                          outcome.statistics.get("evaluated_expectations", 0))
+    get_run_logger().info(
+        "held-out %s: %d rows, %d/%d expectations met",
+        path.name,
+        outcome.rows,
+        outcome.statistics.get("successful_expectations", 0),
+        outcome.statistics.get("evaluated_expectations", 0),
+    )
     require_valid(outcome, path.name)
     return df, outcome

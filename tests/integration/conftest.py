@@ -42,8 +42,10 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
     # The harness gives a throwaway database but not throwaway result storage (NOTES-infra.md).
     results = tmp_path_factory.mktemp("prefect-results")
-    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}), \
-            prefect_test_harness(server_startup_timeout=60):
+    with (
+        temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}),
+        prefect_test_harness(server_startup_timeout=60),
+    ):
         yield
 
 

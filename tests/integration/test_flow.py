@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -35,7 +34,9 @@ def _run(ref: ModelRef, **kwargs):
     return quantize_and_promote(model=ref.name, version=ref.version, return_state=True, **kwargs)
 
 
-def test_passing_run_promotes_with_a_manifest_whose_checksums_match_the_stored_files(store, tiny_model_dir, small_sts):
+def test_passing_run_promotes_with_a_manifest_whose_checksums_match_the_stored_files(
+    store, tiny_model_dir, small_sts
+):
     ref = _register(store, "tiny", "v1", tiny_model_dir, small_sts)
     state = _run(ref, thresholds=TINY_GATES)
     assert state.name == "Promoted", state.message
@@ -69,7 +70,9 @@ def test_passing_run_promotes_with_a_manifest_whose_checksums_match_the_stored_f
     assert report["quantized_ops"]["MatMulInteger"] == 12
 
 
-def test_impossible_threshold_is_rejected_and_leaves_the_promoted_location_untouched(store, tiny_model_dir, small_sts):
+def test_impossible_threshold_is_rejected_and_leaves_the_promoted_location_untouched(
+    store, tiny_model_dir, small_sts
+):
     good = _register(store, "tiny", "v1", tiny_model_dir, small_sts)
     assert _run(good, thresholds=TINY_GATES).name == "Promoted"
     before = snapshot(store, "promoted/")
@@ -90,10 +93,14 @@ def test_impossible_threshold_is_rejected_and_leaves_the_promoted_location_untou
     assert lifecycle.decision_of(store, bad) == "rejected"
 
 
-def test_broken_heldout_stops_at_validation_and_changes_nothing_but_its_report(store, tiny_model_dir, tmp_path, sts_path):
+def test_broken_heldout_stops_at_validation_and_changes_nothing_but_its_report(
+    store, tiny_model_dir, tmp_path, sts_path
+):
     lines = sts_path.read_text(encoding="utf-8").splitlines()[:50]
     broken = tmp_path / "broken.tsv"
-    broken.write_text("\n".join("\t".join(line.split("\t")[:4]) for line in lines), encoding="utf-8")  # no sentences
+    broken.write_text(
+        "\n".join("\t".join(line.split("\t")[:4]) for line in lines), encoding="utf-8"
+    )  # no sentences
     ref = _register(store, "tiny", "bad-heldout", tiny_model_dir, broken)
     before = snapshot(store)
 
@@ -110,7 +117,9 @@ def test_broken_heldout_stops_at_validation_and_changes_nothing_but_its_report(s
     assert json.loads(store.get_bytes(run_report_key))["error"] == "HeldoutValidationError"
 
 
-def test_rerunning_a_decided_version_reports_the_decision_and_writes_nothing(store, tiny_model_dir, small_sts):
+def test_rerunning_a_decided_version_reports_the_decision_and_writes_nothing(
+    store, tiny_model_dir, small_sts
+):
     ref = _register(store, "tiny", "v1", tiny_model_dir, small_sts)
     assert _run(ref, thresholds=TINY_GATES).name == "Promoted"
     before = snapshot(store)
@@ -127,7 +136,9 @@ def test_secret_key_never_reaches_reports_or_run_logs(store, tiny_model_dir, sma
     ref = _register(store, "tiny", "v1", tiny_model_dir, small_sts)
     state = _run(ref, thresholds=TINY_GATES)
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+        logs = client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
     assert logs, "the run logged nothing: the check below would prove nothing"
     assert not any(secret_in(log.message) for log in logs)
     for obj in store.list(""):
@@ -136,7 +147,9 @@ def test_secret_key_never_reaches_reports_or_run_logs(store, tiny_model_dir, sma
 
 
 @pytest.mark.slow
-def test_minilm_promotes_per_channel_and_the_gate_sees_per_tensor_embedding_drift(store, minilm_dir, sts_path):
+def test_minilm_promotes_per_channel_and_the_gate_sees_per_tensor_embedding_drift(
+    store, minilm_dir, sts_path
+):
     """The real model on the full STS-B dev split. Per-channel INT8 passes every default gate; the plain
     per-tensor recipe keeps Spearman within 1 point but moves embeddings, and must be rejected for it."""
     good = _register(store, "minilm", "v1", minilm_dir, sts_path)
@@ -156,5 +169,3 @@ def test_minilm_promotes_per_channel_and_the_gate_sees_per_tensor_embedding_drif
     assert by_metric["task_metric_drop"]["passed"] is True
     assert by_metric["mean_cosine"]["passed"] is False
     assert not store.exists(manifest_key(plain))
-
-

@@ -10,7 +10,9 @@ def _engine(name: str, size: int, calls: list[str], work: int) -> Engine:
         def run():
             calls.append(name)
             np.linalg.svd(np.ones((work, work)))
+
         return run
+
     return Engine(name=name, load=load, size_bytes=size)
 
 
@@ -30,8 +32,10 @@ def test_engines_are_interleaved_and_every_percentile_is_reported():
 
 def test_slower_engine_measures_slower():
     calls: list[str] = []
-    report = run_benchmark([_engine("small", 1, calls, 4), _engine("big", 1, calls, 160)],
-                           BenchSettings(warmup_runs=1, repeat_runs=10))
+    report = run_benchmark(
+        [_engine("small", 1, calls, 4), _engine("big", 1, calls, 160)],
+        BenchSettings(warmup_runs=1, repeat_runs=10),
+    )
     assert report.by_engine("big").p50_ms > report.by_engine("small").p50_ms
 
 
@@ -43,5 +47,13 @@ def test_no_engine_is_an_error():
 def test_cpu_info_records_int8_relevant_flags():
     info = cpu_info()
     assert isinstance(info["vnni"], bool)
-    assert set(info["flags"]) <= {"avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
-                                  "amx_int8", "fma"}
+    assert set(info["flags"]) <= {
+        "avx2",
+        "avx512f",
+        "avx512bw",
+        "avx512_vnni",
+        "avx_vnni",
+        "avx512_bf16",
+        "amx_int8",
+        "fma",
+    }

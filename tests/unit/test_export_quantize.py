@@ -13,8 +13,12 @@ from quantgate.export import check_model_folder, export_sentence_embedding, toke
 from quantgate.quantize import RECIPES, Recipe, apply_recipe, get_recipe
 
 EXPORT_ATOL = 1e-4
-TEXTS = ["a short one", "A considerably longer sentence, with punctuation and more tokens in it.",
-         "third", "the fourth sentence of the sample"]
+TEXTS = [
+    "a short one",
+    "A considerably longer sentence, with punctuation and more tokens in it.",
+    "third",
+    "the fourth sentence of the sample",
+]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +73,7 @@ def test_model_folder_checks(tiny_model_dir, tmp_path):
     shutil.copytree(tiny_model_dir, folder)
     check_model_folder(folder)
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
-    with pytest.raises(InvalidModelError, match="pickle.*--allow-pickle"):
+    with pytest.raises(InvalidModelError, match=r"pickle.*--allow-pickle"):
         check_model_folder(folder)
     (folder / "pytorch_model.bin").unlink()
     with pytest.raises(InvalidModelError, match=r"no model\.safetensors"):

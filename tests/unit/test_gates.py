@@ -6,8 +6,13 @@ from pydantic import ValidationError
 from quantgate.gates import Gate, GateThresholds, evaluate_gates
 
 GOOD = {
-    "task_metric_drop": 0.002, "mean_cosine": 0.993, "min_cosine": 0.97, "neighbour_agreement": 0.94,
-    "max_abs_diff": 0.04, "mean_abs_diff": 0.005, "p95_speedup_vs_onnx_fp32": 2.0,
+    "task_metric_drop": 0.002,
+    "mean_cosine": 0.993,
+    "min_cosine": 0.97,
+    "neighbour_agreement": 0.94,
+    "max_abs_diff": 0.04,
+    "mean_abs_diff": 0.005,
+    "p95_speedup_vs_onnx_fp32": 2.0,
 }
 
 
@@ -54,10 +59,17 @@ def test_no_gates_never_passes():
     assert not evaluate_gates(GOOD, []).passed
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("max_task_metric_drop", -0.1), ("min_mean_cosine", math.nan), ("abs_tol", 0), ("min_p95_speedup", -1),
-    ("mean_tol", math.inf), ("min_neighbour_agreement", 1.5),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_task_metric_drop", -0.1),
+        ("min_mean_cosine", math.nan),
+        ("abs_tol", 0),
+        ("min_p95_speedup", -1),
+        ("mean_tol", math.inf),
+        ("min_neighbour_agreement", 1.5),
+    ],
+)
 def test_nonsense_thresholds_are_refused(field, value):
     with pytest.raises(ValidationError):
         GateThresholds(**{field: value})

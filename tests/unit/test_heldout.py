@@ -32,10 +32,12 @@ def test_broken_rows_are_reported_by_column(tmp_path: Path, sts_path):
     outcome = validate_heldout(load_sts_tsv(bad), SCHEMA)
     assert not outcome.success
     text = " ".join(outcome.failures)
-    assert "'score'" in text and "be_between" in text
-    assert "'sentence1'" in text and "match_regex" in text
+    assert "'score'" in text
+    assert "be_between" in text
+    assert "'sentence1'" in text
+    assert "match_regex" in text
     assert "not_be_null" in text
-    with pytest.raises(HeldoutValidationError, match="failed .* data check"):
+    with pytest.raises(HeldoutValidationError, match=r"failed .* data check"):
         require_valid(outcome, bad.name)
 
 
@@ -49,7 +51,9 @@ def test_wrong_file_shape_fails_schema_checks(tmp_path: Path):
 
 def test_too_few_rows_fail(tmp_path: Path, sts_path):
     few = tmp_path / "few.tsv"
-    few.write_text("".join(sts_path.read_text(encoding="utf-8").splitlines(keepends=True)[:3]), encoding="utf-8")
+    few.write_text(
+        "".join(sts_path.read_text(encoding="utf-8").splitlines(keepends=True)[:3]), encoding="utf-8"
+    )
     outcome = validate_heldout(load_sts_tsv(few), SCHEMA)
     assert any("row_count" in f for f in outcome.failures)
 
@@ -57,5 +61,5 @@ def test_too_few_rows_fail(tmp_path: Path, sts_path):
 def test_non_utf8_file_is_refused_with_the_way_out(tmp_path: Path):
     latin = tmp_path / "latin1.tsv"
     latin.write_bytes("x\tx\t2012\t3.0\tcaf\u00e9\tna\u00efve\n".encode("latin-1"))
-    with pytest.raises(HeldoutValidationError, match="not UTF-8.*re-save"):
+    with pytest.raises(HeldoutValidationError, match=r"not UTF-8.*re-save"):
         load_sts_tsv(latin)

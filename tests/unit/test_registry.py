@@ -17,8 +17,9 @@ from quantgate.registry import (
 REF = ModelRef(name="minilm", version="2024-06-01")
 
 
-@pytest.mark.parametrize("name", ["..", "a/b", "with space", "ctl\x07", "UPPER", "-lead", "trail-", "", "a" * 65,
-                                  "a..b"])
+@pytest.mark.parametrize(
+    "name", ["..", "a/b", "with space", "ctl\x07", "UPPER", "-lead", "trail-", "", "a" * 65, "a..b"]
+)
 def test_bad_model_names_are_refused(name):
     with pytest.raises((ConfigError, ValueError), match="model name"):
         ModelRef(name=name, version="v1")
@@ -31,8 +32,14 @@ def test_bad_versions_are_refused(version):
 
 
 def test_every_key_carries_model_and_version():
-    keys = [registration_key(REF), registered_model_key(REF, "1_Pooling/config.json"), manifest_key(REF),
-            promoted_key(REF, "model.int8.onnx"), rejection_key(REF), run_prefix(REF, "abc")]
+    keys = [
+        registration_key(REF),
+        registered_model_key(REF, "1_Pooling/config.json"),
+        manifest_key(REF),
+        promoted_key(REF, "model.int8.onnx"),
+        rejection_key(REF),
+        run_prefix(REF, "abc"),
+    ]
     for key in keys:
         assert "/minilm/2024-06-01/" in key
     assert registration_key(REF).startswith("registered/")

@@ -1,0 +1,35 @@
+"""What the storage layer promises, checked against the real SeaweedFS."""
+
+from __future__ import annotations
+
+import pytest
+
+from quantgate.errors import ConflictError, NotFoundError
+from quantgate.storage import sha256_bytes
+
+
+def test_create_only_write_refuses_an_existing_key(store):
+    store.put_bytes("k/manifest.json", b"first", create_only=True)
+    with pytest.raises(ConflictError, match="already exists"):
+        store.put_bytes("k/manifest.json", b"second", create_only=True)
+    assert store.get_bytes("k/manifest.json") == b"first"
+
+
+def test_server_keeps_the_sha256_sent_with_the_upload(store, tmp_path):
+    path = tmp_path / "blob"
+    path.write_bytes(b"x" * 100_000)
+    digest = store.put_file("k/blob", path)
+    assert store.sha256_of("k/blob") == digest == sha256_bytes(b"x" * 100_000)
+    back = tmp_path / "back"
+    store.get_file("k/blob", back)
+    assert back.read_bytes() == path.read_bytes()
+
+
+def test_missing_objects_and_listing(store):
+    with pytest.raises(NotFoundError):
+        store.get_bytes("nope")
+    assert not store.exists("nope")
+    for i in range(3):
+        store.put_bytes(f"registered/m/v{i}/registration.json", b"{}")
+    assert store.list_prefixes("registered/m/") == ["v0", "v1", "v2"]
+    assert len(list(store.list("registered/"))) == 3
