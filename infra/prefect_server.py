@@ -1,0 +1,98 @@
+"""Start and stop a real local Prefect server (UI + API) on 127.0.0.1, so runs show up in the UI.
+
+    python -m infra.prefect_server start [--port 4200]   # then: export PREFECT_API_URL=http://127.0.0.1:4200/api
+    python -m infra.prefect_server stop
+
+SQLite under <state-dir>/prefect by default. For a team, point PREFECT_SERVER_DATABASE_CONNECTION_URL at
+Postgres (postgresql+asyncpg://user:pass@host:5432/prefect) before `start`. A fresh SQLite database takes
+about 16 s to answer /api/health (NOTES-infra.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def wait_healthy(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:  # noqa: S310 - fixed loopback URL
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.5)
+    raise RuntimeError(f"prefect server did not answer {url}/health within {timeout:.0f}s")
+
+
+def start(state_dir: Path, port: int, timeout: float = 90.0) -> subprocess.Popen[bytes]:
+    home = state_dir / "prefect"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    prefect = str(Path(sys.executable).parent / "prefect")
+    log = (state_dir / "prefect-server.log").open("ab")
+    proc = subprocess.Popen(
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--analytics-off"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    log.close()
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/api", timeout, proc)
+    except RuntimeError:
+        stop_process(proc.pid)
+        raise
+    return proc
+
+
+def stop_process(pid: int, timeout: float = 20.0) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.killpg(pid, signal.SIGKILL)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("--state-dir", type=Path, default=Path(".quantgate"))
+    parser.add_argument("--port", type=int, default=4200)
+    args = parser.parse_args(argv)
+    state_dir = args.state_dir.resolve()
+    pid_file = state_dir / "prefect-server.pid"
+    if args.action == "start":
+        state_dir.mkdir(parents=True, exist_ok=True)
+        proc = start(state_dir, args.port)
+        pid_file.write_text(str(proc.pid))
+        print(
+            f"Prefect UI on http://127.0.0.1:{args.port}; export PREFECT_API_URL=http://127.0.0.1:{args.port}/api"
+        )
+    elif pid_file.exists():
+        stop_process(int(pid_file.read_text()))
+        pid_file.unlink()
+        print("Prefect server stopped")
+
+
+if __name__ == "__main__":
+    main()
