@@ -41,6 +41,8 @@ def quantize_and_promote(
     run_id = str(flow_run.get_id() or uuid.uuid4())
 
     decided = storage.find_decision(ref, settings)
+    if decided == "promoted":
+        storage.finish_promotion(ref, settings)  # repairs a promotion killed after its manifest
     if decided is not None:
         return Completed(
             name="AlreadyDecided",
@@ -98,14 +100,14 @@ def quantize_and_promote(
                 report = report.model_copy(
                     update={"promoted_to": f"s3://{settings.bucket}/{promoted_prefix(ref)}"}
                 )
-                storage.promote(
+                lost_race = storage.promote(
                     settings,
                     manifest_for(report, pulled.registration),
                     promotion_files(report, quantized.path, exported.tokenizer_files, work / "out"),
                     report.model_dump(mode="json"),
                 )
             else:
-                storage.record_rejection(
+                lost_race = storage.record_rejection(
                     settings, ref, report.model_dump(mode="json"), report.parity.model_dump()
                 )
             storage.save_run_report(settings, ref, run_id, report.model_dump(mode="json"))
@@ -126,6 +128,8 @@ def quantize_and_promote(
         )
         raise
 
+    if lost_race:
+        return Completed(name="AlreadyDecided", message=lost_race, data=report.model_dump(mode="json"))
     summary = registry_summary(report.outcome, ref, report.gates.failed)
     return Completed(
         name="Promoted" if report.passed else "NotPromoted",

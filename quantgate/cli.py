@@ -229,6 +229,28 @@ def report(
         raise _fail(str(exc)) from None
 
 
+@app.command()
+def rollback(
+    model: Annotated[str, typer.Argument()],
+    to: Annotated[str | None, typer.Option("--to", help="promoted version to point back to")] = None,
+) -> None:
+    """Point promoted/<model>/current.json back at an earlier promoted version (audited)."""
+    from quantgate import lifecycle
+    from quantgate.registry import check_name
+    from quantgate.settings import Settings
+
+    try:
+        check_name(model)
+        settings = Settings()
+        event = lifecycle.rollback(_store(), model, to, settings.actor)
+    except QuantgateError as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"{model}: current version {event.previous_version} → [bold]{event.version}[/] "
+        f"(manifest sha256 {event.manifest_sha256[:16]}…, by {event.actor})"
+    )
+
+
 @app.command("list")
 def list_versions(model: Annotated[str | None, typer.Argument(help="only this model")] = None) -> None:
     """Registered versions and their decisions."""
@@ -238,10 +260,13 @@ def list_versions(model: Annotated[str | None, typer.Argument(help="only this mo
         store = _store()
         refs = lifecycle.list_registered(store, model)
         table = Table(title=f"registered versions in s3://{store.bucket}")
-        for col in ("model", "version", "decision"):
+        for col in ("model", "version", "decision", "current"):
             table.add_column(col)
+        pointers = {name: lifecycle.current(store, name) for name in {r.name for r in refs}}
         for ref in refs:
-            table.add_row(ref.name, ref.version, lifecycle.decision_of(store, ref) or "-")
+            pointer = pointers[ref.name]
+            is_current = "◀ current" if pointer and pointer.version == ref.version else ""
+            table.add_row(ref.name, ref.version, lifecycle.decision_of(store, ref) or "-", is_current)
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
     console.print(table)

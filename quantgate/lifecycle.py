@@ -9,6 +9,7 @@ files named by a record never sees a half-written version.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,20 @@ from quantgate.errors import ConflictError, IntegrityError, InvalidModelError, N
 from quantgate.export import check_model_folder
 from quantgate.heldout import read_utf8
 from quantgate.registry import (
+    AuditEvent,
     FileEntry,
     Manifest,
     ModelRef,
     Outcome,
+    Pointer,
     Registration,
+    artifact_prefix,
+    audit_prefix,
+    current_key,
     manifest_key,
     parse_registration_key,
     promoted_key,
+    promoted_prefix,
     registered_heldout_key,
     registered_model_key,
     registration_key,
@@ -35,7 +42,7 @@ from quantgate.registry import (
     run_prefix,
     source_checksum,
 )
-from quantgate.storage import ObjectStore, sha256_file
+from quantgate.storage import ObjectStore, sha256_bytes, sha256_file
 from quantgate.tasktypes import get_task_type
 
 
@@ -178,34 +185,51 @@ def load_decision_report(store: ObjectStore, ref: ModelRef) -> dict[str, Any]:
     """The report of the run that decided a version (promoted or rejected)."""
     decision = decision_of(store, ref)
     if decision == "promoted":
-        return json.loads(store.get_bytes(promoted_key(ref, "report.json")))
+        return json.loads(read_promoted_file(store, ref, "report.json"))
     if decision == "rejected":
         return json.loads(store.get_bytes(rejection_key(ref)))
     raise NotFoundError(f"{ref} has no decision yet: run `quantgate run {ref.name} {ref.version}`")
 
 
-def promote(
-    store: ObjectStore, manifest: Manifest, local_files: dict[str, Path], report: dict[str, Any]
-) -> Manifest:
-    """Upload the artifact files, verify what the server stored, then write the manifest, create-only.
+def read_promoted_file(store: ObjectStore, ref: ModelRef, name: str) -> bytes:
+    """A promoted file by its name, found through the manifest (the only way readers should look)."""
+    manifest = load_manifest(store, ref)
+    for entry in manifest.files:
+        if entry.path.rsplit("/", 1)[-1] == name or entry.path.endswith("/" + name):
+            data = store.get_bytes(promoted_key(ref, entry.path))
+            if sha256_bytes(data) != entry.sha256:
+                raise IntegrityError(f"{ref}: {entry.path} does not match its manifest checksum")
+            return data
+    raise NotFoundError(f"{ref} has no promoted file {name!r}")
 
-    `local_files` maps a path under promoted/<m>/<v>/ to a local file; report.json is added here."""
+
+def promote(
+    store: ObjectStore, manifest: Manifest, local_files: dict[str, Path], report: dict[str, Any], actor: str
+) -> Manifest:
+    """Promote one version: the guarantees (README, "Guarantees") rest on this order.
+
+    1. upload every file under promoted/<m>/<v>/<run-id>/ (a prefix no other run writes), with its sha256
+       checked by the server on receipt and compared again after;
+    2. write manifest.json create-only: the commit point. Losing that race raises ConflictError after
+       this run's own uploads are deleted;
+    3. finish: delete leftovers of killed runs, swap promoted/<m>/current.json, append the audit event.
+    `local_files` maps a path under the run prefix to a local file; report.json is added here."""
     ref = ModelRef(name=manifest.model, version=manifest.version)
     if store.exists(manifest_key(ref)):
         raise ConflictError(f"{ref} is already promoted: it is never overwritten; register a new version")
+    prefix = artifact_prefix(ref, manifest.run_id)
+    rel_prefix = prefix.removeprefix(promoted_prefix(ref))
     entries = []
     for rel, path in sorted(local_files.items()):
-        key = promoted_key(ref, rel)
+        key = prefix + rel
         digest = store.put_file(key, path)
         stored = store.sha256_of(key)
         if stored is not None and stored != digest:
             raise IntegrityError(f"{key} was stored with sha256 {stored[:12]}…, expected {digest[:12]}…")
-        entries.append(FileEntry(path=rel, sha256=digest, size=path.stat().st_size))
+        entries.append(FileEntry(path=rel_prefix + rel, sha256=digest, size=path.stat().st_size))
     report_bytes = _json_bytes(report)
-    report_digest = store.put_bytes(
-        promoted_key(ref, "report.json"), report_bytes, content_type="application/json"
-    )
-    entries.append(FileEntry(path="report.json", sha256=report_digest, size=len(report_bytes)))
+    report_digest = store.put_bytes(prefix + "report.json", report_bytes, content_type="application/json")
+    entries.append(FileEntry(path=rel_prefix + "report.json", sha256=report_digest, size=len(report_bytes)))
     final = manifest.model_copy(update={"files": entries})
     try:
         store.put_bytes(
@@ -215,8 +239,123 @@ def promote(
             content_type="application/json",
         )
     except ConflictError:
+        for obj in list(store.list(prefix)):
+            store.delete(obj.key)
         raise ConflictError(f"{ref} was promoted by a concurrent run; this run promoted nothing") from None
+    finish_promotion(store, ref, actor)
     return final
+
+
+def _manifest_with_digest(store: ObjectStore, ref: ModelRef) -> tuple[Manifest, str]:
+    raw = store.get_bytes(manifest_key(ref))
+    return Manifest.model_validate_json(raw), sha256_bytes(raw)
+
+
+def finish_promotion(store: ObjectStore, ref: ModelRef, actor: str) -> bool:
+    """Idempotent tail of a promotion, also run when a decided version is run again: removes objects
+    under promoted/<m>/<v>/ that the manifest does not list (left by a killed run), then points
+    current.json at this version and records the audit event unless that was already done.
+    True when it had something to finish."""
+    manifest, digest = _manifest_with_digest(store, ref)
+    keep = {manifest_key(ref)} | {promoted_key(ref, f.path) for f in manifest.files}
+    for obj in list(store.list(promoted_prefix(ref))):
+        if obj.key not in keep:
+            store.delete(obj.key)
+    if any(e.action == "promote" and e.version == ref.version for e in audit_log(store, ref.name)):
+        return False
+    previous = _swap_pointer(store, ref, digest, manifest.run_id, "promote")
+    _append_audit(
+        store,
+        AuditEvent(
+            action="promote",
+            model=ref.name,
+            version=ref.version,
+            previous_version=previous,
+            run_id=manifest.run_id,
+            actor=actor,
+            manifest_sha256=digest,
+            files=manifest.files,
+        ),
+    )
+    return True
+
+
+def _swap_pointer(store: ObjectStore, ref: ModelRef, digest: str, run_id: str, action: str) -> str | None:
+    """Compare-and-swap current.json (If-Match on its ETag, If-None-Match for the first); retried when
+    another promotion or rollback of the same model moved it in between."""
+    key = current_key(ref.name)
+    for _ in range(10):
+        found = store.get_with_etag(key)
+        previous = Pointer.model_validate_json(found[0]).version if found else None
+        pointer = Pointer(
+            model=ref.name, version=ref.version, manifest_sha256=digest, run_id=run_id, action=action
+        )  # type: ignore[arg-type]
+        try:
+            store.put_bytes(
+                key,
+                _json_bytes(pointer.model_dump(mode="json")),
+                create_only=found is None,
+                if_match=found[1] if found else None,
+                content_type="application/json",
+            )
+        except ConflictError:
+            continue
+        return previous
+    raise ConflictError(f"{key} kept changing under concurrent updates; run the command again")
+
+
+def _append_audit(store: ObjectStore, event: AuditEvent) -> str:
+    stamp = event.at.replace(":", "").replace("-", "").replace("+0000", "Z")
+    key = f"{audit_prefix(event.model)}{stamp}-{uuid.uuid4().hex[:8]}-{event.action}-{event.version}.json"
+    store.put_bytes(
+        key, _json_bytes(event.model_dump(mode="json")), create_only=True, content_type="application/json"
+    )
+    return key
+
+
+def audit_log(store: ObjectStore, model: str) -> list[AuditEvent]:
+    """Every promotion and rollback of a model, oldest first (keys sort by time)."""
+    return [AuditEvent.model_validate_json(store.get_bytes(o.key)) for o in store.list(audit_prefix(model))]
+
+
+def current(store: ObjectStore, model: str) -> Pointer | None:
+    found = store.get_with_etag(current_key(model))
+    return Pointer.model_validate_json(found[0]) if found else None
+
+
+def rollback(store: ObjectStore, model: str, to_version: str | None, actor: str) -> AuditEvent:
+    """Point current.json back at an earlier promoted version (default: the one promoted before the
+    current one). Only the pointer moves: every version's files stay as they were."""
+    pointer = current(store, model)
+    if pointer is None:
+        raise NotFoundError(f"model {model!r} has no promoted version to roll back")
+    if to_version is None:
+        promoted = [e.version for e in audit_log(store, model) if e.action == "promote"]
+        earlier = promoted[: promoted.index(pointer.version)] if pointer.version in promoted else []
+        if not earlier:
+            raise NotFoundError(
+                f"{model}@{pointer.version} is the first promoted version: nothing to roll back to"
+            )
+        to_version = earlier[-1]
+    ref = ModelRef(name=model, version=to_version)
+    if not store.exists(manifest_key(ref)):
+        raise NotFoundError(f"{ref} was never promoted: `quantgate list {model}` shows promoted versions")
+    if ref.version == pointer.version:
+        raise ConflictError(f"{ref} is already the current version")
+    manifest, digest = _manifest_with_digest(store, ref)
+    previous = _swap_pointer(store, ref, digest, manifest.run_id, "rollback")
+    event = AuditEvent(
+        action="rollback",
+        model=model,
+        version=ref.version,
+        previous_version=previous,
+        run_id=None,
+        actor=actor,
+        manifest_sha256=digest,
+        files=manifest.files,
+    )
+    _append_audit(store, event)
+    return event
 
 
 def reject(store: ObjectStore, ref: ModelRef, report: dict[str, Any], parity: dict[str, Any]) -> str:

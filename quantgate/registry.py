@@ -5,8 +5,10 @@ Layout inside one bucket (every key carries the model name and version):
     registered/<model>/<version>/model/...            the Hugging Face folder as uploaded
     registered/<model>/<version>/heldout/<file>       the held-out set
     registered/<model>/<version>/registration.json    written last: task, files, sha256s
-    promoted/<model>/<version>/...                    INT8 model, tokenizer, reports
-    promoted/<model>/<version>/manifest.json          written last, create-only: the commit point
+    promoted/<model>/<version>/<run-id>/...           INT8 model, tokenizer, reports (immutable, per run)
+    promoted/<model>/<version>/manifest.json          create-only: the commit point of a version
+    promoted/<model>/current.json                     the pointer serving reads; compare-and-swap, last
+    audit/<model>/<time>-<id>-<action>-<version>.json one create-only object per promotion or rollback
     rejected/<model>/<version>/report.json            the decision record of a rejected version
     runs/<model>/<version>/<run-id>/report.json       every run's own report (promoted, rejected, failed)
 
@@ -118,6 +120,19 @@ def manifest_key(ref: ModelRef) -> str:
     return promoted_key(ref, "manifest.json")
 
 
+def artifact_prefix(ref: ModelRef, run_id: str) -> str:
+    """Each run uploads under its own prefix, so two runs of one version never overwrite each other."""
+    return f"{promoted_prefix(ref)}{_safe_relpath(run_id)}/"
+
+
+def current_key(model: str) -> str:
+    return f"promoted/{check_name(model)}/current.json"
+
+
+def audit_prefix(model: str) -> str:
+    return f"audit/{check_name(model)}/"
+
+
 def rejected_prefix(ref: ModelRef) -> str:
     return f"rejected/{ref.name}/{ref.version}/"
 
@@ -198,6 +213,29 @@ class Manifest(BaseModel):
 
 
 Outcome = Literal["promoted", "rejected"]
+
+
+class Pointer(BaseModel):
+    """promoted/<model>/current.json: which promoted version serving should load."""
+
+    model: str
+    version: str
+    manifest_sha256: str
+    run_id: str
+    updated_at: str = Field(default_factory=utcnow)
+    action: Literal["promote", "rollback"]
+
+
+class AuditEvent(BaseModel):
+    action: Literal["promote", "rollback"]
+    model: str
+    version: str
+    previous_version: str | None
+    run_id: str | None
+    actor: str
+    at: str = Field(default_factory=utcnow)
+    manifest_sha256: str
+    files: list[FileEntry] = Field(default_factory=list)
 
 
 def registry_summary(outcome: str, ref: ModelRef, failed: list[Any]) -> str:

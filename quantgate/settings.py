@@ -6,11 +6,21 @@ through our objects, reports or logs."""
 
 from __future__ import annotations
 
+import getpass
+import socket
 import tempfile
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 class Settings(BaseSettings):
@@ -25,4 +35,5 @@ class Settings(BaseSettings):
     work_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()) / "quantgate-work")
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 60.0
+    actor: str = Field(default_factory=_default_actor, description="who the audit log names")
     max_attempts: int = Field(default=3, ge=1, description="botocore retry attempts per request")

@@ -139,10 +139,15 @@ class ObjectStore:
         data: bytes,
         *,
         create_only: bool = False,
+        if_match: str | None = None,
         content_type: str = "application/octet-stream",
     ) -> str:
+        """Write data; create_only refuses an existing key, if_match refuses a key whose ETag changed
+        since it was read (compare-and-swap). Either refusal raises ConflictError."""
         digest = sha256_bytes(data)
-        extra = {"IfNoneMatch": "*"} if create_only else {}
+        extra: dict[str, str] = {"IfNoneMatch": "*"} if create_only else {}
+        if if_match is not None:
+            extra["IfMatch"] = f'"{if_match}"'
         self._call(
             "put_object",
             key,
@@ -165,6 +170,14 @@ class ObjectStore:
 
     def get_bytes(self, key: str) -> bytes:
         return self._call("get_object", key)["Body"].read()
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str] | None:
+        """(data, ETag) for compare-and-swap, None when the key does not exist."""
+        try:
+            obj = self._call("get_object", key)
+        except NotFoundError:
+            return None
+        return obj["Body"].read(), obj["ETag"].strip('"')
 
     def get_file(self, key: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -96,6 +96,7 @@ class SentenceEmbedding:
         score_min=0.0,
         score_max=5.0,
         min_rows=10,
+        unique_columns=["score", "sentence1", "sentence2"],
     )
     export_samples = 32
     eval_max_length = 256

@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from quantgate import lifecycle
+from quantgate.errors import ConflictError
 from quantgate.registry import Manifest, ModelRef, Outcome
 from quantgate.settings import Settings
 from quantgate.storage import ObjectStore
@@ -37,21 +38,43 @@ def pull_version(ref: ModelRef, settings: Settings, dest: Path) -> lifecycle.Pul
 @task(name="promote", cache_policy=NO_CACHE, **STORAGE_TASK)
 def promote(
     settings: Settings, manifest: Manifest, files: dict[str, Path], report: dict[str, Any]
-) -> Manifest:
-    final = lifecycle.promote(ObjectStore(settings), manifest, files, report)
+) -> str | None:
+    """None when this run promoted; otherwise why not (a concurrent run decided first)."""
+    try:
+        final = lifecycle.promote(ObjectStore(settings), manifest, files, report, settings.actor)
+    except ConflictError as exc:
+        get_run_logger().warning("%s", exc)
+        return str(exc)
     get_run_logger().info(
-        "promoted %s@%s: %d files, manifest written last", final.model, final.version, len(final.files)
+        "promoted %s@%s: %d files, manifest then current.json written last",
+        final.model,
+        final.version,
+        len(final.files),
     )
-    return final
+    return None
+
+
+@task(name="finish-promotion", cache_policy=NO_CACHE, **STORAGE_TASK)
+def finish_promotion(ref: ModelRef, settings: Settings) -> bool:
+    """Completes a promotion a killed run left between its manifest and its pointer; no-op otherwise."""
+    finished = lifecycle.finish_promotion(ObjectStore(settings), ref, settings.actor)
+    if finished:
+        get_run_logger().warning("%s: finished an interrupted promotion (pointer and audit log)", ref)
+    return finished
 
 
 @task(name="record-rejection", cache_policy=NO_CACHE, **STORAGE_TASK)
 def record_rejection(
     settings: Settings, ref: ModelRef, report: dict[str, Any], parity: dict[str, Any]
-) -> str:
-    key = lifecycle.reject(ObjectStore(settings), ref, report, parity)
+) -> str | None:
+    """None when this run recorded the rejection; otherwise why not (a concurrent run decided first)."""
+    try:
+        key = lifecycle.reject(ObjectStore(settings), ref, report, parity)
+    except ConflictError as exc:
+        get_run_logger().warning("%s", exc)
+        return str(exc)
     get_run_logger().info("rejected %s: report at s3://%s/%s; nothing promoted", ref, settings.bucket, key)
-    return key
+    return None
 
 
 @task(name="save-run-report", cache_policy=NO_CACHE, **STORAGE_TASK)

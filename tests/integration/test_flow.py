@@ -50,8 +50,16 @@ def test_passing_run_promotes_with_a_manifest_whose_checksums_match_the_stored_f
         data = store.get_bytes(f"promoted/tiny/v1/{entry.path}")
         assert sha256_bytes(data) == entry.sha256
         assert len(data) == entry.size
-    names = {f.path for f in manifest.files}
+    run_prefix = f"{manifest.run_id}/"
+    assert all(f.path.startswith(run_prefix) for f in manifest.files)  # one run's immutable prefix
+    names = {f.path.removeprefix(run_prefix) for f in manifest.files}
     assert {"model.int8.onnx", "report.json", "parity_report.json", "tokenizer/tokenizer.json"} <= names
+    pointer = lifecycle.current(store, "tiny")
+    assert pointer is not None
+    assert pointer.version == "v1"
+    assert pointer.manifest_sha256 == sha256_bytes(store.get_bytes(manifest_key(ref)))
+    (event,) = lifecycle.audit_log(store, "tiny")
+    assert (event.action, event.version, event.previous_version) == ("promote", "v1", None)
 
     registration = json.loads(store.get_bytes(registration_key(ref)))
     assert manifest.source["source_checksum"] == registration["source_checksum"]
@@ -61,13 +69,13 @@ def test_passing_run_promotes_with_a_manifest_whose_checksums_match_the_stored_f
     assert manifest.metrics["mean_cosine"] >= TINY_GATES.min_mean_cosine
     assert all(g["result"] == "pass" for g in manifest.gates)
 
-    parity = json.loads(store.get_bytes("promoted/tiny/v1/parity_report.json"))
+    parity = json.loads(lifecycle.read_promoted_file(store, ref, "parity_report.json"))
     assert parity["passed"] is True
     assert {"max_abs_diff", "mean_abs_diff", "abs_tol", "mean_tol"} <= set(parity)
     assert not list(store.list("rejected/"))
 
     # The promoted INT8 file really is quantized and runs on the held-out inputs.
-    report = json.loads(store.get_bytes("promoted/tiny/v1/report.json"))
+    report = json.loads(lifecycle.read_promoted_file(store, ref, "report.json"))
     assert report["quantized_ops"]["MatMulInteger"] == 12
 
 
@@ -160,7 +168,7 @@ def test_minilm_promotes_per_channel_and_the_gate_sees_per_tensor_embedding_drif
     good = _register(store, "minilm", "v1", minilm_dir, sts_path)
     state = _run(good, bench=BenchSettings(warmup_runs=5, repeat_runs=30))
     assert state.name == "Promoted", state.message
-    report = json.loads(store.get_bytes("promoted/minilm/v1/report.json"))
+    report = json.loads(lifecycle.read_promoted_file(store, good, "report.json"))
     assert report["metrics"]["task_metric_fp32"] > 0.85  # all-MiniLM-L6-v2 scores ~0.87 on this split
     assert report["metrics"]["task_metric_drop"] <= 0.01
     assert report["metrics"]["mean_cosine"] >= 0.98
