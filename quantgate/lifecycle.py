@@ -9,6 +9,7 @@ files named by a record never sees a half-written version.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,8 +306,9 @@ def _swap_pointer(store: ObjectStore, ref: ModelRef, digest: str, run_id: str, a
 
 
 def _append_audit(store: ObjectStore, event: AuditEvent) -> str:
-    stamp = event.at.replace(":", "").replace("-", "").replace("+0000", "Z")
-    key = f"{audit_prefix(event.model)}{stamp}-{uuid.uuid4().hex[:8]}-{event.action}-{event.version}.json"
+    # Keys sort in time order: a zero-padded nanosecond clock, then a random tie-breaker.
+    name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}-{event.action}-{event.version}.json"
+    key = audit_prefix(event.model) + name
     store.put_bytes(
         key, _json_bytes(event.model_dump(mode="json")), create_only=True, content_type="application/json"
     )
