@@ -80,6 +80,10 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 def session(path: Path, threads: int) -> Any:
     import onnxruntime as ort
 
+    from quantgate.export import check_external_data
+
+    check_external_data(path)
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1

@@ -59,11 +59,66 @@ def check_model_folder(model_dir: Path, allow_pickle: bool = False) -> dict[str,
             raise InvalidModelError(
                 f"{model_dir} has no model.safetensors: save the model with safe_serialization"
             )
+    weights = model_dir / "model.safetensors"
+    if weights.is_file():
+        _check_safetensors_header(weights)
+    for onnx_file in model_dir.rglob("*.onnx"):
+        check_external_data(onnx_file)
     if not any((model_dir / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
         raise InvalidModelError(
             f"{model_dir} has no tokenizer (tokenizer.json or vocab.txt): save the tokenizer too"
         )
     return config
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """Parse only the header (cheap, no tensor is read): catches truncated or non-safetensors files."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as fh:
+            if not list(fh.keys()):
+                raise InvalidModelError(f"{path.name} holds no tensors: re-save the model")
+    except (SafetensorError, OSError) as exc:
+        raise InvalidModelError(
+            f"{path.name} is not a readable safetensors file ({exc}): re-save the model"
+        ) from None
+
+
+def check_external_data(onnx_path: Path) -> None:
+    """Refuse an ONNX file whose external-data locations leave its folder: ONNX Runtime would read any
+    file the path points at (path traversal, e.g. location='../../etc/passwd')."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo
+
+    folder = onnx_path.parent.resolve()
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and friends for garbage
+        raise InvalidModelError(f"{onnx_path.name} is not a valid ONNX file ({type(exc).__name__})") from None
+
+    def tensors(graph: Any) -> Any:
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("g"):
+                    yield from tensors(attr.g)
+                for sub in attr.graphs:
+                    yield from tensors(sub)
+
+    for tensor in tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = ExternalDataInfo(tensor).location
+        target = (folder / location).resolve()
+        if Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise InvalidModelError(
+                f"{onnx_path.name}: tensor {tensor.name!r} reads external data from {location!r}, outside "
+                "its folder: refusing to load it (re-export with external data beside the model)"
+            )
 
 
 def _pooling_of(model_dir: Path) -> tuple[str, bool]:

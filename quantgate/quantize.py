@@ -67,6 +67,9 @@ def apply_recipe(recipe: Recipe, fp32_path: Path, out_dir: Path) -> QuantizeResu
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from quantgate.export import check_external_data
+
+    check_external_data(fp32_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     out_path = out_dir / "model.int8.onnx"
     quantize_dynamic(

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantgate.errors import ConfigError, ExportError, InvalidModelError
+from quantgate.errors import ConfigError, InvalidModelError
 from quantgate.evaluate import session
 from quantgate.export import check_model_folder, export_sentence_embedding, tokenize
 from quantgate.quantize import RECIPES, Recipe, apply_recipe, get_recipe
@@ -91,5 +91,30 @@ def test_corrupt_weights_are_a_clear_error(tiny_model_dir, tmp_path):
     folder = tmp_path / "m"
     shutil.copytree(tiny_model_dir, folder)
     (folder / "model.safetensors").write_bytes(b"\x00garbage" * 10)
-    with pytest.raises((InvalidModelError, ExportError), match="cannot load"):
+    with pytest.raises(InvalidModelError, match="not a readable safetensors"):
         export_sentence_embedding(folder, tmp_path / "out", TEXTS, atol=EXPORT_ATOL)
+
+
+def test_onnx_external_data_outside_its_folder_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    weight = onnx.TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[2, 2])
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in {"location": "../../etc/passwd", "offset": "0", "length": "16"}.items():
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])],
+        [weight],
+    )
+    path = tmp_path / "evil" / "model.onnx"
+    path.parent.mkdir()
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(InvalidModelError, match="outside its folder"):
+        session(path, threads=1)
+    with pytest.raises(InvalidModelError, match="outside its folder"):
+        apply_recipe(Recipe(name="t"), path, tmp_path / "q")
