@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from quantgate.errors import ConflictError, IntegrityError, InvalidModelError, NotFoundError, StorageError
 from quantgate.export import check_model_folder
@@ -48,7 +48,17 @@ from quantgate.tasktypes import get_task_type
 
 
 def _json_bytes(data: Any) -> bytes:
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
     return json.dumps(data, indent=2, sort_keys=True, default=str).encode()
+
+
+def _put_json(
+    store: ObjectStore, key: str, data: Any, *, create_only: bool = False, if_match: str | None = None
+) -> str:
+    return store.put_bytes(
+        key, _json_bytes(data), create_only=create_only, if_match=if_match, content_type="application/json"
+    )
 
 
 def model_files(model_dir: Path) -> list[Path]:
@@ -97,12 +107,7 @@ def register(
         source_checksum=source_checksum(entries),
     )
     try:
-        store.put_bytes(
-            registration_key(ref),
-            _json_bytes(registration.model_dump(mode="json")),
-            create_only=True,
-            content_type="application/json",
-        )
+        _put_json(store, registration_key(ref), registration, create_only=True)
     except ConflictError:
         raise ConflictError(f"{ref} was registered concurrently by someone else: use a new version") from None
     return registration
@@ -229,16 +234,11 @@ def promote(
             raise IntegrityError(f"{key} was stored with sha256 {stored[:12]}…, expected {digest[:12]}…")
         entries.append(FileEntry(path=rel_prefix + rel, sha256=digest, size=path.stat().st_size))
     report_bytes = _json_bytes(report)
-    report_digest = store.put_bytes(prefix + "report.json", report_bytes, content_type="application/json")
+    report_digest = _put_json(store, prefix + "report.json", report)
     entries.append(FileEntry(path=rel_prefix + "report.json", sha256=report_digest, size=len(report_bytes)))
     final = manifest.model_copy(update={"files": entries})
     try:
-        store.put_bytes(
-            manifest_key(ref),
-            _json_bytes(final.model_dump(mode="json")),
-            create_only=True,
-            content_type="application/json",
-        )
+        _put_json(store, manifest_key(ref), final, create_only=True)
     except ConflictError:
         for obj in list(store.list(prefix)):
             store.delete(obj.key)
@@ -292,13 +292,7 @@ def _swap_pointer(store: ObjectStore, ref: ModelRef, digest: str, run_id: str, a
             model=ref.name, version=ref.version, manifest_sha256=digest, run_id=run_id, action=action
         )  # type: ignore[arg-type]
         try:
-            store.put_bytes(
-                key,
-                _json_bytes(pointer.model_dump(mode="json")),
-                create_only=found is None,
-                if_match=found[1] if found else None,
-                content_type="application/json",
-            )
+            _put_json(store, key, pointer, create_only=found is None, if_match=found[1] if found else None)
         except ConflictError:
             continue
         return previous
@@ -309,9 +303,7 @@ def _append_audit(store: ObjectStore, event: AuditEvent) -> str:
     # Keys sort in time order: a zero-padded nanosecond clock, then a random tie-breaker.
     name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}-{event.action}-{event.version}.json"
     key = audit_prefix(event.model) + name
-    store.put_bytes(
-        key, _json_bytes(event.model_dump(mode="json")), create_only=True, content_type="application/json"
-    )
+    _put_json(store, key, event, create_only=True)
     return key
 
 
@@ -362,13 +354,9 @@ def rollback(store: ObjectStore, model: str, to_version: str | None, actor: str)
 
 def reject(store: ObjectStore, ref: ModelRef, report: dict[str, Any], parity: dict[str, Any]) -> str:
     """Record a rejection where a person looks for it: rejected/<m>/<v>/. Nothing goes to promoted/."""
-    store.put_bytes(
-        f"{rejected_prefix(ref)}parity_report.json", _json_bytes(parity), content_type="application/json"
-    )
+    _put_json(store, f"{rejected_prefix(ref)}parity_report.json", parity)
     try:
-        store.put_bytes(
-            rejection_key(ref), _json_bytes(report), create_only=True, content_type="application/json"
-        )
+        _put_json(store, rejection_key(ref), report, create_only=True)
     except ConflictError:
         raise ConflictError(f"{ref} was decided by a concurrent run; see `quantgate report`") from None
     return rejection_key(ref)
@@ -377,7 +365,7 @@ def reject(store: ObjectStore, ref: ModelRef, report: dict[str, Any], parity: di
 def write_run_report(store: ObjectStore, ref: ModelRef, run_id: str, report: dict[str, Any]) -> str:
     key = f"{run_prefix(ref, run_id)}report.json"
     try:
-        store.put_bytes(key, _json_bytes(report), content_type="application/json")
+        _put_json(store, key, report)
     except StorageError:
         # The run report is best effort: it must never hide the error that ended the run.
         return ""
