@@ -14,7 +14,7 @@ from flows.quantize_and_promote import quantize_and_promote
 from infra.seaweed import SeaweedServer
 from quantgate import lifecycle
 from quantgate.bench import BenchSettings
-from quantgate.errors import ConfigError, ConflictError, NotFoundError
+from quantgate.errors import ConfigError, ConflictError, NotFoundError, StorageUnreachableError
 from quantgate.gates import GateThresholds
 from quantgate.registry import Manifest, ModelRef, manifest_key
 from quantgate.settings import Settings
@@ -267,6 +267,56 @@ def test_storage_outage_during_a_run_is_retried_and_the_run_completes(
         state = result["state"]
         assert state.name == "Promoted", state.message
         assert_one_complete_promotion(ObjectStore(Settings()), ref)
+    finally:
+        server.stop()
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_storage_outage_beyond_the_retry_budget_fails_cleanly_with_nothing_promoted(
+    tmp_path, monkeypatch, tiny_model_dir, small_sts
+):
+    server = SeaweedServer(tmp_path / "s3", ACCESS_KEY, SECRET_KEY).start()
+    try:
+        work = tmp_path / "work"
+        for key, value in {
+            "QUANTGATE_S3_ENDPOINT_URL": server.endpoint_url,
+            "QUANTGATE_BUCKET": "outage",
+            "QUANTGATE_WORK_DIR": str(work),
+            "QUANTGATE_MAX_ATTEMPTS": "1",
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        }.items():
+            monkeypatch.setenv(key, value)
+        store = ObjectStore(Settings())
+        store.ensure_bucket()
+        ref = ModelRef(name="tiny", version="down")
+        lifecycle.register(store, ref, tiny_model_dir, small_sts, "sentence-embedding")
+        result: dict[str, object] = {}
+        runner = threading.Thread(
+            target=lambda: result.update(
+                state=quantize_and_promote(
+                    model="tiny",
+                    version="down",
+                    thresholds=TINY_GATES,
+                    bench=BenchSettings(warmup_runs=1, repeat_runs=1500),
+                    return_state=True,
+                )
+            )
+        )
+        runner.start()
+        deadline = time.monotonic() + 120
+        while not list(work.glob("*/source/heldout/*")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        server.stop()  # and it stays down: 1 try + 3 retries (2 + 5 + 15 s) all fail
+        runner.join(timeout=180)
+        state = result["state"]
+        assert state.is_failed()
+        with pytest.raises(StorageUnreachableError, match="cannot reach"):
+            state.result()
+        server.start()
+        assert not store.exists(manifest_key(ref))
+        assert not list(store.list("promoted/"))
+        assert lifecycle.current(store, "tiny") is None
     finally:
         server.stop()
 

@@ -33,3 +33,13 @@ def test_missing_objects_and_listing(store):
         store.put_bytes(f"registered/m/v{i}/registration.json", b"{}")
     assert store.list_prefixes("registered/m/") == ["v0", "v1", "v2"]
     assert len(list(store.list("registered/"))) == 3
+
+
+def test_compare_and_swap_refuses_a_stale_etag(store):
+    store.put_bytes("k/current.json", b"v1")
+    _, etag = store.get_with_etag("k/current.json")
+    store.put_bytes("k/current.json", b"v2", if_match=etag)  # fresh ETag: the swap goes through
+    with pytest.raises(ConflictError):
+        store.put_bytes("k/current.json", b"v3", if_match=etag)  # stale ETag: refused
+    assert store.get_bytes("k/current.json") == b"v2"
+    assert store.get_with_etag("k/missing.json") is None
