@@ -23,7 +23,7 @@ from quantgate.report import manifest_for, promotion_files
 from quantgate.settings import Settings
 from quantgate.tasktypes import get_task_type
 from quantgate.workspace import workspace
-from tasks import candidate, gate, storage, validate
+from tasks import announce, candidate, gate, storage, validate
 
 
 @flow(name="quantize-and-promote", flow_run_name="{model}@{version}", validate_parameters=True)
@@ -112,6 +112,8 @@ def quantize_and_promote(
                 )
             storage.save_run_report(settings, ref, run_id, report.model_dump(mode="json"))
             gate.publish(ref, report)
+            if not lost_race:
+                announce.decision(report.model_dump(mode="json"))
     except QuantgateError as exc:
         storage.save_run_report(
             settings,

@@ -74,11 +74,34 @@ def register(
         registration = lifecycle.register(_store(), ref, model_dir, heldout, task, allow_pickle)
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
+    _announce_registration(registration)
     total = sum(f.size for f in registration.files) / 1e6
     console.print(
         f"registered [bold]{ref}[/] ({len(registration.files)} files, {total:.1f} MB, task "
         f"{registration.task}); source checksum {registration.source_checksum[:16]}…"
     )
+
+
+def _announce_registration(registration: Any) -> None:
+    """Emit quantgate.model.registered when a Prefect API is configured; without one, the registry-sweep
+    deployment picks the version up on its schedule."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        console.print(
+            "no PREFECT_API_URL set: no event sent; the registry-sweep deployment will find this version"
+        )
+        return
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+
+    from quantgate import announce
+    from quantgate.settings import Settings
+
+    name, resource, payload = announce.registered(registration, Settings().bucket)
+    emit_event(event=name, resource=resource, payload=payload)
+    EventsWorker.drain_all()  # a short-lived CLI must not exit before the event is sent
+    console.print(f"announced {name} for {registration.ref}")
 
 
 def _thresholds(overrides: dict[str, float | None]) -> Any:

@@ -139,6 +139,25 @@ def list_registered(store: ObjectStore, model: str | None = None) -> list[ModelR
     return sorted({r for r in refs if r is not None}, key=lambda r: (r.name, r.version))
 
 
+def failed_runs(store: ObjectStore, ref: ModelRef) -> int:
+    prefix = f"runs/{ref.name}/{ref.version}/"
+    return sum(
+        1
+        for obj in store.list(prefix)
+        if obj.key.endswith("/report.json")
+        and json.loads(store.get_bytes(obj.key)).get("outcome") == "failed"
+    )
+
+
+def undecided(store: ObjectStore, max_failures: int) -> list[ModelRef]:
+    """Registered versions with no decision, oldest-named first, skipping those that failed too often."""
+    return [
+        ref
+        for ref in list_registered(store)
+        if decision_of(store, ref) is None and failed_runs(store, ref) < max_failures
+    ]
+
+
 # --- pull --------------------------------------------------------------------------------------------------
 
 

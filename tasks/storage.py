@@ -22,6 +22,18 @@ def find_decision(ref: ModelRef, settings: Settings) -> Outcome | None:
     return lifecycle.decision_of(ObjectStore(settings), ref)
 
 
+@task(name="find-undecided", cache_policy=NO_CACHE, **STORAGE_TASK)
+def find_undecided(settings: Settings, max_failures: int) -> list[ModelRef]:
+    store = ObjectStore(settings)
+    pending = lifecycle.undecided(store, max_failures)
+    get_run_logger().info(
+        "%d registered version(s) without a decision: %s",
+        len(pending),
+        ", ".join(map(str, pending)) or "none",
+    )
+    return pending
+
+
 @task(name="pull", cache_policy=NO_CACHE, **STORAGE_TASK)
 def pull_version(ref: ModelRef, settings: Settings, dest: Path) -> lifecycle.PulledVersion:
     pulled = lifecycle.pull(ObjectStore(settings), ref, dest)
