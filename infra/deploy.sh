@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Start a real Prefect server (UI on http://127.0.0.1:${PREFECT_PORT:-4200}), create the process work pool,
+# deploy every deployment in prefect.yaml and start a worker, all on 127.0.0.1. Storage settings come from
+# the environment (source .quantgate/seaweed.env first). Stop: python -m infra.prefect_stack stop
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. .venv/bin/activate
+python -m infra.prefect_stack start --port "${PREFECT_PORT:-4200}"

@@ -1,0 +1,98 @@
+"""A Prefect server, the `quantgate-pool` process work pool, the deployments of prefect.yaml and one
+worker, all on 127.0.0.1. Used by infra/deploy.sh and by the deployment integration test.
+
+The worker inherits this process's environment: QUANTGATE_* and AWS_* must be set before `start`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infra.prefect_server import start as start_server
+from infra.prefect_server import stop_process
+
+REPO = Path(__file__).resolve().parents[1]
+POOL = "quantgate-pool"
+
+
+def _prefect(*args: str, env: dict[str, str]) -> None:
+    prefect = str(Path(sys.executable).parent / "prefect")
+    subprocess.run([prefect, *args], env=env, cwd=REPO, check=True, capture_output=True, timeout=300)
+
+
+@dataclass
+class PrefectStack:
+    state_dir: Path
+    port: int
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PREFECT_API_URL": self.api_url,
+            "QUANTGATE_REPO": str(REPO),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_WORKER_QUERY_SECONDS": "2",
+        }
+
+    def start(self) -> PrefectStack:
+        self.processes.append(start_server(self.state_dir, self.port))
+        try:
+            env = self.env()
+            _prefect("work-pool", "create", POOL, "--type", "process", "--overwrite", env=env)
+            _prefect("--no-prompt", "deploy", "--all", env=env)
+            log = (self.state_dir / "worker.log").open("ab")
+            prefect = str(Path(sys.executable).parent / "prefect")
+            self.processes.append(
+                subprocess.Popen(
+                    [prefect, "worker", "start", "--pool", POOL, "--type", "process"],
+                    env=env,
+                    cwd=REPO,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+            log.close()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):  # worker first, then the server
+            stop_process(proc.pid)
+        self.processes.clear()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("--state-dir", type=Path, default=Path(".quantgate"))
+    parser.add_argument("--port", type=int, default=4200)
+    args = parser.parse_args(argv)
+    state_dir = args.state_dir.resolve()
+    pids = state_dir / "prefect-stack.pids"
+    if args.action == "start":
+        state_dir.mkdir(parents=True, exist_ok=True)
+        stack = PrefectStack(state_dir, args.port).start()
+        pids.write_text("\n".join(str(p.pid) for p in stack.processes))
+        print(f"Prefect UI http://127.0.0.1:{args.port}; pool {POOL}; deployments deployed; worker up.")
+        print(f"export PREFECT_API_URL={stack.api_url}")
+    elif pids.exists():
+        for pid in reversed(pids.read_text().split()):
+            stop_process(int(pid))
+        pids.unlink()
+        print("Prefect worker and server stopped")
+
+
+if __name__ == "__main__":
+    main()

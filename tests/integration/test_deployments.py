@@ -1,0 +1,119 @@
+"""The deployments of prefect.yaml on a real Prefect server with a process worker, all on 127.0.0.1:
+`quantgate register` alone starts the run (event trigger), and the sweep picks up a version that was
+uploaded without an event. Everything is observed through the Prefect client and storage."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from infra.prefect_stack import PrefectStack
+from quantgate import lifecycle
+from quantgate.bench import BenchSettings
+from quantgate.gates import GateThresholds
+from quantgate.registry import ModelRef, manifest_key
+from tests.conftest import REPO
+from tests.integration.conftest import snapshot
+
+# The tiny model cannot win latency from INT8 (see test_flow.py): the deployments get its speed gate off.
+TINY_PARAMS = {
+    "thresholds": GateThresholds(min_p95_speedup=0.0).model_dump(),
+    "bench": BenchSettings(warmup_runs=1, repeat_runs=5).model_dump(),
+}
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def stack(s3_env, tmp_path):
+    stack = PrefectStack(tmp_path / "prefect", _free_port())
+    (tmp_path / "prefect").mkdir()
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def _wait_for_run(client, run_name: str, timeout: float = 240):
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[run_name])))
+        if runs and runs[0].state and runs[0].state.type.value in TERMINAL:
+            return runs[0]
+        time.sleep(1)
+    raise AssertionError(f"no finished flow run {run_name!r} within {timeout}s")
+
+
+def test_registration_triggers_a_run_and_the_sweep_catches_silent_uploads(
+    stack, store, tiny_model_dir, small_sts
+):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+        for name in ("quantize-and-promote/quantize-on-registration", "registry-sweep/registry-sweep"):
+            deployment = client.read_deployment_by_name(name)
+            client.update_deployment(deployment.id, DeploymentUpdate(parameters=TINY_PARAMS))
+
+        # 1. `quantgate register` is all a person does; the event trigger starts the run on the worker.
+        env = {**stack.env(), "PYTHONPATH": str(REPO)}
+        registered = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "quantgate.cli",
+                "register",
+                "tiny",
+                "d1",
+                "--model-dir",
+                str(tiny_model_dir),
+                "--heldout",
+                str(small_sts),
+            ],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert registered.returncode == 0, registered.stderr
+        assert "announced quantgate.model.registered" in registered.stdout
+        run = _wait_for_run(client, "tiny@d1")
+        assert run.state.name == "Promoted", run.state.message
+        assert (
+            run.deployment_id
+            == client.read_deployment_by_name("quantize-and-promote/quantize-on-registration").id
+        )
+        assert store.exists(manifest_key(ModelRef(name="tiny", version="d1")))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["tiny-d1-report"]))
+        )
+        assert artifacts
+        assert "PROMOTED" in artifacts[0].data
+        d1_before = snapshot(store, "promoted/tiny/d1/")
+
+        # 2. Uploaded by another tool: no event, so no run, until the sweep finds it.
+        lifecycle.register(
+            store, ModelRef(name="tiny", version="d2"), tiny_model_dir, small_sts, "sentence-embedding"
+        )
+        sweep = run_deployment("registry-sweep/registry-sweep", timeout=300)
+        assert sweep.state.is_completed(), sweep.state.message
+        assert _wait_for_run(client, "tiny@d2").state.name == "Promoted"
+        assert snapshot(store, "promoted/tiny/d1/") == d1_before  # decided: never run again
+        assert lifecycle.undecided(store, max_failures=3) == []
