@@ -6,6 +6,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -205,18 +207,23 @@ def test_sigkill_after_the_manifest_is_finished_by_the_rerun(store, tiny_model_d
     assert_one_complete_promotion(store, ref)
 
 
-@pytest.mark.usefixtures("prefect_api")
-def test_storage_outage_during_a_run_is_retried_and_the_run_completes(
-    tmp_path, monkeypatch, tiny_model_dir, small_sts
-):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        TaskRunFilter,
-        TaskRunFilterName,
-        TaskRunFilterState,
-        TaskRunFilterStateName,
-    )
+@dataclass
+class OutageRun:
+    """A tiny-model run on its own SeaweedFS, with the server stopped right after the pull."""
 
+    server: SeaweedServer
+    store: ObjectStore
+    ref: ModelRef
+    runner: threading.Thread
+    result: dict[str, object]
+
+    def state(self, timeout: float = 180) -> object:
+        self.runner.join(timeout=timeout)
+        return self.result["state"]
+
+
+@pytest.fixture
+def outage_run(tmp_path, monkeypatch, tiny_model_dir, small_sts, prefect_api) -> Iterator[OutageRun]:
     server = SeaweedServer(tmp_path / "s3", ACCESS_KEY, SECRET_KEY).start()
     try:
         work = tmp_path / "work"
@@ -233,70 +240,13 @@ def test_storage_outage_during_a_run_is_retried_and_the_run_completes(
         store.ensure_bucket()
         ref = ModelRef(name="tiny", version="outage")
         lifecycle.register(store, ref, tiny_model_dir, small_sts, "sentence-embedding")
-
         result: dict[str, object] = {}
         # A long benchmark keeps the run busy computing while the server goes down.
         runner = threading.Thread(
             target=lambda: result.update(
                 state=quantize_and_promote(
-                    model="tiny",
-                    version="outage",
-                    thresholds=TINY_GATES,
-                    bench=BenchSettings(warmup_runs=1, repeat_runs=1500),
-                    return_state=True,
-                )
-            )
-        )
-        runner.start()
-
-        deadline = time.monotonic() + 120
-        while not list(work.glob("*/source/heldout/*")) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        server.stop()  # pulled: from here every storage call fails until the restart
-
-        retry_filter = TaskRunFilter(
-            name=TaskRunFilterName(like_="promote"),
-            state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["AwaitingRetry", "Retrying"])),
-        )
-        with get_client(sync_client=True) as client:
-            while not client.read_task_runs(task_run_filter=retry_filter) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert client.read_task_runs(task_run_filter=retry_filter), "promote never had to retry"
-        server.start()
-        runner.join(timeout=120)
-        state = result["state"]
-        assert state.name == "Promoted", state.message
-        assert_one_complete_promotion(ObjectStore(Settings()), ref)
-    finally:
-        server.stop()
-
-
-@pytest.mark.usefixtures("prefect_api")
-def test_storage_outage_beyond_the_retry_budget_fails_cleanly_with_nothing_promoted(
-    tmp_path, monkeypatch, tiny_model_dir, small_sts
-):
-    server = SeaweedServer(tmp_path / "s3", ACCESS_KEY, SECRET_KEY).start()
-    try:
-        work = tmp_path / "work"
-        for key, value in {
-            "QUANTGATE_S3_ENDPOINT_URL": server.endpoint_url,
-            "QUANTGATE_BUCKET": "outage",
-            "QUANTGATE_WORK_DIR": str(work),
-            "QUANTGATE_MAX_ATTEMPTS": "1",
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-        }.items():
-            monkeypatch.setenv(key, value)
-        store = ObjectStore(Settings())
-        store.ensure_bucket()
-        ref = ModelRef(name="tiny", version="down")
-        lifecycle.register(store, ref, tiny_model_dir, small_sts, "sentence-embedding")
-        result: dict[str, object] = {}
-        runner = threading.Thread(
-            target=lambda: result.update(
-                state=quantize_and_promote(
-                    model="tiny",
-                    version="down",
+                    model=ref.name,
+                    version=ref.version,
                     thresholds=TINY_GATES,
                     bench=BenchSettings(warmup_runs=1, repeat_runs=1500),
                     return_state=True,
@@ -307,18 +257,46 @@ def test_storage_outage_beyond_the_retry_budget_fails_cleanly_with_nothing_promo
         deadline = time.monotonic() + 120
         while not list(work.glob("*/source/heldout/*")) and time.monotonic() < deadline:
             time.sleep(0.1)
-        server.stop()  # and it stays down: 1 try + 3 retries (2 + 5 + 15 s) all fail
+        server.stop()  # pulled: from here every storage call fails until a restart
+        yield OutageRun(server, store, ref, runner, result)
         runner.join(timeout=180)
-        state = result["state"]
-        assert state.is_failed()
-        with pytest.raises(StorageUnreachableError, match="cannot reach"):
-            state.result()
-        server.start()
-        assert not store.exists(manifest_key(ref))
-        assert not list(store.list("promoted/"))
-        assert lifecycle.current(store, "tiny") is None
     finally:
         server.stop()
+
+
+def test_storage_outage_during_a_run_is_retried_and_the_run_completes(outage_run: OutageRun):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        TaskRunFilter,
+        TaskRunFilterName,
+        TaskRunFilterState,
+        TaskRunFilterStateName,
+    )
+
+    retry_filter = TaskRunFilter(
+        name=TaskRunFilterName(like_="promote"),
+        state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["AwaitingRetry", "Retrying"])),
+    )
+    deadline = time.monotonic() + 120
+    with get_client(sync_client=True) as client:
+        while not client.read_task_runs(task_run_filter=retry_filter) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert client.read_task_runs(task_run_filter=retry_filter), "promote never had to retry"
+    outage_run.server.start()
+    state = outage_run.state()
+    assert state.name == "Promoted", state.message
+    assert_one_complete_promotion(outage_run.store, outage_run.ref)
+
+
+def test_storage_outage_beyond_the_retry_budget_fails_cleanly_with_nothing_promoted(outage_run: OutageRun):
+    state = outage_run.state()  # the server stays down: 1 try + 3 retries (2 + 5 + 15 s) all fail
+    assert state.is_failed()
+    with pytest.raises(StorageUnreachableError, match="cannot reach"):
+        state.result()
+    outage_run.server.start()
+    assert not outage_run.store.exists(manifest_key(outage_run.ref))
+    assert not list(outage_run.store.list("promoted/"))
+    assert lifecycle.current(outage_run.store, "tiny") is None
 
 
 @pytest.mark.usefixtures("prefect_api")
