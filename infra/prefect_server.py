@@ -38,7 +38,13 @@ def wait_healthy(url: str, timeout: float, proc: subprocess.Popen[bytes] | None 
 def start(state_dir: Path, port: int, timeout: float = 90.0) -> subprocess.Popen[bytes]:
     home = state_dir / "prefect"
     home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # Without this the UI calls the API on the default port 4200 whatever --port says.
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+    }
     env.pop("PREFECT_API_URL", None)
     prefect = str(Path(sys.executable).parent / "prefect")
     log = (state_dir / "prefect-server.log").open("ab")
