@@ -59,7 +59,13 @@ def quantize_and_promote(
 
             # -- build the candidate ----------------------------------------------------------------------
             exported = candidate.export(
-                task_type, pulled.model_dir, heldout, work / "onnx", thresholds.export_atol, allow_pickle
+                task_type,
+                pulled.model_dir,
+                heldout,
+                settings.cache_dir,
+                pulled.registration.source_checksum,
+                thresholds.export_atol,
+                allow_pickle,
             )
             quantized = candidate.quantize(recipe, exported.onnx_path, work / "quantized")
 

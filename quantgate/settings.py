@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     bucket: str = Field(default="quantgate", min_length=3, max_length=63)
     work_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()) / "quantgate-work")
+    cache_dir: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "quantgate-cache",
+        description="local cache of ONNX exports keyed by model checksum",
+    )
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 60.0
     actor: str = Field(default_factory=_default_actor, description="who the audit log names")

@@ -11,7 +11,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from quantgate.bench import BenchReport, BenchSettings
-from quantgate.export import ExportResult
+from quantgate.export import OPSET, ExportResult
+from quantgate.export_cache import cached_export
 from quantgate.quantize import QuantizeResult, apply_recipe, get_recipe
 from quantgate.tasktypes import Evaluation, TaskType
 
@@ -21,13 +22,19 @@ def export(
     task_type: TaskType,
     model_dir: Path,
     heldout: pd.DataFrame,
-    out_dir: Path,
+    cache_dir: Path,
+    source_checksum: str,
     atol: float,
     allow_pickle: bool,
 ) -> ExportResult:
-    result = task_type.export(model_dir, out_dir, heldout, atol, allow_pickle)
+    """Cached by the model's source checksum: a re-run skips the export (a verified cache entry only)."""
+    key = f"{task_type.name}-{source_checksum[:32]}-opset{OPSET}-atol{atol:g}"
+    result, hit = cached_export(
+        cache_dir, key, lambda out: task_type.export(model_dir, out, heldout, atol, allow_pickle)
+    )
     get_run_logger().info(
-        "exported %s (%.1f MB, opset %d); max |ONNX - PyTorch| = %s",
+        "%s %s (%.1f MB, opset %d); max |ONNX - PyTorch| = %s",
+        "export cache hit:" if hit else "exported",
         result.onnx_path.name,
         result.size_bytes / 1e6,
         result.opset,

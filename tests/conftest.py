@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ STSB = Path(os.environ.get("QUANTGATE_STSB", REPO.parent / "shared" / "data" / "
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One export cache per test session: shared by its tests (re-runs hit it), never by earlier sessions.
+os.environ.setdefault("QUANTGATE_CACHE_DIR", tempfile.mkdtemp(prefix="quantgate-test-cache-"))
 
 
 @pytest.fixture(scope="session")
