@@ -371,9 +371,17 @@ def rollback(store: ObjectStore, model: str, to_version: str | None, actor: str)
     return event
 
 
-def reject(store: ObjectStore, ref: ModelRef, report: dict[str, Any], parity: dict[str, Any]) -> str:
+def reject(
+    store: ObjectStore,
+    ref: ModelRef,
+    report: dict[str, Any],
+    parity: dict[str, Any],
+    plot: Path | None = None,
+) -> str:
     """Record a rejection where a person looks for it: rejected/<m>/<v>/. Nothing goes to promoted/."""
     _put_json(store, f"{rejected_prefix(ref)}parity_report.json", parity)
+    if plot is not None:
+        store.put_file(f"{rejected_prefix(ref)}latency.png", plot)
     try:
         _put_json(store, rejection_key(ref), report, create_only=True)
     except ConflictError:

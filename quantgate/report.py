@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from quantgate.bench import BenchReport, cpu_info
 from quantgate.evaluate import ParityReport
 from quantgate.gates import GateReport
+from quantgate.plots import latency_plot
 from quantgate.registry import Manifest, Registration, registration_key, utcnow
 
 Outcome = Literal["promoted", "rejected"]
@@ -118,7 +119,11 @@ def to_markdown(report: RunReport) -> str:
             f"{s.repeat_runs} interleaved runs; CPU flags "
             f"{', '.join(report.benchmark.cpu.get('flags', []))})\n\n"
             + _md_table(bench_rows(report.benchmark)),
-            f"Promoted to: `{report.promoted_to}`" if report.promoted_to else "Nothing was promoted.",
+            f"Promoted to: `{report.promoted_to}` (read `manifest.json` there; the latency plot "
+            "`latency.png` is under the run's prefix)"
+            if report.promoted_to
+            else "Nothing was promoted. Report and latency plot under "
+            f"`rejected/{report.model}/{report.version}/`.",
         ]
     )
 
@@ -196,4 +201,7 @@ def promotion_files(
     files = {"model.int8.onnx": model_path}
     files |= {f"tokenizer/{p.name}": p for p in tokenizer_files}
     files["parity_report.json"] = write_json(out_dir / "parity_report.json", report.parity.model_dump())
+    files["latency.png"] = latency_plot(
+        report.benchmark, f"{report.model}@{report.version}", out_dir / "latency.png"
+    )
     return files

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,15 @@ def record_rejection(
     settings: Settings, ref: ModelRef, report: dict[str, Any], parity: dict[str, Any]
 ) -> str | None:
     """None when this run recorded the rejection; otherwise why not (a concurrent run decided first)."""
+    from quantgate.plots import latency_plot
+    from quantgate.report import RunReport
+
     try:
-        key = lifecycle.reject(ObjectStore(settings), ref, report, parity)
+        with tempfile.TemporaryDirectory() as tmp:
+            plot = latency_plot(
+                RunReport.model_validate(report).benchmark, str(ref), Path(tmp) / "latency.png"
+            )
+            key = lifecycle.reject(ObjectStore(settings), ref, report, parity, plot)
     except ConflictError as exc:
         get_run_logger().warning("%s", exc)
         return str(exc)

@@ -53,7 +53,13 @@ def test_passing_run_promotes_with_a_manifest_whose_checksums_match_the_stored_f
     run_prefix = f"{manifest.run_id}/"
     assert all(f.path.startswith(run_prefix) for f in manifest.files)  # one run's immutable prefix
     names = {f.path.removeprefix(run_prefix) for f in manifest.files}
-    assert {"model.int8.onnx", "report.json", "parity_report.json", "tokenizer/tokenizer.json"} <= names
+    assert {
+        "model.int8.onnx",
+        "report.json",
+        "parity_report.json",
+        "latency.png",
+        "tokenizer/tokenizer.json",
+    } <= names
     pointer = lifecycle.current(store, "tiny")
     assert pointer is not None
     assert pointer.version == "v1"
@@ -99,6 +105,7 @@ def test_impossible_threshold_is_rejected_and_leaves_the_promoted_location_untou
     assert rejection["outcome"] == "rejected"
     failed = {g["gate"]["metric"] for g in rejection["gates"]["results"] if not g["passed"]}
     assert "mean_cosine" in failed
+    assert store.get_bytes("rejected/tiny/v2/latency.png").startswith(b"\x89PNG")
     assert lifecycle.decision_of(store, bad) == "rejected"
 
 
