@@ -6,9 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from prefect import get_client, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 from prefect.logging import get_run_logger
 
 from quantgate import lifecycle
@@ -49,25 +48,13 @@ def pull_version(ref: ModelRef, settings: Settings, dest: Path) -> lifecycle.Pul
     return pulled
 
 
-def _promotion_limit(model: str) -> str:
-    """A global concurrency limit of 1 per model, created on first use: a `concurrency()` on a limit
-    that does not exist only warns and does not block (NOTES-infra.md)."""
-    name = f"quantgate-promote-{model}"
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(name, limit=1)
-    return name
-
-
 @task(name="promote", cache_policy=NO_CACHE, **STORAGE_TASK)
 def promote(
     settings: Settings, manifest: Manifest, files: dict[str, Path], report: dict[str, Any]
 ) -> str | None:
     """None when this run promoted; otherwise why not (a concurrent run decided first)."""
     try:
-        # Storage already makes a lost race harmless; the limit also keeps two runs of one model from
-        # uploading at the same time, so the loser does not waste the upload.
-        with concurrency(_promotion_limit(manifest.model), occupy=1, strict=True, timeout_seconds=900):
-            final = lifecycle.promote(ObjectStore(settings), manifest, files, report, settings.actor)
+        final = lifecycle.promote(ObjectStore(settings), manifest, files, report, settings.actor)
     except ConflictError as exc:
         get_run_logger().warning("%s", exc)
         return str(exc)
