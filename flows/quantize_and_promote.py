@@ -1,6 +1,8 @@
-"""quantize-and-promote: pull → validate → export → quantize → parity → benchmark → gate → promote | reject.
+"""quantize-and-promote: pull → validate → export → search recipes (build, score, benchmark, fallback) →
+gate → promote | reject.
 
-The flow wires stages together and decides nothing itself: the gate stage's report says promote or not.
+The flow wires stages together and decides nothing itself: the search's pure rules pick the fastest
+candidate that passes every gate, and the gate stage's report says promote or not.
 Final states: Completed "Promoted", Completed "NotPromoted" (a deliberate rejection, distinct from a crash
 in the UI and emitted as prefect.flow-run.NotPromoted), Completed "AlreadyDecided", or Failed (bad input,
 storage outage after retries) with the error in the run's own report under runs/.
@@ -8,35 +10,48 @@ storage outage after retries) with the error in the run's own report under runs/
 
 from __future__ import annotations
 
+import os
 import uuid
 
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
+from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.search import candidate_path, search_recipes
 from quantgate.bench import BenchSettings
 from quantgate.errors import QuantgateError
 from quantgate.gates import GateThresholds
-from quantgate.quantize import DEFAULT_RECIPE, get_recipe
-from quantgate.registry import ModelRef, promoted_prefix, registry_summary
+from quantgate.heldout import split_heldout
+from quantgate.quantize import Recipe, resolve_recipes
+from quantgate.registry import ModelRef, artifact_prefix, promoted_prefix, registry_summary, rejected_prefix
 from quantgate.report import manifest_for, promotion_files
+from quantgate.search import SearchBudget
 from quantgate.settings import Settings
 from quantgate.tasktypes import get_task_type
 from quantgate.workspace import workspace
 from tasks import announce, candidate, gate, storage, validate
 
 
-@flow(name="quantize-and-promote", flow_run_name="{model}@{version}", validate_parameters=True)
+@flow(
+    name="quantize-and-promote",
+    flow_run_name="{model}@{version}",
+    validate_parameters=True,
+    task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1),
+)
 def quantize_and_promote(
     model: str,
     version: str,
-    recipe: str = DEFAULT_RECIPE,
+    recipes: list[str | Recipe] | None = None,
     thresholds: GateThresholds = GateThresholds(),  # noqa: B008 - pydantic defaults are immutable here
     bench: BenchSettings = BenchSettings(),  # noqa: B008
+    budget: SearchBudget = SearchBudget(),  # noqa: B008
     allow_pickle: bool = False,
 ) -> State:
+    """`recipes`: catalogue names or full recipe objects (None = the default search); `budget` bounds the
+    search (candidates, fallback trials, seconds)."""
     ref = ModelRef(name=model, version=version)
-    get_recipe(recipe)  # an unknown recipe is a bad parameter: fail before pulling anything
+    candidates = resolve_recipes(recipes)  # a bad recipe list fails before anything is pulled
     settings = Settings()
     run_id = str(flow_run.get_id() or uuid.uuid4())
 
@@ -57,7 +72,9 @@ def quantize_and_promote(
             task_type = get_task_type(pulled.registration.task)
             heldout, heldout_check = validate.validate(pulled.heldout_path, task_type)
 
-            # -- build the candidate ----------------------------------------------------------------------
+            split = split_heldout(heldout, budget.calibration_rows)
+
+            # -- the FP32 baseline ----------------------------------------------------------------------
             exported = candidate.export(
                 task_type,
                 pulled.model_dir,
@@ -67,57 +84,52 @@ def quantize_and_promote(
                 thresholds.export_atol,
                 allow_pickle,
             )
-            quantized = candidate.quantize(recipe, exported.onnx_path, work / "quantized")
 
-            # -- measure it against the FP32 baseline on the same data and harness ------------------------
-            evaluation = candidate.check_parity(
-                task_type,
-                exported.onnx_path,
-                quantized.path,
-                exported.tokenizer_files[0].parent,
-                heldout,
-                thresholds.abs_tol,
-                thresholds.mean_tol,
-            )
-            bench_report = candidate.benchmark(
+            # -- every candidate recipe, measured against it on the same data and harness -----------------
+            search = search_recipes(
                 task_type,
                 pulled.model_dir,
-                exported.onnx_path,
-                quantized.path,
-                exported.tokenizer_files[0].parent,
-                heldout,
+                exported,
+                split,
+                candidates,
+                thresholds,
                 bench,
+                budget,
                 allow_pickle,
+                work,
             )
 
             # -- decide and act on the decision -----------------------------------------------------------
             report = gate.decide(
-                ref,
-                run_id,
-                task_type.name,
-                exported,
-                quantized,
-                evaluation,
-                bench_report,
-                thresholds,
-                heldout_check,
+                ref, run_id, task_type.name, exported, split, heldout_check, thresholds, search
             )
             if report.passed:
+                where = f"s3://{settings.bucket}/{artifact_prefix(ref, run_id)}"
                 report = report.model_copy(
                     update={"promoted_to": f"s3://{settings.bucket}/{promoted_prefix(ref)}"}
                 )
                 lost_race = storage.promote(
                     settings,
                     manifest_for(report, pulled.registration),
-                    promotion_files(report, quantized.path, exported.tokenizer_files, work / "out"),
+                    promotion_files(
+                        report,
+                        candidate_path(search, report.recipe["name"], work),
+                        exported.tokenizer_files,
+                        work / "out",
+                    ),
                     report.model_dump(mode="json"),
                 )
+                links = {
+                    "promoted-model": where + report.recipe_artifact,
+                    "latency-plot": where + "latency.png",
+                    "pareto-plot": where + "pareto.png",
+                }
             else:
-                lost_race = storage.record_rejection(
-                    settings, ref, report.model_dump(mode="json"), report.parity.model_dump()
-                )
+                lost_race = storage.record_rejection(settings, ref, report.model_dump(mode="json"))
+                where = f"s3://{settings.bucket}/{rejected_prefix(ref)}"
+                links = {"latency-plot": where + "latency.png", "pareto-plot": where + "pareto.png"}
             storage.save_run_report(settings, ref, run_id, report.model_dump(mode="json"))
-            gate.publish(ref, report)
+            gate.publish(ref, report, {} if lost_race else links)
             if not lost_race:
                 announce.decision(report.model_dump(mode="json"))
     except QuantgateError as exc:

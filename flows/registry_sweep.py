@@ -11,7 +11,8 @@ from prefect import flow
 from flows.quantize_and_promote import quantize_and_promote
 from quantgate.bench import BenchSettings
 from quantgate.gates import GateThresholds
-from quantgate.quantize import DEFAULT_RECIPE
+from quantgate.quantize import Recipe
+from quantgate.search import SearchBudget
 from quantgate.settings import Settings
 from tasks import storage
 
@@ -20,9 +21,10 @@ from tasks import storage
 def registry_sweep(
     max_runs: int = 10,
     max_failures: int = 3,
-    recipe: str = DEFAULT_RECIPE,
+    recipes: list[str | Recipe] | None = None,
     thresholds: GateThresholds = GateThresholds(),  # noqa: B008 - pydantic defaults are immutable here
     bench: BenchSettings = BenchSettings(),  # noqa: B008
+    budget: SearchBudget = SearchBudget(),  # noqa: B008
 ) -> list[dict[str, Any]]:
     settings = Settings()
     pending = storage.find_undecided(settings, max_failures)
@@ -31,9 +33,10 @@ def registry_sweep(
         state = quantize_and_promote(
             model=ref.name,
             version=ref.version,
-            recipe=recipe,
+            recipes=recipes,
             thresholds=thresholds,
             bench=bench,
+            budget=budget,
             return_state=True,
         )
         results.append({"model": ref.name, "version": ref.version, "state": state.name})

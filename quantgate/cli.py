@@ -120,7 +120,17 @@ def _thresholds(overrides: dict[str, float | None]) -> Any:
 def run(
     model: Annotated[str, typer.Argument()],
     version: Annotated[str, typer.Argument()],
-    recipe: Annotated[str, typer.Option(help="quantization recipe")] = "dynamic-int8-per-channel",
+    recipe: Annotated[
+        list[str] | None,
+        typer.Option(help="candidate recipe from the catalogue (repeat it; default: the default search)"),
+    ] = None,
+    recipe_file: Annotated[
+        Path | None, typer.Option(help="JSON list of recipes (objects or catalogue names)")
+    ] = None,
+    max_candidates: Annotated[int, typer.Option(help="search budget: recipes tried")] = 8,
+    max_trials: Annotated[int, typer.Option(help="search budget: sensitive-node fallback trials")] = 6,
+    max_seconds: Annotated[float, typer.Option(help="search budget: seconds for building and scoring")] = 300,
+    calibration_rows: Annotated[int, typer.Option(help="held-out rows kept apart for calibration")] = 64,
     max_task_metric_drop: Annotated[
         float | None, typer.Option(help="max FP32-INT8 task metric drop (0.01 = 1 pt)")
     ] = None,
@@ -140,7 +150,8 @@ def run(
 ) -> None:
     """Run quantize-and-promote for a registered version and print the decision."""
     from quantgate.bench import BenchSettings
-    from quantgate.quantize import get_recipe
+    from quantgate.quantize import load_recipe_file, resolve_recipes
+    from quantgate.search import SearchBudget
 
     ref = _ref(model, version)
     thresholds = _thresholds(
@@ -155,14 +166,26 @@ def run(
         }
     )
     try:
-        get_recipe(recipe)
+        items: list[Any] = [*(recipe or [])]
+        if recipe_file is not None:
+            items += load_recipe_file(recipe_file)
+        recipes = resolve_recipes(items or None)
         bench = BenchSettings(batch=batch, seq_len=seq_len, threads=threads, repeat_runs=repeats)
+        budget = SearchBudget(
+            max_candidates=max_candidates,
+            max_trials=max_trials,
+            max_seconds=max_seconds,
+            calibration_rows=calibration_rows,
+        )
         # An unreachable endpoint, bad keys, a missing bucket or version: say so before Prefect starts.
         from quantgate import lifecycle
 
         lifecycle.load_registration(_store(), ref)
     except ValidationError as exc:
-        raise _fail(f"bad benchmark setting: {exc.errors()[0]['loc'][0]} {exc.errors()[0]['msg']}") from None
+        err = exc.errors()[0]
+        raise _fail(
+            f"bad benchmark or budget setting: --{str(err['loc'][0]).replace('_', '-')} {err['msg']}"
+        ) from None
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
 
@@ -173,9 +196,10 @@ def run(
     state = quantize_and_promote(
         model=model,
         version=version,
-        recipe=recipe,
+        recipes=recipes,
         thresholds=thresholds,
         bench=bench,
+        budget=budget,
         allow_pickle=allow_pickle,
         return_state=True,
     )
@@ -192,7 +216,8 @@ def run(
 
 
 def print_report(report: dict[str, Any]) -> None:
-    from quantgate.report import RunReport, bench_rows, gate_rows
+    from quantgate.report import RunReport, bench_rows, candidate_rows, gate_rows
+    from quantgate.search import SearchResult
 
     parsed = RunReport.model_validate(report)
     verdict = "[bold green]PROMOTED[/]" if parsed.outcome == "promoted" else "[bold yellow]NOT PROMOTED[/]"
@@ -226,6 +251,33 @@ def print_report(report: dict[str, Any]) -> None:
     for row in rows:
         bench.add_row(*(str(v) for v in row.values()))
     console.print(bench)
+    if parsed.search:
+        search = SearchResult.model_validate(parsed.search)
+        table = Table(title=f"candidates ({search.seconds:.0f} s)")
+        cols = (
+            "candidate",
+            "size_mb",
+            "p50_ms",
+            "task_metric_drop",
+            "mean_cosine",
+            "neighbour_agreement",
+            "result",
+        )
+        for col in (*cols, "failed_gates"):
+            table.add_column(col, overflow="fold")
+        for row in candidate_rows(search):
+            style = {"PROMOTED": "bold green", "pass": "green"}.get(row["result"], "red")
+            table.add_row(
+                *("" if row[c] is None else str(row[c]) for c in cols[:-1]),
+                f"[{style}]{row['result']}[/]",
+                row["failed_gates"],
+            )
+        console.print(table)
+        if search.fallback is not None and search.fallback.kept_fp32:
+            console.print(
+                "kept in FP32 by the sensitive-node fallback: "
+                + ", ".join(f"{k['node']} ({k['sqnr_db']} dB)" for k in search.fallback.kept_fp32)
+            )
 
 
 def _show_decision(ref: ModelRef, as_json: bool = False) -> None:

@@ -48,3 +48,7 @@ class HeldoutValidationError(QuantgateError):
 
 class ExportError(QuantgateError):
     """Export to ONNX failed, or the exported graph does not reproduce the PyTorch outputs."""
+
+
+class SearchError(QuantgateError):
+    """No candidate recipe could be built and scored: nothing to decide on."""

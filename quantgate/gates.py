@@ -23,6 +23,7 @@ class Gate(BaseModel):
     op: Op
     limit: float
     description: str = ""
+    kind: Literal["accuracy", "speed"] = "accuracy"
 
     @field_validator("limit")
     @classmethod
@@ -49,6 +50,20 @@ class GateReport(BaseModel):
     @property
     def failed(self) -> list[GateResult]:
         return [r for r in self.results if not r.passed]
+
+    def passed_kind(self, kind: str) -> bool:
+        return all(r.passed for r in self.results if r.gate.kind == kind)
+
+    def failure_summary(self) -> str:
+        """'mean cosine 0.9633 (< 0.98 by 0.0167)'; '' when every gate passed."""
+        parts = []
+        for r in self.failed:
+            if r.value is None or r.margin is None:
+                parts.append(f"{r.gate.name}: not measured")
+            else:
+                limit = f"{r.gate.op} {r.gate.limit:g}"
+                parts.append(f"{r.gate.name} {r.value:.4g} (limit {limit}, off by {-r.margin:.4g})")
+        return "; ".join(parts)
 
 
 class GateThresholds(BaseModel):
@@ -105,6 +120,7 @@ class GateThresholds(BaseModel):
                 metric="p95_speedup_vs_onnx_fp32",
                 op=">=",
                 limit=self.min_p95_speedup,
+                kind="speed",
             ),
         ]
 

@@ -376,12 +376,12 @@ def reject(
     ref: ModelRef,
     report: dict[str, Any],
     parity: dict[str, Any],
-    plot: Path | None = None,
+    plots: dict[str, Path] | None = None,
 ) -> str:
     """Record a rejection where a person looks for it: rejected/<m>/<v>/. Nothing goes to promoted/."""
     _put_json(store, f"{rejected_prefix(ref)}parity_report.json", parity)
-    if plot is not None:
-        store.put_file(f"{rejected_prefix(ref)}latency.png", plot)
+    for name, plot in (plots or {}).items():
+        store.put_file(f"{rejected_prefix(ref)}{name}", plot)
     try:
         _put_json(store, rejection_key(ref), report, create_only=True)
     except ConflictError:

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
 
 from quantgate.bench import BenchReport
 
 
-def latency_plot(bench: BenchReport, title: str, path: Path) -> Path:
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # no display on workers
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def latency_plot(bench: BenchReport, title: str, path: Path) -> Path:
+    """p50/p95/p99 per engine, horizontal so long recipe names stay readable."""
+    plt = _pyplot()
     engines = [r.engine for r in bench.results]
-    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
-    width = 0.27
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * len(engines)), dpi=110)
+    height = 0.27
     for i, (label, values) in enumerate(
         [
             ("p50", [r.p50_ms for r in bench.results]),
@@ -23,15 +32,97 @@ def latency_plot(bench: BenchReport, title: str, path: Path) -> Path:
             ("p99", [r.p99_ms for r in bench.results]),
         ]
     ):
-        bars = ax.bar([x + (i - 1) * width for x in range(len(engines))], values, width, label=label)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        bars = ax.barh([y + (i - 1) * height for y in range(len(engines))], values, height, label=label)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
     s = bench.settings
-    ax.set_xticks(range(len(engines)), engines)
-    ax.set_ylabel("latency (ms)")
+    ax.set_yticks(range(len(engines)), engines, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("latency (ms)")
     ax.set_title(
         f"{title}: batch {s.batch}, seq {s.seq_len}, {s.threads} thread(s), {s.repeat_runs} runs", fontsize=9
     )
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+class ParetoPoint(BaseModel):
+    name: str
+    p50_ms: float
+    task_metric_drop: float
+    mean_cosine: float
+    passed: bool
+    chosen: bool = False
+
+
+def pareto_front(points: list[ParetoPoint]) -> list[ParetoPoint]:
+    """Points no other point beats on both latency and task-metric drop (lower is better for both)."""
+    front = [
+        p
+        for p in points
+        if not any(
+            q.p50_ms <= p.p50_ms
+            and q.task_metric_drop <= p.task_metric_drop
+            and (q.p50_ms < p.p50_ms or q.task_metric_drop < p.task_metric_drop)
+            for q in points
+        )
+    ]
+    return sorted(front, key=lambda p: p.p50_ms)
+
+
+def pareto_plot(
+    points: list[ParetoPoint],
+    baselines: dict[str, float],
+    limits: dict[str, float],
+    title: str,
+    path: Path,
+) -> Path:
+    """Latency against each accuracy metric, one marker per candidate: green passed every gate, red did
+    not, the star is the promoted one; dashed lines are the gate limits, dotted ones the FP32 baselines."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    panels = [
+        ("task_metric_drop", "task metric drop (FP32 - candidate)", limits.get("max_task_metric_drop")),
+        ("mean_cosine", "mean cosine to FP32", limits.get("min_mean_cosine")),
+    ]
+    front = pareto_front(points)
+    for ax, (field, label, limit) in zip(axes, panels, strict=True):
+        for p in points:
+            ax.scatter(
+                p.p50_ms,
+                getattr(p, field),
+                marker="*" if p.chosen else "o",
+                s=180 if p.chosen else 40,
+                color="tab:green" if p.passed else "tab:red",
+                edgecolors="black" if p.chosen else "none",
+                zorder=3,
+            )
+            ax.annotate(
+                p.name, (p.p50_ms, getattr(p, field)), fontsize=6, xytext=(4, 3), textcoords="offset points"
+            )
+        if field == "task_metric_drop" and len(front) > 1:
+            ax.plot(
+                [p.p50_ms for p in front], [p.task_metric_drop for p in front], color="grey", lw=1, zorder=2
+            )
+        if limit is not None:
+            ax.axhline(limit, color="black", ls="--", lw=0.8)
+        for name, ms in baselines.items():
+            ax.axvline(ms, color="tab:blue", ls=":", lw=0.8)
+            ax.annotate(
+                name,
+                (ms, 1),
+                xycoords=("data", "axes fraction"),
+                fontsize=6,
+                rotation=90,
+                va="top",
+                ha="right",
+            )
+        ax.set_xlabel("p50 latency (ms)")
+        ax.set_ylabel(label)
+    fig.suptitle(f"{title}: candidates (green passed every gate, star promoted)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -14,8 +14,10 @@ from pydantic import BaseModel, Field
 from quantgate.bench import BenchReport, cpu_info
 from quantgate.evaluate import ParityReport
 from quantgate.gates import GateReport
-from quantgate.plots import latency_plot
+from quantgate.plots import ParetoPoint, latency_plot, pareto_plot
+from quantgate.quantize import Recipe
 from quantgate.registry import Manifest, Registration, registration_key, utcnow
+from quantgate.search import SearchResult
 
 Outcome = Literal["promoted", "rejected"]
 
@@ -59,11 +61,16 @@ class RunReport(BaseModel):
     parity: ParityReport
     benchmark: BenchReport
     environment: dict[str, Any]
+    search: dict[str, Any] = Field(default_factory=dict, description="every candidate, fallback, budget")
     promoted_to: str | None = None
 
     @property
     def passed(self) -> bool:
-        return self.gates.passed
+        return self.outcome == "promoted" and self.gates.passed
+
+    @property
+    def recipe_artifact(self) -> str:
+        return Recipe.model_validate(self.recipe).artifact_name
 
 
 def gate_rows(report: GateReport) -> list[dict[str, Any]]:
@@ -94,6 +101,42 @@ def bench_rows(bench: BenchReport) -> list[dict[str, Any]]:
     ]
 
 
+def candidate_rows(search: SearchResult) -> list[dict[str, Any]]:
+    """One row per candidate: size, latency, every metric, and which gate failed by how much."""
+    rows = []
+    for c in search.candidates:
+        m, lat = c.metrics, c.latency
+        verdict = {"evaluated": "pass" if c.passed else "FAIL", "failed": "error", "skipped": "skipped"}[
+            c.status
+        ]
+        if c.name == search.chosen:
+            verdict = "PROMOTED"
+        rows.append(
+            {
+                "candidate": c.name,
+                "method": c.recipe.method,
+                "size_mb": None if c.size_bytes is None else round(c.size_bytes / 1e6, 1),
+                "p50_ms": None if lat is None else round(lat.p50_ms, 2),
+                "p95_ms": None if lat is None else round(lat.p95_ms, 2),
+                "throughput_per_s": None if lat is None else round(lat.throughput_per_s, 1),
+                "speedup_vs_onnx_fp32_p95": _r(m.get("p95_speedup_vs_onnx_fp32"), 2),
+                "task_metric": _r(m.get("task_metric_candidate"), 4),
+                "task_metric_drop": _r(m.get("task_metric_drop"), 4),
+                "mean_cosine": _r(m.get("mean_cosine"), 4),
+                "min_cosine": _r(m.get("min_cosine"), 4),
+                "neighbour_agreement": _r(m.get("neighbour_agreement"), 3),
+                "max_abs_diff": _r(m.get("max_abs_diff"), 4),
+                "result": verdict,
+                "failed_gates": (c.gates.failure_summary() if c.gates else "") or (c.note or ""),
+            }
+        )
+    return rows
+
+
+def _r(v: float | None, digits: int) -> float | None:
+    return None if v is None else round(v, digits)
+
+
 def _md_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
@@ -103,29 +146,64 @@ def _md_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def to_markdown(report: RunReport) -> str:
+def _fallback_md(search: SearchResult) -> str:
+    fb = search.fallback
+    if fb is None:
+        return ""
+    kept = (
+        _md_table(fb.kept_fp32)
+        if fb.kept_fp32
+        else "no trial passed" + (f" ({fb.stopped})" if fb.stopped else "")
+    )
+    tried = (
+        ", ".join(f"`{t.recipe}` ({'pass' if t.accuracy_passed else 'fail'})" for t in fb.trials) or "none"
+    )
+    return (
+        f"## Sensitive-node fallback\n\nNothing passed; `{fb.base}` failed on accuracy only ({fb.reason}). "
+        f"Nodes ranked by per-layer SQNR on the calibration split; trials: {tried}.\n\n"
+        f"Nodes kept in FP32 and what each cost (share of the measured p50 increase):\n\n{kept}"
+    )
+
+
+def to_markdown(report: RunReport, links: dict[str, str] | None = None) -> str:
     verdict = "PROMOTED" if report.outcome == "promoted" else "REJECTED (not promoted)"
     s = report.benchmark.settings
     failed = ", ".join(r.gate.name for r in report.gates.failed) or "none"
-    return "\n\n".join(
-        [
-            f"# {report.model}@{report.version}: {verdict}",
-            f"Recipe `{report.recipe.get('name')}` · task `{report.task}` · run `{report.run_id}` · "
-            f"failed gates: {failed}",
-            f"Task metric: FP32 "
-            f"{report.metrics['task_metric_fp32']:.4f} → INT8 {report.metrics['task_metric_candidate']:.4f}",
-            "## Gates\n\n" + _md_table(gate_rows(report.gates)),
-            f"## Benchmark (batch {s.batch}, seq {s.seq_len}, {s.threads} thread(s), "
-            f"{s.repeat_runs} interleaved runs; CPU flags "
-            f"{', '.join(report.benchmark.cpu.get('flags', []))})\n\n"
-            + _md_table(bench_rows(report.benchmark)),
-            f"Promoted to: `{report.promoted_to}` (read `manifest.json` there; the latency plot "
-            "`latency.png` is under the run's prefix)"
-            if report.promoted_to
-            else "Nothing was promoted. Report and latency plot under "
-            f"`rejected/{report.model}/{report.version}/`.",
-        ]
+    search = SearchResult.model_validate(report.search) if report.search else None
+    lead = "Recipe chosen" if report.outcome == "promoted" else "Closest candidate"
+    parts = [
+        f"# {report.model}@{report.version}: {verdict}",
+        f"{lead}: `{report.recipe.get('name')}` · task `{report.task}` · run `{report.run_id}` · "
+        f"failed gates: {failed}",
+        f"Task metric: FP32 "
+        f"{report.metrics['task_metric_fp32']:.4f} → candidate {report.metrics['task_metric_candidate']:.4f}",
+        f"## Gates ({report.recipe.get('name')})\n\n" + _md_table(gate_rows(report.gates)),
+    ]
+    if search is not None:
+        b, h = search.budget, report.heldout
+        calib, evaluation = h.get("calibration_rows", 0), h.get("evaluation_rows", h.get("rows"))
+        parts.append(
+            f"## Candidates ({len(search.candidates)} in {search.seconds:.0f} s; budget {b.max_candidates} "
+            f"candidates, {b.max_trials} trials, {b.max_seconds:g} s; {calib} calibration rows kept apart "
+            f"from {evaluation} evaluation rows)\n\n" + _md_table(candidate_rows(search))
+        )
+        if search.warnings:
+            parts.append("Warnings: " + "; ".join(search.warnings))
+        if search.fallback is not None:
+            parts.append(_fallback_md(search))
+    parts.append(
+        f"## Benchmark (batch {s.batch}, seq {s.seq_len}, {s.threads} thread(s), "
+        f"{s.repeat_runs} interleaved runs; CPU flags "
+        f"{', '.join(report.benchmark.cpu.get('flags', []))})\n\n" + _md_table(bench_rows(report.benchmark))
     )
+    if links:
+        parts.append("## Links\n\n" + "\n".join(f"- [{k}]({v})" for k, v in links.items()))
+    parts.append(
+        f"Promoted to: `{report.promoted_to}` (read `manifest.json` there; plots under the run's prefix)"
+        if report.promoted_to
+        else f"Nothing was promoted. Report and plots under `rejected/{report.model}/{report.version}/`."
+    )
+    return "\n\n".join(parts)
 
 
 def build_run_report(
@@ -134,33 +212,33 @@ def build_run_report(
     ref_version: str,
     run_id: str,
     task: str,
-    recipe: dict[str, Any],
-    quantized_ops: dict[str, int],
     export: dict[str, Any],
     heldout: dict[str, Any],
-    metrics: dict[str, float],
     thresholds: dict[str, Any],
-    gates: GateReport,
-    parity: ParityReport,
-    benchmark: BenchReport,
+    search: SearchResult,
 ) -> RunReport:
-    """The decision is read off the gate report and nothing else."""
+    """The decision is read off the search: promoted exactly when a candidate passed every gate. The
+    report leads with that candidate, or with the closest one when none passed."""
+    lead = search.get(search.lead)
+    if lead is None or lead.gates is None or lead.evaluation is None or lead.bench_round is None:
+        raise ValueError("the search judged no candidate: nothing to report on")
     return RunReport(
         model=ref_name,
         version=ref_version,
         run_id=run_id,
         task=task,
-        outcome="promoted" if gates.passed else "rejected",
-        recipe=recipe,
-        quantized_ops=quantized_ops,
+        outcome="promoted" if search.chosen is not None and lead.passed else "rejected",
+        recipe=lead.recipe.model_dump(mode="json"),
+        quantized_ops=lead.op_counts,
         export=export,
         heldout=heldout,
-        metrics=metrics,
+        metrics=lead.metrics,
         thresholds=thresholds,
-        gates=gates,
-        parity=parity,
-        benchmark=benchmark,
+        gates=lead.gates,
+        parity=lead.evaluation.parity,
+        benchmark=search.benchmarks[lead.bench_round - 1],
         environment=environment(),
+        search=search.model_dump(mode="json"),
     )
 
 
@@ -194,14 +272,36 @@ def write_json(path: Path, data: Any) -> Path:
     return path
 
 
+def decision_plots(report: RunReport, out_dir: Path) -> dict[str, Path]:
+    """latency.png (the lead candidate's benchmark round) and pareto.png (every timed candidate)."""
+    title = f"{report.model}@{report.version}"
+    plots = {"latency.png": latency_plot(report.benchmark, title, out_dir / "latency.png")}
+    if report.search:
+        search = SearchResult.model_validate(report.search)
+        points = [
+            ParetoPoint(
+                name=c.name,
+                p50_ms=c.latency.p50_ms,
+                task_metric_drop=c.metrics["task_metric_drop"],
+                mean_cosine=c.metrics["mean_cosine"],
+                passed=c.passed,
+                chosen=c.name == search.chosen,
+            )
+            for c in search.candidates
+            if c.latency is not None and "task_metric_drop" in c.metrics
+        ]
+        first = search.benchmarks[0]
+        baselines = {e: first.by_engine(e).p50_ms for e in ("pytorch-fp32", "onnx-fp32")}
+        plots["pareto.png"] = pareto_plot(points, baselines, report.thresholds, title, out_dir / "pareto.png")
+    return plots
+
+
 def promotion_files(
     report: RunReport, model_path: Path, tokenizer_files: list[Path], out_dir: Path
 ) -> dict[str, Path]:
-    """What goes under promoted/<m>/<v>/ besides report.json and manifest.json."""
-    files = {"model.int8.onnx": model_path}
+    """What goes under promoted/<m>/<v>/<run>/ besides report.json and manifest.json."""
+    files = {Recipe.model_validate(report.recipe).artifact_name: model_path}
     files |= {f"tokenizer/{p.name}": p for p in tokenizer_files}
     files["parity_report.json"] = write_json(out_dir / "parity_report.json", report.parity.model_dump())
-    files["latency.png"] = latency_plot(
-        report.benchmark, f"{report.model}@{report.version}", out_dir / "latency.png"
-    )
+    files |= decision_plots(report, out_dir)
     return files

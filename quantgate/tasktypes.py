@@ -7,13 +7,12 @@ for `get_task_type(registration.task)`; classifiers, NER, scikit-learn and CNN m
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from quantgate.bench import BenchReport, BenchSettings, ort_engine, run_benchmark, torch_engine
 from quantgate.errors import ConfigError
@@ -43,16 +42,28 @@ class Evaluation(BaseModel):
         }
 
 
-def speed_metrics(bench: BenchReport) -> dict[str, float]:
-    torch_fp32, onnx_fp32, candidate = (
-        bench.by_engine(e) for e in ("pytorch-fp32", "onnx-fp32", "onnx-int8")
-    )
+BASELINES = ("pytorch-fp32", "onnx-fp32")
+
+
+def speed_metrics(bench: BenchReport, engine: str) -> dict[str, float]:
+    """Speed of one candidate against the baselines measured in the same interleaved benchmark."""
+    torch_fp32, onnx_fp32, candidate = (bench.by_engine(e) for e in (*BASELINES, engine))
     return {
         "p95_speedup_vs_onnx_fp32": onnx_fp32.p95_ms / candidate.p95_ms,
         "p50_speedup_vs_onnx_fp32": onnx_fp32.p50_ms / candidate.p50_ms,
         "p50_speedup_vs_torch_fp32": torch_fp32.p50_ms / candidate.p50_ms,
         "size_ratio_vs_onnx_fp32": onnx_fp32.size_mb / candidate.size_mb,
     }
+
+
+class Reference(BaseModel):
+    """The FP32 ONNX model's outputs on the evaluation split: computed once, compared with every candidate."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    outputs: np.ndarray
+    task_metric: float
+    seconds: float
 
 
 class TaskType(Protocol):
@@ -64,21 +75,30 @@ class TaskType(Protocol):
         self, model_dir: Path, out_dir: Path, heldout: pd.DataFrame, atol: float, allow_pickle: bool = False
     ) -> ExportResult: ...
 
+    def calibration_feeds(
+        self, tokenizer_dir: Path, calibration: pd.DataFrame
+    ) -> list[dict[str, np.ndarray]]: ...
+
+    def reference(
+        self, fp32: Path, tokenizer_dir: Path, heldout: pd.DataFrame, threads: int
+    ) -> Reference: ...
+
     def evaluate(
         self,
-        fp32: Path,
+        reference: Reference,
         candidate: Path,
         tokenizer_dir: Path,
         heldout: pd.DataFrame,
         abs_tol: float,
         mean_tol: float,
+        threads: int,
     ) -> Evaluation: ...
 
     def benchmark(
         self,
         model_dir: Path,
         fp32: Path,
-        candidate: Path,
+        candidates: dict[str, Path],
         tokenizer_dir: Path,
         heldout: pd.DataFrame,
         settings: BenchSettings,
@@ -117,14 +137,59 @@ class SentenceEmbedding:
             model_dir, out_dir, by_length[::step][: self.export_samples], atol=atol, allow_pickle=allow_pickle
         )
 
+    calibration_batch = 8
+    calibration_max_length = 128
+
+    def calibration_feeds(
+        self, tokenizer_dir: Path, calibration: pd.DataFrame
+    ) -> list[dict[str, np.ndarray]]:
+        """Both sentences of each calibration pair, in batches padded to one common length: ORT's
+        histogram calibrators (Entropy, Percentile) need every batch to have the same shape."""
+        from transformers import AutoTokenizer
+
+        if calibration.empty:
+            return []
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        texts = self.texts(calibration)
+        longest = max(
+            len(tokenizer(t, truncation=True, max_length=self.calibration_max_length)["input_ids"])
+            for t in texts
+        )
+        b = self.calibration_batch
+        usable = texts[: max(b, len(texts) // b * b)]
+        return [
+            tokenize(tokenizer, usable[i : i + b], longest, pad_to_max=True) for i in range(0, len(usable), b)
+        ]
+
+    def reference(self, fp32: Path, tokenizer_dir: Path, heldout: pd.DataFrame, threads: int) -> Reference:
+        import time
+
+        from transformers import AutoTokenizer
+
+        start = time.perf_counter()
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        outputs = embed_texts(
+            fp32, tokenizer, self.texts(heldout), max_length=self.eval_max_length, threads=threads
+        )
+        return Reference(
+            outputs=outputs, task_metric=self._metric(outputs, heldout), seconds=time.perf_counter() - start
+        )
+
+    @staticmethod
+    def _metric(embeddings: np.ndarray, heldout: pd.DataFrame) -> float:
+        n = len(heldout)
+        gold = heldout["score"].to_numpy(dtype=np.float64)
+        return spearman((embeddings[:n] * embeddings[n:]).sum(1), gold)
+
     def evaluate(
         self,
-        fp32: Path,
+        reference: Reference,
         candidate: Path,
         tokenizer_dir: Path,
         heldout: pd.DataFrame,
         abs_tol: float,
         mean_tol: float,
+        threads: int,
     ) -> Evaluation:
         import time
 
@@ -132,17 +197,14 @@ class SentenceEmbedding:
 
         start = time.perf_counter()
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        texts = self.texts(heldout)
-        threads = os.cpu_count() or 1
-        ref = embed_texts(fp32, tokenizer, texts, max_length=self.eval_max_length, threads=threads)
-        cand = embed_texts(candidate, tokenizer, texts, max_length=self.eval_max_length, threads=threads)
-        n = len(heldout)
-        gold = heldout["score"].to_numpy(dtype=np.float64)
+        cand = embed_texts(
+            candidate, tokenizer, self.texts(heldout), max_length=self.eval_max_length, threads=threads
+        )
         return Evaluation(
             task_metric="sts_spearman",
-            task_metric_fp32=spearman((ref[:n] * ref[n:]).sum(1), gold),
-            task_metric_candidate=spearman((cand[:n] * cand[n:]).sum(1), gold),
-            parity=parity_report(ref, cand, abs_tol, mean_tol),
+            task_metric_fp32=reference.task_metric,
+            task_metric_candidate=self._metric(cand, heldout),
+            parity=parity_report(reference.outputs, cand, abs_tol, mean_tol),
             seconds=time.perf_counter() - start,
         )
 
@@ -150,7 +212,7 @@ class SentenceEmbedding:
         self,
         model_dir: Path,
         fp32: Path,
-        candidate: Path,
+        candidates: dict[str, Path],
         tokenizer_dir: Path,
         heldout: pd.DataFrame,
         settings: BenchSettings,
@@ -177,7 +239,7 @@ class SentenceEmbedding:
                         size,
                     ),
                     ort_engine("onnx-fp32", fp32, feeds, settings.threads),
-                    ort_engine("onnx-int8", candidate, feeds, settings.threads),
+                    *(ort_engine(name, path, feeds, settings.threads) for name, path in candidates.items()),
                 ],
                 settings,
             )

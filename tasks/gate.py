@@ -1,22 +1,20 @@
-"""The gate stage: evaluate the declarative gates and assemble the run report; publish it to the UI."""
+"""The gate stage: assemble the run report from the judged candidates; publish it to the UI."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from quantgate.bench import BenchReport
 from quantgate.export import ExportResult
-from quantgate.gates import GateThresholds, evaluate_gates
-from quantgate.heldout import ValidationOutcome
-from quantgate.quantize import QuantizeResult
+from quantgate.gates import GateThresholds
+from quantgate.heldout import HeldoutSplit, ValidationOutcome
 from quantgate.registry import ModelRef
-from quantgate.report import RunReport, bench_rows, build_run_report, gate_rows, to_markdown
-from quantgate.tasktypes import Evaluation, speed_metrics
+from quantgate.report import RunReport, bench_rows, build_run_report, candidate_rows, gate_rows, to_markdown
+from quantgate.search import SearchResult
 
 
 @task(name="gate", cache_policy=NO_CACHE)
@@ -25,32 +23,25 @@ def decide(
     run_id: str,
     task_name: str,
     exported: ExportResult,
-    quantized: QuantizeResult,
-    evaluation: Evaluation,
-    bench: BenchReport,
-    thresholds: GateThresholds,
+    split: HeldoutSplit,
     heldout: ValidationOutcome,
+    thresholds: GateThresholds,
+    search: SearchResult,
 ) -> RunReport:
-    metrics = {**evaluation.metrics(), **speed_metrics(bench)}
-    gates = evaluate_gates(metrics, thresholds.to_gates())
     report = build_run_report(
         ref_name=ref.name,
         ref_version=ref.version,
         run_id=run_id,
         task=task_name,
-        recipe=quantized.recipe.model_dump(mode="json"),
-        quantized_ops=quantized.op_counts,
         export=exported.model_dump(mode="json", exclude={"tokenizer_files"}),
-        heldout={"rows": heldout.rows, "statistics": heldout.statistics},
-        metrics=metrics,
+        heldout={"rows": heldout.rows, "statistics": heldout.statistics, **split.summary()},
         thresholds=thresholds.model_dump(),
-        gates=gates,
-        parity=evaluation.parity,
-        benchmark=bench,
+        search=search,
     )
     logger = get_run_logger()
-    for row in gate_rows(gates):
-        logger.info("gate %-26s %-10s %-10s %s", row["gate"], row["value"], row["limit"], row["result"])
+    for row in candidate_rows(search):
+        logger.info("%-40s %-8s %s", row["candidate"], row["result"], row["failed_gates"])
+    logger.info("decision: %s (%s)", report.outcome, search.chosen or f"none passed; closest {search.lead}")
     return report
 
 
@@ -61,20 +52,31 @@ def _artifact_key(ref: ModelRef, kind: str) -> str:
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)
-def publish(ref: ModelRef, report: RunReport) -> dict[str, Any]:
+def publish(ref: ModelRef, report: RunReport, links: dict[str, str]) -> dict[str, Any]:
     md = create_markdown_artifact(
         key=_artifact_key(ref, "report"),
-        markdown=to_markdown(report),
+        markdown=to_markdown(report, links),
         description=f"quantgate decision for {ref}",
     )
     gates = create_table_artifact(
         key=_artifact_key(ref, "gates"),
         table=gate_rows(report.gates),
-        description="each gate: value, limit, margin",
+        description="each gate of the promoted (or closest) candidate: value, limit, margin",
     )
     bench = create_table_artifact(
         key=_artifact_key(ref, "benchmark"),
         table=bench_rows(report.benchmark),
         description="interleaved CPU benchmark",
     )
-    return {"markdown": str(md), "gates": str(gates), "benchmark": str(bench)}
+    out = {"markdown": str(md), "gates": str(gates), "benchmark": str(bench)}
+    if report.search:
+        out["candidates"] = str(
+            create_table_artifact(
+                key=_artifact_key(ref, "candidates"),
+                table=candidate_rows(SearchResult.model_validate(report.search)),
+                description="every candidate recipe: size, latency, metrics, pass/fail and why",
+            )
+        )
+    for name, url in links.items():
+        out[name] = str(create_link_artifact(key=_artifact_key(ref, name), link=url, link_text=name))
+    return out

@@ -77,19 +77,15 @@ def finish_promotion(ref: ModelRef, settings: Settings) -> bool:
 
 
 @task(name="record-rejection", cache_policy=NO_CACHE, **STORAGE_TASK)
-def record_rejection(
-    settings: Settings, ref: ModelRef, report: dict[str, Any], parity: dict[str, Any]
-) -> str | None:
+def record_rejection(settings: Settings, ref: ModelRef, report: dict[str, Any]) -> str | None:
     """None when this run recorded the rejection; otherwise why not (a concurrent run decided first)."""
-    from quantgate.plots import latency_plot
-    from quantgate.report import RunReport
+    from quantgate.report import RunReport, decision_plots
 
+    parsed = RunReport.model_validate(report)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            plot = latency_plot(
-                RunReport.model_validate(report).benchmark, str(ref), Path(tmp) / "latency.png"
-            )
-            key = lifecycle.reject(ObjectStore(settings), ref, report, parity, plot)
+            plots = decision_plots(parsed, Path(tmp))
+            key = lifecycle.reject(ObjectStore(settings), ref, report, parsed.parity.model_dump(), plots)
     except ConflictError as exc:
         get_run_logger().warning("%s", exc)
         return str(exc)

@@ -216,6 +216,10 @@ RUN_ARG_CASES = [
     ("huge-sequence-length", ["--seq-len", "100000"], "seq_len"),
     ("zero-batch", ["--batch", "0"], "batch"),
     ("unknown-recipe", ["--recipe", "int3"], "unknown recipe"),
+    ("repeated-recipe", ["--recipe", "dynamic-int8", "--recipe", "dynamic-int8"], "repeated"),
+    ("missing-recipe-file", ["--recipe-file", "/nonexistent/recipes.json"], "cannot read recipes"),
+    ("zero-candidates", ["--max-candidates", "0"], "--max-candidates"),
+    ("negative-calibration-rows", ["--calibration-rows", "-5"], "--calibration-rows"),
     ("negative-threshold", ["--min-p95-speedup", "-2"], "bad threshold"),
     ("nan-threshold", ["--mean-tol", "nan"], "bad threshold"),
 ]

@@ -91,10 +91,14 @@ def test_bad_names_are_refused(s3_env, tiny_model_dir, small_sts):
 @pytest.mark.usefixtures("prefect_api")
 def test_run_prints_the_decision_gates_and_benchmark(s3_env, tiny_model_dir, small_sts):
     assert _register(tiny_model_dir, small_sts).exit_code == 0
-    result = _invoke("run", "tiny", "v1", "--min-p95-speedup", "0", "--repeats", "10")
+    result = _invoke(
+        "run", "tiny", "v1", "--min-p95-speedup", "0", "--repeats", "10",
+        "--recipe", "dynamic-int8", "--recipe", "dynamic-int8-per-channel",
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "PROMOTED" in result.output
     assert "mean cosine" in result.output
-    assert "onnx-int8" in result.output
+    assert "candidates" in result.output
+    assert "dynamic-int8-per-channel" in result.output
     again = _invoke("report", "tiny", "v1", "--json")
     assert '"outcome": "promoted"' in again.output

@@ -1,0 +1,182 @@
+"""Recipe search, the pure part: the budget, one candidate's record, and the rules that pick the winner.
+
+Rules (measure first, decide on the evidence):
+- every candidate is scored on the same evaluation split and timed in the same interleaved benchmark as
+  the FP32 baselines, and judged by the same declarative gates;
+- the promoted candidate is the fastest (p50 latency) that passes every gate; candidates within 2% of
+  the fastest count as tied, and the tie goes to the smallest task-metric drop;
+- the sensitive-node fallback starts only when nothing passed and some candidate failed on accuracy
+  alone (its speed gates passed): the fastest of those is the base that nodes are kept in FP32 for;
+- with nothing passing the run is rejected, and the candidate that came closest is the one the report
+  leads with (fewest failed gates, then fastest).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from quantgate.bench import BenchReport, EngineResult
+from quantgate.gates import GateReport, GateThresholds, evaluate_gates
+from quantgate.quantize import Recipe
+from quantgate.sensitivity import NodeSensitivity
+from quantgate.tasktypes import Evaluation, speed_metrics
+
+
+class SearchBudget(BaseModel):
+    """How much searching a run may do. The default fits the pipeline's 2-minute budget for MiniLM on a
+    2-core machine (benchmarks/recipe_search_minilm.py)."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    max_candidates: int = Field(8, ge=1, le=32, description="recipes tried (the first N of the list)")
+    max_trials: int = Field(6, ge=0, le=32, description="sensitive-node fallback trials; 0 = no fallback")
+    max_seconds: float = Field(
+        300, gt=0, description="wall time for building and scoring candidates; later ones are skipped"
+    )
+    calibration_rows: int = Field(
+        64, ge=0, le=100_000, description="held-out rows set apart for calibration (never evaluated on)"
+    )
+    workers: int = Field(0, ge=0, le=64, description="candidates scored at once; 0 = one per CPU core")
+
+
+Status = Literal["evaluated", "failed", "skipped"]
+
+
+class CandidateResult(BaseModel):
+    recipe: Recipe
+    status: Status
+    note: str | None = None
+    size_bytes: int | None = None
+    op_counts: dict[str, int] = Field(default_factory=dict)
+    fused_ops: dict[str, int] | None = None
+    quantize_s: float | None = None
+    evaluation: Evaluation | None = None
+    bench_round: int | None = Field(None, description="which interleaved benchmark timed it")
+    latency: EngineResult | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    gates: GateReport | None = None
+
+    @property
+    def name(self) -> str:
+        return self.recipe.name
+
+    @property
+    def passed(self) -> bool:
+        return self.gates is not None and self.gates.passed
+
+    @property
+    def accuracy_passed(self) -> bool:
+        return self.gates is not None and self.gates.passed_kind("accuracy")
+
+    def judged(
+        self, thresholds: GateThresholds, bench: BenchReport | None, bench_round: int
+    ) -> CandidateResult:
+        """Gate it on its accuracy metrics plus, once benchmarked, its speed against the baselines of
+        the same benchmark round."""
+        if self.evaluation is None:
+            return self
+        metrics = dict(self.evaluation.metrics())
+        update: dict[str, Any] = {}
+        if bench is not None:
+            metrics |= speed_metrics(bench, self.name)
+            update |= {"latency": bench.by_engine(self.name), "bench_round": bench_round}
+        gates = evaluate_gates(metrics, thresholds.to_gates())
+        return self.model_copy(update=update | {"metrics": metrics, "gates": gates})
+
+
+def _speed_key(c: CandidateResult) -> tuple[float, int]:
+    return (c.latency.p50_ms if c.latency else float("inf"), c.size_bytes or 0)
+
+
+# Latencies closer than this are a tie on a shared machine (interleaved p50s of identical kernels differ
+# by ~1%); a tie goes to the candidate that moved the task metric least.
+SPEED_TIE = 0.02
+
+
+def choose(candidates: list[CandidateResult]) -> CandidateResult | None:
+    passing = [c for c in candidates if c.passed]
+    if not passing:
+        return None
+    fastest = min(passing, key=_speed_key)
+    limit = _speed_key(fastest)[0] * (1 + SPEED_TIE)
+    tied = [c for c in passing if _speed_key(c)[0] <= limit]
+    return min(tied, key=lambda c: (c.metrics.get("task_metric_drop", 0.0), *_speed_key(c)))
+
+
+def fallback_base(candidates: list[CandidateResult]) -> CandidateResult | None:
+    """The fastest candidate that failed on accuracy only, when nothing passed; None otherwise."""
+    if choose(candidates) is not None:
+        return None
+    near = [
+        c
+        for c in candidates
+        if c.gates is not None
+        and c.gates.passed_kind("speed")
+        and not c.accuracy_passed
+        and c.recipe.method != "fp16"
+    ]
+    return min(near, key=_speed_key) if near else None
+
+
+def closest(candidates: list[CandidateResult]) -> CandidateResult | None:
+    judged = [c for c in candidates if c.gates is not None]
+    if not judged:
+        return None
+    return min(judged, key=lambda c: (len(c.gates.failed) if c.gates else 99, *_speed_key(c)))
+
+
+class FallbackTrial(BaseModel):
+    recipe: str
+    kept_fp32: list[str]
+    accuracy_passed: bool | None = None
+
+
+class Fallback(BaseModel):
+    base: str
+    reason: str
+    ranking: list[NodeSensitivity]
+    trials: list[FallbackTrial] = Field(default_factory=list)
+    kept_fp32: list[dict[str, Any]] = Field(
+        default_factory=list, description="nodes of the passing trial: SQNR, MACs and latency cost"
+    )
+    stopped: str = ""
+
+
+def node_costs(
+    base: CandidateResult, trial: CandidateResult, ranking: list[NodeSensitivity]
+) -> list[dict[str, Any]]:
+    """What each node kept in FP32 cost: the trial's measured p50 increase over its base (same benchmark
+    round) shared out by the nodes' MACs (a MatMul's run time is proportional to its MACs)."""
+    by_name = {s.node: s for s in ranking}
+    kept = [by_name[n] for n in trial.recipe.nodes_to_exclude if n in by_name]
+    total_macs = sum(s.macs_per_token for s in kept) or 1
+    delta = (
+        trial.latency.p50_ms - base.latency.p50_ms
+        if trial.latency and base.latency and trial.bench_round == base.bench_round
+        else None
+    )
+    return [
+        {
+            "node": s.node,
+            "sqnr_db": round(s.sqnr_db, 2),
+            "macs_per_token": s.macs_per_token,
+            "latency_cost_ms": None if delta is None else round(delta * s.macs_per_token / total_macs, 3),
+        }
+        for s in kept
+    ]
+
+
+class SearchResult(BaseModel):
+    candidates: list[CandidateResult]
+    benchmarks: list[BenchReport]
+    chosen: str | None
+    lead: str | None = Field(description="the chosen candidate, or the closest one when none passed")
+    fallback: Fallback | None = None
+    warnings: list[str] = Field(default_factory=list)
+    budget: SearchBudget
+    seconds: float
+
+    def get(self, name: str | None) -> CandidateResult | None:
+        return next((c for c in self.candidates if c.name == name), None)

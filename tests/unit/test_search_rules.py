@@ -1,0 +1,147 @@
+"""The pure rules of the recipe search: which candidate wins, when the fallback starts, how the held-out
+set is split, what the Pareto front is."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from quantgate.bench import BenchReport, BenchSettings, EngineResult
+from quantgate.evaluate import ParityReport
+from quantgate.gates import GateThresholds
+from quantgate.heldout import load_sts_tsv, split_heldout
+from quantgate.plots import ParetoPoint, pareto_front
+from quantgate.quantize import Recipe
+from quantgate.search import CandidateResult, choose, closest, fallback_base, node_costs
+from quantgate.sensitivity import NodeSensitivity
+from quantgate.tasktypes import Evaluation
+
+GATES = GateThresholds()
+
+
+def _engine(name: str, p50: float) -> EngineResult:
+    return EngineResult(
+        engine=name, p50_ms=p50, p95_ms=p50 * 1.05, p99_ms=p50 * 1.1, mean_ms=p50,
+        throughput_per_s=1000 / p50, size_mb=10, load_s=0.1,
+    )  # fmt: skip
+
+
+def _bench(latencies: dict[str, float]) -> BenchReport:
+    engines = {"pytorch-fp32": 30.0, "onnx-fp32": 15.0, **latencies}
+    return BenchReport(settings=BenchSettings(), results=[_engine(n, v) for n, v in engines.items()], cpu={})
+
+
+def _candidate(name: str, cosine: float, nodes: list[str] | None = None) -> CandidateResult:
+    ev = Evaluation(
+        task_metric="sts_spearman",
+        task_metric_fp32=0.87,
+        task_metric_candidate=0.868,
+        parity=ParityReport(
+            max_abs_diff=0.05,
+            mean_abs_diff=0.005,
+            mean_cosine=cosine,
+            min_cosine=0.95,
+            neighbour_agreement=0.95,
+            passed=True,
+            abs_tol=0.1,
+            mean_tol=0.01,
+            output="sentence_embedding",
+            n_samples=10,
+        ),
+        seconds=1.0,
+    )
+    recipe = Recipe(name=name, nodes_to_exclude=nodes or [])
+    return CandidateResult(recipe=recipe, status="evaluated", size_bytes=100, evaluation=ev)
+
+
+def _judged(specs: dict[str, tuple[float, float]]) -> list[CandidateResult]:
+    """name -> (mean cosine, p50 ms), all timed in one benchmark."""
+    bench = _bench({n: ms for n, (_, ms) in specs.items()})
+    return [_candidate(n, cos).judged(GATES, bench, 1) for n, (cos, _) in specs.items()]
+
+
+def test_the_fastest_candidate_that_passes_every_gate_wins():
+    results = _judged({"slow-good": (0.995, 8.0), "fast-bad": (0.95, 6.0), "fast-good": (0.99, 7.0)})
+    assert choose(results).name == "fast-good"
+    assert fallback_base(results) is None  # something passed: no fallback
+    assert {c.name: c.passed for c in results} == {"slow-good": True, "fast-bad": False, "fast-good": True}
+    assert "mean cosine 0.95" in results[1].gates.failure_summary()
+
+
+def test_a_latency_tie_goes_to_the_candidate_that_moved_the_task_metric_least():
+    results = _judged({"a": (0.99, 7.00), "b": (0.99, 7.10), "c": (0.99, 7.50)})
+    drops = {"a": 0.004, "b": 0.001, "c": 0.0}
+    results = [
+        c.model_copy(update={"metrics": {**c.metrics, "task_metric_drop": drops[c.name]}}) for c in results
+    ]
+    assert choose(results).name == "b"  # within 2% of a; c is 7% slower and out of the tie
+
+
+def test_a_candidate_slower_than_fp32_never_wins_even_when_exact():
+    results = _judged({"exact-but-slow": (1.0, 16.0)})
+    assert choose(results) is None
+    assert fallback_base(results) is None  # it failed on speed, so keeping nodes in FP32 cannot help
+    assert closest(results).name == "exact-but-slow"
+
+
+def test_fallback_starts_from_the_fastest_candidate_that_failed_on_accuracy_only():
+    results = _judged({"a": (0.95, 7.0), "b": (0.96, 6.5), "too-slow": (0.90, 20.0)})
+    assert choose(results) is None
+    assert fallback_base(results).name == "b"
+    assert closest(results).name == "b"
+
+
+def test_unmeasured_speed_fails_the_speed_gate():
+    c = _candidate("x", 0.999).judged(GATES, None, 0)
+    assert c.accuracy_passed
+    assert not c.passed
+
+
+def test_node_costs_share_the_measured_increase_by_macs():
+    ranking = [
+        NodeSensitivity(node="big", sqnr_db=20, macs_per_token=3000),
+        NodeSensitivity(node="small", sqnr_db=25, macs_per_token=1000),
+    ]
+    bench = _bench({"base": 6.0, "base+fp32x2": 8.0})
+    base = _candidate("base", 0.95).judged(GATES, bench, 2)
+    trial = _candidate("base+fp32x2", 0.99, ["big", "small"]).judged(GATES, bench, 2)
+    costs = {c["node"]: c["latency_cost_ms"] for c in node_costs(base, trial, ranking)}
+    assert costs == {"big": 1.5, "small": 0.5}
+
+
+def test_calibration_and_evaluation_rows_never_overlap_and_do_not_depend_on_file_order(sts_path):
+    df = load_sts_tsv(sts_path)
+    split = split_heldout(df, 64)
+    assert len(split.calibration) == 64
+    assert len(split.calibration) + len(split.evaluation) == len(df)
+    key = ["sentence1", "sentence2", "score"]
+    calib = set(map(tuple, split.calibration[key].astype(str).to_numpy()))
+    evaluation = set(map(tuple, split.evaluation[key].astype(str).to_numpy()))
+    assert not calib & evaluation
+    shuffled = split_heldout(df.sample(frac=1, random_state=1).reset_index(drop=True), 64)
+    assert set(map(tuple, shuffled.calibration[key].astype(str).to_numpy())) == calib
+
+
+def test_split_keeps_half_for_evaluation_and_never_splits_identical_rows():
+    df = pd.DataFrame(
+        {"score": [1.0] * 4 + [2.0, 3.0], "sentence1": ["same"] * 4 + ["b", "c"], "sentence2": ["x"] * 6}
+    )
+    for n in range(7):
+        split = split_heldout(df, n)
+        assert len(split.evaluation) >= 3
+        sides = ("same" in set(split.calibration["sentence1"]), "same" in set(split.evaluation["sentence1"]))
+        assert sides != (True, True)
+    with pytest.raises(ValueError, match=">= 0"):
+        split_heldout(df, -1)
+
+
+def test_pareto_front_drops_dominated_points():
+    pts = [
+        ParetoPoint(name="a", p50_ms=5, task_metric_drop=0.02, mean_cosine=0.9, passed=False),
+        ParetoPoint(name="b", p50_ms=6, task_metric_drop=0.01, mean_cosine=0.95, passed=True),
+        ParetoPoint(
+            name="c", p50_ms=7, task_metric_drop=0.015, mean_cosine=0.95, passed=True
+        ),  # worse than b
+        ParetoPoint(name="d", p50_ms=9, task_metric_drop=0.0, mean_cosine=1.0, passed=True),
+    ]
+    assert [p.name for p in pareto_front(pts)] == ["a", "b", "d"]
