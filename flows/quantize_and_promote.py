@@ -70,7 +70,11 @@ def quantize_and_promote(
             # -- pull and check the data ------------------------------------------------------------------
             pulled = storage.pull_version(ref, settings, work / "source")
             task_type = get_task_type(pulled.registration.task)
-            heldout, heldout_check = validate.validate(pulled.heldout_path, task_type)
+            heldout, heldout_check = validate.validate(pulled.heldout_path, task_type, work / "data_docs")
+            data_docs = storage.save_data_docs(
+                settings, ref, run_id, work / "data_docs", heldout_check.data_docs
+            )
+            validate.require(heldout_check, pulled.heldout_path.name)
 
             split = split_heldout(heldout, budget.calibration_rows)
 
@@ -101,7 +105,7 @@ def quantize_and_promote(
 
             # -- decide and act on the decision -----------------------------------------------------------
             report = gate.decide(
-                ref, run_id, task_type.name, exported, split, heldout_check, thresholds, search
+                ref, run_id, task_type.name, exported, split, heldout_check, thresholds, search, data_docs
             )
             if report.passed:
                 where = f"s3://{settings.bucket}/{artifact_prefix(ref, run_id)}"
@@ -120,6 +124,7 @@ def quantize_and_promote(
                     report.model_dump(mode="json"),
                 )
                 links = {
+                    "data-docs": data_docs,
                     "promoted-model": where + report.recipe_artifact,
                     "latency-plot": where + "latency.png",
                     "pareto-plot": where + "pareto.png",
@@ -127,7 +132,11 @@ def quantize_and_promote(
             else:
                 lost_race = storage.record_rejection(settings, ref, report.model_dump(mode="json"))
                 where = f"s3://{settings.bucket}/{rejected_prefix(ref)}"
-                links = {"latency-plot": where + "latency.png", "pareto-plot": where + "pareto.png"}
+                links = {
+                    "data-docs": data_docs,
+                    "latency-plot": where + "latency.png",
+                    "pareto-plot": where + "pareto.png",
+                }
             storage.save_run_report(settings, ref, run_id, report.model_dump(mode="json"))
             gate.publish(ref, report, {} if lost_race else links)
             if not lost_race:

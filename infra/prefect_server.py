@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -79,25 +80,39 @@ def stop_process(pid: int, timeout: float = 20.0) -> None:
     os.killpg(pid, signal.SIGKILL)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def service_main(
+    argv: list[str] | None,
+    description: str,
+    pid_file: str,
+    start_service: Callable[[Path, int], list[int]],
+    stopped: str,
+) -> None:
+    """`start|stop [--state-dir D] [--port P]` for a set of local processes whose pids live in one file
+    under the state folder (stopped in reverse start order)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("action", choices=["start", "stop"])
     parser.add_argument("--state-dir", type=Path, default=Path(".quantgate"))
     parser.add_argument("--port", type=int, default=4200)
     args = parser.parse_args(argv)
     state_dir = args.state_dir.resolve()
-    pid_file = state_dir / "prefect-server.pid"
+    pids = state_dir / pid_file
     if args.action == "start":
         state_dir.mkdir(parents=True, exist_ok=True)
-        proc = start(state_dir, args.port)
-        pid_file.write_text(str(proc.pid))
-        print(
-            f"Prefect UI on http://127.0.0.1:{args.port}; export PREFECT_API_URL=http://127.0.0.1:{args.port}/api"
-        )
-    elif pid_file.exists():
-        stop_process(int(pid_file.read_text()))
-        pid_file.unlink()
-        print("Prefect server stopped")
+        pids.write_text("\n".join(map(str, start_service(state_dir, args.port))))
+    elif pids.exists():
+        for pid in reversed(pids.read_text().split()):
+            stop_process(int(pid))
+        pids.unlink()
+        print(stopped)
+
+
+def main(argv: list[str] | None = None) -> None:
+    def start_server(state_dir: Path, port: int) -> list[int]:
+        proc = start(state_dir, port)
+        print(f"Prefect UI on http://127.0.0.1:{port}; export PREFECT_API_URL=http://127.0.0.1:{port}/api")
+        return [proc.pid]
+
+    service_main(argv, __doc__.splitlines()[0], "prefect-server.pid", start_server, "Prefect server stopped")
 
 
 if __name__ == "__main__":

@@ -5,15 +5,14 @@ The worker inherits this process's environment: QUANTGATE_* and AWS_* must be se
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra.prefect_server import service_main, stop_process
 from infra.prefect_server import start as start_server
-from infra.prefect_server import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "quantgate-pool"
@@ -74,24 +73,15 @@ class PrefectStack:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["start", "stop"])
-    parser.add_argument("--state-dir", type=Path, default=Path(".quantgate"))
-    parser.add_argument("--port", type=int, default=4200)
-    args = parser.parse_args(argv)
-    state_dir = args.state_dir.resolve()
-    pids = state_dir / "prefect-stack.pids"
-    if args.action == "start":
-        state_dir.mkdir(parents=True, exist_ok=True)
-        stack = PrefectStack(state_dir, args.port).start()
-        pids.write_text("\n".join(str(p.pid) for p in stack.processes))
-        print(f"Prefect UI http://127.0.0.1:{args.port}; pool {POOL}; deployments deployed; worker up.")
+    def start_stack(state_dir: Path, port: int) -> list[int]:
+        stack = PrefectStack(state_dir, port).start()
+        print(f"Prefect UI http://127.0.0.1:{port}; pool {POOL}; deployments deployed; worker up.")
         print(f"export PREFECT_API_URL={stack.api_url}")
-    elif pids.exists():
-        for pid in reversed(pids.read_text().split()):
-            stop_process(int(pid))
-        pids.unlink()
-        print("Prefect worker and server stopped")
+        return [p.pid for p in stack.processes]
+
+    service_main(
+        argv, __doc__.splitlines()[0], "prefect-stack.pids", start_stack, "Prefect worker and server stopped"
+    )
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ class ValidationOutcome(BaseModel):
     failures: list[str]
     statistics: dict[str, Any]
     result: dict[str, Any] = Field(description="the GX validation result as JSON")
+    data_docs_dir: Path | None = Field(None, description="local GX Data Docs site of this validation")
+    data_docs: list[str] = Field(default_factory=list, description="its HTML pages, relative paths")
 
 
 # --- parsing -----------------------------------------------------------------------------------------------
@@ -134,14 +136,33 @@ def _describe_failure(res: dict[str, Any]) -> str:
     return f"{where}{cfg.get('type', '?')} {kwargs}{detail}"
 
 
-def validate_heldout(df: pd.DataFrame, schema: HeldoutSchema, name: str = "heldout") -> ValidationOutcome:
+def validate_heldout(
+    df: pd.DataFrame, schema: HeldoutSchema, name: str = "heldout", docs_dir: Path | None = None
+) -> ValidationOutcome:
+    """Run the schema's GX suite on the frame. With `docs_dir`, a checkpoint also renders GX Data Docs
+    (the suite and this validation's result, as HTML) into it, for people to open from the run's report."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
     # tqdm bars from inside a Prefect task would flood the run logs.
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    actions = []
+    if docs_dir is not None:
+        context.add_data_docs_site(
+            "quantgate",
+            {
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(docs_dir),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+        actions.append(UpdateDataDocsAction(name="data-docs", site_names=["quantgate"]))
     source = context.data_sources.add_pandas(name="heldout")
     batch_def = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe("all")
     suite = context.suites.add(gx.ExpectationSuite(name=f"{name}-suite"))
@@ -150,14 +171,27 @@ def validate_heldout(df: pd.DataFrame, schema: HeldoutSchema, name: str = "heldo
     validation = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"{name}-validation", data=batch_def, suite=suite)
     )
-    result = validation.run(batch_parameters={"dataframe": df}, result_format="SUMMARY").to_json_dict()
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name=f"{name}-checkpoint",
+            validation_definitions=[validation],
+            actions=actions,
+            result_format="SUMMARY",
+        )
+    )
+    run = checkpoint.run(batch_parameters={"dataframe": df})
+    (validation_result,) = run.run_results.values()
+    result = validation_result.to_json_dict()
     failures = [_describe_failure(r) for r in result["results"] if not r["success"]]
+    pages = sorted(str(p.relative_to(docs_dir)) for p in docs_dir.rglob("*.html")) if docs_dir else []
     return ValidationOutcome(
         success=bool(result["success"]),
         rows=len(df),
         failures=failures,
         statistics=result.get("statistics", {}),
         result=result,
+        data_docs_dir=docs_dir,
+        data_docs=pages,
     )
 
 

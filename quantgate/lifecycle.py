@@ -389,6 +389,15 @@ def reject(
     return rejection_key(ref)
 
 
+def write_data_docs(store: ObjectStore, ref: ModelRef, run_id: str, docs_dir: Path, pages: list[str]) -> str:
+    """The held-out validation's GX Data Docs (HTML pages only; they load their styles from a CDN) under
+    the run's own prefix. Returns the key of the site's index page."""
+    prefix = f"{run_prefix(ref, run_id)}data_docs/"
+    for page in pages:
+        store.put_file(prefix + page, docs_dir / page)
+    return prefix + "index.html"
+
+
 def write_run_report(store: ObjectStore, ref: ModelRef, run_id: str, report: dict[str, Any]) -> str:
     key = f"{run_prefix(ref, run_id)}report.json"
     try:

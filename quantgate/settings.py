@@ -41,3 +41,9 @@ class Settings(BaseSettings):
     read_timeout_s: float = 60.0
     actor: str = Field(default_factory=_default_actor, description="who the audit log names")
     max_attempts: int = Field(default=3, ge=1, description="botocore retry attempts per request")
+    promotion_lock_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="how long a promotion waits for its model's Prefect concurrency slot before going on "
+        "without it (a run killed while holding it keeps it until its 60 s lease expires)",
+    )

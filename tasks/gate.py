@@ -27,6 +27,7 @@ def decide(
     heldout: ValidationOutcome,
     thresholds: GateThresholds,
     search: SearchResult,
+    data_docs: str | None = None,
 ) -> RunReport:
     report = build_run_report(
         ref_name=ref.name,
@@ -34,7 +35,12 @@ def decide(
         run_id=run_id,
         task=task_name,
         export=exported.model_dump(mode="json", exclude={"tokenizer_files"}),
-        heldout={"rows": heldout.rows, "statistics": heldout.statistics, **split.summary()},
+        heldout={
+            "rows": heldout.rows,
+            "statistics": heldout.statistics,
+            **split.summary(),
+            "data_docs": data_docs,
+        },
         thresholds=thresholds.model_dump(),
         search=search,
     )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import get_client, task
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 from prefect.logging import get_run_logger
 
 from quantgate import lifecycle
@@ -48,17 +50,53 @@ def pull_version(ref: ModelRef, settings: Settings, dest: Path) -> lifecycle.Pul
     return pulled
 
 
+PROMOTION_LEASE_S = 60  # the shortest lease Prefect's server accepts; renewed while the slot is held
+
+
+def promotion_limit(model: str) -> str:
+    """A global concurrency limit of 1 per model, created on first use (`concurrency()` on a limit that
+    does not exist would not block)."""
+    name = f"quantgate-promote-{model}"
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, limit=1)
+    return name
+
+
 @task(name="promote", cache_policy=NO_CACHE, **STORAGE_TASK)
 def promote(
     settings: Settings, manifest: Manifest, files: dict[str, Path], report: dict[str, Any]
 ) -> str | None:
-    """None when this run promoted; otherwise why not (a concurrent run decided first)."""
+    """None when this run promoted; otherwise why not (a concurrent run decided first).
+
+    Two runs of one model never upload at once: they queue on a Prefect concurrency slot per model. The
+    slot is an efficiency measure, not the safety net: the create-only manifest is what makes a lost race
+    harmless. So when the slot cannot be had in time (a run SIGKILLed while holding it keeps it until its
+    lease expires) the promotion goes on without it, and says so."""
+    logger = get_run_logger()
     try:
-        final = lifecycle.promote(ObjectStore(settings), manifest, files, report, settings.actor)
+        with ExitStack() as held:
+            try:
+                held.enter_context(
+                    concurrency(
+                        promotion_limit(manifest.model),
+                        occupy=1,
+                        strict=True,
+                        timeout_seconds=settings.promotion_lock_timeout_s,
+                        lease_duration=PROMOTION_LEASE_S,
+                    )
+                )
+            except TimeoutError:
+                logger.warning(
+                    "promotion slot for %s not free after %.0f s (a killed run's lease?): promoting without "
+                    "it; the create-only manifest still lets only one run win",
+                    manifest.model,
+                    settings.promotion_lock_timeout_s,
+                )
+            final = lifecycle.promote(ObjectStore(settings), manifest, files, report, settings.actor)
     except ConflictError as exc:
         get_run_logger().warning("%s", exc)
         return str(exc)
-    get_run_logger().info(
+    logger.info(
         "promoted %s@%s: %d files, manifest then current.json written last",
         final.model,
         final.version,
@@ -91,6 +129,14 @@ def record_rejection(settings: Settings, ref: ModelRef, report: dict[str, Any]) 
         return str(exc)
     get_run_logger().info("rejected %s: report at s3://%s/%s; nothing promoted", ref, settings.bucket, key)
     return None
+
+
+@task(name="save-data-docs", cache_policy=NO_CACHE, **STORAGE_TASK)
+def save_data_docs(settings: Settings, ref: ModelRef, run_id: str, docs_dir: Path, pages: list[str]) -> str:
+    """s3:// address of the stored Data Docs index page."""
+    key = lifecycle.write_data_docs(ObjectStore(settings), ref, run_id, docs_dir, pages)
+    get_run_logger().info("GX Data Docs of the held-out validation: s3://%s/%s", settings.bucket, key)
+    return f"s3://{settings.bucket}/{key}"
 
 
 @task(name="save-run-report", cache_policy=NO_CACHE, **STORAGE_TASK)

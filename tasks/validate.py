@@ -14,9 +14,11 @@ from quantgate.tasktypes import TaskType
 
 
 @task(name="validate-heldout", cache_policy=NO_CACHE)
-def validate(path: Path, task_type: TaskType) -> tuple[pd.DataFrame, ValidationOutcome]:
+def validate(path: Path, task_type: TaskType, docs_dir: Path) -> tuple[pd.DataFrame, ValidationOutcome]:
+    """Runs the GX suite and renders its Data Docs; does not stop the run (`require` does, once the
+    Data Docs are stored, so a failed set's report links to what failed)."""
     df = load_heldout(path, task_type.heldout_format)
-    outcome = validate_heldout(df, task_type.schema, name=task_type.name)
+    outcome = validate_heldout(df, task_type.schema, name=task_type.name, docs_dir=docs_dir)
     get_run_logger().info(
         "held-out %s: %d rows, %d/%d expectations met",
         path.name,
@@ -24,5 +26,9 @@ def validate(path: Path, task_type: TaskType) -> tuple[pd.DataFrame, ValidationO
         outcome.statistics.get("successful_expectations", 0),
         outcome.statistics.get("evaluated_expectations", 0),
     )
-    require_valid(outcome, path.name)
     return df, outcome
+
+
+@task(name="require-valid-heldout", cache_policy=NO_CACHE)
+def require(outcome: ValidationOutcome, filename: str) -> None:
+    require_valid(outcome, filename)

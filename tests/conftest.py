@@ -16,6 +16,9 @@ STSB = Path(os.environ.get("QUANTGATE_STSB", REPO.parent / "shared" / "data" / "
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# A run SIGKILLed while promoting keeps its model's concurrency slot for the 60 s lease; the re-runs in the
+# crash tests should not wait that long for it (test_guarantees checks the wait itself).
+os.environ.setdefault("QUANTGATE_PROMOTION_LOCK_TIMEOUT_S", "5")
 # One export cache per test session: shared by its tests (re-runs hit it), never by earlier sessions.
 os.environ.setdefault("QUANTGATE_CACHE_DIR", tempfile.mkdtemp(prefix="quantgate-test-cache-"))
 

@@ -42,6 +42,7 @@ from flows.quantize_and_promote import quantize_and_promote  # noqa: E402
 quantize_and_promote(
     model=model,
     version=version,
+    recipes=["dynamic-int8-per-channel"],
     thresholds=GateThresholds(min_p95_speedup=0.0),
     bench=BenchSettings(warmup_runs=1, repeat_runs=5),
 )

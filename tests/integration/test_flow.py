@@ -157,8 +157,16 @@ def test_broken_heldout_stops_at_validation_and_changes_nothing_but_its_report(
     added = set(after) - set(before)
     assert all(key.startswith("runs/tiny/bad-heldout/") for key in added), added
     assert {k: v for k, v in after.items() if k in before} == before
-    (run_report_key,) = added
+    (run_report_key,) = [k for k in added if k.endswith("/report.json")]
     assert json.loads(store.get_bytes(run_report_key))["error"] == "HeldoutValidationError"
+    # The GX Data Docs of the failed validation are stored beside it, for a person to open.
+    docs = run_report_key.removesuffix("report.json") + "data_docs/"
+    pages = [k for k in added if k.startswith(docs)]
+    assert docs + "index.html" in pages
+    (validation_page,) = [k for k in pages if "/validations/" in k]
+    html = store.get_bytes(validation_page).decode()
+    assert "sentence1" in html
+    assert "Failed" in html or "failed" in html
 
 
 def test_rerunning_a_decided_version_reports_the_decision_and_writes_nothing(

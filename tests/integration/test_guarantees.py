@@ -73,6 +73,52 @@ def assert_one_complete_promotion(store: ObjectStore, ref: ModelRef) -> Manifest
     return manifest
 
 
+@pytest.mark.usefixtures("prefect_api")
+def test_a_promotion_queues_on_its_models_prefect_concurrency_slot(store, tmp_path):
+    """While another run holds the model's slot the promotion waits, and goes ahead once it is released.
+    A slot that is never released (its holder was killed) delays a promotion by the timeout, never blocks
+    it: the create-only manifest is the real guard."""
+    from prefect import get_client
+    from prefect.concurrency.sync import concurrency
+
+    from tasks import storage as storage_tasks
+
+    name = storage_tasks.promotion_limit("queued")
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(name).limit == 1
+
+    held, released = threading.Event(), threading.Event()
+
+    def other_run() -> None:
+        with concurrency(name, occupy=1, strict=True, lease_duration=60):
+            held.set()
+            time.sleep(2)
+        released.set()
+
+    holder = threading.Thread(target=other_run)
+    holder.start()
+    assert held.wait(30)
+    start = time.monotonic()
+    patient = Settings(promotion_lock_timeout_s=60)
+    assert (
+        storage_tasks.promote(patient, _manifest("queued", "v1", "run-a"), _files(tmp_path, "a"), {}) is None
+    )
+    holder.join()
+    assert released.is_set()
+    assert time.monotonic() - start >= 1.5  # it queued behind the other run
+    assert_one_complete_promotion(store, ModelRef(name="queued", version="v1"))
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(name).active_slots == 0  # and released its slot
+
+    with concurrency(name, occupy=1, strict=True, lease_duration=60):  # a holder that never lets go
+        start = time.monotonic()
+        impatient = Settings(promotion_lock_timeout_s=3)
+        lost = storage_tasks.promote(impatient, _manifest("queued", "v2", "run-b"), _files(tmp_path, "b"), {})
+        assert time.monotonic() - start >= 3
+    assert lost is None
+    assert_one_complete_promotion(store, ModelRef(name="queued", version="v2"))
+
+
 def test_concurrent_promotions_of_one_version_promote_exactly_once(store, tmp_path):
     ref = ModelRef(name="m", version="v1")
     results: dict[str, object] = {}
@@ -273,15 +319,16 @@ def test_storage_outage_during_a_run_is_retried_and_the_run_completes(outage_run
         TaskRunFilterStateName,
     )
 
+    # The first storage task after the pull (storing the held-out Data Docs) meets the outage and retries.
     retry_filter = TaskRunFilter(
-        name=TaskRunFilterName(like_="promote"),
+        name=TaskRunFilterName(like_="save-"),
         state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["AwaitingRetry", "Retrying"])),
     )
     deadline = time.monotonic() + 120
     with get_client(sync_client=True) as client:
         while not client.read_task_runs(task_run_filter=retry_filter) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert client.read_task_runs(task_run_filter=retry_filter), "promote never had to retry"
+        assert client.read_task_runs(task_run_filter=retry_filter), "no storage task had to retry"
     outage_run.server.start()
     state = outage_run.state()
     assert state.name == "Promoted", state.message

@@ -35,6 +35,39 @@ def _events(name: str, version: str, minimum: int = 1, timeout: float = 30):
             time.sleep(0.3)
 
 
+def _assert_artifacts(prefix: str, store) -> None:
+    """What the UI shows, read back through the Prefect client: the report, the tables, and links to the
+    promoted model, the plots and the GX Data Docs, each an object that really is in storage."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    kinds = [
+        "report",
+        "gates",
+        "benchmark",
+        "candidates",
+        "data-docs",
+        "promoted-model",
+        "latency-plot",
+        "pareto-plot",
+    ]
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{prefix}-{k}" for k in kinds]))
+        )
+    by_key = {a.key: a for a in found}
+    assert set(by_key) == {f"{prefix}-{k}" for k in kinds}
+    assert by_key[f"{prefix}-report"].type == "markdown"
+    assert "Candidates" in by_key[f"{prefix}-report"].data
+    assert by_key[f"{prefix}-candidates"].type == "table"
+    for kind in ("data-docs", "promoted-model", "latency-plot", "pareto-plot"):
+        artifact = by_key[f"{prefix}-{kind}"]  # Prefect stores a link artifact as markdown "[text](url)"
+        assert str(artifact.data).startswith(f"[{kind}](")
+        url = str(artifact.data).split("](")[-1].rstrip(")")
+        assert url.startswith(f"s3://{store.bucket}/"), url
+        assert store.exists(url.removeprefix(f"s3://{store.bucket}/")), url
+
+
 def test_a_decision_is_announced_with_its_metrics(store, tiny_model_dir, small_sts):
     ref = ModelRef(name="tiny", version="ev1")
     lifecycle.register(store, ref, tiny_model_dir, small_sts, "sentence-embedding")
@@ -51,6 +84,7 @@ def test_a_decision_is_announced_with_its_metrics(store, tiny_model_dir, small_s
     assert event.payload["outcome"] == "promoted"
     assert event.payload["metrics"]["mean_cosine"] >= TINY_GATES.min_mean_cosine
     assert event.payload["failed_gates"] == []
+    _assert_artifacts("tiny-ev1", store)
 
     strict = ModelRef(name="tiny", version="ev2")
     lifecycle.register(store, strict, tiny_model_dir, small_sts, "sentence-embedding")
