@@ -254,23 +254,15 @@ def print_report(report: dict[str, Any]) -> None:
     if parsed.search:
         search = SearchResult.model_validate(parsed.search)
         table = Table(title=f"candidates ({search.seconds:.0f} s)")
-        cols = (
-            "candidate",
-            "size_mb",
-            "p50_ms",
-            "task_metric_drop",
-            "mean_cosine",
-            "neighbour_agreement",
-            "result",
-        )
-        for col in (*cols, "failed_gates"):
+        cols = ("candidate", "size_mb", "p50_ms", "task_metric_drop", "mean_cosine", "result")
+        for col in (*cols, "failed gates (margin)"):
             table.add_column(col, overflow="fold")
-        for row in candidate_rows(search):
+        for row, c in zip(candidate_rows(search), search.candidates, strict=True):
             style = {"PROMOTED": "bold green", "pass": "green"}.get(row["result"], "red")
             table.add_row(
-                *("" if row[c] is None else str(row[c]) for c in cols[:-1]),
+                *("" if row[k] is None else str(row[k]) for k in cols[:-1]),
                 f"[{style}]{row['result']}[/]",
-                row["failed_gates"],
+                c.gates.failure_brief() if c.gates else (c.note or ""),
             )
         console.print(table)
         if search.fallback is not None and search.fallback.kept_fp32:

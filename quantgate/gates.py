@@ -54,6 +54,12 @@ class GateReport(BaseModel):
     def passed_kind(self, kind: str) -> bool:
         return all(r.passed for r in self.results if r.gate.kind == kind)
 
+    def failure_brief(self) -> str:
+        """'mean cosine -0.0167, min cosine -0.0282': each failed gate and how far outside its limit."""
+        return ", ".join(
+            r.gate.name if r.margin is None else f"{r.gate.name} {r.margin:+.3g}" for r in self.failed
+        )
+
     def failure_summary(self) -> str:
         """'mean cosine 0.9633 (< 0.98 by 0.0167)'; '' when every gate passed."""
         parts = []

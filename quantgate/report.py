@@ -133,6 +133,21 @@ def candidate_rows(search: SearchResult) -> list[dict[str, Any]]:
     return rows
 
 
+_COMPACT = ("candidate", "result", "p50_ms", "size_mb", "task_metric_drop", "mean_cosine")
+
+
+def _compact_rows(search: SearchResult) -> list[dict[str, Any]]:
+    """The candidate table narrow enough for a page; the table artifact has every column."""
+    return [
+        {**{k: row[k] for k in _COMPACT}, "failed gates (margin)": brief}
+        for row, brief in zip(
+            candidate_rows(search),
+            [c.gates.failure_brief() if c.gates else (c.note or "") for c in search.candidates],
+            strict=True,
+        )
+    ]
+
+
 def _r(v: float | None, digits: int) -> float | None:
     return None if v is None else round(v, digits)
 
@@ -185,7 +200,7 @@ def to_markdown(report: RunReport, links: dict[str, str] | None = None) -> str:
         parts.append(
             f"## Candidates ({len(search.candidates)} in {search.seconds:.0f} s; budget {b.max_candidates} "
             f"candidates, {b.max_trials} trials, {b.max_seconds:g} s; {calib} calibration rows kept apart "
-            f"from {evaluation} evaluation rows)\n\n" + _md_table(candidate_rows(search))
+            f"from {evaluation} evaluation rows)\n\n" + _md_table(_compact_rows(search))
         )
         if search.warnings:
             parts.append("Warnings: " + "; ".join(search.warnings))

@@ -6,7 +6,8 @@ Rules (measure first, decide on the evidence):
 - the promoted candidate is the fastest (p50 latency) that passes every gate; candidates within 2% of
   the fastest count as tied, and the tie goes to the smallest task-metric drop;
 - the sensitive-node fallback starts only when nothing passed and some candidate failed on accuracy
-  alone (its speed gates passed): the fastest of those is the base that nodes are kept in FP32 for;
+  alone (its speed gates passed): of those as fast as the fastest, the one that failed the fewest
+  gates is the base that nodes are kept in FP32 for;
 - with nothing passing the run is rejected, and the candidate that came closest is the one the report
   leads with (fewest failed gates, then fastest).
 """
@@ -106,7 +107,9 @@ def choose(candidates: list[CandidateResult]) -> CandidateResult | None:
 
 
 def fallback_base(candidates: list[CandidateResult]) -> CandidateResult | None:
-    """The fastest candidate that failed on accuracy only, when nothing passed; None otherwise."""
+    """When nothing passed: among the candidates that failed on accuracy only, those as fast as the
+    fastest (within the tie band); of these the one that failed the fewest gates, i.e. the one that
+    should need the fewest nodes kept in FP32. None when something passed or nothing qualifies."""
     if choose(candidates) is not None:
         return None
     near = [
@@ -117,7 +120,11 @@ def fallback_base(candidates: list[CandidateResult]) -> CandidateResult | None:
         and not c.accuracy_passed
         and c.recipe.method != "fp16"
     ]
-    return min(near, key=_speed_key) if near else None
+    if not near:
+        return None
+    limit = min(_speed_key(c)[0] for c in near) * (1 + SPEED_TIE)
+    tied = [c for c in near if _speed_key(c)[0] <= limit]
+    return min(tied, key=lambda c: (len(c.gates.failed) if c.gates else 99, *_speed_key(c)))
 
 
 def closest(candidates: list[CandidateResult]) -> CandidateResult | None:

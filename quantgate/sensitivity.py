@@ -2,10 +2,11 @@
 
 For every MatMul with a constant weight, the FP32 model's real input activations X are captured (the
 node's input added as a graph output, as ONNX Runtime's qdq_loss_debug does), and the node alone is
-quantized the way the recipe would: Y = X·W against Ŷ = deq(q(X))·deq(q(W)), with X quantized per tensor to
-uint8 from its own range (dynamic quantization; a static recipe's calibrated range is close to it on the
-calibration split) and W per tensor or per output channel, int8 symmetric or uint8 asymmetric, 7-bit under
-reduce_range. SQNR = 10·log10(‖Y‖² / ‖Y - Ŷ‖²): low SQNR = the node's own quantization noise is large.
+quantized the way the recipe would: Y = X·W against Ŷ = deq(q(X))·deq(q(W)), with X quantized per
+tensor to uint8 from its own range in each run (dynamic quantization; a static recipe's calibrated range
+is close to it on the calibration split) and W per tensor or per output channel, int8 symmetric or uint8
+asymmetric, 7-bit under reduce_range. SQNR = 10·log10(‖Y‖² / ‖Y - Ŷ‖²): low SQNR = the node's own
+quantization noise is large.
 This isolates each node's contribution (comparing activations of the two whole models would charge a
 node with the error of every node before it). The cost of keeping a node in FP32 is its MACs per token.
 """
@@ -93,9 +94,10 @@ def rank_nodes(fp32_path: Path, recipe: Recipe, feeds: list[dict[str, np.ndarray
     ranked = []
     for node in targets:
         w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
-        x = np.concatenate(captured[node.input[0]])
-        y = x @ w
-        y_hat = _quantize_activation(x) @ _quantize_weight(w, recipe)
+        w_hat = _quantize_weight(w, recipe)
+        # One activation scale per run, as dynamic quantization computes it per call.
+        pairs = [(x @ w, _quantize_activation(x) @ w_hat) for x in captured[node.input[0]]]
+        y, y_hat = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
         ranked.append(NodeSensitivity(node=node.name, sqnr_db=sqnr_db(y, y_hat), macs_per_token=int(w.size)))
     ranked.sort(key=lambda s: (s.sqnr_db, s.macs_per_token))
     return ranked

@@ -91,6 +91,30 @@ def test_fallback_starts_from_the_fastest_candidate_that_failed_on_accuracy_only
     assert closest(results).name == "b"
 
 
+def test_fallback_prefers_the_nearly_passing_base_among_equally_fast_ones():
+    """Per-tensor fails four accuracy gates, per-channel one, at the same speed: the per-channel base
+    needs fewer nodes in FP32, so the fallback starts from it."""
+    bench = _bench({"per-tensor": 7.21, "per-channel": 7.34, "slow-but-close": 9.0})
+    per_tensor = _candidate("per-tensor", 0.96)
+    per_tensor = per_tensor.model_copy(
+        update={
+            "evaluation": per_tensor.evaluation.model_copy(
+                update={
+                    "parity": per_tensor.evaluation.parity.model_copy(
+                        update={"min_cosine": 0.8, "neighbour_agreement": 0.85, "mean_abs_diff": 0.02}
+                    )
+                }
+            )
+        }
+    )
+    results = [
+        c.judged(GATES, bench, 1)
+        for c in (per_tensor, _candidate("per-channel", 0.975), _candidate("slow-but-close", 0.979))
+    ]
+    assert [len(c.gates.failed) for c in results] == [4, 1, 1]
+    assert fallback_base(results).name == "per-channel"
+
+
 def test_unmeasured_speed_fails_the_speed_gate():
     c = _candidate("x", 0.999).judged(GATES, None, 0)
     assert c.accuracy_passed
