@@ -252,3 +252,27 @@ def test_minilm_sensitive_node_fallback_keeps_the_worst_nodes_in_fp32_until_the_
     assert all(k["latency_cost_ms"] is not None for k in fallback["kept_fp32"])
     assert report["metrics"]["mean_cosine"] >= 0.99
     assert report["quantized_ops"]["MatMulInteger"] == 36 - len(kept)
+
+
+def test_search_budget_limits_candidates_and_time(store, tiny_model_dir, small_sts):
+    from quantgate.errors import SearchError
+    from quantgate.search import SearchBudget
+
+    one = _register(store, "tiny", "b1", tiny_model_dir, small_sts)
+    state = _run(
+        one, thresholds=TINY_GATES, recipes=None, budget=SearchBudget(max_candidates=1, max_trials=0)
+    )
+    assert state.name == "Promoted", state.message
+    report = json.loads(lifecycle.read_promoted_file(store, one, "report.json"))
+    assert [c["recipe"]["name"] for c in report["search"]["candidates"]] == [DEFAULT_SEARCH[0]]
+
+    # No time at all: every candidate is skipped, so there is nothing to decide on. The run fails with
+    # that reason and storage keeps nothing but the run's own report.
+    none = _register(store, "tiny", "b2", tiny_model_dir, small_sts)
+    before = snapshot(store, "promoted/")
+    state = _run(none, thresholds=TINY_GATES, budget=SearchBudget(max_seconds=1e-6))
+    assert state.is_failed()
+    with pytest.raises(SearchError, match="search time budget spent"):
+        state.result()
+    assert snapshot(store, "promoted/") == before
+    assert lifecycle.decision_of(store, none) is None
