@@ -148,27 +148,47 @@ def _fallback(
     time_them: Callable[[list[CandidateResult]], BenchReport],
 ) -> tuple[Fallback, list[CandidateResult], list[BenchReport]]:
     """Rank the base's nodes by SQNR, then keep the 1, 2, 3, 4, 6, ... worst in FP32 until a trial passes
-    the accuracy gates (or the trial or time budget runs out); time base and trials in one more round."""
+    the accuracy gates (or the trial or time budget runs out), bisect back towards the fewest with the
+    trials left, and time base and trials in one more round."""
     ranking = candidate.rank_sensitive_nodes(base.recipe, source, calibration)
     reason = base.gates.failure_summary() if base.gates else ""
     fallback = Fallback(base=base.name, reason=reason, ranking=ranking)
     trials: list[CandidateResult] = []
-    for k in exclusion_steps(len(ranking), budget.max_trials):
+
+    def trial(k: int) -> bool | None:
+        """Keep the k worst nodes in FP32; None when the time budget is spent."""
         if time.monotonic() > deadline:
             fallback.stopped = "search time budget spent"
-            break
+            return None
         recipe = base.recipe.keeping_fp32([s.node for s in ranking[:k]], f"{base.name}+fp32x{k}")
-        trial = score([recipe], cores)[0]
-        trials.append(trial)
+        result = score([recipe], cores)[0]
+        trials.append(result)
         fallback.trials.append(
             FallbackTrial(
-                recipe=recipe.name, kept_fp32=recipe.nodes_to_exclude, accuracy_passed=trial.accuracy_passed
+                recipe=recipe.name, kept_fp32=recipe.nodes_to_exclude, accuracy_passed=result.accuracy_passed
             )
         )
-        if trial.accuracy_passed:
+        return result.accuracy_passed
+
+    failed_at, passed_at = 0, None
+    for k in exclusion_steps(len(ranking), budget.max_trials):
+        outcome = trial(k)
+        if outcome is None:
             break
+        if outcome:
+            passed_at = k
+            break
+        failed_at = k
     else:
         fallback.stopped = "trial budget spent" if ranking else "no quantized weight MatMul to keep in FP32"
+    # The geometric steps may overshoot: bisect between the last failing and the first passing count with
+    # the trials left, so the fewest nodes stay in FP32.
+    while passed_at is not None and passed_at - failed_at > 1 and len(trials) < budget.max_trials:
+        middle = (failed_at + passed_at) // 2
+        outcome = trial(middle)
+        if outcome is None:
+            break
+        failed_at, passed_at = (failed_at, middle) if outcome else (middle, passed_at)
     timed = [t for t in trials if t.status == "evaluated"]
     if not timed:
         return fallback, trials, []
@@ -176,7 +196,7 @@ def _fallback(
     # cost is a difference measured in the same round.
     bench = time_them([base, *timed])
     trials = [t.judged(thresholds, bench, 2) for t in trials]
-    winner = next((t for t in trials if t.passed), None)
+    winner = choose(trials)  # the trial that competes for promotion (fastest passing)
     if winner is not None:
         fallback.kept_fp32 = node_costs(base.judged(thresholds, bench, 2), winner, ranking)
     return fallback, trials, [bench]

@@ -128,7 +128,7 @@ def run(
         Path | None, typer.Option(help="JSON list of recipes (objects or catalogue names)")
     ] = None,
     max_candidates: Annotated[int, typer.Option(help="search budget: recipes tried")] = 8,
-    max_trials: Annotated[int, typer.Option(help="search budget: sensitive-node fallback trials")] = 6,
+    max_trials: Annotated[int, typer.Option(help="search budget: sensitive-node fallback trials")] = 8,
     max_seconds: Annotated[float, typer.Option(help="search budget: seconds for building and scoring")] = 300,
     calibration_rows: Annotated[int, typer.Option(help="held-out rows kept apart for calibration")] = 64,
     max_task_metric_drop: Annotated[

@@ -32,7 +32,7 @@ class SearchBudget(BaseModel):
     model_config = {"extra": "forbid", "frozen": True}
 
     max_candidates: int = Field(8, ge=1, le=32, description="recipes tried (the first N of the list)")
-    max_trials: int = Field(6, ge=0, le=32, description="sensitive-node fallback trials; 0 = no fallback")
+    max_trials: int = Field(8, ge=0, le=32, description="sensitive-node fallback trials; 0 = no fallback")
     max_seconds: float = Field(
         300, gt=0, description="wall time for building and scoring candidates; later ones are skipped"
     )

@@ -249,6 +249,12 @@ def test_minilm_sensitive_node_fallback_keeps_the_worst_nodes_in_fp32_until_the_
     assert len(kept) < 36  # the fewest, not all
     ranked = [r["node"] for r in fallback["ranking"]]
     assert kept == ranked[: len(kept)]  # worst SQNR first
+    # The fewest: every trial that kept fewer nodes failed the accuracy gates, and the one right below
+    # was tried (the geometric steps are bisected back).
+    fewer = [t for t in fallback["trials"] if len(t["kept_fp32"]) < len(kept)]
+    assert fewer
+    assert not any(t["accuracy_passed"] for t in fewer)
+    assert max(len(t["kept_fp32"]) for t in fewer) == len(kept) - 1
     assert all(k["latency_cost_ms"] is not None for k in fallback["kept_fp32"])
     assert report["metrics"]["mean_cosine"] >= 0.99
     assert report["quantized_ops"]["MatMulInteger"] == 36 - len(kept)
