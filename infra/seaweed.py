@@ -45,8 +45,10 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def pick_ports(first: int = 20000, last: int = 45000) -> dict[str, int]:
-    """Free HTTP ports whose gRPC twin (+10000) is free too, one per service."""
+def pick_ports(first: int = 10000, last: int = 22000) -> dict[str, int]:
+    """Free HTTP ports whose gRPC twin (+10000) is free too, one per service. Both stay below Linux's
+    ephemeral range (32768+), where any outgoing connection could take a port between the check and
+    weed's bind (seen: "bind: address already in use" on a picked port)."""
     ports: dict[str, int] = {}
     # Start from a random point so parallel sessions rarely race for the same port.
     candidate = first + secrets.randbelow(last - first)
@@ -141,17 +143,33 @@ class SeaweedServer:
             f"-s3.config={self.data_dir / 's3.json'}",
         ]
 
-    def start(self, timeout: float = 30.0) -> SeaweedServer:
+    def start(self, timeout: float = 30.0, attempts: int = 3) -> SeaweedServer:
+        """Start and wait for the S3 gateway. A port taken between picking and binding (another process
+        can always win that race) means new ports and another try."""
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
         self._write_identity()
-        log = (self.data_dir / "weed.log").open("ab")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        self.process = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        log.close()
-        self.wait_ready(timeout)
-        return self
+        log_path = self.data_dir / "weed.log"
+        for attempt in range(1, attempts + 1):
+            offset = log_path.stat().st_size if log_path.exists() else 0
+            with log_path.open("ab") as log:
+                env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+                self.process = subprocess.Popen(
+                    self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
+            try:
+                self.wait_ready(timeout)
+                return self
+            except SeaweedError:
+                with log_path.open("rb") as fh:
+                    fh.seek(offset)
+                    logged = fh.read()
+                # weed either refuses a taken port up front or dies binding it later.
+                clash = b"address already in use" in logged or b"is not available" in logged
+                self.stop()
+                if not clash or attempt == attempts:
+                    raise
+                self.ports = pick_ports()
+        raise SeaweedError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

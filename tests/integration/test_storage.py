@@ -43,3 +43,22 @@ def test_compare_and_swap_refuses_a_stale_etag(store):
         store.put_bytes("k/current.json", b"v3", if_match=etag)  # stale ETag: refused
     assert store.get_bytes("k/current.json") == b"v2"
     assert store.get_with_etag("k/missing.json") is None
+
+
+def test_seaweed_start_picks_new_ports_when_one_is_taken_before_it_binds(tmp_path):
+    """Another process can take a picked port before weed binds it (seen in CI): start() retries."""
+    import secrets
+    import socket
+
+    from infra.seaweed import SeaweedServer
+
+    server = SeaweedServer(tmp_path / "s3", "k" + secrets.token_hex(4), secrets.token_urlsafe(20))
+    picked = dict(server.ports)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", picked["volume"]))
+        squatter.listen()
+        with server:
+            assert server.ports != picked
+            assert server.process is not None
+            assert server.process.poll() is None
+    assert server.process is None  # stopped on exit
