@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -98,7 +100,10 @@ def test_run_prints_the_decision_gates_and_benchmark(s3_env, tiny_model_dir, sma
     assert result.exit_code == 0, result.output
     assert "PROMOTED" in result.output
     assert "mean cosine" in result.output
-    assert "candidates" in result.output
-    assert "dynamic-int8-per-channel" in result.output
+    assert "candidates" in result.output  # the table (rich folds long names at this width)
     again = _invoke("report", "tiny", "v1", "--json")
-    assert '"outcome": "promoted"' in again.output
+    report = json.loads(again.output)
+    assert report["outcome"] == "promoted"
+    tried = [c["recipe"]["name"] for c in report["search"]["candidates"]]
+    assert tried == ["dynamic-int8", "dynamic-int8-per-channel"]  # exactly the --recipe options
+    assert report["recipe"]["name"] in tried
