@@ -24,8 +24,8 @@ from quantgate.errors import QuantgateError
 from quantgate.gates import GateThresholds
 from quantgate.heldout import split_heldout
 from quantgate.quantize import Recipe, resolve_recipes
-from quantgate.registry import ModelRef, artifact_prefix, promoted_prefix, registry_summary, rejected_prefix
-from quantgate.report import manifest_for, promotion_files
+from quantgate.registry import ModelRef, promoted_prefix, registry_summary
+from quantgate.report import decision_links, manifest_for, promotion_files
 from quantgate.search import SearchBudget
 from quantgate.settings import Settings
 from quantgate.tasktypes import get_task_type
@@ -108,7 +108,6 @@ def quantize_and_promote(
                 ref, run_id, task_type.name, exported, split, heldout_check, thresholds, search, data_docs
             )
             if report.passed:
-                where = f"s3://{settings.bucket}/{artifact_prefix(ref, run_id)}"
                 report = report.model_copy(
                     update={"promoted_to": f"s3://{settings.bucket}/{promoted_prefix(ref)}"}
                 )
@@ -123,22 +122,10 @@ def quantize_and_promote(
                     ),
                     report.model_dump(mode="json"),
                 )
-                links = {
-                    "data-docs": data_docs,
-                    "promoted-model": where + report.recipe_artifact,
-                    "latency-plot": where + "latency.png",
-                    "pareto-plot": where + "pareto.png",
-                }
             else:
                 lost_race = storage.record_rejection(settings, ref, report.model_dump(mode="json"))
-                where = f"s3://{settings.bucket}/{rejected_prefix(ref)}"
-                links = {
-                    "data-docs": data_docs,
-                    "latency-plot": where + "latency.png",
-                    "pareto-plot": where + "pareto.png",
-                }
             storage.save_run_report(settings, ref, run_id, report.model_dump(mode="json"))
-            gate.publish(ref, report, {} if lost_race else links)
+            gate.publish(ref, report, {} if lost_race else decision_links(report, settings.bucket))
             if not lost_race:
                 announce.decision(report.model_dump(mode="json"))
     except QuantgateError as exc:

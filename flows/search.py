@@ -29,12 +29,13 @@ from quantgate.search import (
     fallback_base,
     node_costs,
 )
-from quantgate.sensitivity import exclusion_steps
+from quantgate.sensitivity import next_exclusion
+from quantgate.tasktypes import TaskType
 from tasks import candidate
 
 
 def search_recipes(
-    task_type: object,
+    task_type: TaskType,
     model_dir: Path,
     exported: ExportResult,
     split: HeldoutSplit,
@@ -154,41 +155,22 @@ def _fallback(
     reason = base.gates.failure_summary() if base.gates else ""
     fallback = Fallback(base=base.name, reason=reason, ranking=ranking)
     trials: list[CandidateResult] = []
-
-    def trial(k: int) -> bool | None:
-        """Keep the k worst nodes in FP32; None when the time budget is spent."""
+    tried: list[tuple[int, bool]] = []
+    while (k := next_exclusion(len(ranking), budget.max_trials, tried)) is not None:
         if time.monotonic() > deadline:
             fallback.stopped = "search time budget spent"
-            return None
+            break
         recipe = base.recipe.keeping_fp32([s.node for s in ranking[:k]], f"{base.name}+fp32x{k}")
         result = score([recipe], cores)[0]
         trials.append(result)
+        tried.append((k, result.accuracy_passed))
         fallback.trials.append(
             FallbackTrial(
                 recipe=recipe.name, kept_fp32=recipe.nodes_to_exclude, accuracy_passed=result.accuracy_passed
             )
         )
-        return result.accuracy_passed
-
-    failed_at, passed_at = 0, None
-    for k in exclusion_steps(len(ranking), budget.max_trials):
-        outcome = trial(k)
-        if outcome is None:
-            break
-        if outcome:
-            passed_at = k
-            break
-        failed_at = k
-    else:
+    if not fallback.stopped and not any(ok for _, ok in tried):
         fallback.stopped = "trial budget spent" if ranking else "no quantized weight MatMul to keep in FP32"
-    # The geometric steps may overshoot: bisect between the last failing and the first passing count with
-    # the trials left, so the fewest nodes stay in FP32.
-    while passed_at is not None and passed_at - failed_at > 1 and len(trials) < budget.max_trials:
-        middle = (failed_at + passed_at) // 2
-        outcome = trial(middle)
-        if outcome is None:
-            break
-        failed_at, passed_at = (failed_at, middle) if outcome else (middle, passed_at)
     timed = [t for t in trials if t.status == "evaluated"]
     if not timed:
         return fallback, trials, []

@@ -216,7 +216,7 @@ def run(
 
 
 def print_report(report: dict[str, Any]) -> None:
-    from quantgate.report import RunReport, bench_rows, candidate_rows, gate_rows
+    from quantgate.report import RunReport, bench_rows, compact_candidate_rows, gate_rows
     from quantgate.search import SearchResult
 
     parsed = RunReport.model_validate(report)
@@ -254,16 +254,13 @@ def print_report(report: dict[str, Any]) -> None:
     if parsed.search:
         search = SearchResult.model_validate(parsed.search)
         table = Table(title=f"candidates ({search.seconds:.0f} s)")
-        cols = ("candidate", "size_mb", "p50_ms", "task_metric_drop", "mean_cosine", "result")
-        for col in (*cols, "failed gates (margin)"):
+        rows = compact_candidate_rows(search)
+        for col in rows[0]:
             table.add_column(col, overflow="fold")
-        for row, c in zip(candidate_rows(search), search.candidates, strict=True):
+        for row in rows:
             style = {"PROMOTED": "bold green", "pass": "green"}.get(row["result"], "red")
-            table.add_row(
-                *("" if row[k] is None else str(row[k]) for k in cols[:-1]),
-                f"[{style}]{row['result']}[/]",
-                c.gates.failure_brief() if c.gates else (c.note or ""),
-            )
+            cells = {k: "" if v is None else str(v) for k, v in row.items()}
+            table.add_row(*(f"[{style}]{v}[/]" if k == "result" else v for k, v in cells.items()))
         console.print(table)
         if search.fallback is not None and search.fallback.kept_fp32:
             console.print(

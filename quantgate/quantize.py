@@ -183,13 +183,6 @@ class FusionResult(BaseModel):
     warning: str | None = None
 
 
-def op_counts(path: Path) -> dict[str, int]:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return dict(Counter(node.op_type for node in model.graph.node))
-
-
 # Model families ORT's transformer optimizer handles with its BERT fusions.
 _BERT_LIKE = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "camembert", "mpnet"}
 
@@ -342,7 +335,9 @@ def apply_recipe(
         onnx.checker.check_model(str(out_path))
     except onnx.checker.ValidationError as exc:
         raise InvalidModelError(f"recipe {recipe.name!r} produced an invalid ONNX graph: {exc}") from None
-    counts = op_counts(out_path)
+    graph = onnx.load(str(out_path), load_external_data=False).graph
+    counts = dict(Counter(node.op_type for node in graph.node))
+    qdq = _qdq_matmuls(graph)
     return QuantizeResult(
         path=out_path,
         recipe=recipe,
@@ -351,8 +346,8 @@ def apply_recipe(
         quantized_matmuls=counts.get("MatMulInteger", 0)
         + counts.get("DynamicQuantizeMatMul", 0)
         + counts.get("QAttention", 0)
-        + _qdq_matmuls(out_path),
-        float_matmuls=counts.get("MatMul", 0) - _qdq_matmuls(out_path),
+        + qdq,
+        float_matmuls=counts.get("MatMul", 0) - qdq,
         fused_ops=fused.fused_ops if recipe.fuse and fused else None,
         seconds=time.perf_counter() - start,
     )
@@ -370,12 +365,9 @@ def _private_view(source: Path, out_dir: Path) -> Path:
     return view / source.name
 
 
-def _qdq_matmuls(path: Path) -> int:
-    """MatMuls whose weight input comes through a DequantizeLinear (static QDQ format)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+def _qdq_matmuls(graph: Any) -> int:
+    """MatMuls whose second input comes through a DequantizeLinear (static QDQ format)."""
+    dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     return sum(
-        1 for n in model.graph.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in dq_outputs
+        1 for n in graph.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in dq_outputs
     )

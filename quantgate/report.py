@@ -16,7 +16,15 @@ from quantgate.evaluate import ParityReport
 from quantgate.gates import GateReport
 from quantgate.plots import ParetoPoint, latency_plot, pareto_plot
 from quantgate.quantize import Recipe
-from quantgate.registry import Manifest, Registration, registration_key, utcnow
+from quantgate.registry import (
+    Manifest,
+    ModelRef,
+    Registration,
+    artifact_prefix,
+    registration_key,
+    rejected_prefix,
+    utcnow,
+)
 from quantgate.search import SearchResult
 
 Outcome = Literal["promoted", "rejected"]
@@ -136,8 +144,8 @@ def candidate_rows(search: SearchResult) -> list[dict[str, Any]]:
 _COMPACT = ("candidate", "result", "p50_ms", "size_mb", "task_metric_drop", "mean_cosine")
 
 
-def _compact_rows(search: SearchResult) -> list[dict[str, Any]]:
-    """The candidate table narrow enough for a page; the table artifact has every column."""
+def compact_candidate_rows(search: SearchResult) -> list[dict[str, Any]]:
+    """The candidate table narrow enough for a page or a terminal; the table artifact has every column."""
     return [
         {**{k: row[k] for k in _COMPACT}, "failed gates (margin)": brief}
         for row, brief in zip(
@@ -200,7 +208,7 @@ def to_markdown(report: RunReport, links: dict[str, str] | None = None) -> str:
         parts.append(
             f"## Candidates ({len(search.candidates)} in {search.seconds:.0f} s; budget {b.max_candidates} "
             f"candidates, {b.max_trials} trials, {b.max_seconds:g} s; {calib} calibration rows kept apart "
-            f"from {evaluation} evaluation rows)\n\n" + _md_table(_compact_rows(search))
+            f"from {evaluation} evaluation rows)\n\n" + _md_table(compact_candidate_rows(search))
         )
         if search.warnings:
             parts.append("Warnings: " + "; ".join(search.warnings))
@@ -285,6 +293,19 @@ def write_json(path: Path, data: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
     return path
+
+
+def decision_links(report: RunReport, bucket: str) -> dict[str, str]:
+    """Where a person finds what this decision stored: the held-out Data Docs, the plots and, when
+    promoted, the model (under the run's own prefix); rejections keep theirs under rejected/."""
+    ref = ModelRef(name=report.model, version=report.version)
+    promoted = report.outcome == "promoted"
+    where = f"s3://{bucket}/" + (artifact_prefix(ref, report.run_id) if promoted else rejected_prefix(ref))
+    links = {"data-docs": report.heldout.get("data_docs")}
+    if promoted:
+        links["promoted-model"] = where + report.recipe_artifact
+    links |= {"latency-plot": where + "latency.png", "pareto-plot": where + "pareto.png"}
+    return {k: v for k, v in links.items() if v}
 
 
 def decision_plots(report: RunReport, out_dir: Path) -> dict[str, Path]:

@@ -112,3 +112,19 @@ def exclusion_steps(n_nodes: int, max_trials: int) -> list[int]:
         steps.append(k)
         k = k + 1 if k < 4 else int(k * 1.5)
     return steps
+
+
+def next_exclusion(n_nodes: int, max_trials: int, tried: list[tuple[int, bool]]) -> int | None:
+    """How many of the worst nodes the next fallback trial keeps in FP32, given each trial so far as
+    (count, passed the accuracy gates); None = stop. The geometric steps run until one passes; as they
+    may overshoot, the trials left then bisect between the largest failing and the smallest passing count,
+    so the fewest nodes stay in FP32."""
+    if len(tried) >= max_trials:
+        return None
+    passing = [k for k, ok in tried if ok]
+    if not passing:
+        steps = exclusion_steps(n_nodes, max_trials)
+        return steps[len(tried)] if len(tried) < len(steps) else None
+    fewest = min(passing)
+    failed_below = max((k for k, ok in tried if not ok and k < fewest), default=0)
+    return (failed_below + fewest) // 2 if fewest - failed_below > 1 else None

@@ -25,7 +25,7 @@ from quantgate.quantize import (
     load_recipe_file,
     resolve_recipes,
 )
-from quantgate.sensitivity import _quantize_weight, exclusion_steps, rank_nodes, sqnr_db
+from quantgate.sensitivity import _quantize_weight, exclusion_steps, next_exclusion, rank_nodes, sqnr_db
 
 TEXTS = [
     "a short one",
@@ -233,3 +233,19 @@ def test_exclusion_steps_grow_from_one_and_respect_the_budget():
     assert exclusion_steps(36, 6) == [1, 2, 3, 4, 6, 9]
     assert exclusion_steps(3, 6) == [1, 2, 3]
     assert exclusion_steps(36, 0) == []
+
+
+def _plan(n_nodes: int, max_trials: int, needed: int) -> list[int]:
+    """The counts tried when keeping `needed` nodes in FP32 is the least that passes."""
+    tried: list[tuple[int, bool]] = []
+    while (k := next_exclusion(n_nodes, max_trials, tried)) is not None:
+        tried.append((k, k >= needed))
+    return [k for k, _ in tried]
+
+
+def test_fallback_steps_grow_then_bisect_back_to_the_fewest_nodes():
+    assert _plan(36, 8, needed=7) == [1, 2, 3, 4, 6, 9, 7]  # 7 passes: 6 failed, so 7 is the fewest
+    assert _plan(36, 8, needed=8) == [1, 2, 3, 4, 6, 9, 7, 8]
+    assert _plan(36, 6, needed=8) == [1, 2, 3, 4, 6, 9]  # no trials left to bisect
+    assert _plan(36, 8, needed=1) == [1]
+    assert _plan(3, 8, needed=10) == [1, 2, 3]  # nothing passes: every step, then stop
