@@ -104,6 +104,12 @@ class ObjectStore:
                 return NotFoundError(f"{where} does not exist")
             if code == "PreconditionFailed" or status == 412:
                 return ConflictError(f"{where} already exists (create-only write refused)")
+            if isinstance(status, int) and status >= 500:
+                return StorageError(
+                    f"S3 request for {where} failed: {code or status} (HTTP {status}) from {self.endpoint}, "
+                    "retries included: the server itself failed, see its log (local server: "
+                    ".quantgate/seaweedfs/weed.log; a full disk shows there as 'no free volumes left')"
+                )
             return StorageError(f"S3 request for {where} failed: {code or status}")
         if isinstance(exc, BotoCoreError):
             return StorageError(f"S3 request for {where} failed: {type(exc).__name__}")

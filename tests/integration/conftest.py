@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.seaweed import SeaweedServer
 from quantgate.settings import Settings
@@ -50,7 +51,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.fixture
-def s3_env(seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
+def s3_env(seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settings]:
     bucket = "qg-" + secrets.token_hex(6)
     monkeypatch.setenv("QUANTGATE_S3_ENDPOINT_URL", seaweed.endpoint_url)
     monkeypatch.setenv("QUANTGATE_BUCKET", bucket)
@@ -59,7 +60,23 @@ def s3_env(seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
     settings = Settings()
     ObjectStore(settings).ensure_bucket()
-    return settings
+    yield settings
+    drop_bucket(settings)
+
+
+def drop_bucket(settings: Settings) -> None:
+    """Empty and delete a test's bucket. SeaweedFS gives every bucket its own collection of volumes and
+    caps the volume count at free disk / volume size, so a session that kept its ~100 buckets ran out
+    of volumes on a smaller disk ("No writable volumes and no free volumes left", an S3 InternalError)."""
+    client = ObjectStore(settings)._client
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket):
+            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=settings.bucket, Delete={"Objects": keys, "Quiet": True})
+        client.delete_bucket(Bucket=settings.bucket)
+    except (ClientError, BotoCoreError):
+        pass  # a test that broke the server or the bucket on purpose; the session's data dir goes anyway
 
 
 @pytest.fixture

@@ -62,3 +62,11 @@ def test_seaweed_start_picks_new_ports_when_one_is_taken_before_it_binds(tmp_pat
             assert server.process is not None
             assert server.process.poll() is None
     assert server.process is None  # stopped on exit
+
+
+def test_each_test_bucket_is_dropped_so_the_shared_server_keeps_free_volumes(store):
+    """Every bucket is a SeaweedFS collection holding volumes, and the volume count is capped by free
+    disk: buckets left behind by earlier tests once exhausted it in CI (PutObject -> InternalError).
+    Whatever ran before this test, only this test's bucket may exist on the shared server."""
+    buckets = [b["Name"] for b in store._client.list_buckets()["Buckets"]]
+    assert buckets == [store.bucket]
