@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import secrets
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from infra.seaweed import SeaweedServer
 from quantgate.settings import Settings
@@ -61,22 +64,35 @@ def s3_env(seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     settings = Settings()
     ObjectStore(settings).ensure_bucket()
     yield settings
-    drop_bucket(settings)
+    drop_bucket(seaweed, bucket)
 
 
-def drop_bucket(settings: Settings) -> None:
+def drop_bucket(server: SeaweedServer, bucket: str) -> None:
     """Empty and delete a test's bucket. SeaweedFS gives every bucket its own collection of volumes and
     caps the volume count at free disk / volume size, so a session that kept its ~100 buckets ran out
-    of volumes on a smaller disk ("No writable volumes and no free volumes left", an S3 InternalError)."""
-    client = ObjectStore(settings)._client
+    of volumes on a smaller disk ("No writable volumes and no free volumes left", an S3 InternalError).
+    Uses the session's own keys: a test may have put wrong ones in the environment on purpose."""
+    client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=server.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"}),
+    )
     try:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket):
+        # Uploads cut short (the SIGKILL tests) leave multipart parts that keep a bucket non-empty.
+        for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
+            for upload in page.get("Uploads", []):
+                client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
             if keys:
-                client.delete_objects(Bucket=settings.bucket, Delete={"Objects": keys, "Quiet": True})
-        client.delete_bucket(Bucket=settings.bucket)
-    except (ClientError, BotoCoreError):
-        pass  # a test that broke the server or the bucket on purpose; the session's data dir goes anyway
+                client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+        client.delete_bucket(Bucket=bucket)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
+            warnings.warn(f"test bucket {bucket} not dropped: {exc}", stacklevel=1)
 
 
 @pytest.fixture
