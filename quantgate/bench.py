@@ -123,9 +123,9 @@ def run_benchmark(engines: list[Engine], settings: BenchSettings) -> BenchReport
 
 def ort_engine(name: str, path: Path, feeds: dict[str, np.ndarray], threads: int) -> Engine:
     def load() -> Callable[[], Any]:
-        from quantgate.evaluate import session
+        from quantgate.runtime import inference_session
 
-        sess = session(path, threads)
+        sess = inference_session(path, threads)
         return lambda: sess.run(None, feeds)
 
     return Engine(name=name, load=load, size_bytes=path.stat().st_size)

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
+from quantgate.runtime import inference_session
+
 
 class ParityReport(BaseModel):
     """The seeds' parity_report.json, extended. Written as parity_report.json beside every report."""
@@ -77,23 +79,6 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(spearmanr(x, y).statistic)
 
 
-def session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    from quantgate.export import check_external_data
-
-    check_external_data(path)
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    if threads > 1:
-        # Idle worker threads spin by default and steal the core from whatever runs next: in an
-        # interleaved benchmark that is the other engines (measured: 2-thread INT8 13.1 -> 5.0 ms p50).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def embed_texts(
     onnx_path: Path,
     tokenizer: Any,
@@ -106,7 +91,7 @@ def embed_texts(
     """sentence_embedding for every text; length-sorted batches keep padding (and time) low."""
     from quantgate.export import tokenize
 
-    sess = session(onnx_path, threads)
+    sess = inference_session(onnx_path, threads)
     order = np.argsort([len(t) for t in texts], kind="stable")
     out: np.ndarray | None = None
     for start in range(0, len(texts), batch):

@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from quantgate.errors import ConfigError, InvalidModelError
+from quantgate.runtime import SessionSettings, write_settings
 
 Method = Literal["dynamic", "static", "fp16"]
 Calibration = Literal["MinMax", "Entropy", "Percentile"]
@@ -51,6 +52,10 @@ class Recipe(BaseModel):
         default=None, description="None = every op ORT quantizes for this method"
     )
     nodes_to_exclude: list[str] = Field(default_factory=list, description="nodes kept in FP32")
+    session: SessionSettings = Field(
+        default_factory=SessionSettings,
+        description="ORT session settings the artifact is served with (written beside it, promoted with it)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
@@ -81,6 +86,7 @@ def _r(name: str, **kw: Any) -> Recipe:
 # Static recipes quantize MatMul and the embedding Gather only: quantizing LayerNorm, Softmax, GELU and the
 # residual Adds is what collapses static INT8 on transformers (DistilBERT NER F1 0.94 -> 0.10).
 _STATIC_OPS = ["MatMul", "Gather"]
+_NO_SLN = SessionSettings(disabled_optimizers=["SkipLayerNormFusion"])
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
@@ -90,6 +96,15 @@ RECIPES: dict[str, Recipe] = {
         _r("dynamic-int8-per-channel", per_channel=True),
         _r("dynamic-uint8-per-channel", weight_type="QUInt8", per_channel=True),
         _r("dynamic-int8-per-channel-reduce-range", per_channel=True, reduce_range=True),
+        # The same graphs served without ORT's SkipLayerNormFusion: after an INT8 MatMul it swaps a fast
+        # Add + LayerNormalization for a slow SkipLayerNormalization kernel (quantgate/runtime.py).
+        _r("dynamic-int8-per-channel-no-sln", per_channel=True, session=_NO_SLN),
+        _r(
+            "dynamic-int8-per-channel-reduce-range-no-sln",
+            per_channel=True,
+            reduce_range=True,
+            session=_NO_SLN,
+        ),
         _r("fused-dynamic-int8", fuse=True),
         _r("fused-dynamic-int8-per-channel", fuse=True, per_channel=True),
         _r(
@@ -118,8 +133,9 @@ DEFAULT_RECIPE = "dynamic-int8-per-channel"
 DEFAULT_SEARCH = [
     "dynamic-int8",
     "dynamic-int8-per-channel",
-    "dynamic-uint8-per-channel",
     "dynamic-int8-per-channel-reduce-range",
+    "dynamic-int8-per-channel-no-sln",
+    "dynamic-int8-per-channel-reduce-range-no-sln",
     "fused-dynamic-int8-per-channel",
     "static-qdq-minmax",
     "static-qdq-percentile",
@@ -335,6 +351,7 @@ def apply_recipe(
         onnx.checker.check_model(str(out_path))
     except onnx.checker.ValidationError as exc:
         raise InvalidModelError(f"recipe {recipe.name!r} produced an invalid ONNX graph: {exc}") from None
+    write_settings(out_path, recipe.session)
     graph = onnx.load(str(out_path), load_external_data=False).graph
     counts = dict(Counter(node.op_type for node in graph.node))
     qdq = _qdq_matmuls(graph)

@@ -25,6 +25,7 @@ from quantgate.registry import (
     rejected_prefix,
     utcnow,
 )
+from quantgate.runtime import settings_path
 from quantgate.search import SearchResult
 
 Outcome = Literal["promoted", "rejected"]
@@ -336,7 +337,8 @@ def promotion_files(
     report: RunReport, model_path: Path, tokenizer_files: list[Path], out_dir: Path
 ) -> dict[str, Path]:
     """What goes under promoted/<m>/<v>/<run>/ besides report.json and manifest.json."""
-    files = {Recipe.model_validate(report.recipe).artifact_name: model_path}
+    artifact = Recipe.model_validate(report.recipe).artifact_name
+    files = {artifact: model_path, settings_path(Path(artifact)).name: settings_path(model_path)}
     files |= {f"tokenizer/{p.name}": p for p in tokenizer_files}
     files["parity_report.json"] = write_json(out_dir / "parity_report.json", report.parity.model_dump())
     files |= decision_plots(report, out_dir)

@@ -63,7 +63,7 @@ def rank_nodes(fp32_path: Path, recipe: Recipe, feeds: list[dict[str, np.ndarray
     import onnx
     from onnx import numpy_helper
 
-    from quantgate.evaluate import session
+    from quantgate.runtime import inference_session
 
     model = onnx.load(str(fp32_path))
     weights = {i.name: i for i in model.graph.initializer}
@@ -85,7 +85,7 @@ def rank_nodes(fp32_path: Path, recipe: Recipe, feeds: list[dict[str, np.ndarray
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "capture.onnx"
         onnx.save(model, str(path))
-        sess = session(path, threads=1)
+        sess = inference_session(path, threads=1)
         names = [o.name for o in sess.get_outputs()]
         captured: dict[str, list[np.ndarray]] = {}
         for feed in feeds:

@@ -59,6 +59,7 @@ def test_passing_run_promotes_with_a_manifest_whose_checksums_match_the_stored_f
     names = {f.path.removeprefix(run_prefix) for f in manifest.files}
     assert {
         "model.int8.onnx",
+        "model.int8.session.json",
         "report.json",
         "parity_report.json",
         "latency.png",

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from quantgate.errors import ConfigError, InvalidModelError
-from quantgate.evaluate import session
 from quantgate.export import check_model_folder, export_sentence_embedding, tokenize
 from quantgate.quantize import RECIPES, Recipe, apply_recipe, get_recipe
+from quantgate.runtime import inference_session
 
 EXPORT_ATOL = 1e-4
 TEXTS = [
@@ -37,7 +37,7 @@ def test_exported_graph_has_dynamic_batch_and_sequence(exported, tiny_model_dir)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    sess = session(exported.onnx_path, threads=1)
+    sess = inference_session(exported.onnx_path, threads=1)
     for batch, length in [(1, 8), (3, 17), (5, 64)]:
         feeds = tokenize(tok, ["word " * 100] * batch, max_length=length, pad_to_max=True)
         hidden, emb = sess.run(None, feeds)
@@ -115,6 +115,6 @@ def test_onnx_external_data_outside_its_folder_is_refused(tmp_path):
     path.parent.mkdir()
     onnx.save(helper.make_model(graph), str(path))
     with pytest.raises(InvalidModelError, match="outside its folder"):
-        session(path, threads=1)
+        inference_session(path, threads=1)
     with pytest.raises(InvalidModelError, match="outside its folder"):
         apply_recipe(Recipe(name="t"), path, tmp_path / "q")

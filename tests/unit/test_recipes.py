@@ -13,7 +13,6 @@ import pytest
 from pydantic import ValidationError
 
 from quantgate.errors import ConfigError
-from quantgate.evaluate import session
 from quantgate.export import export_sentence_embedding, tokenize
 from quantgate.quantize import (
     DEFAULT_SEARCH,
@@ -25,6 +24,7 @@ from quantgate.quantize import (
     load_recipe_file,
     resolve_recipes,
 )
+from quantgate.runtime import SessionSettings, inference_session, read_settings, settings_path
 from quantgate.sensitivity import _quantize_weight, exclusion_steps, next_exclusion, rank_nodes, sqnr_db
 
 TEXTS = [
@@ -50,7 +50,7 @@ def feeds(tiny_model_dir: Path) -> list[dict[str, np.ndarray]]:
 
 
 def _embed(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
-    return session(path, threads=1).run(["sentence_embedding"], feed)[0]
+    return inference_session(path, threads=1).run(["sentence_embedding"], feed)[0]
 
 
 # -- recipes are data ---------------------------------------------------------------------------------------
@@ -249,3 +249,41 @@ def test_fallback_steps_grow_then_bisect_back_to_the_fewest_nodes():
     assert _plan(36, 6, needed=8) == [1, 2, 3, 4, 6, 9]  # no trials left to bisect
     assert _plan(36, 8, needed=1) == [1]
     assert _plan(3, 8, needed=10) == [1, 2, 3]  # nothing passes: every step, then stop
+
+
+# -- session settings travel with the artifact ---------------------------------------------------------------
+
+
+def _session_ops(path: Path, tmp_path: Path) -> set[str]:
+    import onnx
+
+    optimized = tmp_path / f"{path.parent.name}-optimized.onnx"
+    inference_session(path, threads=1, optimized_path=optimized)
+    return {n.op_type for n in onnx.load(str(optimized)).graph.node}
+
+
+def test_a_recipes_session_settings_are_written_beside_its_artifact_and_applied(exported, feeds, tmp_path):
+    plain = apply_recipe(get_recipe("dynamic-int8-per-channel"), exported.onnx_path, tmp_path / "plain")
+    no_sln = apply_recipe(
+        get_recipe("dynamic-int8-per-channel-no-sln"), exported.onnx_path, tmp_path / "nosln"
+    )
+    sidecar = settings_path(no_sln.path)
+    assert sidecar.name == "model.int8.session.json"
+    assert read_settings(no_sln.path).disabled_optimizers == ["SkipLayerNormFusion"]
+    assert read_settings(plain.path) == SessionSettings()
+    # ORT fuses the residual Add + LayerNorm after an INT8 MatMul unless the artifact's settings say no.
+    assert "SkipLayerNormalization" in _session_ops(plain.path, tmp_path)
+    ops = _session_ops(no_sln.path, tmp_path)
+    assert "SkipLayerNormalization" not in ops
+    assert "LayerNormalization" in ops
+    # Same weights, same maths up to float rounding.
+    assert np.allclose(_embed(plain.path, feeds[0]), _embed(no_sln.path, feeds[0]), atol=1e-4)
+
+
+def test_bad_session_settings_are_refused_with_the_way_out(exported, tmp_path):
+    with pytest.raises(ValidationError, match="not ORT optimizer names"):
+        Recipe(name="t", session={"disabled_optimizers": ["skip layer norm"]})
+    result = apply_recipe(get_recipe("dynamic-int8-per-channel-no-sln"), exported.onnx_path, tmp_path)
+    settings_path(result.path).write_text('{"disabled_optimizer": ["SkipLayerNormFusion"]}')
+    with pytest.raises(ConfigError, match=r"model\.int8\.session\.json is not valid session settings"):
+        inference_session(result.path, threads=1)
