@@ -3,19 +3,20 @@ sensitivity ranking, the benchmark and the people who serve the promoted model.
 
 Some speed lives in session settings, not in the graph. ORT 1.32 fuses a residual Add + LayerNormalization
 that follows an INT8 MatMul into SkipLayerNormalization, whose CPU kernel is far slower than the two ops
-it replaces (MiniLM b1/s128/1 thread: 6 nodes, 1.18 ms against 0.16 ms; whole model 7.6 -> 6.5 ms, see
-benchmarks/profile_ops.py). ORT cannot be told so from inside the ONNX file, so a recipe's session settings
-are written beside its artifact (`model.int8.session.json`), promoted with it, and applied by
-`inference_session()` wherever the artifact is opened.
+it replaces (MiniLM b1/s128/1 thread: 6 nodes, 1.13 ms against 0.16 ms; whole model 7.0 -> 6.05 ms of
+kernel time, see benchmarks/profile_ops.py). ORT cannot be told so from inside the ONNX file, so a
+recipe's session settings are written beside its artifact (`model.int8.session.json`), promoted with it,
+and applied by `inference_session()` wherever the artifact is opened.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from quantgate.errors import ConfigError
 
@@ -33,15 +34,16 @@ class SessionSettings(BaseModel):
         description="ORT graph optimizers to switch off, e.g. SkipLayerNormFusion",
     )
 
-    def model_post_init(self, _context: Any) -> None:
-        import re
-
-        bad = [n for n in self.disabled_optimizers if not re.match(OPTIMIZER_NAME, n)]
+    @field_validator("disabled_optimizers")
+    @classmethod
+    def _optimizer_names(cls, names: list[str]) -> list[str]:
+        bad = [n for n in names if not re.match(OPTIMIZER_NAME, n)]
         if bad:
             raise ValueError(
                 f"{bad} are not ORT optimizer names: give the graph transformer's class name, "
                 "e.g. SkipLayerNormFusion"
             )
+        return names
 
 
 def settings_path(model_path: Path) -> Path:

@@ -287,3 +287,6 @@ def test_bad_session_settings_are_refused_with_the_way_out(exported, tmp_path):
     settings_path(result.path).write_text('{"disabled_optimizer": ["SkipLayerNormFusion"]}')
     with pytest.raises(ConfigError, match=r"model\.int8\.session\.json is not valid session settings"):
         inference_session(result.path, threads=1)
+    settings_path(result.path).write_text('{"disabled_optimizers": ["SkipLayerNormFusion; rm -rf"]}')
+    with pytest.raises(ConfigError, match="not ORT optimizer names"):
+        read_settings(result.path)
