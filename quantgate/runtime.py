@@ -70,9 +70,12 @@ def read_settings(model_path: Path) -> SessionSettings:
         ) from None
 
 
-def inference_session(path: Path, threads: int, *, optimized_path: Path | None = None) -> Any:
+def inference_session(
+    path: Path, threads: int, *, optimized_path: Path | None = None, profile_prefix: Path | None = None
+) -> Any:
     """An ORT CPU session for an artifact, with the session settings promoted beside it. optimized_path
-    saves the graph ORT actually runs after its fusions (for profiling and tests)."""
+    saves the graph ORT actually runs after its fusions; profile_prefix turns ORT's profiler on
+    (benchmarks/profile_ops.py, tests)."""
     import onnxruntime as ort
 
     from quantgate.export import check_external_data
@@ -89,6 +92,9 @@ def inference_session(path: Path, threads: int, *, optimized_path: Path | None =
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_path is not None:
         opts.optimized_model_filepath = str(optimized_path)
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(profile_prefix)
     return ort.InferenceSession(
         str(path),
         opts,

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-STSB = Path(os.environ.get("QUANTGATE_STSB", REPO.parent / "shared" / "data" / "stsb" / "sts-dev.tsv"))
+from infra.stsb import missing_message, stsb_path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
@@ -25,8 +24,9 @@ os.environ.setdefault("QUANTGATE_CACHE_DIR", tempfile.mkdtemp(prefix="quantgate-
 
 @pytest.fixture(scope="session")
 def sts_path() -> Path:
-    assert STSB.is_file(), f"STS-B dev split not found at {STSB}: set QUANTGATE_STSB"
-    return STSB
+    path = stsb_path()
+    assert path is not None, missing_message()
+    return path
 
 
 @pytest.fixture(scope="session")
