@@ -12,6 +12,8 @@ import pytest
 
 from infra.stsb import missing_message, stsb_path
 
+REPO = Path(__file__).resolve().parents[1]
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
