@@ -3,7 +3,7 @@ sensitivity ranking, the benchmark and the people who serve the promoted model.
 
 Some speed lives in session settings, not in the graph. ORT 1.32 fuses a residual Add + LayerNormalization
 that follows an INT8 MatMul into SkipLayerNormalization, whose CPU kernel is far slower than the two ops
-it replaces (MiniLM b1/s128/1 thread: 6 nodes, 1.13 ms against 0.16 ms; whole model 7.0 -> 6.05 ms of
+it replaces (MiniLM b1/s128/1 thread: 6 nodes, 1.16 ms against 0.18 ms; whole model 6.9 -> 6.3 ms of
 kernel time, see benchmarks/profile_ops.py). ORT cannot be told so from inside the ONNX file, so a
 recipe's session settings are written beside its artifact (`model.int8.session.json`), promoted with it,
 and applied by `inference_session()` wherever the artifact is opened.
