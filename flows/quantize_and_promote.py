@@ -20,7 +20,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.search import candidate_path, search_recipes
 from quantgate.bench import BenchSettings
-from quantgate.errors import QuantgateError
 from quantgate.gates import GateThresholds
 from quantgate.heldout import split_heldout
 from quantgate.quantize import Recipe, resolve_recipes
@@ -55,17 +54,22 @@ def quantize_and_promote(
     settings = Settings()
     run_id = str(flow_run.get_id() or uuid.uuid4())
 
-    decided = storage.find_decision(ref, settings)
-    if decided == "promoted":
-        storage.finish_promotion(ref, settings)  # repairs a promotion killed after its manifest
-    if decided is not None:
-        return Completed(
-            name="AlreadyDecided",
-            message=f"{ref} is already {decided}; nothing to do",
-            data={"outcome": decided, "model": model, "version": version},
-        )
-
     try:
+        decided = storage.find_decision(ref, settings)
+        finished = None
+        if decided == "promoted":
+            # A run that failed or was killed after its manifest: finish its pointer, audit and event.
+            finished = storage.finish_promotion(ref, settings)
+            if finished is not None:
+                announce.decision(finished)
+        if decided is not None:
+            note = "finished its interrupted promotion" if finished else "nothing to do"
+            return Completed(
+                name="AlreadyDecided",
+                message=f"{ref} is already {decided}; {note}",
+                data={"outcome": decided, "model": model, "version": version},
+            )
+
         with workspace(settings.work_dir, run_id) as work:
             # -- pull and check the data ------------------------------------------------------------------
             pulled = storage.pull_version(ref, settings, work / "source")
@@ -128,7 +132,8 @@ def quantize_and_promote(
             gate.publish(ref, report, {} if lost_race else decision_links(report, settings.bucket))
             if not lost_race:
                 announce.decision(report.model_dump(mode="json"))
-    except QuantgateError as exc:
+    except Exception as exc:
+        # Every run ends with a report, whatever raised: the sweep counts failures from these.
         storage.save_run_report(
             settings,
             ref,
@@ -139,7 +144,7 @@ def quantize_and_promote(
                 "run_id": run_id,
                 "outcome": "failed",
                 "error": type(exc).__name__,
-                "message": str(exc),
+                "message": str(exc)[:2000],
             },
         )
         raise

@@ -192,6 +192,8 @@ def run(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.quantize_and_promote import quantize_and_promote
 
+    _quiet_known_errors()
+
     console.rule(f"quantize-and-promote {ref}")
     state = quantize_and_promote(
         model=model,
@@ -213,6 +215,24 @@ def run(
         _show_decision(ref)
     if state.name == "NotPromoted":
         raise typer.Exit(EXIT_REJECTED)
+
+
+def _quiet_known_errors() -> None:
+    """Prefect logs a failed task or flow with its traceback (some 40 lines). For quantgate's own errors
+    the message is the whole story, printed once at the end: the console keeps the log line and drops
+    the trace. Prefect's API log handler sits on the child loggers, so the UI still gets the trace."""
+    import logging
+
+    class DropKnownTraces(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.exc_info and isinstance(record.exc_info[1], QuantgateError):
+                record.exc_info, record.exc_text = None, None
+            return True
+
+    for name in ("", "prefect"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, DropKnownTraces) for f in handler.filters):
+                handler.addFilter(DropKnownTraces())
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -291,6 +311,11 @@ def report(
         _show_decision(ref, as_json)
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
+    except ValidationError as exc:
+        raise _fail(
+            f"the stored report of {ref} does not have the expected shape ({exc.error_count()} problem(s)): "
+            "print it raw with `quantgate report --json`"
+        ) from None
 
 
 @app.command()
@@ -317,23 +342,99 @@ def rollback(
 
 @app.command("list")
 def list_versions(model: Annotated[str | None, typer.Argument(help="only this model")] = None) -> None:
-    """Registered versions and their decisions."""
+    """Registered versions, their decisions, and whether each promotion's files verify."""
     from quantgate import lifecycle
 
     try:
         store = _store()
+        store.require_bucket()
         refs = lifecycle.list_registered(store, model)
         table = Table(title=f"registered versions in s3://{store.bucket}")
-        for col in ("model", "version", "decision", "current"):
+        for col in ("model", "version", "decision", "files", "current"):
             table.add_column(col)
-        pointers = {name: lifecycle.current(store, name) for name in {r.name for r in refs}}
+        pointers: dict[str, Any] = {}
+        for name in {r.name for r in refs}:
+            try:
+                pointers[name] = lifecycle.current(store, name)
+            except QuantgateError as exc:
+                pointers[name] = exc
         for ref in refs:
             pointer = pointers[ref.name]
-            is_current = "◀ current" if pointer and pointer.version == ref.version else ""
-            table.add_row(ref.name, ref.version, lifecycle.decision_of(store, ref) or "-", is_current)
+            if isinstance(pointer, QuantgateError):
+                is_current = "[red]current.json unreadable[/]"
+            else:
+                is_current = "◀ current" if pointer and pointer.version == ref.version else ""
+            decision = lifecycle.decision_of(store, ref)
+            health = ""
+            if decision == "promoted":
+                try:
+                    check = lifecycle.verify_promotion(store, ref)
+                    health = "ok" if check.ok else f"[red]BROKEN ({len(check.problems)} problem(s))[/]"
+                except QuantgateError as exc:
+                    health = f"[red]BROKEN ({type(exc).__name__})[/]"
+            table.add_row(ref.name, ref.version, decision or "-", health, is_current)
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
     console.print(table)
+
+
+@app.command()
+def verify(
+    model: Annotated[str, typer.Argument()],
+    version: Annotated[str | None, typer.Argument(help="default: the version current.json names")] = None,
+    deep: Annotated[bool, typer.Option(help="download every file and hash its bytes")] = False,
+) -> None:
+    """Check a promotion in place: every file its manifest lists exists with its size and sha256."""
+    from quantgate import lifecycle
+    from quantgate.registry import check_name
+
+    try:
+        check_name(model)
+        store = _store()
+        if version is None:
+            pointer = lifecycle.current(store, model)
+            if pointer is None:
+                store.require_bucket()
+                raise _fail(f"model {model!r} has no current promoted version: name a VERSION")
+            version = pointer.version
+        result = lifecycle.verify_promotion(store, _ref(model, version), deep=deep)
+    except QuantgateError as exc:
+        raise _fail(str(exc)) from None
+    table = Table(title=f"{model}@{version}: manifest sha256 {result.manifest_sha256[:16]}…")
+    for col in ("file", "status", "detail"):
+        table.add_column(col, overflow="fold")
+    for check in result.files:
+        style = "green" if check.status == "ok" else "red"
+        table.add_row(check.path, f"[{style}]{check.status}[/]", check.detail)
+    console.print(table)
+    if not result.ok:
+        raise _fail(f"{model}@{version} fails verification: {result.summary()}")
+    how = "bytes hashed" if deep else "stored checksums"
+    console.print(f"{model}@{version}: every file verified ({how})")
+
+
+@app.command()
+def pull(
+    model: Annotated[str, typer.Argument()],
+    to: Annotated[Path, typer.Option("--to", help="new or empty folder to download into")],
+    version: Annotated[str | None, typer.Option(help="default: the version current.json names")] = None,
+) -> None:
+    """Download a promotion (default: the current one), every file verified against its manifest."""
+    from quantgate import lifecycle
+    from quantgate.registry import check_name
+
+    try:
+        check_name(model)
+        if version is not None:
+            _ref(model, version)
+        manifest, paths = lifecycle.pull_promotion(_store(), model, version, to)
+    except QuantgateError as exc:
+        raise _fail(str(exc)) from None
+    total = sum(p.stat().st_size for p in paths) / 1e6
+    console.print(
+        f"pulled {model}@{manifest.version} (recipe {manifest.recipe.get('name')}) into {to}: "
+        f"{len(paths)} files, {total:.1f} MB, every sha256 verified"
+    )
 
 
 if __name__ == "__main__":

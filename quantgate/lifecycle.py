@@ -1,26 +1,44 @@
 """A model version's life in storage: register → pull → (promote | reject). Every function takes an
 `ObjectStore` and local paths; the key layout lives in registry.py.
 
-Write order is what makes a crash harmless: data files first, the JSON record that makes them count
-(registration.json, manifest.json, the rejection report) last and create-only. A reader that trusts only
-files named by a record never sees a half-written version.
+Write order is what makes a crash harmless: data files first, each under a prefix of its own writer (an
+upload id, a run id), the JSON record that makes them count (registration.json, manifest.json, the
+rejection report) last and create-only. A reader that trusts only files named by a record never sees a
+half-written version, and a writer that lost the race for the record deletes only its own prefix.
+
+Every write can fail, including one whose effect landed while its answer was lost. So each step can be
+repeated: a run recognises its own record (by run id or upload id) and carries on from it, and the tail of
+a promotion (pointer, audit event) is finished by whoever finds it unfinished, without ever moving the
+pointer back to an older promotion.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from quantgate.errors import ConflictError, IntegrityError, InvalidModelError, NotFoundError, StorageError
+from quantgate.errors import (
+    ConfigError,
+    ConflictError,
+    IntegrityError,
+    InvalidModelError,
+    NotFoundError,
+    QuantgateError,
+    StorageError,
+)
 from quantgate.export import check_model_folder
 from quantgate.heldout import read_utf8
 from quantgate.registry import (
+    AUDIT_NAME_RE,
     AuditEvent,
     FileEntry,
     Manifest,
@@ -29,22 +47,28 @@ from quantgate.registry import (
     Pointer,
     Registration,
     artifact_prefix,
+    audit_key,
     audit_prefix,
     current_key,
     manifest_key,
     parse_registration_key,
+    parse_time,
     promoted_key,
     promoted_prefix,
     registered_heldout_key,
     registered_model_key,
     registration_key,
-    rejected_prefix,
+    rejection_files_prefix,
     rejection_key,
     run_prefix,
     source_checksum,
+    upload_prefix,
+    utcnow,
 )
-from quantgate.storage import ObjectStore, sha256_bytes, sha256_file
+from quantgate.storage import RUN_METADATA, ObjectStore, sha256_bytes, sha256_file
 from quantgate.tasktypes import get_task_type
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def _json_bytes(data: Any) -> bytes:
@@ -54,11 +78,64 @@ def _json_bytes(data: Any) -> bytes:
 
 
 def _put_json(
-    store: ObjectStore, key: str, data: Any, *, create_only: bool = False, if_match: str | None = None
+    store: ObjectStore,
+    key: str,
+    data: Any,
+    *,
+    create_only: bool = False,
+    if_match: str | None = None,
+    run_id: str | None = None,
 ) -> str:
     return store.put_bytes(
-        key, _json_bytes(data), create_only=create_only, if_match=if_match, content_type="application/json"
+        key,
+        _json_bytes(data),
+        create_only=create_only,
+        if_match=if_match,
+        content_type="application/json",
+        run_id=run_id,
     )
+
+
+def _corrupt(store: ObjectStore, key: str, what: str, problem: str, fix: str) -> IntegrityError:
+    return IntegrityError(f"s3://{store.bucket}/{key} is not a valid {what} ({problem}): {fix}")
+
+
+def _parse_record(store: ObjectStore, key: str, raw: bytes, model: type[M], what: str, fix: str) -> M:
+    """A stored JSON record, or a clear error naming its key and the way out (never a pydantic trace)."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "document"
+        problem = f"{exc.error_count()} problem(s), first: {where}: {first['msg']}"
+        raise _corrupt(store, key, what, problem[:300], fix) from None
+
+
+def _load_record(store: ObjectStore, key: str, model: type[M], what: str, fix: str) -> M:
+    return _parse_record(store, key, store.get_bytes(key), model, what, fix)
+
+
+def _load_json(store: ObjectStore, key: str, what: str, fix: str) -> dict[str, Any]:
+    raw = store.get_bytes(key)
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _corrupt(store, key, what, f"not JSON: {exc}"[:200], fix) from None
+    if not isinstance(data, dict):
+        raise _corrupt(store, key, what, "not a JSON object", fix)
+    return data
+
+
+def _delete_prefix(store: ObjectStore, prefix: str) -> None:
+    for obj in list(store.list(prefix)):
+        store.delete(obj.key)
+
+
+_MANIFEST_FIX = (
+    "restore it from the audit log's manifest_sha256 and a backup, or remove the version's promoted/ "
+    "prefix and run the version again"
+)
+_POINTER_FIX = "point it at a promoted version again with `quantgate rollback MODEL --to VERSION`"
 
 
 def model_files(model_dir: Path) -> list[Path]:
@@ -91,43 +168,73 @@ def register(
     read_utf8(heldout)  # refuse a non-UTF-8 file before anything is uploaded
     if store.exists(registration_key(ref)):
         raise ConflictError(f"{ref} is already registered: register a new version instead")
-    entries = []
-    for path in model_files(model_dir):
-        rel = path.relative_to(model_dir).as_posix()
-        digest = store.put_file(registered_model_key(ref, rel), path)
-        entries.append(FileEntry(path=rel, sha256=digest, size=path.stat().st_size))
-    held_digest = store.put_file(registered_heldout_key(ref, heldout.name), heldout)
-    registration = Registration(
-        model=ref.name,
-        version=ref.version,
-        task=task_type.name,
-        heldout_format=task_type.heldout_format,
-        files=entries,
-        heldout=FileEntry(path=heldout.name, sha256=held_digest, size=heldout.stat().st_size),
-        source_checksum=source_checksum(entries),
-    )
+    # Every upload goes to a prefix of its own; registration.json (create-only) decides which one counts.
+    upload_id = uuid.uuid4().hex[:16]
     try:
+        entries = []
+        for path in model_files(model_dir):
+            rel = path.relative_to(model_dir).as_posix()
+            digest = store.put_file(registered_model_key(ref, rel, upload_id), path)
+            entries.append(FileEntry(path=rel, sha256=digest, size=path.stat().st_size))
+        held_digest = store.put_file(registered_heldout_key(ref, heldout.name, upload_id), heldout)
+        registration = Registration(
+            model=ref.name,
+            version=ref.version,
+            task=task_type.name,
+            heldout_format=task_type.heldout_format,
+            files=entries,
+            heldout=FileEntry(path=heldout.name, sha256=held_digest, size=heldout.stat().st_size),
+            source_checksum=source_checksum(entries),
+            upload_id=upload_id,
+        )
         _put_json(store, registration_key(ref), registration, create_only=True)
     except ConflictError:
+        if _registered_upload(store, ref) == upload_id:  # our own write landed; its answer was lost
+            return load_registration(store, ref)
+        _cleanup_upload(store, ref, upload_id)
         raise ConflictError(f"{ref} was registered concurrently by someone else: use a new version") from None
+    except BaseException:
+        if _registered_upload(store, ref, quiet=True) != upload_id:
+            _cleanup_upload(store, ref, upload_id)
+        raise
     return registration
+
+
+def _registered_upload(store: ObjectStore, ref: ModelRef, quiet: bool = False) -> str | None:
+    """The upload id the stored registration.json names (None without one)."""
+    try:
+        return load_registration(store, ref).upload_id
+    except QuantgateError:
+        if quiet:
+            return None
+        raise
+
+
+def _cleanup_upload(store: ObjectStore, ref: ModelRef, upload_id: str) -> None:
+    """Best effort: a failed or losing registration removes its own upload, and only that."""
+    # What cannot be deleted stays under uploads/<id>/, which no registration names: never read.
+    with contextlib.suppress(StorageError):
+        _delete_prefix(store, upload_prefix(ref, upload_id))
 
 
 def load_registration(store: ObjectStore, ref: ModelRef) -> Registration:
     try:
         raw = store.get_bytes(registration_key(ref))
     except NotFoundError:
+        store.require_bucket()  # a missing bucket is not "not registered"
         raise NotFoundError(
             f"{ref} is not registered (no {registration_key(ref)} in bucket {store.bucket!r}): "
             f"run `quantgate register {ref.name} {ref.version} --model-dir ... --heldout ...` or "
             "`quantgate list` to see registered versions"
         ) from None
-    try:
-        registration = Registration.model_validate_json(raw)
-    except ValidationError as exc:
-        raise IntegrityError(
-            f"{registration_key(ref)} is not a valid registration: {exc.error_count()} errors"
-        ) from None
+    registration = _parse_record(
+        store,
+        registration_key(ref),
+        raw,
+        Registration,
+        "registration",
+        "register the model again as a new version",
+    )
     if registration.ref != ref:
         raise IntegrityError(f"{registration_key(ref)} describes {registration.ref}, not {ref}")
     return registration
@@ -139,23 +246,72 @@ def list_registered(store: ObjectStore, model: str | None = None) -> list[ModelR
     return sorted({r for r in refs if r is not None}, key=lambda r: (r.name, r.version))
 
 
+@dataclass
+class RunHistory:
+    failed: int = 0
+    unreadable: list[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> int:
+        """Failed runs; an unreadable run report counts as one (it never said it succeeded)."""
+        return self.failed + len(self.unreadable)
+
+
+def run_history(store: ObjectStore, ref: ModelRef) -> RunHistory:
+    history = RunHistory()
+    for obj in store.list(f"runs/{ref.name}/{ref.version}/"):
+        if not obj.key.endswith("/report.json") or obj.key.count("/") != 4:
+            continue
+        try:
+            report = _load_json(store, obj.key, "run report", "delete it")
+        except (IntegrityError, NotFoundError):
+            history.unreadable.append(obj.key)
+            continue
+        if report.get("outcome") == "failed":
+            history.failed += 1
+    return history
+
+
 def failed_runs(store: ObjectStore, ref: ModelRef) -> int:
-    prefix = f"runs/{ref.name}/{ref.version}/"
-    return sum(
-        1
-        for obj in store.list(prefix)
-        if obj.key.endswith("/report.json")
-        and json.loads(store.get_bytes(obj.key)).get("outcome") == "failed"
-    )
+    return run_history(store, ref).failures
+
+
+@dataclass
+class SweepPlan:
+    """What the registry sweep should run, and what it skipped and why (one line per version)."""
+
+    pending: list[ModelRef] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def sweep_plan(store: ObjectStore, max_failures: int) -> SweepPlan:
+    """Registered versions with no decision, and promotions whose tail (pointer, audit) is unfinished,
+    oldest-named first; versions that failed `max_failures` times are skipped. One unreadable object
+    skips its own version (and says so), never the whole sweep."""
+    plan = SweepPlan()
+    for ref in list_registered(store):
+        try:
+            decision = decision_of(store, ref)
+            if decision == "promoted":
+                if not promotion_finished(store, ref):
+                    plan.pending.append(ref)
+                continue
+            if decision is not None:
+                continue
+            history = run_history(store, ref)
+            if history.unreadable:
+                plan.skipped[str(ref)] = f"unreadable run report(s) counted as failed: {history.unreadable}"
+            if history.failures >= max_failures:
+                plan.skipped[str(ref)] = f"{history.failures} failed run(s) (limit {max_failures})"
+                continue
+            plan.pending.append(ref)
+        except QuantgateError as exc:
+            plan.skipped[str(ref)] = f"{type(exc).__name__}: {exc}"
+    return plan
 
 
 def undecided(store: ObjectStore, max_failures: int) -> list[ModelRef]:
-    """Registered versions with no decision, oldest-named first, skipping those that failed too often."""
-    return [
-        ref
-        for ref in list_registered(store)
-        if decision_of(store, ref) is None and failed_runs(store, ref) < max_failures
-    ]
+    return sweep_plan(store, max_failures).pending
 
 
 # --- pull --------------------------------------------------------------------------------------------------
@@ -168,14 +324,21 @@ class PulledVersion:
     heldout_path: Path
 
 
-def _download_verified(store: ObjectStore, key: str, dest: Path, entry: FileEntry) -> None:
+def _download_verified(
+    store: ObjectStore, key: str, dest: Path, entry: FileEntry, what: str = "registration"
+) -> None:
     store.get_file(key, dest)
     actual = sha256_file(dest)
     if actual != entry.sha256:
         dest.unlink()
+        way_out = (
+            "register the model again as a new version"
+            if what == "registration"
+            else "the promotion was tampered with or damaged: roll back or promote another version"
+        )
         raise IntegrityError(
-            f"{key} has sha256 {actual[:12]}… but its registration says {entry.sha256[:12]}…: "
-            "the stored file changed after registration; register the model again as a new version"
+            f"{key} has sha256 {actual[:12]}… but its {what} says {entry.sha256[:12]}…: "
+            f"the stored file changed after {what}; {way_out}"
         )
 
 
@@ -183,11 +346,9 @@ def pull(store: ObjectStore, ref: ModelRef, dest: Path) -> PulledVersion:
     registration = load_registration(store, ref)
     model_dir = dest / "model"
     for entry in registration.files:
-        _download_verified(store, registered_model_key(ref, entry.path), model_dir / entry.path, entry)
+        _download_verified(store, registration.model_key(entry.path), model_dir / entry.path, entry)
     heldout_path = dest / "heldout" / registration.heldout.path
-    _download_verified(
-        store, registered_heldout_key(ref, registration.heldout.path), heldout_path, registration.heldout
-    )
+    _download_verified(store, registration.heldout_key(), heldout_path, registration.heldout)
     return PulledVersion(registration, model_dir, heldout_path)
 
 
@@ -203,16 +364,39 @@ def decision_of(store: ObjectStore, ref: ModelRef) -> Outcome | None:
 
 
 def load_manifest(store: ObjectStore, ref: ModelRef) -> Manifest:
-    return Manifest.model_validate_json(store.get_bytes(manifest_key(ref)))
+    return _manifest_with_digest(store, ref)[0]
+
+
+def _manifest_with_digest(store: ObjectStore, ref: ModelRef) -> tuple[Manifest, str]:
+    key = manifest_key(ref)
+    raw = store.get_bytes(key)
+    manifest = _parse_record(store, key, raw, Manifest, "manifest", _MANIFEST_FIX)
+    if (manifest.model, manifest.version) != (ref.name, ref.version):
+        raise _corrupt(
+            store, key, "manifest", f"it describes {manifest.model}@{manifest.version}", _MANIFEST_FIX
+        )
+    return manifest, sha256_bytes(raw)
+
+
+def load_rejection(store: ObjectStore, ref: ModelRef) -> dict[str, Any]:
+    return _load_json(
+        store, rejection_key(ref), "rejection record", "delete it and run the version again to re-decide"
+    )
 
 
 def load_decision_report(store: ObjectStore, ref: ModelRef) -> dict[str, Any]:
     """The report of the run that decided a version (promoted or rejected)."""
     decision = decision_of(store, ref)
     if decision == "promoted":
-        return json.loads(read_promoted_file(store, ref, "report.json"))
+        key = promoted_key(ref, "report.json")
+        raw = read_promoted_file(store, ref, "report.json")
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise _corrupt(store, key, "run report", "not JSON", _MANIFEST_FIX) from None
     if decision == "rejected":
-        return json.loads(store.get_bytes(rejection_key(ref)))
+        return load_rejection(store, ref)
+    store.require_bucket()
     raise NotFoundError(f"{ref} has no decision yet: run `quantgate run {ref.name} {ref.version}`")
 
 
@@ -223,7 +407,10 @@ def read_promoted_file(store: ObjectStore, ref: ModelRef, name: str) -> bytes:
         if entry.path.rsplit("/", 1)[-1] == name or entry.path.endswith("/" + name):
             data = store.get_bytes(promoted_key(ref, entry.path))
             if sha256_bytes(data) != entry.sha256:
-                raise IntegrityError(f"{ref}: {entry.path} does not match its manifest checksum")
+                raise IntegrityError(
+                    f"{ref}: {entry.path} does not match its manifest checksum: the promoted file was "
+                    f"changed or damaged; `quantgate verify {ref.name} {ref.version}` lists every file"
+                )
             return data
     raise NotFoundError(f"{ref} has no promoted file {name!r}")
 
@@ -233,57 +420,75 @@ def promote(
 ) -> Manifest:
     """Promote one version: the guarantees (README, "Guarantees") rest on this order.
 
-    1. upload every file under promoted/<m>/<v>/<run-id>/ (a prefix no other run writes), with its sha256
-       checked by the server on receipt and compared again after;
-    2. write manifest.json create-only: the commit point. Losing that race raises ConflictError after
-       this run's own uploads are deleted;
-    3. finish: delete leftovers of killed runs, swap promoted/<m>/current.json, append the audit event.
+    1. upload every file under promoted/<m>/<v>/<run-id>/ (a prefix no other run writes), tagged with
+       the run id, its sha256 checked by the server on receipt and compared again after;
+    2. write manifest.json create-only, stamped with the promotion time: the commit point. Losing that
+       race to another run raises ConflictError after this run's own uploads are deleted;
+    3. finish: swap promoted/<m>/current.json (never back to an older promotion), append the audit event.
+    Safe to call again after any failed write: a manifest with this run's id is this run's own commit
+    (an earlier attempt's write landed), and the promotion carries on from it.
     `local_files` maps a path under the run prefix to a local file; report.json is added here."""
     ref = ModelRef(name=manifest.model, version=manifest.version)
     if store.exists(manifest_key(ref)):
-        raise ConflictError(f"{ref} is already promoted: it is never overwritten; register a new version")
+        return _resume_or_refuse(store, ref, manifest.run_id, actor)
     prefix = artifact_prefix(ref, manifest.run_id)
     rel_prefix = prefix.removeprefix(promoted_prefix(ref))
     entries = []
     for rel, path in sorted(local_files.items()):
         key = prefix + rel
-        digest = store.put_file(key, path)
+        digest = store.put_file(key, path, run_id=manifest.run_id)
         stored = store.sha256_of(key)
         if stored is not None and stored != digest:
             raise IntegrityError(f"{key} was stored with sha256 {stored[:12]}…, expected {digest[:12]}…")
         entries.append(FileEntry(path=rel_prefix + rel, sha256=digest, size=path.stat().st_size))
     report_bytes = _json_bytes(report)
-    report_digest = _put_json(store, prefix + "report.json", report)
+    report_digest = _put_json(store, prefix + "report.json", report, run_id=manifest.run_id)
     entries.append(FileEntry(path=rel_prefix + "report.json", sha256=report_digest, size=len(report_bytes)))
-    final = manifest.model_copy(update={"files": entries})
+    final = manifest.model_copy(update={"files": entries, "promoted_at": utcnow()})
     try:
-        _put_json(store, manifest_key(ref), final, create_only=True)
+        _put_json(store, manifest_key(ref), final, create_only=True, run_id=manifest.run_id)
     except ConflictError:
-        for obj in list(store.list(prefix)):
-            store.delete(obj.key)
-        raise ConflictError(f"{ref} was promoted by a concurrent run; this run promoted nothing") from None
+        return _resume_or_refuse(store, ref, manifest.run_id, actor)
     finish_promotion(store, ref, actor)
     return final
 
 
-def _manifest_with_digest(store: ObjectStore, ref: ModelRef) -> tuple[Manifest, str]:
-    raw = store.get_bytes(manifest_key(ref))
-    return Manifest.model_validate_json(raw), sha256_bytes(raw)
+def _resume_or_refuse(store: ObjectStore, ref: ModelRef, run_id: str, actor: str) -> Manifest:
+    """The manifest exists: this run's own (finish it) or another run's (delete our uploads, refuse)."""
+    existing, _ = _manifest_with_digest(store, ref)
+    if existing.run_id == run_id:
+        finish_promotion(store, ref, actor)
+        return existing
+    _delete_prefix(store, artifact_prefix(ref, run_id))
+    raise ConflictError(
+        f"{ref} was already promoted by run {existing.run_id} (a concurrent or earlier run); this run "
+        "promoted nothing and removed its own uploads"
+    )
+
+
+def promotion_finished(store: ObjectStore, ref: ModelRef) -> bool:
+    """True when the promotion's audit event exists (its pointer step is done, moved or superseded)."""
+    _, digest = _manifest_with_digest(store, ref)
+    return _audited(store, ref, digest)
+
+
+def _audited(store: ObjectStore, ref: ModelRef, digest: str) -> bool:
+    return any(
+        e.action == "promote" and e.version == ref.version and e.manifest_sha256 == digest
+        for e in audit_log(store, ref.name)
+    )
 
 
 def finish_promotion(store: ObjectStore, ref: ModelRef, actor: str) -> bool:
-    """Idempotent tail of a promotion, also run when a decided version is run again: removes objects
-    under promoted/<m>/<v>/ that the manifest does not list (left by a killed run), then points
-    current.json at this version and records the audit event unless that was already done.
-    True when it had something to finish."""
+    """Idempotent tail of a promotion, run by the promoting run and by anyone who finds it unfinished
+    (a re-run, the sweep): removes objects a quantgate run left under promoted/<m>/<v>/ that the manifest
+    does not list, moves current.json to this version unless a later promotion or rollback already moved
+    it, and records the audit event. True when it had something to finish."""
     manifest, digest = _manifest_with_digest(store, ref)
-    keep = {manifest_key(ref)} | {promoted_key(ref, f.path) for f in manifest.files}
-    for obj in list(store.list(promoted_prefix(ref))):
-        if obj.key not in keep:
-            store.delete(obj.key)
-    if any(e.action == "promote" and e.version == ref.version for e in audit_log(store, ref.name)):
+    _remove_leftovers(store, ref, manifest)
+    if _audited(store, ref, digest):
         return False
-    previous = _swap_pointer(store, ref, digest, manifest.run_id, "promote")
+    moved, previous = _advance_pointer(store, ref, manifest, digest)
     _append_audit(
         store,
         AuditEvent(
@@ -295,55 +500,276 @@ def finish_promotion(store: ObjectStore, ref: ModelRef, actor: str) -> bool:
             actor=actor,
             manifest_sha256=digest,
             files=manifest.files,
+            pointer_moved=moved,
         ),
     )
     return True
 
 
-def _swap_pointer(store: ObjectStore, ref: ModelRef, digest: str, run_id: str, action: str) -> str | None:
-    """Compare-and-swap current.json (If-Match on its ETag, If-None-Match for the first); retried when
-    another promotion or rollback of the same model moved it in between."""
-    key = current_key(ref.name)
-    for _ in range(10):
-        found = store.get_with_etag(key)
-        previous = Pointer.model_validate_json(found[0]).version if found else None
-        pointer = Pointer(
-            model=ref.name, version=ref.version, manifest_sha256=digest, run_id=run_id, action=action
-        )  # type: ignore[arg-type]
+def _remove_leftovers(store: ObjectStore, ref: ModelRef, manifest: Manifest) -> None:
+    """Delete what killed or losing runs uploaded under promoted/<m>/<v>/<run-id>/ and no manifest lists:
+    only objects tagged with the run id of the prefix they are under. Anything else there (a team's
+    signature or notes file) is not ours and stays."""
+    keep = {manifest_key(ref)} | {promoted_key(ref, f.path) for f in manifest.files}
+    base = promoted_prefix(ref)
+    for obj in list(store.list(base)):
+        if obj.key in keep or "/" not in obj.key.removeprefix(base):
+            continue
+        run_segment = obj.key.removeprefix(base).split("/", 1)[0]
         try:
-            _put_json(store, key, pointer, create_only=found is None, if_match=found[1] if found else None)
+            tagged = store.head(obj.key).metadata.get(RUN_METADATA)
+        except NotFoundError:
+            continue
+        if tagged == run_segment:
+            store.delete(obj.key)
+
+
+def _load_pointer(store: ObjectStore, model: str) -> tuple[Pointer, str] | None:
+    key = current_key(model)
+    found = store.get_with_etag(key)
+    if found is None:
+        return None
+    return _parse_record(store, key, found[0], Pointer, "pointer", _POINTER_FIX), found[1]
+
+
+def _pointer_time(store: ObjectStore, pointer: Pointer) -> datetime | None:
+    """When the decision behind the current pointer was made: a rollback at its own time, a promotion at
+    its manifest's promotion time."""
+    if pointer.action == "rollback":
+        return parse_time(pointer.updated_at)
+    if pointer.promoted_at:
+        return parse_time(pointer.promoted_at)
+    try:  # a pointer written before promotion times were recorded in it
+        return parse_time(
+            load_manifest(store, ModelRef(name=pointer.model, version=pointer.version)).promoted_at
+        )
+    except QuantgateError:
+        return parse_time(pointer.updated_at)
+
+
+def _advance_pointer(
+    store: ObjectStore, ref: ModelRef, manifest: Manifest, digest: str
+) -> tuple[bool, str | None]:
+    """Compare-and-swap current.json to this promotion unless a later decision holds it. Returns (moved,
+    the version it pointed at before). Retried when another writer moved it in between."""
+    key = current_key(ref.name)
+    promoted_at = parse_time(manifest.promoted_at)
+    for _ in range(10):
+        found = _load_pointer(store, ref.name)
+        pointer, etag = found if found else (None, None)
+        if pointer is not None and pointer.version == ref.version and pointer.manifest_sha256 == digest:
+            return True, pointer.previous_version  # an earlier attempt's swap landed
+        if pointer is not None:
+            decided_at = _pointer_time(store, pointer)
+            if promoted_at is None or (decided_at is not None and decided_at >= promoted_at):
+                return False, pointer.version  # a later promotion or rollback holds the pointer
+        new = Pointer(
+            model=ref.name,
+            version=ref.version,
+            manifest_sha256=digest,
+            run_id=manifest.run_id,
+            action="promote",
+            promoted_at=manifest.promoted_at,
+            previous_version=pointer.version if pointer else None,
+        )
+        try:
+            _put_json(store, key, new, create_only=pointer is None, if_match=etag)
         except ConflictError:
             continue
-        return previous
+        return True, new.previous_version
     raise ConflictError(f"{key} kept changing under concurrent updates; run the command again")
 
 
 def _append_audit(store: ObjectStore, event: AuditEvent) -> str:
-    # Keys sort in time order: a zero-padded nanosecond clock, then a random tie-breaker.
-    name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}-{event.action}-{event.version}.json"
-    key = audit_prefix(event.model) + name
+    key = audit_key(event.model, time.time_ns(), uuid.uuid4().hex[:8], event.action, event.version)
     _put_json(store, key, event, create_only=True)
     return key
 
 
+@dataclass
+class AuditLog:
+    events: list[AuditEvent]
+    skipped: list[str]  # keys under audit/<m>/ that are not quantgate events (stray or unreadable)
+
+
+def read_audit_log(store: ObjectStore, model: str) -> AuditLog:
+    """Every promotion and rollback of a model, oldest first (keys sort by time). Objects whose key
+    does not have the audit shape, or that do not parse, are skipped and listed: never trusted."""
+    log = AuditLog(events=[], skipped=[])
+    prefix = audit_prefix(model)
+    for obj in store.list(prefix):
+        if not AUDIT_NAME_RE.fullmatch(obj.key.removeprefix(prefix)):
+            log.skipped.append(obj.key)
+            continue
+        try:
+            event = AuditEvent.model_validate_json(store.get_bytes(obj.key))
+        except (ValidationError, NotFoundError):
+            log.skipped.append(obj.key)
+            continue
+        if event.model != model:
+            log.skipped.append(obj.key)
+            continue
+        log.events.append(event)
+    return log
+
+
 def audit_log(store: ObjectStore, model: str) -> list[AuditEvent]:
-    """Every promotion and rollback of a model, oldest first (keys sort by time)."""
-    return [AuditEvent.model_validate_json(store.get_bytes(o.key)) for o in store.list(audit_prefix(model))]
+    return read_audit_log(store, model).events
 
 
 def current(store: ObjectStore, model: str) -> Pointer | None:
-    found = store.get_with_etag(current_key(model))
-    return Pointer.model_validate_json(found[0]) if found else None
+    found = _load_pointer(store, model)
+    return found[0] if found else None
+
+
+# --- verify and pull ----------------------------------------------------------------------------------
+
+
+class FileCheck(BaseModel):
+    path: str
+    status: Literal["ok", "missing", "size", "sha256"]
+    detail: str = ""
+
+
+class Verification(BaseModel):
+    model: str
+    version: str
+    manifest_sha256: str
+    files: list[FileCheck]
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        return "; ".join(self.problems[:5]) + (
+            f"; and {len(self.problems) - 5} more" if len(self.problems) > 5 else ""
+        )
+
+
+def verify_promotion(store: ObjectStore, ref: ModelRef, deep: bool = False) -> Verification:
+    """Check a promotion in place: the manifest parses and matches the digest its audit event (and the
+    pointer, when it names this version) recorded; every file it lists exists with its size and sha256
+    (the checksum the server stored at upload, or the bytes themselves with `deep`)."""
+    if not store.exists(manifest_key(ref)):
+        store.require_bucket()
+        raise NotFoundError(f"{ref} was never promoted: `quantgate list {ref.name}` shows promoted versions")
+    manifest, digest = _manifest_with_digest(store, ref)
+    problems: list[str] = []
+    recorded = {e.manifest_sha256 for e in audit_log(store, ref.name) if e.version == ref.version}
+    if recorded and digest not in recorded:
+        problems.append(
+            f"manifest.json changed after it was promoted (sha256 {digest[:12]}… not in the audit log)"
+        )
+    pointer = current(store, ref.name)
+    if pointer is not None and pointer.version == ref.version and pointer.manifest_sha256 != digest:
+        problems.append(
+            f"current.json names manifest sha256 {pointer.manifest_sha256[:12]}…, found {digest[:12]}…"
+        )
+    checks = []
+    for entry in manifest.files:
+        key = promoted_key(ref, entry.path)
+        try:
+            head = store.head(key)
+        except NotFoundError:
+            checks.append(FileCheck(path=entry.path, status="missing", detail=f"s3://{store.bucket}/{key}"))
+            continue
+        if head.size != entry.size:
+            checks.append(
+                FileCheck(
+                    path=entry.path, status="size", detail=f"{head.size} bytes, manifest says {entry.size}"
+                )
+            )
+            continue
+        actual = sha256_bytes(store.get_bytes(key)) if deep or head.sha256 is None else head.sha256
+        if actual != entry.sha256:
+            checks.append(
+                FileCheck(
+                    path=entry.path,
+                    status="sha256",
+                    detail=f"{actual[:12]}…, manifest says {entry.sha256[:12]}…",
+                )
+            )
+            continue
+        checks.append(FileCheck(path=entry.path, status="ok"))
+    problems += [f"{c.path}: {c.status} ({c.detail})" for c in checks if c.status != "ok"]
+    return Verification(
+        model=ref.name, version=ref.version, manifest_sha256=digest, files=checks, problems=problems
+    )
+
+
+def _require_verified(store: ObjectStore, ref: ModelRef, action: str) -> Manifest:
+    verification = verify_promotion(store, ref)
+    if not verification.ok:
+        raise IntegrityError(
+            f"refusing to {action} {ref}: its promotion fails verification ({verification.summary()}); "
+            f"`quantgate verify {ref.name} {ref.version}` shows every file; choose another version"
+        )
+    return load_manifest(store, ref)
+
+
+def local_name(entry: FileEntry) -> str:
+    """A promoted file's path without the run prefix it is stored under."""
+    return entry.path.split("/", 1)[1] if "/" in entry.path else entry.path
+
+
+def pull_promotion(
+    store: ObjectStore, model: str, version: str | None, dest: Path
+) -> tuple[Manifest, list[Path]]:
+    """Download a promotion (default: the one current.json names) into `dest`, every file checked against
+    the manifest's sha256 after download. Files land in a hidden folder beside `dest` and are moved into
+    place only when all of them verified: a tampered or half-written promotion leaves `dest` untouched."""
+    expected_digest = None
+    if version is None:
+        pointer = current(store, model)
+        if pointer is None:
+            store.require_bucket()
+            raise NotFoundError(f"model {model!r} has no current promoted version: promote one first")
+        version, expected_digest = pointer.version, pointer.manifest_sha256
+    ref = ModelRef(name=model, version=version)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ConfigError(f"{dest} exists and is not an empty folder: pull into a new or empty folder")
+    manifest = _require_verified(store, ref, "pull")
+    raw = store.get_bytes(manifest_key(ref))
+    if expected_digest is not None and sha256_bytes(raw) != expected_digest:
+        raise IntegrityError(
+            f"{ref}: manifest.json does not match the sha256 current.json names: it changed after promotion"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parent / f".{dest.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        paths = []
+        for entry in manifest.files:
+            target = staging / local_name(entry)
+            _download_verified(store, promoted_key(ref, entry.path), target, entry, what="promotion")
+            paths.append(dest / local_name(entry))
+        (staging / "manifest.json").write_bytes(raw)
+        if dest.exists():
+            dest.rmdir()
+        staging.rename(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest, [*paths, dest / "manifest.json"]
+
+
+# --- rollback and reject ------------------------------------------------------------------------------
 
 
 def rollback(store: ObjectStore, model: str, to_version: str | None, actor: str) -> AuditEvent:
     """Point current.json back at an earlier promoted version (default: the one promoted before the
-    current one). Only the pointer moves: every version's files stay as they were."""
-    pointer = current(store, model)
-    if pointer is None:
+    current one), after verifying every file of its manifest. One compare-and-swap against the pointer as
+    read: if it moved meanwhile, nothing changes and the operator is told. Only the pointer moves."""
+    found = _load_pointer(store, model)
+    if found is None:
+        store.require_bucket()
         raise NotFoundError(f"model {model!r} has no promoted version to roll back")
+    pointer, etag = found
     if to_version is None:
-        promoted = [e.version for e in audit_log(store, model) if e.action == "promote"]
+        promoted: list[str] = []
+        for e in audit_log(store, model):
+            if e.action == "promote" and e.version not in promoted:
+                promoted.append(e.version)
         earlier = promoted[: promoted.index(pointer.version)] if pointer.version in promoted else []
         if not earlier:
             raise NotFoundError(
@@ -355,13 +781,29 @@ def rollback(store: ObjectStore, model: str, to_version: str | None, actor: str)
         raise NotFoundError(f"{ref} was never promoted: `quantgate list {model}` shows promoted versions")
     if ref.version == pointer.version:
         raise ConflictError(f"{ref} is already the current version")
-    manifest, digest = _manifest_with_digest(store, ref)
-    previous = _swap_pointer(store, ref, digest, manifest.run_id, "rollback")
+    manifest = _require_verified(store, ref, "roll back to")
+    _, digest = _manifest_with_digest(store, ref)
+    new = Pointer(
+        model=model,
+        version=ref.version,
+        manifest_sha256=digest,
+        run_id=manifest.run_id,
+        action="rollback",
+        promoted_at=manifest.promoted_at,
+        previous_version=pointer.version,
+    )
+    try:
+        _put_json(store, current_key(model), new, if_match=etag)
+    except ConflictError:
+        raise ConflictError(
+            f"current.json of {model!r} changed while rolling back (another promotion or rollback): "
+            "check `quantgate list` and run the rollback again"
+        ) from None
     event = AuditEvent(
         action="rollback",
         model=model,
         version=ref.version,
-        previous_version=previous,
+        previous_version=pointer.version,
         run_id=None,
         actor=actor,
         manifest_sha256=digest,
@@ -378,14 +820,29 @@ def reject(
     parity: dict[str, Any],
     plots: dict[str, Path] | None = None,
 ) -> str:
-    """Record a rejection where a person looks for it: rejected/<m>/<v>/. Nothing goes to promoted/."""
-    _put_json(store, f"{rejected_prefix(ref)}parity_report.json", parity)
-    for name, plot in (plots or {}).items():
-        store.put_file(f"{rejected_prefix(ref)}{name}", plot)
+    """Record a rejection where a person looks for it: rejected/<m>/<v>/. Nothing goes to promoted/.
+    The side files go under the run's own prefix and the create-only record names them, so concurrent
+    rejections never mix one run's record with another's plots."""
+    run_id = str(report["run_id"])
+    prefix = rejection_files_prefix(ref, run_id)
+    side: list[FileEntry] = []
+    parity_bytes = _json_bytes(parity)
+    digest = _put_json(store, prefix + "parity_report.json", parity, run_id=run_id)
+    side.append(FileEntry(path=f"{run_id}/parity_report.json", sha256=digest, size=len(parity_bytes)))
+    for name, plot in sorted((plots or {}).items()):
+        digest = store.put_file(prefix + name, plot, run_id=run_id)
+        side.append(FileEntry(path=f"{run_id}/{name}", sha256=digest, size=plot.stat().st_size))
+    record = {**report, "side_files": [f.model_dump() for f in side]}
     try:
-        _put_json(store, rejection_key(ref), report, create_only=True)
+        _put_json(store, rejection_key(ref), record, create_only=True, run_id=run_id)
     except ConflictError:
-        raise ConflictError(f"{ref} was decided by a concurrent run; see `quantgate report`") from None
+        existing = load_rejection(store, ref)
+        if existing.get("run_id") == run_id:  # our own write landed; its answer was lost
+            return rejection_key(ref)
+        _delete_prefix(store, prefix)
+        raise ConflictError(
+            f"{ref} was decided by a concurrent run ({existing.get('run_id')}); see `quantgate report`"
+        ) from None
     return rejection_key(ref)
 
 
@@ -401,7 +858,7 @@ def write_data_docs(store: ObjectStore, ref: ModelRef, run_id: str, docs_dir: Pa
 def write_run_report(store: ObjectStore, ref: ModelRef, run_id: str, report: dict[str, Any]) -> str:
     key = f"{run_prefix(ref, run_id)}report.json"
     try:
-        _put_json(store, key, report)
+        _put_json(store, key, report, run_id=run_id)
     except StorageError:
         # The run report is best effort: it must never hide the error that ended the run.
         return ""

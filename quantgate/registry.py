@@ -2,15 +2,19 @@
 
 Layout inside one bucket (every key carries the model name and version):
 
-    registered/<model>/<version>/model/...            the Hugging Face folder as uploaded
-    registered/<model>/<version>/heldout/<file>       the held-out set
-    registered/<model>/<version>/registration.json    written last: task, files, sha256s
+    registered/<model>/<version>/uploads/<upload-id>/model/...   the Hugging Face folder as uploaded
+    registered/<model>/<version>/uploads/<upload-id>/heldout/<f> the held-out set
+    registered/<model>/<version>/registration.json    written last, create-only: task, upload id, sha256s
     promoted/<model>/<version>/<run-id>/...           INT8 model, tokenizer, reports (immutable, per run)
     promoted/<model>/<version>/manifest.json          create-only: the commit point of a version
     promoted/<model>/current.json                     the pointer serving reads; compare-and-swap, last
     audit/<model>/<time>-<id>-<action>-<version>.json one create-only object per promotion or rollback
-    rejected/<model>/<version>/report.json            the decision record of a rejected version
+    rejected/<model>/<version>/<run-id>/...           the rejecting run's side files (parity, plots)
+    rejected/<model>/<version>/report.json            create-only: the decision record of a rejection
     runs/<model>/<version>/<run-id>/report.json       every run's own report (promoted, rejected, failed)
+
+Registrations made by other tools may put the folder at registered/<m>/<v>/model/ and the held-out set at
+registered/<m>/<v>/heldout/ (no upload id): both layouts are read.
 
 A version is *decided* when its manifest or its rejection record exists. Readers of promoted/ must read
 manifest.json first and trust only the files it lists (with their sha256).
@@ -96,12 +100,20 @@ def registered_prefix(ref: ModelRef) -> str:
     return f"registered/{ref.name}/{ref.version}/"
 
 
-def registered_model_key(ref: ModelRef, rel: str) -> str:
-    return f"{registered_prefix(ref)}model/{_safe_relpath(rel)}"
+def upload_prefix(ref: ModelRef, upload_id: str | None) -> str:
+    """Where one `register` uploads its files: a prefix of its own, so two registrations of one version
+    never write the same key; the create-only registration.json decides which upload counts."""
+    if upload_id is None:
+        return registered_prefix(ref)
+    return f"{registered_prefix(ref)}uploads/{_safe_relpath(upload_id)}/"
 
 
-def registered_heldout_key(ref: ModelRef, filename: str) -> str:
-    return f"{registered_prefix(ref)}heldout/{_safe_relpath(filename)}"
+def registered_model_key(ref: ModelRef, rel: str, upload_id: str | None = None) -> str:
+    return f"{upload_prefix(ref, upload_id)}model/{_safe_relpath(rel)}"
+
+
+def registered_heldout_key(ref: ModelRef, filename: str, upload_id: str | None = None) -> str:
+    return f"{upload_prefix(ref, upload_id)}heldout/{_safe_relpath(filename)}"
 
 
 def registration_key(ref: ModelRef) -> str:
@@ -141,6 +153,11 @@ def rejection_key(ref: ModelRef) -> str:
     return f"{rejected_prefix(ref)}report.json"
 
 
+def rejection_files_prefix(ref: ModelRef, run_id: str) -> str:
+    """A rejecting run's side files (parity report, plots): its own prefix, named by its record."""
+    return f"{rejected_prefix(ref)}{_safe_relpath(run_id)}/"
+
+
 def run_prefix(ref: ModelRef, run_id: str) -> str:
     return f"runs/{ref.name}/{ref.version}/{_safe_relpath(run_id)}/"
 
@@ -160,7 +177,18 @@ def parse_registration_key(key: str) -> ModelRef | None:
 
 
 def utcnow() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    # Microseconds: promotion times order versions (a pointer never moves back to an older promotion).
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class FileEntry(BaseModel):
@@ -179,10 +207,19 @@ class Registration(BaseModel):
     files: list[FileEntry]
     heldout: FileEntry
     source_checksum: str
+    upload_id: str | None = Field(
+        default=None, description="the upload whose files count; None: files at registered/<m>/<v>/model/"
+    )
 
     @property
     def ref(self) -> ModelRef:
         return ModelRef(name=self.model, version=self.version)
+
+    def model_key(self, rel: str) -> str:
+        return registered_model_key(self.ref, rel, self.upload_id)
+
+    def heldout_key(self) -> str:
+        return registered_heldout_key(self.ref, self.heldout.path, self.upload_id)
 
 
 def source_checksum(files: list[FileEntry]) -> str:
@@ -200,7 +237,9 @@ class Manifest(BaseModel):
     model: str
     version: str
     run_id: str
-    promoted_at: str = Field(default_factory=utcnow)
+    promoted_at: str = Field(
+        default_factory=utcnow, description="set when the manifest is written: orders promoted versions"
+    )
     task: str
     recipe: dict[str, Any]
     files: list[FileEntry]
@@ -224,6 +263,8 @@ class Pointer(BaseModel):
     run_id: str
     updated_at: str = Field(default_factory=utcnow)
     action: Literal["promote", "rollback"]
+    promoted_at: str | None = Field(default=None, description="the promotion time of `version`")
+    previous_version: str | None = None
 
 
 class AuditEvent(BaseModel):
@@ -236,6 +277,20 @@ class AuditEvent(BaseModel):
     at: str = Field(default_factory=utcnow)
     manifest_sha256: str
     files: list[FileEntry] = Field(default_factory=list)
+    pointer_moved: bool = Field(
+        default=True,
+        description="False when a promotion finished after a newer one (or a rollback) moved the pointer: "
+        "the version is promoted, but current.json stays where the later decision put it",
+    )
+
+
+# Audit keys: a zero-padded nanosecond clock (so keys sort in time order), a random id, the action and the
+# version. Objects under audit/<m>/ whose key does not have this shape are not events and are skipped.
+AUDIT_NAME_RE = re.compile(r"^\d{20}-[0-9a-f]{8}-(promote|rollback)-[A-Za-z0-9._+-]+\.json$")
+
+
+def audit_key(model: str, time_ns: int, token: str, action: str, version: str) -> str:
+    return f"{audit_prefix(model)}{time_ns:020d}-{token}-{action}-{check_version(version)}.json"
 
 
 def registry_summary(outcome: str, ref: ModelRef, failed: list[Any]) -> str:

@@ -43,8 +43,17 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _metadata(digest: str, run_id: str | None) -> dict[str, str]:
+    return {"sha256": digest} | ({RUN_METADATA: run_id} if run_id else {})
+
+
 def _b64(hex_digest: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_digest)).decode()
+
+
+# User metadata that marks an object as written by a quantgate run (its run id): repair deletes only
+# objects carrying it, never a file a team put beside a promotion (S3 lower-cases metadata names).
+RUN_METADATA = "quantgate-run"
 
 
 @dataclass(frozen=True)
@@ -54,25 +63,40 @@ class StoredObject:
     etag: str
 
 
+@dataclass(frozen=True)
+class ObjectHead:
+    """What HEAD tells about one object: its size, the SHA-256 the server stored at upload (None when it
+    keeps none), and its user metadata."""
+
+    size: int
+    sha256: str | None
+    metadata: dict[str, str]
+
+
+def make_client(settings: Settings) -> Any:
+    """The boto3 S3 client every ObjectStore uses. Tests wrap it to inject faults at every write."""
+    # A session of its own: boto3's default session caches the credentials it resolved first.
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.s3_region,
+        config=Config(
+            s3={"addressing_style": "path"},
+            signature_version="s3v4",
+            connect_timeout=settings.connect_timeout_s,
+            read_timeout=settings.read_timeout_s,
+            retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+        ),
+    )
+
+
 class ObjectStore:
     """A bucket behind boto3, with errors translated into quantgate's error family."""
 
     def __init__(self, settings: Settings, client: Any | None = None) -> None:
         self.bucket = settings.bucket
         self.endpoint = settings.s3_endpoint_url or "AWS S3"
-        # A session of its own: boto3's default session caches the credentials it resolved first.
-        self._client = client or boto3.session.Session().client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            region_name=settings.s3_region,
-            config=Config(
-                s3={"addressing_style": "path"},
-                signature_version="s3v4",
-                connect_timeout=settings.connect_timeout_s,
-                read_timeout=settings.read_timeout_s,
-                retries={"max_attempts": settings.max_attempts, "mode": "standard"},
-            ),
-        )
+        self._client = client or make_client(settings)
 
     # --- error translation ---------------------------------------------------------------------------
     def _translate(self, exc: Exception, key: str | None = None) -> StorageError:  # noqa: PLR0911 - one return per S3 error class
@@ -134,9 +158,20 @@ class ObjectStore:
         self._call("create_bucket")
         return True
 
-    def check(self) -> None:
-        """Fail fast with a clear error when the endpoint, credentials or bucket are wrong."""
-        self._call("head_bucket")
+    def require_bucket(self) -> None:
+        """A clear error when the bucket is missing: a bare 404 on a key would otherwise read as "not
+        registered" or "no decision"."""
+        try:
+            self._call("head_bucket")
+        except (StorageAuthError, StorageUnreachableError):
+            raise
+        except StorageError as exc:
+            if isinstance(exc, NotFoundError) or "404" in str(exc):
+                raise NotFoundError(
+                    f"bucket {self.bucket!r} does not exist at {self.endpoint}: create it with "
+                    "`quantgate init` or set QUANTGATE_BUCKET to the bucket you registered into"
+                ) from None
+            raise
 
     # --- objects -------------------------------------------------------------------------------------
     def put_bytes(
@@ -147,9 +182,11 @@ class ObjectStore:
         create_only: bool = False,
         if_match: str | None = None,
         content_type: str = "application/octet-stream",
+        run_id: str | None = None,
     ) -> str:
         """Write data; create_only refuses an existing key, if_match refuses a key whose ETag changed
-        since it was read (compare-and-swap). Either refusal raises ConflictError."""
+        since it was read (compare-and-swap). Either refusal raises ConflictError. `run_id` tags the
+        object as written by that run (RUN_METADATA)."""
         digest = sha256_bytes(data)
         extra: dict[str, str] = {"IfNoneMatch": "*"} if create_only else {}
         if if_match is not None:
@@ -160,17 +197,30 @@ class ObjectStore:
             Body=data,
             ChecksumSHA256=_b64(digest),
             ContentType=content_type,
-            Metadata={"sha256": digest},
+            Metadata=_metadata(digest, run_id),
             **extra,
         )
         return digest
 
-    def put_file(self, key: str, path: Path, *, digest: str | None = None, create_only: bool = False) -> str:
+    def put_file(
+        self,
+        key: str,
+        path: Path,
+        *,
+        digest: str | None = None,
+        create_only: bool = False,
+        run_id: str | None = None,
+    ) -> str:
         digest = digest or sha256_file(path)
         extra = {"IfNoneMatch": "*"} if create_only else {}
         with path.open("rb") as fh:
             self._call(
-                "put_object", key, Body=fh, ChecksumSHA256=_b64(digest), Metadata={"sha256": digest}, **extra
+                "put_object",
+                key,
+                Body=fh,
+                ChecksumSHA256=_b64(digest),
+                Metadata=_metadata(digest, run_id),
+                **extra,
             )
         return digest
 
@@ -196,11 +246,22 @@ class ObjectStore:
 
     def sha256_of(self, key: str) -> str | None:
         """The SHA-256 the server stored at upload, hex; None when the server keeps none."""
-        head = self._call("head_object", key, ChecksumMode="ENABLED")
+        return self.head(key).sha256
+
+    def head(self, key: str) -> ObjectHead:
+        """Size, stored SHA-256 and metadata of one object; NotFoundError when it does not exist."""
+        try:
+            head = self._call("head_object", key, ChecksumMode="ENABLED")
+        except StorageError as exc:
+            # HEAD carries no body, so a missing key can surface as a bare 404 without a code.
+            if not isinstance(exc, NotFoundError) and "404" in str(exc):
+                raise NotFoundError(f"s3://{self.bucket}/{key} does not exist") from None
+            raise
+        metadata = {k.lower(): v for k, v in head.get("Metadata", {}).items()}
         b64 = head.get("ChecksumSHA256")
-        if b64 and "-" not in b64:  # multipart uploads carry a checksum of checksums
-            return base64.b64decode(b64).hex()
-        return head.get("Metadata", {}).get("sha256")
+        # Multipart uploads carry a checksum of checksums ("...-N"): fall back to the metadata then.
+        sha = base64.b64decode(b64).hex() if b64 and "-" not in b64 else metadata.get("sha256")
+        return ObjectHead(size=int(head.get("ContentLength", 0)), sha256=sha, metadata=metadata)
 
     def exists(self, key: str) -> bool:
         try:

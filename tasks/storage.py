@@ -27,14 +27,17 @@ def find_decision(ref: ModelRef, settings: Settings) -> Outcome | None:
 
 @task(name="find-undecided", cache_policy=NO_CACHE, **STORAGE_TASK)
 def find_undecided(settings: Settings, max_failures: int) -> list[ModelRef]:
-    store = ObjectStore(settings)
-    pending = lifecycle.undecided(store, max_failures)
-    get_run_logger().info(
-        "%d registered version(s) without a decision: %s",
-        len(pending),
-        ", ".join(map(str, pending)) or "none",
+    """Versions without a decision and promotions left unfinished; what was skipped is logged."""
+    plan = lifecycle.sweep_plan(ObjectStore(settings), max_failures)
+    logger = get_run_logger()
+    logger.info(
+        "%d registered version(s) to run (no decision, or an unfinished promotion): %s",
+        len(plan.pending),
+        ", ".join(map(str, plan.pending)) or "none",
     )
-    return pending
+    for ref, why in plan.skipped.items():
+        logger.warning("skipped %s: %s", ref, why)
+    return plan.pending
 
 
 @task(name="pull", cache_policy=NO_CACHE, **STORAGE_TASK)
@@ -106,12 +109,14 @@ def promote(
 
 
 @task(name="finish-promotion", cache_policy=NO_CACHE, **STORAGE_TASK)
-def finish_promotion(ref: ModelRef, settings: Settings) -> bool:
-    """Completes a promotion a killed run left between its manifest and its pointer; no-op otherwise."""
-    finished = lifecycle.finish_promotion(ObjectStore(settings), ref, settings.actor)
-    if finished:
-        get_run_logger().warning("%s: finished an interrupted promotion (pointer and audit log)", ref)
-    return finished
+def finish_promotion(ref: ModelRef, settings: Settings) -> dict[str, Any] | None:
+    """Completes a promotion a killed or failed run left between its manifest and its audit event; the
+    promoted run's report when it did (so the flow can announce it), None when there was nothing to do."""
+    store = ObjectStore(settings)
+    if not lifecycle.finish_promotion(store, ref, settings.actor):
+        return None
+    get_run_logger().warning("%s: finished an interrupted promotion (pointer and audit log)", ref)
+    return lifecycle.load_decision_report(store, ref)
 
 
 @task(name="record-rejection", cache_policy=NO_CACHE, **STORAGE_TASK)

@@ -16,7 +16,7 @@ from flows.quantize_and_promote import quantize_and_promote
 from quantgate import lifecycle
 from quantgate.cli import EXIT_ERROR, app
 from quantgate.errors import HeldoutValidationError, IntegrityError, InvalidModelError
-from quantgate.registry import ModelRef, registered_model_key
+from quantgate.registry import ModelRef
 from tests.integration.conftest import snapshot
 
 runner = CliRunner()
@@ -211,8 +211,8 @@ def test_model_that_outputs_nan_is_refused(store, tmp_path, tiny_model_dir, smal
 @pytest.mark.usefixtures("prefect_api")
 def test_stored_file_changed_after_registration_is_refused(store, tiny_model_dir, small_sts):
     ref = ModelRef(name="tiny", version="tampered")
-    lifecycle.register(store, ref, tiny_model_dir, small_sts, "sentence-embedding")
-    store.put_bytes(registered_model_key(ref, "config.json"), b'{"model_type": "bert"}')
+    registration = lifecycle.register(store, ref, tiny_model_dir, small_sts, "sentence-embedding")
+    store.put_bytes(registration.model_key("config.json"), b'{"model_type": "bert"}')
     _assert_run_fails_cleanly(store, ref, IntegrityError, "changed after registration")
 
 

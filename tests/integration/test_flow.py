@@ -125,8 +125,14 @@ def test_impossible_threshold_is_rejected_and_leaves_the_promoted_location_untou
     assert rejection["outcome"] == "rejected"
     failed = {g["gate"]["metric"] for g in rejection["gates"]["results"] if not g["passed"]}
     assert "mean_cosine" in failed
-    assert store.get_bytes("rejected/tiny/v2/latency.png").startswith(b"\x89PNG")
-    assert store.get_bytes("rejected/tiny/v2/pareto.png").startswith(b"\x89PNG")
+    # The side files sit under the rejecting run's own prefix, named (with checksums) by the record.
+    side = {f["path"].rsplit("/", 1)[-1]: f for f in rejection["side_files"]}
+    run_prefix = f"rejected/tiny/v2/{rejection['run_id']}/"
+    for name in ("latency.png", "pareto.png"):
+        data = store.get_bytes(run_prefix + name)
+        assert data.startswith(b"\x89PNG")
+        assert sha256_bytes(data) == side[name]["sha256"]
+    assert json.loads(store.get_bytes(run_prefix + "parity_report.json")) == rejection["parity"]
     assert lifecycle.decision_of(store, bad) == "rejected"
     # Every candidate says which gate it failed and by how much; the fallback tried and gave up.
     search = rejection["search"]

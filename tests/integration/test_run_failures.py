@@ -1,0 +1,60 @@
+"""Every run ends with a report, whatever raised; a clear error is printed without Prefect's traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from flows.quantize_and_promote import quantize_and_promote
+from quantgate import lifecycle
+from quantgate.registry import ModelRef
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def test_a_crash_that_is_not_a_quantgate_error_still_writes_the_runs_report(
+    store, monkeypatch, tiny_model_dir, small_sts
+):
+    ref = ModelRef(name="tiny", version="v1")
+    lifecycle.register(store, ref, tiny_model_dir, small_sts, "sentence-embedding")
+
+    def explode(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug nobody anticipated")
+
+    monkeypatch.setattr("flows.quantize_and_promote.split_heldout", explode)
+    state = quantize_and_promote(model="tiny", version="v1", return_state=True)
+    assert state.is_failed()
+    reports = [o.key for o in store.list("runs/tiny/v1/") if o.key.endswith("/report.json")]
+    assert len(reports) == 1
+    report = json.loads(store.get_bytes(reports[0]))
+    assert (report["outcome"], report["error"]) == ("failed", "RuntimeError")
+    assert "a bug nobody anticipated" in report["message"]
+    assert lifecycle.failed_runs(store, ref) == 1  # so the sweep gives up after max_failures
+    assert not list(store.list("promoted/"))
+
+
+def test_an_in_flow_error_is_printed_once_without_a_traceback(s3_env, store, tiny_model_dir, small_sts):
+    from prefect.settings import PREFECT_API_URL
+
+    ref = ModelRef(name="tiny", version="tampered")
+    registration = lifecycle.register(store, ref, tiny_model_dir, small_sts, "sentence-embedding")
+    store.put_bytes(registration.model_key("config.json"), b'{"model_type": "bert"}')
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "quantgate.cli", "run", "tiny", "tampered"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out[-3000:]
+    assert "changed after registration" in out
+    assert "Traceback" not in out, out[-3000:]
