@@ -489,20 +489,27 @@ def finish_promotion(store: ObjectStore, ref: ModelRef, actor: str) -> bool:
     if _audited(store, ref, digest):
         return False
     moved, previous = _advance_pointer(store, ref, manifest, digest)
-    _append_audit(
-        store,
-        AuditEvent(
-            action="promote",
-            model=ref.name,
-            version=ref.version,
-            previous_version=previous,
-            run_id=manifest.run_id,
-            actor=actor,
-            manifest_sha256=digest,
-            files=manifest.files,
-            pointer_moved=moved,
-        ),
+    event = AuditEvent(
+        action="promote",
+        model=ref.name,
+        version=ref.version,
+        previous_version=previous,
+        run_id=manifest.run_id,
+        actor=actor,
+        manifest_sha256=digest,
+        files=manifest.files,
+        pointer_moved=moved,
     )
+    # One key per promotion (its promotion time and manifest digest), written create-only: two finishers
+    # racing (a re-run and the sweep) record it once. The key sorts by promotion time.
+    promoted_at = parse_time(manifest.promoted_at)
+    at_ns = int(promoted_at.timestamp() * 1e9) if promoted_at else time.time_ns()
+    try:
+        _append_audit(store, event, at_ns=at_ns, token=digest[:8])
+    except ConflictError:
+        if _audited(store, ref, digest):
+            return False  # the other finisher recorded it
+        _append_audit(store, event)  # a stray object squats the key: record it under a fresh one
     return True
 
 
@@ -580,8 +587,16 @@ def _advance_pointer(
     raise ConflictError(f"{key} kept changing under concurrent updates; run the command again")
 
 
-def _append_audit(store: ObjectStore, event: AuditEvent) -> str:
-    key = audit_key(event.model, time.time_ns(), uuid.uuid4().hex[:8], event.action, event.version)
+def _append_audit(
+    store: ObjectStore, event: AuditEvent, at_ns: int | None = None, token: str | None = None
+) -> str:
+    key = audit_key(
+        event.model,
+        time.time_ns() if at_ns is None else at_ns,
+        token or uuid.uuid4().hex[:8],
+        event.action,
+        event.version,
+    )
     _put_json(store, key, event, create_only=True)
     return key
 

@@ -96,6 +96,41 @@ def test_finishing_an_interrupted_promotion_never_moves_the_pointer_back(s3_env,
     assert lifecycle.current(store, "m").version == "v0"
 
 
+def test_the_sweep_revisits_a_promotion_whose_pointer_write_failed(
+    s3_env, store, tiny_model_dir, small_sts, tmp_path
+):
+    ref = ModelRef(name="m", version="v1")
+    lifecycle.register(store, ref, tiny_model_dir, small_sts, "sentence-embedding")
+    outage = faulty_store(s3_env, FaultPlan(at=0, mode="outage", match=_pointer_writes))
+    with pytest.raises(StorageError):
+        lifecycle.promote(outage, _manifest("m", "v1", "run-v1"), _files(tmp_path, "v1"), {}, actor="ci")
+    assert lifecycle.decision_of(store, ref) == "promoted"
+    assert lifecycle.sweep_plan(store, max_failures=3).pending == [ref]  # decided, but not finished
+    lifecycle.finish_promotion(store, ref, actor="sweep")
+    assert lifecycle.sweep_plan(store, max_failures=3).pending == []
+    assert_one_complete_promotion(store, ref)
+
+
+def test_racing_finishers_record_one_promotion(s3_env, store, tmp_path):
+    """A re-run and the sweep finishing the same interrupted promotion at once: one audit event."""
+    outage = faulty_store(s3_env, FaultPlan(at=0, mode="outage", match=_pointer_writes))
+    with pytest.raises(StorageError):
+        lifecycle.promote(outage, _manifest("m", "v1", "run-v1"), _files(tmp_path, "v1"), {}, actor="ci")
+    ref = ModelRef(name="m", version="v1")
+    barrier = threading.Barrier(4)
+
+    def finish() -> None:
+        barrier.wait()
+        lifecycle.finish_promotion(store, ref, actor="racer")
+
+    threads = [threading.Thread(target=finish) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert_one_complete_promotion(store, ref)
+
+
 # --- 2. concurrent registrations ----------------------------------------------------------------------
 
 
