@@ -52,3 +52,7 @@ class ExportError(QuantgateError):
 
 class SearchError(QuantgateError):
     """No candidate recipe could be built and scored: nothing to decide on."""
+
+
+class DiskFullError(QuantgateError):
+    """The local disk of the work folder or cache is full: not a storage outage, never retried."""

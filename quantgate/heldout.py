@@ -5,6 +5,7 @@ its own columns without new validation code."""
 from __future__ import annotations
 
 import csv
+import html
 import io
 import os
 from pathlib import Path
@@ -136,6 +137,17 @@ def _describe_failure(res: dict[str, Any]) -> str:
     return f"{where}{cfg.get('type', '?')} {kwargs}{detail}"
 
 
+def _escaped(value: Any) -> Any:
+    """Every string inside a GX result, HTML-escaped (dict keys too), for rendering only."""
+    if isinstance(value, str):
+        return html.escape(value)
+    if isinstance(value, dict):
+        return {_escaped(k) if isinstance(k, str) else k: _escaped(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_escaped(v) for v in value)
+    return value
+
+
 def validate_heldout(
     df: pd.DataFrame, schema: HeldoutSchema, name: str = "heldout", docs_dir: Path | None = None
 ) -> ValidationOutcome:
@@ -149,7 +161,6 @@ def validate_heldout(
     context = gx.get_context(mode="ephemeral")
     # tqdm bars from inside a Prefect task would flood the run logs.
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    actions = []
     if docs_dir is not None:
         context.add_data_docs_site(
             "quantgate",
@@ -162,7 +173,6 @@ def validate_heldout(
                 "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
             },
         )
-        actions.append(UpdateDataDocsAction(name="data-docs", site_names=["quantgate"]))
     source = context.data_sources.add_pandas(name="heldout")
     batch_def = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe("all")
     suite = context.suites.add(gx.ExpectationSuite(name=f"{name}-suite"))
@@ -175,13 +185,21 @@ def validate_heldout(
         gx.Checkpoint(
             name=f"{name}-checkpoint",
             validation_definitions=[validation],
-            actions=actions,
             result_format="SUMMARY",
         )
     )
     run = checkpoint.run(batch_parameters={"dataframe": df})
     (validation_result,) = run.run_results.values()
     result = validation_result.to_json_dict()
+    if docs_dir is not None:
+        # GX's renderer puts unexpected values into the HTML as they are: a held-out sentence such as
+        # "<script>…" would run in the browser of whoever opens the Data Docs. Render from a copy of the
+        # result whose sample values are HTML-escaped (the run's own report keeps the raw values).
+        for identifier, suite_result in run.run_results.items():
+            for res in suite_result.results:
+                res.result = _escaped(res.result)
+            context.validation_results_store.set(identifier, suite_result)
+        UpdateDataDocsAction(name="data-docs", site_names=["quantgate"]).run(run)
     failures = [_describe_failure(r) for r in result["results"] if not r["success"]]
     pages = sorted(str(p.relative_to(docs_dir)) for p in docs_dir.rglob("*.html")) if docs_dir else []
     return ValidationOutcome(

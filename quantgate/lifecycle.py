@@ -67,6 +67,7 @@ from quantgate.registry import (
 )
 from quantgate.storage import RUN_METADATA, ObjectStore, sha256_bytes, sha256_file
 from quantgate.tasktypes import get_task_type
+from quantgate.workspace import require_free_space
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -342,8 +343,17 @@ def _download_verified(
         )
 
 
+# Local space a run needs, from the registration's sizes: the download itself, the FP32 ONNX export (about
+# the size of the weights), and the candidates (INT8 is a quarter of FP32; up to 8 of them, FP16 half).
+RUN_SPACE_FACTOR = 4
+
+
 def pull(store: ObjectStore, ref: ModelRef, dest: Path) -> PulledVersion:
     registration = load_registration(store, ref)
+    model_bytes = sum(f.size for f in registration.files)
+    require_free_space(
+        dest, RUN_SPACE_FACTOR * model_bytes + 2 * registration.heldout.size, f"the run of {ref}"
+    )
     model_dir = dest / "model"
     for entry in registration.files:
         _download_verified(store, registration.model_key(entry.path), model_dir / entry.path, entry)

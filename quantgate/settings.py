@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import getpass
 import socket
-import tempfile
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from quantgate.workspace import user_cache_root
 
 
 def _default_actor() -> str:
@@ -32,10 +33,13 @@ class Settings(BaseSettings):
     )
     s3_region: str = "us-east-1"
     bucket: str = Field(default="quantgate", min_length=3, max_length=63)
-    work_dir: Path = Field(default_factory=lambda: Path(tempfile.gettempdir()) / "quantgate-work")
+    work_dir: Path = Field(
+        default_factory=lambda: user_cache_root() / "work",
+        description="per-run work folders; must be this user's own (0700), see workspace.private_dir",
+    )
     cache_dir: Path = Field(
-        default_factory=lambda: Path(tempfile.gettempdir()) / "quantgate-cache",
-        description="local cache of ONNX exports keyed by model checksum",
+        default_factory=lambda: user_cache_root() / "exports",
+        description="local cache of ONNX exports keyed by model checksum; must be this user's own (0700)",
     )
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 60.0

@@ -26,6 +26,7 @@ from quantgate.errors import (
     StorageUnreachableError,
 )
 from quantgate.settings import Settings
+from quantgate.workspace import translating_disk_full
 
 _AUTH_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "InvalidToken", "ExpiredToken"}
 _CHUNK = 1 << 20
@@ -236,13 +237,16 @@ class ObjectStore:
         return obj["Body"].read(), obj["ETag"].strip('"')
 
     def get_file(self, key: str, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        body = self._call("get_object", key)["Body"]
-        tmp = path.with_name(path.name + ".part")
-        with tmp.open("wb") as fh:
-            while chunk := body.read(_CHUNK):
-                fh.write(chunk)
-        tmp.replace(path)
+        """Download to path (via a .part file). A full local disk is a DiskFullError naming the folder,
+        never an error a storage retry would repeat."""
+        with translating_disk_full(path.parent):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            body = self._call("get_object", key)["Body"]
+            tmp = path.with_name(path.name + ".part")
+            with tmp.open("wb") as fh:
+                while chunk := body.read(_CHUNK):
+                    fh.write(chunk)
+            tmp.replace(path)
 
     def sha256_of(self, key: str) -> str | None:
         """The SHA-256 the server stored at upload, hex; None when the server keeps none."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 from quantgate.errors import (
@@ -26,6 +27,8 @@ def retry_transient_storage(task: Any, task_run: Any, state: Any) -> bool:
         return True
     except QuantgateError:
         return False
+    except OSError as exc:  # a local disk problem is not an outage; a dropped socket is
+        return exc.errno not in {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
     except Exception:  # noqa: BLE001 - an unexpected error from the network stack is worth one more try
         return True
     return False

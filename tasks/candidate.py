@@ -37,7 +37,11 @@ def export(
     """Cached by the model's source checksum: a re-run skips the export (a verified cache entry only)."""
     key = f"{task_type.name}-{source_checksum[:32]}-opset{OPSET}-atol{atol:g}"
     result, hit = cached_export(
-        cache_dir, key, lambda out: task_type.export(model_dir, out, heldout, atol, allow_pickle)
+        cache_dir,
+        key,
+        lambda out: task_type.export(model_dir, out, heldout, atol, allow_pickle),
+        source_checksum=source_checksum,
+        atol=atol,
     )
     get_run_logger().info(
         "%s %s (%.1f MB, opset %d); max |ONNX - PyTorch| = %s",

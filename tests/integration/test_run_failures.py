@@ -58,3 +58,52 @@ def test_an_in_flow_error_is_printed_once_without_a_traceback(s3_env, store, tin
     assert done.returncode == 2, out[-3000:]
     assert "changed after registration" in out
     assert "Traceback" not in out, out[-3000:]
+
+
+def test_a_full_disk_fails_the_run_at_once_naming_the_space_needed(
+    store, monkeypatch, tiny_model_dir, small_sts
+):
+    """At 5 MB free the pull is refused before it starts (estimated from the registration's sizes), and
+    not retried as if storage were down."""
+    import shutil
+    from collections import namedtuple
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from quantgate.errors import DiskFullError
+
+    ref = ModelRef(name="tiny", version="full")
+    lifecycle.register(store, ref, tiny_model_dir, small_sts, "sentence-embedding")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 5_000_000, 5_000_000))
+    state = quantize_and_promote(model="tiny", version="full", return_state=True)
+    assert state.is_failed()
+    with pytest.raises(DiskFullError, match=r"needs about \d+ MB .* only 5 MB are free"):
+        state.result()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    pulls = [r for r in runs if r.name.startswith("pull")]
+    assert [r.run_count for r in pulls] == [1]  # no retry
+    assert not list(store.list("promoted/"))
+
+
+def test_enospc_while_downloading_is_a_clear_error(store, monkeypatch, tmp_path):
+    import errno
+    from pathlib import Path
+
+    from quantgate.errors import DiskFullError
+
+    store.put_bytes("some/object", b"x" * 1000)
+    real_open = Path.open
+
+    def full_open(self, mode="r", *args, **kwargs):
+        if "w" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", full_open)
+    with pytest.raises(DiskFullError, match="no space left"):
+        store.get_file("some/object", tmp_path / "dl" / "object")

@@ -70,3 +70,23 @@ def test_each_test_bucket_is_dropped_so_the_shared_server_keeps_free_volumes(sto
     Whatever ran before this test, only this test's bucket may exist on the shared server."""
     buckets = [b["Name"] for b in store._client.list_buckets()["Buckets"]]
     assert buckets == [store.bucket]
+
+
+def test_the_servers_files_are_readable_by_their_owner_only(seaweed, store):
+    """Volumes hold every stored object: the server's folders are private (0700), so nothing below them
+    can be reached by another user, and the volume data and index files are private themselves (weed
+    runs under umask 077; it chmods its small .vif info files to 644 itself, behind the 0700 folders)."""
+    import stat
+
+    store.put_bytes("some/object", b"secret model bytes")
+    paths = [seaweed.data_dir, *seaweed.data_dir.rglob("*")]
+    folders = [p for p in paths if p.is_dir() and not p.is_symlink()]
+    volumes = [p for p in paths if p.suffix in {".dat", ".idx", ".log", ".json"} and p.is_file()]
+    assert len(folders) > 1
+    assert any(p.suffix == ".dat" for p in volumes)
+    loose = [
+        f"{p} {stat.S_IMODE(p.lstat().st_mode):o}"
+        for p in folders + volumes
+        if p.lstat().st_mode & (stat.S_IRWXG | stat.S_IRWXO)
+    ]
+    assert not loose, loose

@@ -1,7 +1,14 @@
+import json
+import os
 from pathlib import Path
 
+import pytest
+
+from quantgate.errors import ConfigError
 from quantgate.export import ExportResult
-from quantgate.export_cache import cached_export
+from quantgate.export_cache import MARKER, cached_export
+
+SOURCE = {"source_checksum": "a" * 64, "atol": 1e-4}
 
 
 def _builder(calls: list[Path]):
@@ -28,8 +35,8 @@ def _builder(calls: list[Path]):
 
 def test_second_export_of_the_same_checksum_is_served_from_the_cache(tmp_path):
     calls: list[Path] = []
-    first, hit1 = cached_export(tmp_path, "key", _builder(calls))
-    second, hit2 = cached_export(tmp_path, "key", _builder(calls))
+    first, hit1 = cached_export(tmp_path, "key", _builder(calls), **SOURCE)
+    second, hit2 = cached_export(tmp_path, "key", _builder(calls), **SOURCE)
     assert (hit1, hit2) == (False, True)
     assert len(calls) == 1
     assert second == first
@@ -40,9 +47,9 @@ def test_second_export_of_the_same_checksum_is_served_from_the_cache(tmp_path):
 
 def test_altered_cache_entry_is_rebuilt_not_used(tmp_path):
     calls: list[Path] = []
-    first, _ = cached_export(tmp_path, "key", _builder(calls))
+    first, _ = cached_export(tmp_path, "key", _builder(calls), **SOURCE)
     first.onnx_path.write_bytes(b"tampered")
-    again, hit = cached_export(tmp_path, "key", _builder(calls))
+    again, hit = cached_export(tmp_path, "key", _builder(calls), **SOURCE)
     assert hit is False
     assert len(calls) == 2
     assert again.onnx_path.read_bytes() == b"onnx-bytes"
@@ -50,7 +57,59 @@ def test_altered_cache_entry_is_rebuilt_not_used(tmp_path):
 
 def test_different_keys_do_not_share_entries(tmp_path):
     calls: list[Path] = []
-    cached_export(tmp_path, "a", _builder(calls))
-    _, hit = cached_export(tmp_path, "b", _builder(calls))
+    cached_export(tmp_path, "a", _builder(calls), **SOURCE)
+    _, hit = cached_export(tmp_path, "b", _builder(calls), **SOURCE)
     assert hit is False
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [
+        pytest.param(lambda e: e.update(source_checksum="b" * 64), id="made-for-another-source"),
+        pytest.param(
+            lambda e: e["result"]["max_abs_diff_vs_torch"].update(sentence_embedding=0.5),
+            id="parity-over-atol",
+        ),
+        pytest.param(
+            lambda e: e["result"]["max_abs_diff_vs_torch"].update(sentence_embedding=float("nan")),
+            id="parity-nan",
+        ),
+        pytest.param(lambda e: e["result"].update(max_abs_diff_vs_torch={}), id="no-parity"),
+        pytest.param(lambda e: e.update(atol=1.0), id="looser-atol"),
+    ],
+)
+def test_a_cache_entry_that_does_not_reverify_is_rebuilt(tmp_path, poison):
+    """An entry whose own export.json claims another source, or a parity the export did not pass, is
+    never served: the export (and its PyTorch parity check) runs again."""
+    calls: list[Path] = []
+    cached_export(tmp_path, "key", _builder(calls), **SOURCE)
+    marker = tmp_path / "key" / MARKER
+    entry = json.loads(marker.read_text())
+    poison(entry)
+    marker.write_text(json.dumps(entry))
+    _, hit = cached_export(tmp_path, "key", _builder(calls), **SOURCE)
+    assert hit is False
+    assert len(calls) == 2
+
+
+def test_a_planted_file_in_an_entry_is_rebuilt(tmp_path):
+    calls: list[Path] = []
+    first, _ = cached_export(tmp_path, "key", _builder(calls), **SOURCE)
+    first.tokenizer_files[0].write_text('{"planted": true}')
+    _, hit = cached_export(tmp_path, "key", _builder(calls), **SOURCE)
+    assert hit is False
+
+
+def test_a_cache_folder_others_can_write_is_refused(tmp_path):
+    shared = tmp_path / "shared-cache"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ConfigError, match=r"can be written by other users.*QUANTGATE_CACHE_DIR"):
+        cached_export(shared, "key", _builder([]), **SOURCE)
+
+
+def test_a_cache_folder_owned_by_another_user_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr("quantgate.workspace._current_uid", lambda: os.geteuid() + 1)
+    with pytest.raises(ConfigError, match=r"owned by another user.*QUANTGATE_CACHE_DIR"):
+        cached_export(tmp_path, "key", _builder([]), **SOURCE)

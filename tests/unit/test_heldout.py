@@ -63,3 +63,24 @@ def test_non_utf8_file_is_refused_with_the_way_out(tmp_path: Path):
     latin.write_bytes("x\tx\t2012\t3.0\tcaf\u00e9\tna\u00efve\n".encode("latin-1"))
     with pytest.raises(HeldoutValidationError, match=r"not UTF-8.*re-save"):
         load_sts_tsv(latin)
+
+
+def test_held_out_text_is_escaped_in_the_data_docs_html(tmp_path):
+    """A sentence holding markup shows up in the Data Docs as text, never as markup that runs."""
+    import pandas as pd
+
+    from quantgate.heldout import validate_heldout
+    from quantgate.tasktypes import get_task_type
+
+    evil = "<script>alert(1)</script>"
+    rows = [{"score": 1.0, "sentence1": f"s{i}", "sentence2": f"t{i}"} for i in range(20)]
+    rows += [{"score": 2.0, "sentence1": evil, "sentence2": evil}] * 3  # duplicates: listed as unexpected
+    outcome = validate_heldout(
+        pd.DataFrame(rows), get_task_type("sentence-embedding").schema, docs_dir=tmp_path
+    )
+    assert not outcome.success
+    assert evil in " ".join(outcome.failures)  # the run's own report keeps the raw value
+    pages = [(tmp_path / p).read_text() for p in outcome.data_docs]
+    validation_page = next(p for p in pages if "&lt;script&gt;alert(1)&lt;/script&gt;" in p)
+    assert "compound_columns" in validation_page or "unique" in validation_page
+    assert not any("<script>alert(1)" in p for p in pages)

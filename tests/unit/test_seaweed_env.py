@@ -1,0 +1,25 @@
+"""The env files infra/seaweed.py writes are sourced by people's shells: values must stay data."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+
+from infra.seaweed import read_env_file, write_env_file
+
+
+def test_a_hostile_secret_is_not_run_when_the_env_file_is_sourced(tmp_path):
+    marker = tmp_path / "pwned"
+    secret = f"$(touch {marker})`touch {marker}`'\"; touch {marker}; x=$HOME"
+    env = tmp_path / "seaweed.env"
+    write_env_file(env, {"AWS_ACCESS_KEY_ID": "qgkey", "AWS_SECRET_ACCESS_KEY": secret})
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    done = subprocess.run(
+        ["bash", "-c", f'set -a; source "{env}"; set +a; printf %s "$AWS_SECRET_ACCESS_KEY"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert not marker.exists()
+    assert done.stdout == secret
+    assert read_env_file(env) == {"AWS_ACCESS_KEY_ID": "qgkey", "AWS_SECRET_ACCESS_KEY": secret}
