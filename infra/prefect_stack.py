@@ -13,6 +13,7 @@ from pathlib import Path
 
 from infra.prefect_server import service_main, stop_process
 from infra.prefect_server import start as start_server
+from infra.zombies import CRASHED_AFTER_S, HEARTBEAT_S
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "quantgate-pool"
@@ -23,10 +24,16 @@ def _prefect(*args: str, env: dict[str, str]) -> None:
     subprocess.run([prefect, *args], env=env, cwd=REPO, check=True, capture_output=True, timeout=300)
 
 
+def _prefect_python(*args: str, env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, *args], env=env, cwd=REPO, check=True, capture_output=True, timeout=300)
+
+
 @dataclass
 class PrefectStack:
     state_dir: Path
     port: int
+    heartbeat_s: int = HEARTBEAT_S
+    crashed_after_s: int = CRASHED_AFTER_S
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -40,6 +47,8 @@ class PrefectStack:
             "QUANTGATE_REPO": str(REPO),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_WORKER_QUERY_SECONDS": "2",
+            # Flow runs the worker starts inherit it: heartbeats the zombie automation watches.
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(self.heartbeat_s),
         }
 
     def start(self) -> PrefectStack:
@@ -48,6 +57,7 @@ class PrefectStack:
             env = self.env()
             _prefect("work-pool", "create", POOL, "--type", "process", "--overwrite", env=env)
             _prefect("--no-prompt", "deploy", "--all", env=env)
+            _prefect_python("-m", "infra.zombies", "--crashed-after", str(self.crashed_after_s), env=env)
             log = (self.state_dir / "worker.log").open("ab")
             prefect = str(Path(sys.executable).parent / "prefect")
             self.processes.append(
