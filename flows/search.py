@@ -57,6 +57,12 @@ def search_recipes(
 
     # -- what every candidate is compared with ------------------------------------------------------------
     ref = candidate.reference(task_type, fp32, tokenizer_dir, split.evaluation, cores)
+    if time.monotonic() > deadline:
+        raise SearchError(
+            f"the FP32 reference on {len(split.evaluation)} evaluation rows took {ref.seconds:.0f} s, the "
+            f"whole search budget (max_seconds {budget.max_seconds:g}): lower max_eval_rows or raise "
+            "max_seconds"
+        )
     calibration = candidate.calibration_data(task_type, tokenizer_dir, split.calibration)
     fused = None
     if any(r.fuse for r in recipes):

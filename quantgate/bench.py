@@ -13,19 +13,34 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from quantgate.errors import ConfigError
+
+MAX_BENCH_TOKENS = 200_000_000
 
 
 class BenchSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    batch: int = Field(1, ge=1, le=256)
+    batch: int = Field(1, ge=1, le=64)
     seq_len: int = Field(128, ge=1, le=512, description="tokens per input (BERT-style models stop at 512)")
     threads: int = Field(1, ge=1, le=256)
-    warmup_runs: int = Field(10, ge=0)
-    repeat_runs: int = Field(100, ge=5, le=100_000)
+    warmup_runs: int = Field(10, ge=0, le=1_000)
+    repeat_runs: int = Field(100, ge=5, le=10_000)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> BenchSettings:
+        # Every engine (baselines and up to a dozen candidates) runs warmup + repeat times: bound the
+        # tokens pushed through each, so a typo cannot book the machine for days. 200 M tokens is about
+        # two hours of MiniLM FP32 on one core; the default is 1.4 M.
+        tokens = self.batch * self.seq_len * (self.warmup_runs + self.repeat_runs)
+        if tokens > MAX_BENCH_TOKENS:
+            raise ValueError(
+                f"batch x seq-len x (warmup + repeats) = {tokens:,} tokens per engine, above the bound of "
+                f"{MAX_BENCH_TOKENS:,}: lower --repeats, --batch or --seq-len"
+            )
+        return self
 
 
 class EngineResult(BaseModel):

@@ -131,6 +131,9 @@ def run(
     max_trials: Annotated[int, typer.Option(help="search budget: sensitive-node fallback trials")] = 8,
     max_seconds: Annotated[float, typer.Option(help="search budget: seconds for building and scoring")] = 300,
     calibration_rows: Annotated[int, typer.Option(help="held-out rows kept apart for calibration")] = 64,
+    max_eval_rows: Annotated[
+        int, typer.Option(help="held-out rows every metric is computed on (a fixed sample beyond)")
+    ] = 2000,
     max_task_metric_drop: Annotated[
         float | None, typer.Option(help="max FP32-INT8 task metric drop (0.01 = 1 pt)")
     ] = None,
@@ -176,6 +179,7 @@ def run(
             max_trials=max_trials,
             max_seconds=max_seconds,
             calibration_rows=calibration_rows,
+            max_eval_rows=max_eval_rows,
         )
         # An unreachable endpoint, bad keys, a missing bucket or version: say so before Prefect starts.
         from quantgate import lifecycle
@@ -183,9 +187,8 @@ def run(
         lifecycle.load_registration(_store(), ref)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise _fail(
-            f"bad benchmark or budget setting: --{str(err['loc'][0]).replace('_', '-')} {err['msg']}"
-        ) from None
+        flag = f"--{str(err['loc'][0]).replace('_', '-')} " if err["loc"] else ""
+        raise _fail(f"bad benchmark or budget setting: {flag}{err['msg']}") from None
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
 

@@ -62,6 +62,7 @@ def check_model_folder(model_dir: Path, allow_pickle: bool = False) -> dict[str,
     weights = model_dir / "model.safetensors"
     if weights.is_file():
         _check_safetensors_header(weights)
+        check_weights_match_architecture(model_dir, weights)
     for onnx_file in model_dir.rglob("*.onnx"):
         check_external_data(onnx_file)
     if not any((model_dir / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
@@ -83,6 +84,76 @@ def _check_safetensors_header(path: Path) -> None:
         raise InvalidModelError(
             f"{path.name} is not a readable safetensors file ({exc}): re-save the model"
         ) from None
+
+
+def _patterns_match(patterns: Any, key: str) -> bool:
+    import re
+
+    if isinstance(patterns, dict):
+        patterns = list(patterns)
+    return any(re.search(p, key) for p in (patterns or []))
+
+
+def _weights_problem(missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+        if keys:
+            shown = ", ".join(keys[:4]) + (", …" if len(keys) > 4 else "")
+            parts.append(f"{len(keys)} {what} ({shown})")
+    return "; ".join(parts)
+
+
+def check_weights_match_architecture(model_dir: Path, weights: Path) -> None:
+    """Every weight the architecture in config.json needs is in model.safetensors with its shape, and
+    nothing else is: otherwise transformers would randomly initialise what is missing (with a warning)
+    and the run would quantize, gate and promote a model nobody trained. Checked from the safetensors
+    header and a skeleton of the architecture on torch's meta device: no tensor data is read."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+        with torch.device("meta"):
+            skeleton = AutoModel.from_config(config)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidModelError(
+            f"config.json does not describe an architecture transformers can build ({exc}): re-save the "
+            "model with save_pretrained()"
+        ) from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    buffers = {name for name, _ in skeleton.named_buffers()}  # transformers skips stored buffers
+    with safe_open(str(weights), framework="np") as fh:
+        stored = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 - not a dict
+    prefix = f"{skeleton.base_model_prefix}." if skeleton.base_model_prefix else ""
+    if prefix and not set(stored) & set(expected):
+        # A checkpoint of a model with a head (bert.encoder…) read by the base model: transformers
+        # drops the prefix; the head's own weights are then unexpected.
+        stored = {k.removeprefix(prefix): v for k, v in stored.items()}
+    tied = getattr(skeleton, "_tied_weights_keys", None) or []
+    ignore_missing = getattr(skeleton, "_keys_to_ignore_on_load_missing", None) or []
+    ignore_unexpected = getattr(skeleton, "_keys_to_ignore_on_load_unexpected", None) or []
+    missing = sorted(
+        k
+        for k in set(expected) - set(stored)
+        if not _patterns_match(tied, k) and not _patterns_match(ignore_missing, k)
+    )
+    unexpected = sorted(
+        k
+        for k in set(stored) - set(expected)
+        if k not in buffers and not _patterns_match(ignore_unexpected, k)
+    )
+    mismatched = sorted(
+        f"{k} {stored[k]} vs {expected[k]}" for k in set(stored) & set(expected) if stored[k] != expected[k]
+    )
+    if missing or unexpected or mismatched:
+        arch = ", ".join(config.architectures or [type(skeleton).__name__])
+        raise InvalidModelError(
+            f"model.safetensors does not match the architecture in config.json ({arch}): "
+            f"{_weights_problem(missing, unexpected, mismatched)} of {len(expected)} weights. Loading it "
+            "would leave weights randomly initialised: re-save the model with save_pretrained() from the "
+            "architecture its config.json names"
+        )
 
 
 def check_external_data(onnx_path: Path) -> None:
@@ -148,17 +219,30 @@ def build_embedding_module(model_dir: Path, allow_pickle: bool = False) -> tuple
     check_model_folder(model_dir, allow_pickle)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        base = AutoModel.from_pretrained(
+        base, loading = AutoModel.from_pretrained(
             model_dir,
             local_files_only=True,
             attn_implementation="eager",
             use_safetensors=not allow_pickle,
             weights_only=True,
-        ).eval()
+            output_loading_info=True,
+        )
+        base = base.eval()
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise InvalidModelError(
             f"cannot load the model in {model_dir.name}: {exc}. Re-save it with save_pretrained()"
         ) from None
+    # transformers only warns about these and initialises the missing weights at random.
+    problem = _weights_problem(
+        sorted(loading.get("missing_keys", [])),
+        sorted(loading.get("unexpected_keys", [])),
+        sorted(str(k) for k in loading.get("mismatched_keys", [])),
+    )
+    if problem or loading.get("error_msgs"):
+        raise InvalidModelError(
+            f"the weights in {model_dir.name} do not load completely ({problem or loading['error_msgs']}): "
+            "re-save the model with save_pretrained() from the architecture its config.json names"
+        )
     pooling, normalize = _pooling_of(model_dir)
 
     class SentenceEmbedder(torch.nn.Module):

@@ -228,12 +228,17 @@ class HeldoutSplit(BaseModel):
 
     calibration: pd.DataFrame
     evaluation: pd.DataFrame
+    evaluation_available: int = 0  # rows left for evaluation before the cap
 
     def summary(self) -> dict[str, int]:
-        return {"calibration_rows": len(self.calibration), "evaluation_rows": len(self.evaluation)}
+        return {
+            "calibration_rows": len(self.calibration),
+            "evaluation_rows": len(self.evaluation),
+            "evaluation_rows_available": max(self.evaluation_available, len(self.evaluation)),
+        }
 
 
-def split_heldout(df: pd.DataFrame, calibration_rows: int) -> HeldoutSplit:
+def split_heldout(df: pd.DataFrame, calibration_rows: int, max_eval_rows: int | None = None) -> HeldoutSplit:
     """Calibration rows (static quantization ranges, node sensitivity) and evaluation rows (every gate
     metric) never overlap: a recipe tuned on the rows it is judged on would be graded on its homework.
     The split is a pure function of row content (sha256 order), so every run and every re-run of a
@@ -250,7 +255,12 @@ def split_heldout(df: pd.DataFrame, calibration_rows: int) -> HeldoutSplit:
     if n and n < len(order) and order.iloc[n - 1] == order.iloc[n]:
         n = int((order < order.iloc[n]).sum())  # do not split a group of identical rows
     calib_idx = order.index[:n]
+    rest = order.index[n:]
+    # The evaluation cap bounds the reference and every candidate's scoring: a sample fixed by the same
+    # content hash (so re-runs score the same rows), kept in file order.
+    chosen = rest if max_eval_rows is None else rest[:max_eval_rows]
     return HeldoutSplit(
         calibration=df.loc[calib_idx].reset_index(drop=True),
-        evaluation=df.drop(index=calib_idx).reset_index(drop=True),
+        evaluation=df.loc[sorted(chosen)].reset_index(drop=True),
+        evaluation_available=len(rest),
     )

@@ -31,6 +31,13 @@ RESERVED_NAMES = {"pytorch-fp32", "onnx-fp32"}  # benchmark engine names of the 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._+-]{0,79}$"
 
 
+def quantizable_op_types() -> set[str]:
+    """Op types ONNX Runtime's quantizers know (dynamic integer ops, QLinear ops, QDQ)."""
+    from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
+
+    return set(IntegerOpsRegistry) | set(QLinearOpsRegistry) | set(QDQRegistry)
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -59,6 +66,14 @@ class Recipe(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
+        if self.op_types is not None:
+            known = quantizable_op_types()
+            unknown = [t for t in self.op_types if t not in known]
+            if unknown or not self.op_types:
+                raise ValueError(
+                    f"recipe {self.name!r}: op_types {unknown or self.op_types} are not op types ONNX "
+                    f"Runtime quantizes (names are case-sensitive; known: {', '.join(sorted(known))})"
+                )
         if self.method == "static" and self.calibration is None:
             raise ValueError(
                 f"recipe {self.name!r}: static quantization needs calibration (MinMax, Entropy or Percentile)"
@@ -180,6 +195,55 @@ def load_recipe_file(path: Path) -> list[Recipe]:
         return resolve_recipes([d if isinstance(d, str) else Recipe.model_validate(d) for d in data])
     except ValidationError as exc:
         raise ConfigError(f"{path}: invalid recipe: {exc.errors()[0]['msg']}") from None
+
+
+# What makes a graph quantized: integer kernels (dynamic and QOperator formats) or QDQ pairs.
+INTEGER_OPS = frozenset(
+    {
+        "MatMulInteger",
+        "DynamicQuantizeMatMul",
+        "ConvInteger",
+        "QAttention",
+        "QGemm",
+        "QLinearMatMul",
+        "QLinearConv",
+        "QLinearAdd",
+        "QLinearMul",
+        "DynamicQuantizeLSTM",
+    }
+)
+
+
+def count_quantized(graph: Any, precision: str) -> int:
+    """Integer ops (or QDQ-fed compute) in an INT8 graph; FP16 initializers in an FP16 one."""
+    if precision == "fp16":
+        import onnx
+
+        return sum(1 for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
+    integer = sum(1 for n in graph.node if n.op_type in INTEGER_OPS)
+    dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    qdq = sum(
+        1
+        for n in graph.node
+        if n.op_type not in {"QuantizeLinear", "DequantizeLinear"} and any(i in dq_outputs for i in n.input)
+    )
+    return integer + qdq
+
+
+def _not_quantized(recipe: Recipe, graph_ops: set[str]) -> ConfigError:
+    if recipe.op_types is not None:
+        ops = ", ".join(sorted(graph_ops))
+        field = f"op_types {recipe.op_types} matched no node of the graph (its op types: {ops})"
+    elif recipe.nodes_to_exclude:
+        field = (
+            f"nodes_to_exclude keeps every quantizable node in FP32 ({len(recipe.nodes_to_exclude)} nodes)"
+        )
+    else:
+        field = f"method {recipe.method!r} found nothing to quantize in this graph"
+    return ConfigError(
+        f"recipe {recipe.name!r} produced a graph with no {recipe.precision.upper()} op: {field}; "
+        "fix that field of the recipe"
+    )
 
 
 class QuantizeResult(BaseModel):
@@ -354,6 +418,9 @@ def apply_recipe(
     write_settings(out_path, recipe.session)
     graph = onnx.load(str(out_path), load_external_data=False).graph
     counts = dict(Counter(node.op_type for node in graph.node))
+    if count_quantized(graph, recipe.precision) == 0:
+        out_path.unlink()
+        raise _not_quantized(recipe, set(counts))
     qdq = _qdq_matmuls(graph)
     return QuantizeResult(
         path=out_path,

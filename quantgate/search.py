@@ -40,6 +40,13 @@ class SearchBudget(BaseModel):
         64, ge=0, le=100_000, description="held-out rows set apart for calibration (never evaluated on)"
     )
     workers: int = Field(0, ge=0, le=64, description="candidates scored at once; 0 = one per CPU core")
+    max_eval_rows: int = Field(
+        2000,
+        ge=10,
+        le=1_000_000,
+        description="held-out rows every metric is computed on (a fixed sample when the set is larger): "
+        "bounds the FP32 reference and each candidate's scoring",
+    )
 
 
 Status = Literal["evaluated", "failed", "skipped"]

@@ -71,6 +71,24 @@ def _evil_onnx(folder: Path) -> None:
     onnx.save(helper.make_model(graph), str(folder / "extra.onnx"))
 
 
+def _rewrite_weights(
+    folder: Path, rename: bool = False, only: str | None = None, reshape: bool = False
+) -> None:
+    """A model.safetensors that transformers would load with a warning and random weights."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(folder / "model.safetensors")
+    if rename:
+        tensors = {f"renamed.{k}": v for k, v in tensors.items()}
+    if only:
+        tensors = {only: np.zeros((3, 3), dtype=np.float32)}
+    if reshape:
+        key = next(k for k in sorted(tensors) if k.endswith("query.weight"))
+        tensors[key] = np.zeros((tensors[key].shape[0] + 1, tensors[key].shape[1]), dtype=np.float32)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+
 # (case id, how the model folder is broken, words the error must contain)
 MODEL_CASES: list[tuple[str, Callable[[Path], None], str]] = [
     ("missing-safetensors", lambda f: _unlink(f, "model.safetensors"), "no model.safetensors"),
@@ -86,6 +104,9 @@ MODEL_CASES: list[tuple[str, Callable[[Path], None], str]] = [
     ("tokenizer-missing", lambda f: _unlink(f, "tokenizer.json", "vocab.txt"), "no tokenizer"),
     ("symlink-in-folder", _symlink, "symbolic link"),
     ("onnx-external-data-path-traversal", _evil_onnx, "outside its folder"),
+    ("weights-keys-renamed", lambda f: _rewrite_weights(f, rename=True), "does not match the architecture"),
+    ("weights-one-unrelated-tensor", lambda f: _rewrite_weights(f, only="lonely"), "missing"),
+    ("weights-wrong-shape", lambda f: _rewrite_weights(f, reshape=True), "wrong shape"),
 ]
 
 

@@ -107,3 +107,29 @@ def test_enospc_while_downloading_is_a_clear_error(store, monkeypatch, tmp_path)
     monkeypatch.setattr(Path, "open", full_open)
     with pytest.raises(DiskFullError, match="no space left"):
         store.get_file("some/object", tmp_path / "dl" / "object")
+
+
+def test_the_reference_counts_against_the_search_budget(store, tiny_model_dir, small_sts):
+    from quantgate.errors import SearchError
+    from quantgate.search import SearchBudget
+
+    ref = ModelRef(name="tiny", version="budget")
+    lifecycle.register(store, ref, tiny_model_dir, small_sts, "sentence-embedding")
+    state = quantize_and_promote(
+        model="tiny", version="budget", budget=SearchBudget(max_seconds=0.01), return_state=True
+    )
+    assert state.is_failed()
+    with pytest.raises(SearchError, match=r"FP32 reference on \d+ evaluation rows .* lower max_eval_rows"):
+        state.result()
+
+
+def test_hostile_benchmark_settings_are_refused_by_the_cli(s3_env):
+    from typer.testing import CliRunner
+
+    from quantgate.cli import app
+
+    result = CliRunner().invoke(
+        app, ["run", "tiny", "v1", "--batch", "64", "--seq-len", "512", "--repeats", "10000"]
+    )
+    assert result.exit_code == 2
+    assert "tokens per engine" in result.output.replace("\n", "")

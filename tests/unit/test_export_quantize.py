@@ -118,3 +118,43 @@ def test_onnx_external_data_outside_its_folder_is_refused(tmp_path):
         inference_session(path, threads=1)
     with pytest.raises(InvalidModelError, match="outside its folder"):
         apply_recipe(Recipe(name="t"), path, tmp_path / "q")
+
+
+def test_an_op_type_typo_is_refused_when_the_recipe_is_read():
+    with pytest.raises(ValueError, match=r"op_types \['Matmul'\] are not op types ONNX Runtime quantizes"):
+        Recipe(name="typo", op_types=["Matmul"])
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"op_types": ["Conv"]}, "op_types ['Conv'] matched no node of the graph"),
+        ({"op_types": ["MatMul"], "nodes_to_exclude": ["__every__"]}, "matched no node"),
+    ],
+)
+def test_a_recipe_that_quantizes_nothing_fails_naming_the_field(exported, tmp_path, fields, words):
+    """A graph with no integer op is not an INT8 candidate, whatever its file is called."""
+    from quantgate.errors import ConfigError
+
+    if fields.get("nodes_to_exclude") == ["__every__"]:
+        import onnx
+
+        graph = onnx.load(str(exported.onnx_path), load_external_data=False).graph
+        fields = {"nodes_to_exclude": [n.name for n in graph.node if n.op_type in {"MatMul", "Gather"}]}
+        words = "nodes_to_exclude keeps every quantizable node in FP32"
+    with pytest.raises(ConfigError, match="produced a graph with no INT8 op") as err:
+        apply_recipe(Recipe(name="nothing", **fields), exported.onnx_path, tmp_path / "q")
+    assert words in str(err.value)
+    assert not (tmp_path / "q" / "model.int8.onnx").exists()
+
+
+def test_every_catalogue_recipe_counts_quantized_ops(exported, tmp_path):
+    import onnx
+
+    from quantgate.quantize import count_quantized
+
+    for name in ("dynamic-int8", "fp16"):
+        recipe = get_recipe(name)
+        result = apply_recipe(recipe, exported.onnx_path, tmp_path / name)
+        graph = onnx.load(str(result.path), load_external_data=False).graph
+        assert count_quantized(graph, recipe.precision) > 0

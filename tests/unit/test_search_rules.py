@@ -169,3 +169,42 @@ def test_pareto_front_drops_dominated_points():
         ParetoPoint(name="d", p50_ms=9, task_metric_drop=0.0, mean_cosine=1.0, passed=True),
     ]
     assert [p.name for p in pareto_front(pts)] == ["a", "b", "d"]
+
+
+def test_evaluation_rows_are_capped_by_a_fixed_sample_and_the_summary_says_how_many(sts_path):
+    df = load_sts_tsv(sts_path)
+    full = split_heldout(df, 64)
+    capped = split_heldout(df, 64, max_eval_rows=200)
+    again = split_heldout(df.sample(frac=1, random_state=7).reset_index(drop=True), 64, max_eval_rows=200)
+    key = ["sentence1", "sentence2", "score"]
+
+    def rows(frame: pd.DataFrame) -> set[tuple[str, ...]]:
+        return set(map(tuple, frame[key].astype(str).to_numpy()))
+
+    assert len(capped.evaluation) == 200
+    assert rows(capped.evaluation) <= rows(full.evaluation)  # never a calibration row
+    assert rows(capped.evaluation) == rows(again.evaluation)  # the same sample whatever the file order
+    assert capped.summary() == {
+        "calibration_rows": 64,
+        "evaluation_rows": 200,
+        "evaluation_rows_available": len(df) - 64,
+    }
+    assert split_heldout(df, 64, max_eval_rows=10_000).evaluation.equals(full.evaluation)
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        ({"batch": 256, "seq_len": 512, "repeat_runs": 100_000}, "less than or equal"),
+        ({"batch": 64, "seq_len": 512, "repeat_runs": 10_000}, "tokens per engine"),
+        ({"warmup_runs": 100_000}, "less than or equal"),
+    ],
+)
+def test_benchmark_settings_are_bounded(settings, words):
+    from pydantic import ValidationError
+
+    from quantgate.bench import BenchSettings
+
+    with pytest.raises(ValidationError, match=words):
+        BenchSettings(**settings)
+    BenchSettings(batch=8, seq_len=256, repeat_runs=1000)  # a generous but sane benchmark is fine
