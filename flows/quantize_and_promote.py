@@ -151,7 +151,7 @@ def quantize_and_promote(
 
     if lost_race:
         return Completed(name="AlreadyDecided", message=lost_race, data=report.model_dump(mode="json"))
-    summary = registry_summary(report.outcome, ref, report.gates.failed)
+    summary = registry_summary(report.outcome, ref, report.gates.failed, report.reason, report.rows_needed)
     return Completed(
         name="Promoted" if report.passed else "NotPromoted",
         message=summary,

@@ -55,5 +55,6 @@ def decided(report: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]
             "metrics": report["metrics"],
             "failed_gates": failed,
             "promoted_to": report.get("promoted_to"),
+            "reason": report.get("reason"),
         },
     )

@@ -145,6 +145,12 @@ def run(
     abs_tol: Annotated[float | None, typer.Option(help="max |INT8-FP32| element")] = None,
     mean_tol: Annotated[float | None, typer.Option(help="max mean |INT8-FP32|")] = None,
     min_p95_speedup: Annotated[float | None, typer.Option(help="min ORT FP32 p95 / INT8 p95")] = None,
+    min_baseline_metric: Annotated[
+        float | None, typer.Option(help="the FP32 task metric's lower 95% bound must exceed this (STS: 0.1)")
+    ] = None,
+    max_baseline_half_width: Annotated[
+        float | None, typer.Option(help="widest FP32 task-metric interval (half-width) a decision rests on")
+    ] = None,
     batch: Annotated[int, typer.Option(help="benchmark batch size")] = 1,
     seq_len: Annotated[int, typer.Option(help="benchmark sequence length")] = 128,
     threads: Annotated[int, typer.Option(help="benchmark threads")] = 1,
@@ -166,6 +172,8 @@ def run(
             "abs_tol": abs_tol,
             "mean_tol": mean_tol,
             "min_p95_speedup": min_p95_speedup,
+            "min_baseline_metric": min_baseline_metric,
+            "max_baseline_half_width": max_baseline_half_width,
         }
     )
     try:
@@ -249,18 +257,25 @@ def print_report(report: dict[str, Any]) -> None:
     )
     if parsed.promoted_to:
         console.print(f"promoted to {parsed.promoted_to}")
+    if parsed.reason:
+        needed = f" (about {parsed.rows_needed} held-out rows would be needed)" if parsed.rows_needed else ""
+        console.print(f"reason: [bold]{parsed.reason}[/]{needed}")
     m = parsed.metrics
     console.print(
         f"task metric FP32 {m['task_metric_fp32']:.4f} → INT8 {m['task_metric_candidate']:.4f} "
         f"(drop {100 * m['task_metric_drop']:.2f} points)"
     )
     gates = Table(title="gates")
-    for col in ("gate", "value", "limit", "margin", "result"):
+    for col in ("gate", "value", "95% interval", "limit", "margin", "result"):
         gates.add_column(col)
     for row in gate_rows(parsed.gates):
         style = "green" if row["result"] == "pass" else "red"
         gates.add_row(
-            *(str(row[c]) for c in ("gate", "value", "limit", "margin")), f"[{style}]{row['result']}[/]"
+            *(
+                "" if row[c] is None else str(row[c])
+                for c in ("gate", "value", "interval", "limit", "margin")
+            ),
+            f"[{style}]{row['result']}[/]",
         )
     console.print(gates)
     s = parsed.benchmark.settings

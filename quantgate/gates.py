@@ -3,6 +3,11 @@
 `GateThresholds` is what a person sets (flow parameters, CLI flags); `to_gates()` turns it into a list of
 `Gate(metric, op, limit)`; `evaluate_gates(metrics, gates)` returns a `GateReport`. Promotion happens only
 on `report.passed`, and a metric a gate needs but the run did not measure fails that gate.
+
+A gate may judge a bound instead of the value (`judge="upper"` / `"lower"`): then `<metric>_lo` and
+`<metric>_hi` hold the 95 % interval (quantgate/stats.py) and the unfavourable end must be inside the
+limit. Evidence gates (`kind="evidence"`) say whether the held-out set can support a decision at all: the
+FP32 model beats a trivial baseline with confidence, and the intervals are narrow enough to judge.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ class Gate(BaseModel):
     op: Op
     limit: float
     description: str = ""
-    kind: Literal["accuracy", "speed"] = "accuracy"
+    kind: Literal["accuracy", "speed", "evidence"] = "accuracy"
+    judge: Literal["value", "upper", "lower"] = "value"
 
     @field_validator("limit")
     @classmethod
@@ -37,7 +43,12 @@ class GateResult(BaseModel):
     gate: Gate
     value: float | None
     passed: bool
-    margin: float | None = Field(description="how far inside (+) or outside (-) the limit the value is")
+    margin: float | None = Field(
+        description="how far inside (+) or outside (-) the limit the judged value is"
+    )
+    interval: tuple[float, float] | None = Field(
+        None, description="the value's 95 % interval, when judged by it"
+    )
 
 
 class GateReport(BaseModel):
@@ -94,6 +105,20 @@ class GateThresholds(BaseModel):
         1.0, ge=0, description="ORT FP32 p95 / INT8 p95; 1.0 = INT8 must be faster"
     )
     export_atol: float = Field(1e-4, gt=0, description="max |ONNX FP32 - PyTorch| at export")
+    min_baseline_metric: float = Field(
+        0.1,
+        ge=-1,
+        le=1,
+        description="the FP32 task metric's lower 95 % bound must exceed this trivial baseline (STS: "
+        "Spearman 0.1): a drop measured on a model that measures nothing means nothing",
+    )
+    max_baseline_half_width: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="the FP32 task metric's 95 % interval may be at most this wide on each side; wider: the "
+        "held-out set is too small to judge anything (heldout-too-small)",
+    )
 
     @field_validator("*")
     @classmethod
@@ -105,11 +130,38 @@ class GateThresholds(BaseModel):
     def to_gates(self) -> list[Gate]:
         return [
             Gate(
+                name="held-out size",
+                metric="task_metric_fp32_half_width",
+                op="<=",
+                limit=self.max_baseline_half_width,
+                kind="evidence",
+                description="half-width of the FP32 task metric's 95 % interval",
+            ),
+            Gate(
+                name="FP32 baseline",
+                metric="task_metric_fp32",
+                op=">=",
+                limit=self.min_baseline_metric,
+                kind="evidence",
+                judge="lower",
+                description="the FP32 task metric beats a trivial baseline (lower 95 % bound)",
+            ),
+            Gate(
+                name="drop interval width",
+                metric="task_metric_drop_half_width",
+                op="<=",
+                limit=self.max_task_metric_drop,
+                kind="evidence",
+                description="half-width of the paired bootstrap interval of the drop: wider than the limit, "
+                "the held-out set cannot show the drop is within it",
+            ),
+            Gate(
                 name="task metric drop",
                 metric="task_metric_drop",
                 op="<=",
                 limit=self.max_task_metric_drop,
-                description="FP32 ONNX minus INT8 on the held-out task metric",
+                judge="upper",
+                description="FP32 ONNX minus INT8 on the held-out task metric (upper 95 % bound)",
             ),
             Gate(name="mean cosine", metric="mean_cosine", op=">=", limit=self.min_mean_cosine),
             Gate(name="min cosine", metric="min_cosine", op=">=", limit=self.min_min_cosine),
@@ -118,6 +170,7 @@ class GateThresholds(BaseModel):
                 metric="neighbour_agreement",
                 op=">=",
                 limit=self.min_neighbour_agreement,
+                judge="lower",
             ),
             Gate(name="parity max abs diff", metric="max_abs_diff", op="<=", limit=self.abs_tol),
             Gate(name="parity mean abs diff", metric="mean_abs_diff", op="<=", limit=self.mean_tol),
@@ -135,10 +188,19 @@ def evaluate_gates(metrics: dict[str, float], gates: list[Gate]) -> GateReport:
     results = []
     for gate in gates:
         value = metrics.get(gate.metric)
-        if value is None or not math.isfinite(value):
-            # A metric that was not measured (or is NaN) can never pass: no evidence, no promotion.
-            results.append(GateResult(gate=gate, value=value, passed=False, margin=None))
+        interval = None
+        judged = value
+        if gate.judge != "value":
+            lo, hi = metrics.get(f"{gate.metric}_lo"), metrics.get(f"{gate.metric}_hi")
+            interval = (lo, hi) if lo is not None and hi is not None else None
+            judged = hi if gate.judge == "upper" else lo
+        if value is None or judged is None or not math.isfinite(value) or not math.isfinite(judged):
+            # A metric (or its interval) that was not measured, or is NaN, can never pass: no evidence,
+            # no promotion.
+            results.append(GateResult(gate=gate, value=value, passed=False, margin=None, interval=interval))
             continue
-        margin = value - gate.limit if gate.op == ">=" else gate.limit - value
-        results.append(GateResult(gate=gate, value=value, passed=margin >= 0, margin=margin))
+        margin = judged - gate.limit if gate.op == ">=" else gate.limit - judged
+        results.append(
+            GateResult(gate=gate, value=value, passed=margin >= 0, margin=margin, interval=interval)
+        )
     return GateReport(results=results)

@@ -293,13 +293,18 @@ def audit_key(model: str, time_ns: int, token: str, action: str, version: str) -
     return f"{audit_prefix(model)}{time_ns:020d}-{token}-{action}-{check_version(version)}.json"
 
 
-def registry_summary(outcome: str, ref: ModelRef, failed: list[Any]) -> str:
+def registry_summary(
+    outcome: str, ref: ModelRef, failed: list[Any], reason: str | None = None, rows_needed: int | None = None
+) -> str:
     """One line for a run's final state: where the result is, and why when rejected."""
     if outcome == "promoted":
         return f"{ref} promoted to {promoted_prefix(ref)}"
     reasons = ", ".join(
         f"{r.gate.name} = {r.value if r.value is None else round(r.value, 4)} "
-        f"(limit {r.gate.op} {r.gate.limit:g})"
+        + ("" if getattr(r, "interval", None) is None else f"[{r.interval[0]:.4f}, {r.interval[1]:.4f}] ")
+        + f"(limit {r.gate.op} {r.gate.limit:g})"
         for r in failed
     )
-    return f"{ref} not promoted: {reasons}; report at {rejection_key(ref)}"
+    why = f"{reason}: " if reason else ""
+    more = f" (about {rows_needed} held-out rows would be needed)" if rows_needed else ""
+    return f"{ref} not promoted: {why}{reasons}{more}; report at {rejection_key(ref)}"

@@ -26,7 +26,8 @@ from quantgate.registry import (
     utcnow,
 )
 from quantgate.runtime import settings_path
-from quantgate.search import SearchResult
+from quantgate.search import CandidateResult, SearchResult
+from quantgate.stats import rows_needed
 
 Outcome = Literal["promoted", "rejected"]
 
@@ -72,6 +73,12 @@ class RunReport(BaseModel):
     environment: dict[str, Any]
     search: dict[str, Any] = Field(default_factory=dict, description="every candidate, fallback, budget")
     promoted_to: str | None = None
+    reason: str | None = Field(
+        None,
+        description="why not promoted: heldout-too-small, baseline-not-meaningful or gates-failed "
+        "(with rows_needed for the first)",
+    )
+    rows_needed: int | None = None
 
     @property
     def passed(self) -> bool:
@@ -87,7 +94,9 @@ def gate_rows(report: GateReport) -> list[dict[str, Any]]:
         {
             "gate": r.gate.name,
             "value": None if r.value is None else round(r.value, 4),
-            "limit": f"{r.gate.op} {r.gate.limit:g}",
+            "interval": None if r.interval is None else f"[{r.interval[0]:.4f}, {r.interval[1]:.4f}]",
+            "limit": f"{r.gate.op} {r.gate.limit:g}"
+            + ("" if r.gate.judge == "value" else f" ({r.gate.judge} bound)"),
             "margin": None if r.margin is None else round(r.margin, 4),
             "result": "pass" if r.passed else "FAIL",
         }
@@ -246,12 +255,16 @@ def build_run_report(
     lead = search.get(search.lead)
     if lead is None or lead.gates is None or lead.evaluation is None or lead.bench_round is None:
         raise ValueError("the search judged no candidate: nothing to report on")
+    promoted = search.chosen is not None and lead.passed
+    reason, needed = (None, None) if promoted else rejection_reason(lead)
     return RunReport(
+        reason=reason,
+        rows_needed=needed,
         model=ref_name,
         version=ref_version,
         run_id=run_id,
         task=task,
-        outcome="promoted" if search.chosen is not None and lead.passed else "rejected",
+        outcome="promoted" if promoted else "rejected",
         recipe=lead.recipe.model_dump(mode="json"),
         quantized_ops=lead.op_counts,
         export=export,
@@ -264,6 +277,22 @@ def build_run_report(
         environment=environment(),
         search=search.model_dump(mode="json"),
     )
+
+
+def rejection_reason(lead: CandidateResult) -> tuple[str, int | None]:
+    """Why the closest candidate was not promoted, most fundamental first: the held-out set cannot tell
+    (with the rows that would), the FP32 model measures nothing, or a quality or speed gate failed."""
+
+    failed = {r.gate.metric: r for r in (lead.gates.failed if lead.gates else [])}
+    rows = lead.evaluation.rows if lead.evaluation else 0
+    for metric in ("task_metric_fp32_half_width", "task_metric_drop_half_width"):
+        if metric in failed and failed[metric].value is not None:
+            return "heldout-too-small", rows_needed(rows, failed[metric].value, failed[metric].gate.limit / 2)
+    if "task_metric_fp32_half_width" in failed or "task_metric_drop_half_width" in failed:
+        return "heldout-too-small", None
+    if "task_metric_fp32" in failed:
+        return "baseline-not-meaningful", None
+    return "gates-failed", None
 
 
 def manifest_for(report: RunReport, registration: Registration) -> Manifest:

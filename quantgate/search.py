@@ -124,6 +124,7 @@ def fallback_base(candidates: list[CandidateResult]) -> CandidateResult | None:
         for c in candidates
         if c.gates is not None
         and c.gates.passed_kind("speed")
+        and c.gates.passed_kind("evidence")  # no FP32 node can fix a held-out set that proves nothing
         and not c.accuracy_passed
         and c.recipe.method != "fp16"
     ]

@@ -15,10 +15,17 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from quantgate.bench import BenchReport, BenchSettings, ort_engine, run_benchmark, torch_engine
-from quantgate.errors import ConfigError
+from quantgate.errors import ConfigError, HeldoutValidationError
 from quantgate.evaluate import ParityReport, embed_texts, parity_report, spearman
 from quantgate.export import ExportResult, build_embedding_module, export_sentence_embedding, tokenize
 from quantgate.heldout import HeldoutSchema
+from quantgate.stats import bootstrap_indices, percentile_interval, spearman_resampled, wilson_interval
+
+Interval = tuple[float, float]
+
+
+def _half_width(interval: Interval | None) -> float:
+    return (interval[1] - interval[0]) / 2 if interval else float("nan")
 
 
 class Evaluation(BaseModel):
@@ -27,10 +34,14 @@ class Evaluation(BaseModel):
     task_metric_candidate: float
     parity: ParityReport
     seconds: float
+    rows: int = 0
+    task_metric_fp32_interval: Interval | None = None
+    task_metric_drop_interval: Interval | None = None
+    neighbour_agreement_interval: Interval | None = None
 
     def metrics(self) -> dict[str, float]:
-        """The flat metric dict the gates read."""
-        return {
+        """The flat metric dict the gates read (intervals as `<metric>_lo` / `_hi`)."""
+        out = {
             "task_metric_fp32": self.task_metric_fp32,
             "task_metric_candidate": self.task_metric_candidate,
             "task_metric_drop": self.task_metric_fp32 - self.task_metric_candidate,
@@ -39,7 +50,17 @@ class Evaluation(BaseModel):
             "mean_cosine": self.parity.mean_cosine,
             "min_cosine": self.parity.min_cosine,
             "neighbour_agreement": self.parity.neighbour_agreement,
+            "task_metric_fp32_half_width": _half_width(self.task_metric_fp32_interval),
+            "task_metric_drop_half_width": _half_width(self.task_metric_drop_interval),
         }
+        for name, interval in (
+            ("task_metric_fp32", self.task_metric_fp32_interval),
+            ("task_metric_drop", self.task_metric_drop_interval),
+            ("neighbour_agreement", self.neighbour_agreement_interval),
+        ):
+            if interval is not None:
+                out[f"{name}_lo"], out[f"{name}_hi"] = interval
+        return out
 
 
 BASELINES = ("pytorch-fp32", "onnx-fp32")
@@ -64,6 +85,8 @@ class Reference(BaseModel):
     outputs: np.ndarray
     task_metric: float
     seconds: float
+    interval: Interval | None = None  # the FP32 task metric's 95 % bootstrap interval
+    resampled: np.ndarray | None = None  # the FP32 task metric on each bootstrap resample
 
 
 class TaskType(Protocol):
@@ -171,15 +194,36 @@ class SentenceEmbedding:
         outputs = embed_texts(
             fp32, tokenizer, self.texts(heldout), max_length=self.eval_max_length, threads=threads
         )
+        scores, gold = self._scores(outputs, heldout), self._gold(heldout)
+        if np.ptp(scores) <= 1e-9 or np.ptp(gold) == 0:
+            raise HeldoutValidationError(
+                "the held-out set cannot rank anything: "
+                + (
+                    "every pair has the same gold score"
+                    if np.ptp(gold) == 0
+                    else "the FP32 model gives every pair the same similarity (the texts carry nothing it "
+                    "can read, e.g. only emoji or zero-width characters)"
+                )
+                + ". Register a held-out set of real, varied pairs",
+                ["degenerate held-out set"],
+            )
+        resampled = spearman_resampled(gold, scores, bootstrap_indices(len(gold)))
         return Reference(
-            outputs=outputs, task_metric=self._metric(outputs, heldout), seconds=time.perf_counter() - start
+            outputs=outputs,
+            task_metric=spearman(scores, gold),
+            seconds=time.perf_counter() - start,
+            interval=percentile_interval(resampled),
+            resampled=resampled,
         )
 
     @staticmethod
-    def _metric(embeddings: np.ndarray, heldout: pd.DataFrame) -> float:
+    def _gold(heldout: pd.DataFrame) -> np.ndarray:
+        return heldout["score"].to_numpy(dtype=np.float64)
+
+    @staticmethod
+    def _scores(embeddings: np.ndarray, heldout: pd.DataFrame) -> np.ndarray:
         n = len(heldout)
-        gold = heldout["score"].to_numpy(dtype=np.float64)
-        return spearman((embeddings[:n] * embeddings[n:]).sum(1), gold)
+        return (embeddings[:n] * embeddings[n:]).sum(1)
 
     def evaluate(
         self,
@@ -200,12 +244,25 @@ class SentenceEmbedding:
         cand = embed_texts(
             candidate, tokenizer, self.texts(heldout), max_length=self.eval_max_length, threads=threads
         )
+        scores, gold = self._scores(cand, heldout), self._gold(heldout)
+        parity = parity_report(reference.outputs, cand, abs_tol, mean_tol)
+        drop_interval = None
+        if reference.resampled is not None:
+            # Paired: the same resamples as the FP32 reference (same seed, same n).
+            candidate_resampled = spearman_resampled(gold, scores, bootstrap_indices(len(gold)))
+            drop_interval = percentile_interval(reference.resampled - candidate_resampled)
+        texts = 2 * len(heldout)
+        agree = round(parity.neighbour_agreement * texts) if np.isfinite(parity.neighbour_agreement) else 0
         return Evaluation(
             task_metric="sts_spearman",
             task_metric_fp32=reference.task_metric,
-            task_metric_candidate=self._metric(cand, heldout),
-            parity=parity_report(reference.outputs, cand, abs_tol, mean_tol),
+            task_metric_candidate=spearman(scores, gold),
+            parity=parity,
             seconds=time.perf_counter() - start,
+            rows=len(heldout),
+            task_metric_fp32_interval=reference.interval,
+            task_metric_drop_interval=drop_interval,
+            neighbour_agreement_interval=wilson_interval(agree, texts),
         )
 
     def benchmark(

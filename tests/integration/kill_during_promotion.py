@@ -9,8 +9,8 @@ import signal
 import sys
 
 from quantgate.bench import BenchSettings
-from quantgate.gates import GateThresholds
 from quantgate.storage import ObjectStore
+from tests.conftest import TINY_GATES
 
 model, version, mode = sys.argv[1:4]
 _put_file, _put_bytes = ObjectStore.put_file, ObjectStore.put_bytes
@@ -43,7 +43,7 @@ quantize_and_promote(
     model=model,
     version=version,
     recipes=["dynamic-int8-per-channel"],
-    thresholds=GateThresholds(min_p95_speedup=0.0),
+    thresholds=TINY_GATES,
     bench=BenchSettings(warmup_runs=1, repeat_runs=5),
 )
 sys.exit(3)

@@ -95,6 +95,7 @@ def test_run_prints_the_decision_gates_and_benchmark(s3_env, tiny_model_dir, sma
     assert _register(tiny_model_dir, small_sts).exit_code == 0
     result = _invoke(
         "run", "tiny", "v1", "--min-p95-speedup", "0", "--repeats", "10",
+        "--min-baseline-metric", "-1", "--max-baseline-half-width", "1",  # a random tiny BERT
         "--recipe", "dynamic-int8", "--recipe", "dynamic-int8-per-channel",
     )  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -14,14 +14,13 @@ import pytest
 from infra.prefect_stack import PrefectStack
 from quantgate import lifecycle
 from quantgate.bench import BenchSettings
-from quantgate.gates import GateThresholds
 from quantgate.registry import ModelRef, manifest_key
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_GATES
 from tests.integration.conftest import snapshot
 
 # The tiny model cannot win latency from INT8 (see test_flow.py): the deployments get its speed gate off.
 TINY_PARAMS = {
-    "thresholds": GateThresholds(min_p95_speedup=0.0).model_dump(),
+    "thresholds": TINY_GATES.model_dump(),
     "bench": BenchSettings(warmup_runs=1, repeat_runs=5).model_dump(),
 }
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}

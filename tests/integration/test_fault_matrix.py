@@ -28,12 +28,12 @@ import pytest
 from flows.quantize_and_promote import quantize_and_promote
 from quantgate import lifecycle
 from quantgate.bench import BenchSettings
-from quantgate.gates import GateThresholds
 from quantgate.registry import ModelRef
 from quantgate.search import SearchBudget
 from quantgate.settings import Settings
 from quantgate.storage import ObjectStore
 from tasks import storage as storage_tasks
+from tests.conftest import TINY_GATES
 from tests.integration.conftest import drop_bucket, snapshot
 from tests.integration.faults import FaultPlan, install
 from tests.integration.test_guarantees import _files, _manifest
@@ -42,7 +42,7 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 
 RUN = {
     "recipes": ["dynamic-int8-per-channel"],
-    "thresholds": GateThresholds(min_p95_speedup=0.0),
+    "thresholds": TINY_GATES,
     "bench": BenchSettings(warmup_runs=1, repeat_runs=5),
     "budget": SearchBudget(max_trials=0),
 }

@@ -17,14 +17,12 @@ from infra.seaweed import SeaweedServer
 from quantgate import lifecycle
 from quantgate.bench import BenchSettings
 from quantgate.errors import ConfigError, ConflictError, NotFoundError, StorageUnreachableError
-from quantgate.gates import GateThresholds
 from quantgate.registry import Manifest, ModelRef, manifest_key
 from quantgate.settings import Settings
 from quantgate.storage import ObjectStore, sha256_bytes
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_GATES
 from tests.integration.conftest import ACCESS_KEY, SECRET_KEY, snapshot
 
-TINY_GATES = GateThresholds(min_p95_speedup=0.0)
 FAST_BENCH = BenchSettings(warmup_runs=1, repeat_runs=5)
 
 

@@ -10,12 +10,11 @@ from flows.quantize_and_promote import quantize_and_promote
 from flows.registry_sweep import registry_sweep
 from quantgate import announce, lifecycle
 from quantgate.bench import BenchSettings
-from quantgate.gates import GateThresholds
 from quantgate.registry import ModelRef
+from tests.conftest import TINY_GATES
 from tests.integration.conftest import snapshot
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-TINY_GATES = GateThresholds(min_p95_speedup=0.0)
 
 
 def _events(name: str, version: str, minimum: int = 1, timeout: float = 30):

@@ -6,10 +6,20 @@ from pydantic import ValidationError
 from quantgate.gates import Gate, GateThresholds, evaluate_gates
 
 GOOD = {
+    # The evidence: FP32 measurably beats the trivial baseline, and the intervals are narrow.
+    "task_metric_fp32": 0.868,
+    "task_metric_fp32_lo": 0.855,
+    "task_metric_fp32_hi": 0.880,
+    "task_metric_fp32_half_width": 0.0125,
     "task_metric_drop": 0.002,
+    "task_metric_drop_lo": 0.0,
+    "task_metric_drop_hi": 0.004,
+    "task_metric_drop_half_width": 0.002,
     "mean_cosine": 0.993,
     "min_cosine": 0.97,
     "neighbour_agreement": 0.94,
+    "neighbour_agreement_lo": 0.93,
+    "neighbour_agreement_hi": 0.95,
     "max_abs_diff": 0.04,
     "mean_abs_diff": 0.005,
     "p95_speedup_vs_onnx_fp32": 2.0,
@@ -19,13 +29,58 @@ GOOD = {
 def test_all_metrics_inside_limits_pass():
     report = evaluate_gates(GOOD, GateThresholds().to_gates())
     assert report.passed
-    assert len(report.results) == 7
+    assert len(report.results) == 10
     assert all(r.margin is not None and r.margin >= 0 for r in report.results)
+
+
+def test_a_drop_passes_only_when_its_upper_bound_is_inside_the_limit():
+    """Point estimate 0.8 points, inside the 1-point limit; its interval reaches 1.3 points: not shown."""
+    metrics = {**GOOD, "task_metric_drop": 0.008, "task_metric_drop_lo": 0.003, "task_metric_drop_hi": 0.013}
+    report = evaluate_gates(metrics, GateThresholds().to_gates())
+    (failed,) = report.failed
+    assert failed.gate.metric == "task_metric_drop"
+    assert failed.value == 0.008
+    assert failed.interval == (0.003, 0.013)
+    assert failed.margin == pytest.approx(0.01 - 0.013)
+
+
+def test_agreement_is_judged_by_its_wilson_lower_bound():
+    metrics = {**GOOD, "neighbour_agreement": 0.91, "neighbour_agreement_lo": 0.89}
+    assert [r.gate.metric for r in evaluate_gates(metrics, GateThresholds().to_gates()).failed] == [
+        "neighbour_agreement"
+    ]
+
+
+def test_a_model_that_measures_nothing_fails_the_baseline_gate():
+    """Shuffled STS labels: FP32 Spearman 0.03 with a narrow interval, INT8 the same: the drop gate
+    would pass, the baseline gate does not."""
+    shuffled = {**GOOD, "task_metric_fp32": 0.03, "task_metric_fp32_lo": -0.02, "task_metric_fp32_hi": 0.08}
+    shuffled["task_metric_fp32_half_width"] = 0.05
+    failed = [r.gate for r in evaluate_gates(shuffled, GateThresholds().to_gates()).failed]
+    assert [(g.metric, g.kind) for g in failed] == [("task_metric_fp32", "evidence")]
+
+
+def test_a_wide_interval_fails_the_held_out_size_gate():
+    tiny = {
+        **GOOD,
+        "task_metric_fp32_lo": 0.3,
+        "task_metric_fp32_hi": 1.0,
+        "task_metric_fp32_half_width": 0.35,
+    }
+    failed = [r.gate.name for r in evaluate_gates(tiny, GateThresholds().to_gates()).failed]
+    assert failed == ["held-out size"]
+
+
+def test_a_bound_gate_without_its_interval_fails():
+    metrics = {k: v for k, v in GOOD.items() if k != "task_metric_drop_hi"}
+    assert [r.gate.metric for r in evaluate_gates(metrics, GateThresholds().to_gates()).failed] == [
+        "task_metric_drop"
+    ]
 
 
 def test_embedding_drift_fails_even_when_task_metric_holds():
     # The measured MiniLM per-tensor case: Spearman drop 0.34 points, mean cosine 0.963.
-    metrics = {**GOOD, "task_metric_drop": 0.0034, "mean_cosine": 0.963}
+    metrics = {**GOOD, "task_metric_drop": 0.0034, "task_metric_drop_hi": 0.005, "mean_cosine": 0.963}
     report = evaluate_gates(metrics, GateThresholds().to_gates())
     assert not report.passed
     assert [r.gate.metric for r in report.failed] == ["mean_cosine"]
@@ -33,7 +88,8 @@ def test_embedding_drift_fails_even_when_task_metric_holds():
 
 
 def test_task_metric_drop_fails_even_when_embeddings_are_close():
-    report = evaluate_gates({**GOOD, "task_metric_drop": 0.02}, GateThresholds().to_gates())
+    worse = {**GOOD, "task_metric_drop": 0.02, "task_metric_drop_lo": 0.018, "task_metric_drop_hi": 0.022}
+    report = evaluate_gates(worse, GateThresholds().to_gates())
     assert [r.gate.metric for r in report.failed] == ["task_metric_drop"]
 
 

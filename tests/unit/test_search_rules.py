@@ -49,6 +49,10 @@ def _candidate(name: str, cosine: float, nodes: list[str] | None = None) -> Cand
             n_samples=10,
         ),
         seconds=1.0,
+        rows=1000,
+        task_metric_fp32_interval=(0.855, 0.885),
+        task_metric_drop_interval=(0.0, 0.004),
+        neighbour_agreement_interval=(0.94, 0.96),
     )
     recipe = Recipe(name=name, nodes_to_exclude=nodes or [])
     return CandidateResult(recipe=recipe, status="evaluated", size_bytes=100, evaluation=ev)
@@ -102,7 +106,8 @@ def test_fallback_prefers_the_nearly_passing_base_among_equally_fast_ones():
                 update={
                     "parity": per_tensor.evaluation.parity.model_copy(
                         update={"min_cosine": 0.8, "neighbour_agreement": 0.85, "mean_abs_diff": 0.02}
-                    )
+                    ),
+                    "neighbour_agreement_interval": (0.83, 0.87),
                 }
             )
         }

@@ -1,0 +1,70 @@
+"""Intervals for the gates: a gate passes only when the unfavourable end of its 95 % interval is inside
+the limit, so a pass means "at most this much worse, with confidence", not "this much worse on this
+sample".
+
+- Task metrics (STS Spearman): a paired bootstrap. The same resampled rows score FP32 and the candidate,
+  so the drop's interval reflects how the two models disagree, not how hard the rows are. 1,000 seeded
+  resamples, vectorised: ranks of a (B, n) matrix and row-wise Pearson correlation of ranks.
+- Agreement rates (neighbour agreement): the Wilson score interval (Wilson 1927), which stays inside
+  [0, 1] and is sane at rates near 1, where the normal approximation is not.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+RESAMPLES = 1000
+SEED = 20261124
+Z95 = 1.959963984540054
+
+
+def bootstrap_indices(n: int, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
+    """(resamples, n) row indices drawn with replacement; seeded, so a run is reproducible."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return rankdata(x, axis=-1, method="average")
+
+
+def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(axis=-1, keepdims=True)
+    b = b - b.mean(axis=-1, keepdims=True)
+    denom = np.sqrt((a * a).sum(axis=-1) * (b * b).sum(axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (a * b).sum(axis=-1) / denom, np.nan)
+
+
+def spearman_resampled(gold: np.ndarray, scores: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Spearman's rho of (gold, scores) on every resample of `idx` (shape (B, n)); NaN where constant."""
+    return _pearson_rows(_ranks(gold[idx]), _ranks(scores[idx]))
+
+
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    finite = samples[np.isfinite(samples)]
+    if len(finite) < len(samples) * 0.9:  # too many degenerate resamples: no interval
+        return (math.nan, math.nan)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(finite, [tail, 100 - tail])
+    return (float(lo), float(hi))
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    if n <= 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def rows_needed(n: int, half_width: float, target_half_width: float) -> int:
+    """Rows for an interval of `target_half_width`, from one measured on n rows (width ~ 1/sqrt(n))."""
+    if not (math.isfinite(half_width) and target_half_width > 0):
+        return n
+    return max(n, math.ceil(n * (half_width / target_half_width) ** 2))

@@ -1,0 +1,122 @@
+"""A pass is a claim backed by evidence (#11): the FP32 model must measurably beat a trivial baseline,
+the held-out set must be big enough to show the drop is within the limit, and degenerate data is a
+clear validation error with a report, never a crash. Real flow, real SeaweedFS."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flows.quantize_and_promote import quantize_and_promote
+from quantgate import lifecycle
+from quantgate.bench import BenchSettings
+from quantgate.errors import HeldoutValidationError
+from quantgate.gates import GateThresholds
+from quantgate.registry import ModelRef, rejection_key
+from quantgate.search import SearchBudget
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+ONE_RECIPE = {
+    "recipes": ["dynamic-int8-per-channel"],
+    "bench": BenchSettings(warmup_runs=1, repeat_runs=5),
+    "budget": SearchBudget(max_trials=0),
+}
+
+
+def _rows(path: Path) -> list[list[str]]:
+    return [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff"
+
+
+def _invisible(text: str) -> str:
+    """A distinct string per text (the rows stay unique) that a tokenizer reads as nothing at all."""
+    import hashlib
+
+    n = int(hashlib.sha256(text.encode()).hexdigest()[:12], 16)
+    digits = []
+    while n:
+        n, d = divmod(n, len(ZERO_WIDTH))
+        digits.append(ZERO_WIDTH[d])
+    return "".join(digits) or ZERO_WIDTH[0]
+
+
+def _write(rows: list[list[str]], path: Path) -> Path:
+    path.write_text("".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_shuffled_labels_are_not_promoted_baseline_not_meaningful(store, minilm_dir, sts_path, tmp_path):
+    """MiniLM with the STS dev scores shuffled: FP32 and INT8 both score ~0, so their drop is ~0 and
+    every drop gate would pass. The FP32 baseline gate does not."""
+    import numpy as np
+
+    rows = _rows(sts_path)
+    scores = list(np.random.default_rng(0).permutation([r[4] for r in rows]))
+    shuffled = [[*r[:4], s, *r[5:]] for r, s in zip(rows, scores, strict=True)]
+    ref = ModelRef(name="minilm", version="shuffled")
+    lifecycle.register(
+        store, ref, minilm_dir, _write(shuffled, tmp_path / "sts-shuffled.tsv"), "sentence-embedding"
+    )
+    state = quantize_and_promote(
+        model=ref.name, version=ref.version, thresholds=GateThresholds(min_p95_speedup=0.0), **ONE_RECIPE,
+        return_state=True,
+    )  # fmt: skip
+    assert state.name == "NotPromoted", state.message
+    assert "baseline-not-meaningful" in state.message
+    record = json.loads(store.get_bytes(rejection_key(ref)))
+    assert record["reason"] == "baseline-not-meaningful"
+    baseline = next(g for g in record["gates"]["results"] if g["gate"]["name"] == "FP32 baseline")
+    assert not baseline["passed"]
+    assert baseline["interval"][0] < 0.1  # the lower bound of FP32 Spearman
+    drop = next(g for g in record["gates"]["results"] if g["gate"]["name"] == "task metric drop")
+    assert drop["passed"]  # the drop alone would have promoted it
+    assert not list(store.list("promoted/"))
+
+
+def test_a_ten_row_held_out_set_is_heldout_too_small(store, tiny_model_dir, small_sts, tmp_path):
+    ref = ModelRef(name="tiny", version="ten")
+    ten = _write(_rows(small_sts)[:10], tmp_path / "sts-10.tsv")
+    lifecycle.register(store, ref, tiny_model_dir, ten, "sentence-embedding")
+    state = quantize_and_promote(
+        model=ref.name, version=ref.version, thresholds=GateThresholds(min_p95_speedup=0.0), **ONE_RECIPE,
+        return_state=True,
+    )  # fmt: skip
+    assert state.name == "NotPromoted", state.message
+    record = json.loads(store.get_bytes(rejection_key(ref)))
+    assert record["reason"] == "heldout-too-small"
+    assert record["rows_needed"] > 10
+    assert f"about {record['rows_needed']} held-out rows would be needed" in state.message
+    assert record["heldout"]["evaluation_rows"] == 5
+
+
+@pytest.mark.parametrize(
+    ("case", "edit", "words"),
+    [
+        ("constant-scores", lambda r: [*r[:4], "2.5", *r[5:]], "every pair has the same gold score"),
+        ("zero-width-only", lambda r: [*r[:5], _invisible(r[5]), _invisible(r[6])], "same similarity"),
+    ],
+)
+def test_degenerate_held_out_data_is_a_clear_validation_error_with_a_report(
+    store, tiny_model_dir, small_sts, tmp_path, case, edit, words
+):
+    rows = _rows(small_sts)
+    broken = [edit(r) for r in rows]
+    ref = ModelRef(name="tiny", version=case)
+    lifecycle.register(
+        store, ref, tiny_model_dir, _write(broken, tmp_path / f"{case}.tsv"), "sentence-embedding"
+    )
+    state = quantize_and_promote(model=ref.name, version=ref.version, **ONE_RECIPE, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(HeldoutValidationError, match=words):
+        state.result()
+    (report_key,) = [o.key for o in store.list(f"runs/tiny/{case}/") if o.key.endswith("/report.json")]
+    report = json.loads(store.get_bytes(report_key))
+    assert (report["outcome"], report["error"]) == ("failed", "HeldoutValidationError")
+    assert not list(store.list("promoted/"))
+    assert lifecycle.decision_of(store, ref) is None
