@@ -80,7 +80,9 @@ def quantize_and_promote(
             )
             validate.require(heldout_check, pulled.heldout_path.name)
 
-            split = split_heldout(heldout, budget.calibration_rows, budget.max_eval_rows)
+            split = split_heldout(
+                heldout, budget.calibration_rows, budget.max_eval_rows, list(task_type.schema.columns)
+            )
 
             # -- the FP32 baseline ----------------------------------------------------------------------
             exported = candidate.export(

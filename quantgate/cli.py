@@ -145,6 +145,9 @@ def run(
     abs_tol: Annotated[float | None, typer.Option(help="max |INT8-FP32| element")] = None,
     mean_tol: Annotated[float | None, typer.Option(help="max mean |INT8-FP32|")] = None,
     min_p95_speedup: Annotated[float | None, typer.Option(help="min ORT FP32 p95 / INT8 p95")] = None,
+    max_slice_drop: Annotated[
+        float | None, typer.Option(help="max task-metric drop on any slice of >= 50 rows (0.02 = 2 pt)")
+    ] = None,
     min_baseline_metric: Annotated[
         float | None, typer.Option(help="the FP32 task metric's lower 95% bound must exceed this (STS: 0.1)")
     ] = None,
@@ -173,6 +176,7 @@ def run(
             "mean_tol": mean_tol,
             "min_p95_speedup": min_p95_speedup,
             "min_baseline_metric": min_baseline_metric,
+            "max_slice_drop": max_slice_drop,
             "max_baseline_half_width": max_baseline_half_width,
         }
     )
@@ -246,6 +250,20 @@ def _quiet_known_errors() -> None:
                 handler.addFilter(DropKnownTraces())
 
 
+def _print_slices(parsed: Any) -> None:
+    from quantgate.report import slice_rows
+
+    slices = slice_rows(parsed)
+    if not slices:
+        return
+    table = Table(title="slices (the max-slice-drop gate counts slices of >= 50 rows)")
+    for col in slices[0]:
+        table.add_column(col)
+    for row in slices:
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    console.print(table)
+
+
 def print_report(report: dict[str, Any]) -> None:
     from quantgate.report import RunReport, bench_rows, compact_candidate_rows, gate_rows
     from quantgate.search import SearchResult
@@ -278,6 +296,7 @@ def print_report(report: dict[str, Any]) -> None:
             f"[{style}]{row['result']}[/]",
         )
     console.print(gates)
+    _print_slices(parsed)
     s = parsed.benchmark.settings
     bench = Table(
         title=f"benchmark: batch {s.batch}, seq {s.seq_len}, {s.threads} thread(s), "

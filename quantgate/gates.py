@@ -112,6 +112,12 @@ class GateThresholds(BaseModel):
         description="the FP32 task metric's lower 95 % bound must exceed this trivial baseline (STS: "
         "Spearman 0.1): a drop measured on a model that measures nothing means nothing",
     )
+    max_slice_drop: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="worst task-metric drop on any slice of at least 50 rows (slice columns, length buckets)",
+    )
     max_baseline_half_width: float = Field(
         0.1,
         gt=0,
@@ -162,6 +168,13 @@ class GateThresholds(BaseModel):
                 limit=self.max_task_metric_drop,
                 judge="upper",
                 description="FP32 ONNX minus INT8 on the held-out task metric (upper 95 % bound)",
+            ),
+            Gate(
+                name="max slice drop",
+                metric="max_slice_drop",
+                op="<=",
+                limit=self.max_slice_drop,
+                description="worst task-metric drop on one slice (genre, length bucket) of >= 50 rows",
             ),
             Gate(name="mean cosine", metric="mean_cosine", op=">=", limit=self.min_mean_cosine),
             Gate(name="min cosine", metric="min_cosine", op=">=", limit=self.min_min_cosine),

@@ -30,6 +30,9 @@ class HeldoutSchema(BaseModel):
     # Share of rows that belong to a group of identical rows. Real sets carry a few (STS-B dev: 2 pairs,
     # 4 rows of 1,500); many mean a concatenation bug that would double-count examples.
     max_duplicate_fraction: float = Field(0.02, ge=0, le=1)
+    # Columns that name a subgroup of rows (STS-B's genre): each gets its own drop and interval, and the
+    # max-slice-drop gate. Not part of a row's identity (the calibration split hashes `columns` only).
+    slice_columns: list[str] = Field(default_factory=list)
 
 
 class ValidationOutcome(BaseModel):
@@ -67,8 +70,10 @@ def load_sts_tsv(path: Path) -> pd.DataFrame:
         if not fields or fields == [""]:
             continue
         padded = fields + [None] * (7 - len(fields))
-        records.append({"score": padded[4], "sentence1": padded[5], "sentence2": padded[6]})
-    df = pd.DataFrame.from_records(records, columns=["score", "sentence1", "sentence2"])
+        records.append(
+            {"score": padded[4], "sentence1": padded[5], "sentence2": padded[6], "genre": padded[0]}
+        )
+    df = pd.DataFrame.from_records(records, columns=["score", "sentence1", "sentence2", "genre"])
     df["score"] = pd.to_numeric(df["score"], errors="coerce")
     return df
 
@@ -94,9 +99,13 @@ def _expectations(schema: HeldoutSchema) -> list[Any]:
 
     exp = gx.expectations
     out: list[Any] = [
-        exp.ExpectTableColumnsToMatchSet(column_set=list(schema.columns), exact_match=True),
+        exp.ExpectTableColumnsToMatchSet(
+            column_set=[*schema.columns, *schema.slice_columns], exact_match=True
+        ),
         exp.ExpectTableRowCountToBeBetween(min_value=schema.min_rows, max_value=schema.max_rows),
     ]
+    for column in schema.slice_columns:
+        out.append(exp.ExpectColumnValuesToNotBeNull(column=column))
     for column, kind in schema.columns.items():
         out.append(exp.ExpectColumnValuesToNotBeNull(column=column))
         if kind == "text":
@@ -238,7 +247,12 @@ class HeldoutSplit(BaseModel):
         }
 
 
-def split_heldout(df: pd.DataFrame, calibration_rows: int, max_eval_rows: int | None = None) -> HeldoutSplit:
+def split_heldout(
+    df: pd.DataFrame,
+    calibration_rows: int,
+    max_eval_rows: int | None = None,
+    key_columns: list[str] | None = None,
+) -> HeldoutSplit:
     """Calibration rows (static quantization ranges, node sensitivity) and evaluation rows (every gate
     metric) never overlap: a recipe tuned on the rows it is judged on would be graded on its homework.
     The split is a pure function of row content (sha256 order), so every run and every re-run of a
@@ -248,7 +262,8 @@ def split_heldout(df: pd.DataFrame, calibration_rows: int, max_eval_rows: int | 
 
     if calibration_rows < 0:
         raise ValueError(f"calibration_rows must be >= 0, got {calibration_rows}")
-    keys = df.astype(str).agg("\x1f".join, axis=1).map(lambda s: hashlib.sha256(s.encode()).hexdigest())
+    content = df[key_columns] if key_columns else df
+    keys = content.astype(str).agg("\x1f".join, axis=1).map(lambda s: hashlib.sha256(s.encode()).hexdigest())
     order = keys.sort_values(kind="stable")
     # Keep at least half of the set for evaluation: the gates need the evidence more than calibration.
     n = min(calibration_rows, len(df) // 2)

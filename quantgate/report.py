@@ -104,6 +104,29 @@ def gate_rows(report: GateReport) -> list[dict[str, Any]]:
     ]
 
 
+def slice_rows(report: RunReport) -> list[dict[str, Any]]:
+    """The lead candidate's task metric per slice: FP32, candidate, drop and its 95 % interval."""
+    lead = (
+        SearchResult.model_validate(report.search).get(report.recipe.get("name")) if report.search else None
+    )
+    if lead is None or lead.evaluation is None:
+        return []
+    return [
+        {
+            "slice": s.name,
+            "rows": s.rows,
+            "fp32": round(s.task_metric_fp32, 4),
+            "candidate": round(s.task_metric_candidate, 4),
+            "drop": round(s.drop, 4),
+            "interval": None
+            if s.drop_interval is None
+            else f"[{s.drop_interval[0]:.4f}, {s.drop_interval[1]:.4f}]",
+            "gated": "yes" if s.gated else "no (too few rows)",
+        }
+        for s in lead.evaluation.slices
+    ]
+
+
 def bench_rows(bench: BenchReport) -> list[dict[str, Any]]:
     return [
         {
@@ -212,6 +235,14 @@ def to_markdown(report: RunReport, links: dict[str, str] | None = None) -> str:
         f"{report.metrics['task_metric_fp32']:.4f} → candidate {report.metrics['task_metric_candidate']:.4f}",
         f"## Gates ({report.recipe.get('name')})\n\n" + _md_table(gate_rows(report.gates)),
     ]
+    if report.reason:
+        needed = f" (about {report.rows_needed} held-out rows would be needed)" if report.rows_needed else ""
+        parts.insert(2, f"Reason: **{report.reason}**{needed}")
+    slices = slice_rows(report)
+    if slices:
+        parts.append(
+            "## Slices (the max-slice-drop gate counts slices of at least 50 rows)\n\n" + _md_table(slices)
+        )
     if search is not None:
         b, h = search.budget, report.heldout
         calib, evaluation = h.get("calibration_rows", 0), h.get("evaluation_rows", h.get("rows"))

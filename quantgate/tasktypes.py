@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from quantgate.bench import BenchReport, BenchSettings, ort_engine, run_benchmark, torch_engine
 from quantgate.errors import ConfigError, HeldoutValidationError
@@ -28,6 +28,21 @@ def _half_width(interval: Interval | None) -> float:
     return (interval[1] - interval[0]) / 2 if interval else float("nan")
 
 
+MIN_SLICE_ROWS = 50  # a smaller slice's drop is noise: it is shown, not gated
+
+
+class SliceResult(BaseModel):
+    """The task metric on one subgroup of the evaluation rows (a slice column's value, a length bucket)."""
+
+    name: str
+    rows: int
+    task_metric_fp32: float
+    task_metric_candidate: float
+    drop: float
+    drop_interval: Interval | None = None
+    gated: bool = Field(description=f"counted by the max-slice-drop gate (at least {MIN_SLICE_ROWS} rows)")
+
+
 class Evaluation(BaseModel):
     task_metric: str
     task_metric_fp32: float
@@ -38,6 +53,12 @@ class Evaluation(BaseModel):
     task_metric_fp32_interval: Interval | None = None
     task_metric_drop_interval: Interval | None = None
     neighbour_agreement_interval: Interval | None = None
+    slices: list[SliceResult] = Field(default_factory=list)
+
+    def max_slice_drop(self) -> float:
+        """The worst drop among slices large enough to judge; the overall drop when none is."""
+        gated = [s.drop for s in self.slices if s.gated]
+        return max(gated) if gated else self.task_metric_fp32 - self.task_metric_candidate
 
     def metrics(self) -> dict[str, float]:
         """The flat metric dict the gates read (intervals as `<metric>_lo` / `_hi`)."""
@@ -52,6 +73,7 @@ class Evaluation(BaseModel):
             "neighbour_agreement": self.parity.neighbour_agreement,
             "task_metric_fp32_half_width": _half_width(self.task_metric_fp32_interval),
             "task_metric_drop_half_width": _half_width(self.task_metric_drop_interval),
+            "max_slice_drop": self.max_slice_drop(),
         }
         for name, interval in (
             ("task_metric_fp32", self.task_metric_fp32_interval),
@@ -140,6 +162,7 @@ class SentenceEmbedding:
         score_max=5.0,
         min_rows=10,
         unique_columns=["score", "sentence1", "sentence2"],
+        slice_columns=["genre"],
     )
     export_samples = 32
     eval_max_length = 256
@@ -216,6 +239,22 @@ class SentenceEmbedding:
             resampled=resampled,
         )
 
+    def _slices(self, heldout: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Row masks: one per value of each slice column, and three pair-length buckets (tertiles)."""
+        out = {}
+        for column in self.schema.slice_columns:
+            if column in heldout:
+                values = heldout[column].astype(str).to_numpy()
+                out |= {f"{column}={v}": values == v for v in sorted(set(values))}
+        lengths = (
+            heldout["sentence1"].astype(str).str.len() + heldout["sentence2"].astype(str).str.len()
+        ).to_numpy()
+        edges = np.quantile(lengths, [1 / 3, 2 / 3])
+        bucket = np.digitize(lengths, edges, right=True)
+        for i, name in enumerate(("short", "medium", "long")):
+            out[f"length={name}"] = bucket == i
+        return out
+
     @staticmethod
     def _gold(heldout: pd.DataFrame) -> np.ndarray:
         return heldout["score"].to_numpy(dtype=np.float64)
@@ -253,6 +292,7 @@ class SentenceEmbedding:
             drop_interval = percentile_interval(reference.resampled - candidate_resampled)
         texts = 2 * len(heldout)
         agree = round(parity.neighbour_agreement * texts) if np.isfinite(parity.neighbour_agreement) else 0
+        fp32_scores = self._scores(reference.outputs, heldout)
         return Evaluation(
             task_metric="sts_spearman",
             task_metric_fp32=reference.task_metric,
@@ -263,6 +303,7 @@ class SentenceEmbedding:
             task_metric_fp32_interval=reference.interval,
             task_metric_drop_interval=drop_interval,
             neighbour_agreement_interval=wilson_interval(agree, texts),
+            slices=slice_results(self._slices(heldout), gold, fp32_scores, scores),
         )
 
     def benchmark(
@@ -302,6 +343,33 @@ class SentenceEmbedding:
             )
         finally:
             torch.set_num_threads(previous_threads)
+
+
+def slice_results(
+    masks: dict[str, np.ndarray], gold: np.ndarray, fp32: np.ndarray, candidate: np.ndarray
+) -> list[SliceResult]:
+    """Each slice's FP32 and candidate metric, drop and paired bootstrap interval."""
+    out = []
+    for name, mask in masks.items():
+        n = int(mask.sum())
+        if n < 3:
+            continue
+        g, f, c = gold[mask], fp32[mask], candidate[mask]
+        idx = bootstrap_indices(n)
+        interval = percentile_interval(spearman_resampled(g, f, idx) - spearman_resampled(g, c, idx))
+        rho_f, rho_c = spearman(f, g), spearman(c, g)
+        out.append(
+            SliceResult(
+                name=name,
+                rows=n,
+                task_metric_fp32=rho_f,
+                task_metric_candidate=rho_c,
+                drop=rho_f - rho_c,
+                drop_interval=None if np.isnan(interval[0]) else interval,
+                gated=n >= MIN_SLICE_ROWS and np.isfinite(rho_f - rho_c),
+            )
+        )
+    return out
 
 
 TASK_TYPES: dict[str, TaskType] = {SentenceEmbedding.name: SentenceEmbedding()}

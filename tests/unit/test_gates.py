@@ -15,6 +15,7 @@ GOOD = {
     "task_metric_drop_lo": 0.0,
     "task_metric_drop_hi": 0.004,
     "task_metric_drop_half_width": 0.002,
+    "max_slice_drop": 0.006,
     "mean_cosine": 0.993,
     "min_cosine": 0.97,
     "neighbour_agreement": 0.94,
@@ -29,7 +30,7 @@ GOOD = {
 def test_all_metrics_inside_limits_pass():
     report = evaluate_gates(GOOD, GateThresholds().to_gates())
     assert report.passed
-    assert len(report.results) == 10
+    assert len(report.results) == 11
     assert all(r.margin is not None and r.margin >= 0 for r in report.results)
 
 
@@ -141,3 +142,27 @@ def test_every_threshold_is_a_gate_except_the_export_check():
     fields = GateThresholds().model_dump()
     fields.pop("export_atol")
     assert set(fields.values()) <= limits
+
+
+def test_a_candidate_fine_on_average_but_broken_on_one_slice_fails():
+    import numpy as np
+
+    from quantgate.tasktypes import slice_results
+
+    rng = np.random.default_rng(0)
+    n = 600
+    gold = rng.uniform(0, 5, n)
+    fp32 = gold + rng.normal(0, 1.0, n)
+    candidate = fp32 + rng.normal(0, 0.02, n)
+    broken = np.arange(n) < 100  # one genre of 100 rows: the candidate scrambles it
+    candidate[broken] = rng.permutation(candidate[broken])
+    masks = {"genre=news": broken, "genre=captions": ~broken, "genre=tiny": np.arange(n) >= n - 20}
+    slices = {s.name: s for s in slice_results(masks, gold, fp32, candidate)}
+    assert slices["genre=news"].drop > 0.5
+    assert slices["genre=news"].drop_interval[0] > 0.3  # its interval excludes "no damage"
+    assert slices["genre=captions"].drop < 0.02
+    assert slices["genre=news"].gated
+    assert not slices["genre=tiny"].gated  # 20 rows: shown, not gated
+    worst = max(s.drop for s in slices.values() if s.gated)
+    report = evaluate_gates({**GOOD, "max_slice_drop": worst}, GateThresholds().to_gates())
+    assert [r.gate.name for r in report.failed] == ["max slice drop"]
