@@ -95,6 +95,9 @@ def quantize_and_promote(
                 allow_pickle,
             )
 
+            # -- the serving version (if any), judged beside the candidates --------------------------------
+            champion = storage.pull_champion(ref, task_type.name, settings, work / "champion")
+
             # -- every candidate recipe, measured against it on the same data and harness -----------------
             search = search_recipes(
                 task_type,
@@ -107,6 +110,7 @@ def quantize_and_promote(
                 budget,
                 allow_pickle,
                 work,
+                champion,
             )
 
             # -- decide and act on the decision -----------------------------------------------------------

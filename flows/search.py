@@ -17,6 +17,7 @@ from quantgate.errors import QuantgateError, SearchError
 from quantgate.export import ExportResult
 from quantgate.gates import GateThresholds
 from quantgate.heldout import HeldoutSplit
+from quantgate.lifecycle import Champion
 from quantgate.quantize import Recipe
 from quantgate.search import (
     CandidateResult,
@@ -30,7 +31,7 @@ from quantgate.search import (
     node_costs,
 )
 from quantgate.sensitivity import next_exclusion
-from quantgate.tasktypes import TaskType
+from quantgate.tasktypes import CHAMPION_ENGINE, TaskType
 from tasks import candidate
 
 
@@ -45,6 +46,7 @@ def search_recipes(
     budget: SearchBudget,
     allow_pickle: bool,
     work: Path,
+    champion: Champion | None = None,
 ) -> SearchResult:
     started = time.monotonic()
     deadline = started + budget.max_seconds
@@ -63,6 +65,9 @@ def search_recipes(
             f"whole search budget (max_seconds {budget.max_seconds:g}): lower max_eval_rows or raise "
             "max_seconds"
         )
+    if champion is not None:  # the serving version, judged on the same rows and in the same benchmark
+        ref = candidate.score_champion(task_type, ref, champion, split.evaluation, cores)
+    timed_extra = {} if champion is None else {CHAMPION_ENGINE + champion.version: champion.model_path}
     calibration = candidate.calibration_data(task_type, tokenizer_dir, split.calibration)
     fused = None
     if any(r.fuse for r in recipes):
@@ -98,7 +103,7 @@ def search_recipes(
             task_type,
             model_dir,
             fp32,
-            {c.name: _path(c, work) for c in batch},
+            {c.name: _path(c, work) for c in batch} | timed_extra,
             tokenizer_dir,
             split.evaluation,
             bench,

@@ -145,6 +145,12 @@ def run(
     abs_tol: Annotated[float | None, typer.Option(help="max |INT8-FP32| element")] = None,
     mean_tol: Annotated[float | None, typer.Option(help="max mean |INT8-FP32|")] = None,
     min_p95_speedup: Annotated[float | None, typer.Option(help="min ORT FP32 p95 / INT8 p95")] = None,
+    max_champion_drop: Annotated[
+        float | None, typer.Option(help="max task-metric drop vs the serving version (0.01 = 1 pt)")
+    ] = None,
+    max_champion_slowdown: Annotated[
+        float | None, typer.Option(help="max p50 slowdown vs the serving version (0.1 = 10%)")
+    ] = None,
     max_slice_drop: Annotated[
         float | None, typer.Option(help="max task-metric drop on any slice of >= 50 rows (0.02 = 2 pt)")
     ] = None,
@@ -177,6 +183,8 @@ def run(
             "min_p95_speedup": min_p95_speedup,
             "min_baseline_metric": min_baseline_metric,
             "max_slice_drop": max_slice_drop,
+            "max_champion_drop": max_champion_drop,
+            "max_champion_slowdown": max_champion_slowdown,
             "max_baseline_half_width": max_baseline_half_width,
         }
     )
@@ -278,6 +286,9 @@ def print_report(report: dict[str, Any]) -> None:
     if parsed.reason:
         needed = f" (about {parsed.rows_needed} held-out rows would be needed)" if parsed.rows_needed else ""
         console.print(f"reason: [bold]{parsed.reason}[/]{needed}")
+    from quantgate.report import champion_line
+
+    console.print(champion_line(parsed))
     m = parsed.metrics
     console.print(
         f"task metric FP32 {m['task_metric_fp32']:.4f} → INT8 {m['task_metric_candidate']:.4f} "

@@ -118,6 +118,16 @@ class GateThresholds(BaseModel):
         le=1,
         description="worst task-metric drop on any slice of at least 50 rows (slice columns, length buckets)",
     )
+    max_champion_drop: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="a new version may score at most this much below the serving version (the champion) "
+        "on its held-out rows (upper 95 % bound; 0.01 = 1 point)",
+    )
+    max_champion_slowdown: float = Field(
+        0.10, ge=0, description="a new version's p50 may be at most this much slower than the champion's"
+    )
     max_baseline_half_width: float = Field(
         0.1,
         gt=0,
@@ -133,7 +143,31 @@ class GateThresholds(BaseModel):
             raise ValueError("thresholds must be finite numbers")
         return v
 
-    def to_gates(self) -> list[Gate]:
+    def to_gates(self, champion: bool = False) -> list[Gate]:
+        """Every gate; with `champion`, also the two that compare a new version with the serving one."""
+        return self._gates() + (self._champion_gates() if champion else [])
+
+    def _champion_gates(self) -> list[Gate]:
+        return [
+            Gate(
+                name="vs champion",
+                metric="champion_drop",
+                op="<=",
+                limit=self.max_champion_drop,
+                judge="upper",
+                description="champion minus candidate task metric on the same rows (upper 95 % bound)",
+            ),
+            Gate(
+                name="p50 vs champion",
+                metric="p50_ratio_vs_champion",
+                op="<=",
+                limit=1 + self.max_champion_slowdown,
+                kind="speed",
+                description="candidate p50 / champion p50 in the same interleaved benchmark",
+            ),
+        ]
+
+    def _gates(self) -> list[Gate]:
         return [
             Gate(
                 name="held-out size",

@@ -778,6 +778,36 @@ def pull_promotion(
     return manifest, [*paths, dest / "manifest.json"]
 
 
+@dataclass(frozen=True)
+class Champion:
+    """The promoted version serving now, pulled and verified, to be judged beside a new version."""
+
+    version: str
+    manifest: Manifest
+    model_path: Path
+    tokenizer_dir: Path
+
+
+def pull_champion(store: ObjectStore, model: str, task: str, dest: Path) -> Champion | None:
+    """The model's current promoted version, every file verified (None for a first version, or when
+    the current one is of another task type)."""
+    pointer = current(store, model)
+    if pointer is None:
+        return None
+    manifest, _ = pull_promotion(store, model, pointer.version, dest)
+    if manifest.task != task:
+        return None
+    from quantgate.quantize import Recipe
+
+    artifact = Recipe.model_validate(manifest.recipe).artifact_name
+    return Champion(
+        version=pointer.version,
+        manifest=manifest,
+        model_path=dest / artifact,
+        tokenizer_dir=dest / "tokenizer",
+    )
+
+
 # --- rollback and reject ------------------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ from quantgate.registry import (
 from quantgate.runtime import settings_path
 from quantgate.search import CandidateResult, SearchResult
 from quantgate.stats import rows_needed
+from quantgate.tasktypes import CHAMPION_ENGINE
 
 Outcome = Literal["promoted", "rejected"]
 
@@ -79,6 +80,9 @@ class RunReport(BaseModel):
         "(with rows_needed for the first)",
     )
     rows_needed: int | None = None
+    champion: dict[str, Any] | None = Field(
+        None, description="the serving version judged beside this one; None for a first version"
+    )
 
     @property
     def passed(self) -> bool:
@@ -235,6 +239,7 @@ def to_markdown(report: RunReport, links: dict[str, str] | None = None) -> str:
         f"{report.metrics['task_metric_fp32']:.4f} → candidate {report.metrics['task_metric_candidate']:.4f}",
         f"## Gates ({report.recipe.get('name')})\n\n" + _md_table(gate_rows(report.gates)),
     ]
+    parts.insert(2, champion_line(report))
     if report.reason:
         needed = f" (about {report.rows_needed} held-out rows would be needed)" if report.rows_needed else ""
         parts.insert(2, f"Reason: **{report.reason}**{needed}")
@@ -291,6 +296,7 @@ def build_run_report(
     return RunReport(
         reason=reason,
         rows_needed=needed,
+        champion=champion_summary(lead, search),
         model=ref_name,
         version=ref_version,
         run_id=run_id,
@@ -307,6 +313,47 @@ def build_run_report(
         benchmark=search.benchmarks[lead.bench_round - 1],
         environment=environment(),
         search=search.model_dump(mode="json"),
+    )
+
+
+def champion_summary(lead: CandidateResult, search: SearchResult) -> dict[str, Any] | None:
+    """'better / same / worse than vN' with the numbers: the candidate against the serving version on
+    the same rows (paired interval of champion minus candidate) and in the same benchmark round."""
+    ev = lead.evaluation
+    if ev is None or ev.champion_version is None or ev.task_metric_champion is None:
+        return None
+    lo, hi = ev.champion_drop_interval or (float("nan"), float("nan"))
+    verdict = "worse than" if lo > 0 else "better than" if hi < 0 else "same as"
+    p50 = None
+    if lead.bench_round is not None:
+        bench = search.benchmarks[lead.bench_round - 1]
+        champ = next((r for r in bench.results if r.engine == CHAMPION_ENGINE + ev.champion_version), None)
+        p50 = champ.p50_ms if champ else None
+    return {
+        "version": ev.champion_version,
+        "verdict": f"{verdict} {ev.champion_version}",
+        "task_metric": round(ev.task_metric_champion, 4),
+        "candidate_task_metric": round(ev.task_metric_candidate, 4),
+        "drop": round(ev.task_metric_champion - ev.task_metric_candidate, 4),
+        "interval": [round(lo, 4), round(hi, 4)],
+        "p50_ms": p50,
+        "candidate_p50_ms": lead.latency.p50_ms if lead.latency else None,
+    }
+
+
+def champion_line(report: RunReport) -> str:
+    c = report.champion
+    if c is None:
+        return "Champion: none (no promoted version serves yet: this is the first)"
+    speed = (
+        f"; p50 {c['candidate_p50_ms']:.2f} vs {c['p50_ms']:.2f} ms"
+        if c.get("p50_ms") and c.get("candidate_p50_ms")
+        else ""
+    )
+    lo, hi = c["interval"]
+    return (
+        f"Champion: {c['verdict']} (task metric {c['candidate_task_metric']:.4f} vs {c['task_metric']:.4f}, "
+        f"champion minus candidate {c['drop']:+.4f} [{lo:+.4f}, {hi:+.4f}]{speed})"
     )
 
 

@@ -90,7 +90,7 @@ class CandidateResult(BaseModel):
         if bench is not None:
             metrics |= speed_metrics(bench, self.name)
             update |= {"latency": bench.by_engine(self.name), "bench_round": bench_round}
-        gates = evaluate_gates(metrics, thresholds.to_gates())
+        gates = evaluate_gates(metrics, thresholds.to_gates(champion="champion_drop" in metrics))
         return self.model_copy(update=update | {"metrics": metrics, "gates": gates})
 
 

@@ -54,6 +54,11 @@ class Evaluation(BaseModel):
     task_metric_drop_interval: Interval | None = None
     neighbour_agreement_interval: Interval | None = None
     slices: list[SliceResult] = Field(default_factory=list)
+    champion_version: str | None = None
+    task_metric_champion: float | None = None
+    champion_drop_interval: Interval | None = Field(
+        None, description="champion minus candidate on the same resamples: > 0 means worse than the champion"
+    )
 
     def max_slice_drop(self) -> float:
         """The worst drop among slices large enough to judge; the overall drop when none is."""
@@ -75,10 +80,13 @@ class Evaluation(BaseModel):
             "task_metric_drop_half_width": _half_width(self.task_metric_drop_interval),
             "max_slice_drop": self.max_slice_drop(),
         }
+        if self.task_metric_champion is not None:
+            out["champion_drop"] = self.task_metric_champion - self.task_metric_candidate
         for name, interval in (
             ("task_metric_fp32", self.task_metric_fp32_interval),
             ("task_metric_drop", self.task_metric_drop_interval),
             ("neighbour_agreement", self.neighbour_agreement_interval),
+            ("champion_drop", self.champion_drop_interval),
         ):
             if interval is not None:
                 out[f"{name}_lo"], out[f"{name}_hi"] = interval
@@ -88,15 +96,22 @@ class Evaluation(BaseModel):
 BASELINES = ("pytorch-fp32", "onnx-fp32")
 
 
+CHAMPION_ENGINE = "champion@"  # + version: '@' never appears in a recipe name
+
+
 def speed_metrics(bench: BenchReport, engine: str) -> dict[str, float]:
-    """Speed of one candidate against the baselines measured in the same interleaved benchmark."""
+    """Speed of one candidate against the baselines (and the champion) of the same interleaved benchmark."""
     torch_fp32, onnx_fp32, candidate = (bench.by_engine(e) for e in (*BASELINES, engine))
-    return {
+    out = {
         "p95_speedup_vs_onnx_fp32": onnx_fp32.p95_ms / candidate.p95_ms,
         "p50_speedup_vs_onnx_fp32": onnx_fp32.p50_ms / candidate.p50_ms,
         "p50_speedup_vs_torch_fp32": torch_fp32.p50_ms / candidate.p50_ms,
         "size_ratio_vs_onnx_fp32": onnx_fp32.size_mb / candidate.size_mb,
     }
+    champion = next((r for r in bench.results if r.engine.startswith(CHAMPION_ENGINE)), None)
+    if champion is not None:
+        out["p50_ratio_vs_champion"] = candidate.p50_ms / champion.p50_ms
+    return out
 
 
 class Reference(BaseModel):
@@ -109,6 +124,9 @@ class Reference(BaseModel):
     seconds: float
     interval: Interval | None = None  # the FP32 task metric's 95 % bootstrap interval
     resampled: np.ndarray | None = None  # the FP32 task metric on each bootstrap resample
+    champion_version: str | None = None  # the serving version, scored on the same rows
+    champion_metric: float | None = None
+    champion_resampled: np.ndarray | None = None
 
 
 class TaskType(Protocol):
@@ -149,6 +167,16 @@ class TaskType(Protocol):
         settings: BenchSettings,
         allow_pickle: bool = False,
     ) -> BenchReport: ...
+
+    def score_champion(
+        self,
+        reference: Reference,
+        version: str,
+        model: Path,
+        tokenizer_dir: Path,
+        heldout: pd.DataFrame,
+        threads: int,
+    ) -> Reference: ...
 
 
 class SentenceEmbedding:
@@ -239,6 +267,31 @@ class SentenceEmbedding:
             resampled=resampled,
         )
 
+    def score_champion(
+        self,
+        reference: Reference,
+        version: str,
+        model: Path,
+        tokenizer_dir: Path,
+        heldout: pd.DataFrame,
+        threads: int,
+    ) -> Reference:
+        """The serving version's task metric on this version's evaluation rows and resamples."""
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        outputs = embed_texts(
+            model, tokenizer, self.texts(heldout), max_length=self.eval_max_length, threads=threads
+        )
+        scores, gold = self._scores(outputs, heldout), self._gold(heldout)
+        return reference.model_copy(
+            update={
+                "champion_version": version,
+                "champion_metric": spearman(scores, gold),
+                "champion_resampled": spearman_resampled(gold, scores, bootstrap_indices(len(gold))),
+            }
+        )
+
     def _slices(self, heldout: pd.DataFrame) -> dict[str, np.ndarray]:
         """Row masks: one per value of each slice column, and three pair-length buckets (tertiles)."""
         out = {}
@@ -285,11 +338,13 @@ class SentenceEmbedding:
         )
         scores, gold = self._scores(cand, heldout), self._gold(heldout)
         parity = parity_report(reference.outputs, cand, abs_tol, mean_tol)
-        drop_interval = None
+        drop_interval = champion_interval = None
         if reference.resampled is not None:
             # Paired: the same resamples as the FP32 reference (same seed, same n).
             candidate_resampled = spearman_resampled(gold, scores, bootstrap_indices(len(gold)))
             drop_interval = percentile_interval(reference.resampled - candidate_resampled)
+            if reference.champion_resampled is not None:
+                champion_interval = percentile_interval(reference.champion_resampled - candidate_resampled)
         texts = 2 * len(heldout)
         agree = round(parity.neighbour_agreement * texts) if np.isfinite(parity.neighbour_agreement) else 0
         fp32_scores = self._scores(reference.outputs, heldout)
@@ -304,6 +359,9 @@ class SentenceEmbedding:
             task_metric_drop_interval=drop_interval,
             neighbour_agreement_interval=wilson_interval(agree, texts),
             slices=slice_results(self._slices(heldout), gold, fp32_scores, scores),
+            champion_version=reference.champion_version,
+            task_metric_champion=reference.champion_metric,
+            champion_drop_interval=champion_interval,
         )
 
     def benchmark(

@@ -18,6 +18,7 @@ from quantgate.bench import BenchReport, BenchSettings
 from quantgate.export import OPSET, ExportResult
 from quantgate.export_cache import cached_export
 from quantgate.gates import GateThresholds
+from quantgate.lifecycle import Champion
 from quantgate.quantize import FusionResult, Recipe, apply_recipe, fuse_transformer
 from quantgate.search import CandidateResult
 from quantgate.sensitivity import NodeSensitivity, rank_nodes
@@ -66,6 +67,22 @@ def reference(
         ref.seconds,
     )
     return ref
+
+
+@task(name="score-champion", cache_policy=NO_CACHE)
+def score_champion(
+    task_type: TaskType, ref: Reference, champion: Champion, evaluation: pd.DataFrame, threads: int
+) -> Reference:
+    scored = task_type.score_champion(
+        ref, champion.version, champion.model_path, champion.tokenizer_dir, evaluation, threads
+    )
+    get_run_logger().info(
+        "champion @%s on the same %d evaluation rows: task metric %.4f",
+        champion.version,
+        len(evaluation),
+        scored.champion_metric,
+    )
+    return scored
 
 
 @task(name="calibration-data", cache_policy=NO_CACHE)

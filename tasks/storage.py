@@ -40,6 +40,21 @@ def find_undecided(settings: Settings, max_failures: int) -> list[ModelRef]:
     return plan.pending
 
 
+@task(name="pull-champion", cache_policy=NO_CACHE, **STORAGE_TASK)
+def pull_champion(ref: ModelRef, task: str, settings: Settings, dest: Path) -> lifecycle.Champion | None:
+    """The model's serving version (checksums verified), judged beside this one; None for a first one."""
+    import shutil
+
+    shutil.rmtree(dest, ignore_errors=True)  # a retry starts from an empty folder
+    champion = lifecycle.pull_champion(ObjectStore(settings), ref.name, task, dest)
+    logger = get_run_logger()
+    if champion is None:
+        logger.info("%s has no champion: no promoted version of %s serves yet", ref, ref.name)
+    else:
+        logger.info("champion: %s@%s (%s), verified", ref.name, champion.version, champion.model_path.name)
+    return champion
+
+
 @task(name="pull", cache_policy=NO_CACHE, **STORAGE_TASK)
 def pull_version(ref: ModelRef, settings: Settings, dest: Path) -> lifecycle.PulledVersion:
     pulled = lifecycle.pull(ObjectStore(settings), ref, dest)

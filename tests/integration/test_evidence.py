@@ -120,3 +120,31 @@ def test_degenerate_held_out_data_is_a_clear_validation_error_with_a_report(
     assert (report["outcome"], report["error"]) == ("failed", "HeldoutValidationError")
     assert not list(store.list("promoted/"))
     assert lifecycle.decision_of(store, ref) is None
+
+
+@pytest.mark.slow
+def test_a_second_version_is_judged_against_the_serving_one(store, minilm_dir, sts_path):
+    """v2 is scored beside the serving v1 on v2's rows and in the same benchmark; the report says how
+    they compare. A first version says it has no champion."""
+    thresholds = GateThresholds(min_p95_speedup=0.0)
+    reports = {}
+    for version in ("v1", "v2"):
+        ref = ModelRef(name="minilm", version=version)
+        lifecycle.register(store, ref, minilm_dir, sts_path, "sentence-embedding")
+        state = quantize_and_promote(
+            model=ref.name, version=version, thresholds=thresholds, **ONE_RECIPE, return_state=True
+        )
+        assert state.name == "Promoted", state.message
+        reports[version] = json.loads(lifecycle.read_promoted_file(store, ref, "report.json"))
+    assert reports["v1"]["champion"] is None
+    champion = reports["v2"]["champion"]
+    assert champion["version"] == "v1"
+    assert champion["verdict"] == "same as v1"  # the same weights and recipe: no difference to show
+    assert champion["interval"][0] <= 0 <= champion["interval"][1]
+    assert champion["p50_ms"] > 0
+    gates = {g["gate"]["name"]: g for g in reports["v2"]["gates"]["results"]}
+    assert gates["vs champion"]["passed"]
+    assert gates["p50 vs champion"]["passed"]
+    engines = [r["engine"] for r in reports["v2"]["benchmark"]["results"]]
+    assert "champion@v1" in engines
+    assert lifecycle.current(store, "minilm").version == "v2"

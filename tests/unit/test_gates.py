@@ -166,3 +166,20 @@ def test_a_candidate_fine_on_average_but_broken_on_one_slice_fails():
     worst = max(s.drop for s in slices.values() if s.gated)
     report = evaluate_gates({**GOOD, "max_slice_drop": worst}, GateThresholds().to_gates())
     assert [r.gate.name for r in report.failed] == ["max slice drop"]
+
+
+def test_champion_gates_apply_only_when_a_champion_was_scored():
+    assert "vs champion" not in {g.name for g in GateThresholds().to_gates()}
+    with_champion = GateThresholds().to_gates(champion=True)
+    better = {**GOOD, "champion_drop": -0.01, "champion_drop_lo": -0.02, "champion_drop_hi": 0.0}
+    better["p50_ratio_vs_champion"] = 0.95
+    assert evaluate_gates(better, with_champion).passed
+    # Worse than the serving version beyond the limit, with confidence, and 20 % slower: both gates fail.
+    worse = {**better, "champion_drop": 0.03, "champion_drop_lo": 0.02, "champion_drop_hi": 0.04}
+    worse["p50_ratio_vs_champion"] = 1.2
+    assert [r.gate.name for r in evaluate_gates(worse, with_champion).failed] == [
+        "vs champion",
+        "p50 vs champion",
+    ]
+    # A champion was scored but its comparison is missing: no evidence, no pass.
+    assert not evaluate_gates(GOOD, with_champion).passed
