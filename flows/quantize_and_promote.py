@@ -74,6 +74,11 @@ def quantize_and_promote(
             # -- pull and check the data ------------------------------------------------------------------
             pulled = storage.pull_version(ref, settings, work / "source")
             task_type = get_task_type(pulled.registration.task)
+            expected = pulled.registration.expect_metric
+            if expected is not None:  # the registering team's own measurement gates the FP32 model too
+                thresholds = thresholds.model_copy(
+                    update={"expect_metric": expected.value, "expect_tolerance": expected.tolerance}
+                )
             heldout, heldout_check = validate.validate(pulled.heldout_path, task_type, work / "data_docs")
             data_docs = storage.save_data_docs(
                 settings, ref, run_id, work / "data_docs", heldout_check.data_docs

@@ -65,13 +65,21 @@ def register(
     heldout: Annotated[Path, typer.Option(help="held-out file (STS TSV for sentence-embedding)")],
     task: Annotated[str, typer.Option(help="task type")] = "sentence-embedding",
     allow_pickle: Annotated[bool, typer.Option(help="accept a pytorch_model.bin pickle checkpoint")] = False,
+    expect_metric: Annotated[
+        str | None,
+        typer.Option(help="the FP32 task metric you measured on this held-out set, e.g. 0.85±0.03"),
+    ] = None,
 ) -> None:
     """Upload a local model folder and its held-out set as a new version of a named model."""
     from quantgate import lifecycle
+    from quantgate.registry import ExpectedMetric
 
     ref = _ref(model, version)
     try:
-        registration = lifecycle.register(_store(), ref, model_dir, heldout, task, allow_pickle)
+        expected = ExpectedMetric.parse(expect_metric) if expect_metric else None
+        registration = lifecycle.register(
+            _store(), ref, model_dir, heldout, task, allow_pickle, expect_metric=expected
+        )
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
     _announce_registration(registration)

@@ -128,6 +128,10 @@ class GateThresholds(BaseModel):
     max_champion_slowdown: float = Field(
         0.10, ge=0, description="a new version's p50 may be at most this much slower than the champion's"
     )
+    expect_metric: float | None = Field(
+        None, description="the FP32 task metric expected at registration (set from the registration)"
+    )
+    expect_tolerance: float | None = Field(None, gt=0, description="how far FP32 may be from it")
     max_baseline_half_width: float = Field(
         0.1,
         gt=0,
@@ -145,7 +149,32 @@ class GateThresholds(BaseModel):
 
     def to_gates(self, champion: bool = False) -> list[Gate]:
         """Every gate; with `champion`, also the two that compare a new version with the serving one."""
-        return self._gates() + (self._champion_gates() if champion else [])
+        return self._gates() + self._expectation_gates() + (self._champion_gates() if champion else [])
+
+    def _expectation_gates(self) -> list[Gate]:
+        """The registering team's own measurement: an FP32 model far from it is not the model they
+        trained, or not on this data (a wrong file, shuffled labels)."""
+        if self.expect_metric is None or self.expect_tolerance is None:
+            return []
+        expected = f"registered expectation {self.expect_metric:g}±{self.expect_tolerance:g}"
+        return [
+            Gate(
+                name="FP32 as registered (low)",
+                metric="task_metric_fp32",
+                op=">=",
+                limit=self.expect_metric - self.expect_tolerance,
+                kind="evidence",
+                description=expected,
+            ),
+            Gate(
+                name="FP32 as registered (high)",
+                metric="task_metric_fp32",
+                op="<=",
+                limit=self.expect_metric + self.expect_tolerance,
+                kind="evidence",
+                description=expected,
+            ),
+        ]
 
     def _champion_gates(self) -> list[Gate]:
         return [

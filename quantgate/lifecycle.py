@@ -40,6 +40,7 @@ from quantgate.heldout import read_utf8
 from quantgate.registry import (
     AUDIT_NAME_RE,
     AuditEvent,
+    ExpectedMetric,
     FileEntry,
     Manifest,
     ModelRef,
@@ -160,7 +161,13 @@ def model_files(model_dir: Path) -> list[Path]:
 
 
 def register(
-    store: ObjectStore, ref: ModelRef, model_dir: Path, heldout: Path, task: str, allow_pickle: bool = False
+    store: ObjectStore,
+    ref: ModelRef,
+    model_dir: Path,
+    heldout: Path,
+    task: str,
+    allow_pickle: bool = False,
+    expect_metric: ExpectedMetric | None = None,
 ) -> Registration:
     task_type = get_task_type(task)
     check_model_folder(model_dir, allow_pickle)
@@ -187,6 +194,7 @@ def register(
             heldout=FileEntry(path=heldout.name, sha256=held_digest, size=heldout.stat().st_size),
             source_checksum=source_checksum(entries),
             upload_id=upload_id,
+            expect_metric=expect_metric,
         )
         _put_json(store, registration_key(ref), registration, create_only=True)
     except ConflictError:

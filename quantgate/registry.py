@@ -197,6 +197,30 @@ class FileEntry(BaseModel):
     size: int = Field(ge=0)
 
 
+class ExpectedMetric(BaseModel):
+    """What the registering team measured for its FP32 model on this held-out set (`0.85±0.03`)."""
+
+    value: float = Field(allow_inf_nan=False)
+    tolerance: float = Field(gt=0, allow_inf_nan=False)
+
+    @classmethod
+    def parse(cls, text: str) -> ExpectedMetric:
+        for sep in ("±", "+-", "+/-"):
+            if sep in text:
+                value, tolerance = text.split(sep, 1)
+                try:
+                    return cls(value=float(value), tolerance=float(tolerance))
+                except ValueError:
+                    break
+        raise ConfigError(
+            f"--expect-metric {text!r} is not VALUE±TOLERANCE: write e.g. 0.85±0.03 (or 0.85+-0.03), the "
+            "FP32 task metric you measured on this held-out set"
+        )
+
+    def __str__(self) -> str:
+        return f"{self.value:g}±{self.tolerance:g}"
+
+
 class Registration(BaseModel):
     schema_version: Literal["quantgate.registration/v1"] = REGISTRATION_SCHEMA
     model: str
@@ -209,6 +233,9 @@ class Registration(BaseModel):
     source_checksum: str
     upload_id: str | None = Field(
         default=None, description="the upload whose files count; None: files at registered/<m>/<v>/model/"
+    )
+    expect_metric: ExpectedMetric | None = Field(
+        default=None, description="the FP32 task metric the team expects on this held-out set"
     )
 
     @property

@@ -148,3 +148,28 @@ def test_a_second_version_is_judged_against_the_serving_one(store, minilm_dir, s
     engines = [r["engine"] for r in reports["v2"]["benchmark"]["results"]]
     assert "champion@v1" in engines
     assert lifecycle.current(store, "minilm").version == "v2"
+
+
+def test_a_registered_expectation_the_fp32_model_misses_is_baseline_not_meaningful(
+    store, tiny_model_dir, small_sts
+):
+    from typer.testing import CliRunner
+
+    from quantgate.cli import app
+    from tests.conftest import TINY_GATES
+
+    args = ["register", "tiny", "expect", "--model-dir", str(tiny_model_dir), "--heldout", str(small_sts)]
+    bad = CliRunner().invoke(app, [*args, "--expect-metric", "about 0.9"])
+    assert bad.exit_code == 2
+    assert "VALUE±TOLERANCE" in bad.output
+    assert CliRunner().invoke(app, [*args, "--expect-metric", "0.9±0.02"]).exit_code == 0
+    ref = ModelRef(name="tiny", version="expect")
+    assert str(lifecycle.load_registration(store, ref).expect_metric) == "0.9±0.02"
+    # The floor is off for the random tiny BERT; the team's own expectation still catches it.
+    state = quantize_and_promote(
+        model="tiny", version="expect", **ONE_RECIPE, thresholds=TINY_GATES, return_state=True
+    )
+    assert state.name == "NotPromoted", state.message
+    record = json.loads(store.get_bytes(rejection_key(ref)))
+    assert record["reason"] == "baseline-not-meaningful"
+    assert record["thresholds"]["expect_metric"] == 0.9

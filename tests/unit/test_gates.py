@@ -183,3 +183,27 @@ def test_champion_gates_apply_only_when_a_champion_was_scored():
     ]
     # A champion was scored but its comparison is missing: no evidence, no pass.
     assert not evaluate_gates(GOOD, with_champion).passed
+
+
+@pytest.mark.parametrize("text", ["0.85±0.03", "0.85+-0.03", "0.85 +/- 0.03"])
+def test_an_expected_metric_parses(text):
+    from quantgate.registry import ExpectedMetric
+
+    assert ExpectedMetric.parse(text) == ExpectedMetric(value=0.85, tolerance=0.03)
+
+
+@pytest.mark.parametrize("text", ["0.85", "high", "0.85±-1", "0.85±nan", "±0.1"])
+def test_a_bad_expected_metric_names_the_way_out(text):
+    from quantgate.errors import ConfigError
+    from quantgate.registry import ExpectedMetric
+
+    with pytest.raises(ConfigError, match=r"VALUE±TOLERANCE: write e.g. 0.85±0.03"):
+        ExpectedMetric.parse(text)
+
+
+def test_an_fp32_model_far_from_its_registered_expectation_fails_an_evidence_gate():
+    gates = GateThresholds(expect_metric=0.85, expect_tolerance=0.03).to_gates()
+    assert evaluate_gates(GOOD, gates).passed  # 0.868 is within 0.85±0.03
+    low = {**GOOD, "task_metric_fp32": 0.55}  # e.g. the weights were randomly initialised
+    failed = evaluate_gates(low, gates).failed
+    assert [(r.gate.name, r.gate.kind) for r in failed] == [("FP32 as registered (low)", "evidence")]
