@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
@@ -14,6 +16,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from infra.prefect_stack import PrefectStack
 from infra.seaweed import SeaweedServer
 from quantgate.settings import Settings
 from quantgate.storage import ObjectStore
@@ -98,6 +101,22 @@ def drop_bucket(server: SeaweedServer, bucket: str) -> None:
 @pytest.fixture
 def store(s3_env: Settings) -> ObjectStore:
     return ObjectStore(s3_env)
+
+
+@contextmanager
+def prefect_stack(tmp_path: Path, **settings: int) -> Iterator[PrefectStack]:
+    """A real Prefect server, the process pool, the deployments and a worker on 127.0.0.1 (a free port),
+    stopped also when the test fails."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "prefect").mkdir()
+    stack = PrefectStack(tmp_path / "prefect", port, **settings)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
 
 
 def snapshot(store: ObjectStore, prefix: str = "") -> dict[str, str]:

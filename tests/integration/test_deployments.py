@@ -4,19 +4,17 @@ uploaded without an event. Everything is observed through the Prefect client and
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from infra.prefect_stack import PrefectStack
 from quantgate import lifecycle
 from quantgate.bench import BenchSettings
 from quantgate.registry import ModelRef, manifest_key
 from tests.conftest import REPO, TINY_GATES
-from tests.integration.conftest import snapshot
+from tests.integration.conftest import prefect_stack, snapshot
 
 # The tiny model cannot win latency from INT8 (see test_flow.py): the deployments get its speed gate off.
 TINY_PARAMS = {
@@ -26,21 +24,10 @@ TINY_PARAMS = {
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def stack(s3_env, tmp_path):
-    stack = PrefectStack(tmp_path / "prefect", _free_port())
-    (tmp_path / "prefect").mkdir()
-    stack.start()
-    try:
-        yield stack
-    finally:
-        stack.stop()
+    with prefect_stack(tmp_path) as running:
+        yield running
 
 
 def _wait_for_run(client, run_name: str, timeout: float = 240):

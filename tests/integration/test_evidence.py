@@ -173,3 +173,27 @@ def test_a_registered_expectation_the_fp32_model_misses_is_baseline_not_meaningf
     record = json.loads(store.get_bytes(rejection_key(ref)))
     assert record["reason"] == "baseline-not-meaningful"
     assert record["thresholds"]["expect_metric"] == 0.9
+
+
+def test_a_candidate_that_quantizes_nothing_fails_and_the_others_compete(store, tiny_model_dir, small_sts):
+    from quantgate.quantize import Recipe
+    from tests.conftest import TINY_GATES
+
+    ref = ModelRef(name="tiny", version="conv")
+    lifecycle.register(store, ref, tiny_model_dir, small_sts, "sentence-embedding")
+    nothing = Recipe(name="conv-only", op_types=["Conv"])  # a real op type, absent from a transformer
+    state = quantize_and_promote(
+        model=ref.name,
+        version=ref.version,
+        recipes=["dynamic-int8-per-channel", nothing],
+        thresholds=TINY_GATES,
+        bench=BenchSettings(warmup_runs=1, repeat_runs=5),
+        budget=SearchBudget(max_trials=0),
+        return_state=True,
+    )
+    assert state.name == "Promoted", state.message
+    report = json.loads(lifecycle.read_promoted_file(store, ref, "report.json"))
+    failed = next(c for c in report["search"]["candidates"] if c["recipe"]["name"] == "conv-only")
+    assert failed["status"] == "failed"
+    assert "no INT8 op: op_types ['Conv'] matched no node of the graph" in failed["note"]
+    assert report["recipe"]["name"] == "dynamic-int8-per-channel"

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -11,33 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from infra.prefect_stack import PrefectStack
 from infra.zombies import AUTOMATION_NAME
 from quantgate import lifecycle
 from quantgate.registry import ModelRef
 from tests.conftest import REPO
+from tests.integration.conftest import prefect_stack
 
 HEARTBEAT_S = 30  # Prefect's minimum
 CRASHED_AFTER_S = 40  # production uses 120; just above one heartbeat interval keeps the test short
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def stack(s3_env, tmp_path):
-    (tmp_path / "prefect").mkdir()
-    stack = PrefectStack(
-        tmp_path / "prefect", _free_port(), heartbeat_s=HEARTBEAT_S, crashed_after_s=CRASHED_AFTER_S
-    )
-    stack.start()
-    try:
-        yield stack
-    finally:
-        stack.stop()
+    with prefect_stack(tmp_path, heartbeat_s=HEARTBEAT_S, crashed_after_s=CRASHED_AFTER_S) as running:
+        yield running
 
 
 def test_a_killed_run_is_marked_crashed_not_left_running(stack, store, tiny_model_dir, small_sts):
