@@ -66,7 +66,14 @@ def search_recipes(
             "max_seconds"
         )
     if champion is not None:  # the serving version, judged on the same rows and in the same benchmark
-        ref = candidate.score_champion(task_type, ref, champion, split.evaluation, cores)
+        try:
+            ref = candidate.score_champion(task_type, ref, champion, split.evaluation, cores)
+        except Exception as exc:  # noqa: BLE001 - a serving artifact that cannot run must not block its fix
+            warnings.append(
+                f"champion {champion.version} could not be scored ({type(exc).__name__}: {str(exc)[:200]}): "
+                "this version is judged without it"
+            )
+            champion = None
     timed_extra = {} if champion is None else {CHAMPION_ENGINE + champion.version: champion.model_path}
     calibration = candidate.calibration_data(task_type, tokenizer_dir, split.calibration)
     fused = None

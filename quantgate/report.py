@@ -344,7 +344,7 @@ def champion_summary(lead: CandidateResult, search: SearchResult) -> dict[str, A
 def champion_line(report: RunReport) -> str:
     c = report.champion
     if c is None:
-        return "Champion: none (no promoted version serves yet: this is the first)"
+        return "Champion: none (no promoted version serves yet, or it could not be scored: see the warnings)"
     speed = (
         f"; p50 {c['candidate_p50_ms']:.2f} vs {c['p50_ms']:.2f} ms"
         if c.get("p50_ms") and c.get("candidate_p50_ms")
