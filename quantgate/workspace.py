@@ -44,8 +44,10 @@ def private_dir(path: Path, setting: str) -> Path:
             folder.mkdir(mode=0o700, exist_ok=True)
         info = path.lstat()
     except OSError as exc:
+        what = "work folder" if setting == "QUANTGATE_WORK_DIR" else "folder"
         raise ConfigError(
-            f"cannot create the folder {path} ({exc.strerror}): set {setting} to a writable folder"
+            f"cannot write the {what} {path} ({exc.strerror}): set {setting} to a writable folder with a few "
+            "hundred MB free"
         ) from None
     if stat.S_ISLNK(info.st_mode):
         raise ConfigError(f"{path} is a symbolic link: {way_out}")
