@@ -807,7 +807,10 @@ def pull_champion(store: ObjectStore, model: str, task: str, dest: Path) -> Cham
         return None
     from quantgate.quantize import Recipe
 
-    artifact = Recipe.model_validate(manifest.recipe).artifact_name
+    try:
+        artifact = Recipe.model_validate(manifest.recipe).artifact_name
+    except ValidationError:
+        return None  # promoted by another tool, or an older recipe schema: nothing to run it with
     return Champion(
         version=pointer.version,
         manifest=manifest,

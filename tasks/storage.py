@@ -13,7 +13,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.logging import get_run_logger
 
 from quantgate import lifecycle
-from quantgate.errors import ConflictError
+from quantgate.errors import ConflictError, IntegrityError, NotFoundError
 from quantgate.registry import Manifest, ModelRef, Outcome
 from quantgate.settings import Settings
 from quantgate.storage import ObjectStore
@@ -46,8 +46,13 @@ def pull_champion(ref: ModelRef, task: str, settings: Settings, dest: Path) -> l
     import shutil
 
     shutil.rmtree(dest, ignore_errors=True)  # a retry starts from an empty folder
-    champion = lifecycle.pull_champion(ObjectStore(settings), ref.name, task, dest)
     logger = get_run_logger()
+    try:
+        champion = lifecycle.pull_champion(ObjectStore(settings), ref.name, task, dest)
+    except (IntegrityError, NotFoundError) as exc:
+        # A damaged serving version is `quantgate verify`'s finding to act on; it must not block its fix.
+        logger.warning("the serving version of %s cannot be used as a champion: %s", ref.name, exc)
+        return None
     if champion is None:
         logger.info("%s has no champion: no promoted version of %s serves yet", ref, ref.name)
     else:

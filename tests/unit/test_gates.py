@@ -138,10 +138,16 @@ def test_unknown_threshold_name_is_refused():
 
 
 def test_every_threshold_is_a_gate_except_the_export_check():
-    limits = {g.limit for g in GateThresholds().to_gates()}
-    fields = GateThresholds().model_dump()
+    """With a champion and a registered expectation every gate is on; each threshold is some gate's limit
+    (the expectation becomes two limits, value -/+ tolerance)."""
+    thresholds = GateThresholds(expect_metric=0.85, expect_tolerance=0.03)
+    limits = {round(g.limit, 9) for g in thresholds.to_gates(champion=True)}
+    fields = thresholds.model_dump()
     fields.pop("export_atol")
-    assert set(fields.values()) <= limits
+    expected, tolerance = fields.pop("expect_metric"), fields.pop("expect_tolerance")
+    assert {round(expected - tolerance, 9), round(expected + tolerance, 9)} <= limits
+    fields["max_champion_slowdown"] += 1  # a ratio limit: 1 + slowdown
+    assert {round(v, 9) for v in fields.values()} <= limits
 
 
 def test_a_candidate_fine_on_average_but_broken_on_one_slice_fails():
