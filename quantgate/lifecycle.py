@@ -113,10 +113,6 @@ def _parse_record(store: ObjectStore, key: str, raw: bytes, model: type[M], what
         raise _corrupt(store, key, what, problem[:300], fix) from None
 
 
-def _load_record(store: ObjectStore, key: str, model: type[M], what: str, fix: str) -> M:
-    return _parse_record(store, key, store.get_bytes(key), model, what, fix)
-
-
 def _load_json(store: ObjectStore, key: str, what: str, fix: str) -> dict[str, Any]:
     raw = store.get_bytes(key)
     try:
