@@ -18,14 +18,15 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.search import candidate_path, search_recipes
+from flows.search import search_recipes
 from quantgate.bench import BenchSettings
 from quantgate.gates import GateThresholds
 from quantgate.heldout import split_heldout
-from quantgate.quantize import Recipe, resolve_recipes
+from quantgate.quantize import AnyRecipe, resolve_recipes
 from quantgate.registry import ModelRef, promoted_prefix, registry_summary
 from quantgate.report import decision_links, manifest_for, promotion_files
 from quantgate.search import SearchBudget
+from quantgate.search_driver import candidate_path
 from quantgate.settings import Settings
 from quantgate.tasktypes import get_task_type
 from quantgate.workspace import workspace
@@ -41,7 +42,7 @@ from tasks import announce, candidate, gate, storage, validate
 def quantize_and_promote(
     model: str,
     version: str,
-    recipes: list[str | Recipe] | None = None,
+    recipes: list[str | AnyRecipe] | None = None,
     thresholds: GateThresholds = GateThresholds(),  # noqa: B008 - pydantic defaults are immutable here
     bench: BenchSettings = BenchSettings(),  # noqa: B008
     budget: SearchBudget = SearchBudget(),  # noqa: B008

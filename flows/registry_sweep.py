@@ -11,7 +11,7 @@ from prefect import flow
 from flows.quantize_and_promote import quantize_and_promote
 from quantgate.bench import BenchSettings
 from quantgate.gates import GateThresholds
-from quantgate.quantize import Recipe
+from quantgate.quantize import AnyRecipe
 from quantgate.search import SearchBudget
 from quantgate.settings import Settings
 from tasks import storage
@@ -21,7 +21,7 @@ from tasks import storage
 def registry_sweep(
     max_runs: int = 10,
     max_failures: int = 3,
-    recipes: list[str | Recipe] | None = None,
+    recipes: list[str | AnyRecipe] | None = None,
     thresholds: GateThresholds = GateThresholds(),  # noqa: B008 - pydantic defaults are immutable here
     bench: BenchSettings = BenchSettings(),  # noqa: B008
     budget: SearchBudget = SearchBudget(),  # noqa: B008

@@ -6,8 +6,11 @@ storage), 1 anything unexpected.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -118,13 +121,42 @@ def _thresholds(overrides: dict[str, float | None]) -> Any:
     try:
         return GateThresholds(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
         raise _fail(f"bad threshold ({problems})") from None
 
 
+def _with_limit_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """One `--<limit>` flag per gate limit the core and the registered task types declare (gates.py,
+    tasktypes.py): a task type's new limit is a new flag without an edit here. The values reach the
+    command as `limits`."""
+    from quantgate.gates import flag_limits
+
+    limits = flag_limits()
+    signature = inspect.signature(command)
+    flags = {
+        limit.name: Annotated[float | None, typer.Option(help=limit.help, show_default=False)]
+        for limit in limits
+    }
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        command(**kwargs, limits={name: kwargs.pop(name) for name in list(flags)})
+
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[
+            *(p for p in signature.parameters.values() if p.name != "limits"),
+            *(
+                inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=a)
+                for n, a in flags.items()
+            ),
+        ]
+    )
+    wrapper.__annotations__ = {k: v for k, v in command.__annotations__.items() if k != "limits"} | flags
+    return wrapper
+
+
 @app.command()
+@_with_limit_flags
 def run(
     model: Annotated[str, typer.Argument()],
     version: Annotated[str, typer.Argument()],
@@ -142,37 +174,12 @@ def run(
     max_eval_rows: Annotated[
         int, typer.Option(help="held-out rows every metric is computed on (a fixed sample beyond)")
     ] = 2000,
-    max_task_metric_drop: Annotated[
-        float | None, typer.Option(help="max FP32-INT8 task metric drop (0.01 = 1 pt)")
-    ] = None,
-    min_mean_cosine: Annotated[float | None, typer.Option(help="min mean cosine INT8 vs FP32")] = None,
-    min_min_cosine: Annotated[float | None, typer.Option(help="min worst-case cosine")] = None,
-    min_neighbour_agreement: Annotated[
-        float | None, typer.Option(help="min nearest-neighbour agreement")
-    ] = None,
-    abs_tol: Annotated[float | None, typer.Option(help="max |INT8-FP32| element")] = None,
-    mean_tol: Annotated[float | None, typer.Option(help="max mean |INT8-FP32|")] = None,
-    min_p95_speedup: Annotated[float | None, typer.Option(help="min ORT FP32 p95 / INT8 p95")] = None,
-    max_champion_drop: Annotated[
-        float | None, typer.Option(help="max task-metric drop vs the serving version (0.01 = 1 pt)")
-    ] = None,
-    max_champion_slowdown: Annotated[
-        float | None, typer.Option(help="max p50 slowdown vs the serving version (0.1 = 10%)")
-    ] = None,
-    max_slice_drop: Annotated[
-        float | None, typer.Option(help="max task-metric drop on any slice of >= 50 rows (0.02 = 2 pt)")
-    ] = None,
-    min_baseline_metric: Annotated[
-        float | None, typer.Option(help="the FP32 task metric's lower 95% bound must exceed this (STS: 0.1)")
-    ] = None,
-    max_baseline_half_width: Annotated[
-        float | None, typer.Option(help="widest FP32 task-metric interval (half-width) a decision rests on")
-    ] = None,
     batch: Annotated[int, typer.Option(help="benchmark batch size")] = 1,
     seq_len: Annotated[int, typer.Option(help="benchmark sequence length")] = 128,
     threads: Annotated[int, typer.Option(help="benchmark threads")] = 1,
     repeats: Annotated[int, typer.Option(help="benchmark timed runs per engine")] = 100,
     allow_pickle: Annotated[bool, typer.Option(help="allow loading a pickle checkpoint")] = False,
+    limits: dict[str, float | None] | None = None,
 ) -> None:
     """Run quantize-and-promote for a registered version and print the decision."""
     from quantgate.bench import BenchSettings
@@ -180,22 +187,7 @@ def run(
     from quantgate.search import SearchBudget
 
     ref = _ref(model, version)
-    thresholds = _thresholds(
-        {
-            "max_task_metric_drop": max_task_metric_drop,
-            "min_mean_cosine": min_mean_cosine,
-            "min_min_cosine": min_min_cosine,
-            "min_neighbour_agreement": min_neighbour_agreement,
-            "abs_tol": abs_tol,
-            "mean_tol": mean_tol,
-            "min_p95_speedup": min_p95_speedup,
-            "min_baseline_metric": min_baseline_metric,
-            "max_slice_drop": max_slice_drop,
-            "max_champion_drop": max_champion_drop,
-            "max_champion_slowdown": max_champion_slowdown,
-            "max_baseline_half_width": max_baseline_half_width,
-        }
-    )
+    thresholds = _thresholds(limits or {})
     try:
         items: list[Any] = [*(recipe or [])]
         if recipe_file is not None:
@@ -330,7 +322,7 @@ def print_report(report: dict[str, Any]) -> None:
     if parsed.search:
         search = SearchResult.model_validate(parsed.search)
         table = Table(title=f"candidates ({search.seconds:.0f} s)")
-        rows = compact_candidate_rows(search)
+        rows = compact_candidate_rows(search, parsed.task)
         for col in rows[0]:
             table.add_column(col, overflow="fold")
         for row in rows:

@@ -1,8 +1,8 @@
-"""Metrics: pure functions over arrays, plus running an ONNX file over held-out texts.
+"""Metrics: pure functions over arrays, plus running an artifact over held-out texts.
 
-Two kinds of damage are measured, because quantization can cause either without the other: the task
-metric (STS Spearman) can hold while embeddings drift (cosine, neighbour agreement), which breaks a
-vector index built with the FP32 model.
+`parity_report` compares named output tensors, whatever the task. The embedding metrics (cosine,
+neighbour agreement) are the sentence-embedding task type's: its task metric (STS Spearman) can hold while
+embeddings drift, which breaks a vector index built with the FP32 model.
 """
 
 from __future__ import annotations
@@ -11,24 +11,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from quantgate.runtime import inference_session
+from quantgate.backends import Servable, open_session
+
+
+class OutputDiff(BaseModel):
+    max_abs_diff: float
+    mean_abs_diff: float
 
 
 class ParityReport(BaseModel):
-    """The seeds' parity_report.json, extended. Written as parity_report.json beside every report."""
+    """The seeds' parity_report.json (max_abs_diff, mean_abs_diff, passed) over every named output
+    tensor compared, with each output's own numbers. Written as parity_report.json beside every report."""
 
-    output: str
+    output: str = Field(description="the output tensors compared, comma-separated")
     n_samples: int
     max_abs_diff: float
     mean_abs_diff: float
     abs_tol: float
     mean_tol: float
     passed: bool
-    mean_cosine: float
-    min_cosine: float
-    neighbour_agreement: float
+    outputs: dict[str, OutputDiff] = Field(default_factory=dict)
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -52,25 +56,49 @@ def neighbour_agreement(ref: np.ndarray, cand: np.ndarray) -> float:
 
 
 def parity_report(
-    ref: np.ndarray, cand: np.ndarray, abs_tol: float, mean_tol: float, output: str = "sentence_embedding"
+    ref: np.ndarray | dict[str, np.ndarray],
+    cand: np.ndarray | dict[str, np.ndarray],
+    abs_tol: float,
+    mean_tol: float,
+    output: str = "sentence_embedding",
 ) -> ParityReport:
-    if ref.shape != cand.shape:
-        raise ValueError(f"output shapes differ: {ref.shape} vs {cand.shape}")
-    diff = np.abs(ref.astype(np.float64) - cand.astype(np.float64))
-    cos = cosine_rows(ref, cand)
-    max_abs, mean_abs = float(diff.max()), float(diff.mean())
+    """Element-wise |candidate - reference| over each named output (one array = one output named
+    `output`); the tolerances apply to the worst output."""
+    refs = ref if isinstance(ref, dict) else {output: ref}
+    cands = cand if isinstance(cand, dict) else {output: cand}
+    if set(refs) != set(cands):
+        raise ValueError(f"outputs differ: {sorted(refs)} vs {sorted(cands)}")
+    diffs: dict[str, OutputDiff] = {}
+    finite = True
+    for name, r in refs.items():
+        c = cands[name]
+        if r.shape != c.shape:
+            raise ValueError(f"output shapes differ: {r.shape} vs {c.shape}")
+        diff = np.abs(r.astype(np.float64) - c.astype(np.float64))
+        finite = finite and bool(np.isfinite(diff).all())
+        diffs[name] = OutputDiff(max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()))
+    max_abs = max(d.max_abs_diff for d in diffs.values())
+    mean_abs = max(d.mean_abs_diff for d in diffs.values())
     return ParityReport(
-        output=output,
-        n_samples=len(ref),
+        output=",".join(refs),
+        n_samples=len(next(iter(refs.values()))),
         max_abs_diff=max_abs,
         mean_abs_diff=mean_abs,
         abs_tol=abs_tol,
         mean_tol=mean_tol,
-        passed=bool(np.isfinite(diff).all() and max_abs <= abs_tol and mean_abs <= mean_tol),
-        mean_cosine=float(cos.mean()),
-        min_cosine=float(cos.min()),
-        neighbour_agreement=neighbour_agreement(ref, cand),
+        passed=finite and max_abs <= abs_tol and mean_abs <= mean_tol,
+        outputs=diffs,
     )
+
+
+def embedding_agreement(ref: np.ndarray, cand: np.ndarray) -> dict[str, float]:
+    """How far candidate embeddings moved: mean and worst cosine to FP32, nearest-neighbour agreement."""
+    cos = cosine_rows(ref, cand)
+    return {
+        "mean_cosine": float(cos.mean()),
+        "min_cosine": float(cos.min()),
+        "neighbour_agreement": neighbour_agreement(ref, cand),
+    }
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -80,7 +108,7 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def embed_texts(
-    onnx_path: Path,
+    model: Servable | Path,
     tokenizer: Any,
     texts: list[str],
     *,
@@ -91,7 +119,7 @@ def embed_texts(
     """sentence_embedding for every text; length-sorted batches keep padding (and time) low."""
     from quantgate.export import tokenize
 
-    sess = inference_session(onnx_path, threads)
+    sess = open_session(model if isinstance(model, Servable) else Servable(model), threads)
     order = np.argsort([len(t) for t in texts], kind="stable")
     out: np.ndarray | None = None
     for start in range(0, len(texts), batch):

@@ -15,25 +15,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from quantgate.errors import ExportError, InvalidModelError
 
 OPSET = 17
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
 class ExportResult(BaseModel):
+    """The FP32 ONNX export and its side files (the tokenizer or preprocessor; none for a task that reads
+    numbers). `tokenizer_files` keeps its name: cached entries and reports carry it."""
+
     onnx_path: Path
-    tokenizer_files: list[Path]
+    tokenizer_files: list[Path] = Field(default_factory=list)
     input_names: list[str]
     output_names: list[str]
     opset: int
-    pooling: str
-    normalize: bool
+    pooling: str = ""
+    normalize: bool = False
     max_abs_diff_vs_torch: dict[str, float]
     parity_samples: int
     size_bytes: int
+
+    @property
+    def assets_dir(self) -> Path:
+        """The folder of the side files, handed to the task type (the export's own folder when none)."""
+        return self.tokenizer_files[0].parent if self.tokenizer_files else self.onnx_path.parent
 
 
 def check_model_folder(model_dir: Path, allow_pickle: bool = False) -> dict[str, Any]:

@@ -1,21 +1,26 @@
 """Gates are declarative data decided by one pure function (after Olive's MetricGoal).
 
-`GateThresholds` is what a person sets (flow parameters, CLI flags); `to_gates()` turns it into a list of
-`Gate(metric, op, limit)`; `evaluate_gates(metrics, gates)` returns a `GateReport`. Promotion happens only
-on `report.passed`, and a metric a gate needs but the run did not measure fails that gate.
+A `Limit` is a knob a person sets (a flow parameter, a CLI flag generated from it); a `Gate(metric, op,
+limit)` is one check; `evaluate_gates(metrics, gates)` returns a `GateReport`. Promotion happens only on
+`report.passed`, and a metric a gate needs but the run did not measure fails that gate.
+
+This module names no task's metric. Every task type reports the same core metrics (`task_metric_fp32`,
+`task_metric_candidate`, `task_metric_drop` as the degradation, parity over its outputs, speed against the
+FP32 baselines), and `core_gates` / `expectation_gates` / `champion_gates` are built on those; a task type
+adds its own gates and limits (quantgate/tasktypes.py) and `gates_for(task, thresholds)` joins them.
 
 A gate may judge a bound instead of the value (`judge="upper"` / `"lower"`): then `<metric>_lo` and
 `<metric>_hi` hold the 95 % interval (quantgate/stats.py) and the unfavourable end must be inside the
-limit. Evidence gates (`kind="evidence"`) say whether the held-out set can support a decision at all: the
-FP32 model beats a trivial baseline with confidence, and the intervals are narrow enough to judge.
+limit. Evidence gates (`kind="evidence"`) say whether the held-out set can support a decision at all.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Iterable
+from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Op = Literal[">=", "<="]
 
@@ -83,181 +88,273 @@ class GateReport(BaseModel):
         return "; ".join(parts)
 
 
-class GateThresholds(BaseModel):
-    """Every limit a run is judged by. Defaults come from measurements on all-MiniLM-L6-v2 / STS-B dev:
-    plain per-tensor dynamic INT8 keeps Spearman within 0.4 points but moves embeddings (mean cosine
-    0.963, neighbour agreement 88%); per-channel reaches 0.993 / 94%. The cosine and neighbour gates are
-    what catch the first kind of damage, the task-metric gate the second."""
+# --- limits: the knobs, declared with their bounds beside the gates that read them -----------------------
 
-    model_config = ConfigDict(extra="forbid")
 
-    max_task_metric_drop: float = Field(
-        0.01, ge=0, le=1, description="FP32 minus INT8 task metric (0.01 = 1 point)"
-    )
-    min_mean_cosine: float = Field(0.98, ge=-1, le=1, description="mean cosine of INT8 vs FP32 embeddings")
-    min_min_cosine: float = Field(0.90, ge=-1, le=1, description="worst single-example cosine")
-    min_neighbour_agreement: float = Field(
-        0.90, ge=0, le=1, description="share of examples whose nearest neighbour is unchanged"
-    )
-    abs_tol: float = Field(0.1, gt=0, description="max |INT8 - FP32| over every output element")
-    mean_tol: float = Field(0.01, gt=0, description="mean |INT8 - FP32|")
-    min_p95_speedup: float = Field(
-        1.0, ge=0, description="ORT FP32 p95 / INT8 p95; 1.0 = INT8 must be faster"
-    )
-    export_atol: float = Field(1e-4, gt=0, description="max |ONNX FP32 - PyTorch| at export")
-    min_baseline_metric: float = Field(
-        0.1,
-        ge=-1,
-        le=1,
-        description="the FP32 task metric's lower 95 % bound must exceed this trivial baseline (STS: "
-        "Spearman 0.1): a drop measured on a model that measures nothing means nothing",
-    )
-    max_slice_drop: float = Field(
-        0.02,
-        ge=0,
-        le=1,
-        description="worst task-metric drop on any slice of at least 50 rows (slice columns, length buckets)",
-    )
-    max_champion_drop: float = Field(
-        0.01,
-        ge=0,
-        le=1,
-        description="a new version may score at most this much below the serving version (the champion) "
-        "on its held-out rows (upper 95 % bound; 0.01 = 1 point)",
-    )
-    max_champion_slowdown: float = Field(
-        0.10, ge=0, description="a new version's p50 may be at most this much slower than the champion's"
-    )
-    expect_metric: float | None = Field(
-        None, description="the FP32 task metric expected at registration (set from the registration)"
-    )
-    expect_tolerance: float | None = Field(None, gt=0, description="how far FP32 may be from it")
-    max_baseline_half_width: float = Field(
-        0.1,
-        gt=0,
-        le=1,
-        description="the FP32 task metric's 95 % interval may be at most this wide on each side; wider: the "
-        "held-out set is too small to judge anything (heldout-too-small)",
-    )
+class Limit(BaseModel):
+    """One settable threshold: its name is a key of `GateThresholds` and a CLI flag (`--max-slice-drop`)."""
 
-    @field_validator("*")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError("thresholds must be finite numbers")
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    default: float | None
+    help: str
+    ge: float | None = None
+    le: float | None = None
+    gt: float | None = None
+
+    def check(self, value: Any) -> float | None:
+        if value is None and self.default is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{self.name} must be a number, got {value!r}")
+        v = float(value)
+        if not math.isfinite(v):
+            raise ValueError(f"{self.name}: thresholds must be finite numbers, got {value}")
+        for bound, ok, word in (
+            (self.ge, lambda b: v >= b, ">="),
+            (self.le, lambda b: v <= b, "<="),
+            (self.gt, lambda b: v > b, ">"),
+        ):
+            if bound is not None and not ok(bound):
+                raise ValueError(f"{self.name} must be {word} {bound:g}, got {v:g}")
         return v
 
-    def to_gates(self, champion: bool = False) -> list[Gate]:
-        """Every gate; with `champion`, also the two that compare a new version with the serving one."""
-        return self._gates() + self._expectation_gates() + (self._champion_gates() if champion else [])
 
-    def _expectation_gates(self) -> list[Gate]:
-        """The registering team's own measurement: an FP32 model far from it is not the model they
-        trained, or not on this data (a wrong file, shuffled labels)."""
-        if self.expect_metric is None or self.expect_tolerance is None:
-            return []
-        expected = f"registered expectation {self.expect_metric:g}±{self.expect_tolerance:g}"
-        return [
-            Gate(
-                name="FP32 as registered (low)",
-                metric="task_metric_fp32",
-                op=">=",
-                limit=self.expect_metric - self.expect_tolerance,
-                kind="evidence",
-                description=expected,
-            ),
-            Gate(
-                name="FP32 as registered (high)",
-                metric="task_metric_fp32",
-                op="<=",
-                limit=self.expect_metric + self.expect_tolerance,
-                kind="evidence",
-                description=expected,
-            ),
-        ]
+# Limits every task type is judged by: they read the core metrics only. Defaults come from measurements on
+# all-MiniLM-L6-v2 / STS-B dev (the README's gates table).
+CORE_LIMITS: tuple[Limit, ...] = (
+    Limit(
+        name="max_task_metric_drop", default=0.01, ge=0, help="max FP32-INT8 task metric drop (0.01 = 1 pt)"
+    ),
+    Limit(name="abs_tol", default=0.1, gt=0, help="max |INT8-FP32| over every output element"),
+    Limit(name="mean_tol", default=0.01, gt=0, help="max mean |INT8-FP32|"),
+    Limit(
+        name="min_p95_speedup", default=1.0, ge=0, help="min ORT FP32 p95 / INT8 p95; 1.0 = must be faster"
+    ),
+    Limit(name="export_atol", default=1e-4, gt=0, help="max |ONNX FP32 - PyTorch| at export"),
+    Limit(
+        name="max_slice_drop",
+        default=0.02,
+        ge=0,
+        help="max task-metric drop on any slice of >= 50 rows (0.02 = 2 pt)",
+    ),
+    Limit(
+        name="max_champion_drop",
+        default=0.01,
+        ge=0,
+        help="max task-metric drop vs the serving version, upper 95% bound (0.01 = 1 pt)",
+    ),
+    Limit(
+        name="max_champion_slowdown",
+        default=0.10,
+        ge=0,
+        help="max p50 slowdown vs the serving version (0.1 = 10%)",
+    ),
+    Limit(
+        name="max_baseline_half_width",
+        default=0.1,
+        gt=0,
+        help="widest FP32 task-metric interval (half-width) a decision rests on; wider: heldout-too-small",
+    ),
+    Limit(
+        name="expect_metric", default=None, help="the FP32 task metric expected (set from the registration)"
+    ),
+    Limit(name="expect_tolerance", default=None, gt=0, help="how far FP32 may be from the expected metric"),
+)
 
-    def _champion_gates(self) -> list[Gate]:
-        return [
-            Gate(
-                name="vs champion",
-                metric="champion_drop",
-                op="<=",
-                limit=self.max_champion_drop,
-                judge="upper",
-                description="champion minus candidate task metric on the same rows (upper 95 % bound)",
-            ),
-            Gate(
-                name="p50 vs champion",
-                metric="p50_ratio_vs_champion",
-                op="<=",
-                limit=1 + self.max_champion_slowdown,
-                kind="speed",
-                description="candidate p50 / champion p50 in the same interleaved benchmark",
-            ),
-        ]
+# Limits that only the CLI or the registration sets, never a generated flag of their own.
+_NOT_FLAGS = {"expect_metric", "expect_tolerance"}
 
-    def _gates(self) -> list[Gate]:
-        return [
-            Gate(
-                name="held-out size",
-                metric="task_metric_fp32_half_width",
-                op="<=",
-                limit=self.max_baseline_half_width,
-                kind="evidence",
-                description="half-width of the FP32 task metric's 95 % interval",
-            ),
-            Gate(
-                name="FP32 baseline",
-                metric="task_metric_fp32",
-                op=">=",
-                limit=self.min_baseline_metric,
-                kind="evidence",
-                judge="lower",
-                description="the FP32 task metric beats a trivial baseline (lower 95 % bound)",
-            ),
-            Gate(
-                name="drop interval width",
-                metric="task_metric_drop_half_width",
-                op="<=",
-                limit=self.max_task_metric_drop,
-                kind="evidence",
-                description="half-width of the paired bootstrap interval of the drop: wider than the limit, "
-                "the held-out set cannot show the drop is within it",
-            ),
-            Gate(
-                name="task metric drop",
-                metric="task_metric_drop",
-                op="<=",
-                limit=self.max_task_metric_drop,
-                judge="upper",
-                description="FP32 ONNX minus INT8 on the held-out task metric (upper 95 % bound)",
-            ),
-            Gate(
-                name="max slice drop",
-                metric="max_slice_drop",
-                op="<=",
-                limit=self.max_slice_drop,
-                description="worst task-metric drop on one slice (genre, length bucket) of >= 50 rows",
-            ),
-            Gate(name="mean cosine", metric="mean_cosine", op=">=", limit=self.min_mean_cosine),
-            Gate(name="min cosine", metric="min_cosine", op=">=", limit=self.min_min_cosine),
-            Gate(
-                name="neighbour agreement",
-                metric="neighbour_agreement",
-                op=">=",
-                limit=self.min_neighbour_agreement,
-                judge="lower",
-            ),
-            Gate(name="parity max abs diff", metric="max_abs_diff", op="<=", limit=self.abs_tol),
-            Gate(name="parity mean abs diff", metric="mean_abs_diff", op="<=", limit=self.mean_tol),
-            Gate(
-                name="p95 speed-up vs ORT FP32",
-                metric="p95_speedup_vs_onnx_fp32",
-                op=">=",
-                limit=self.min_p95_speedup,
-                kind="speed",
-            ),
-        ]
+
+class LimitSource(Protocol):
+    """What declares limits and gates: a task type (quantgate/tasktypes.py)."""
+
+    name: str
+    limits: tuple[Limit, ...]
+
+    def gates(self, thresholds: GateThresholds) -> list[Gate]: ...
+
+
+_SOURCES: dict[str, LimitSource] = {}
+
+
+def register_limits(source: LimitSource) -> None:
+    """Called when a task type is registered: its limits become valid threshold names and CLI flags. A
+    name two task types share must mean the same limit."""
+    known = {limit.name: limit for limit in all_limits(load=False)}
+    for limit in source.limits:
+        other = known.get(limit.name)
+        if other is not None and other != limit:
+            raise ValueError(f"task type {source.name!r} redefines limit {limit.name!r} differently")
+    _SOURCES[source.name] = source
+
+
+def all_limits(load: bool = True) -> list[Limit]:
+    """Every limit: the core ones, then each registered task type's, once each."""
+    if load:
+        import quantgate.tasktypes  # noqa: F401 - registers the built-in task types' limits
+
+    seen: dict[str, Limit] = {limit.name: limit for limit in CORE_LIMITS}
+    for source in _SOURCES.values():
+        for limit in source.limits:
+            seen.setdefault(limit.name, limit)
+    return list(seen.values())
+
+
+def flag_limits() -> list[Limit]:
+    """The limits the CLI offers as `--<name>` flags."""
+    return [limit for limit in all_limits() if limit.name not in _NOT_FLAGS]
+
+
+class GateThresholds(BaseModel):
+    """The limits a person set (flow parameter, CLI flags); every other limit keeps its declared default.
+    Names are checked against the limits of the core and the registered task types, values against
+    their bounds, so a typo or a NaN is an error before anything runs."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        known = {limit.name: limit for limit in all_limits()}
+        unknown = sorted(k for k in data if k not in known)
+        if unknown:
+            raise ValueError(f"unknown thresholds {unknown}: choose from {sorted(known)}")
+        return {k: known[k].check(v) for k, v in data.items()}
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)  # type: ignore[misc]
+        except AttributeError:
+            limit = next((lim for lim in all_limits() if lim.name == name), None)
+            if limit is None:
+                raise
+            return limit.default
+
+    def value(self, name: str) -> float | None:
+        return getattr(self, name)
+
+    def resolved(self, limits: Iterable[Limit]) -> dict[str, float | None]:
+        """Every limit's effective value: what the report and the manifest record."""
+        return {limit.name: self.value(limit.name) for limit in limits}
+
+
+# --- the gates on the core metrics ------------------------------------------------------------------------
+
+
+def core_gates(t: GateThresholds) -> list[Gate]:
+    """What every candidate of every task type passes: the held-out set can judge the drop, the drop is
+    within its limit (upper 95 % bound), no large slice is worse, outputs agree, and it is faster."""
+    return [
+        Gate(
+            name="held-out size",
+            metric="task_metric_fp32_half_width",
+            op="<=",
+            limit=t.max_baseline_half_width,
+            kind="evidence",
+            description="half-width of the FP32 task metric's 95 % interval",
+        ),
+        Gate(
+            name="drop interval width",
+            metric="task_metric_drop_half_width",
+            op="<=",
+            limit=t.max_task_metric_drop,
+            kind="evidence",
+            description="half-width of the paired bootstrap interval of the drop: wider than the limit, "
+            "the held-out set cannot show the drop is within it",
+        ),
+        Gate(
+            name="task metric drop",
+            metric="task_metric_drop",
+            op="<=",
+            limit=t.max_task_metric_drop,
+            judge="upper",
+            description="FP32 ONNX minus INT8 on the held-out task metric (upper 95 % bound)",
+        ),
+        Gate(
+            name="max slice drop",
+            metric="max_slice_drop",
+            op="<=",
+            limit=t.max_slice_drop,
+            description="worst task-metric drop on one slice (a slice column's value, a length bucket) "
+            "of >= 50 rows",
+        ),
+    ]
+
+
+def parity_and_speed_gates(t: GateThresholds) -> list[Gate]:
+    return [
+        Gate(name="parity max abs diff", metric="max_abs_diff", op="<=", limit=t.abs_tol),
+        Gate(name="parity mean abs diff", metric="mean_abs_diff", op="<=", limit=t.mean_tol),
+        Gate(
+            name="p95 speed-up vs ORT FP32",
+            metric="p95_speedup_vs_onnx_fp32",
+            op=">=",
+            limit=t.min_p95_speedup,
+            kind="speed",
+        ),
+    ]
+
+
+def expectation_gates(t: GateThresholds) -> list[Gate]:
+    """The registering team's own measurement: an FP32 model far from it is not the model they trained,
+    or not on this data (a wrong file, shuffled labels)."""
+    if t.expect_metric is None or t.expect_tolerance is None:
+        return []
+    expected = f"registered expectation {t.expect_metric:g}±{t.expect_tolerance:g}"
+    return [
+        Gate(
+            name="FP32 as registered (low)",
+            metric="task_metric_fp32",
+            op=">=",
+            limit=t.expect_metric - t.expect_tolerance,
+            kind="evidence",
+            description=expected,
+        ),
+        Gate(
+            name="FP32 as registered (high)",
+            metric="task_metric_fp32",
+            op="<=",
+            limit=t.expect_metric + t.expect_tolerance,
+            kind="evidence",
+            description=expected,
+        ),
+    ]
+
+
+def champion_gates(t: GateThresholds) -> list[Gate]:
+    return [
+        Gate(
+            name="vs champion",
+            metric="champion_drop",
+            op="<=",
+            limit=t.max_champion_drop,
+            judge="upper",
+            description="champion minus candidate task metric on the same rows (upper 95 % bound)",
+        ),
+        Gate(
+            name="p50 vs champion",
+            metric="p50_ratio_vs_champion",
+            op="<=",
+            limit=1 + t.max_champion_slowdown,
+            kind="speed",
+            description="candidate p50 / champion p50 in the same interleaved benchmark",
+        ),
+    ]
+
+
+def limits_for(task: LimitSource) -> list[Limit]:
+    """The limits a task type's run is judged by: the core ones and its own."""
+    return [*CORE_LIMITS, *task.limits]
+
+
+def gates_for(task: LimitSource, t: GateThresholds, champion: bool = False) -> list[Gate]:
+    """Every gate a candidate of this task type is judged by; with `champion`, also the two that compare
+    a new version with the serving one."""
+    return task.gates(t) + expectation_gates(t) + (champion_gates(t) if champion else [])
 
 
 def evaluate_gates(metrics: dict[str, float], gates: list[Gate]) -> GateReport:

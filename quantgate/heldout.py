@@ -78,19 +78,6 @@ def load_sts_tsv(path: Path) -> pd.DataFrame:
     return df
 
 
-LOADERS = {"sts-tsv": load_sts_tsv}
-
-
-def load_heldout(path: Path, fmt: str) -> pd.DataFrame:
-    try:
-        loader = LOADERS[fmt]
-    except KeyError:
-        raise HeldoutValidationError(
-            f"unknown held-out format {fmt!r}: choose one of {sorted(LOADERS)}"
-        ) from None
-    return loader(path)
-
-
 # --- validation with Great Expectations -----------------------------------------------------------------
 
 

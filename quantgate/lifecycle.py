@@ -26,6 +26,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from quantgate.backends import Servable
 from quantgate.errors import (
     ConfigError,
     ConflictError,
@@ -35,7 +36,6 @@ from quantgate.errors import (
     QuantgateError,
     StorageError,
 )
-from quantgate.export import check_model_folder
 from quantgate.heldout import read_utf8
 from quantgate.registry import (
     AUDIT_NAME_RE,
@@ -166,7 +166,7 @@ def register(
     expect_metric: ExpectedMetric | None = None,
 ) -> Registration:
     task_type = get_task_type(task)
-    check_model_folder(model_dir, allow_pickle)
+    task_type.check_model(model_dir, allow_pickle)
     if not heldout.is_file():
         raise InvalidModelError(f"held-out file {heldout} does not exist")
     read_utf8(heldout)  # refuse a non-UTF-8 file before anything is uploaded
@@ -789,7 +789,12 @@ class Champion:
     version: str
     manifest: Manifest
     model_path: Path
-    tokenizer_dir: Path
+    tokenizer_dir: Path  # the promoted assets folder (tokenizer or preprocessor)
+    runtime: str = "onnxruntime"
+
+    @property
+    def servable(self) -> Servable:
+        return Servable(self.model_path, self.runtime)
 
 
 def pull_champion(store: ObjectStore, model: str, task: str, dest: Path) -> Champion | None:
@@ -801,17 +806,20 @@ def pull_champion(store: ObjectStore, model: str, task: str, dest: Path) -> Cham
     manifest, _ = pull_promotion(store, model, pointer.version, dest)
     if manifest.task != task:
         return None
-    from quantgate.quantize import Recipe
+    from quantgate.backends import get_quantizer
+    from quantgate.quantize import parse_recipe
 
     try:
-        artifact = Recipe.model_validate(manifest.recipe).artifact_name
-    except ValidationError:
+        recipe = parse_recipe(manifest.recipe)
+        runtime = get_quantizer(recipe.backend).runtime
+    except (ValidationError, ConfigError):
         return None  # promoted by another tool, or an older recipe schema: nothing to run it with
     return Champion(
         version=pointer.version,
         manifest=manifest,
-        model_path=dest / artifact,
+        model_path=dest / recipe.artifact_name,
         tokenizer_dir=dest / "tokenizer",
+        runtime=runtime,
     )
 
 

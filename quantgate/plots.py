@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from quantgate.bench import BenchReport
 
@@ -53,7 +53,7 @@ class ParetoPoint(BaseModel):
     name: str
     p50_ms: float
     task_metric_drop: float
-    mean_cosine: float
+    values: dict[str, float] = Field(default_factory=dict, description="each panel's metric")
     passed: bool
     chosen: bool = False
 
@@ -76,24 +76,22 @@ def pareto_front(points: list[ParetoPoint]) -> list[ParetoPoint]:
 def pareto_plot(
     points: list[ParetoPoint],
     baselines: dict[str, float],
-    limits: dict[str, float],
+    panels: list[tuple[str, str, float | None]],
     title: str,
     path: Path,
 ) -> Path:
-    """Latency against each accuracy metric, one marker per candidate: green passed every gate, red did
-    not, the star is the promoted one; dashed lines are the gate limits, dotted ones the FP32 baselines."""
+    """Latency against each accuracy metric (one panel per `(metric, label, limit)`, the task type's
+    plot axes), one marker per candidate: green passed every gate, red did not, the star is the promoted
+    one; dashed lines are the gate limits, dotted ones the FP32 baselines."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
-    panels = [
-        ("task_metric_drop", "task metric drop (FP32 - candidate)", limits.get("max_task_metric_drop")),
-        ("mean_cosine", "mean cosine to FP32", limits.get("min_mean_cosine")),
-    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), dpi=110, squeeze=False)
     front = pareto_front(points)
-    for ax, (field, label, limit) in zip(axes, panels, strict=True):
-        for p in points:
+    for ax, (field, label, limit) in zip(axes[0], panels, strict=True):
+        shown = [p for p in points if field in p.values]
+        for p in shown:
             ax.scatter(
                 p.p50_ms,
-                getattr(p, field),
+                p.values[field],
                 marker="*" if p.chosen else "o",
                 s=180 if p.chosen else 40,
                 color="tab:green" if p.passed else "tab:red",
@@ -101,7 +99,7 @@ def pareto_plot(
                 zorder=3,
             )
             ax.annotate(
-                p.name, (p.p50_ms, getattr(p, field)), fontsize=6, xytext=(4, 3), textcoords="offset points"
+                p.name, (p.p50_ms, p.values[field]), fontsize=6, xytext=(4, 3), textcoords="offset points"
             )
         if field == "task_metric_drop" and len(front) > 1:
             ax.plot(

@@ -1,172 +1,118 @@
-"""Recipes: named, serialisable descriptions of how an FP32 ONNX file becomes a cheaper one, and the one
-function that applies them with ONNX Runtime's own tools (quantize_dynamic, quantize_static with a
-calibration reader, the transformer optimizer, the FP16 converter).
+"""Recipes: named, serialisable descriptions of how an FP32 model becomes a cheaper one, and the one
+function that builds a candidate from one.
 
 A recipe is data: it round-trips through JSON unchanged, lands in the run report and the manifest, and
-a flow parameter can carry a custom one. `RECIPES` is the catalogue; `DEFAULT_SEARCH` is what a run tries
-when it is not told otherwise.
+a flow parameter can carry a custom one. Its `backend` field says which `Quantizer` builds it
+(quantgate/backends/); each backend declares its own recipe fields and its catalogue of named recipes.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import threading
-import time
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    WithJsonSchema,
+)
 
-from quantgate.errors import ConfigError, InvalidModelError
-from quantgate.runtime import SessionSettings, write_settings
+from quantgate.errors import ConfigError
 
-Method = Literal["dynamic", "static", "fp16"]
-Calibration = Literal["MinMax", "Entropy", "Percentile"]
 RESERVED_NAMES = {"pytorch-fp32", "onnx-fp32"}  # benchmark engine names of the baselines
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._+-]{0,79}$"
-
-
-def quantizable_op_types() -> set[str]:
-    """Op types ONNX Runtime's quantizers know (dynamic integer ops, QLinear ops, QDQ)."""
-    from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
-
-    return set(IntegerOpsRegistry) | set(QLinearOpsRegistry) | set(QDQRegistry)
+DEFAULT_BACKEND = "onnxruntime"
 
 
 class Recipe(BaseModel):
+    """What every recipe has; a backend's recipe class adds its own fields (extra ones are refused)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(pattern=NAME_PATTERN)
-    method: Method = "dynamic"
-    weight_type: Literal["QInt8", "QUInt8"] = "QInt8"
-    activation_type: Literal["QInt8", "QUInt8"] = Field(
-        "QUInt8", description="static only; U8S8 is the fast path on x86 (S8S8 QDQ measured 2.5x slower)"
-    )
-    per_channel: bool = False
-    # reduce_range keeps weights in 7 bits: needed on CPUs without VNNI to avoid overflow in
-    # VPMADDUBSW (ORT quantization docs); a candidate, not a default.
-    reduce_range: bool = False
-    calibration: Calibration | None = Field(None, description="static only: how activation ranges are set")
-    fuse: bool = Field(
-        False, description="run ORT's transformer optimizer (Attention, SkipLayerNorm...) first"
-    )
-    op_types: list[str] | None = Field(
-        default=None, description="None = every op ORT quantizes for this method"
-    )
+    backend: str = DEFAULT_BACKEND
     nodes_to_exclude: list[str] = Field(default_factory=list, description="nodes kept in FP32")
-    session: SessionSettings = Field(
-        default_factory=SessionSettings,
-        description="ORT session settings the artifact is served with (written beside it, promoted with it)",
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Recipe:
-        if self.op_types is not None:
-            known = quantizable_op_types()
-            unknown = [t for t in self.op_types if t not in known]
-            if unknown or not self.op_types:
-                raise ValueError(
-                    f"recipe {self.name!r}: op_types {unknown or self.op_types} are not op types ONNX "
-                    f"Runtime quantizes (names are case-sensitive; known: {', '.join(sorted(known))})"
-                )
-        if self.method == "static" and self.calibration is None:
-            raise ValueError(
-                f"recipe {self.name!r}: static quantization needs calibration (MinMax, Entropy or Percentile)"
-            )
-        if self.method != "static" and self.calibration is not None:
-            raise ValueError(f"recipe {self.name!r}: calibration applies to method 'static' only")
-        return self
 
     @property
     def precision(self) -> str:
-        return "fp16" if self.method == "fp16" else "int8"
+        return "int8"
 
     @property
     def artifact_name(self) -> str:
         return f"model.{self.precision}.onnx"
 
+    @property
+    def kind(self) -> str:
+        """A short word for tables ('dynamic', 'static'...)."""
+        return self.backend
+
+    @property
+    def can_fall_back(self) -> bool:
+        """Whether keeping nodes in FP32 is a way this recipe could pass (not for FP16, not for copies)."""
+        return False
+
     def keeping_fp32(self, nodes: list[str], name: str) -> Recipe:
         return self.model_copy(update={"name": name, "nodes_to_exclude": [*self.nodes_to_exclude, *nodes]})
 
 
-def _r(name: str, **kw: Any) -> Recipe:
-    return Recipe(name=name, **kw)
+def parse_recipe(data: Any) -> Any:
+    """A dict becomes the recipe class of the backend it names (default: ONNX Runtime)."""
+    if isinstance(data, dict):
+        from quantgate.backends import get_quantizer
+
+        return get_quantizer(str(data.get("backend", DEFAULT_BACKEND))).recipe_type.model_validate(data)
+    return data
 
 
-# Static recipes quantize MatMul and the embedding Gather only: quantizing LayerNorm, Softmax, GELU and the
-# residual Adds is what collapses static INT8 on transformers (DistilBERT NER F1 0.94 -> 0.10).
-_STATIC_OPS = ["MatMul", "Gather"]
-_NO_SLN = SessionSettings(disabled_optimizers=["SkipLayerNormFusion"])
-RECIPES: dict[str, Recipe] = {
-    r.name: r
-    for r in [
-        # The write-ups' one-liner: quantize_dynamic(weight_type=QInt8), one scale per weight tensor.
-        _r("dynamic-int8"),
-        # One scale per output channel: same speed, far less embedding drift (MiniLM cosine 0.963 -> 0.993).
-        _r("dynamic-int8-per-channel", per_channel=True),
-        _r("dynamic-uint8-per-channel", weight_type="QUInt8", per_channel=True),
-        _r("dynamic-int8-per-channel-reduce-range", per_channel=True, reduce_range=True),
-        # The same graphs served without ORT's SkipLayerNormFusion: after an INT8 MatMul it swaps a fast
-        # Add + LayerNormalization for a slow SkipLayerNormalization kernel (quantgate/runtime.py).
-        _r("dynamic-int8-per-channel-no-sln", per_channel=True, session=_NO_SLN),
-        _r(
-            "dynamic-int8-per-channel-reduce-range-no-sln",
-            per_channel=True,
-            reduce_range=True,
-            session=_NO_SLN,
-        ),
-        _r("fused-dynamic-int8", fuse=True),
-        _r("fused-dynamic-int8-per-channel", fuse=True, per_channel=True),
-        _r(
-            "static-qdq-minmax", method="static", calibration="MinMax", per_channel=True, op_types=_STATIC_OPS
-        ),
-        _r(
-            "static-qdq-entropy",
-            method="static",
-            calibration="Entropy",
-            per_channel=True,
-            op_types=_STATIC_OPS,
-        ),
-        _r(
-            "static-qdq-percentile",
-            method="static",
-            calibration="Percentile",
-            per_channel=True,
-            op_types=_STATIC_OPS,
-        ),
-        # FP16 halves the size and keeps embeddings exact; on CPUs without FP16 kernels it is no faster,
-        # so it is in the catalogue (for GPUs) but not in the default CPU search.
-        _r("fp16", method="fp16"),
-    ]
-}
-DEFAULT_RECIPE = "dynamic-int8-per-channel"
-DEFAULT_SEARCH = [
-    "dynamic-int8",
-    "dynamic-int8-per-channel",
-    "dynamic-int8-per-channel-reduce-range",
-    "dynamic-int8-per-channel-no-sln",
-    "dynamic-int8-per-channel-reduce-range-no-sln",
-    "fused-dynamic-int8-per-channel",
-    "static-qdq-minmax",
-    "static-qdq-percentile",
+# A field holding any backend's recipe: validated by its backend's class, serialised with all its fields.
+AnyRecipe = Annotated[
+    Recipe,
+    BeforeValidator(parse_recipe),
+    SerializeAsAny(),
+    WithJsonSchema({"type": "object", "description": "a recipe: name, backend and the backend's fields"}),
 ]
 
 
+class QuantizeResult(BaseModel):
+    path: Path
+    recipe: AnyRecipe
+    size_bytes: int
+    op_counts: dict[str, int]
+    quantized_matmuls: int
+    float_matmuls: int
+    fused_ops: dict[str, int] | None = None
+    seconds: float = 0.0
+
+
+def catalogue() -> dict[str, Recipe]:
+    from quantgate.backends import quantizers
+
+    return {r.name: r for q in quantizers() for r in q.catalogue()}
+
+
+def default_search() -> list[str]:
+    from quantgate.backends import quantizers
+
+    return [name for q in quantizers() for name in q.default_search()]
+
+
 def get_recipe(name: str) -> Recipe:
+    recipes = catalogue()
     try:
-        return RECIPES[name]
+        return recipes[name]
     except KeyError:
-        raise ConfigError(f"unknown recipe {name!r}: choose one of {sorted(RECIPES)}") from None
+        raise ConfigError(f"unknown recipe {name!r}: choose one of {sorted(recipes)}") from None
 
 
 def resolve_recipes(items: list[str | Recipe] | None) -> list[Recipe]:
     """Names from the catalogue or full recipes (a flow parameter may carry either); None = default search."""
-    recipes = [get_recipe(i) if isinstance(i, str) else i for i in (items or DEFAULT_SEARCH)]
+    recipes = [get_recipe(i) if isinstance(i, str) else parse_recipe(i) for i in (items or default_search())]
     if not recipes:
         raise ConfigError(
             "the recipe list is empty: name at least one recipe, or pass none for the default search"
@@ -189,269 +135,24 @@ def load_recipe_file(path: Path) -> list[Recipe]:
         raise ConfigError(f"cannot read recipes from {path} ({exc}): give a JSON list of recipes") from None
     if not isinstance(data, list):
         raise ConfigError(f"{path} must hold a JSON list of recipes or recipe names")
-    from pydantic import ValidationError
-
     try:
-        return resolve_recipes([d if isinstance(d, str) else Recipe.model_validate(d) for d in data])
+        return resolve_recipes([d if isinstance(d, str) else parse_recipe(d) for d in data])
     except ValidationError as exc:
         raise ConfigError(f"{path}: invalid recipe: {exc.errors()[0]['msg']}") from None
 
 
-# What makes a graph quantized: integer kernels (dynamic and QOperator formats) or QDQ pairs.
-INTEGER_OPS = frozenset(
-    {
-        "MatMulInteger",
-        "DynamicQuantizeMatMul",
-        "ConvInteger",
-        "QAttention",
-        "QGemm",
-        "QLinearMatMul",
-        "QLinearConv",
-        "QLinearAdd",
-        "QLinearMul",
-        "DynamicQuantizeLSTM",
-    }
-)
-
-
-def count_quantized(graph: Any, precision: str) -> int:
-    """Integer ops (or QDQ-fed compute) in an INT8 graph; FP16 initializers in an FP16 one."""
-    if precision == "fp16":
-        import onnx
-
-        return sum(1 for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
-    integer = sum(1 for n in graph.node if n.op_type in INTEGER_OPS)
-    dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    qdq = sum(
-        1
-        for n in graph.node
-        if n.op_type not in {"QuantizeLinear", "DequantizeLinear"} and any(i in dq_outputs for i in n.input)
-    )
-    return integer + qdq
-
-
-def _not_quantized(recipe: Recipe, graph_ops: set[str]) -> ConfigError:
-    if recipe.op_types is not None:
-        ops = ", ".join(sorted(graph_ops))
-        field = f"op_types {recipe.op_types} matched no node of the graph (its op types: {ops})"
-    elif recipe.nodes_to_exclude:
-        field = (
-            f"nodes_to_exclude keeps every quantizable node in FP32 ({len(recipe.nodes_to_exclude)} nodes)"
-        )
-    else:
-        field = f"method {recipe.method!r} found nothing to quantize in this graph"
-    return ConfigError(
-        f"recipe {recipe.name!r} produced a graph with no {recipe.precision.upper()} op: {field}; "
-        "fix that field of the recipe"
-    )
-
-
-class QuantizeResult(BaseModel):
-    path: Path
-    recipe: Recipe
-    size_bytes: int
-    op_counts: dict[str, int]
-    quantized_matmuls: int
-    float_matmuls: int
-    fused_ops: dict[str, int] | None = None
-    seconds: float = 0.0
-
-
-class FusionResult(BaseModel):
-    path: Path
-    fused_ops: dict[str, int]
-    warning: str | None = None
-
-
-# Model families ORT's transformer optimizer handles with its BERT fusions.
-_BERT_LIKE = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "camembert", "mpnet"}
-
-
-def fuse_transformer(fp32_path: Path, model_config: dict[str, Any], out_dir: Path) -> FusionResult:
-    """ORT's transformer optimizer with the head count and width from config.json (without them it
-    detects neither and fuses 0 Attention nodes). Records the fused-operator counts and says so when
-    Attention was not fused, which is what an SDPA export gives."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / "model.fused.onnx"
-    model_type = str(model_config.get("model_type", ""))
-    heads = int(model_config.get("num_attention_heads") or model_config.get("n_heads") or 0)
-    hidden = int(model_config.get("hidden_size") or model_config.get("dim") or 0)
-    if model_type not in _BERT_LIKE:
-        raise ConfigError(
-            f"transformer fusion supports {sorted(_BERT_LIKE)}, not model_type {model_type!r}: "
-            "drop the fused recipes for this model"
-        )
-    try:
-        with _quiet_ort():
-            model = optimize_model(str(fp32_path), model_type="bert", num_heads=heads, hidden_size=hidden)
-            stats = {k: int(v) for k, v in model.get_fused_operator_statistics().items()}
-            model.save_model_to_file(str(out))
-    except Exception as exc:  # noqa: BLE001 - the optimizer asserts on shapes it does not expect
-        raise ConfigError(
-            f"ORT transformer fusion failed on this graph ({type(exc).__name__}: {exc}): "
-            "drop the fused recipes for this model"
-        ) from None
-    warning = None
-    if stats.get("Attention", 0) + stats.get("MultiHeadAttention", 0) == 0:
-        warning = (
-            "transformer fusion found 0 Attention nodes: the export probably used SDPA attention; "
-            "export with attn_implementation='eager' so fusions happen"
-        )
-    return FusionResult(path=out, fused_ops={k: v for k, v in stats.items() if v}, warning=warning)
-
-
-class FeedsReader:
-    """ONNX Runtime calibration data reader over pre-tokenised batches (CalibrationDataReader protocol)."""
-
-    def __init__(self, batches: list[dict[str, np.ndarray]]):
-        self._batches = batches
-        self._it = iter(batches)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._it, None)
-
-    def rewind(self) -> None:
-        self._it = iter(self._batches)
-
-
-_QUIET_LOCK = threading.Lock()
-_QUIET_DEPTH = [0]
-_QUIET_SAVED: list[tuple[logging.Logger, int]] = []
-
-
-@contextmanager
-def _quiet_ort() -> Iterator[None]:
-    """ORT's quantizer and optimizer log every node at INFO/WARNING on the root logger; keep the run log
-    readable (errors still surface as exceptions). Reference-counted: candidates quantize concurrently."""
-    with _QUIET_LOCK:
-        if _QUIET_DEPTH[0] == 0:
-            names = ("", "onnxruntime", "fusion_base", "fusion_utils", "onnx_model", "onnx_model_bert")
-            _QUIET_SAVED[:] = [(lg, lg.level) for lg in map(logging.getLogger, names)]
-            for lg, _ in _QUIET_SAVED:
-                lg.setLevel(logging.ERROR)
-        _QUIET_DEPTH[0] += 1
-    try:
-        yield
-    finally:
-        with _QUIET_LOCK:
-            _QUIET_DEPTH[0] -= 1
-            if _QUIET_DEPTH[0] == 0:
-                for lg, level in _QUIET_SAVED:
-                    lg.setLevel(level)
-
-
-def apply_recipe(
+def build_candidate(
     recipe: Recipe,
-    fp32_path: Path,
+    fp32: Path,
     out_dir: Path,
     *,
-    fused: FusionResult | None = None,
+    prepared: dict[str, Any] | None = None,
     calibration: list[dict[str, np.ndarray]] | None = None,
 ) -> QuantizeResult:
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+    """Build one candidate with its backend's quantizer; `prepared` holds each backend's shared work."""
+    from quantgate.backends import get_quantizer
 
-    from quantgate.export import check_external_data
-
-    check_external_data(fp32_path)
-    if recipe.fuse and fused is None:
-        raise ConfigError(f"recipe {recipe.name!r} needs the fused model: call fuse_transformer first")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    source = _private_view(fused.path if (recipe.fuse and fused is not None) else fp32_path, out_dir)
-    out_path = out_dir / recipe.artifact_name
-    start = time.perf_counter()
-    # Needed when the input graph was fused by ORT's transformer optimizer (NOTES-infra.md).
-    extra: dict[str, Any] = {"DefaultTensorType": onnx.TensorProto.FLOAT}
-    with _quiet_ort():
-        if recipe.method == "dynamic":
-            quantize_dynamic(
-                str(source),
-                str(out_path),
-                weight_type=QuantType[recipe.weight_type],
-                per_channel=recipe.per_channel,
-                reduce_range=recipe.reduce_range,
-                op_types_to_quantize=recipe.op_types,
-                nodes_to_exclude=recipe.nodes_to_exclude,
-                extra_options=extra,
-            )
-        elif recipe.method == "static":
-            if not calibration:
-                raise ConfigError(
-                    f"recipe {recipe.name!r} is static and needs calibration data: the held-out set's "
-                    "calibration split is empty (give more rows or drop static recipes)"
-                )
-            quantize_static(
-                str(source),
-                str(out_path),
-                FeedsReader(calibration),
-                quant_format=QuantFormat.QDQ,
-                weight_type=QuantType[recipe.weight_type],
-                activation_type=QuantType[recipe.activation_type],
-                per_channel=recipe.per_channel,
-                reduce_range=recipe.reduce_range,
-                calibrate_method=CalibrationMethod[recipe.calibration or "MinMax"],
-                op_types_to_quantize=recipe.op_types,
-                nodes_to_exclude=recipe.nodes_to_exclude,
-                extra_options=extra,
-            )
-        else:
-            from onnxruntime.transformers.float16 import convert_float_to_float16
-
-            model = onnx.load(str(source))
-            # keep_io_types: callers still feed int64 ids and read FP32 embeddings.
-            half = convert_float_to_float16(
-                model, keep_io_types=True, node_block_list=recipe.nodes_to_exclude or None
-            )
-            onnx.save(half, str(out_path))
-    try:
-        onnx.checker.check_model(str(out_path))
-    except onnx.checker.ValidationError as exc:
-        raise InvalidModelError(f"recipe {recipe.name!r} produced an invalid ONNX graph: {exc}") from None
-    write_settings(out_path, recipe.session)
-    graph = onnx.load(str(out_path), load_external_data=False).graph
-    counts = dict(Counter(node.op_type for node in graph.node))
-    if count_quantized(graph, recipe.precision) == 0:
-        out_path.unlink()
-        raise _not_quantized(recipe, set(counts))
-    qdq = _qdq_matmuls(graph)
-    return QuantizeResult(
-        path=out_path,
-        recipe=recipe,
-        size_bytes=out_path.stat().st_size,
-        op_counts=counts,
-        quantized_matmuls=counts.get("MatMulInteger", 0)
-        + counts.get("DynamicQuantizeMatMul", 0)
-        + counts.get("QAttention", 0)
-        + qdq,
-        float_matmuls=counts.get("MatMul", 0) - qdq,
-        fused_ops=fused.fused_ops if recipe.fuse and fused else None,
-        seconds=time.perf_counter() - start,
-    )
-
-
-def _private_view(source: Path, out_dir: Path) -> Path:
-    """ORT's quantizers write scratch files (model-inferred.onnx) beside their input, so candidates built
-    concurrently from one source would overwrite each other's (and litter the export cache). Each gets
-    its own folder of symlinks to the source's files (external data included)."""
-    view = out_dir / "source"
-    view.mkdir(parents=True, exist_ok=True)
-    for f in source.parent.iterdir():
-        if f.is_file() and not (view / f.name).exists():
-            (view / f.name).symlink_to(f.resolve())
-    return view / source.name
-
-
-def _qdq_matmuls(graph: Any) -> int:
-    """MatMuls whose second input comes through a DequantizeLinear (static QDQ format)."""
-    dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    return sum(
-        1 for n in graph.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in dq_outputs
+    quantizer = get_quantizer(recipe.backend)
+    return quantizer.build(
+        recipe, fp32, out_dir, prepared=(prepared or {}).get(recipe.backend), calibration=calibration
     )

@@ -15,7 +15,7 @@ from quantgate.bench import BenchReport, cpu_info
 from quantgate.evaluate import ParityReport
 from quantgate.gates import GateReport
 from quantgate.plots import ParetoPoint, latency_plot, pareto_plot
-from quantgate.quantize import Recipe
+from quantgate.quantize import parse_recipe
 from quantgate.registry import (
     Manifest,
     ModelRef,
@@ -25,10 +25,9 @@ from quantgate.registry import (
     rejected_prefix,
     utcnow,
 )
-from quantgate.runtime import settings_path
 from quantgate.search import CandidateResult, SearchResult
 from quantgate.stats import rows_needed
-from quantgate.tasktypes import CHAMPION_ENGINE
+from quantgate.tasktypes import BASELINES, CHAMPION_ENGINE, TASK_TYPES, Column, PlotAxis
 
 Outcome = Literal["promoted", "rejected"]
 
@@ -90,7 +89,18 @@ class RunReport(BaseModel):
 
     @property
     def recipe_artifact(self) -> str:
-        return Recipe.model_validate(self.recipe).artifact_name
+        return parse_recipe(self.recipe).artifact_name
+
+
+def _columns(task: str) -> tuple[Column, ...]:
+    """The task type's own metric columns (none for a report of a task type this install lacks)."""
+    task_type = TASK_TYPES.get(task)
+    return task_type.columns if task_type else ()
+
+
+def _plot_axes(task: str) -> tuple[PlotAxis, ...]:
+    task_type = TASK_TYPES.get(task)
+    return task_type.plot_axes if task_type else ()
 
 
 def gate_rows(report: GateReport) -> list[dict[str, Any]]:
@@ -146,8 +156,9 @@ def bench_rows(bench: BenchReport) -> list[dict[str, Any]]:
     ]
 
 
-def candidate_rows(search: SearchResult) -> list[dict[str, Any]]:
-    """One row per candidate: size, latency, every metric, and which gate failed by how much."""
+def candidate_rows(search: SearchResult, task: str) -> list[dict[str, Any]]:
+    """One row per candidate: size, latency, the core metrics and the task type's own, and which gate
+    failed by how much."""
     rows = []
     for c in search.candidates:
         m, lat = c.metrics, c.latency
@@ -159,7 +170,7 @@ def candidate_rows(search: SearchResult) -> list[dict[str, Any]]:
         rows.append(
             {
                 "candidate": c.name,
-                "method": c.recipe.method,
+                "method": c.recipe.kind,
                 "size_mb": None if c.size_bytes is None else round(c.size_bytes / 1e6, 1),
                 "p50_ms": None if lat is None else round(lat.p50_ms, 2),
                 "p95_ms": None if lat is None else round(lat.p95_ms, 2),
@@ -167,9 +178,7 @@ def candidate_rows(search: SearchResult) -> list[dict[str, Any]]:
                 "speedup_vs_onnx_fp32_p95": _r(m.get("p95_speedup_vs_onnx_fp32"), 2),
                 "task_metric": _r(m.get("task_metric_candidate"), 4),
                 "task_metric_drop": _r(m.get("task_metric_drop"), 4),
-                "mean_cosine": _r(m.get("mean_cosine"), 4),
-                "min_cosine": _r(m.get("min_cosine"), 4),
-                "neighbour_agreement": _r(m.get("neighbour_agreement"), 3),
+                **{col.metric: _r(m.get(col.metric), col.digits) for col in _columns(task)},
                 "max_abs_diff": _r(m.get("max_abs_diff"), 4),
                 "result": verdict,
                 "failed_gates": (c.gates.failure_summary() if c.gates else "") or (c.note or ""),
@@ -178,15 +187,17 @@ def candidate_rows(search: SearchResult) -> list[dict[str, Any]]:
     return rows
 
 
-_COMPACT = ("candidate", "result", "p50_ms", "size_mb", "task_metric_drop", "mean_cosine")
+_COMPACT = ("candidate", "result", "p50_ms", "size_mb", "task_metric_drop")
 
 
-def compact_candidate_rows(search: SearchResult) -> list[dict[str, Any]]:
-    """The candidate table narrow enough for a page or a terminal; the table artifact has every column."""
+def compact_candidate_rows(search: SearchResult, task: str) -> list[dict[str, Any]]:
+    """The candidate table narrow enough for a page or a terminal (the core columns and the task type's
+    first own metric); the table artifact has every column."""
+    keys = [*_COMPACT, *(col.metric for col in _columns(task)[:1])]
     return [
-        {**{k: row[k] for k in _COMPACT}, "failed gates (margin)": brief}
+        {**{k: row[k] for k in keys}, "failed gates (margin)": brief}
         for row, brief in zip(
-            candidate_rows(search),
+            candidate_rows(search, task),
             [c.gates.failure_brief() if c.gates else (c.note or "") for c in search.candidates],
             strict=True,
         )
@@ -254,7 +265,7 @@ def to_markdown(report: RunReport, links: dict[str, str] | None = None) -> str:
         parts.append(
             f"## Candidates ({len(search.candidates)} in {search.seconds:.0f} s; budget {b.max_candidates} "
             f"candidates, {b.max_trials} trials, {b.max_seconds:g} s; {calib} calibration rows kept apart "
-            f"from {evaluation} evaluation rows)\n\n" + _md_table(compact_candidate_rows(search))
+            f"from {evaluation} evaluation rows)\n\n" + _md_table(compact_candidate_rows(search, report.task))
         )
         if search.warnings:
             parts.append("Warnings: " + "; ".join(search.warnings))
@@ -422,12 +433,20 @@ def decision_plots(report: RunReport, out_dir: Path) -> dict[str, Path]:
     plots = {"latency.png": latency_plot(report.benchmark, title, out_dir / "latency.png")}
     if report.search:
         search = SearchResult.model_validate(report.search)
+        axes = [
+            PlotAxis(
+                metric="task_metric_drop",
+                label="task metric drop (FP32 - candidate)",
+                limit="max_task_metric_drop",
+            ),
+            *_plot_axes(report.task),
+        ]
         points = [
             ParetoPoint(
                 name=c.name,
                 p50_ms=c.latency.p50_ms,
                 task_metric_drop=c.metrics["task_metric_drop"],
-                mean_cosine=c.metrics["mean_cosine"],
+                values={a.metric: c.metrics[a.metric] for a in axes if a.metric in c.metrics},
                 passed=c.passed,
                 chosen=c.name == search.chosen,
             )
@@ -435,17 +454,23 @@ def decision_plots(report: RunReport, out_dir: Path) -> dict[str, Path]:
             if c.latency is not None and "task_metric_drop" in c.metrics
         ]
         first = search.benchmarks[0]
-        baselines = {e: first.by_engine(e).p50_ms for e in ("pytorch-fp32", "onnx-fp32")}
-        plots["pareto.png"] = pareto_plot(points, baselines, report.thresholds, title, out_dir / "pareto.png")
+        baselines = {r.engine: r.p50_ms for r in first.results if r.engine in BASELINES}
+        panels = [(a.metric, a.label, report.thresholds.get(a.limit) if a.limit else None) for a in axes]
+        plots["pareto.png"] = pareto_plot(points, baselines, panels, title, out_dir / "pareto.png")
     return plots
 
 
 def promotion_files(
     report: RunReport, model_path: Path, tokenizer_files: list[Path], out_dir: Path
 ) -> dict[str, Path]:
-    """What goes under promoted/<m>/<v>/<run>/ besides report.json and manifest.json."""
-    artifact = Recipe.model_validate(report.recipe).artifact_name
-    files = {artifact: model_path, settings_path(Path(artifact)).name: settings_path(model_path)}
+    """What goes under promoted/<m>/<v>/<run>/ besides report.json and manifest.json: every file of the
+    artifact as its runtime lists them (model, external data, session settings), the side files under
+    tokenizer/, the parity report and the plots."""
+    from quantgate.backends import get_quantizer, get_runtime
+
+    recipe = parse_recipe(report.recipe)
+    runtime = get_runtime(get_quantizer(recipe.backend).runtime)
+    files = {p.relative_to(model_path.parent).as_posix(): p for p in runtime.files(model_path)}
     files |= {f"tokenizer/{p.name}": p for p in tokenizer_files}
     files["parity_report.json"] = write_json(out_dir / "parity_report.json", report.parity.model_dump())
     files |= decision_plots(report, out_dir)

@@ -19,10 +19,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from quantgate.bench import BenchReport, EngineResult
-from quantgate.gates import GateReport, GateThresholds, evaluate_gates
-from quantgate.quantize import Recipe
+from quantgate.gates import GateReport, GateThresholds, evaluate_gates, gates_for
+from quantgate.quantize import AnyRecipe
 from quantgate.sensitivity import NodeSensitivity
-from quantgate.tasktypes import Evaluation, speed_metrics
+from quantgate.tasktypes import Evaluation, TaskType, speed_metrics
 
 
 class SearchBudget(BaseModel):
@@ -53,7 +53,7 @@ Status = Literal["evaluated", "failed", "skipped"]
 
 
 class CandidateResult(BaseModel):
-    recipe: Recipe
+    recipe: AnyRecipe
     status: Status
     note: str | None = None
     size_bytes: int | None = None
@@ -79,10 +79,10 @@ class CandidateResult(BaseModel):
         return self.gates is not None and self.gates.passed_kind("accuracy")
 
     def judged(
-        self, thresholds: GateThresholds, bench: BenchReport | None, bench_round: int
+        self, task: TaskType, thresholds: GateThresholds, bench: BenchReport | None, bench_round: int
     ) -> CandidateResult:
-        """Gate it on its accuracy metrics plus, once benchmarked, its speed against the baselines of
-        the same benchmark round."""
+        """Gate it by its task type's gates on its accuracy metrics plus, once benchmarked, its speed
+        against the baselines of the same benchmark round."""
         if self.evaluation is None:
             return self
         metrics = dict(self.evaluation.metrics())
@@ -90,7 +90,7 @@ class CandidateResult(BaseModel):
         if bench is not None:
             metrics |= speed_metrics(bench, self.name)
             update |= {"latency": bench.by_engine(self.name), "bench_round": bench_round}
-        gates = evaluate_gates(metrics, thresholds.to_gates(champion="champion_drop" in metrics))
+        gates = evaluate_gates(metrics, gates_for(task, thresholds, champion="champion_drop" in metrics))
         return self.model_copy(update=update | {"metrics": metrics, "gates": gates})
 
 
@@ -126,7 +126,7 @@ def fallback_base(candidates: list[CandidateResult]) -> CandidateResult | None:
         and c.gates.passed_kind("speed")
         and c.gates.passed_kind("evidence")  # no FP32 node can fix a held-out set that proves nothing
         and not c.accuracy_passed
-        and c.recipe.method != "fp16"
+        and c.recipe.can_fall_back
     ]
     if not near:
         return None

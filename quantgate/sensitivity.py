@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel
 
-from quantgate.quantize import Recipe
+if TYPE_CHECKING:
+    from quantgate.backends.onnxruntime import OrtRecipe as Recipe
 
 
 class NodeSensitivity(BaseModel):

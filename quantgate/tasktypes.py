@@ -1,24 +1,30 @@
 """Task types: the seam between "what kind of model is this" and the pipeline.
 
-A task type knows its held-out schema and format, how to export its model, how to score an ONNX file on
-its held-out set (parity outputs and the task metric) and how to feed the benchmark. The flow only asks
-for `get_task_type(registration.task)`; classifiers, NER, scikit-learn and CNN models add a class here.
+A task type is a row, not a branch (after Optimum's per-task tables): it owns its held-out schema and
+reader, the check of a registered model folder, the export, its task metric and the direction it
+improves in, its own limits and gates (declared beside its metrics, after Olive's metric goals), the
+report columns and plot axes of its own metrics, and what the benchmark feeds. Shared modules (gates,
+report, plots, CLI, flows) only read the core metrics every task type reports (`Evaluation.metrics()`).
+A new task type is one class and one `register_task_type` line.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from quantgate.bench import BenchReport, BenchSettings, ort_engine, run_benchmark, torch_engine
+from quantgate.backends import Servable, get_runtime
+from quantgate.bench import BenchReport, BenchSettings, run_benchmark, torch_engine
 from quantgate.errors import ConfigError, HeldoutValidationError
-from quantgate.evaluate import ParityReport, embed_texts, parity_report, spearman
+from quantgate.evaluate import ParityReport, embed_texts, embedding_agreement, parity_report, spearman
 from quantgate.export import ExportResult, build_embedding_module, export_sentence_embedding, tokenize
-from quantgate.heldout import HeldoutSchema
+from quantgate.gates import Gate, GateThresholds, Limit, core_gates, parity_and_speed_gates, register_limits
+from quantgate.heldout import HeldoutSchema, load_sts_tsv
 from quantgate.stats import bootstrap_indices, percentile_interval, spearman_resampled, wilson_interval
 
 Interval = tuple[float, float]
@@ -26,6 +32,21 @@ Interval = tuple[float, float]
 
 def _half_width(interval: Interval | None) -> float:
     return (interval[1] - interval[0]) / 2 if interval else float("nan")
+
+
+class Column(BaseModel):
+    """One of a task type's own metrics as a report column."""
+
+    metric: str
+    digits: int = 4
+
+
+class PlotAxis(BaseModel):
+    """One of a task type's own metrics as a Pareto-plot panel (latency on x), with its limit's line."""
+
+    metric: str
+    label: str
+    limit: str | None = None
 
 
 MIN_SLICE_ROWS = 50  # a smaller slice's drop is noise: it is shown, not gated
@@ -44,7 +65,11 @@ class SliceResult(BaseModel):
 
 
 class Evaluation(BaseModel):
+    """A candidate scored on the evaluation rows: the core metrics every task type reports, plus the task
+    type's own (`extra`, with 95 % intervals in `extra_intervals`)."""
+
     task_metric: str
+    higher_is_better: bool = True
     task_metric_fp32: float
     task_metric_candidate: float
     parity: ParityReport
@@ -52,7 +77,8 @@ class Evaluation(BaseModel):
     rows: int = 0
     task_metric_fp32_interval: Interval | None = None
     task_metric_drop_interval: Interval | None = None
-    neighbour_agreement_interval: Interval | None = None
+    extra: dict[str, float] = Field(default_factory=dict)
+    extra_intervals: dict[str, Interval] = Field(default_factory=dict)
     slices: list[SliceResult] = Field(default_factory=list)
     champion_version: str | None = None
     task_metric_champion: float | None = None
@@ -60,32 +86,34 @@ class Evaluation(BaseModel):
         None, description="champion minus candidate on the same resamples: > 0 means worse than the champion"
     )
 
+    def degradation(self, before: float, after: float) -> float:
+        """How much worse `after` is than `before` in the metric's own direction (> 0 = worse)."""
+        return before - after if self.higher_is_better else after - before
+
     def max_slice_drop(self) -> float:
         """The worst drop among slices large enough to judge; the overall drop when none is."""
         gated = [s.drop for s in self.slices if s.gated]
-        return max(gated) if gated else self.task_metric_fp32 - self.task_metric_candidate
+        return max(gated) if gated else self.degradation(self.task_metric_fp32, self.task_metric_candidate)
 
     def metrics(self) -> dict[str, float]:
         """The flat metric dict the gates read (intervals as `<metric>_lo` / `_hi`)."""
         out = {
             "task_metric_fp32": self.task_metric_fp32,
             "task_metric_candidate": self.task_metric_candidate,
-            "task_metric_drop": self.task_metric_fp32 - self.task_metric_candidate,
+            "task_metric_drop": self.degradation(self.task_metric_fp32, self.task_metric_candidate),
             "max_abs_diff": self.parity.max_abs_diff,
             "mean_abs_diff": self.parity.mean_abs_diff,
-            "mean_cosine": self.parity.mean_cosine,
-            "min_cosine": self.parity.min_cosine,
-            "neighbour_agreement": self.parity.neighbour_agreement,
+            **self.extra,
             "task_metric_fp32_half_width": _half_width(self.task_metric_fp32_interval),
             "task_metric_drop_half_width": _half_width(self.task_metric_drop_interval),
             "max_slice_drop": self.max_slice_drop(),
         }
         if self.task_metric_champion is not None:
-            out["champion_drop"] = self.task_metric_champion - self.task_metric_candidate
+            out["champion_drop"] = self.degradation(self.task_metric_champion, self.task_metric_candidate)
         for name, interval in (
             ("task_metric_fp32", self.task_metric_fp32_interval),
             ("task_metric_drop", self.task_metric_drop_interval),
-            ("neighbour_agreement", self.neighbour_agreement_interval),
+            *self.extra_intervals.items(),
             ("champion_drop", self.champion_drop_interval),
         ):
             if interval is not None:
@@ -93,21 +121,25 @@ class Evaluation(BaseModel):
         return out
 
 
-BASELINES = ("pytorch-fp32", "onnx-fp32")
-
-
-CHAMPION_ENGINE = "champion@"  # + version: '@' never appears in a recipe name
+# Benchmark engine names, spelled once: the FP32 export every candidate is timed against, the framework
+# model when the task type times it too, and the serving version (+ its version; '@' is never in a recipe).
+ONNX_FP32 = "onnx-fp32"
+TORCH_FP32 = "pytorch-fp32"
+BASELINES = (TORCH_FP32, ONNX_FP32)
+CHAMPION_ENGINE = "champion@"
 
 
 def speed_metrics(bench: BenchReport, engine: str) -> dict[str, float]:
     """Speed of one candidate against the baselines (and the champion) of the same interleaved benchmark."""
-    torch_fp32, onnx_fp32, candidate = (bench.by_engine(e) for e in (*BASELINES, engine))
+    onnx_fp32, candidate = bench.by_engine(ONNX_FP32), bench.by_engine(engine)
     out = {
         "p95_speedup_vs_onnx_fp32": onnx_fp32.p95_ms / candidate.p95_ms,
         "p50_speedup_vs_onnx_fp32": onnx_fp32.p50_ms / candidate.p50_ms,
-        "p50_speedup_vs_torch_fp32": torch_fp32.p50_ms / candidate.p50_ms,
         "size_ratio_vs_onnx_fp32": onnx_fp32.size_mb / candidate.size_mb,
     }
+    torch_fp32 = next((r for r in bench.results if r.engine == TORCH_FP32), None)
+    if torch_fp32 is not None:
+        out["p50_speedup_vs_torch_fp32"] = torch_fp32.p50_ms / candidate.p50_ms
     champion = next((r for r in bench.results if r.engine.startswith(CHAMPION_ENGINE)), None)
     if champion is not None:
         out["p50_ratio_vs_champion"] = candidate.p50_ms / champion.p50_ms
@@ -129,40 +161,55 @@ class Reference(BaseModel):
     champion_resampled: np.ndarray | None = None
 
 
+class TaskMetric(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    higher_is_better: bool = True
+
+
 class TaskType(Protocol):
+    """What the pipeline asks of a kind of model. `assets` is the folder of the export's side files (the
+    tokenizer or preprocessor; empty when the task needs none)."""
+
     name: str
     heldout_format: str
     schema: HeldoutSchema
+    metric: TaskMetric
+    limits: tuple[Limit, ...]
+    columns: tuple[Column, ...]  # its own metrics in the candidate table (the first two in the compact one)
+    plot_axes: tuple[PlotAxis, ...]
+
+    def gates(self, thresholds: GateThresholds) -> list[Gate]: ...
+
+    def read_heldout(self, path: Path) -> pd.DataFrame: ...
+
+    def check_model(self, model_dir: Path, allow_pickle: bool = False) -> dict[str, Any]: ...
 
     def export(
         self, model_dir: Path, out_dir: Path, heldout: pd.DataFrame, atol: float, allow_pickle: bool = False
     ) -> ExportResult: ...
 
-    def calibration_feeds(
-        self, tokenizer_dir: Path, calibration: pd.DataFrame
-    ) -> list[dict[str, np.ndarray]]: ...
+    def calibration_feeds(self, assets: Path, calibration: pd.DataFrame) -> list[dict[str, np.ndarray]]: ...
 
-    def reference(
-        self, fp32: Path, tokenizer_dir: Path, heldout: pd.DataFrame, threads: int
-    ) -> Reference: ...
+    def reference(self, fp32: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> Reference: ...
 
     def evaluate(
         self,
         reference: Reference,
-        candidate: Path,
-        tokenizer_dir: Path,
+        candidate: Servable,
+        assets: Path,
         heldout: pd.DataFrame,
-        abs_tol: float,
-        mean_tol: float,
+        thresholds: GateThresholds,
         threads: int,
     ) -> Evaluation: ...
 
     def benchmark(
         self,
         model_dir: Path,
-        fp32: Path,
-        candidates: dict[str, Path],
-        tokenizer_dir: Path,
+        fp32: Servable,
+        candidates: dict[str, Servable],
+        assets: Path,
         heldout: pd.DataFrame,
         settings: BenchSettings,
         allow_pickle: bool = False,
@@ -172,11 +219,36 @@ class TaskType(Protocol):
         self,
         reference: Reference,
         version: str,
-        model: Path,
-        tokenizer_dir: Path,
+        model: Servable,
+        assets: Path,
         heldout: pd.DataFrame,
         threads: int,
     ) -> Reference: ...
+
+
+def paired_intervals(
+    reference: Reference, candidate_resampled: np.ndarray, higher_is_better: bool = True
+) -> tuple[Interval | None, Interval | None]:
+    """The drop's and the champion comparison's 95 % intervals, paired: the candidate's metric on the same
+    resamples (same seed, same n) as the FP32 reference's and the champion's."""
+    if reference.resampled is None:
+        return None, None
+    sign = 1.0 if higher_is_better else -1.0
+    drop = percentile_interval(sign * (reference.resampled - candidate_resampled))
+    champion = None
+    if reference.champion_resampled is not None:
+        champion = percentile_interval(sign * (reference.champion_resampled - candidate_resampled))
+    return drop, champion
+
+
+def engines_for(
+    fp32: Servable, candidates: dict[str, Servable], feeds: dict[str, np.ndarray], threads: int
+) -> list[Any]:
+    """The ONNX FP32 baseline and every candidate (each by its own runtime) on the same feeds."""
+    return [
+        get_runtime(s.runtime).engine(name, s.path, feeds, threads)
+        for name, s in {ONNX_FP32: fp32, **candidates}.items()
+    ]
 
 
 class SentenceEmbedding:
@@ -192,8 +264,75 @@ class SentenceEmbedding:
         unique_columns=["score", "sentence1", "sentence2"],
         slice_columns=["genre"],
     )
+    metric = TaskMetric(name="sts_spearman")
+    # Measured on all-MiniLM-L6-v2 / STS-B dev: plain per-tensor dynamic INT8 keeps Spearman within 0.4
+    # points but moves embeddings (mean cosine 0.963, neighbour agreement 88%); per-channel reaches 0.993 /
+    # 94%. The cosine and neighbour gates catch the first kind of damage, the task-metric gate the second.
+    limits: ClassVar[tuple[Limit, ...]] = (
+        Limit(name="min_mean_cosine", default=0.98, ge=-1, le=1, help="min mean cosine INT8 vs FP32"),
+        Limit(name="min_min_cosine", default=0.90, ge=-1, le=1, help="min worst-case cosine"),
+        Limit(
+            name="min_neighbour_agreement",
+            default=0.90,
+            ge=0,
+            le=1,
+            help="min share of examples whose nearest neighbour is unchanged (lower 95% bound)",
+        ),
+        Limit(
+            name="min_baseline_metric",
+            default=0.1,
+            ge=-1,
+            le=1,
+            help="the FP32 task metric's lower 95% bound must exceed this (STS: Spearman 0.1)",
+        ),
+    )
+    columns: ClassVar[tuple[Column, ...]] = (
+        Column(metric="mean_cosine"),
+        Column(metric="min_cosine"),
+        Column(metric="neighbour_agreement", digits=3),
+    )
+    plot_axes: ClassVar[tuple[PlotAxis, ...]] = (
+        PlotAxis(metric="mean_cosine", label="mean cosine to FP32", limit="min_mean_cosine"),
+    )
     export_samples = 32
     eval_max_length = 256
+    calibration_batch = 8
+    calibration_max_length = 128
+
+    def gates(self, t: GateThresholds) -> list[Gate]:
+        core = core_gates(t)
+        baseline = Gate(
+            name="FP32 baseline",
+            metric="task_metric_fp32",
+            op=">=",
+            limit=t.min_baseline_metric,
+            kind="evidence",
+            judge="lower",
+            description="the FP32 task metric beats a trivial baseline (lower 95 % bound)",
+        )
+        return [
+            core[0],
+            baseline,
+            *core[1:],
+            Gate(name="mean cosine", metric="mean_cosine", op=">=", limit=t.min_mean_cosine),
+            Gate(name="min cosine", metric="min_cosine", op=">=", limit=t.min_min_cosine),
+            Gate(
+                name="neighbour agreement",
+                metric="neighbour_agreement",
+                op=">=",
+                limit=t.min_neighbour_agreement,
+                judge="lower",
+            ),
+            *parity_and_speed_gates(t),
+        ]
+
+    def read_heldout(self, path: Path) -> pd.DataFrame:
+        return load_sts_tsv(path)
+
+    def check_model(self, model_dir: Path, allow_pickle: bool = False) -> dict[str, Any]:
+        from quantgate.export import check_model_folder
+
+        return check_model_folder(model_dir, allow_pickle)
 
     @staticmethod
     def texts(heldout: pd.DataFrame) -> list[str]:
@@ -211,19 +350,18 @@ class SentenceEmbedding:
             model_dir, out_dir, by_length[::step][: self.export_samples], atol=atol, allow_pickle=allow_pickle
         )
 
-    calibration_batch = 8
-    calibration_max_length = 128
-
-    def calibration_feeds(
-        self, tokenizer_dir: Path, calibration: pd.DataFrame
-    ) -> list[dict[str, np.ndarray]]:
-        """Both sentences of each calibration pair, in batches padded to one common length: ORT's
-        histogram calibrators (Entropy, Percentile) need every batch to have the same shape."""
+    @staticmethod
+    def _tokenizer(assets: Path) -> Any:
         from transformers import AutoTokenizer
 
+        return AutoTokenizer.from_pretrained(assets, local_files_only=True)
+
+    def calibration_feeds(self, assets: Path, calibration: pd.DataFrame) -> list[dict[str, np.ndarray]]:
+        """Both sentences of each calibration pair, in batches padded to one common length: ORT's
+        histogram calibrators (Entropy, Percentile) need every batch to have the same shape."""
         if calibration.empty:
             return []
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        tokenizer = self._tokenizer(assets)
         texts = self.texts(calibration)
         longest = max(
             len(tokenizer(t, truncation=True, max_length=self.calibration_max_length)["input_ids"])
@@ -235,17 +373,24 @@ class SentenceEmbedding:
             tokenize(tokenizer, usable[i : i + b], longest, pad_to_max=True) for i in range(0, len(usable), b)
         ]
 
-    def reference(self, fp32: Path, tokenizer_dir: Path, heldout: pd.DataFrame, threads: int) -> Reference:
-        import time
-
-        from transformers import AutoTokenizer
-
-        start = time.perf_counter()
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        outputs = embed_texts(
-            fp32, tokenizer, self.texts(heldout), max_length=self.eval_max_length, threads=threads
+    def _embed(self, model: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> np.ndarray:
+        return embed_texts(
+            model,
+            self._tokenizer(assets),
+            self.texts(heldout),
+            max_length=self.eval_max_length,
+            threads=threads,
         )
-        scores, gold = self._scores(outputs, heldout), self._gold(heldout)
+
+    def _scored(self, embeddings: np.ndarray, heldout: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(cosine of each pair, gold score of each pair)."""
+        n = len(heldout)
+        return (embeddings[:n] * embeddings[n:]).sum(1), heldout["score"].to_numpy(dtype=np.float64)
+
+    def reference(self, fp32: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> Reference:
+        start = time.perf_counter()
+        outputs = self._embed(fp32, assets, heldout, threads)
+        scores, gold = self._scored(outputs, heldout)
         if np.ptp(scores) <= 1e-9 or np.ptp(gold) == 0:
             raise HeldoutValidationError(
                 "the held-out set cannot rank anything: "
@@ -271,19 +416,13 @@ class SentenceEmbedding:
         self,
         reference: Reference,
         version: str,
-        model: Path,
-        tokenizer_dir: Path,
+        model: Servable,
+        assets: Path,
         heldout: pd.DataFrame,
         threads: int,
     ) -> Reference:
         """The serving version's task metric on this version's evaluation rows and resamples."""
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        outputs = embed_texts(
-            model, tokenizer, self.texts(heldout), max_length=self.eval_max_length, threads=threads
-        )
-        scores, gold = self._scores(outputs, heldout), self._gold(heldout)
+        scores, gold = self._scored(self._embed(model, assets, heldout, threads), heldout)
         return reference.model_copy(
             update={
                 "champion_version": version,
@@ -308,48 +447,31 @@ class SentenceEmbedding:
             out[f"length={name}"] = bucket == i
         return out
 
-    @staticmethod
-    def _gold(heldout: pd.DataFrame) -> np.ndarray:
-        return heldout["score"].to_numpy(dtype=np.float64)
-
-    @staticmethod
-    def _scores(embeddings: np.ndarray, heldout: pd.DataFrame) -> np.ndarray:
-        n = len(heldout)
-        return (embeddings[:n] * embeddings[n:]).sum(1)
-
     def evaluate(
         self,
         reference: Reference,
-        candidate: Path,
-        tokenizer_dir: Path,
+        candidate: Servable,
+        assets: Path,
         heldout: pd.DataFrame,
-        abs_tol: float,
-        mean_tol: float,
+        thresholds: GateThresholds,
         threads: int,
     ) -> Evaluation:
-        import time
-
-        from transformers import AutoTokenizer
-
         start = time.perf_counter()
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        cand = embed_texts(
-            candidate, tokenizer, self.texts(heldout), max_length=self.eval_max_length, threads=threads
+        cand = self._embed(candidate, assets, heldout, threads)
+        scores, gold = self._scored(cand, heldout)
+        parity = parity_report(
+            reference.outputs, cand, thresholds.abs_tol, thresholds.mean_tol, output="sentence_embedding"
         )
-        scores, gold = self._scores(cand, heldout), self._gold(heldout)
-        parity = parity_report(reference.outputs, cand, abs_tol, mean_tol)
-        drop_interval = champion_interval = None
-        if reference.resampled is not None:
-            # Paired: the same resamples as the FP32 reference (same seed, same n).
-            candidate_resampled = spearman_resampled(gold, scores, bootstrap_indices(len(gold)))
-            drop_interval = percentile_interval(reference.resampled - candidate_resampled)
-            if reference.champion_resampled is not None:
-                champion_interval = percentile_interval(reference.champion_resampled - candidate_resampled)
+        drop_interval, champion_interval = paired_intervals(
+            reference, spearman_resampled(gold, scores, bootstrap_indices(len(gold)))
+        )
+        agreement = embedding_agreement(reference.outputs, cand)
         texts = 2 * len(heldout)
-        agree = round(parity.neighbour_agreement * texts) if np.isfinite(parity.neighbour_agreement) else 0
-        fp32_scores = self._scores(reference.outputs, heldout)
+        neighbours = agreement["neighbour_agreement"]
+        agree = round(neighbours * texts) if np.isfinite(neighbours) else 0
+        fp32_scores, _ = self._scored(reference.outputs, heldout)
         return Evaluation(
-            task_metric="sts_spearman",
+            task_metric=self.metric.name,
             task_metric_fp32=reference.task_metric,
             task_metric_candidate=spearman(scores, gold),
             parity=parity,
@@ -357,7 +479,8 @@ class SentenceEmbedding:
             rows=len(heldout),
             task_metric_fp32_interval=reference.interval,
             task_metric_drop_interval=drop_interval,
-            neighbour_agreement_interval=wilson_interval(agree, texts),
+            extra=agreement,
+            extra_intervals={"neighbour_agreement": wilson_interval(agree, texts)},
             slices=slice_results(self._slices(heldout), gold, fp32_scores, scores),
             champion_version=reference.champion_version,
             task_metric_champion=reference.champion_metric,
@@ -367,20 +490,18 @@ class SentenceEmbedding:
     def benchmark(
         self,
         model_dir: Path,
-        fp32: Path,
-        candidates: dict[str, Path],
-        tokenizer_dir: Path,
+        fp32: Servable,
+        candidates: dict[str, Servable],
+        assets: Path,
         heldout: pd.DataFrame,
         settings: BenchSettings,
         allow_pickle: bool = False,
     ) -> BenchReport:
         import torch
-        from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         texts = self.texts(heldout)
         batch_texts = [texts[i % len(texts)] for i in range(settings.batch)]
-        feeds = tokenize(tokenizer, batch_texts, settings.seq_len, pad_to_max=True)
+        feeds = tokenize(self._tokenizer(assets), batch_texts, settings.seq_len, pad_to_max=True)
         weights = model_dir / "model.safetensors"
         size = weights.stat().st_size if weights.exists() else 0
         previous_threads = torch.get_num_threads()
@@ -388,14 +509,13 @@ class SentenceEmbedding:
             return run_benchmark(
                 [
                     torch_engine(
-                        "pytorch-fp32",
+                        TORCH_FP32,
                         lambda: build_embedding_module(model_dir, allow_pickle)[0],
                         feeds,
                         settings.threads,
                         size,
                     ),
-                    ort_engine("onnx-fp32", fp32, feeds, settings.threads),
-                    *(ort_engine(name, path, feeds, settings.threads) for name, path in candidates.items()),
+                    *engines_for(fp32, candidates, feeds, settings.threads),
                 ],
                 settings,
             )
@@ -406,7 +526,7 @@ class SentenceEmbedding:
 def slice_results(
     masks: dict[str, np.ndarray], gold: np.ndarray, fp32: np.ndarray, candidate: np.ndarray
 ) -> list[SliceResult]:
-    """Each slice's FP32 and candidate metric, drop and paired bootstrap interval."""
+    """Each slice's FP32 and candidate Spearman, drop and paired bootstrap interval."""
     out = []
     for name, mask in masks.items():
         n = int(mask.sum())
@@ -430,7 +550,18 @@ def slice_results(
     return out
 
 
-TASK_TYPES: dict[str, TaskType] = {SentenceEmbedding.name: SentenceEmbedding()}
+TASK_TYPES: dict[str, TaskType] = {}
+
+
+def register_task_type(task_type: TaskType) -> TaskType:
+    """One line per task type: its name becomes a registration's `--task`, its limits threshold names and
+    CLI flags."""
+    register_limits(task_type)
+    TASK_TYPES[task_type.name] = task_type
+    return task_type
+
+
+register_task_type(SentenceEmbedding())
 
 
 def get_task_type(name: str) -> TaskType:

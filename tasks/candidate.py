@@ -1,12 +1,12 @@
-"""Model stages: export to ONNX, the FP32 reference, build and score one candidate, rank sensitive nodes,
-benchmark.
-Compute never retries: the same input would fail the same way."""
+"""Model stages: export to ONNX, the FP32 reference, the champion, calibration data, each backend's shared
+preparation, build and score one candidate, rank sensitive nodes, benchmark. Each task logs and calls one
+core function. Compute never retries: the same input would fail the same way."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,14 +14,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from quantgate.backends import Servable
 from quantgate.bench import BenchReport, BenchSettings
 from quantgate.export import OPSET, ExportResult
 from quantgate.export_cache import cached_export
-from quantgate.gates import GateThresholds
 from quantgate.lifecycle import Champion
-from quantgate.quantize import FusionResult, Recipe, apply_recipe, fuse_transformer
+from quantgate.quantize import Recipe
 from quantgate.search import CandidateResult
-from quantgate.sensitivity import NodeSensitivity, rank_nodes
+from quantgate.search_driver import ScoreJob, prepare_backends, rank_nodes_of, score_candidate
+from quantgate.sensitivity import NodeSensitivity
 from quantgate.tasktypes import Reference, TaskType
 
 
@@ -57,9 +58,9 @@ def export(
 
 @task(name="reference-outputs", cache_policy=NO_CACHE)
 def reference(
-    task_type: TaskType, fp32_path: Path, tokenizer_dir: Path, evaluation: pd.DataFrame, threads: int
+    task_type: TaskType, fp32: Servable, assets: Path, evaluation: pd.DataFrame, threads: int
 ) -> Reference:
-    ref = task_type.reference(fp32_path, tokenizer_dir, evaluation, threads)
+    ref = task_type.reference(fp32, assets, evaluation, threads)
     get_run_logger().info(
         "FP32 reference on %d evaluation rows: task metric %.4f (%.1f s)",
         len(evaluation),
@@ -74,7 +75,7 @@ def score_champion(
     task_type: TaskType, ref: Reference, champion: Champion, evaluation: pd.DataFrame, threads: int
 ) -> Reference:
     scored = task_type.score_champion(
-        ref, champion.version, champion.model_path, champion.tokenizer_dir, evaluation, threads
+        ref, champion.version, champion.servable, champion.tokenizer_dir, evaluation, threads
     )
     get_run_logger().info(
         "champion @%s on the same %d evaluation rows: task metric %.4f",
@@ -87,80 +88,54 @@ def score_champion(
 
 @task(name="calibration-data", cache_policy=NO_CACHE)
 def calibration_data(
-    task_type: TaskType, tokenizer_dir: Path, calibration: pd.DataFrame
+    task_type: TaskType, assets: Path, calibration: pd.DataFrame
 ) -> list[dict[str, np.ndarray]]:
-    feeds = task_type.calibration_feeds(tokenizer_dir, calibration)
+    feeds = task_type.calibration_feeds(assets, calibration)
     get_run_logger().info("calibration split: %d rows -> %d batches", len(calibration), len(feeds))
     return feeds
 
 
-@task(name="fuse-transformer", cache_policy=NO_CACHE)
-def fuse(fp32_path: Path, model_dir: Path, out_dir: Path) -> FusionResult:
-    config = json.loads((model_dir / "config.json").read_text())
-    result = fuse_transformer(fp32_path, config, out_dir)
+@task(name="prepare-backends", cache_policy=NO_CACHE)
+def prepare(
+    recipes: list[Recipe], fp32: Path, model_dir: Path, out_dir: Path
+) -> tuple[dict[str, Any], list[str]]:
+    prepared, warnings = prepare_backends(recipes, fp32, model_dir, out_dir)
     logger = get_run_logger()
-    logger.info("ORT transformer fusion: %s", result.fused_ops)
-    if result.warning:
-        logger.warning(result.warning)
-    return result
+    for backend, value in prepared.items():
+        if value is not None:
+            logger.info("%s prepared: %s", backend, getattr(value, "fused_ops", value))
+    for warning in warnings:
+        logger.warning(warning)
+    return prepared, warnings
 
 
 @task(name="candidate", task_run_name="candidate-{recipe.name}", cache_policy=NO_CACHE)
-def build_and_score(
-    recipe: Recipe,
-    task_type: TaskType,
-    fp32_path: Path,
-    fused: FusionResult | None,
-    calibration: list[dict[str, np.ndarray]],
-    out_dir: Path,
-    ref: Reference,
-    tokenizer_dir: Path,
-    evaluation: pd.DataFrame,
-    thresholds: GateThresholds,
-    threads: int,
-    deadline: float,
-) -> CandidateResult:
-    """Quantize with one recipe and score it on the evaluation split. A recipe that cannot be applied to
-    this model is a failed candidate, not a failed run: the others still compete."""
+def build_and_score(recipe: Recipe, job: ScoreJob, threads: int) -> CandidateResult:
     logger = get_run_logger()
-    if time.monotonic() > deadline:
+    if time.monotonic() > job.deadline:
         logger.warning("candidate %s skipped: the search time budget is spent", recipe.name)
-        return CandidateResult(recipe=recipe, status="skipped", note="search time budget spent")
-    try:
-        q = apply_recipe(recipe, fp32_path, out_dir / recipe.name, fused=fused, calibration=calibration)
-    except Exception as exc:  # noqa: BLE001 - ORT's quantizers raise anything; the run goes on without it
-        logger.warning("candidate %s failed to build: %s: %s", recipe.name, type(exc).__name__, exc)
-        return CandidateResult(recipe=recipe, status="failed", note=f"{type(exc).__name__}: {exc}"[:500])
-    ev = task_type.evaluate(
-        ref, q.path, tokenizer_dir, evaluation, thresholds.abs_tol, thresholds.mean_tol, threads
-    )
-    logger.info(
-        "candidate %-38s %5.1f MB  %s %.4f -> %.4f  mean cosine %.4f  neighbours %.3f",
-        recipe.name,
-        q.size_bytes / 1e6,
-        ev.task_metric,
-        ev.task_metric_fp32,
-        ev.task_metric_candidate,
-        ev.parity.mean_cosine,
-        ev.parity.neighbour_agreement,
-    )
-    result = CandidateResult(
-        recipe=recipe,
-        status="evaluated",
-        size_bytes=q.size_bytes,
-        op_counts=q.op_counts,
-        fused_ops=q.fused_ops,
-        quantize_s=round(q.seconds, 2),
-        evaluation=ev,
-    )
-    return result.judged(thresholds, None, 0)
+    result = score_candidate(recipe, job, threads)
+    if result.status == "failed":
+        logger.warning("candidate %s failed to build: %s", recipe.name, result.note)
+    elif result.evaluation is not None:
+        ev = result.evaluation
+        logger.info(
+            "candidate %-38s %5.1f MB  %s %.4f -> %.4f  %s",
+            recipe.name,
+            (result.size_bytes or 0) / 1e6,
+            ev.task_metric,
+            ev.task_metric_fp32,
+            ev.task_metric_candidate,
+            "  ".join(f"{k} {v:.4f}" for k, v in ev.extra.items()),
+        )
+    return result
 
 
 @task(name="rank-sensitive-nodes", cache_policy=NO_CACHE)
 def rank_sensitive_nodes(
     recipe: Recipe, source_path: Path, calibration: list[dict[str, np.ndarray]]
 ) -> list[NodeSensitivity]:
-    ranking = rank_nodes(source_path, recipe, calibration)
+    ranking = rank_nodes_of(recipe, source_path, calibration)
     get_run_logger().info(
         "most sensitive nodes for %s: %s",
         recipe.name,
@@ -173,16 +148,14 @@ def rank_sensitive_nodes(
 def benchmark(
     task_type: TaskType,
     model_dir: Path,
-    fp32_path: Path,
-    candidates: dict[str, Path],
-    tokenizer_dir: Path,
+    fp32: Servable,
+    candidates: dict[str, Servable],
+    assets: Path,
     heldout: pd.DataFrame,
     settings: BenchSettings,
     allow_pickle: bool,
 ) -> BenchReport:
-    report = task_type.benchmark(
-        model_dir, fp32_path, candidates, tokenizer_dir, heldout, settings, allow_pickle
-    )
+    report = task_type.benchmark(model_dir, fp32, candidates, assets, heldout, settings, allow_pickle)
     for r in report.results:
         get_run_logger().info(
             "%-38s p50 %7.2f ms  p95 %7.2f ms  %6.1f MB", r.engine, r.p50_ms, r.p95_ms, r.size_mb

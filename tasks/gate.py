@@ -10,11 +10,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from quantgate.export import ExportResult
-from quantgate.gates import GateThresholds
+from quantgate.gates import GateThresholds, limits_for
 from quantgate.heldout import HeldoutSplit, ValidationOutcome
 from quantgate.registry import ModelRef
 from quantgate.report import RunReport, bench_rows, build_run_report, candidate_rows, gate_rows, to_markdown
 from quantgate.search import SearchResult
+from quantgate.tasktypes import get_task_type
 
 
 @task(name="gate", cache_policy=NO_CACHE)
@@ -41,11 +42,11 @@ def decide(
             **split.summary(),
             "data_docs": data_docs,
         },
-        thresholds=thresholds.model_dump(),
+        thresholds=thresholds.resolved(limits_for(get_task_type(task_name))),
         search=search,
     )
     logger = get_run_logger()
-    for row in candidate_rows(search):
+    for row in candidate_rows(search, task_name):
         logger.info("%-40s %-8s %s", row["candidate"], row["result"], row["failed_gates"])
     logger.info("decision: %s (%s)", report.outcome, search.chosen or f"none passed; closest {search.lead}")
     return report
@@ -79,7 +80,7 @@ def publish(ref: ModelRef, report: RunReport, links: dict[str, str]) -> dict[str
         out["candidates"] = str(
             create_table_artifact(
                 key=_artifact_key(ref, "candidates"),
-                table=candidate_rows(SearchResult.model_validate(report.search)),
+                table=candidate_rows(SearchResult.model_validate(report.search), report.task),
                 description="every candidate recipe: size, latency, metrics, pass/fail and why",
             )
         )

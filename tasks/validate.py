@@ -9,7 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from quantgate.heldout import ValidationOutcome, load_heldout, require_valid, validate_heldout
+from quantgate.heldout import ValidationOutcome, require_valid, validate_heldout
 from quantgate.tasktypes import TaskType
 
 
@@ -17,7 +17,7 @@ from quantgate.tasktypes import TaskType
 def validate(path: Path, task_type: TaskType, docs_dir: Path) -> tuple[pd.DataFrame, ValidationOutcome]:
     """Runs the GX suite and renders its Data Docs; does not stop the run (`require` does, once the
     Data Docs are stored, so a failed set's report links to what failed)."""
-    df = load_heldout(path, task_type.heldout_format)
+    df = task_type.read_heldout(path)
     outcome = validate_heldout(df, task_type.schema, name=task_type.name, docs_dir=docs_dir)
     get_run_logger().info(
         "held-out %s: %d rows, %d/%d expectations met",

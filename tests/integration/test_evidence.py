@@ -176,7 +176,7 @@ def test_a_registered_expectation_the_fp32_model_misses_is_baseline_not_meaningf
 
 
 def test_a_candidate_that_quantizes_nothing_fails_and_the_others_compete(store, tiny_model_dir, small_sts):
-    from quantgate.quantize import Recipe
+    from quantgate.backends.onnxruntime import OrtRecipe as Recipe
     from tests.conftest import TINY_GATES
 
     ref = ModelRef(name="tiny", version="conv")

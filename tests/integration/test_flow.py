@@ -9,10 +9,10 @@ import pytest
 
 from flows.quantize_and_promote import quantize_and_promote
 from quantgate import lifecycle
+from quantgate.backends.onnxruntime import DEFAULT_SEARCH
 from quantgate.bench import BenchSettings
 from quantgate.errors import HeldoutValidationError
 from quantgate.gates import GateThresholds
-from quantgate.quantize import DEFAULT_SEARCH
 from quantgate.registry import Manifest, ModelRef, manifest_key, registration_key, rejection_key
 from quantgate.storage import sha256_bytes
 from tests.conftest import TINY_GATES

@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from quantgate.backends.onnxruntime import RECIPES, apply_recipe
+from quantgate.backends.onnxruntime import OrtRecipe as Recipe
 from quantgate.errors import ConfigError, InvalidModelError
 from quantgate.export import check_model_folder, export_sentence_embedding, tokenize
-from quantgate.quantize import RECIPES, Recipe, apply_recipe, get_recipe
+from quantgate.quantize import get_recipe
 from quantgate.runtime import inference_session
 
 EXPORT_ATOL = 1e-4
@@ -151,7 +153,7 @@ def test_a_recipe_that_quantizes_nothing_fails_naming_the_field(exported, tmp_pa
 def test_every_catalogue_recipe_counts_quantized_ops(exported, tmp_path):
     import onnx
 
-    from quantgate.quantize import count_quantized
+    from quantgate.backends.onnxruntime import count_quantized
 
     for name in ("dynamic-int8", "fp16"):
         recipe = get_recipe(name)

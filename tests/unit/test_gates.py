@@ -3,7 +3,10 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from quantgate.gates import Gate, GateThresholds, evaluate_gates
+from quantgate.gates import Gate, GateThresholds, evaluate_gates, gates_for, limits_for
+from quantgate.tasktypes import get_task_type
+
+STS = get_task_type("sentence-embedding")
 
 GOOD = {
     # The evidence: FP32 measurably beats the trivial baseline, and the intervals are narrow.
@@ -28,7 +31,7 @@ GOOD = {
 
 
 def test_all_metrics_inside_limits_pass():
-    report = evaluate_gates(GOOD, GateThresholds().to_gates())
+    report = evaluate_gates(GOOD, gates_for(STS, GateThresholds()))
     assert report.passed
     assert len(report.results) == 11
     assert all(r.margin is not None and r.margin >= 0 for r in report.results)
@@ -37,7 +40,7 @@ def test_all_metrics_inside_limits_pass():
 def test_a_drop_passes_only_when_its_upper_bound_is_inside_the_limit():
     """Point estimate 0.8 points, inside the 1-point limit; its interval reaches 1.3 points: not shown."""
     metrics = {**GOOD, "task_metric_drop": 0.008, "task_metric_drop_lo": 0.003, "task_metric_drop_hi": 0.013}
-    report = evaluate_gates(metrics, GateThresholds().to_gates())
+    report = evaluate_gates(metrics, gates_for(STS, GateThresholds()))
     (failed,) = report.failed
     assert failed.gate.metric == "task_metric_drop"
     assert failed.value == 0.008
@@ -47,7 +50,7 @@ def test_a_drop_passes_only_when_its_upper_bound_is_inside_the_limit():
 
 def test_agreement_is_judged_by_its_wilson_lower_bound():
     metrics = {**GOOD, "neighbour_agreement": 0.91, "neighbour_agreement_lo": 0.89}
-    assert [r.gate.metric for r in evaluate_gates(metrics, GateThresholds().to_gates()).failed] == [
+    assert [r.gate.metric for r in evaluate_gates(metrics, gates_for(STS, GateThresholds())).failed] == [
         "neighbour_agreement"
     ]
 
@@ -57,7 +60,7 @@ def test_a_model_that_measures_nothing_fails_the_baseline_gate():
     would pass, the baseline gate does not."""
     shuffled = {**GOOD, "task_metric_fp32": 0.03, "task_metric_fp32_lo": -0.02, "task_metric_fp32_hi": 0.08}
     shuffled["task_metric_fp32_half_width"] = 0.05
-    failed = [r.gate for r in evaluate_gates(shuffled, GateThresholds().to_gates()).failed]
+    failed = [r.gate for r in evaluate_gates(shuffled, gates_for(STS, GateThresholds())).failed]
     assert [(g.metric, g.kind) for g in failed] == [("task_metric_fp32", "evidence")]
 
 
@@ -68,13 +71,13 @@ def test_a_wide_interval_fails_the_held_out_size_gate():
         "task_metric_fp32_hi": 1.0,
         "task_metric_fp32_half_width": 0.35,
     }
-    failed = [r.gate.name for r in evaluate_gates(tiny, GateThresholds().to_gates()).failed]
+    failed = [r.gate.name for r in evaluate_gates(tiny, gates_for(STS, GateThresholds())).failed]
     assert failed == ["held-out size"]
 
 
 def test_a_bound_gate_without_its_interval_fails():
     metrics = {k: v for k, v in GOOD.items() if k != "task_metric_drop_hi"}
-    assert [r.gate.metric for r in evaluate_gates(metrics, GateThresholds().to_gates()).failed] == [
+    assert [r.gate.metric for r in evaluate_gates(metrics, gates_for(STS, GateThresholds())).failed] == [
         "task_metric_drop"
     ]
 
@@ -82,7 +85,7 @@ def test_a_bound_gate_without_its_interval_fails():
 def test_embedding_drift_fails_even_when_task_metric_holds():
     # The measured MiniLM per-tensor case: Spearman drop 0.34 points, mean cosine 0.963.
     metrics = {**GOOD, "task_metric_drop": 0.0034, "task_metric_drop_hi": 0.005, "mean_cosine": 0.963}
-    report = evaluate_gates(metrics, GateThresholds().to_gates())
+    report = evaluate_gates(metrics, gates_for(STS, GateThresholds()))
     assert not report.passed
     assert [r.gate.metric for r in report.failed] == ["mean_cosine"]
     assert report.failed[0].margin == pytest.approx(0.963 - 0.98)
@@ -90,7 +93,7 @@ def test_embedding_drift_fails_even_when_task_metric_holds():
 
 def test_task_metric_drop_fails_even_when_embeddings_are_close():
     worse = {**GOOD, "task_metric_drop": 0.02, "task_metric_drop_lo": 0.018, "task_metric_drop_hi": 0.022}
-    report = evaluate_gates(worse, GateThresholds().to_gates())
+    report = evaluate_gates(worse, gates_for(STS, GateThresholds()))
     assert [r.gate.metric for r in report.failed] == ["task_metric_drop"]
 
 
@@ -107,7 +110,7 @@ def test_missing_or_non_finite_metric_fails_its_gate(value):
         del metrics["mean_cosine"]
     else:
         metrics["mean_cosine"] = value
-    report = evaluate_gates(metrics, GateThresholds().to_gates())
+    report = evaluate_gates(metrics, gates_for(STS, GateThresholds()))
     assert not report.passed
     assert report.failed[0].gate.metric == "mean_cosine"
 
@@ -141,8 +144,8 @@ def test_every_threshold_is_a_gate_except_the_export_check():
     """With a champion and a registered expectation every gate is on; each threshold is some gate's limit
     (the expectation becomes two limits, value -/+ tolerance)."""
     thresholds = GateThresholds(expect_metric=0.85, expect_tolerance=0.03)
-    limits = {round(g.limit, 9) for g in thresholds.to_gates(champion=True)}
-    fields = thresholds.model_dump()
+    limits = {round(g.limit, 9) for g in gates_for(STS, thresholds, champion=True)}
+    fields = thresholds.resolved(limits_for(STS))
     fields.pop("export_atol")
     expected, tolerance = fields.pop("expect_metric"), fields.pop("expect_tolerance")
     assert {round(expected - tolerance, 9), round(expected + tolerance, 9)} <= limits
@@ -170,13 +173,13 @@ def test_a_candidate_fine_on_average_but_broken_on_one_slice_fails():
     assert slices["genre=news"].gated
     assert not slices["genre=tiny"].gated  # 20 rows: shown, not gated
     worst = max(s.drop for s in slices.values() if s.gated)
-    report = evaluate_gates({**GOOD, "max_slice_drop": worst}, GateThresholds().to_gates())
+    report = evaluate_gates({**GOOD, "max_slice_drop": worst}, gates_for(STS, GateThresholds()))
     assert [r.gate.name for r in report.failed] == ["max slice drop"]
 
 
 def test_champion_gates_apply_only_when_a_champion_was_scored():
-    assert "vs champion" not in {g.name for g in GateThresholds().to_gates()}
-    with_champion = GateThresholds().to_gates(champion=True)
+    assert "vs champion" not in {g.name for g in gates_for(STS, GateThresholds())}
+    with_champion = gates_for(STS, GateThresholds(), champion=True)
     better = {**GOOD, "champion_drop": -0.01, "champion_drop_lo": -0.02, "champion_drop_hi": 0.0}
     better["p50_ratio_vs_champion"] = 0.95
     assert evaluate_gates(better, with_champion).passed
@@ -208,7 +211,7 @@ def test_a_bad_expected_metric_names_the_way_out(text):
 
 
 def test_an_fp32_model_far_from_its_registered_expectation_fails_an_evidence_gate():
-    gates = GateThresholds(expect_metric=0.85, expect_tolerance=0.03).to_gates()
+    gates = gates_for(STS, GateThresholds(expect_metric=0.85, expect_tolerance=0.03))
     assert evaluate_gates(GOOD, gates).passed  # 0.868 is within 0.85±0.03
     low = {**GOOD, "task_metric_fp32": 0.55}  # e.g. the weights were randomly initialised
     failed = evaluate_gates(low, gates).failed

@@ -12,14 +12,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from quantgate.backends.onnxruntime import DEFAULT_SEARCH, RECIPES, apply_recipe, fuse_transformer
+from quantgate.backends.onnxruntime import OrtRecipe as Recipe
 from quantgate.errors import ConfigError
 from quantgate.export import export_sentence_embedding, tokenize
 from quantgate.quantize import (
-    DEFAULT_SEARCH,
-    RECIPES,
-    Recipe,
-    apply_recipe,
-    fuse_transformer,
     get_recipe,
     load_recipe_file,
     resolve_recipes,

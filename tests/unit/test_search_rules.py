@@ -6,17 +6,18 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from quantgate.backends.onnxruntime import OrtRecipe as Recipe
 from quantgate.bench import BenchReport, BenchSettings, EngineResult
 from quantgate.evaluate import ParityReport
 from quantgate.gates import GateThresholds
 from quantgate.heldout import load_sts_tsv, split_heldout
 from quantgate.plots import ParetoPoint, pareto_front
-from quantgate.quantize import Recipe
 from quantgate.search import CandidateResult, choose, closest, fallback_base, node_costs
 from quantgate.sensitivity import NodeSensitivity
-from quantgate.tasktypes import Evaluation
+from quantgate.tasktypes import Evaluation, get_task_type
 
 GATES = GateThresholds()
+STS = get_task_type("sentence-embedding")
 
 
 def _engine(name: str, p50: float) -> EngineResult:
@@ -39,9 +40,6 @@ def _candidate(name: str, cosine: float, nodes: list[str] | None = None) -> Cand
         parity=ParityReport(
             max_abs_diff=0.05,
             mean_abs_diff=0.005,
-            mean_cosine=cosine,
-            min_cosine=0.95,
-            neighbour_agreement=0.95,
             passed=True,
             abs_tol=0.1,
             mean_tol=0.01,
@@ -52,7 +50,8 @@ def _candidate(name: str, cosine: float, nodes: list[str] | None = None) -> Cand
         rows=1000,
         task_metric_fp32_interval=(0.855, 0.885),
         task_metric_drop_interval=(0.0, 0.004),
-        neighbour_agreement_interval=(0.94, 0.96),
+        extra={"mean_cosine": cosine, "min_cosine": 0.95, "neighbour_agreement": 0.95},
+        extra_intervals={"neighbour_agreement": (0.94, 0.96)},
     )
     recipe = Recipe(name=name, nodes_to_exclude=nodes or [])
     return CandidateResult(recipe=recipe, status="evaluated", size_bytes=100, evaluation=ev)
@@ -61,7 +60,7 @@ def _candidate(name: str, cosine: float, nodes: list[str] | None = None) -> Cand
 def _judged(specs: dict[str, tuple[float, float]]) -> list[CandidateResult]:
     """name -> (mean cosine, p50 ms), all timed in one benchmark."""
     bench = _bench({n: ms for n, (_, ms) in specs.items()})
-    return [_candidate(n, cos).judged(GATES, bench, 1) for n, (cos, _) in specs.items()]
+    return [_candidate(n, cos).judged(STS, GATES, bench, 1) for n, (cos, _) in specs.items()]
 
 
 def test_the_fastest_candidate_that_passes_every_gate_wins():
@@ -104,16 +103,15 @@ def test_fallback_prefers_the_nearly_passing_base_among_equally_fast_ones():
         update={
             "evaluation": per_tensor.evaluation.model_copy(
                 update={
-                    "parity": per_tensor.evaluation.parity.model_copy(
-                        update={"min_cosine": 0.8, "neighbour_agreement": 0.85, "mean_abs_diff": 0.02}
-                    ),
-                    "neighbour_agreement_interval": (0.83, 0.87),
+                    "parity": per_tensor.evaluation.parity.model_copy(update={"mean_abs_diff": 0.02}),
+                    "extra": {"mean_cosine": 0.96, "min_cosine": 0.8, "neighbour_agreement": 0.85},
+                    "extra_intervals": {"neighbour_agreement": (0.83, 0.87)},
                 }
             )
         }
     )
     results = [
-        c.judged(GATES, bench, 1)
+        c.judged(STS, GATES, bench, 1)
         for c in (per_tensor, _candidate("per-channel", 0.975), _candidate("slow-but-close", 0.979))
     ]
     assert [len(c.gates.failed) for c in results] == [4, 1, 1]
@@ -121,7 +119,7 @@ def test_fallback_prefers_the_nearly_passing_base_among_equally_fast_ones():
 
 
 def test_unmeasured_speed_fails_the_speed_gate():
-    c = _candidate("x", 0.999).judged(GATES, None, 0)
+    c = _candidate("x", 0.999).judged(STS, GATES, None, 0)
     assert c.accuracy_passed
     assert not c.passed
 
@@ -132,8 +130,8 @@ def test_node_costs_share_the_measured_increase_by_macs():
         NodeSensitivity(node="small", sqnr_db=25, macs_per_token=1000),
     ]
     bench = _bench({"base": 6.0, "base+fp32x2": 8.0})
-    base = _candidate("base", 0.95).judged(GATES, bench, 2)
-    trial = _candidate("base+fp32x2", 0.99, ["big", "small"]).judged(GATES, bench, 2)
+    base = _candidate("base", 0.95).judged(STS, GATES, bench, 2)
+    trial = _candidate("base+fp32x2", 0.99, ["big", "small"]).judged(STS, GATES, bench, 2)
     costs = {c["node"]: c["latency_cost_ms"] for c in node_costs(base, trial, ranking)}
     assert costs == {"big": 1.5, "small": 0.5}
 
@@ -166,12 +164,12 @@ def test_split_keeps_half_for_evaluation_and_never_splits_identical_rows():
 
 def test_pareto_front_drops_dominated_points():
     pts = [
-        ParetoPoint(name="a", p50_ms=5, task_metric_drop=0.02, mean_cosine=0.9, passed=False),
-        ParetoPoint(name="b", p50_ms=6, task_metric_drop=0.01, mean_cosine=0.95, passed=True),
+        ParetoPoint(name="a", p50_ms=5, task_metric_drop=0.02, values={"mean_cosine": 0.9}, passed=False),
+        ParetoPoint(name="b", p50_ms=6, task_metric_drop=0.01, values={"mean_cosine": 0.95}, passed=True),
         ParetoPoint(
-            name="c", p50_ms=7, task_metric_drop=0.015, mean_cosine=0.95, passed=True
+            name="c", p50_ms=7, task_metric_drop=0.015, values={"mean_cosine": 0.95}, passed=True
         ),  # worse than b
-        ParetoPoint(name="d", p50_ms=9, task_metric_drop=0.0, mean_cosine=1.0, passed=True),
+        ParetoPoint(name="d", p50_ms=9, task_metric_drop=0.0, values={"mean_cosine": 1.0}, passed=True),
     ]
     assert [p.name for p in pareto_front(pts)] == ["a", "b", "d"]
 

@@ -1,0 +1,151 @@
+"""Backends: how an FP32 model becomes a cheaper one (a `Quantizer`) and how an artifact is opened and run
+(a `Runtime`). Each backend is one module in this folder whose classes register themselves by name when
+it is imported (after Olive's `Pass.__init_subclass__` registry); a recipe names its backend, a servable
+names its runtime. ONNX Runtime is the first (`backends/onnxruntime.py`), and nothing outside that module
+imports ONNX Runtime's quantization API.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import numpy as np
+
+from quantgate.errors import ConfigError
+
+if TYPE_CHECKING:
+    from quantgate.bench import Engine
+    from quantgate.quantize import QuantizeResult, Recipe
+    from quantgate.sensitivity import NodeSensitivity
+
+# Backends shipped with quantgate, imported on first lookup (a test or a plugin imports its own module).
+BUILTIN = ("quantgate.backends.onnxruntime",)
+
+
+class Session(Protocol):
+    """What a runtime hands back: ONNX Runtime's InferenceSession has this shape."""
+
+    def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class Servable:
+    """An artifact on local disk and the runtime that opens it."""
+
+    path: Path
+    runtime: str = "onnxruntime"
+
+
+class Runtime(ABC):
+    """Open, run and describe an artifact; apply the session settings stored beside it."""
+
+    name: ClassVar[str]
+    registry: ClassVar[dict[str, type[Runtime]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            Runtime.registry[cls.name] = cls
+
+    @abstractmethod
+    def session(self, path: Path, threads: int) -> Session: ...
+
+    @abstractmethod
+    def files(self, path: Path) -> list[Path]:
+        """Every file the artifact is made of (the model, its external data, its session settings): what
+        is uploaded, promoted, verified and pulled as one."""
+
+    def engine(self, name: str, path: Path, feeds: dict[str, np.ndarray], threads: int) -> Engine:
+        """A benchmark engine running one batch of `feeds` per call."""
+        from quantgate.bench import Engine
+
+        def load() -> Any:
+            sess = self.session(path, threads)
+            return lambda: sess.run(None, feeds)
+
+        return Engine(name=name, load=load, size_bytes=sum(f.stat().st_size for f in self.files(path)))
+
+
+class Quantizer(ABC):
+    """Build one candidate from the FP32 model with one recipe of this backend."""
+
+    name: ClassVar[str]
+    recipe_type: ClassVar[type[Recipe]]
+    runtime: ClassVar[str] = "onnxruntime"
+    registry: ClassVar[dict[str, type[Quantizer]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            Quantizer.registry[cls.name] = cls
+
+    def catalogue(self) -> list[Recipe]:
+        """Named recipes this backend offers (the CLI's --recipe, the default search)."""
+        return []
+
+    def default_search(self) -> list[str]:
+        return []
+
+    def prepare(
+        self, recipes: list[Recipe], fp32: Path, model_dir: Path, out_dir: Path
+    ) -> tuple[Any, list[str]]:
+        """Work shared by several recipes, done once per run (ORT: the transformer fusion); returns it and
+        any warnings for the report."""
+        return None, []
+
+    @abstractmethod
+    def build(
+        self,
+        recipe: Recipe,
+        fp32: Path,
+        out_dir: Path,
+        *,
+        prepared: Any = None,
+        calibration: list[dict[str, np.ndarray]] | None = None,
+    ) -> QuantizeResult: ...
+
+    def fallback_source(self, recipe: Recipe, fp32: Path, prepared: Any) -> Path:
+        """The graph the sensitive-node fallback ranks nodes of."""
+        return fp32
+
+    def rank_sensitive_nodes(
+        self, recipe: Recipe, source: Path, calibration: list[dict[str, np.ndarray]]
+    ) -> list[NodeSensitivity]:
+        """Nodes ranked by how much their quantization hurts; [] = this backend has no fallback."""
+        return []
+
+
+def _load_builtin() -> None:
+    for module in BUILTIN:
+        importlib.import_module(module)
+
+
+def get_quantizer(name: str) -> Quantizer:
+    _load_builtin()
+    try:
+        return Quantizer.registry[name]()
+    except KeyError:
+        raise ConfigError(
+            f"unknown backend {name!r}: choose one of {sorted(Quantizer.registry)} (a recipe's 'backend')"
+        ) from None
+
+
+def get_runtime(name: str) -> Runtime:
+    _load_builtin()
+    try:
+        return Runtime.registry[name]()
+    except KeyError:
+        raise ConfigError(f"unknown runtime {name!r}: choose one of {sorted(Runtime.registry)}") from None
+
+
+def quantizers() -> list[Quantizer]:
+    _load_builtin()
+    return [cls() for cls in Quantizer.registry.values()]
+
+
+def open_session(servable: Servable, threads: int) -> Session:
+    return get_runtime(servable.runtime).session(servable.path, threads)

@@ -1,0 +1,309 @@
+"""The recipe search, driven: FP32 reference → champion → calibration → each candidate built and scored →
+one interleaved benchmark round → sensitive-node fallback when nothing passed and some candidate failed on
+accuracy alone. Which candidate wins is decided by the pure rules in quantgate.search.
+
+The driver is plain Python: what runs each step is injected (`SearchSteps`), so the flow hands it Prefect
+tasks (candidates scored concurrently with `.submit`) and a test or a benchmark script hands it the plain
+functions (`local_steps()`). Benchmark rounds are named: `candidates` times every candidate, `fallback`
+times the fallback's base and trials again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from quantgate.backends import Servable, get_quantizer
+from quantgate.bench import BenchReport, BenchSettings
+from quantgate.errors import SearchError
+from quantgate.gates import GateThresholds
+from quantgate.quantize import Recipe, build_candidate
+from quantgate.search import (
+    CandidateResult,
+    Fallback,
+    FallbackTrial,
+    SearchBudget,
+    SearchResult,
+    choose,
+    closest,
+    fallback_base,
+    node_costs,
+)
+from quantgate.sensitivity import NodeSensitivity, next_exclusion
+from quantgate.tasktypes import CHAMPION_ENGINE, Reference, TaskType
+
+ROUND_CANDIDATES, ROUND_FALLBACK = 1, 2  # the benchmark rounds, by name
+
+
+class ScoreJob(BaseModel):
+    """Everything one candidate is built and scored with, except its recipe and thread count."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    task: str
+    fp32: Path
+    prepared: dict[str, Any]
+    calibration: list[dict[str, np.ndarray]]
+    out_dir: Path
+    reference: Reference
+    assets: Path
+    evaluation: pd.DataFrame
+    thresholds: GateThresholds
+    deadline: float
+
+
+def candidate_dir(job_out: Path, recipe: Recipe) -> Path:
+    return job_out / recipe.name
+
+
+def score_candidate(recipe: Recipe, job: ScoreJob, threads: int) -> CandidateResult:
+    """Build one candidate with its backend and score it on the evaluation split. A recipe that cannot be
+    applied to this model is a failed candidate, not a failed run: the others still compete."""
+    from quantgate.tasktypes import get_task_type
+
+    if time.monotonic() > job.deadline:
+        return CandidateResult(recipe=recipe, status="skipped", note="search time budget spent")
+    try:
+        q = build_candidate(
+            recipe,
+            job.fp32,
+            candidate_dir(job.out_dir, recipe),
+            prepared=job.prepared,
+            calibration=job.calibration,
+        )
+    except Exception as exc:  # noqa: BLE001 - quantizers raise anything; the run goes on without it
+        return CandidateResult(recipe=recipe, status="failed", note=f"{type(exc).__name__}: {exc}"[:500])
+    task = get_task_type(job.task)
+    servable = Servable(q.path, get_quantizer(recipe.backend).runtime)
+    ev = task.evaluate(job.reference, servable, job.assets, job.evaluation, job.thresholds, threads)
+    result = CandidateResult(
+        recipe=recipe,
+        status="evaluated",
+        size_bytes=q.size_bytes,
+        op_counts=q.op_counts,
+        fused_ops=q.fused_ops,
+        quantize_s=round(q.seconds, 2),
+        evaluation=ev,
+    )
+    return result.judged(task, job.thresholds, None, 0)
+
+
+def servable_of(c: CandidateResult, job_out: Path) -> Servable:
+    return Servable(
+        candidate_dir(job_out, c.recipe) / c.recipe.artifact_name, get_quantizer(c.recipe.backend).runtime
+    )
+
+
+@dataclass
+class SearchSteps:
+    """Who runs each step. `score` takes a batch of recipes and returns their results in order (the flow
+    submits them as concurrent tasks); `benchmark` times the FP32 baseline(s) and the given servables in
+    one interleaved round."""
+
+    reference: Callable[[TaskType, Servable, Path, pd.DataFrame, int], Reference]
+    score_champion: Callable[[TaskType, Reference, Any, pd.DataFrame, int], Reference]
+    calibration: Callable[[TaskType, Path, pd.DataFrame], list[dict[str, np.ndarray]]]
+    prepare: Callable[[list[Recipe], Path, Path, Path], tuple[dict[str, Any], list[str]]]
+    score: Callable[[list[Recipe], ScoreJob, int], list[CandidateResult]]
+    rank: Callable[[Recipe, Path, list[dict[str, np.ndarray]]], list[NodeSensitivity]]
+    benchmark: Callable[[dict[str, Servable]], BenchReport]
+
+
+def prepare_backends(
+    recipes: list[Recipe], fp32: Path, model_dir: Path, out_dir: Path
+) -> tuple[dict[str, Any], list[str]]:
+    """Each backend's shared work for the recipes it builds (ORT: the transformer fusion), once."""
+    prepared: dict[str, Any] = {}
+    warnings: list[str] = []
+    for backend in dict.fromkeys(r.backend for r in recipes):
+        mine = [r for r in recipes if r.backend == backend]
+        prepared[backend], more = get_quantizer(backend).prepare(mine, fp32, model_dir, out_dir / backend)
+        warnings += more
+    return prepared, warnings
+
+
+def rank_nodes_of(
+    recipe: Recipe, source: Path, calibration: list[dict[str, np.ndarray]]
+) -> list[NodeSensitivity]:
+    return get_quantizer(recipe.backend).rank_sensitive_nodes(recipe, source, calibration)
+
+
+def local_steps(
+    task: TaskType, model_dir: Path, assets: Path, heldout: pd.DataFrame, bench: BenchSettings, fp32: Path,
+    allow_pickle: bool = False,
+) -> SearchSteps:  # fmt: skip
+    """The steps run in this process, one after the other (tests, benchmark scripts)."""
+    return SearchSteps(
+        reference=lambda t, s, a, h, n: t.reference(s, a, h, n),
+        score_champion=lambda t, r, c, h, n: t.score_champion(
+            r, c.version, c.servable, c.tokenizer_dir, h, n
+        ),
+        calibration=lambda t, a, h: t.calibration_feeds(a, h),
+        prepare=prepare_backends,
+        score=lambda batch, job, n: [score_candidate(r, job, n) for r in batch],
+        rank=rank_nodes_of,
+        benchmark=lambda servables: task.benchmark(
+            model_dir, Servable(fp32), servables, assets, heldout, bench, allow_pickle
+        ),
+    )
+
+
+def run_search(
+    task: TaskType,
+    model_dir: Path,
+    fp32: Path,
+    assets: Path,
+    calibration_rows: pd.DataFrame,
+    evaluation: pd.DataFrame,
+    recipes: list[Recipe],
+    thresholds: GateThresholds,
+    budget: SearchBudget,
+    work: Path,
+    steps: SearchSteps,
+    champion: Any = None,
+) -> SearchResult:
+    started = time.monotonic()
+    deadline = started + budget.max_seconds
+    cores = os.cpu_count() or 1
+    recipes = recipes[: budget.max_candidates]
+    workers = min(budget.workers or cores, len(recipes))
+    warnings: list[str] = []
+
+    # -- what every candidate is compared with ------------------------------------------------------------
+    ref = steps.reference(task, Servable(fp32), assets, evaluation, cores)
+    if time.monotonic() > deadline:
+        raise SearchError(
+            f"the FP32 reference on {len(evaluation)} evaluation rows took {ref.seconds:.0f} s, the "
+            f"whole search budget (max_seconds {budget.max_seconds:g}): lower max_eval_rows or raise "
+            "max_seconds"
+        )
+    if champion is not None:  # the serving version, judged on the same rows and in the same benchmark
+        try:
+            ref = steps.score_champion(task, ref, champion, evaluation, cores)
+        except Exception as exc:  # noqa: BLE001 - a serving artifact that cannot run must not block its fix
+            warnings.append(
+                f"champion {champion.version} could not be scored ({type(exc).__name__}: {str(exc)[:200]}): "
+                "this version is judged without it"
+            )
+            champion = None
+    timed_extra = {} if champion is None else {CHAMPION_ENGINE + champion.version: champion.servable}
+    calibration = steps.calibration(task, assets, calibration_rows)
+    prepared, more = steps.prepare(recipes, fp32, model_dir, work / "prepared")
+    warnings += more
+    job = ScoreJob(
+        task=task.name,
+        fp32=fp32,
+        prepared=prepared,
+        calibration=calibration,
+        out_dir=work / "candidates",
+        reference=ref,
+        assets=assets,
+        evaluation=evaluation,
+        thresholds=thresholds,
+        deadline=deadline,
+    )
+
+    def time_them(batch: list[CandidateResult]) -> BenchReport:
+        return steps.benchmark({c.name: servable_of(c, job.out_dir) for c in batch} | timed_extra)
+
+    # -- every candidate: build, score, then time them all in one interleaved benchmark -------------------
+    results: list[CandidateResult] = []
+    for i in range(0, len(recipes), workers):
+        results += steps.score(recipes[i : i + workers], job, max(1, cores // workers))
+    evaluated = [c for c in results if c.status == "evaluated"]
+    if not evaluated:
+        notes = "; ".join(f"{c.name}: {c.note}" for c in results)
+        raise SearchError(
+            f"no candidate could be built and scored ({notes}): check the recipes and the budget"
+        )
+    benches = [time_them(evaluated)]
+    results = [c.judged(task, thresholds, benches[0], ROUND_CANDIDATES) for c in results]
+
+    # -- sensitive-node fallback: keep the worst nodes in FP32 until the accuracy gates pass --------------
+    base = fallback_base(results) if budget.max_trials else None
+    fallback = None
+    if base is not None:
+        source = get_quantizer(base.recipe.backend).fallback_source(
+            base.recipe, fp32, prepared.get(base.recipe.backend)
+        )
+        fallback, trials, again = _fallback(
+            task, base, thresholds, source, job, budget, steps, cores, time_them
+        )
+        results += trials
+        benches += again
+
+    chosen = choose(results)
+    lead = chosen or closest(results)
+    return SearchResult(
+        candidates=results,
+        benchmarks=benches,
+        chosen=chosen.name if chosen else None,
+        lead=lead.name if lead else None,
+        fallback=fallback,
+        warnings=warnings,
+        budget=budget,
+        seconds=round(time.monotonic() - started, 2),
+    )
+
+
+def _fallback(
+    task: TaskType,
+    base: CandidateResult,
+    thresholds: GateThresholds,
+    source: Path,
+    job: ScoreJob,
+    budget: SearchBudget,
+    steps: SearchSteps,
+    cores: int,
+    time_them: Callable[[list[CandidateResult]], BenchReport],
+) -> tuple[Fallback, list[CandidateResult], list[BenchReport]]:
+    """Rank the base's nodes by SQNR, then keep the 1, 2, 3, 4, 6, ... worst in FP32 until a trial passes
+    the accuracy gates (or the trial or time budget runs out), bisect back towards the fewest with the
+    trials left, and time base and trials in one more round."""
+    ranking = steps.rank(base.recipe, source, job.calibration)
+    reason = base.gates.failure_summary() if base.gates else ""
+    fallback = Fallback(base=base.name, reason=reason, ranking=ranking)
+    trials: list[CandidateResult] = []
+    tried: list[tuple[int, bool]] = []
+    while (k := next_exclusion(len(ranking), budget.max_trials, tried)) is not None:
+        if time.monotonic() > job.deadline:
+            fallback.stopped = "search time budget spent"
+            break
+        recipe = base.recipe.keeping_fp32([s.node for s in ranking[:k]], f"{base.name}+fp32x{k}")
+        result = steps.score([recipe], job, cores)[0]
+        trials.append(result)
+        tried.append((k, result.accuracy_passed))
+        fallback.trials.append(
+            FallbackTrial(
+                recipe=recipe.name, kept_fp32=recipe.nodes_to_exclude, accuracy_passed=result.accuracy_passed
+            )
+        )
+    if not fallback.stopped and not any(ok for _, ok in tried):
+        fallback.stopped = "trial budget spent" if ranking else "no quantized weight MatMul to keep in FP32"
+    timed = [t for t in trials if t.status == "evaluated"]
+    if not timed:
+        return fallback, trials, []
+    # Base and trials in one more interleaved benchmark (with the baselines again), so each node's latency
+    # cost is a difference measured in the same round.
+    bench = time_them([base, *timed])
+    trials = [t.judged(task, thresholds, bench, ROUND_FALLBACK) for t in trials]
+    winner = choose(trials)  # the trial that competes for promotion (fastest passing)
+    if winner is not None:
+        fallback.kept_fp32 = node_costs(base.judged(task, thresholds, bench, ROUND_FALLBACK), winner, ranking)
+    return fallback, trials, [bench]
+
+
+def candidate_path(result: SearchResult, name: str, work: Path) -> Path:
+    """Where the search left a candidate's artifact."""
+    c = result.get(name)
+    if c is None:
+        raise KeyError(name)
+    return servable_of(c, work / "candidates").path
