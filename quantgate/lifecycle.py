@@ -1,5 +1,5 @@
 """A model version's life in storage: register → pull → (promote | reject). Every function takes an
-`ObjectStore` and local paths; the key layout lives in registry.py.
+`Store` and local paths; the key layout lives in registry.py.
 
 Write order is what makes a crash harmless: data files first, each under a prefix of its own writer (an
 upload id, a run id), the JSON record that makes them count (registration.json, manifest.json, the
@@ -66,7 +66,8 @@ from quantgate.registry import (
     upload_prefix,
     utcnow,
 )
-from quantgate.storage import RUN_METADATA, ObjectStore, sha256_bytes, sha256_file
+from quantgate.storage import sha256_bytes, sha256_file
+from quantgate.store import RUN_METADATA, Store
 from quantgate.tasktypes import get_task_type
 from quantgate.workspace import require_free_space
 
@@ -80,7 +81,7 @@ def _json_bytes(data: Any) -> bytes:
 
 
 def _put_json(
-    store: ObjectStore,
+    store: Store,
     key: str,
     data: Any,
     *,
@@ -98,11 +99,11 @@ def _put_json(
     )
 
 
-def _corrupt(store: ObjectStore, key: str, what: str, problem: str, fix: str) -> IntegrityError:
+def _corrupt(store: Store, key: str, what: str, problem: str, fix: str) -> IntegrityError:
     return IntegrityError(f"s3://{store.bucket}/{key} is not a valid {what} ({problem}): {fix}")
 
 
-def _parse_record(store: ObjectStore, key: str, raw: bytes, model: type[M], what: str, fix: str) -> M:
+def _parse_record(store: Store, key: str, raw: bytes, model: type[M], what: str, fix: str) -> M:
     """A stored JSON record, or a clear error naming its key and the way out (never a pydantic trace)."""
     try:
         return model.model_validate_json(raw)
@@ -113,7 +114,7 @@ def _parse_record(store: ObjectStore, key: str, raw: bytes, model: type[M], what
         raise _corrupt(store, key, what, problem[:300], fix) from None
 
 
-def _load_json(store: ObjectStore, key: str, what: str, fix: str) -> dict[str, Any]:
+def _load_json(store: Store, key: str, what: str, fix: str) -> dict[str, Any]:
     raw = store.get_bytes(key)
     try:
         data = json.loads(raw)
@@ -124,7 +125,7 @@ def _load_json(store: ObjectStore, key: str, what: str, fix: str) -> dict[str, A
     return data
 
 
-def _delete_prefix(store: ObjectStore, prefix: str) -> None:
+def _delete_prefix(store: Store, prefix: str) -> None:
     for obj in list(store.list(prefix)):
         store.delete(obj.key)
 
@@ -157,7 +158,7 @@ def model_files(model_dir: Path) -> list[Path]:
 
 
 def register(
-    store: ObjectStore,
+    store: Store,
     ref: ModelRef,
     model_dir: Path,
     heldout: Path,
@@ -205,7 +206,7 @@ def register(
     return registration
 
 
-def _registered_upload(store: ObjectStore, ref: ModelRef, quiet: bool = False) -> str | None:
+def _registered_upload(store: Store, ref: ModelRef, quiet: bool = False) -> str | None:
     """The upload id the stored registration.json names (None without one)."""
     try:
         return load_registration(store, ref).upload_id
@@ -215,14 +216,14 @@ def _registered_upload(store: ObjectStore, ref: ModelRef, quiet: bool = False) -
         raise
 
 
-def _cleanup_upload(store: ObjectStore, ref: ModelRef, upload_id: str) -> None:
+def _cleanup_upload(store: Store, ref: ModelRef, upload_id: str) -> None:
     """Best effort: a failed or losing registration removes its own upload, and only that."""
     # What cannot be deleted stays under uploads/<id>/, which no registration names: never read.
     with contextlib.suppress(StorageError):
         _delete_prefix(store, upload_prefix(ref, upload_id))
 
 
-def load_registration(store: ObjectStore, ref: ModelRef) -> Registration:
+def load_registration(store: Store, ref: ModelRef) -> Registration:
     try:
         raw = store.get_bytes(registration_key(ref))
     except NotFoundError:
@@ -245,7 +246,7 @@ def load_registration(store: ObjectStore, ref: ModelRef) -> Registration:
     return registration
 
 
-def list_registered(store: ObjectStore, model: str | None = None) -> list[ModelRef]:
+def list_registered(store: Store, model: str | None = None) -> list[ModelRef]:
     prefix = f"registered/{model}/" if model else "registered/"
     refs = [parse_registration_key(obj.key) for obj in store.list(prefix)]
     return sorted({r for r in refs if r is not None}, key=lambda r: (r.name, r.version))
@@ -262,7 +263,7 @@ class RunHistory:
         return self.failed + len(self.unreadable)
 
 
-def run_history(store: ObjectStore, ref: ModelRef) -> RunHistory:
+def run_history(store: Store, ref: ModelRef) -> RunHistory:
     history = RunHistory()
     for obj in store.list(f"runs/{ref.name}/{ref.version}/"):
         if not obj.key.endswith("/report.json") or obj.key.count("/") != 4:
@@ -277,7 +278,7 @@ def run_history(store: ObjectStore, ref: ModelRef) -> RunHistory:
     return history
 
 
-def failed_runs(store: ObjectStore, ref: ModelRef) -> int:
+def failed_runs(store: Store, ref: ModelRef) -> int:
     return run_history(store, ref).failures
 
 
@@ -289,7 +290,7 @@ class SweepPlan:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def sweep_plan(store: ObjectStore, max_failures: int) -> SweepPlan:
+def sweep_plan(store: Store, max_failures: int) -> SweepPlan:
     """Registered versions with no decision, and promotions whose tail (pointer, audit) is unfinished,
     oldest-named first; versions that failed `max_failures` times are skipped. One unreadable object
     skips its own version (and says so), never the whole sweep."""
@@ -315,7 +316,7 @@ def sweep_plan(store: ObjectStore, max_failures: int) -> SweepPlan:
     return plan
 
 
-def undecided(store: ObjectStore, max_failures: int) -> list[ModelRef]:
+def undecided(store: Store, max_failures: int) -> list[ModelRef]:
     return sweep_plan(store, max_failures).pending
 
 
@@ -330,7 +331,7 @@ class PulledVersion:
 
 
 def _download_verified(
-    store: ObjectStore, key: str, dest: Path, entry: FileEntry, what: str = "registration"
+    store: Store, key: str, dest: Path, entry: FileEntry, what: str = "registration"
 ) -> None:
     store.get_file(key, dest)
     actual = sha256_file(dest)
@@ -352,7 +353,7 @@ def _download_verified(
 RUN_SPACE_FACTOR = 4
 
 
-def pull(store: ObjectStore, ref: ModelRef, dest: Path) -> PulledVersion:
+def pull(store: Store, ref: ModelRef, dest: Path) -> PulledVersion:
     registration = load_registration(store, ref)
     model_bytes = sum(f.size for f in registration.files)
     require_free_space(
@@ -369,7 +370,7 @@ def pull(store: ObjectStore, ref: ModelRef, dest: Path) -> PulledVersion:
 # --- decisions -------------------------------------------------------------------------------------------
 
 
-def decision_of(store: ObjectStore, ref: ModelRef) -> Outcome | None:
+def decision_of(store: Store, ref: ModelRef) -> Outcome | None:
     if store.exists(manifest_key(ref)):
         return "promoted"
     if store.exists(rejection_key(ref)):
@@ -377,11 +378,11 @@ def decision_of(store: ObjectStore, ref: ModelRef) -> Outcome | None:
     return None
 
 
-def load_manifest(store: ObjectStore, ref: ModelRef) -> Manifest:
+def load_manifest(store: Store, ref: ModelRef) -> Manifest:
     return _manifest_with_digest(store, ref)[0]
 
 
-def _manifest_with_digest(store: ObjectStore, ref: ModelRef) -> tuple[Manifest, str]:
+def _manifest_with_digest(store: Store, ref: ModelRef) -> tuple[Manifest, str]:
     key = manifest_key(ref)
     raw = store.get_bytes(key)
     manifest = _parse_record(store, key, raw, Manifest, "manifest", _MANIFEST_FIX)
@@ -392,13 +393,13 @@ def _manifest_with_digest(store: ObjectStore, ref: ModelRef) -> tuple[Manifest, 
     return manifest, sha256_bytes(raw)
 
 
-def load_rejection(store: ObjectStore, ref: ModelRef) -> dict[str, Any]:
+def load_rejection(store: Store, ref: ModelRef) -> dict[str, Any]:
     return _load_json(
         store, rejection_key(ref), "rejection record", "delete it and run the version again to re-decide"
     )
 
 
-def load_decision_report(store: ObjectStore, ref: ModelRef) -> dict[str, Any]:
+def load_decision_report(store: Store, ref: ModelRef) -> dict[str, Any]:
     """The report of the run that decided a version (promoted or rejected)."""
     decision = decision_of(store, ref)
     if decision == "promoted":
@@ -414,7 +415,7 @@ def load_decision_report(store: ObjectStore, ref: ModelRef) -> dict[str, Any]:
     raise NotFoundError(f"{ref} has no decision yet: run `quantgate run {ref.name} {ref.version}`")
 
 
-def read_promoted_file(store: ObjectStore, ref: ModelRef, name: str) -> bytes:
+def read_promoted_file(store: Store, ref: ModelRef, name: str) -> bytes:
     """A promoted file by its name, found through the manifest (the only way readers should look)."""
     manifest = load_manifest(store, ref)
     for entry in manifest.files:
@@ -430,7 +431,7 @@ def read_promoted_file(store: ObjectStore, ref: ModelRef, name: str) -> bytes:
 
 
 def promote(
-    store: ObjectStore, manifest: Manifest, local_files: dict[str, Path], report: dict[str, Any], actor: str
+    store: Store, manifest: Manifest, local_files: dict[str, Path], report: dict[str, Any], actor: str
 ) -> Manifest:
     """Promote one version: the guarantees (README, "Guarantees") rest on this order.
 
@@ -467,7 +468,7 @@ def promote(
     return final
 
 
-def _resume_or_refuse(store: ObjectStore, ref: ModelRef, run_id: str, actor: str) -> Manifest:
+def _resume_or_refuse(store: Store, ref: ModelRef, run_id: str, actor: str) -> Manifest:
     """The manifest exists: this run's own (finish it) or another run's (delete our uploads, refuse)."""
     existing, _ = _manifest_with_digest(store, ref)
     if existing.run_id == run_id:
@@ -480,20 +481,20 @@ def _resume_or_refuse(store: ObjectStore, ref: ModelRef, run_id: str, actor: str
     )
 
 
-def promotion_finished(store: ObjectStore, ref: ModelRef) -> bool:
+def promotion_finished(store: Store, ref: ModelRef) -> bool:
     """True when the promotion's audit event exists (its pointer step is done, moved or superseded)."""
     _, digest = _manifest_with_digest(store, ref)
     return _audited(store, ref, digest)
 
 
-def _audited(store: ObjectStore, ref: ModelRef, digest: str) -> bool:
+def _audited(store: Store, ref: ModelRef, digest: str) -> bool:
     return any(
         e.action == "promote" and e.version == ref.version and e.manifest_sha256 == digest
         for e in audit_log(store, ref.name)
     )
 
 
-def finish_promotion(store: ObjectStore, ref: ModelRef, actor: str) -> bool:
+def finish_promotion(store: Store, ref: ModelRef, actor: str) -> bool:
     """Idempotent tail of a promotion, run by the promoting run and by anyone who finds it unfinished
     (a re-run, the sweep): removes objects a quantgate run left under promoted/<m>/<v>/ that the manifest
     does not list, moves current.json to this version unless a later promotion or rollback already moved
@@ -527,7 +528,7 @@ def finish_promotion(store: ObjectStore, ref: ModelRef, actor: str) -> bool:
     return True
 
 
-def _remove_leftovers(store: ObjectStore, ref: ModelRef, manifest: Manifest) -> None:
+def _remove_leftovers(store: Store, ref: ModelRef, manifest: Manifest) -> None:
     """Delete what killed or losing runs uploaded under promoted/<m>/<v>/<run-id>/ and no manifest lists:
     only objects tagged with the run id of the prefix they are under. Anything else there (a team's
     signature or notes file) is not ours and stays."""
@@ -545,7 +546,7 @@ def _remove_leftovers(store: ObjectStore, ref: ModelRef, manifest: Manifest) -> 
             store.delete(obj.key)
 
 
-def _load_pointer(store: ObjectStore, model: str) -> tuple[Pointer, str] | None:
+def _load_pointer(store: Store, model: str) -> tuple[Pointer, str] | None:
     key = current_key(model)
     found = store.get_with_etag(key)
     if found is None:
@@ -553,7 +554,7 @@ def _load_pointer(store: ObjectStore, model: str) -> tuple[Pointer, str] | None:
     return _parse_record(store, key, found[0], Pointer, "pointer", _POINTER_FIX), found[1]
 
 
-def _pointer_time(store: ObjectStore, pointer: Pointer) -> datetime | None:
+def _pointer_time(store: Store, pointer: Pointer) -> datetime | None:
     """When the decision behind the current pointer was made: a rollback at its own time, a promotion at
     its manifest's promotion time."""
     if pointer.action == "rollback":
@@ -568,9 +569,7 @@ def _pointer_time(store: ObjectStore, pointer: Pointer) -> datetime | None:
         return parse_time(pointer.updated_at)
 
 
-def _advance_pointer(
-    store: ObjectStore, ref: ModelRef, manifest: Manifest, digest: str
-) -> tuple[bool, str | None]:
+def _advance_pointer(store: Store, ref: ModelRef, manifest: Manifest, digest: str) -> tuple[bool, str | None]:
     """Compare-and-swap current.json to this promotion unless a later decision holds it. Returns (moved,
     the version it pointed at before). Retried when another writer moved it in between."""
     key = current_key(ref.name)
@@ -601,9 +600,7 @@ def _advance_pointer(
     raise ConflictError(f"{key} kept changing under concurrent updates; run the command again")
 
 
-def _append_audit(
-    store: ObjectStore, event: AuditEvent, at_ns: int | None = None, token: str | None = None
-) -> str:
+def _append_audit(store: Store, event: AuditEvent, at_ns: int | None = None, token: str | None = None) -> str:
     key = audit_key(
         event.model,
         time.time_ns() if at_ns is None else at_ns,
@@ -621,7 +618,7 @@ class AuditLog:
     skipped: list[str]  # keys under audit/<m>/ that are not quantgate events (stray or unreadable)
 
 
-def read_audit_log(store: ObjectStore, model: str) -> AuditLog:
+def read_audit_log(store: Store, model: str) -> AuditLog:
     """Every promotion and rollback of a model, oldest first (keys sort by time). Objects whose key
     does not have the audit shape, or that do not parse, are skipped and listed: never trusted."""
     log = AuditLog(events=[], skipped=[])
@@ -642,11 +639,11 @@ def read_audit_log(store: ObjectStore, model: str) -> AuditLog:
     return log
 
 
-def audit_log(store: ObjectStore, model: str) -> list[AuditEvent]:
+def audit_log(store: Store, model: str) -> list[AuditEvent]:
     return read_audit_log(store, model).events
 
 
-def current(store: ObjectStore, model: str) -> Pointer | None:
+def current(store: Store, model: str) -> Pointer | None:
     found = _load_pointer(store, model)
     return found[0] if found else None
 
@@ -677,7 +674,7 @@ class Verification(BaseModel):
         )
 
 
-def verify_promotion(store: ObjectStore, ref: ModelRef, deep: bool = False) -> Verification:
+def verify_promotion(store: Store, ref: ModelRef, deep: bool = False) -> Verification:
     """Check a promotion in place: the manifest parses and matches the digest its audit event (and the
     pointer, when it names this version) recorded; every file it lists exists with its size and sha256
     (the checksum the server stored at upload, or the bytes themselves with `deep`)."""
@@ -728,7 +725,7 @@ def verify_promotion(store: ObjectStore, ref: ModelRef, deep: bool = False) -> V
     )
 
 
-def _require_verified(store: ObjectStore, ref: ModelRef, action: str) -> Manifest:
+def _require_verified(store: Store, ref: ModelRef, action: str) -> Manifest:
     verification = verify_promotion(store, ref)
     if not verification.ok:
         raise IntegrityError(
@@ -743,9 +740,7 @@ def local_name(entry: FileEntry) -> str:
     return entry.path.split("/", 1)[1] if "/" in entry.path else entry.path
 
 
-def pull_promotion(
-    store: ObjectStore, model: str, version: str | None, dest: Path
-) -> tuple[Manifest, list[Path]]:
+def pull_promotion(store: Store, model: str, version: str | None, dest: Path) -> tuple[Manifest, list[Path]]:
     """Download a promotion (default: the one current.json names) into `dest`, every file checked against
     the manifest's sha256 after download. Files land in a hidden folder beside `dest` and are moved into
     place only when all of them verified: a tampered or half-written promotion leaves `dest` untouched."""
@@ -797,7 +792,7 @@ class Champion:
         return Servable(self.model_path, self.runtime)
 
 
-def pull_champion(store: ObjectStore, model: str, task: str, dest: Path) -> Champion | None:
+def pull_champion(store: Store, model: str, task: str, dest: Path) -> Champion | None:
     """The model's current promoted version, every file verified (None for a first version, or when
     the current one is of another task type)."""
     pointer = current(store, model)
@@ -826,7 +821,7 @@ def pull_champion(store: ObjectStore, model: str, task: str, dest: Path) -> Cham
 # --- rollback and reject ------------------------------------------------------------------------------
 
 
-def rollback(store: ObjectStore, model: str, to_version: str | None, actor: str) -> AuditEvent:
+def rollback(store: Store, model: str, to_version: str | None, actor: str) -> AuditEvent:
     """Point current.json back at an earlier promoted version (default: the one promoted before the
     current one), after verifying every file of its manifest. One compare-and-swap against the pointer as
     read: if it moved meanwhile, nothing changes and the operator is told. Only the pointer moves."""
@@ -884,7 +879,7 @@ def rollback(store: ObjectStore, model: str, to_version: str | None, actor: str)
 
 
 def reject(
-    store: ObjectStore,
+    store: Store,
     ref: ModelRef,
     report: dict[str, Any],
     parity: dict[str, Any],
@@ -916,7 +911,7 @@ def reject(
     return rejection_key(ref)
 
 
-def write_data_docs(store: ObjectStore, ref: ModelRef, run_id: str, docs_dir: Path, pages: list[str]) -> str:
+def write_data_docs(store: Store, ref: ModelRef, run_id: str, docs_dir: Path, pages: list[str]) -> str:
     """The held-out validation's GX Data Docs (HTML pages only; they load their styles from a CDN) under
     the run's own prefix. Returns the key of the site's index page."""
     prefix = f"{run_prefix(ref, run_id)}data_docs/"
@@ -925,7 +920,7 @@ def write_data_docs(store: ObjectStore, ref: ModelRef, run_id: str, docs_dir: Pa
     return prefix + "index.html"
 
 
-def write_run_report(store: ObjectStore, ref: ModelRef, run_id: str, report: dict[str, Any]) -> str:
+def write_run_report(store: Store, ref: ModelRef, run_id: str, report: dict[str, Any]) -> str:
     key = f"{run_prefix(ref, run_id)}report.json"
     try:
         _put_json(store, key, report, run_id=run_id)

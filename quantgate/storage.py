@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from quantgate.errors import (
     StorageUnreachableError,
 )
 from quantgate.settings import Settings
+from quantgate.store import RUN_METADATA, ObjectHead, Store, StoredObject
 from quantgate.workspace import translating_disk_full
 
 _AUTH_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "InvalidToken", "ExpiredToken"}
@@ -52,28 +52,6 @@ def _b64(hex_digest: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_digest)).decode()
 
 
-# User metadata that marks an object as written by a quantgate run (its run id): repair deletes only
-# objects carrying it, never a file a team put beside a promotion (S3 lower-cases metadata names).
-RUN_METADATA = "quantgate-run"
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    key: str
-    size: int
-    etag: str
-
-
-@dataclass(frozen=True)
-class ObjectHead:
-    """What HEAD tells about one object: its size, the SHA-256 the server stored at upload (None when it
-    keeps none), and its user metadata."""
-
-    size: int
-    sha256: str | None
-    metadata: dict[str, str]
-
-
 def make_client(settings: Settings) -> Any:
     """The boto3 S3 client every ObjectStore uses. Tests wrap it to inject faults at every write."""
     # A session of its own: boto3's default session caches the credentials it resolved first.
@@ -91,8 +69,8 @@ def make_client(settings: Settings) -> Any:
     )
 
 
-class ObjectStore:
-    """A bucket behind boto3, with errors translated into quantgate's error family."""
+class ObjectStore(Store):
+    """A bucket behind boto3, with errors translated into quantgate's error family (the S3 `Store`)."""
 
     def __init__(self, settings: Settings, client: Any | None = None) -> None:
         self.bucket = settings.bucket
@@ -247,10 +225,6 @@ class ObjectStore:
                 while chunk := body.read(_CHUNK):
                     fh.write(chunk)
             tmp.replace(path)
-
-    def sha256_of(self, key: str) -> str | None:
-        """The SHA-256 the server stored at upload, hex; None when the server keeps none."""
-        return self.head(key).sha256
 
     def head(self, key: str) -> ObjectHead:
         """Size, stored SHA-256 and metadata of one object; NotFoundError when it does not exist."""

@@ -16,19 +16,19 @@ from quantgate import lifecycle
 from quantgate.errors import ConflictError, IntegrityError, NotFoundError
 from quantgate.registry import Manifest, ModelRef, Outcome
 from quantgate.settings import Settings
-from quantgate.storage import ObjectStore
+from quantgate.store import open_store
 from tasks._common import STORAGE_TASK
 
 
 @task(name="find-decision", cache_policy=NO_CACHE, **STORAGE_TASK)
 def find_decision(ref: ModelRef, settings: Settings) -> Outcome | None:
-    return lifecycle.decision_of(ObjectStore(settings), ref)
+    return lifecycle.decision_of(open_store(settings), ref)
 
 
 @task(name="find-undecided", cache_policy=NO_CACHE, **STORAGE_TASK)
 def find_undecided(settings: Settings, max_failures: int) -> list[ModelRef]:
     """Versions without a decision and promotions left unfinished; what was skipped is logged."""
-    plan = lifecycle.sweep_plan(ObjectStore(settings), max_failures)
+    plan = lifecycle.sweep_plan(open_store(settings), max_failures)
     logger = get_run_logger()
     logger.info(
         "%d registered version(s) to run (no decision, or an unfinished promotion): %s",
@@ -48,7 +48,7 @@ def pull_champion(ref: ModelRef, task: str, settings: Settings, dest: Path) -> l
     shutil.rmtree(dest, ignore_errors=True)  # a retry starts from an empty folder
     logger = get_run_logger()
     try:
-        champion = lifecycle.pull_champion(ObjectStore(settings), ref.name, task, dest)
+        champion = lifecycle.pull_champion(open_store(settings), ref.name, task, dest)
     except (IntegrityError, NotFoundError) as exc:
         # A damaged serving version is `quantgate verify`'s finding to act on; it must not block its fix.
         logger.warning("the serving version of %s cannot be used as a champion: %s", ref.name, exc)
@@ -62,7 +62,7 @@ def pull_champion(ref: ModelRef, task: str, settings: Settings, dest: Path) -> l
 
 @task(name="pull", cache_policy=NO_CACHE, **STORAGE_TASK)
 def pull_version(ref: ModelRef, settings: Settings, dest: Path) -> lifecycle.PulledVersion:
-    pulled = lifecycle.pull(ObjectStore(settings), ref, dest)
+    pulled = lifecycle.pull(open_store(settings), ref, dest)
     get_run_logger().info(
         "pulled %s: %d model files, held-out %s (task %s)",
         ref,
@@ -115,7 +115,7 @@ def promote(
                     manifest.model,
                     settings.promotion_lock_timeout_s,
                 )
-            final = lifecycle.promote(ObjectStore(settings), manifest, files, report, settings.actor)
+            final = lifecycle.promote(open_store(settings), manifest, files, report, settings.actor)
     except ConflictError as exc:
         get_run_logger().warning("%s", exc)
         return str(exc)
@@ -132,7 +132,7 @@ def promote(
 def finish_promotion(ref: ModelRef, settings: Settings) -> dict[str, Any] | None:
     """Completes a promotion a killed or failed run left between its manifest and its audit event; the
     promoted run's report when it did (so the flow can announce it), None when there was nothing to do."""
-    store = ObjectStore(settings)
+    store = open_store(settings)
     if not lifecycle.finish_promotion(store, ref, settings.actor):
         return None
     get_run_logger().warning("%s: finished an interrupted promotion (pointer and audit log)", ref)
@@ -148,7 +148,7 @@ def record_rejection(settings: Settings, ref: ModelRef, report: dict[str, Any]) 
     try:
         with tempfile.TemporaryDirectory() as tmp:
             plots = decision_plots(parsed, Path(tmp))
-            key = lifecycle.reject(ObjectStore(settings), ref, report, parsed.parity.model_dump(), plots)
+            key = lifecycle.reject(open_store(settings), ref, report, parsed.parity.model_dump(), plots)
     except ConflictError as exc:
         get_run_logger().warning("%s", exc)
         return str(exc)
@@ -159,11 +159,11 @@ def record_rejection(settings: Settings, ref: ModelRef, report: dict[str, Any]) 
 @task(name="save-data-docs", cache_policy=NO_CACHE, **STORAGE_TASK)
 def save_data_docs(settings: Settings, ref: ModelRef, run_id: str, docs_dir: Path, pages: list[str]) -> str:
     """s3:// address of the stored Data Docs index page."""
-    key = lifecycle.write_data_docs(ObjectStore(settings), ref, run_id, docs_dir, pages)
+    key = lifecycle.write_data_docs(open_store(settings), ref, run_id, docs_dir, pages)
     get_run_logger().info("GX Data Docs of the held-out validation: s3://%s/%s", settings.bucket, key)
     return f"s3://{settings.bucket}/{key}"
 
 
 @task(name="save-run-report", cache_policy=NO_CACHE, **STORAGE_TASK)
 def save_run_report(settings: Settings, ref: ModelRef, run_id: str, report: dict[str, Any]) -> str:
-    return lifecycle.write_run_report(ObjectStore(settings), ref, run_id, report)
+    return lifecycle.write_run_report(open_store(settings), ref, run_id, report)

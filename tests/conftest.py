@@ -12,6 +12,7 @@ import pytest
 
 from infra.stsb import missing_message, stsb_path
 from quantgate.gates import GateThresholds
+from quantgate.process import configure_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,6 +22,7 @@ TINY_GATES = GateThresholds(
     min_p95_speedup=0.0, min_baseline_metric=-1.0, max_baseline_half_width=1.0, max_champion_slowdown=10.0
 )
 
+configure_process()  # what every entry point does before torch loads
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,0 +1,251 @@
+"""The storage seam: what quantgate's lifecycle (quantgate/lifecycle.py) needs from an object store, and
+the contract its guarantees rest on (after MLflow's ArtifactRepository and Kedro's AbstractDataset).
+
+Two implementations: `ObjectStore` (quantgate/storage.py: any S3 endpoint through boto3) and
+`MemoryStore` (here: a dict, for unit tests of every lifecycle branch without a server, with a hook that
+injects a fault at any write). `tests/unit/test_store_contract.py` holds both to the same contract.
+
+The contract:
+- `put_bytes(create_only=True)` writes only when the key does not exist; otherwise ConflictError and the
+  stored object is untouched. Two racing create-only writers: exactly one wins.
+- `put_bytes(if_match=etag)` (compare-and-swap) writes only when the object's current ETag is `etag`;
+  otherwise ConflictError (or NotFoundError when the key is gone), and nothing changes.
+- Every put stores the body's SHA-256 (returned, and given back by `head`) and, with `run_id`, the
+  metadata `quantgate-run: <run id>` that marks the object as that run's (repair deletes only those).
+- `get_bytes` / `get_file` / `head` of a missing key raise NotFoundError; `get_with_etag` returns None;
+  `exists` returns False; `delete` of a missing key is not an error.
+- `list(prefix)` yields every object under the prefix (recursively) in key order; `list_prefixes(p)` the
+  immediate sub-folder names below `p` (which ends with '/').
+- Errors are quantgate's (StorageError and children), never a client library's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from quantgate.errors import ConflictError, NotFoundError
+
+if TYPE_CHECKING:
+    from quantgate.settings import Settings
+
+# User metadata that marks an object as written by a quantgate run (its run id): repair deletes only
+# objects carrying it, never a file a team put beside a promotion (S3 lower-cases metadata names).
+RUN_METADATA = "quantgate-run"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class ObjectHead:
+    """What HEAD tells about one object: its size, the SHA-256 the server stored at upload (None when it
+    keeps none), and its user metadata."""
+
+    size: int
+    sha256: str | None
+    metadata: dict[str, str]
+
+
+class Store(ABC):
+    """An object store holding one bucket's keys. See the module docstring for the contract."""
+
+    bucket: str
+
+    def ensure_bucket(self) -> bool:
+        """Create the bucket if missing; True when it was created."""
+        return False
+
+    def require_bucket(self) -> None:  # noqa: B027 - optional: a store whose bucket always exists checks nothing
+        """A clear NotFoundError when the bucket is missing."""
+
+    @abstractmethod
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        create_only: bool = False,
+        if_match: str | None = None,
+        content_type: str = "application/octet-stream",
+        run_id: str | None = None,
+    ) -> str:
+        """Write data, return its SHA-256 hex."""
+
+    @abstractmethod
+    def put_file(
+        self,
+        key: str,
+        path: Path,
+        *,
+        digest: str | None = None,
+        create_only: bool = False,
+        run_id: str | None = None,
+    ) -> str: ...
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def get_with_etag(self, key: str) -> tuple[bytes, str] | None:
+        """(data, ETag) for compare-and-swap, None when the key does not exist."""
+
+    @abstractmethod
+    def get_file(self, key: str, path: Path) -> None: ...
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectHead: ...
+
+    def sha256_of(self, key: str) -> str | None:
+        return self.head(key).sha256
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[StoredObject]: ...
+
+    @abstractmethod
+    def list_prefixes(self, prefix: str) -> list[str]: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+
+def open_store(settings: Settings) -> Store:
+    """The store the settings name: S3 at QUANTGATE_S3_ENDPOINT_URL (AWS when unset)."""
+    from quantgate.storage import ObjectStore
+
+    return ObjectStore(settings)
+
+
+@dataclass
+class _Object:
+    data: bytes
+    etag: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+# A hook called before every write with (operation, key); it may raise (the write is lost) or return
+# "after" to have the write applied and then raise StorageError (the answer is lost).
+FaultHook = Callable[[str, str], str | None]
+
+
+class MemoryStore(Store):
+    """A bucket in a dict, under a lock, with the same contract as S3. `fault` injects failures at
+    writes: tests/unit/test_lifecycle.py runs every lifecycle branch and every write position on it."""
+
+    def __init__(self, bucket: str = "memory", fault: FaultHook | None = None) -> None:
+        self.bucket = bucket
+        self.fault = fault
+        self.objects: dict[str, _Object] = {}
+        self.writes: list[tuple[str, str]] = []  # (operation, key) of every write attempted
+        self._lock = threading.Lock()
+
+    def _write(self, op: str, key: str, apply: Callable[[], None]) -> None:
+        from quantgate.errors import StorageError
+
+        self.writes.append((op, key))
+        mode = self.fault(op, key) if self.fault else None
+        with self._lock:
+            apply()
+        if mode == "after":
+            raise StorageError(f"memory://{self.bucket}/{key}: {op} applied, answer lost (injected)")
+
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        create_only: bool = False,
+        if_match: str | None = None,
+        content_type: str = "application/octet-stream",
+        run_id: str | None = None,
+    ) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        metadata = {"sha256": digest} | ({RUN_METADATA: run_id} if run_id else {})
+
+        def apply() -> None:
+            current = self.objects.get(key)
+            if create_only and current is not None:
+                raise ConflictError(f"memory://{self.bucket}/{key} already exists (create-only refused)")
+            if if_match is not None:
+                if current is None:
+                    raise NotFoundError(f"memory://{self.bucket}/{key} does not exist")
+                if current.etag != if_match:
+                    raise ConflictError(f"memory://{self.bucket}/{key} changed since it was read")
+            self.objects[key] = _Object(bytes(data), hashlib.md5(data).hexdigest(), metadata)  # noqa: S324 - an ETag, as S3's
+
+        self._write("put", key, apply)
+        return digest
+
+    def put_file(
+        self,
+        key: str,
+        path: Path,
+        *,
+        digest: str | None = None,
+        create_only: bool = False,
+        run_id: str | None = None,
+    ) -> str:
+        return self.put_bytes(key, path.read_bytes(), create_only=create_only, run_id=run_id)
+
+    def _get(self, key: str) -> _Object:
+        with self._lock:
+            obj = self.objects.get(key)
+        if obj is None:
+            raise NotFoundError(f"memory://{self.bucket}/{key} does not exist")
+        return obj
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._get(key).data
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            obj = self._get(key)
+        except NotFoundError:
+            return None
+        return obj.data, obj.etag
+
+    def get_file(self, key: str, path: Path) -> None:
+        data = self._get(key).data
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+
+    def head(self, key: str) -> ObjectHead:
+        obj = self._get(key)
+        return ObjectHead(size=len(obj.data), sha256=obj.metadata.get("sha256"), metadata=dict(obj.metadata))
+
+    def exists(self, key: str) -> bool:
+        with self._lock:
+            return key in self.objects
+
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        with self._lock:
+            items = sorted((k, o) for k, o in self.objects.items() if k.startswith(prefix))
+        for key, obj in items:
+            yield StoredObject(key, len(obj.data), obj.etag)
+
+    def list_prefixes(self, prefix: str) -> list[str]:
+        with self._lock:
+            keys = [k[len(prefix) :] for k in self.objects if k.startswith(prefix)]
+        return sorted({k.split("/", 1)[0] for k in keys if "/" in k})
+
+    def delete(self, key: str) -> None:
+        self._write("delete", key, lambda: self.objects.pop(key, None))
+
+    def snapshot(self) -> dict[str, str]:
+        """key -> sha256 of every object: what a test compares before and after."""
+        with self._lock:
+            return {k: o.metadata.get("sha256", "") for k, o in sorted(self.objects.items())}
