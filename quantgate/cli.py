@@ -46,7 +46,7 @@ def _fail(message: str) -> typer.Exit:
 
 def _store() -> Any:
     from quantgate.settings import Settings
-    from quantgate.store import open_store
+    from quantgate.storage import open_store
 
     return open_store(Settings())
 

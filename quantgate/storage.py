@@ -282,3 +282,8 @@ class ObjectStore(Store):
 
     def delete(self, key: str) -> None:
         self._call("delete_object", key)
+
+
+def open_store(settings: Settings) -> Store:
+    """The store the settings name: S3 at QUANTGATE_S3_ENDPOINT_URL (AWS when unset)."""
+    return ObjectStore(settings)

@@ -1,7 +1,8 @@
 """The storage seam: what quantgate's lifecycle (quantgate/lifecycle.py) needs from an object store, and
 the contract its guarantees rest on (after MLflow's ArtifactRepository and Kedro's AbstractDataset).
 
-Two implementations: `ObjectStore` (quantgate/storage.py: any S3 endpoint through boto3) and
+Two implementations: `ObjectStore` (quantgate/storage.py: any S3 endpoint through boto3, opened by
+`storage.open_store(settings)`) and
 `MemoryStore` (here: a dict, for unit tests of every lifecycle branch without a server, with a hook that
 injects a fault at any write). `tests/unit/test_store_contract.py` holds both to the same contract.
 
@@ -27,12 +28,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from quantgate.errors import ConflictError, NotFoundError
-
-if TYPE_CHECKING:
-    from quantgate.settings import Settings
 
 # User metadata that marks an object as written by a quantgate run (its run id): repair deletes only
 # objects carrying it, never a file a team put beside a promotion (S3 lower-cases metadata names).
@@ -119,13 +116,6 @@ class Store(ABC):
 
     @abstractmethod
     def delete(self, key: str) -> None: ...
-
-
-def open_store(settings: Settings) -> Store:
-    """The store the settings name: S3 at QUANTGATE_S3_ENDPOINT_URL (AWS when unset)."""
-    from quantgate.storage import ObjectStore
-
-    return ObjectStore(settings)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from quantgate import lifecycle
 from quantgate.errors import ConflictError, IntegrityError, NotFoundError
 from quantgate.registry import Manifest, ModelRef, Outcome
 from quantgate.settings import Settings
-from quantgate.store import open_store
+from quantgate.storage import open_store
 from tasks._common import STORAGE_TASK
 
 
