@@ -4,7 +4,7 @@ Used by the README's demo command (`python -m infra.seaweed start`) and by the i
 server requires access keys: an identity file (`s3.json`) is written beside the data directory with keys
 taken from the environment or generated once and kept in `<state-dir>/credentials.env` (mode 600).
 
-Facts this relies on (../shared/NOTES-infra.md, SeaweedFS 4.48):
+Facts this relies on (measured with SeaweedFS 4.48):
 - `weed mini` starts in < 1 s and stops cleanly on SIGTERM in 3-4 s; `weed server -s3` hung on SIGTERM.
 - each gRPC port is its HTTP port + 10000, and `-admin.ui=false` still binds the admin ports, so every
   port is chosen here to let several servers (parallel test sessions) coexist.

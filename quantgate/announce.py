@@ -3,7 +3,7 @@ Emitting them is the Prefect layer's job (tasks/announce.py, the CLI); deploymen
 automations match on these names and fields, so they are a public contract: change them with care.
 
 Payload values keep the flow's parameter types (strings for model and version): a trigger that templates
-a value of the wrong type into a parameter silently creates no run (NOTES-infra.md)."""
+a value of the wrong type into a parameter silently creates no run (seen on Prefect 3.8.8)."""
 
 from __future__ import annotations
 

@@ -316,7 +316,8 @@ def apply_recipe(
     source = _private_view(fused.path if (recipe.fuse and fused is not None) else fp32_path, out_dir)
     out_path = out_dir / recipe.artifact_name
     start = time.perf_counter()
-    # Needed when the input graph was fused by ORT's transformer optimizer (NOTES-infra.md).
+    # Needed when the input graph was fused by ORT's transformer optimizer: its fused nodes leave tensors
+    # without a type, and the quantizer then fails unless told the default (quantize_dynamic's extra_options).
     extra: dict[str, Any] = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     with _quiet_ort():
         if recipe.method == "dynamic":

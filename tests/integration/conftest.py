@@ -47,7 +47,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    # The harness gives a throwaway database but not throwaway result storage (NOTES-infra.md).
+    # The harness gives a throwaway database but not throwaway result storage (Prefect 3.8.8).
     results = tmp_path_factory.mktemp("prefect-results")
     with (
         temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}),
