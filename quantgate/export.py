@@ -3,7 +3,8 @@
 Why the TorchScript exporter (`dynamo=False`) with a named-argument wrapper: with transformers 5 it
 exports MiniLM in < 1 s (dynamo: ~5 s) and its graph is what ONNX Runtime's transformer optimizer and
 `quant_pre_process` understand (measured with torch 2.13: `quant_pre_process` fails on the dynamo
-export). Passing positional args to the bare model fails (`got multiple values for argument 'use_cache'`), hence the wrapper.
+export). Passing positional args to the bare model fails (`got multiple values for argument
+'use_cache'`), hence the wrapper.
 Attention is loaded as "eager": SDPA exports leave ORT's fuser 0 Attention nodes to fuse.
 """
 
