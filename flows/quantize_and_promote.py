@@ -132,7 +132,7 @@ def quantize_and_promote(
                     manifest_for(report, pulled.registration),
                     promotion_files(
                         report,
-                        candidate_path(search, report.recipe["name"], work),
+                        candidate_path(search, report.recipe.name, work),
                         exported.tokenizer_files,
                         work / "out",
                     ),

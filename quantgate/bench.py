@@ -19,6 +19,13 @@ from quantgate.errors import ConfigError
 
 MAX_BENCH_TOKENS = 200_000_000
 
+# Engine names, spelled once: the FP32 export every candidate is timed against, the framework model when
+# the task type times it too, and the serving version (+ its version; '@' is never in a recipe name).
+ONNX_FP32 = "onnx-fp32"
+TORCH_FP32 = "pytorch-fp32"
+BASELINES = (TORCH_FP32, ONNX_FP32)
+CHAMPION_ENGINE = "champion@"
+
 
 class BenchSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")

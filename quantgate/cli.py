@@ -284,12 +284,11 @@ def _print_slices(parsed: Any) -> None:
 
 def print_report(report: dict[str, Any]) -> None:
     from quantgate.report import RunReport, bench_rows, compact_candidate_rows, gate_rows
-    from quantgate.search import SearchResult
 
     parsed = RunReport.model_validate(report)
     verdict = "[bold green]PROMOTED[/]" if parsed.outcome == "promoted" else "[bold yellow]NOT PROMOTED[/]"
     console.print(
-        f"{parsed.model}@{parsed.version}: {verdict}  recipe {parsed.recipe.get('name')}  run {parsed.run_id}"
+        f"{parsed.model}@{parsed.version}: {verdict}  recipe {parsed.recipe.name}  run {parsed.run_id}"
     )
     if parsed.promoted_to:
         console.print(f"promoted to {parsed.promoted_to}")
@@ -330,7 +329,7 @@ def print_report(report: dict[str, Any]) -> None:
         bench.add_row(*(str(v) for v in row.values()))
     console.print(bench)
     if parsed.search:
-        search = SearchResult.model_validate(parsed.search)
+        search = parsed.search
         table = Table(title=f"candidates ({search.seconds:.0f} s)")
         rows = compact_candidate_rows(search, parsed.task)
         for col in rows[0]:

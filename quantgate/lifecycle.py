@@ -58,10 +58,12 @@ from quantgate.registry import (
     promoted_prefix,
     registered_heldout_key,
     registered_model_key,
+    registered_model_prefix,
     registration_key,
     rejection_files_prefix,
     rejection_key,
     run_prefix,
+    runs_prefix,
     source_checksum,
     upload_prefix,
     utcnow,
@@ -247,7 +249,7 @@ def load_registration(store: Store, ref: ModelRef) -> Registration:
 
 
 def list_registered(store: Store, model: str | None = None) -> list[ModelRef]:
-    prefix = f"registered/{model}/" if model else "registered/"
+    prefix = registered_model_prefix(model)
     refs = [parse_registration_key(obj.key) for obj in store.list(prefix)]
     return sorted({r for r in refs if r is not None}, key=lambda r: (r.name, r.version))
 
@@ -265,7 +267,7 @@ class RunHistory:
 
 def run_history(store: Store, ref: ModelRef) -> RunHistory:
     history = RunHistory()
-    for obj in store.list(f"runs/{ref.name}/{ref.version}/"):
+    for obj in store.list(runs_prefix(ref)):
         if not obj.key.endswith("/report.json") or obj.key.count("/") != 4:
             continue
         try:

@@ -23,9 +23,10 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from quantgate.bench import BASELINES
 from quantgate.errors import ConfigError
 
-RESERVED_NAMES = {"pytorch-fp32", "onnx-fp32"}  # benchmark engine names of the baselines
+RESERVED_NAMES = set(BASELINES)  # benchmark engine names of the baselines
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._+-]{0,79}$"
 DEFAULT_BACKEND = "onnxruntime"
 

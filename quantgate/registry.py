@@ -158,8 +158,18 @@ def rejection_files_prefix(ref: ModelRef, run_id: str) -> str:
     return f"{rejected_prefix(ref)}{_safe_relpath(run_id)}/"
 
 
+def registered_model_prefix(model: str | None) -> str:
+    """Every registration (of one model, or of all)."""
+    return f"registered/{check_name(model)}/" if model else "registered/"
+
+
+def runs_prefix(ref: ModelRef) -> str:
+    """Every run report of one version."""
+    return f"runs/{ref.name}/{ref.version}/"
+
+
 def run_prefix(ref: ModelRef, run_id: str) -> str:
-    return f"runs/{ref.name}/{ref.version}/{_safe_relpath(run_id)}/"
+    return f"{runs_prefix(ref)}{_safe_relpath(run_id)}/"
 
 
 def parse_registration_key(key: str) -> ModelRef | None:

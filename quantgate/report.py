@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import math
 import platform
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-from quantgate.bench import BenchReport, cpu_info
+from quantgate.bench import BASELINES, CHAMPION_ENGINE, BenchReport, cpu_info
 from quantgate.evaluate import ParityReport
+from quantgate.export import ExportResult
 from quantgate.gates import GateReport
 from quantgate.plots import ParetoPoint, latency_plot, pareto_plot
-from quantgate.quantize import parse_recipe
+from quantgate.quantize import AnyRecipe
 from quantgate.registry import (
     Manifest,
     ModelRef,
+    Outcome,
     Registration,
     artifact_prefix,
     registration_key,
@@ -27,9 +30,7 @@ from quantgate.registry import (
 )
 from quantgate.search import CandidateResult, SearchResult
 from quantgate.stats import rows_needed
-from quantgate.tasktypes import BASELINES, CHAMPION_ENGINE, TASK_TYPES, Column, PlotAxis
-
-Outcome = Literal["promoted", "rejected"]
+from quantgate.tasktypes import TASK_TYPES, Column, PlotAxis
 
 _PACKAGES = (
     "quantgate",
@@ -54,6 +55,46 @@ def environment() -> dict[str, Any]:
     return {"python": platform.python_version(), "packages": versions, "cpu": cpu_info()}
 
 
+class ExportSummary(BaseModel):
+    """The FP32 export as the report records it (the local side-file paths left out)."""
+
+    onnx_path: Path
+    input_names: list[str]
+    output_names: list[str]
+    opset: int
+    pooling: str = ""
+    normalize: bool = False
+    max_abs_diff_vs_torch: dict[str, float]
+    parity_samples: int
+    size_bytes: int
+
+    @classmethod
+    def of(cls, result: ExportResult) -> ExportSummary:
+        return cls.model_validate(result.model_dump(exclude={"tokenizer_files"}))
+
+
+class HeldoutSummary(BaseModel):
+    rows: int
+    statistics: dict[str, Any] = Field(default_factory=dict, description="GX's validation statistics")
+    calibration_rows: int = 0
+    evaluation_rows: int | None = None
+    evaluation_rows_available: int | None = None
+    data_docs: str | None = None
+
+
+class ChampionSummary(BaseModel):
+    """'better / same / worse than vN' with the numbers behind it."""
+
+    version: str
+    verdict: str
+    task_metric: float
+    candidate_task_metric: float
+    drop: float
+    interval: tuple[float, float] | None = None
+    p50_ms: float | None = None
+    candidate_p50_ms: float | None = None
+
+
 class RunReport(BaseModel):
     model: str
     version: str
@@ -61,17 +102,17 @@ class RunReport(BaseModel):
     task: str
     outcome: Outcome
     created_at: str = Field(default_factory=utcnow)
-    recipe: dict[str, Any]
+    recipe: AnyRecipe
     quantized_ops: dict[str, int]
-    export: dict[str, Any]
-    heldout: dict[str, Any]
+    export: ExportSummary
+    heldout: HeldoutSummary
     metrics: dict[str, float]
-    thresholds: dict[str, Any]
+    thresholds: dict[str, float | None]
     gates: GateReport
     parity: ParityReport
     benchmark: BenchReport
     environment: dict[str, Any]
-    search: dict[str, Any] = Field(default_factory=dict, description="every candidate, fallback, budget")
+    search: SearchResult | None = Field(None, description="every candidate, fallback, budget")
     promoted_to: str | None = None
     reason: str | None = Field(
         None,
@@ -79,9 +120,16 @@ class RunReport(BaseModel):
         "(with rows_needed for the first)",
     )
     rows_needed: int | None = None
-    champion: dict[str, Any] | None = Field(
+    champion: ChampionSummary | None = Field(
         None, description="the serving version judged beside this one; None for a first version"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_reports(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("search") == {}:
+            data = {**data, "search": None}  # written before the search was typed
+        return data
 
     @property
     def passed(self) -> bool:
@@ -89,7 +137,7 @@ class RunReport(BaseModel):
 
     @property
     def recipe_artifact(self) -> str:
-        return parse_recipe(self.recipe).artifact_name
+        return self.recipe.artifact_name
 
 
 def _columns(task: str) -> tuple[Column, ...]:
@@ -120,9 +168,7 @@ def gate_rows(report: GateReport) -> list[dict[str, Any]]:
 
 def slice_rows(report: RunReport) -> list[dict[str, Any]]:
     """The lead candidate's task metric per slice: FP32, candidate, drop and its 95 % interval."""
-    lead = (
-        SearchResult.model_validate(report.search).get(report.recipe.get("name")) if report.search else None
-    )
+    lead = report.search.get(report.recipe.name) if report.search else None
     if lead is None or lead.evaluation is None:
         return []
     return [
@@ -240,15 +286,15 @@ def to_markdown(report: RunReport, links: dict[str, str] | None = None) -> str:
     verdict = "PROMOTED" if report.outcome == "promoted" else "REJECTED (not promoted)"
     s = report.benchmark.settings
     failed = ", ".join(r.gate.name for r in report.gates.failed) or "none"
-    search = SearchResult.model_validate(report.search) if report.search else None
+    search = report.search
     lead = "Recipe chosen" if report.outcome == "promoted" else "Closest candidate"
     parts = [
         f"# {report.model}@{report.version}: {verdict}",
-        f"{lead}: `{report.recipe.get('name')}` · task `{report.task}` · run `{report.run_id}` · "
+        f"{lead}: `{report.recipe.name}` · task `{report.task}` · run `{report.run_id}` · "
         f"failed gates: {failed}",
         f"Task metric: FP32 "
         f"{report.metrics['task_metric_fp32']:.4f} → candidate {report.metrics['task_metric_candidate']:.4f}",
-        f"## Gates ({report.recipe.get('name')})\n\n" + _md_table(gate_rows(report.gates)),
+        f"## Gates ({report.recipe.name})\n\n" + _md_table(gate_rows(report.gates)),
     ]
     parts.insert(2, champion_line(report))
     if report.reason:
@@ -261,7 +307,7 @@ def to_markdown(report: RunReport, links: dict[str, str] | None = None) -> str:
         )
     if search is not None:
         b, h = search.budget, report.heldout
-        calib, evaluation = h.get("calibration_rows", 0), h.get("evaluation_rows", h.get("rows"))
+        calib, evaluation = h.calibration_rows, h.evaluation_rows or h.rows
         parts.append(
             f"## Candidates ({len(search.candidates)} in {search.seconds:.0f} s; budget {b.max_candidates} "
             f"candidates, {b.max_trials} trials, {b.max_seconds:g} s; {calib} calibration rows kept apart "
@@ -292,15 +338,16 @@ def build_run_report(
     ref_version: str,
     run_id: str,
     task: str,
-    export: dict[str, Any],
-    heldout: dict[str, Any],
-    thresholds: dict[str, Any],
+    export: ExportSummary,
+    heldout: HeldoutSummary,
+    thresholds: dict[str, float | None],
     search: SearchResult,
 ) -> RunReport:
     """The decision is read off the search: promoted exactly when a candidate passed every gate. The
     report leads with that candidate, or with the closest one when none passed."""
     lead = search.get(search.lead)
-    if lead is None or lead.gates is None or lead.evaluation is None or lead.bench_round is None:
+    bench = search.timed(lead) if lead else None
+    if lead is None or lead.gates is None or lead.evaluation is None or bench is None:
         raise ValueError("the search judged no candidate: nothing to report on")
     promoted = search.chosen is not None and lead.passed
     reason, needed = (None, None) if promoted else rejection_reason(lead)
@@ -313,7 +360,7 @@ def build_run_report(
         run_id=run_id,
         task=task,
         outcome="promoted" if promoted else "rejected",
-        recipe=lead.recipe.model_dump(mode="json"),
+        recipe=lead.recipe,
         quantized_ops=lead.op_counts,
         export=export,
         heldout=heldout,
@@ -321,50 +368,50 @@ def build_run_report(
         thresholds=thresholds,
         gates=lead.gates,
         parity=lead.evaluation.parity,
-        benchmark=search.benchmarks[lead.bench_round - 1],
+        benchmark=bench,
         environment=environment(),
-        search=search.model_dump(mode="json"),
+        search=search,
     )
 
 
-def champion_summary(lead: CandidateResult, search: SearchResult) -> dict[str, Any] | None:
+def champion_summary(lead: CandidateResult, search: SearchResult) -> ChampionSummary | None:
     """'better / same / worse than vN' with the numbers: the candidate against the serving version on
     the same rows (paired interval of champion minus candidate) and in the same benchmark round."""
     ev = lead.evaluation
     if ev is None or ev.champion_version is None or ev.task_metric_champion is None:
         return None
-    lo, hi = ev.champion_drop_interval or (float("nan"), float("nan"))
+    interval = ev.champion_drop_interval
+    if interval is not None and not all(map(math.isfinite, interval)):
+        interval = None
+    lo, hi = interval or (0.0, 0.0)
     verdict = "worse than" if lo > 0 else "better than" if hi < 0 else "same as"
-    p50 = None
-    if lead.bench_round is not None:
-        bench = search.benchmarks[lead.bench_round - 1]
-        champ = next((r for r in bench.results if r.engine == CHAMPION_ENGINE + ev.champion_version), None)
-        p50 = champ.p50_ms if champ else None
-    return {
-        "version": ev.champion_version,
-        "verdict": f"{verdict} {ev.champion_version}",
-        "task_metric": round(ev.task_metric_champion, 4),
-        "candidate_task_metric": round(ev.task_metric_candidate, 4),
-        "drop": round(ev.task_metric_champion - ev.task_metric_candidate, 4),
-        "interval": [round(lo, 4), round(hi, 4)],
-        "p50_ms": p50,
-        "candidate_p50_ms": lead.latency.p50_ms if lead.latency else None,
-    }
+    bench = search.timed(lead)
+    champ = (
+        next((r for r in bench.results if r.engine == CHAMPION_ENGINE + ev.champion_version), None)
+        if bench
+        else None
+    )
+    return ChampionSummary(
+        version=ev.champion_version,
+        verdict=f"{verdict} {ev.champion_version}",
+        task_metric=round(ev.task_metric_champion, 4),
+        candidate_task_metric=round(ev.task_metric_candidate, 4),
+        drop=round(ev.degradation(ev.task_metric_champion, ev.task_metric_candidate), 4),
+        interval=None if interval is None else (round(lo, 4), round(hi, 4)),
+        p50_ms=champ.p50_ms if champ else None,
+        candidate_p50_ms=lead.latency.p50_ms if lead.latency else None,
+    )
 
 
 def champion_line(report: RunReport) -> str:
     c = report.champion
     if c is None:
         return "Champion: none (no promoted version serves yet, or it could not be scored: see the warnings)"
-    speed = (
-        f"; p50 {c['candidate_p50_ms']:.2f} vs {c['p50_ms']:.2f} ms"
-        if c.get("p50_ms") and c.get("candidate_p50_ms")
-        else ""
-    )
-    lo, hi = c["interval"]
+    speed = f"; p50 {c.candidate_p50_ms:.2f} vs {c.p50_ms:.2f} ms" if c.p50_ms and c.candidate_p50_ms else ""
+    interval = f" [{c.interval[0]:+.4f}, {c.interval[1]:+.4f}]" if c.interval else ""
     return (
-        f"Champion: {c['verdict']} (task metric {c['candidate_task_metric']:.4f} vs {c['task_metric']:.4f}, "
-        f"champion minus candidate {c['drop']:+.4f} [{lo:+.4f}, {hi:+.4f}]{speed})"
+        f"Champion: {c.verdict} (task metric {c.candidate_task_metric:.4f} vs {c.task_metric:.4f}, "
+        f"champion minus candidate {c.drop:+.4f}{interval}{speed})"
     )
 
 
@@ -391,7 +438,7 @@ def manifest_for(report: RunReport, registration: Registration) -> Manifest:
         version=report.version,
         run_id=report.run_id,
         task=report.task,
-        recipe=report.recipe,
+        recipe=report.recipe.model_dump(mode="json"),
         files=[],
         source={
             "registration": registration_key(registration.ref),
@@ -420,7 +467,7 @@ def decision_links(report: RunReport, bucket: str) -> dict[str, str]:
     ref = ModelRef(name=report.model, version=report.version)
     promoted = report.outcome == "promoted"
     where = f"s3://{bucket}/" + (artifact_prefix(ref, report.run_id) if promoted else rejected_prefix(ref))
-    links = {"data-docs": report.heldout.get("data_docs")}
+    links = {"data-docs": report.heldout.data_docs}
     if promoted:
         links["promoted-model"] = where + report.recipe_artifact
     links |= {"latency-plot": where + "latency.png", "pareto-plot": where + "pareto.png"}
@@ -432,7 +479,7 @@ def decision_plots(report: RunReport, out_dir: Path) -> dict[str, Path]:
     title = f"{report.model}@{report.version}"
     plots = {"latency.png": latency_plot(report.benchmark, title, out_dir / "latency.png")}
     if report.search:
-        search = SearchResult.model_validate(report.search)
+        search = report.search
         axes = [
             PlotAxis(
                 metric="task_metric_drop",
@@ -453,7 +500,7 @@ def decision_plots(report: RunReport, out_dir: Path) -> dict[str, Path]:
             for c in search.candidates
             if c.latency is not None and "task_metric_drop" in c.metrics
         ]
-        first = search.benchmarks[0]
+        first = search.benchmarks["candidates"]
         baselines = {r.engine: r.p50_ms for r in first.results if r.engine in BASELINES}
         panels = [(a.metric, a.label, report.thresholds.get(a.limit) if a.limit else None) for a in axes]
         plots["pareto.png"] = pareto_plot(points, baselines, panels, title, out_dir / "pareto.png")
@@ -468,8 +515,7 @@ def promotion_files(
     tokenizer/, the parity report and the plots."""
     from quantgate.backends import get_quantizer, get_runtime
 
-    recipe = parse_recipe(report.recipe)
-    runtime = get_runtime(get_quantizer(recipe.backend).runtime)
+    runtime = get_runtime(get_quantizer(report.recipe.backend).runtime)
     files = {p.relative_to(model_path.parent).as_posix(): p for p in runtime.files(model_path)}
     files |= {f"tokenizer/{p.name}": p for p in tokenizer_files}
     files["parity_report.json"] = write_json(out_dir / "parity_report.json", report.parity.model_dump())

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from quantgate.bench import BenchReport, EngineResult
 from quantgate.gates import GateReport, GateThresholds, evaluate_gates, gates_for
@@ -50,6 +50,16 @@ class SearchBudget(BaseModel):
 
 
 Status = Literal["evaluated", "failed", "skipped"]
+# The interleaved benchmark rounds of a search: every candidate once, then the fallback's base and trials.
+Round = Literal["candidates", "fallback"]
+ROUNDS: tuple[Round, ...] = ("candidates", "fallback")
+
+
+def _round_name(value: Any) -> Any:
+    """Reports written before the rounds had names numbered them 1 and 2 (0: not timed)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return ROUNDS[value - 1] if 1 <= value <= len(ROUNDS) else None
+    return value
 
 
 class CandidateResult(BaseModel):
@@ -61,10 +71,17 @@ class CandidateResult(BaseModel):
     fused_ops: dict[str, int] | None = None
     quantize_s: float | None = None
     evaluation: Evaluation | None = None
-    bench_round: int | None = Field(None, description="which interleaved benchmark timed it")
+    bench_round: Round | None = Field(None, description="which interleaved benchmark round timed it")
     latency: EngineResult | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     gates: GateReport | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_round(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "bench_round" in data:
+            data = {**data, "bench_round": _round_name(data["bench_round"])}
+        return data
 
     @property
     def name(self) -> str:
@@ -79,7 +96,11 @@ class CandidateResult(BaseModel):
         return self.gates is not None and self.gates.passed_kind("accuracy")
 
     def judged(
-        self, task: TaskType, thresholds: GateThresholds, bench: BenchReport | None, bench_round: int
+        self,
+        task: TaskType,
+        thresholds: GateThresholds,
+        bench: BenchReport | None = None,
+        bench_round: Round | None = None,
     ) -> CandidateResult:
         """Gate it by its task type's gates on its accuracy metrics plus, once benchmarked, its speed
         against the baselines of the same benchmark round."""
@@ -185,7 +206,7 @@ def node_costs(
 
 class SearchResult(BaseModel):
     candidates: list[CandidateResult]
-    benchmarks: list[BenchReport]
+    benchmarks: dict[Round, BenchReport] = Field(description="each interleaved benchmark round, by name")
     chosen: str | None
     lead: str | None = Field(description="the chosen candidate, or the closest one when none passed")
     fallback: Fallback | None = None
@@ -193,5 +214,16 @@ class SearchResult(BaseModel):
     budget: SearchBudget
     seconds: float
 
+    @model_validator(mode="before")
+    @classmethod
+    def _named_rounds(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("benchmarks"), list):
+            data = {**data, "benchmarks": dict(zip(ROUNDS, data["benchmarks"], strict=False))}
+        return data
+
     def get(self, name: str | None) -> CandidateResult | None:
         return next((c for c in self.candidates if c.name == name), None)
+
+    def timed(self, c: CandidateResult) -> BenchReport | None:
+        """The benchmark round that timed a candidate."""
+        return self.benchmarks.get(c.bench_round) if c.bench_round else None

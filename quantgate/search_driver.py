@@ -22,7 +22,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from quantgate.backends import Servable, get_quantizer
-from quantgate.bench import BenchReport, BenchSettings
+from quantgate.bench import CHAMPION_ENGINE, BenchReport, BenchSettings
 from quantgate.errors import SearchError
 from quantgate.gates import GateThresholds
 from quantgate.quantize import Recipe, build_candidate
@@ -30,6 +30,7 @@ from quantgate.search import (
     CandidateResult,
     Fallback,
     FallbackTrial,
+    Round,
     SearchBudget,
     SearchResult,
     choose,
@@ -38,9 +39,7 @@ from quantgate.search import (
     node_costs,
 )
 from quantgate.sensitivity import NodeSensitivity, next_exclusion
-from quantgate.tasktypes import CHAMPION_ENGINE, Reference, TaskType
-
-ROUND_CANDIDATES, ROUND_FALLBACK = 1, 2  # the benchmark rounds, by name
+from quantgate.tasktypes import Reference, TaskType
 
 
 class ScoreJob(BaseModel):
@@ -93,7 +92,7 @@ def score_candidate(recipe: Recipe, job: ScoreJob, threads: int) -> CandidateRes
         quantize_s=round(q.seconds, 2),
         evaluation=ev,
     )
-    return result.judged(task, job.thresholds, None, 0)
+    return result.judged(task, job.thresholds)
 
 
 def servable_of(c: CandidateResult, job_out: Path) -> Servable:
@@ -224,8 +223,8 @@ def run_search(
         raise SearchError(
             f"no candidate could be built and scored ({notes}): check the recipes and the budget"
         )
-    benches = [time_them(evaluated)]
-    results = [c.judged(task, thresholds, benches[0], ROUND_CANDIDATES) for c in results]
+    benches: dict[Round, BenchReport] = {"candidates": time_them(evaluated)}
+    results = [c.judged(task, thresholds, benches["candidates"], "candidates") for c in results]
 
     # -- sensitive-node fallback: keep the worst nodes in FP32 until the accuracy gates pass --------------
     base = fallback_base(results) if budget.max_trials else None
@@ -238,7 +237,8 @@ def run_search(
             task, base, thresholds, source, job, budget, steps, cores, time_them
         )
         results += trials
-        benches += again
+        if again is not None:
+            benches["fallback"] = again
 
     chosen = choose(results)
     lead = chosen or closest(results)
@@ -264,7 +264,7 @@ def _fallback(
     steps: SearchSteps,
     cores: int,
     time_them: Callable[[list[CandidateResult]], BenchReport],
-) -> tuple[Fallback, list[CandidateResult], list[BenchReport]]:
+) -> tuple[Fallback, list[CandidateResult], BenchReport | None]:
     """Rank the base's nodes by SQNR, then keep the 1, 2, 3, 4, 6, ... worst in FP32 until a trial passes
     the accuracy gates (or the trial or time budget runs out), bisect back towards the fewest with the
     trials left, and time base and trials in one more round."""
@@ -290,15 +290,15 @@ def _fallback(
         fallback.stopped = "trial budget spent" if ranking else "no quantized weight MatMul to keep in FP32"
     timed = [t for t in trials if t.status == "evaluated"]
     if not timed:
-        return fallback, trials, []
+        return fallback, trials, None
     # Base and trials in one more interleaved benchmark (with the baselines again), so each node's latency
     # cost is a difference measured in the same round.
     bench = time_them([base, *timed])
-    trials = [t.judged(task, thresholds, bench, ROUND_FALLBACK) for t in trials]
+    trials = [t.judged(task, thresholds, bench, "fallback") for t in trials]
     winner = choose(trials)  # the trial that competes for promotion (fastest passing)
     if winner is not None:
-        fallback.kept_fp32 = node_costs(base.judged(task, thresholds, bench, ROUND_FALLBACK), winner, ranking)
-    return fallback, trials, [bench]
+        fallback.kept_fp32 = node_costs(base.judged(task, thresholds, bench, "fallback"), winner, ranking)
+    return fallback, trials, bench
 
 
 def candidate_path(result: SearchResult, name: str, work: Path) -> Path:

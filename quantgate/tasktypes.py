@@ -19,7 +19,15 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from quantgate.backends import Servable, get_runtime
-from quantgate.bench import BenchReport, BenchSettings, run_benchmark, torch_engine
+from quantgate.bench import (
+    CHAMPION_ENGINE,
+    ONNX_FP32,
+    TORCH_FP32,
+    BenchReport,
+    BenchSettings,
+    run_benchmark,
+    torch_engine,
+)
 from quantgate.errors import ConfigError, HeldoutValidationError
 from quantgate.evaluate import ParityReport, embed_texts, embedding_agreement, parity_report, spearman
 from quantgate.export import ExportResult, build_embedding_module, export_sentence_embedding, tokenize
@@ -119,14 +127,6 @@ class Evaluation(BaseModel):
             if interval is not None:
                 out[f"{name}_lo"], out[f"{name}_hi"] = interval
         return out
-
-
-# Benchmark engine names, spelled once: the FP32 export every candidate is timed against, the framework
-# model when the task type times it too, and the serving version (+ its version; '@' is never in a recipe).
-ONNX_FP32 = "onnx-fp32"
-TORCH_FP32 = "pytorch-fp32"
-BASELINES = (TORCH_FP32, ONNX_FP32)
-CHAMPION_ENGINE = "champion@"
 
 
 def speed_metrics(bench: BenchReport, engine: str) -> dict[str, float]:

@@ -13,7 +13,16 @@ from quantgate.export import ExportResult
 from quantgate.gates import GateThresholds, limits_for
 from quantgate.heldout import HeldoutSplit, ValidationOutcome
 from quantgate.registry import ModelRef
-from quantgate.report import RunReport, bench_rows, build_run_report, candidate_rows, gate_rows, to_markdown
+from quantgate.report import (
+    ExportSummary,
+    HeldoutSummary,
+    RunReport,
+    bench_rows,
+    build_run_report,
+    candidate_rows,
+    gate_rows,
+    to_markdown,
+)
 from quantgate.search import SearchResult
 from quantgate.tasktypes import get_task_type
 
@@ -35,13 +44,10 @@ def decide(
         ref_version=ref.version,
         run_id=run_id,
         task=task_name,
-        export=exported.model_dump(mode="json", exclude={"tokenizer_files"}),
-        heldout={
-            "rows": heldout.rows,
-            "statistics": heldout.statistics,
-            **split.summary(),
-            "data_docs": data_docs,
-        },
+        export=ExportSummary.of(exported),
+        heldout=HeldoutSummary(
+            rows=heldout.rows, statistics=heldout.statistics, **split.summary(), data_docs=data_docs
+        ),
         thresholds=thresholds.resolved(limits_for(get_task_type(task_name))),
         search=search,
     )
@@ -80,7 +86,7 @@ def publish(ref: ModelRef, report: RunReport, links: dict[str, str]) -> dict[str
         out["candidates"] = str(
             create_table_artifact(
                 key=_artifact_key(ref, "candidates"),
-                table=candidate_rows(SearchResult.model_validate(report.search), report.task),
+                table=candidate_rows(report.search, report.task),
                 description="every candidate recipe: size, latency, metrics, pass/fail and why",
             )
         )

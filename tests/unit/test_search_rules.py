@@ -60,7 +60,7 @@ def _candidate(name: str, cosine: float, nodes: list[str] | None = None) -> Cand
 def _judged(specs: dict[str, tuple[float, float]]) -> list[CandidateResult]:
     """name -> (mean cosine, p50 ms), all timed in one benchmark."""
     bench = _bench({n: ms for n, (_, ms) in specs.items()})
-    return [_candidate(n, cos).judged(STS, GATES, bench, 1) for n, (cos, _) in specs.items()]
+    return [_candidate(n, cos).judged(STS, GATES, bench, "candidates") for n, (cos, _) in specs.items()]
 
 
 def test_the_fastest_candidate_that_passes_every_gate_wins():
@@ -111,7 +111,7 @@ def test_fallback_prefers_the_nearly_passing_base_among_equally_fast_ones():
         }
     )
     results = [
-        c.judged(STS, GATES, bench, 1)
+        c.judged(STS, GATES, bench, "candidates")
         for c in (per_tensor, _candidate("per-channel", 0.975), _candidate("slow-but-close", 0.979))
     ]
     assert [len(c.gates.failed) for c in results] == [4, 1, 1]
@@ -119,7 +119,7 @@ def test_fallback_prefers_the_nearly_passing_base_among_equally_fast_ones():
 
 
 def test_unmeasured_speed_fails_the_speed_gate():
-    c = _candidate("x", 0.999).judged(STS, GATES, None, 0)
+    c = _candidate("x", 0.999).judged(STS, GATES)
     assert c.accuracy_passed
     assert not c.passed
 
@@ -130,8 +130,8 @@ def test_node_costs_share_the_measured_increase_by_macs():
         NodeSensitivity(node="small", sqnr_db=25, macs_per_token=1000),
     ]
     bench = _bench({"base": 6.0, "base+fp32x2": 8.0})
-    base = _candidate("base", 0.95).judged(STS, GATES, bench, 2)
-    trial = _candidate("base+fp32x2", 0.99, ["big", "small"]).judged(STS, GATES, bench, 2)
+    base = _candidate("base", 0.95).judged(STS, GATES, bench, "fallback")
+    trial = _candidate("base+fp32x2", 0.99, ["big", "small"]).judged(STS, GATES, bench, "fallback")
     costs = {c["node"]: c["latency_cost_ms"] for c in node_costs(base, trial, ranking)}
     assert costs == {"big": 1.5, "small": 0.5}
 
