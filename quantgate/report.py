@@ -513,11 +513,11 @@ def promotion_files(
     """What goes under promoted/<m>/<v>/<run>/ besides report.json and manifest.json: every file of the
     artifact as its runtime lists them (model, external data, session settings), the side files under
     tokenizer/, the parity report and the plots."""
-    from quantgate.backends import get_quantizer, get_runtime
+    from quantgate.artifact import Artifact
+    from quantgate.backends import Servable, get_quantizer
 
-    runtime = get_runtime(get_quantizer(report.recipe.backend).runtime)
-    files = {p.relative_to(model_path.parent).as_posix(): p for p in runtime.files(model_path)}
-    files |= {f"tokenizer/{p.name}": p for p in tokenizer_files}
+    servable = Servable(model_path, get_quantizer(report.recipe.backend).runtime)
+    files = Artifact.collect(servable, tokenizer_files).local_files()
     files["parity_report.json"] = write_json(out_dir / "parity_report.json", report.parity.model_dump())
     files |= decision_plots(report, out_dir)
     return files
