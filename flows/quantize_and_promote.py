@@ -19,16 +19,17 @@ from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.search import search_recipes
+from quantgate.backends import AnyRecipe
 from quantgate.bench import BenchSettings
-from quantgate.gates import GateThresholds
 from quantgate.heldout import split_heldout
-from quantgate.quantize import AnyRecipe, resolve_recipes
+from quantgate.quantize import resolve_recipes
 from quantgate.registry import ModelRef, promoted_prefix, registry_summary
 from quantgate.report import decision_links, manifest_for, promotion_files
 from quantgate.search import SearchBudget
 from quantgate.search_driver import candidate_path
 from quantgate.settings import Settings
 from quantgate.tasktypes import get_task_type
+from quantgate.thresholds import GateThresholds
 from quantgate.workspace import workspace
 from tasks import announce, candidate, gate, storage, validate
 

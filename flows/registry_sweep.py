@@ -9,11 +9,11 @@ from typing import Any
 from prefect import flow
 
 from flows.quantize_and_promote import quantize_and_promote
+from quantgate.backends import AnyRecipe
 from quantgate.bench import BenchSettings
-from quantgate.gates import GateThresholds
-from quantgate.quantize import AnyRecipe
 from quantgate.search import SearchBudget
 from quantgate.settings import Settings
+from quantgate.thresholds import GateThresholds
 from tasks import storage
 
 

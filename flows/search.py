@@ -9,13 +9,13 @@ from pathlib import Path
 from quantgate.backends import Servable
 from quantgate.bench import BenchSettings
 from quantgate.export import ExportResult
-from quantgate.gates import GateThresholds
 from quantgate.heldout import HeldoutSplit
 from quantgate.lifecycle import Champion
 from quantgate.quantize import Recipe
 from quantgate.search import CandidateResult, SearchBudget, SearchResult
 from quantgate.search_driver import ScoreJob, SearchSteps, run_search
 from quantgate.tasktypes import TaskType
+from quantgate.thresholds import GateThresholds
 from tasks import candidate
 
 

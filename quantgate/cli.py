@@ -125,7 +125,7 @@ def _announce_registration(registration: Any) -> None:
 
 
 def _thresholds(overrides: dict[str, float | None]) -> Any:
-    from quantgate.gates import GateThresholds
+    from quantgate.thresholds import GateThresholds
 
     try:
         return GateThresholds(**{k: v for k, v in overrides.items() if v is not None})
@@ -138,7 +138,7 @@ def _with_limit_flags(command: Callable[..., None]) -> Callable[..., None]:
     """One `--<limit>` flag per gate limit the core and the registered task types declare (gates.py,
     tasktypes.py): a task type's new limit is a new flag without an edit here. The values reach the
     command as `limits`."""
-    from quantgate.gates import flag_limits
+    from quantgate.thresholds import flag_limits
 
     limits = flag_limits()
     signature = inspect.signature(command)

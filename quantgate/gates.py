@@ -7,7 +7,8 @@ limit)` is one check; `evaluate_gates(metrics, gates)` returns a `GateReport`. P
 This module names no task's metric. Every task type reports the same core metrics (`task_metric_fp32`,
 `task_metric_candidate`, `task_metric_drop` as the degradation, parity over its outputs, speed against the
 FP32 baselines), and `core_gates` / `expectation_gates` / `champion_gates` are built on those; a task type
-adds its own gates and limits (quantgate/tasktypes.py) and `gates_for(task, thresholds)` joins them.
+adds its own gates and limits (quantgate/tasktypes.py), and quantgate/thresholds.py holds the values a
+person set and joins them (`gates_for(task, thresholds)`).
 
 A gate may judge a bound instead of the value (`judge="upper"` / `"lower"`): then `<metric>_lo` and
 `<metric>_hi` hold the 95 % interval (quantgate/stats.py) and the unfavourable end must be inside the
@@ -17,10 +18,9 @@ limit. Evidence gates (`kind="evidence"`) say whether the held-out set can suppo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Op = Literal[">=", "<="]
 
@@ -163,89 +163,24 @@ CORE_LIMITS: tuple[Limit, ...] = (
     Limit(name="expect_tolerance", default=None, gt=0, help="how far FP32 may be from the expected metric"),
 )
 
-# Limits that only the CLI or the registration sets, never a generated flag of their own.
-_NOT_FLAGS = {"expect_metric", "expect_tolerance"}
+
+class Thresholds(Protocol):
+    """The limit values gates are built from (quantgate/thresholds.py's GateThresholds)."""
+
+    def value(self, name: str) -> float | None: ...
 
 
-class LimitSource(Protocol):
-    """What declares limits and gates: a task type (quantgate/tasktypes.py)."""
-
-    name: str
-    limits: tuple[Limit, ...]
-
-    def gates(self, thresholds: GateThresholds) -> list[Gate]: ...
-
-
-_SOURCES: dict[str, LimitSource] = {}
-
-
-def register_limits(source: LimitSource) -> None:
-    """Called when a task type is registered: its limits become valid threshold names and CLI flags. A
-    name two task types share must mean the same limit."""
-    known = {limit.name: limit for limit in all_limits(load=False)}
-    for limit in source.limits:
-        other = known.get(limit.name)
-        if other is not None and other != limit:
-            raise ValueError(f"task type {source.name!r} redefines limit {limit.name!r} differently")
-    _SOURCES[source.name] = source
-
-
-def all_limits(load: bool = True) -> list[Limit]:
-    """Every limit: the core ones, then each registered task type's, once each."""
-    if load:
-        import quantgate.tasktypes  # noqa: F401 - registers the built-in task types' limits
-
-    seen: dict[str, Limit] = {limit.name: limit for limit in CORE_LIMITS}
-    for source in _SOURCES.values():
-        for limit in source.limits:
-            seen.setdefault(limit.name, limit)
-    return list(seen.values())
-
-
-def flag_limits() -> list[Limit]:
-    """The limits the CLI offers as `--<name>` flags."""
-    return [limit for limit in all_limits() if limit.name not in _NOT_FLAGS]
-
-
-class GateThresholds(BaseModel):
-    """The limits a person set (flow parameter, CLI flags); every other limit keeps its declared default.
-    Names are checked against the limits of the core and the registered task types, values against
-    their bounds, so a typo or a NaN is an error before anything runs."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        known = {limit.name: limit for limit in all_limits()}
-        unknown = sorted(k for k in data if k not in known)
-        if unknown:
-            raise ValueError(f"unknown thresholds {unknown}: choose from {sorted(known)}")
-        return {k: known[k].check(v) for k, v in data.items()}
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)  # type: ignore[misc]
-        except AttributeError:
-            limit = next((lim for lim in all_limits() if lim.name == name), None)
-            if limit is None:
-                raise
-            return limit.default
-
-    def value(self, name: str) -> float | None:
-        return getattr(self, name)
-
-    def resolved(self, limits: Iterable[Limit]) -> dict[str, float | None]:
-        """Every limit's effective value: what the report and the manifest record."""
-        return {limit.name: self.value(limit.name) for limit in limits}
+def limit_value(t: Thresholds, name: str) -> float:
+    value = t.value(name)
+    if value is None:
+        raise ValueError(f"limit {name} has no value")
+    return value
 
 
 # --- the gates on the core metrics ------------------------------------------------------------------------
 
 
-def core_gates(t: GateThresholds) -> list[Gate]:
+def core_gates(t: Thresholds) -> list[Gate]:
     """What every candidate of every task type passes: the held-out set can judge the drop, the drop is
     within its limit (upper 95 % bound), no large slice is worse, outputs agree, and it is faster."""
     return [
@@ -253,7 +188,7 @@ def core_gates(t: GateThresholds) -> list[Gate]:
             name="held-out size",
             metric="task_metric_fp32_half_width",
             op="<=",
-            limit=t.max_baseline_half_width,
+            limit=limit_value(t, "max_baseline_half_width"),
             kind="evidence",
             description="half-width of the FP32 task metric's 95 % interval",
         ),
@@ -261,7 +196,7 @@ def core_gates(t: GateThresholds) -> list[Gate]:
             name="drop interval width",
             metric="task_metric_drop_half_width",
             op="<=",
-            limit=t.max_task_metric_drop,
+            limit=limit_value(t, "max_task_metric_drop"),
             kind="evidence",
             description="half-width of the paired bootstrap interval of the drop: wider than the limit, "
             "the held-out set cannot show the drop is within it",
@@ -270,7 +205,7 @@ def core_gates(t: GateThresholds) -> list[Gate]:
             name="task metric drop",
             metric="task_metric_drop",
             op="<=",
-            limit=t.max_task_metric_drop,
+            limit=limit_value(t, "max_task_metric_drop"),
             judge="upper",
             description="FP32 ONNX minus INT8 on the held-out task metric (upper 95 % bound)",
         ),
@@ -278,39 +213,40 @@ def core_gates(t: GateThresholds) -> list[Gate]:
             name="max slice drop",
             metric="max_slice_drop",
             op="<=",
-            limit=t.max_slice_drop,
+            limit=limit_value(t, "max_slice_drop"),
             description="worst task-metric drop on one slice (a slice column's value, a length bucket) "
             "of >= 50 rows",
         ),
     ]
 
 
-def parity_and_speed_gates(t: GateThresholds) -> list[Gate]:
+def parity_and_speed_gates(t: Thresholds) -> list[Gate]:
     return [
-        Gate(name="parity max abs diff", metric="max_abs_diff", op="<=", limit=t.abs_tol),
-        Gate(name="parity mean abs diff", metric="mean_abs_diff", op="<=", limit=t.mean_tol),
+        Gate(name="parity max abs diff", metric="max_abs_diff", op="<=", limit=limit_value(t, "abs_tol")),
+        Gate(name="parity mean abs diff", metric="mean_abs_diff", op="<=", limit=limit_value(t, "mean_tol")),
         Gate(
             name="p95 speed-up vs ORT FP32",
             metric="p95_speedup_vs_onnx_fp32",
             op=">=",
-            limit=t.min_p95_speedup,
+            limit=limit_value(t, "min_p95_speedup"),
             kind="speed",
         ),
     ]
 
 
-def expectation_gates(t: GateThresholds) -> list[Gate]:
+def expectation_gates(t: Thresholds) -> list[Gate]:
     """The registering team's own measurement: an FP32 model far from it is not the model they trained,
     or not on this data (a wrong file, shuffled labels)."""
-    if t.expect_metric is None or t.expect_tolerance is None:
+    value, tolerance = t.value("expect_metric"), t.value("expect_tolerance")
+    if value is None or tolerance is None:
         return []
-    expected = f"registered expectation {t.expect_metric:g}±{t.expect_tolerance:g}"
+    expected = f"registered expectation {value:g}±{tolerance:g}"
     return [
         Gate(
             name="FP32 as registered (low)",
             metric="task_metric_fp32",
             op=">=",
-            limit=t.expect_metric - t.expect_tolerance,
+            limit=value - tolerance,
             kind="evidence",
             description=expected,
         ),
@@ -318,20 +254,20 @@ def expectation_gates(t: GateThresholds) -> list[Gate]:
             name="FP32 as registered (high)",
             metric="task_metric_fp32",
             op="<=",
-            limit=t.expect_metric + t.expect_tolerance,
+            limit=value + tolerance,
             kind="evidence",
             description=expected,
         ),
     ]
 
 
-def champion_gates(t: GateThresholds) -> list[Gate]:
+def champion_gates(t: Thresholds) -> list[Gate]:
     return [
         Gate(
             name="vs champion",
             metric="champion_drop",
             op="<=",
-            limit=t.max_champion_drop,
+            limit=limit_value(t, "max_champion_drop"),
             judge="upper",
             description="champion minus candidate task metric on the same rows (upper 95 % bound)",
         ),
@@ -339,22 +275,11 @@ def champion_gates(t: GateThresholds) -> list[Gate]:
             name="p50 vs champion",
             metric="p50_ratio_vs_champion",
             op="<=",
-            limit=1 + t.max_champion_slowdown,
+            limit=1 + limit_value(t, "max_champion_slowdown"),
             kind="speed",
             description="candidate p50 / champion p50 in the same interleaved benchmark",
         ),
     ]
-
-
-def limits_for(task: LimitSource) -> list[Limit]:
-    """The limits a task type's run is judged by: the core ones and its own."""
-    return [*CORE_LIMITS, *task.limits]
-
-
-def gates_for(task: LimitSource, t: GateThresholds, champion: bool = False) -> list[Gate]:
-    """Every gate a candidate of this task type is judged by; with `champion`, also the two that compare
-    a new version with the serving one."""
-    return task.gates(t) + expectation_gates(t) + (champion_gates(t) if champion else [])
 
 
 def evaluate_gates(metrics: dict[str, float], gates: list[Gate]) -> GateReport:

@@ -803,8 +803,7 @@ def pull_champion(store: Store, model: str, task: str, dest: Path) -> Champion |
     manifest, _ = pull_promotion(store, model, pointer.version, dest)
     if manifest.task != task:
         return None
-    from quantgate.backends import get_quantizer
-    from quantgate.quantize import parse_recipe
+    from quantgate.backends import get_quantizer, parse_recipe
 
     try:
         recipe = parse_recipe(manifest.recipe)

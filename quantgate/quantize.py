@@ -10,96 +10,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    SerializeAsAny,
-    ValidationError,
-    WithJsonSchema,
-)
+from pydantic import ValidationError
 
+from quantgate.backends import get_quantizer, parse_recipe, quantizers
 from quantgate.bench import BASELINES
 from quantgate.errors import ConfigError
+from quantgate.recipe import QuantizeResult, Recipe
 
 RESERVED_NAMES = set(BASELINES)  # benchmark engine names of the baselines
-NAME_PATTERN = r"^[a-z0-9][a-z0-9._+-]{0,79}$"
-DEFAULT_BACKEND = "onnxruntime"
-
-
-class Recipe(BaseModel):
-    """What every recipe has; a backend's recipe class adds its own fields (extra ones are refused)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = Field(pattern=NAME_PATTERN)
-    backend: str = DEFAULT_BACKEND
-    nodes_to_exclude: list[str] = Field(default_factory=list, description="nodes kept in FP32")
-
-    @property
-    def precision(self) -> str:
-        return "int8"
-
-    @property
-    def artifact_name(self) -> str:
-        return f"model.{self.precision}.onnx"
-
-    @property
-    def kind(self) -> str:
-        """A short word for tables ('dynamic', 'static'...)."""
-        return self.backend
-
-    @property
-    def can_fall_back(self) -> bool:
-        """Whether keeping nodes in FP32 is a way this recipe could pass (not for FP16, not for copies)."""
-        return False
-
-    def keeping_fp32(self, nodes: list[str], name: str) -> Recipe:
-        return self.model_copy(update={"name": name, "nodes_to_exclude": [*self.nodes_to_exclude, *nodes]})
-
-
-def parse_recipe(data: Any) -> Any:
-    """A dict becomes the recipe class of the backend it names (default: ONNX Runtime)."""
-    if isinstance(data, dict):
-        from quantgate.backends import get_quantizer
-
-        return get_quantizer(str(data.get("backend", DEFAULT_BACKEND))).recipe_type.model_validate(data)
-    return data
-
-
-# A field holding any backend's recipe: validated by its backend's class, serialised with all its fields.
-AnyRecipe = Annotated[
-    Recipe,
-    BeforeValidator(parse_recipe),
-    SerializeAsAny(),
-    WithJsonSchema({"type": "object", "description": "a recipe: name, backend and the backend's fields"}),
-]
-
-
-class QuantizeResult(BaseModel):
-    path: Path
-    recipe: AnyRecipe
-    size_bytes: int
-    op_counts: dict[str, int]
-    quantized_matmuls: int
-    float_matmuls: int
-    fused_ops: dict[str, int] | None = None
-    seconds: float = 0.0
 
 
 def catalogue() -> dict[str, Recipe]:
-    from quantgate.backends import quantizers
-
     return {r.name: r for q in quantizers() for r in q.catalogue()}
 
 
 def default_search() -> list[str]:
-    from quantgate.backends import quantizers
-
     return [name for q in quantizers() for name in q.default_search()]
 
 
@@ -151,8 +79,6 @@ def build_candidate(
     calibration: list[dict[str, np.ndarray]] | None = None,
 ) -> QuantizeResult:
     """Build one candidate with its backend's quantizer; `prepared` holds each backend's shared work."""
-    from quantgate.backends import get_quantizer
-
     quantizer = get_quantizer(recipe.backend)
     return quantizer.build(
         recipe, fp32, out_dir, prepared=(prepared or {}).get(recipe.backend), calibration=calibration

@@ -12,12 +12,12 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
+from quantgate.backends import AnyRecipe
 from quantgate.bench import BASELINES, CHAMPION_ENGINE, BenchReport, cpu_info
 from quantgate.evaluate import ParityReport
 from quantgate.export import ExportResult
 from quantgate.gates import GateReport
 from quantgate.plots import ParetoPoint, latency_plot, pareto_plot
-from quantgate.quantize import AnyRecipe
 from quantgate.registry import (
     Manifest,
     ModelRef,

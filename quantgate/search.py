@@ -18,11 +18,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from quantgate.backends import AnyRecipe
 from quantgate.bench import BenchReport, EngineResult
-from quantgate.gates import GateReport, GateThresholds, evaluate_gates, gates_for
-from quantgate.quantize import AnyRecipe
+from quantgate.gates import GateReport, evaluate_gates
 from quantgate.sensitivity import NodeSensitivity
 from quantgate.tasktypes import Evaluation, TaskType, speed_metrics
+from quantgate.thresholds import GateThresholds, gates_for
 
 
 class SearchBudget(BaseModel):

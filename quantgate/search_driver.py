@@ -24,7 +24,6 @@ from pydantic import BaseModel, ConfigDict
 from quantgate.backends import Servable, get_quantizer
 from quantgate.bench import CHAMPION_ENGINE, BenchReport, BenchSettings
 from quantgate.errors import SearchError
-from quantgate.gates import GateThresholds
 from quantgate.quantize import Recipe, build_candidate
 from quantgate.search import (
     CandidateResult,
@@ -40,6 +39,7 @@ from quantgate.search import (
 )
 from quantgate.sensitivity import NodeSensitivity, next_exclusion
 from quantgate.tasktypes import Reference, TaskType
+from quantgate.thresholds import GateThresholds
 
 
 class ScoreJob(BaseModel):

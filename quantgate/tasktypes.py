@@ -31,7 +31,7 @@ from quantgate.bench import (
 from quantgate.errors import ConfigError, HeldoutValidationError
 from quantgate.evaluate import ParityReport, embed_texts, embedding_agreement, parity_report, spearman
 from quantgate.export import ExportResult, build_embedding_module, export_sentence_embedding, tokenize
-from quantgate.gates import Gate, GateThresholds, Limit, core_gates, parity_and_speed_gates, register_limits
+from quantgate.gates import Gate, Limit, Thresholds, core_gates, limit_value, parity_and_speed_gates
 from quantgate.heldout import HeldoutSchema, load_sts_tsv
 from quantgate.stats import bootstrap_indices, percentile_interval, spearman_resampled, wilson_interval
 
@@ -180,7 +180,7 @@ class TaskType(Protocol):
     columns: tuple[Column, ...]  # its own metrics in the candidate table (the first two in the compact one)
     plot_axes: tuple[PlotAxis, ...]
 
-    def gates(self, thresholds: GateThresholds) -> list[Gate]: ...
+    def gates(self, thresholds: Thresholds) -> list[Gate]: ...
 
     def read_heldout(self, path: Path) -> pd.DataFrame: ...
 
@@ -200,7 +200,7 @@ class TaskType(Protocol):
         candidate: Servable,
         assets: Path,
         heldout: pd.DataFrame,
-        thresholds: GateThresholds,
+        thresholds: Thresholds,
         threads: int,
     ) -> Evaluation: ...
 
@@ -299,13 +299,13 @@ class SentenceEmbedding:
     calibration_batch = 8
     calibration_max_length = 128
 
-    def gates(self, t: GateThresholds) -> list[Gate]:
+    def gates(self, t: Thresholds) -> list[Gate]:
         core = core_gates(t)
         baseline = Gate(
             name="FP32 baseline",
             metric="task_metric_fp32",
             op=">=",
-            limit=t.min_baseline_metric,
+            limit=limit_value(t, "min_baseline_metric"),
             kind="evidence",
             judge="lower",
             description="the FP32 task metric beats a trivial baseline (lower 95 % bound)",
@@ -314,13 +314,13 @@ class SentenceEmbedding:
             core[0],
             baseline,
             *core[1:],
-            Gate(name="mean cosine", metric="mean_cosine", op=">=", limit=t.min_mean_cosine),
-            Gate(name="min cosine", metric="min_cosine", op=">=", limit=t.min_min_cosine),
+            Gate(name="mean cosine", metric="mean_cosine", op=">=", limit=limit_value(t, "min_mean_cosine")),
+            Gate(name="min cosine", metric="min_cosine", op=">=", limit=limit_value(t, "min_min_cosine")),
             Gate(
                 name="neighbour agreement",
                 metric="neighbour_agreement",
                 op=">=",
-                limit=t.min_neighbour_agreement,
+                limit=limit_value(t, "min_neighbour_agreement"),
                 judge="lower",
             ),
             *parity_and_speed_gates(t),
@@ -453,14 +453,18 @@ class SentenceEmbedding:
         candidate: Servable,
         assets: Path,
         heldout: pd.DataFrame,
-        thresholds: GateThresholds,
+        thresholds: Thresholds,
         threads: int,
     ) -> Evaluation:
         start = time.perf_counter()
         cand = self._embed(candidate, assets, heldout, threads)
         scores, gold = self._scored(cand, heldout)
         parity = parity_report(
-            reference.outputs, cand, thresholds.abs_tol, thresholds.mean_tol, output="sentence_embedding"
+            reference.outputs,
+            cand,
+            thresholds.value("abs_tol"),
+            thresholds.value("mean_tol"),
+            output="sentence_embedding",
         )
         drop_interval, champion_interval = paired_intervals(
             reference, spearman_resampled(gold, scores, bootstrap_indices(len(gold)))
@@ -555,8 +559,7 @@ TASK_TYPES: dict[str, TaskType] = {}
 
 def register_task_type(task_type: TaskType) -> TaskType:
     """One line per task type: its name becomes a registration's `--task`, its limits threshold names and
-    CLI flags."""
-    register_limits(task_type)
+    CLI flags (quantgate/thresholds.py)."""
     TASK_TYPES[task_type.name] = task_type
     return task_type
 

@@ -10,7 +10,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from quantgate.export import ExportResult
-from quantgate.gates import GateThresholds, limits_for
 from quantgate.heldout import HeldoutSplit, ValidationOutcome
 from quantgate.registry import ModelRef
 from quantgate.report import (
@@ -25,6 +24,7 @@ from quantgate.report import (
 )
 from quantgate.search import SearchResult
 from quantgate.tasktypes import get_task_type
+from quantgate.thresholds import GateThresholds, limits_for
 
 
 @task(name="gate", cache_policy=NO_CACHE)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from infra.stsb import missing_message, stsb_path
-from quantgate.gates import GateThresholds
 from quantgate.process import configure_process
+from quantgate.thresholds import GateThresholds
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,15 +11,16 @@ import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol
 
 import numpy as np
+from pydantic import BeforeValidator, SerializeAsAny, WithJsonSchema
 
 from quantgate.errors import ConfigError
+from quantgate.recipe import DEFAULT_BACKEND, QuantizeResult, Recipe
 
 if TYPE_CHECKING:
     from quantgate.bench import Engine
-    from quantgate.quantize import QuantizeResult, Recipe
     from quantgate.sensitivity import NodeSensitivity
 
 # Backends shipped with quantgate, imported on first lookup (a test or a plugin imports its own module).
@@ -149,3 +150,19 @@ def quantizers() -> list[Quantizer]:
 
 def open_session(servable: Servable, threads: int) -> Session:
     return get_runtime(servable.runtime).session(servable.path, threads)
+
+
+def parse_recipe(data: Any) -> Any:
+    """A dict becomes the recipe class of the backend it names (default: ONNX Runtime)."""
+    if isinstance(data, dict):
+        return get_quantizer(str(data.get("backend", DEFAULT_BACKEND))).recipe_type.model_validate(data)
+    return data
+
+
+# A field holding any backend's recipe: validated by its backend's class, serialised with all its fields.
+AnyRecipe = Annotated[
+    Recipe,
+    BeforeValidator(parse_recipe),
+    SerializeAsAny(),
+    WithJsonSchema({"type": "object", "description": "a recipe: name, backend and the backend's fields"}),
+]

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from quantgate.backends import Quantizer, Runtime, Session
 from quantgate.errors import ConfigError, InvalidModelError
-from quantgate.quantize import QuantizeResult, Recipe
+from quantgate.recipe import QuantizeResult, Recipe
 from quantgate.runtime import SessionSettings, inference_session, settings_path, write_settings
 from quantgate.sensitivity import NodeSensitivity
 
@@ -450,7 +450,7 @@ class OnnxRuntimeQuantizer(Quantizer):
     def rank_sensitive_nodes(
         self, recipe: Recipe, source: Path, calibration: list[dict[str, np.ndarray]]
     ) -> list[NodeSensitivity]:
-        from quantgate.sensitivity import rank_nodes
+        from quantgate.backends.ort_sensitivity import rank_nodes
 
         return rank_nodes(source, recipe, calibration) if isinstance(recipe, OrtRecipe) else []
 

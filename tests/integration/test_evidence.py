@@ -13,9 +13,9 @@ from flows.quantize_and_promote import quantize_and_promote
 from quantgate import lifecycle
 from quantgate.bench import BenchSettings
 from quantgate.errors import HeldoutValidationError
-from quantgate.gates import GateThresholds
 from quantgate.registry import ModelRef, rejection_key
 from quantgate.search import SearchBudget
+from quantgate.thresholds import GateThresholds
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

@@ -12,9 +12,9 @@ from quantgate import lifecycle
 from quantgate.backends.onnxruntime import DEFAULT_SEARCH
 from quantgate.bench import BenchSettings
 from quantgate.errors import HeldoutValidationError
-from quantgate.gates import GateThresholds
 from quantgate.registry import Manifest, ModelRef, manifest_key, registration_key, rejection_key
 from quantgate.storage import sha256_bytes
+from quantgate.thresholds import GateThresholds
 from tests.conftest import TINY_GATES
 from tests.integration.conftest import secret_in, snapshot
 

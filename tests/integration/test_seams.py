@@ -11,8 +11,8 @@ import pytest
 from flows.quantize_and_promote import quantize_and_promote
 from quantgate import lifecycle
 from quantgate.bench import BenchSettings
-from quantgate.gates import GateThresholds
 from quantgate.registry import Manifest, ModelRef, manifest_key
+from quantgate.thresholds import GateThresholds
 from tests.conftest import TINY_GATES
 from tests.plugins.copy_backend import CopyRecipe
 from tests.plugins.toy_regression import TOY_REGRESSION, train

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 
 from quantgate.backends import Quantizer
-from quantgate.quantize import QuantizeResult, Recipe
+from quantgate.recipe import QuantizeResult, Recipe
 
 
 class CopyRecipe(Recipe):

@@ -21,7 +21,7 @@ from quantgate.bench import BenchReport, BenchSettings, run_benchmark
 from quantgate.errors import ExportError, InvalidModelError
 from quantgate.evaluate import parity_report
 from quantgate.export import OPSET, ExportResult
-from quantgate.gates import Gate, GateThresholds, Limit, core_gates, parity_and_speed_gates
+from quantgate.gates import Gate, Limit, Thresholds, core_gates, limit_value, parity_and_speed_gates
 from quantgate.heldout import HeldoutSchema
 from quantgate.stats import bootstrap_indices, percentile_interval
 from quantgate.tasktypes import (
@@ -106,7 +106,7 @@ class ToyRegression:
         ),
     )
 
-    def gates(self, t: GateThresholds) -> list[Gate]:
+    def gates(self, t: Thresholds) -> list[Gate]:
         core = core_gates(t)
         return [
             core[0],
@@ -114,13 +114,18 @@ class ToyRegression:
                 name="FP32 beats the mean",
                 metric="mae_vs_mean",
                 op="<=",
-                limit=t.max_mae_vs_mean,
+                limit=limit_value(t, "max_mae_vs_mean"),
                 kind="evidence",
                 judge="upper",
                 description="FP32 MAE / MAE of always predicting the held-out mean",
             ),
             *core[1:],
-            Gate(name="prediction shift", metric="prediction_shift", op="<=", limit=t.max_prediction_shift),
+            Gate(
+                name="prediction shift",
+                metric="prediction_shift",
+                op="<=",
+                limit=t.value("max_prediction_shift"),
+            ),
             *parity_and_speed_gates(t),
         ]
 
@@ -217,7 +222,7 @@ class ToyRegression:
 
     def evaluate(
         self, reference: Reference, candidate: Servable, assets: Path, heldout: pd.DataFrame,
-        thresholds: GateThresholds, threads: int,
+        thresholds: Thresholds, threads: int,
     ) -> Evaluation:  # fmt: skip
         start = time.perf_counter()
         pred, gold = self._predict(candidate, heldout, threads), heldout["target"].to_numpy(dtype=np.float64)
@@ -233,8 +238,8 @@ class ToyRegression:
             parity=parity_report(
                 {"prediction": reference.outputs},
                 {"prediction": pred},
-                thresholds.abs_tol,
-                thresholds.mean_tol,
+                thresholds.value("abs_tol"),
+                thresholds.value("mean_tol"),
             ),
             seconds=time.perf_counter() - start,
             rows=len(heldout),

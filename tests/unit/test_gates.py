@@ -3,8 +3,9 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from quantgate.gates import Gate, GateThresholds, evaluate_gates, gates_for, limits_for
+from quantgate.gates import Gate, evaluate_gates
 from quantgate.tasktypes import get_task_type
+from quantgate.thresholds import GateThresholds, gates_for, limits_for
 
 STS = get_task_type("sentence-embedding")
 

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from quantgate.backends.onnxruntime import DEFAULT_SEARCH, RECIPES, apply_recipe, fuse_transformer
 from quantgate.backends.onnxruntime import OrtRecipe as Recipe
+from quantgate.backends.ort_sensitivity import _quantize_weight, rank_nodes, sqnr_db
 from quantgate.errors import ConfigError
 from quantgate.export import export_sentence_embedding, tokenize
 from quantgate.quantize import (
@@ -22,7 +23,7 @@ from quantgate.quantize import (
     resolve_recipes,
 )
 from quantgate.runtime import SessionSettings, inference_session, read_settings, settings_path
-from quantgate.sensitivity import _quantize_weight, exclusion_steps, next_exclusion, rank_nodes, sqnr_db
+from quantgate.sensitivity import exclusion_steps, next_exclusion
 
 TEXTS = [
     "a short one",

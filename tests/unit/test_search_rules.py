@@ -9,12 +9,12 @@ import pytest
 from quantgate.backends.onnxruntime import OrtRecipe as Recipe
 from quantgate.bench import BenchReport, BenchSettings, EngineResult
 from quantgate.evaluate import ParityReport
-from quantgate.gates import GateThresholds
 from quantgate.heldout import load_sts_tsv, split_heldout
 from quantgate.plots import ParetoPoint, pareto_front
 from quantgate.search import CandidateResult, choose, closest, fallback_base, node_costs
 from quantgate.sensitivity import NodeSensitivity
 from quantgate.tasktypes import Evaluation, get_task_type
+from quantgate.thresholds import GateThresholds
 
 GATES = GateThresholds()
 STS = get_task_type("sentence-embedding")
