@@ -57,6 +57,25 @@ def missing_message(repo: Path = REPO) -> str:
     return f"STS-B dev split (sts-dev.tsv) not found; looked at {looked}: set QUANTGATE_STSB to its path"
 
 
+def shared_file(dataset: str, filename: str, repo: Path = REPO) -> Path:
+    """Another of the workplace's read-only data sets (`sst2`, `wnut17`), found the same way:
+    `shared/data/<dataset>/<filename>` beside this checkout or beside the one it was cloned from;
+    QUANTGATE_DATA (the `shared/data` folder) overrides both."""
+    relative = Path("shared") / "data" / dataset / filename
+    if os.environ.get("QUANTGATE_DATA"):
+        places = [Path(os.environ["QUANTGATE_DATA"]) / dataset / filename]
+    else:
+        places = [repo.parent / relative]
+        origin = _origin_checkout(repo)
+        if origin is not None:
+            places.append(origin.parent / relative)
+    found = next((p for p in places if p.is_file()), None)
+    if found is None:
+        looked = ", ".join(str(p) for p in places)
+        raise FileNotFoundError(f"{dataset}/{filename} not found; looked at {looked}: set QUANTGATE_DATA")
+    return found
+
+
 def main() -> int:
     path = stsb_path()
     if path is None:

@@ -74,8 +74,10 @@ def register(
     model: Annotated[str, typer.Argument(help="model name, e.g. minilm")],
     version: Annotated[str, typer.Argument(help="version label, e.g. 2024-06-01 or v3")],
     model_dir: Annotated[Path, typer.Option(help="local Hugging Face model folder")],
-    heldout: Annotated[Path, typer.Option(help="held-out file (STS TSV for sentence-embedding)")],
-    task: Annotated[str, typer.Option(help="task type")] = "sentence-embedding",
+    heldout: Annotated[Path, typer.Option(help="held-out file in the task type's format (see the README)")],
+    task: Annotated[
+        str, typer.Option(help="task type; 'auto' tells it from the model folder (config.json architectures)")
+    ] = "auto",
     allow_pickle: Annotated[bool, typer.Option(help="accept a pytorch_model.bin pickle checkpoint")] = False,
     expect_metric: Annotated[
         str | None,
@@ -85,10 +87,13 @@ def register(
     """Upload a local model folder and its held-out set as a new version of a named model."""
     from quantgate import lifecycle
     from quantgate.registry import ExpectedMetric
+    from quantgate.tasktypes import detect_task_type
 
     ref = _ref(model, version)
     try:
         expected = ExpectedMetric.parse(expect_metric) if expect_metric else None
+        if task == "auto":
+            task = detect_task_type(model_dir).name
         registration = lifecycle.register(
             _store(), ref, model_dir, heldout, task, allow_pickle, expect_metric=expected
         )

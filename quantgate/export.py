@@ -44,8 +44,12 @@ class ExportResult(BaseModel):
         return self.tokenizer_files[0].parent if self.tokenizer_files else self.onnx_path.parent
 
 
-def check_model_folder(model_dir: Path, allow_pickle: bool = False) -> dict[str, Any]:
-    """Refuse what cannot be loaded safely, with the way out in the message."""
+def check_model_folder(
+    model_dir: Path, allow_pickle: bool = False, auto_class: str = "AutoModel", needs: str = "tokenizer"
+) -> dict[str, Any]:
+    """Refuse what cannot be loaded safely, with the way out in the message. `auto_class` is the
+    transformers class that loads it (the weights are checked against its architecture); `needs` the side
+    files it cannot run without ("tokenizer", "preprocessor" or "")."""
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise InvalidModelError(f"{model_dir} has no config.json: register a Hugging Face model folder")
@@ -70,12 +74,17 @@ def check_model_folder(model_dir: Path, allow_pickle: bool = False) -> dict[str,
     weights = model_dir / "model.safetensors"
     if weights.is_file():
         _check_safetensors_header(weights)
-        check_weights_match_architecture(model_dir, weights)
+        check_weights_match_architecture(model_dir, weights, auto_class)
     for onnx_file in model_dir.rglob("*.onnx"):
         check_external_data(onnx_file)
-    if not any((model_dir / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
+    if needs == "tokenizer" and not any((model_dir / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
         raise InvalidModelError(
             f"{model_dir} has no tokenizer (tokenizer.json or vocab.txt): save the tokenizer too"
+        )
+    if needs == "preprocessor" and not (model_dir / "preprocessor_config.json").is_file():
+        raise InvalidModelError(
+            f"{model_dir} has no preprocessor_config.json: save the image processor with save_pretrained() "
+            "too"
         )
     return config
 
@@ -111,19 +120,25 @@ def _weights_problem(missing: list[str], unexpected: list[str], mismatched: list
     return "; ".join(parts)
 
 
-def check_weights_match_architecture(model_dir: Path, weights: Path) -> None:
+def _auto(name: str) -> Any:
+    import transformers
+
+    return getattr(transformers, name)
+
+
+def check_weights_match_architecture(model_dir: Path, weights: Path, auto_class: str = "AutoModel") -> None:
     """Every weight the architecture in config.json needs is in model.safetensors with its shape, and
     nothing else is: otherwise transformers would randomly initialise what is missing (with a warning)
     and the run would quantize, gate and promote a model nobody trained. Checked from the safetensors
     header and a skeleton of the architecture on torch's meta device: no tensor data is read."""
     import torch
     from safetensors import safe_open
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
         with torch.device("meta"):
-            skeleton = AutoModel.from_config(config)
+            skeleton = _auto(auto_class).from_config(config)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InvalidModelError(
             f"config.json does not describe an architecture transformers can build ({exc}): re-save the "
@@ -216,18 +231,14 @@ def _pooling_of(model_dir: Path) -> tuple[str, bool]:
     return mode, normalize
 
 
-def build_embedding_module(model_dir: Path, allow_pickle: bool = False) -> tuple[Any, Any, str, bool]:
-    """(torch module taking named inputs, tokenizer, pooling, normalize)."""
-    import torch
+def load_hf_model(model_dir: Path, auto_class: str = "AutoModel", allow_pickle: bool = False) -> Any:
+    """The model in eval mode, loaded by `auto_class`, every weight accounted for (eager attention)."""
     from safetensors import SafetensorError
-    from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # tqdm bars would flood the run logs
-    check_model_folder(model_dir, allow_pickle)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        base, loading = AutoModel.from_pretrained(
+        model, loading = _auto(auto_class).from_pretrained(
             model_dir,
             local_files_only=True,
             attn_implementation="eager",
@@ -235,7 +246,6 @@ def build_embedding_module(model_dir: Path, allow_pickle: bool = False) -> tuple
             weights_only=True,
             output_loading_info=True,
         )
-        base = base.eval()
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise InvalidModelError(
             f"cannot load the model in {model_dir.name}: {exc}. Re-save it with save_pretrained()"
@@ -251,6 +261,25 @@ def build_embedding_module(model_dir: Path, allow_pickle: bool = False) -> tuple
             f"the weights in {model_dir.name} do not load completely ({problem or loading['error_msgs']}): "
             "re-save the model with save_pretrained() from the architecture its config.json names"
         )
+    return model.eval()
+
+
+def load_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise InvalidModelError(f"cannot load the tokenizer in {folder.name}: {exc}") from None
+
+
+def build_embedding_module(model_dir: Path, allow_pickle: bool = False) -> tuple[Any, Any, str, bool]:
+    """(torch module taking named inputs, tokenizer, pooling, normalize)."""
+    import torch
+
+    check_model_folder(model_dir, allow_pickle)
+    tokenizer = load_tokenizer(model_dir)
+    base = load_hf_model(model_dir, "AutoModel", allow_pickle)
     pooling, normalize = _pooling_of(model_dir)
 
     class SentenceEmbedder(torch.nn.Module):
@@ -297,34 +326,38 @@ def tokenize(
     return out
 
 
-def export_sentence_embedding(
-    model_dir: Path,
-    out_dir: Path,
-    sample_texts: list[str],
-    atol: float,
-    allow_pickle: bool = False,
-    max_length: int = 128,
-) -> ExportResult:
+def model_inputs(model: Any) -> list[str]:
+    """The text inputs a transformers model takes, in INPUT_NAMES order (DistilBERT has no token types)."""
+    import inspect
+
+    accepted = inspect.signature(model.forward).parameters
+    return [n for n in INPUT_NAMES if n in accepted]
+
+
+def export_module(
+    module: Any,
+    onnx_path: Path,
+    example: dict[str, np.ndarray],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    name: str,
+) -> None:
+    """TorchScript-export a module taking `example`'s named inputs (in that order), consolidate it into one
+    file and run onnx's full checker on it."""
     import onnx
-    import onnxruntime as ort
     import torch
 
-    module, tokenizer, pooling, normalize = build_embedding_module(model_dir, allow_pickle)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path = out_dir / "model.onnx"
-    example = tokenize(tokenizer, sample_texts[:2], max_length)
-    axes = {name: {0: "batch", 1: "sequence"} for name in [*INPUT_NAMES, "last_hidden_state"]}
-    axes["sentence_embedding"] = {0: "batch"}
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TorchScript tracer warnings about python control flow
             torch.onnx.export(
                 module,
-                tuple(torch.from_numpy(example[n]) for n in INPUT_NAMES),
+                tuple(torch.from_numpy(v) for v in example.values()),
                 str(onnx_path),
-                input_names=INPUT_NAMES,
-                output_names=OUTPUT_NAMES,
-                dynamic_axes=axes,
+                input_names=list(example),
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
                 opset_version=OPSET,
                 dynamo=False,
             )
@@ -334,17 +367,60 @@ def export_sentence_embedding(
         onnx.save(model_proto, str(onnx_path))
         onnx.checker.check_model(str(onnx_path), full_check=True)
     except (RuntimeError, ValueError, onnx.checker.ValidationError) as exc:
-        raise ExportError(f"ONNX export of {model_dir.name} failed: {exc}") from None
+        raise ExportError(f"ONNX export of {name} failed: {exc}") from None
 
+
+def parity_vs_torch(
+    module: Any, onnx_path: Path, batches: list[dict[str, np.ndarray]], output_names: list[str], atol: float
+) -> dict[str, float]:
+    """Worst |ONNX - PyTorch| per output over the batches; an ExportError beyond `atol`."""
+    import torch
+
+    from quantgate.backends import Servable, open_session
+
+    session = open_session(Servable(onnx_path), 2)
+    worst = dict.fromkeys(output_names, 0.0)
+    for feeds in batches:
+        with torch.no_grad():
+            out = module(*(torch.from_numpy(v) for v in feeds.values()))
+        ref = [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+        if not all(np.isfinite(r).all() for r in ref):
+            raise InvalidModelError(
+                "the PyTorch model outputs NaN or Inf on the held-out inputs: check its weights"
+            )
+        got = session.run(output_names, feeds)
+        for name, r, g in zip(output_names, ref, got, strict=True):
+            worst[name] = max(worst[name], float(np.abs(r - g).max()))
+    top = max(worst.values())
+    if not np.isfinite(top) or top > atol:
+        samples = sum(len(next(iter(b.values()))) for b in batches)
+        raise ExportError(
+            f"exported ONNX graph differs from PyTorch by {top:.3g} (> export_atol {atol:g}) on "
+            f"{samples} held-out inputs: the export is wrong, not the quantization"
+        )
+    return worst
+
+
+def export_sentence_embedding(
+    model_dir: Path,
+    out_dir: Path,
+    sample_texts: list[str],
+    atol: float,
+    allow_pickle: bool = False,
+    max_length: int = 128,
+) -> ExportResult:
+    module, tokenizer, pooling, normalize = build_embedding_module(model_dir, allow_pickle)
+    onnx_path = out_dir / "model.onnx"
+    example = tokenize(tokenizer, sample_texts[:2], max_length)
+    axes = {name: {0: "batch", 1: "sequence"} for name in [*INPUT_NAMES, "last_hidden_state"]}
+    axes["sentence_embedding"] = {0: "batch"}
+    export_module(module, onnx_path, example, OUTPUT_NAMES, axes, model_dir.name)
     tokenizer_dir = out_dir / "tokenizer"
     tokenizer.save_pretrained(tokenizer_dir)
-    diffs = _parity_vs_torch(module, onnx_path, tokenizer, sample_texts, max_length, ort)
-    worst = max(diffs.values())
-    if not np.isfinite(worst) or worst > atol:
-        raise ExportError(
-            f"exported ONNX graph differs from PyTorch by {worst:.3g} (> export_atol {atol:g}) on "
-            f"{len(sample_texts)} held-out texts: the export is wrong, not the quantization"
-        )
+    batches = [
+        tokenize(tokenizer, sample_texts[i : i + 8], max_length) for i in range(0, len(sample_texts), 8)
+    ]
+    diffs = parity_vs_torch(module, onnx_path, batches, OUTPUT_NAMES, atol)
     return ExportResult(
         onnx_path=onnx_path,
         tokenizer_files=sorted(p for p in tokenizer_dir.iterdir() if p.is_file()),
@@ -357,24 +433,3 @@ def export_sentence_embedding(
         parity_samples=len(sample_texts),
         size_bytes=onnx_path.stat().st_size,
     )
-
-
-def _parity_vs_torch(
-    module: Any, onnx_path: Path, tokenizer: Any, texts: list[str], max_length: int, ort: Any, batch: int = 8
-) -> dict[str, float]:
-    import torch
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    worst = dict.fromkeys(OUTPUT_NAMES, 0.0)
-    for start in range(0, len(texts), batch):
-        feeds = tokenize(tokenizer, texts[start : start + batch], max_length)
-        with torch.no_grad():
-            ref = [t.numpy() for t in module(*(torch.from_numpy(feeds[n]) for n in INPUT_NAMES))]
-        if not all(np.isfinite(r).all() for r in ref):
-            raise InvalidModelError(
-                "the PyTorch model outputs NaN or Inf on the held-out texts: check its weights"
-            )
-        got = session.run(OUTPUT_NAMES, feeds)
-        for name, r, g in zip(OUTPUT_NAMES, ref, got, strict=True):
-            worst[name] = max(worst[name], float(np.abs(r - g).max()))
-    return worst

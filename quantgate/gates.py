@@ -164,6 +164,29 @@ CORE_LIMITS: tuple[Limit, ...] = (
 )
 
 
+# Not a core limit: only task types whose metric has a trivial baseline near 0 read it (STS Spearman, entity
+# F1); declared once here so that each of them shares the same limit.
+BASELINE_LIMIT = Limit(
+    name="min_baseline_metric",
+    default=0.1,
+    ge=-1,
+    le=1,
+    help="the FP32 task metric's lower 95% bound must exceed this (STS Spearman, entity F1: 0.1)",
+)
+
+
+def baseline_gate(t: Thresholds) -> Gate:
+    return Gate(
+        name="FP32 baseline",
+        metric="task_metric_fp32",
+        op=">=",
+        limit=limit_value(t, "min_baseline_metric"),
+        kind="evidence",
+        judge="lower",
+        description="the FP32 task metric beats a trivial baseline (lower 95 % bound)",
+    )
+
+
 class Thresholds(Protocol):
     """The limit values gates are built from (quantgate/thresholds.py's GateThresholds)."""
 

@@ -21,6 +21,8 @@ ColumnKind = Literal["text", "score", "label"]
 
 class HeldoutSchema(BaseModel):
     columns: dict[str, ColumnKind]
+    # Columns a file may have (a classifier's second sentence): checked like `columns` when present.
+    optional_columns: dict[str, ColumnKind] = Field(default_factory=dict)
     score_min: float = 0.0
     score_max: float = 5.0
     min_rows: int = Field(10, ge=1)
@@ -78,22 +80,51 @@ def load_sts_tsv(path: Path) -> pd.DataFrame:
     return df
 
 
+def load_headed_tsv(path: Path) -> pd.DataFrame:
+    """A tab-separated file with a header line (SST-2's `sentence<TAB>label`), no quoting: sentences
+    contain quotes. Every value stays a string (labels may be names or indices); a row with too few
+    fields keeps None in the missing columns and one with too many is refused, so the GX suite or this
+    reader names it instead of a guess."""
+    text = read_utf8(path)
+    rows = [
+        r for r in csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE) if r and r != [""]
+    ]
+    if not rows:
+        raise HeldoutValidationError(f"held-out file {path.name} is empty", ["empty file"])
+    header = [h.strip() for h in rows[0]]
+    if len(set(header)) != len(header):
+        raise HeldoutValidationError(
+            f"held-out file {path.name}: the header line {header} repeats a column name", ["duplicate header"]
+        )
+    records = []
+    for line, fields in enumerate(rows[1:], start=2):
+        if len(fields) > len(header):
+            raise HeldoutValidationError(
+                f"held-out file {path.name} line {line} has {len(fields)} fields, the header {len(header)}: "
+                "a tab inside a sentence? Remove it and register a new version",
+                [f"line {line}: {len(fields)} fields for {len(header)} columns"],
+            )
+        records.append(dict(zip(header, fields + [None] * (len(header) - len(fields)), strict=True)))
+    return pd.DataFrame.from_records(records, columns=header)
+
+
 # --- validation with Great Expectations -----------------------------------------------------------------
 
 
-def _expectations(schema: HeldoutSchema) -> list[Any]:
+def _expectations(schema: HeldoutSchema, present: set[str] | frozenset[str] = frozenset()) -> list[Any]:
     import great_expectations as gx
 
     exp = gx.expectations
+    optional = {c: k for c, k in schema.optional_columns.items() if c in present}
     out: list[Any] = [
         exp.ExpectTableColumnsToMatchSet(
-            column_set=[*schema.columns, *schema.slice_columns], exact_match=True
+            column_set=[*schema.columns, *optional, *schema.slice_columns], exact_match=True
         ),
         exp.ExpectTableRowCountToBeBetween(min_value=schema.min_rows, max_value=schema.max_rows),
     ]
     for column in schema.slice_columns:
         out.append(exp.ExpectColumnValuesToNotBeNull(column=column))
-    for column, kind in schema.columns.items():
+    for column, kind in (schema.columns | optional).items():
         out.append(exp.ExpectColumnValuesToNotBeNull(column=column))
         if kind == "text":
             # At least one non-space character: an empty or blank sentence has no meaning to embed.
@@ -172,7 +203,7 @@ def validate_heldout(
     source = context.data_sources.add_pandas(name="heldout")
     batch_def = source.add_dataframe_asset(name=name).add_batch_definition_whole_dataframe("all")
     suite = context.suites.add(gx.ExpectationSuite(name=f"{name}-suite"))
-    for expectation in _expectations(schema):
+    for expectation in _expectations(schema, set(df.columns)):
         suite.add_expectation(expectation)
     validation = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"{name}-validation", data=batch_def, suite=suite)

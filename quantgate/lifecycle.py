@@ -173,6 +173,7 @@ def register(
     if not heldout.is_file():
         raise InvalidModelError(f"held-out file {heldout} does not exist")
     read_utf8(heldout)  # refuse a non-UTF-8 file before anything is uploaded
+    task_type.check_heldout(model_dir, task_type.read_heldout(heldout))  # e.g. labels the model lacks
     if store.exists(registration_key(ref)):
         raise ConflictError(f"{ref} is already registered: register a new version instead")
     # Every upload goes to a prefix of its own; registration.json (create-only) decides which one counts.

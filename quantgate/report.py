@@ -3,6 +3,7 @@ markdown and tables people read in the CLI and the Prefect UI."""
 
 from __future__ import annotations
 
+import html
 import importlib.metadata
 import json
 import math
@@ -30,7 +31,7 @@ from quantgate.registry import (
 )
 from quantgate.search import CandidateResult, SearchResult
 from quantgate.stats import rows_needed
-from quantgate.tasktypes import TASK_TYPES, Column, PlotAxis
+from quantgate.tasktypes import Column, PlotAxis, task_types
 
 _PACKAGES = (
     "quantgate",
@@ -142,12 +143,12 @@ class RunReport(BaseModel):
 
 def _columns(task: str) -> tuple[Column, ...]:
     """The task type's own metric columns (none for a report of a task type this install lacks)."""
-    task_type = TASK_TYPES.get(task)
+    task_type = task_types().get(task)
     return task_type.columns if task_type else ()
 
 
 def _plot_axes(task: str) -> tuple[PlotAxis, ...]:
-    task_type = TASK_TYPES.get(task)
+    task_type = task_types().get(task)
     return task_type.plot_axes if task_type else ()
 
 
@@ -163,6 +164,24 @@ def gate_rows(report: GateReport) -> list[dict[str, Any]]:
             "result": "pass" if r.passed else "FAIL",
         }
         for r in report.results
+    ]
+
+
+def example_rows(report: RunReport) -> list[dict[str, Any]]:
+    """The lead candidate's examples that moved most (flipped labels first), worst first."""
+    lead = report.search.get(report.recipe.name) if report.search else None
+    if lead is None or lead.evaluation is None:
+        return []
+    return [
+        {
+            "row": e.row,
+            "input": e.text,
+            "gold": e.gold,
+            "fp32": e.fp32,
+            "candidate": e.candidate,
+            "change": e.change,
+        }
+        for e in lead.evaluation.examples
     ]
 
 
@@ -254,6 +273,13 @@ def _r(v: float | None, digits: int) -> float | None:
     return None if v is None else round(v, digits)
 
 
+def _plain(value: Any) -> Any:
+    """A held-out text as inert table cell text: no HTML, no column break, no line break."""
+    if not isinstance(value, str):
+        return value
+    return html.escape(" ".join(value.split())).replace("|", "\\|").replace("`", "&#96;")
+
+
 def _md_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
@@ -304,6 +330,12 @@ def to_markdown(report: RunReport, links: dict[str, str] | None = None) -> str:
     if slices:
         parts.append(
             "## Slices (the max-slice-drop gate counts slices of at least 50 rows)\n\n" + _md_table(slices)
+        )
+    examples = example_rows(report)
+    if examples:
+        parts.append(
+            f"## What moved most ({report.recipe.name}: flipped predictions first, then the largest changes)"
+            "\n\n" + _md_table([{k: _plain(v) for k, v in row.items()} for row in examples])
         )
     if search is not None:
         b, h = search.budget, report.heldout

@@ -10,6 +10,7 @@ A new task type is one class and one `register_task_type` line.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -31,7 +32,16 @@ from quantgate.bench import (
 from quantgate.errors import ConfigError, HeldoutValidationError
 from quantgate.evaluate import ParityReport, embed_texts, embedding_agreement, parity_report, spearman
 from quantgate.export import ExportResult, build_embedding_module, export_sentence_embedding, tokenize
-from quantgate.gates import Gate, Limit, Thresholds, core_gates, limit_value, parity_and_speed_gates
+from quantgate.gates import (
+    BASELINE_LIMIT,
+    Gate,
+    Limit,
+    Thresholds,
+    baseline_gate,
+    core_gates,
+    limit_value,
+    parity_and_speed_gates,
+)
 from quantgate.heldout import HeldoutSchema, load_sts_tsv
 from quantgate.stats import bootstrap_indices, percentile_interval, spearman_resampled, wilson_interval
 
@@ -72,6 +82,25 @@ class SliceResult(BaseModel):
     gated: bool = Field(description=f"counted by the max-slice-drop gate (at least {MIN_SLICE_ROWS} rows)")
 
 
+class Example(BaseModel):
+    """One held-out example where the candidate moved most (a flipped label, an outlier): what a person
+    reads to see *what* changed, not only by how much."""
+
+    row: int = Field(description="the row's index in the evaluation split")
+    text: str = Field(description="the input, shortened to 200 characters")
+    fp32: str = Field(description="what the FP32 model said")
+    candidate: str = Field(description="what the candidate said")
+    gold: str = ""
+    change: float = Field(description="how far it moved (the task type's measure; larger = worse)")
+
+
+MAX_EXAMPLES = 10
+
+
+def shorten(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class Evaluation(BaseModel):
     """A candidate scored on the evaluation rows: the core metrics every task type reports, plus the task
     type's own (`extra`, with 95 % intervals in `extra_intervals`)."""
@@ -88,6 +117,9 @@ class Evaluation(BaseModel):
     extra: dict[str, float] = Field(default_factory=dict)
     extra_intervals: dict[str, Interval] = Field(default_factory=dict)
     slices: list[SliceResult] = Field(default_factory=list)
+    examples: list[Example] = Field(
+        default_factory=list, description=f"the {MAX_EXAMPLES} examples that moved most, worst first"
+    )
     champion_version: str | None = None
     task_metric_champion: float | None = None
     champion_drop_interval: Interval | None = Field(
@@ -173,6 +205,7 @@ class TaskType(Protocol):
     tokenizer or preprocessor; empty when the task needs none)."""
 
     name: str
+    recognised_by: str  # how `register` tells a model folder is of this kind, for people
     heldout_format: str
     schema: HeldoutSchema
     metric: TaskMetric
@@ -182,9 +215,15 @@ class TaskType(Protocol):
 
     def gates(self, thresholds: Thresholds) -> list[Gate]: ...
 
+    def recognises(self, model_dir: Path) -> bool: ...
+
     def read_heldout(self, path: Path) -> pd.DataFrame: ...
 
     def check_model(self, model_dir: Path, allow_pickle: bool = False) -> dict[str, Any]: ...
+
+    def check_heldout(self, model_dir: Path, heldout: pd.DataFrame) -> None:
+        """At registration: what the held-out set must agree on with the model (its labels)."""
+        ...
 
     def export(
         self, model_dir: Path, out_dir: Path, heldout: pd.DataFrame, atol: float, allow_pickle: bool = False
@@ -255,6 +294,10 @@ class SentenceEmbedding:
     """Bi-encoders (sentence-transformers style): STS pairs, metric = Spearman(cosine, gold score)."""
 
     name = "sentence-embedding"
+    recognised_by = (
+        "a bare encoder: config.json architectures `*Model` (no task head), or sentence-transformers' "
+        "modules.json"
+    )
     heldout_format = "sts-tsv"
     schema = HeldoutSchema(
         columns={"score": "score", "sentence1": "text", "sentence2": "text"},
@@ -278,13 +321,7 @@ class SentenceEmbedding:
             le=1,
             help="min share of examples whose nearest neighbour is unchanged (lower 95% bound)",
         ),
-        Limit(
-            name="min_baseline_metric",
-            default=0.1,
-            ge=-1,
-            le=1,
-            help="the FP32 task metric's lower 95% bound must exceed this (STS: Spearman 0.1)",
-        ),
+        BASELINE_LIMIT,
     )
     columns: ClassVar[tuple[Column, ...]] = (
         Column(metric="mean_cosine"),
@@ -301,15 +338,7 @@ class SentenceEmbedding:
 
     def gates(self, t: Thresholds) -> list[Gate]:
         core = core_gates(t)
-        baseline = Gate(
-            name="FP32 baseline",
-            metric="task_metric_fp32",
-            op=">=",
-            limit=limit_value(t, "min_baseline_metric"),
-            kind="evidence",
-            judge="lower",
-            description="the FP32 task metric beats a trivial baseline (lower 95 % bound)",
-        )
+        baseline = baseline_gate(t)
         return [
             core[0],
             baseline,
@@ -326,8 +355,17 @@ class SentenceEmbedding:
             *parity_and_speed_gates(t),
         ]
 
+    def recognises(self, model_dir: Path) -> bool:
+        if (model_dir / "modules.json").is_file():
+            return True
+        architectures = hf_architectures(model_dir)
+        return bool(architectures) and all(a.endswith("Model") for a in architectures)
+
     def read_heldout(self, path: Path) -> pd.DataFrame:
         return load_sts_tsv(path)
+
+    def check_heldout(self, model_dir: Path, heldout: pd.DataFrame) -> None:
+        return None  # gold scores, no labels: the GX suite checks them
 
     def check_model(self, model_dir: Path, allow_pickle: bool = False) -> dict[str, Any]:
         from quantgate.export import check_model_folder
@@ -554,7 +592,22 @@ def slice_results(
     return out
 
 
+def hf_architectures(model_dir: Path) -> list[str]:
+    """The `architectures` a Hugging Face config.json names ([] without a readable one)."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return []
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    return [a for a in architectures if isinstance(a, str)] if isinstance(architectures, list) else []
+
+
 TASK_TYPES: dict[str, TaskType] = {}
+# The task types quantgate ships, one module each; imported on first use so that each can import this one.
+BUILTIN = (
+    "quantgate.families.text_classification",
+    "quantgate.families.token_classification",
+)
 
 
 def register_task_type(task_type: TaskType) -> TaskType:
@@ -567,8 +620,47 @@ def register_task_type(task_type: TaskType) -> TaskType:
 register_task_type(SentenceEmbedding())
 
 
+def task_types() -> dict[str, TaskType]:
+    """Every registered task type, the built-in ones loaded."""
+    import importlib
+
+    for module in BUILTIN:
+        importlib.import_module(module)
+    return TASK_TYPES
+
+
 def get_task_type(name: str) -> TaskType:
     try:
-        return TASK_TYPES[name]
+        return task_types()[name]
     except KeyError:
         raise ConfigError(f"unknown task type {name!r}: choose one of {sorted(TASK_TYPES)}") from None
+
+
+def detect_task_type(model_dir: Path) -> TaskType:
+    """The one task type that recognises this model folder; an error naming the known kinds (and how
+    each is recognised) when none does or several do. Nothing is guessed."""
+    known = task_types()
+    matches = [t for t in known.values() if t.recognises(model_dir)]
+    if len(matches) == 1:
+        return matches[0]
+    kinds = "; ".join(f"{t.name}: {t.recognised_by}" for t in known.values())
+    if matches:
+        raise ConfigError(
+            f"{model_dir} could be any of {[t.name for t in matches]}: pass --task to say which"
+        )
+    if not model_dir.is_dir():
+        raise ConfigError(f"model folder {model_dir} does not exist: pass the folder you saved the model to")
+    files = sorted(p.name for p in model_dir.iterdir())[:8]
+    config = model_dir / "config.json"
+    if not config.is_file():
+        found = f"no config.json; files {files}"
+    else:
+        try:
+            json.loads(config.read_text())
+            found = f"architectures {hf_architectures(model_dir)}"
+        except (ValueError, UnicodeDecodeError) as exc:
+            found = f"a config.json that is not valid JSON ({exc})"
+    raise ConfigError(
+        f"cannot tell what kind of model {model_dir} is (found {found}). quantgate knows: {kinds}. "
+        "Save the model the way its kind expects, or pass --task to name one"
+    )

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from quantgate.gates import CORE_LIMITS, Gate, Limit, champion_gates, expectation_gates
-from quantgate.tasktypes import TASK_TYPES, TaskType
+from quantgate.tasktypes import TaskType, task_types
 
 # Limits that only the registration sets, never a flag of their own.
 _NOT_FLAGS = {"expect_metric", "expect_tolerance"}
@@ -21,7 +21,7 @@ def all_limits() -> list[Limit]:
     """Every limit: the core ones, then each registered task type's, once each. A name two task types
     share must mean the same limit."""
     seen: dict[str, Limit] = {limit.name: limit for limit in CORE_LIMITS}
-    for task in TASK_TYPES.values():
+    for task in task_types().values():
         for limit in task.limits:
             other = seen.setdefault(limit.name, limit)
             if other != limit:

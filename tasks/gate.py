@@ -19,6 +19,7 @@ from quantgate.report import (
     bench_rows,
     build_run_report,
     candidate_rows,
+    example_rows,
     gate_rows,
     to_markdown,
 )
@@ -82,6 +83,15 @@ def publish(ref: ModelRef, report: RunReport, links: dict[str, str]) -> dict[str
         description="interleaved CPU benchmark",
     )
     out = {"markdown": str(md), "gates": str(gates), "benchmark": str(bench)}
+    examples = example_rows(report)
+    if examples:
+        out["examples"] = str(
+            create_table_artifact(
+                key=_artifact_key(ref, "examples"),
+                table=examples,
+                description="the held-out examples the candidate moved most: flipped predictions first",
+            )
+        )
     if report.search:
         out["candidates"] = str(
             create_table_artifact(

@@ -77,6 +77,7 @@ def train(out: Path, heldout_csv: Path, seed: int = 0) -> None:
 
 class ToyRegression:
     name = "toy-regression"
+    recognised_by = "config.json model_type toy-mlp"
     heldout_format = "csv"
     schema = HeldoutSchema(
         columns={**dict.fromkeys(FEATURES, "score"), "target": "score"},
@@ -128,6 +129,15 @@ class ToyRegression:
             ),
             *parity_and_speed_gates(t),
         ]
+
+    def recognises(self, model_dir: Path) -> bool:
+        try:
+            return json.loads((model_dir / "config.json").read_text()).get("model_type") == "toy-mlp"
+        except (OSError, ValueError):
+            return False
+
+    def check_heldout(self, model_dir: Path, heldout: pd.DataFrame) -> None:
+        return None
 
     def read_heldout(self, path: Path) -> pd.DataFrame:
         try:

