@@ -81,14 +81,19 @@ def quantize_and_promote(
                 thresholds = thresholds.model_copy(
                     update={"expect_metric": expected.value, "expect_tolerance": expected.tolerance}
                 )
-            heldout, heldout_check = validate.validate(pulled.heldout_path, task_type, work / "data_docs")
+            heldout, heldout_check = validate.validate(
+                pulled.heldout_path, task_type, pulled.model_dir, work / "data_docs"
+            )
             data_docs = storage.save_data_docs(
                 settings, ref, run_id, work / "data_docs", heldout_check.data_docs
             )
             validate.require(heldout_check, pulled.heldout_path.name)
 
             split = split_heldout(
-                heldout, budget.calibration_rows, budget.max_eval_rows, list(task_type.schema.columns)
+                heldout,
+                budget.calibration_rows,
+                budget.max_eval_rows,
+                list(task_type.heldout_schema(pulled.model_dir).columns),
             )
 
             # -- the FP32 baseline ----------------------------------------------------------------------

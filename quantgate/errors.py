@@ -10,6 +10,11 @@ class ConfigError(QuantgateError):
     """A setting, flag or flow parameter has a value that cannot work."""
 
 
+class NothingToQuantize(ConfigError):
+    """The model's graph has no operator the backend can quantize (a tree ensemble, a linear model in
+    ONNX-ML ops): a run ends NotPromoted with reason nothing-to-quantize, not a crash."""
+
+
 class StorageError(QuantgateError):
     """Object storage could not be reached or refused a request."""
 

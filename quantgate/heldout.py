@@ -16,7 +16,9 @@ from pydantic import BaseModel, Field
 
 from quantgate.errors import HeldoutValidationError
 
-ColumnKind = Literal["text", "score", "label"]
+ColumnKind = Literal["text", "score", "label", "number", "integer"]
+INTEGER_TYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool"]
+NUMBER_TYPES = [*INTEGER_TYPES, "float16", "float32", "float64"]
 
 
 class HeldoutSchema(BaseModel):
@@ -132,6 +134,13 @@ def _expectations(schema: HeldoutSchema, present: set[str] | frozenset[str] = fr
             out.append(
                 exp.ExpectColumnValueLengthsToBeBetween(
                     column=column, min_value=1, max_value=schema.max_text_chars
+                )
+            )
+        elif kind in ("number", "integer"):
+            # A feature column: numbers of the declared kind (a stray text cell makes the column text).
+            out.append(
+                exp.ExpectColumnValuesToBeInTypeList(
+                    column=column, type_list=INTEGER_TYPES if kind == "integer" else NUMBER_TYPES
                 )
             )
         elif kind == "score":

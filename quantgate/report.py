@@ -29,7 +29,7 @@ from quantgate.registry import (
     rejected_prefix,
     utcnow,
 )
-from quantgate.search import CandidateResult, SearchResult
+from quantgate.search import NOTHING_TO_QUANTIZE, CandidateResult, SearchResult
 from quantgate.stats import rows_needed
 from quantgate.tasktypes import Column, PlotAxis, task_types
 
@@ -117,8 +117,8 @@ class RunReport(BaseModel):
     promoted_to: str | None = None
     reason: str | None = Field(
         None,
-        description="why not promoted: heldout-too-small, baseline-not-meaningful or gates-failed "
-        "(with rows_needed for the first)",
+        description="why not promoted: heldout-too-small, baseline-not-meaningful, nothing-to-quantize or "
+        "gates-failed (with rows_needed for the first)",
     )
     rows_needed: int | None = None
     champion: ChampionSummary | None = Field(
@@ -379,8 +379,22 @@ def build_run_report(
     report leads with that candidate, or with the closest one when none passed."""
     lead = search.get(search.lead)
     bench = search.timed(lead) if lead else None
-    if lead is None or lead.gates is None or lead.evaluation is None or bench is None:
+    if lead is None or lead.gates is None or bench is None:
         raise ValueError("the search judged no candidate: nothing to report on")
+    if lead.evaluation is not None:
+        parity = lead.evaluation.parity
+    elif "quantizable_ops" in lead.metrics:  # nothing to quantize: nothing was compared
+        parity = ParityReport(
+            output="",
+            n_samples=0,
+            max_abs_diff=0.0,
+            mean_abs_diff=0.0,
+            abs_tol=0.0,
+            mean_tol=0.0,
+            passed=False,
+        )
+    else:
+        raise ValueError(f"candidate {lead.name} was judged without an evaluation")
     promoted = search.chosen is not None and lead.passed
     reason, needed = (None, None) if promoted else rejection_reason(lead)
     return RunReport(
@@ -399,7 +413,7 @@ def build_run_report(
         metrics=lead.metrics,
         thresholds=thresholds,
         gates=lead.gates,
-        parity=lead.evaluation.parity,
+        parity=parity,
         benchmark=bench,
         environment=environment(),
         search=search,
@@ -460,6 +474,8 @@ def rejection_reason(lead: CandidateResult) -> tuple[str, int | None]:
         return "heldout-too-small", None
     if "task_metric_fp32" in failed:
         return "baseline-not-meaningful", None
+    if "quantizable_ops" in failed:
+        return NOTHING_TO_QUANTIZE, None
     return "gates-failed", None
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from quantgate.backends import AnyRecipe
 from quantgate.bench import BenchReport, EngineResult
-from quantgate.gates import GateReport, evaluate_gates
+from quantgate.gates import Gate, GateReport, evaluate_gates
 from quantgate.sensitivity import NodeSensitivity
 from quantgate.tasktypes import Evaluation, TaskType, speed_metrics
 from quantgate.thresholds import GateThresholds, gates_for
@@ -203,6 +203,53 @@ def node_costs(
         }
         for s in kept
     ]
+
+
+NOTHING_TO_QUANTIZE = "nothing-to-quantize"
+QUANTIZABLE_GATE = Gate(
+    name="something to quantize",
+    metric="quantizable_ops",
+    op=">=",
+    limit=1,
+    description="ops of the FP32 graph any backend can quantize (a tree ensemble has none)",
+)
+
+
+def nothing_to_quantize(
+    results: list[CandidateResult],
+    fp32_metric: float,
+    bench: BenchReport,
+    budget: SearchBudget,
+    warnings: list[str],
+    seconds: float,
+) -> SearchResult:
+    """The search of a model no recipe could quantize: every candidate fails the one gate that says so,
+    beside the FP32 model's own metric and latency (timed in `bench`)."""
+    metrics = {
+        "task_metric_fp32": fp32_metric,
+        "task_metric_candidate": fp32_metric,  # nothing was changed
+        "task_metric_drop": 0.0,
+        "quantizable_ops": 0.0,
+    }
+    judged = [
+        c.model_copy(
+            update={
+                "metrics": metrics,
+                "gates": evaluate_gates(metrics, [QUANTIZABLE_GATE]),
+                "bench_round": "candidates",
+            }
+        )
+        for c in results
+    ]
+    return SearchResult(
+        candidates=judged,
+        benchmarks={"candidates": bench},
+        chosen=None,
+        lead=judged[0].name,
+        warnings=warnings,
+        budget=budget,
+        seconds=round(seconds, 1),
+    )
 
 
 class SearchResult(BaseModel):

@@ -23,9 +23,10 @@ from pydantic import BaseModel, ConfigDict
 
 from quantgate.backends import Servable, get_quantizer
 from quantgate.bench import CHAMPION_ENGINE, BenchReport, BenchSettings
-from quantgate.errors import SearchError
+from quantgate.errors import NothingToQuantize, SearchError
 from quantgate.quantize import Recipe, build_candidate
 from quantgate.search import (
+    NOTHING_TO_QUANTIZE,
     CandidateResult,
     Fallback,
     FallbackTrial,
@@ -36,6 +37,7 @@ from quantgate.search import (
     closest,
     fallback_base,
     node_costs,
+    nothing_to_quantize,
 )
 from quantgate.sensitivity import NodeSensitivity, next_exclusion
 from quantgate.tasktypes import Reference, TaskType
@@ -78,6 +80,8 @@ def score_candidate(recipe: Recipe, job: ScoreJob, threads: int) -> CandidateRes
             prepared=job.prepared,
             calibration=job.calibration,
         )
+    except NothingToQuantize as exc:
+        return CandidateResult(recipe=recipe, status="failed", note=f"{NOTHING_TO_QUANTIZE}: {exc}"[:500])
     except Exception as exc:  # noqa: BLE001 - quantizers raise anything; the run goes on without it
         return CandidateResult(recipe=recipe, status="failed", note=f"{type(exc).__name__}: {exc}"[:500])
     task = get_task_type(job.task)
@@ -218,6 +222,13 @@ def run_search(
     for i in range(0, len(recipes), workers):
         results += steps.score(recipes[i : i + workers], job, max(1, cores // workers))
     evaluated = [c for c in results if c.status == "evaluated"]
+    if results and all((c.note or "").startswith(NOTHING_TO_QUANTIZE) for c in results):
+        # No recipe found anything to quantize: a decision (not promoted, with its reason and what the FP32
+        # model costs), not a failed run.
+        bench = steps.benchmark(timed_extra)
+        return nothing_to_quantize(
+            results, ref.task_metric, bench, budget, warnings, time.monotonic() - started
+        )
     if not evaluated:
         notes = "; ".join(f"{c.name}: {c.note}" for c in results)
         raise SearchError(

@@ -188,6 +188,7 @@ class Reference(BaseModel):
     seconds: float
     interval: Interval | None = None  # the FP32 task metric's 95 % bootstrap interval
     resampled: np.ndarray | None = None  # the FP32 task metric on each bootstrap resample
+    source_outputs: np.ndarray | None = None  # the original framework's outputs (scikit-learn's), if any
     champion_version: str | None = None  # the serving version, scored on the same rows
     champion_metric: float | None = None
     champion_resampled: np.ndarray | None = None
@@ -216,6 +217,11 @@ class TaskType(Protocol):
     def gates(self, thresholds: Thresholds) -> list[Gate]: ...
 
     def recognises(self, model_dir: Path) -> bool: ...
+
+    def heldout_schema(self, model_dir: Path) -> HeldoutSchema:
+        """The schema this model's held-out set is validated by (`schema`, or one built from the model:
+        a table's feature columns)."""
+        ...
 
     def read_heldout(self, path: Path) -> pd.DataFrame: ...
 
@@ -360,6 +366,9 @@ class SentenceEmbedding:
             return True
         architectures = hf_architectures(model_dir)
         return bool(architectures) and all(a.endswith("Model") for a in architectures)
+
+    def heldout_schema(self, model_dir: Path) -> HeldoutSchema:
+        return self.schema
 
     def read_heldout(self, path: Path) -> pd.DataFrame:
         return load_sts_tsv(path)
@@ -607,6 +616,7 @@ TASK_TYPES: dict[str, TaskType] = {}
 BUILTIN = (
     "quantgate.families.text_classification",
     "quantgate.families.token_classification",
+    "quantgate.families.tabular",
 )
 
 

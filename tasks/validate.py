@@ -14,11 +14,14 @@ from quantgate.tasktypes import TaskType
 
 
 @task(name="validate-heldout", cache_policy=NO_CACHE)
-def validate(path: Path, task_type: TaskType, docs_dir: Path) -> tuple[pd.DataFrame, ValidationOutcome]:
+def validate(
+    path: Path, task_type: TaskType, model_dir: Path, docs_dir: Path
+) -> tuple[pd.DataFrame, ValidationOutcome]:
     """Runs the GX suite and renders its Data Docs; does not stop the run (`require` does, once the
     Data Docs are stored, so a failed set's report links to what failed)."""
     df = task_type.read_heldout(path)
-    outcome = validate_heldout(df, task_type.schema, name=task_type.name, docs_dir=docs_dir)
+    schema = task_type.heldout_schema(model_dir)
+    outcome = validate_heldout(df, schema, name=task_type.name, docs_dir=docs_dir)
     get_run_logger().info(
         "held-out %s: %d rows, %d/%d expectations met",
         path.name,

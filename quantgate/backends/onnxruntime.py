@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from quantgate.backends import Quantizer, Runtime, Session
-from quantgate.errors import ConfigError, InvalidModelError
+from quantgate.errors import ConfigError, InvalidModelError, NothingToQuantize
 from quantgate.recipe import QuantizeResult, Recipe
 from quantgate.runtime import SessionSettings, inference_session, settings_path, write_settings
 from quantgate.sensitivity import NodeSensitivity
@@ -189,6 +189,31 @@ def count_quantized(graph: Any, precision: str) -> int:
     return integer + qdq
 
 
+# What ORT's quantizers turn into integer (or QDQ) ops; a graph with none of them has nothing to quantize.
+QUANTIZABLE_OPS = frozenset(
+    {
+        "MatMul",
+        "Gemm",
+        "Conv",
+        "ConvTranspose",
+        "Gather",
+        "Attention",
+        "LSTM",
+        "GRU",
+        "EmbedLayerNormalization",
+    }
+)
+
+
+def check_quantizable(graph: Any) -> None:
+    ops = {n.op_type for n in graph.node}
+    if not ops & QUANTIZABLE_OPS:
+        raise NothingToQuantize(
+            f"nothing to quantize: the graph's ops ({', '.join(sorted(ops))}) include none that ONNX Runtime "
+            f"quantizes ({', '.join(sorted(QUANTIZABLE_OPS))}); serve the FP32 model as it is"
+        )
+
+
 def _not_quantized(recipe: OrtRecipe, graph_ops: set[str]) -> ConfigError:
     if recipe.op_types is not None:
         ops = ", ".join(sorted(graph_ops))
@@ -310,6 +335,7 @@ def apply_recipe(
     from quantgate.export import check_external_data
 
     check_external_data(fp32_path)
+    check_quantizable(onnx.load(str(fp32_path), load_external_data=False).graph)
     if recipe.fuse and fused is None:
         raise ConfigError(f"recipe {recipe.name!r} needs the fused model: call fuse_transformer first")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -424,6 +450,8 @@ class OnnxRuntimeQuantizer(Quantizer):
         (the fused recipes then fail as candidates), not a failed run."""
         if not any(isinstance(r, OrtRecipe) and r.fuse for r in recipes):
             return None, []
+        if not (model_dir / "config.json").is_file():
+            return None, ["transformer fusion skipped: the model has no config.json (not a transformer)"]
         try:
             fused = fuse_transformer(fp32, json.loads((model_dir / "config.json").read_text()), out_dir)
         except (ConfigError, OSError, json.JSONDecodeError) as exc:

@@ -25,7 +25,7 @@ ECE_BINS = 10
 LIMITS: tuple[Limit, ...] = (
     Limit(
         name="min_label_agreement",
-        default=0.98,
+        default=0.95,
         ge=0,
         le=1,
         help="classifiers: min share of predictions unchanged from FP32 (lower 95% bound)",

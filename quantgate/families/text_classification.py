@@ -84,6 +84,9 @@ class SequenceClassification:
         labels = id2label(self.check_model(model_dir, allow_pickle=True))
         label_ids(heldout["label"].dropna(), labels)
 
+    def heldout_schema(self, model_dir: Path) -> HeldoutSchema:
+        return self.schema
+
     def read_heldout(self, path: Path) -> pd.DataFrame:
         return load_headed_tsv(path)
 

@@ -154,6 +154,9 @@ class TokenClassification:
         labels = id2label(check_head_model(model_dir, AUTO_CLASS, allow_pickle=True))
         label_ids([t for row in heldout["tags"] for t in str(row).split()], labels, what="tag")
 
+    def heldout_schema(self, model_dir: Path) -> HeldoutSchema:
+        return self.schema
+
     def read_heldout(self, path: Path) -> pd.DataFrame:
         return read_conll(path)
 

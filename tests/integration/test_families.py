@@ -80,3 +80,70 @@ def test_a_held_out_label_the_model_never_saw_is_refused_at_registration(store, 
     assert result.exit_code == EXIT_ERROR
     assert "['neutral'] are not labels of the model" in " ".join(result.output.split()), result.output
     assert list(store.list("")) == []
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    from benchmarks.train import train_tabular
+
+    root = tmp_path_factory.mktemp("tables")
+    return {kind: train_tabular(root / kind, kind) for kind in ("mlp", "forest")}
+
+
+def test_a_scikit_learn_mlp_is_promoted_within_the_write_ups_parity_tolerances(store, tables):
+    model, heldout = tables["mlp"]
+    registered = _cli("register", "cancer", "v1", "--model-dir", str(model), "--heldout", str(heldout))
+    assert registered.exit_code == 0, registered.output
+    assert "task tabular" in registered.output
+    ran = _cli("run", "cancer", "v1", "--recipe", "dynamic-int8-per-channel", "--recipe", "static-qdq-minmax",
+               "--repeats", "10", "--min-p95-speedup", "0")  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    report = _report(store, "promoted/cancer/v1/")
+    parity = json.loads(store.get_bytes(next(
+        o.key for o in store.list("promoted/cancer/v1/") if o.key.endswith("parity_report.json")
+    )))  # fmt: skip
+    # The write-ups' parity_report.json, against scikit-learn's own predict_proba.
+    assert parity["passed"] is True
+    assert parity["max_abs_diff"] <= 0.04
+    assert parity["mean_abs_diff"] <= 0.01
+    assert parity["abs_tol"] == 0.04
+    assert report["metrics"]["task_metric_fp32"] > 0.9
+
+
+def test_a_tree_ensemble_ends_not_promoted_with_nothing_to_quantize(store, tables):
+    model, heldout = tables["forest"]
+    assert (
+        _cli("register", "forest", "v1", "--model-dir", str(model), "--heldout", str(heldout)).exit_code == 0
+    )
+    ran = _cli("run", "forest", "v1", "--repeats", "10")
+    assert ran.exit_code == EXIT_REJECTED, ran.output
+    report = _report(store, "rejected/forest/v1/")
+    assert report["reason"] == "nothing-to-quantize"
+    assert [r["gate"]["name"] for r in report["gates"]["results"] if not r["passed"]] == [
+        "something to quantize"
+    ]
+    assert "TreeEnsembleClassifier" in report["search"]["candidates"][0]["note"]
+    assert not list(store.list("promoted/forest/"))
+
+
+@pytest.mark.parametrize(
+    ("case", "breaker", "words"),
+    [
+        ("feature-missing", lambda df: df.drop(columns=["mean radius"]), "lacks columns ['mean radius']"),
+        ("feature-wrong-dtype", lambda df: df.assign(**{"mean area": "large"}), "are not numeric"),
+        ("feature-empty-cell", lambda df: df.assign(**{"mean area": None}), "have empty cells"),
+        ("label-never-seen", lambda df: df.assign(label=7), "labels ['7'] were never seen by the model"),
+    ],
+)
+def test_a_table_that_does_not_fit_the_model_is_refused_at_registration(
+    store, tables, tmp_path, case, breaker, words
+):
+    import pandas as pd
+
+    model, heldout = tables["mlp"]
+    bad = tmp_path / "heldout.csv"
+    breaker(pd.read_csv(heldout)).to_csv(bad, index=False)
+    result = _cli("register", "cancer", "bad", "--model-dir", str(model), "--heldout", str(bad))
+    assert result.exit_code == EXIT_ERROR, (case, result.output)
+    assert words in " ".join(result.output.split()), result.output
+    assert not list(store.list(""))

@@ -139,6 +139,9 @@ class ToyRegression:
     def check_heldout(self, model_dir: Path, heldout: pd.DataFrame) -> None:
         return None
 
+    def heldout_schema(self, model_dir: Path) -> HeldoutSchema:
+        return self.schema
+
     def read_heldout(self, path: Path) -> pd.DataFrame:
         try:
             return pd.read_csv(path)
