@@ -52,7 +52,8 @@ def quantize_and_promote(
     """`recipes`: catalogue names or full recipe objects (None = the default search); `budget` bounds the
     search (candidates, fallback trials, seconds)."""
     ref = ModelRef(name=model, version=version)
-    candidates = resolve_recipes(recipes)  # a bad recipe list fails before anything is pulled
+    # A bad recipe list fails before anything is pulled; none given = the task type's default search.
+    candidates = resolve_recipes(recipes) if recipes else None
     settings = Settings()
     run_id = str(flow_run.get_id() or uuid.uuid4())
 
@@ -76,6 +77,8 @@ def quantize_and_promote(
             # -- pull and check the data ------------------------------------------------------------------
             pulled = storage.pull_version(ref, settings, work / "source")
             task_type = get_task_type(pulled.registration.task)
+            if candidates is None:
+                candidates = resolve_recipes(None, task_type.default_recipes)
             expected = pulled.registration.expect_metric
             if expected is not None:  # the registering team's own measurement gates the FP32 model too
                 thresholds = thresholds.model_copy(

@@ -207,7 +207,7 @@ def run(
         items: list[Any] = [*(recipe or [])]
         if recipe_file is not None:
             items += load_recipe_file(recipe_file)
-        recipes = resolve_recipes(items or None)
+        recipes = resolve_recipes(items) if items else None  # None: the task type's default search
         bench = BenchSettings(batch=batch, seq_len=seq_len, threads=threads, repeat_runs=repeats)
         budget = SearchBudget(
             max_candidates=max_candidates,

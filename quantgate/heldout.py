@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from quantgate.errors import HeldoutValidationError
 
-ColumnKind = Literal["text", "score", "label", "number", "integer"]
+ColumnKind = Literal["text", "score", "label", "number", "integer", "array"]  # array: decoded pixels
 INTEGER_TYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool"]
 NUMBER_TYPES = [*INTEGER_TYPES, "float16", "float32", "float64"]
 
@@ -110,6 +110,33 @@ def load_headed_tsv(path: Path) -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=header)
 
 
+def pack_folder(folder: Path, out_dir: Path) -> Path:
+    """A held-out set given as a folder (images, one sub-folder per class) as one deterministic tar: sorted
+    regular files, no owner, no time, so the same folder always has the same checksum. A symbolic link
+    is refused (it could point anywhere on the registering machine)."""
+    import tarfile
+
+    files = sorted(p for p in folder.rglob("*") if not p.is_dir())
+    links = [p for p in files if p.is_symlink() or not p.is_file()]
+    if links:
+        raise HeldoutValidationError(
+            f"held-out folder {folder.name} holds {len(links)} symbolic links or special files (e.g. "
+            f"{links[0].relative_to(folder)}): copy the real files in",
+            ["symbolic link in held-out folder"],
+        )
+    if not files:
+        raise HeldoutValidationError(f"held-out folder {folder} is empty", ["empty folder"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{folder.name}.tar"
+    with tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in files:
+            info = tarfile.TarInfo(path.relative_to(folder).as_posix())
+            info.size, info.mode = path.stat().st_size, 0o644
+            with path.open("rb") as fh:
+                tar.addfile(info, fh)
+    return target
+
+
 # --- validation with Great Expectations -----------------------------------------------------------------
 
 
@@ -149,7 +176,13 @@ def _expectations(schema: HeldoutSchema, present: set[str] | frozenset[str] = fr
                     column=column, min_value=schema.score_min, max_value=schema.score_max
                 )
             )
-    if schema.unique_columns:
+    if len(schema.unique_columns) == 1:
+        out.append(
+            exp.ExpectColumnValuesToBeUnique(
+                column=schema.unique_columns[0], mostly=1.0 - schema.max_duplicate_fraction
+            )
+        )
+    elif schema.unique_columns:
         out.append(
             exp.ExpectCompoundColumnsToBeUnique(
                 column_list=schema.unique_columns, mostly=1.0 - schema.max_duplicate_fraction

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from quantgate.errors import (
     QuantgateError,
     StorageError,
 )
-from quantgate.heldout import read_utf8
+from quantgate.heldout import pack_folder
 from quantgate.registry import (
     AUDIT_NAME_RE,
     AuditEvent,
@@ -170,10 +171,15 @@ def register(
 ) -> Registration:
     task_type = get_task_type(task)
     task_type.check_model(model_dir, allow_pickle)
+    if heldout.is_dir():  # an image folder: uploaded as one deterministic tar
+        with tempfile.TemporaryDirectory(prefix="quantgate-heldout-") as scratch:
+            packed = pack_folder(heldout, Path(scratch))
+            return register(store, ref, model_dir, packed, task, allow_pickle, expect_metric)
     if not heldout.is_file():
         raise InvalidModelError(f"held-out file {heldout} does not exist")
-    read_utf8(heldout)  # refuse a non-UTF-8 file before anything is uploaded
-    task_type.check_heldout(model_dir, task_type.read_heldout(heldout))  # e.g. labels the model lacks
+    # Parsed before anything is uploaded: a file the task type cannot read (not UTF-8, not its format) or
+    # that disagrees with the model (labels it lacks) is refused here.
+    task_type.check_heldout(model_dir, task_type.read_heldout(heldout))
     if store.exists(registration_key(ref)):
         raise ConflictError(f"{ref} is already registered: register a new version instead")
     # Every upload goes to a prefix of its own; registration.json (create-only) decides which one counts.

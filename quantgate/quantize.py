@@ -39,9 +39,11 @@ def get_recipe(name: str) -> Recipe:
         raise ConfigError(f"unknown recipe {name!r}: choose one of {sorted(recipes)}") from None
 
 
-def resolve_recipes(items: list[str | Recipe] | None) -> list[Recipe]:
-    """Names from the catalogue or full recipes (a flow parameter may carry either); None = default search."""
-    recipes = [get_recipe(i) if isinstance(i, str) else parse_recipe(i) for i in (items or default_search())]
+def resolve_recipes(items: list[str | Recipe] | None, default: tuple[str, ...] = ()) -> list[Recipe]:
+    """Names from the catalogue or full recipes (a flow parameter may carry either); None = `default` (a
+    task type's own search), or the backends' default search."""
+    chosen = items or list(default) or default_search()
+    recipes = [get_recipe(i) if isinstance(i, str) else parse_recipe(i) for i in chosen]
     if not recipes:
         raise ConfigError(
             "the recipe list is empty: name at least one recipe, or pass none for the default search"

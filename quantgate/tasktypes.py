@@ -211,6 +211,7 @@ class TaskType(Protocol):
     schema: HeldoutSchema
     metric: TaskMetric
     limits: tuple[Limit, ...]
+    default_recipes: tuple[str, ...]  # the recipes a run tries when none are named (): the backends' default
     columns: tuple[Column, ...]  # its own metrics in the candidate table (the first two in the compact one)
     plot_axes: tuple[PlotAxis, ...]
 
@@ -314,6 +315,7 @@ class SentenceEmbedding:
         slice_columns=["genre"],
     )
     metric = TaskMetric(name="sts_spearman")
+    default_recipes: ClassVar[tuple[str, ...]] = ()
     # Measured on all-MiniLM-L6-v2 / STS-B dev: plain per-tensor dynamic INT8 keeps Spearman within 0.4
     # points but moves embeddings (mean cosine 0.963, neighbour agreement 88%); per-channel reaches 0.993 /
     # 94%. The cosine and neighbour gates catch the first kind of damage, the task-metric gate the second.
@@ -617,6 +619,7 @@ BUILTIN = (
     "quantgate.families.text_classification",
     "quantgate.families.token_classification",
     "quantgate.families.tabular",
+    "quantgate.families.image_classification",
 )
 
 

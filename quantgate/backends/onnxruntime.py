@@ -139,6 +139,12 @@ RECIPES: dict[str, OrtRecipe] = {
             per_channel=True,
             op_types=_STATIC_OPS,
         ),
+        # CNNs: every op ORT's QDQ quantizer knows (Conv, Gemm, Add, pooling...), per channel; the image task
+        # type's default search compares these with dynamic INT8 in the same run.
+        *(
+            _r(f"static-qdq-cnn-{c.lower()}", method="static", calibration=c, per_channel=True)
+            for c in ("MinMax", "Entropy", "Percentile")
+        ),
         # FP16 halves the size and keeps embeddings exact; on CPUs without FP16 kernels it is no faster,
         # so it is in the catalogue (for GPUs) but not in the default CPU search.
         _r("fp16", method="fp16"),

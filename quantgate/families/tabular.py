@@ -144,6 +144,15 @@ class Tabular:
     heldout_format = "csv or parquet: the feature columns and label"
     schema = HeldoutSchema(columns={LABEL: "label"}, min_rows=20, max_duplicate_fraction=1.0)
     metric = TaskMetric(name="accuracy")
+    # No transformer to fuse; MLPs take dynamic and static INT8 alike (the static ones on MatMul).
+    default_recipes: ClassVar[tuple[str, ...]] = (
+        "dynamic-int8",
+        "dynamic-int8-per-channel",
+        "dynamic-uint8-per-channel",
+        "static-qdq-minmax",
+        "static-qdq-entropy",
+        "static-qdq-percentile",
+    )
     limits: ClassVar[tuple[Limit, ...]] = (*clf.LIMITS, *LIMITS)
     columns: ClassVar[tuple[Column, ...]] = (
         Column(metric="label_agreement"),

@@ -58,6 +58,7 @@ class SequenceClassification:
         unique_columns=["sentence", "label"],
     )
     metric = TaskMetric(name="accuracy")
+    default_recipes: ClassVar[tuple[str, ...]] = ()
     limits: ClassVar[tuple[Limit, ...]] = clf.LIMITS
     columns: ClassVar[tuple[Column, ...]] = (
         Column(metric="label_agreement"),

@@ -126,6 +126,7 @@ class TokenClassification:
         unique_columns=["tokens", "tags"],
     )
     metric = TaskMetric(name="entity_f1")
+    default_recipes: ClassVar[tuple[str, ...]] = ()
     limits: ClassVar[tuple[Limit, ...]] = (*clf.LIMITS, BASELINE_LIMIT)
     columns: ClassVar[tuple[Column, ...]] = (
         Column(metric="label_agreement"),

@@ -147,3 +147,64 @@ def test_a_table_that_does_not_fit_the_model_is_refused_at_registration(
     assert result.exit_code == EXIT_ERROR, (case, result.output)
     assert words in " ".join(result.output.split()), result.output
     assert not list(store.list(""))
+
+
+@pytest.fixture(scope="module")
+def digits_cnn(tmp_path_factory):
+    """A small ResNet trained on scikit-learn's digits at 32x32 (~5 s); held-out: the 30 % it never saw."""
+    from benchmarks.train import train_image_classifier
+
+    return train_image_classifier(tmp_path_factory.mktemp("digits"), size=32, epochs=6)
+
+
+def _image_folder(npz, root, corrupt: str | None = None):
+    """The held-out .npz as an ImageFolder (class sub-folders of PNG files)."""
+    import numpy as np
+    from PIL import Image
+
+    with np.load(npz) as data:
+        for i, (image, label) in enumerate(zip(data["images"], data["labels"], strict=True)):
+            (root / str(label)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(root / str(label) / f"{i:04d}.png")
+    if corrupt:
+        (root / "3" / corrupt).write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    return root
+
+
+def test_a_cnn_from_an_image_folder_is_promoted_with_static_int8_compared_with_dynamic(
+    store, digits_cnn, tmp_path
+):
+    model, npz = digits_cnn
+    folder = _image_folder(npz, tmp_path / "heldout")
+    registered = _cli("register", "digits", "v1", "--model-dir", str(model), "--heldout", str(folder))
+    assert registered.exit_code == 0, registered.output
+    assert "task image-classification" in registered.output
+    ran = _cli("run", "digits", "v1", "--repeats", "20", "--max-trials", "0", "--min-p95-speedup", "0")
+    assert ran.exit_code == 0, ran.output
+    report = _report(store, "promoted/digits/v1/")
+    assert report["recipe"]["method"] == "static"
+    tried = {c["recipe"]["name"]: c for c in report["search"]["candidates"]}
+    assert "dynamic-int8-per-channel" in tried  # compared in the same run, on the same harness
+    assert {"static-qdq-cnn-minmax", "static-qdq-cnn-entropy", "static-qdq-cnn-percentile"} <= set(tried)
+    assert tried["dynamic-int8-per-channel"]["op_counts"].get("ConvInteger", 0) > 0
+    assert report["metrics"]["task_metric_fp32"] > 0.8  # it learned the digits
+
+
+def test_an_undecodable_image_is_refused_at_registration_by_name(store, digits_cnn, tmp_path):
+    model, npz = digits_cnn
+    folder = _image_folder(npz, tmp_path / "heldout", corrupt="broken.png")
+    result = _cli("register", "digits", "bad", "--model-dir", str(model), "--heldout", str(folder))
+    assert result.exit_code == EXIT_ERROR
+    assert "3/broken.png does not decode" in " ".join(result.output.split()), result.output
+    assert not list(store.list(""))
+
+
+def test_dynamic_int8_of_a_cnn_is_rejected_as_slower_than_fp32(store, digits_cnn):
+    model, npz = digits_cnn
+    assert _cli("register", "digits", "v2", "--model-dir", str(model), "--heldout", str(npz)).exit_code == 0
+    ran = _cli("run", "digits", "v2", "--recipe", "dynamic-int8-per-channel", "--repeats", "10",
+               "--min-p95-speedup", "1.0", "--max-trials", "0")  # fmt: skip
+    assert ran.exit_code == EXIT_REJECTED, ran.output
+    report = _report(store, "rejected/digits/v2/")
+    failed = [r["gate"]["name"] for r in report["gates"]["results"] if not r["passed"]]
+    assert "p95 speed-up vs ORT FP32" in failed  # ConvInteger: dynamic INT8 is slower than FP32 on a CNN

@@ -86,6 +86,7 @@ class ToyRegression:
         min_rows=20,
     )
     metric = TaskMetric(name="mae", higher_is_better=False)
+    default_recipes: ClassVar[tuple[str, ...]] = ()
     limits: ClassVar[tuple[Limit, ...]] = (
         Limit(
             name="max_mae_vs_mean",

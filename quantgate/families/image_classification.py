@@ -1,0 +1,354 @@
+"""Image classification (CNNs: transformers' ResNet, EfficientNet, MobileNet classes).
+
+Recognised by config.json architectures `*ForImageClassification` with a preprocessor_config.json (the
+image processor: resize, normalise). Held-out: an image folder (one sub-folder per class, the ImageFolder
+convention; `register` uploads it as one tar) or an `.npz` with `images` (N, H, W, C uint8) and `labels`;
+every image must decode. Task metric: top-1 accuracy, with the classifier gates.
+
+Why static INT8 for CNNs: dynamic quantization turns Conv into ConvInteger and quantizes activations at
+run time, which on CPU is often no faster than FP32; static QDQ with ranges calibrated on the calibration
+split gives QLinearConv kernels. The default search tries both in one run, so the report shows which won
+on this model and by how much.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from quantgate.backends import Servable, open_session
+from quantgate.bench import TORCH_FP32, BenchReport, BenchSettings, run_benchmark, torch_engine
+from quantgate.errors import HeldoutValidationError, InvalidModelError
+from quantgate.evaluate import parity_report
+from quantgate.export import (
+    OPSET,
+    ExportResult,
+    check_model_folder,
+    export_module,
+    load_hf_model,
+    parity_vs_torch,
+)
+from quantgate.families import classification as clf
+from quantgate.families.hf_text import HEAD_FILE, HeadModule, id2label
+from quantgate.gates import Gate, Limit, Thresholds
+from quantgate.heldout import HeldoutSchema
+from quantgate.stats import bootstrap_indices, percentile_interval
+from quantgate.tasktypes import (
+    Column,
+    Evaluation,
+    PlotAxis,
+    Reference,
+    TaskMetric,
+    engines_for,
+    hf_architectures,
+    paired_intervals,
+    register_task_type,
+)
+
+AUTO_CLASS = "AutoModelForImageClassification"
+INPUT = "pixel_values"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _decode(name: str, data: bytes) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise HeldoutValidationError(
+            f"held-out image {name} does not decode ({type(exc).__name__}): replace or remove it and "
+            "register a new version",
+            [f"undecodable image {name}"],
+        ) from None
+
+
+def read_image_tar(path: Path) -> pd.DataFrame:
+    """An ImageFolder packed by `register` (or by hand): `<class>/<file>`; members are read, never
+    extracted, so a name like ../../x cannot write anywhere."""
+    rows = []
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                parts = Path(member.name).parts
+                if len(parts) != 2 or Path(parts[1]).suffix.lower() not in IMAGE_SUFFIXES:
+                    raise HeldoutValidationError(
+                        f"held-out folder entry {member.name!r} is not <class>/<image file>: put each "
+                        f"image ({', '.join(sorted(IMAGE_SUFFIXES))}) in the sub-folder of its class",
+                        [f"not class/image: {member.name}"],
+                    )
+                fh = tar.extractfile(member)
+                data = fh.read() if fh else b""
+                rows.append({"image": member.name, "label": parts[0], "pixels": _decode(member.name, data)})
+    except tarfile.TarError as exc:
+        raise HeldoutValidationError(
+            f"held-out file {path.name} is not a readable tar ({exc})", ["bad tar"]
+        ) from None
+    return pd.DataFrame(rows, columns=["image", "label", "pixels"])
+
+
+def read_npz(path: Path) -> pd.DataFrame:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            images, labels = data["images"], data["labels"]
+    except (KeyError, ValueError, OSError) as exc:
+        raise HeldoutValidationError(
+            f"held-out file {path.name} must be an .npz with arrays `images` (N, H, W, C uint8) and `labels` "
+            f"(N) ({exc})",
+            ["npz layout"],
+        ) from None
+    if (
+        images.ndim != 4
+        or images.dtype != np.uint8
+        or images.shape[-1] not in (1, 3)
+        or len(labels) != len(images)
+    ):
+        raise HeldoutValidationError(
+            f"held-out file {path.name}: images {images.shape} {images.dtype} and labels {labels.shape} "
+            "are not (N, H, W, 1 or 3) uint8 with one label each",
+            ["npz shapes"],
+        )
+    rgb = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+    return pd.DataFrame(
+        {
+            "image": [f"npz[{i}]" for i in range(len(images))],
+            "label": [str(v) for v in labels],
+            "pixels": list(rgb),
+        }
+    )
+
+
+class ImageClassification:
+    name = "image-classification"
+    recognised_by = "config.json architectures `*ForImageClassification` and a preprocessor_config.json"
+    heldout_format = "image folder (class/image) or .npz (images N,H,W,C uint8; labels)"
+    schema = HeldoutSchema(
+        columns={"image": "text", "label": "label", "pixels": "array"},
+        min_rows=20,
+        unique_columns=["image"],
+    )
+    metric = TaskMetric(name="top1_accuracy")
+    # Dynamic INT8 (ConvInteger) beside static QDQ calibrated three ways, per channel.
+    default_recipes: ClassVar[tuple[str, ...]] = (
+        "dynamic-int8-per-channel",
+        "static-qdq-cnn-minmax",
+        "static-qdq-cnn-entropy",
+        "static-qdq-cnn-percentile",
+    )
+    limits: ClassVar[tuple[Limit, ...]] = clf.LIMITS
+    columns: ClassVar[tuple[Column, ...]] = (
+        Column(metric="label_agreement"),
+        Column(metric="macro_f1_drop"),
+        Column(metric="ece_increase"),
+    )
+    plot_axes: ClassVar[tuple[PlotAxis, ...]] = (
+        PlotAxis(metric="label_agreement", label="label agreement with FP32", limit="min_label_agreement"),
+    )
+    batch = 32
+    calibration_batch = 8
+
+    def gates(self, t: Thresholds) -> list[Gate]:
+        return clf.gates(t)
+
+    def recognises(self, model_dir: Path) -> bool:
+        return any(a.endswith("ForImageClassification") for a in hf_architectures(model_dir))
+
+    def check_model(self, model_dir: Path, allow_pickle: bool = False) -> dict[str, Any]:
+        config = check_model_folder(model_dir, allow_pickle, auto_class=AUTO_CLASS, needs="preprocessor")
+        if len(id2label(config)) < 2:
+            raise InvalidModelError("config.json names fewer than 2 labels (id2label): set them and re-save")
+        return config
+
+    def check_heldout(self, model_dir: Path, heldout: pd.DataFrame) -> None:
+        import json
+
+        labels = id2label(json.loads((model_dir / "config.json").read_text()))
+        self._label_ids(heldout, labels)
+
+    def heldout_schema(self, model_dir: Path) -> HeldoutSchema:
+        return self.schema
+
+    def read_heldout(self, path: Path) -> pd.DataFrame:
+        if path.suffix.lower() == ".npz":
+            return read_npz(path)
+        return read_image_tar(path)
+
+    @staticmethod
+    def _label_ids(frame: pd.DataFrame, labels: dict[int, str]) -> np.ndarray:
+        from quantgate.families.hf_text import label_ids
+
+        return label_ids(frame["label"], labels)
+
+    @staticmethod
+    def _processor(folder: Path) -> Any:
+        from transformers import AutoImageProcessor
+
+        try:
+            return AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise InvalidModelError(f"cannot load the image processor in {folder.name}: {exc}") from None
+
+    def _pixels(self, processor: Any, frame: pd.DataFrame, idx: list[int] | range) -> np.ndarray:
+        images = [frame["pixels"].iloc[i] for i in idx]
+        return processor(images=images, return_tensors="np")[INPUT].astype(np.float32)
+
+    def export(
+        self, model_dir: Path, out_dir: Path, heldout: pd.DataFrame, atol: float, allow_pickle: bool = False
+    ) -> ExportResult:
+        import json
+
+        config = self.check_model(model_dir, allow_pickle)
+        processor = self._processor(model_dir)
+        model = load_hf_model(model_dir, AUTO_CLASS, allow_pickle)
+        module = HeadModule(model, [INPUT])
+        sample = list(range(min(32, len(heldout))))
+        batches = [
+            {INPUT: self._pixels(processor, heldout, sample[i : i + 8])} for i in range(0, len(sample), 8)
+        ]
+        onnx_path = out_dir / "model.onnx"
+        axes = {INPUT: {0: "batch"}, "logits": {0: "batch"}}
+        export_module(module, onnx_path, {INPUT: batches[0][INPUT][:2]}, ["logits"], axes, model_dir.name)
+        assets = out_dir / "preprocessor"
+        processor.save_pretrained(assets)
+        labels = {str(k): v for k, v in sorted(id2label(config).items())}
+        (assets / HEAD_FILE).write_text(json.dumps({"labels": labels, "inputs": [INPUT]}, indent=1))
+        diffs = parity_vs_torch(module, onnx_path, batches, ["logits"], atol)
+        return ExportResult(
+            onnx_path=onnx_path,
+            tokenizer_files=sorted(p for p in assets.iterdir() if p.is_file()),
+            input_names=[INPUT],
+            output_names=["logits"],
+            opset=OPSET,
+            max_abs_diff_vs_torch=diffs,
+            parity_samples=len(sample),
+            size_bytes=onnx_path.stat().st_size,
+        )
+
+    def calibration_feeds(self, assets: Path, calibration: pd.DataFrame) -> list[dict[str, np.ndarray]]:
+        processor, b = self._processor(assets), self.calibration_batch
+        n = len(calibration) // b * b or len(calibration)
+        return [
+            {INPUT: self._pixels(processor, calibration, range(i, min(i + b, n)))} for i in range(0, n, b)
+        ]
+
+    def _proba(self, model: Servable, assets: Path, frame: pd.DataFrame, threads: int) -> np.ndarray:
+        processor, session = self._processor(assets), open_session(model, threads)
+        out = []
+        for start in range(0, len(frame), self.batch):
+            pixels = self._pixels(processor, frame, range(start, min(start + self.batch, len(frame))))
+            out.append(session.run(["logits"], {INPUT: pixels})[0])
+        return clf.softmax(np.concatenate(out))
+
+    def _gold(self, assets: Path, frame: pd.DataFrame) -> np.ndarray:
+        import json
+
+        labels = {int(k): v for k, v in json.loads((assets / HEAD_FILE).read_text())["labels"].items()}
+        return self._label_ids(frame, labels)
+
+    def reference(self, fp32: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> Reference:
+        start = time.perf_counter()
+        gold = self._gold(assets, heldout)
+        proba = self._proba(fp32, assets, heldout, threads)
+        resampled = clf.accuracy_resampled(gold, proba.argmax(1), bootstrap_indices(len(gold)))
+        return Reference(
+            outputs=proba,
+            task_metric=float((proba.argmax(1) == gold).mean()),
+            seconds=time.perf_counter() - start,
+            interval=percentile_interval(resampled),
+            resampled=resampled,
+        )
+
+    def score_champion(
+        self, reference: Reference, version: str, model: Servable, assets: Path, heldout: pd.DataFrame,
+        threads: int,
+    ) -> Reference:  # fmt: skip
+        gold = self._gold(assets, heldout)
+        pred = self._proba(model, assets, heldout, threads).argmax(1)
+        return reference.model_copy(
+            update={
+                "champion_version": version,
+                "champion_metric": float((pred == gold).mean()),
+                "champion_resampled": clf.accuracy_resampled(gold, pred, bootstrap_indices(len(gold))),
+            }
+        )
+
+    def evaluate(
+        self, reference: Reference, candidate: Servable, assets: Path, heldout: pd.DataFrame,
+        thresholds: Thresholds, threads: int,
+    ) -> Evaluation:  # fmt: skip
+        import json
+
+        start = time.perf_counter()
+        gold = self._gold(assets, heldout)
+        names = json.loads((assets / HEAD_FILE).read_text())["labels"]
+        proba = self._proba(candidate, assets, heldout, threads)
+        scores = clf.score_classifier(gold, reference.outputs, proba, len(names))
+        _, champion = paired_intervals(
+            reference, clf.accuracy_resampled(gold, proba.argmax(1), bootstrap_indices(len(gold)))
+        )
+        return Evaluation(
+            task_metric=self.metric.name,
+            task_metric_fp32=reference.task_metric,
+            task_metric_candidate=scores.accuracy,
+            parity=parity_report(
+                {"probabilities": reference.outputs},
+                {"probabilities": proba},
+                thresholds.value("abs_tol"),
+                thresholds.value("mean_tol"),
+            ),
+            seconds=time.perf_counter() - start,
+            rows=len(heldout),
+            task_metric_fp32_interval=reference.interval,
+            task_metric_drop_interval=scores.drop_interval,
+            extra=scores.extra,
+            extra_intervals=scores.extra_intervals,
+            examples=clf.flipped_examples(
+                heldout["image"].astype(str).tolist(), reference.outputs, proba, lambda k: names[str(k)], gold
+            ),
+            champion_version=reference.champion_version,
+            task_metric_champion=reference.champion_metric,
+            champion_drop_interval=champion,
+        )
+
+    def benchmark(
+        self, model_dir: Path, fp32: Servable, candidates: dict[str, Servable], assets: Path,
+        heldout: pd.DataFrame, settings: BenchSettings, allow_pickle: bool = False,
+    ) -> BenchReport:  # fmt: skip
+        """Batch `settings.batch` at the processor's own image size (`seq_len` means nothing to a CNN)."""
+        import torch
+
+        feeds = {
+            INPUT: self._pixels(
+                self._processor(assets), heldout, [i % len(heldout) for i in range(settings.batch)]
+            )
+        }
+        weights = model_dir / "model.safetensors"
+        previous = torch.get_num_threads()
+        try:
+            return run_benchmark(
+                [
+                    torch_engine(
+                        TORCH_FP32,
+                        lambda: HeadModule(load_hf_model(model_dir, AUTO_CLASS, allow_pickle), [INPUT]),
+                        feeds,
+                        settings.threads,
+                        weights.stat().st_size if weights.exists() else 0,
+                    ),
+                    *engines_for(fp32, candidates, feeds, settings.threads),
+                ],
+                settings,
+            )
+        finally:
+            torch.set_num_threads(previous)
+
+
+IMAGE_CLASSIFICATION = register_task_type(ImageClassification())
