@@ -200,6 +200,30 @@ def train_token_classifier(
     return _save(model, out)
 
 
+def sts_retrieval(sts_tsv: Path, out: Path, min_score: float = 4.0, limit: int | None = None) -> Path:
+    """A retrieval set from STS-B (real sentences, real human scores): each first sentence of a pair
+    scored >= `min_score` is a query whose relevant document is its pair's second sentence; every second
+    sentence of the file is in the corpus (the others are distractors)."""
+    import json
+
+    from quantgate.heldout import load_sts_tsv
+
+    pairs = load_sts_tsv(sts_tsv).dropna(subset=["score", "sentence1", "sentence2"])
+    pairs = pairs.head(limit) if limit else pairs
+    corpus: dict[str, str] = {}
+    for text in pairs["sentence2"].astype(str):
+        corpus.setdefault(text, f"d{len(corpus)}")
+    queries, qrels = {}, {}
+    for i, row in enumerate(pairs.itertuples()):
+        if row.score >= min_score and str(row.sentence1) not in queries.values():
+            queries[f"q{i}"] = str(row.sentence1)
+            qrels[f"q{i}"] = [corpus[str(row.sentence2)]]
+    data = {"queries": queries, "corpus": {v: k for k, v in corpus.items()}, "qrels": qrels}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return out
+
+
 TABULAR_KINDS = ("logistic", "mlp", "forest", "boosting")
 
 

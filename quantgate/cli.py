@@ -93,7 +93,7 @@ def register(
     try:
         expected = ExpectedMetric.parse(expect_metric) if expect_metric else None
         if task == "auto":
-            task = detect_task_type(model_dir).name
+            task = detect_task_type(model_dir, heldout).name
         registration = lifecycle.register(
             _store(), ref, model_dir, heldout, task, allow_pickle, expect_metric=expected
         )

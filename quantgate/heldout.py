@@ -334,8 +334,8 @@ def split_heldout(
     # The evaluation cap bounds the reference and every candidate's scoring: a sample fixed by the same
     # content hash (so re-runs score the same rows), kept in file order.
     chosen = rest if max_eval_rows is None else rest[:max_eval_rows]
-    return HeldoutSplit(
-        calibration=df.loc[calib_idx].reset_index(drop=True),
-        evaluation=df.loc[sorted(chosen)].reset_index(drop=True),
-        evaluation_available=len(rest),
-    )
+    calibration = df.loc[calib_idx].reset_index(drop=True)
+    evaluation = df.loc[sorted(chosen)].reset_index(drop=True)
+    # What a task type keeps beside the rows (a retrieval set's corpus) belongs to both sides.
+    calibration.attrs, evaluation.attrs = dict(df.attrs), dict(df.attrs)
+    return HeldoutSplit(calibration=calibration, evaluation=evaluation, evaluation_available=len(rest))

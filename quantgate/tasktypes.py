@@ -30,7 +30,14 @@ from quantgate.bench import (
     torch_engine,
 )
 from quantgate.errors import ConfigError, HeldoutValidationError
-from quantgate.evaluate import ParityReport, embed_texts, embedding_agreement, parity_report, spearman
+from quantgate.evaluate import (
+    ParityReport,
+    cosine_rows,
+    embed_texts,
+    embedding_agreement,
+    parity_report,
+    spearman,
+)
 from quantgate.export import ExportResult, build_embedding_module, export_sentence_embedding, tokenize
 from quantgate.gates import (
     BASELINE_LIMIT,
@@ -219,6 +226,11 @@ class TaskType(Protocol):
 
     def recognises(self, model_dir: Path) -> bool: ...
 
+    def reads(self, heldout: Path) -> bool:
+        """Whether a held-out file looks like this task type's format (tells apart two task types that
+        recognise the same model folder, e.g. STS pairs and a retrieval set for one encoder)."""
+        ...
+
     def heldout_schema(self, model_dir: Path) -> HeldoutSchema:
         """The schema this model's held-out set is validated by (`schema`, or one built from the model:
         a table's feature columns)."""
@@ -372,6 +384,9 @@ class SentenceEmbedding:
     def heldout_schema(self, model_dir: Path) -> HeldoutSchema:
         return self.schema
 
+    def reads(self, heldout: Path) -> bool:
+        return heldout.suffix.lower() != ".json"
+
     def read_heldout(self, path: Path) -> pd.DataFrame:
         return load_sts_tsv(path)
 
@@ -523,6 +538,18 @@ class SentenceEmbedding:
         neighbours = agreement["neighbour_agreement"]
         agree = round(neighbours * texts) if np.isfinite(neighbours) else 0
         fp32_scores, _ = self._scored(reference.outputs, heldout)
+        texts = self.texts(heldout)
+        cosines = cosine_rows(reference.outputs, cand)
+        examples = [
+            Example(
+                row=int(i) % len(heldout),
+                text=shorten(texts[i]),
+                fp32="the FP32 embedding",
+                candidate=f"cosine {cosines[i]:.4f} to it",
+                change=round(float(1 - cosines[i]), 4),
+            )
+            for i in np.argsort(cosines, kind="stable")[:MAX_EXAMPLES]
+        ]
         return Evaluation(
             task_metric=self.metric.name,
             task_metric_fp32=reference.task_metric,
@@ -535,6 +562,7 @@ class SentenceEmbedding:
             extra=agreement,
             extra_intervals={"neighbour_agreement": wilson_interval(agree, texts)},
             slices=slice_results(self._slices(heldout), gold, fp32_scores, scores),
+            examples=examples,
             champion_version=reference.champion_version,
             task_metric_champion=reference.champion_metric,
             champion_drop_interval=champion_interval,
@@ -620,6 +648,7 @@ BUILTIN = (
     "quantgate.families.token_classification",
     "quantgate.families.tabular",
     "quantgate.families.image_classification",
+    "quantgate.families.retrieval",
 )
 
 
@@ -649,11 +678,13 @@ def get_task_type(name: str) -> TaskType:
         raise ConfigError(f"unknown task type {name!r}: choose one of {sorted(TASK_TYPES)}") from None
 
 
-def detect_task_type(model_dir: Path) -> TaskType:
-    """The one task type that recognises this model folder; an error naming the known kinds (and how
-    each is recognised) when none does or several do. Nothing is guessed."""
+def detect_task_type(model_dir: Path, heldout: Path | None = None) -> TaskType:
+    """The one task type that recognises this model folder (and, when several do, reads this held-out
+    file); an error naming the known kinds (and how each is recognised) otherwise. Nothing is guessed."""
     known = task_types()
     matches = [t for t in known.values() if t.recognises(model_dir)]
+    if len(matches) > 1 and heldout is not None:
+        matches = [t for t in matches if t.reads(heldout)]
     if len(matches) == 1:
         return matches[0]
     kinds = "; ".join(f"{t.name}: {t.recognised_by}" for t in known.values())

@@ -177,6 +177,9 @@ class ImageClassification:
     def heldout_schema(self, model_dir: Path) -> HeldoutSchema:
         return self.schema
 
+    def reads(self, heldout: Path) -> bool:
+        return True  # no other task type recognises the same models
+
     def read_heldout(self, path: Path) -> pd.DataFrame:
         if path.suffix.lower() == ".npz":
             return read_npz(path)

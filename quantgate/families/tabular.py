@@ -218,6 +218,9 @@ class Tabular:
         }
         return self.schema.model_copy(update={"columns": {**kinds, LABEL: "label"}})
 
+    def reads(self, heldout: Path) -> bool:
+        return True  # no other task type recognises the same models
+
     def read_heldout(self, path: Path) -> pd.DataFrame:
         try:
             if path.suffix.lower() in {".parquet", ".pq"}:

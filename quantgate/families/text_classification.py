@@ -88,6 +88,9 @@ class SequenceClassification:
     def heldout_schema(self, model_dir: Path) -> HeldoutSchema:
         return self.schema
 
+    def reads(self, heldout: Path) -> bool:
+        return True  # no other task type recognises the same models
+
     def read_heldout(self, path: Path) -> pd.DataFrame:
         return load_headed_tsv(path)
 

@@ -208,3 +208,82 @@ def test_dynamic_int8_of_a_cnn_is_rejected_as_slower_than_fp32(store, digits_cnn
     report = _report(store, "rejected/digits/v2/")
     failed = [r["gate"]["name"] for r in report["gates"]["results"] if not r["passed"]]
     assert "p95 speed-up vs ORT FP32" in failed  # ConvInteger: dynamic INT8 is slower than FP32 on a CNN
+
+
+@pytest.fixture(scope="module")
+def wnut_tagger(tmp_path_factory):
+    """A 2-layer BERT fine-tuned on WNUT-17 train (~20 s); held-out: 400 dev sentences (real CoNLL)."""
+    from benchmarks.train import train_token_classifier, wnut17, write_conll
+
+    root = tmp_path_factory.mktemp("wnut17")
+    model = train_token_classifier(root / "model", epochs=3, tiny=True)
+    return model, write_conll(wnut17("dev")[:400], root / "dev.conll")
+
+
+# A tiny tagger's entity F1 (~0.13) sits near the default floor of 0.1, and on 400 sentences its paired
+# drop interval is ~1.5 points wide: the floor and the drop limit are relaxed for it, explicitly.
+TINY_NER = ["--min-baseline-metric", "0.02", "--max-task-metric-drop", "0.03"]
+
+
+def test_an_ner_tagger_is_promoted_on_entity_f1_and_token_agreement(store, wnut_tagger):
+    model, heldout = wnut_tagger
+    registered = _cli("register", "wnut", "v1", "--model-dir", str(model), "--heldout", str(heldout))
+    assert registered.exit_code == 0, registered.output
+    assert "task token-classification" in registered.output
+    ran = _cli("run", "wnut", "v1", "--recipe", "dynamic-int8-per-channel", *TINY_NER, *FAST)
+    assert ran.exit_code == 0, ran.output
+    report = _report(store, "promoted/wnut/v1/")
+    assert report["search"]["candidates"][0]["evaluation"]["task_metric"] == "entity_f1"
+    gates = {r["gate"]["name"]: r for r in report["gates"]["results"]}
+    assert gates["label agreement"]["passed"]
+    assert gates["FP32 baseline"]["value"] > 0.05  # it found real entities in real tweets
+
+
+def test_an_ner_tagger_is_rejected_when_tags_move_and_the_sentences_are_shown(store, wnut_tagger):
+    model, heldout = wnut_tagger
+    assert _cli("register", "wnut", "v2", "--model-dir", str(model), "--heldout", str(heldout)).exit_code == 0
+    ran = _cli("run", "wnut", "v2", "--recipe", "dynamic-int8", "--min-label-agreement", "0.99999",
+               *TINY_NER, *FAST)  # fmt: skip
+    assert ran.exit_code == EXIT_REJECTED, ran.output
+    report = _report(store, "rejected/wnut/v2/")
+    assert [r["gate"]["name"] for r in report["gates"]["results"] if not r["passed"]] == ["label agreement"]
+    examples = report["search"]["candidates"][0]["evaluation"]["examples"]
+    assert len(examples) == 10
+    assert all(e["gold"] for e in examples)  # each sentence with its gold, FP32 and INT8 entities
+
+
+def test_a_conll_tag_the_tagger_does_not_know_is_refused_at_registration(store, wnut_tagger, tmp_path):
+    model, heldout = wnut_tagger
+    bad = tmp_path / "dev.conll"
+    bad.write_text(heldout.read_text() + "\nMars\tB-planet\n")
+    result = _cli("register", "wnut", "v3", "--model-dir", str(model), "--heldout", str(bad))
+    assert result.exit_code == EXIT_ERROR
+    assert "tags ['B-planet'] are not labels of the model" in " ".join(result.output.split()), result.output
+    assert not list(store.list(""))
+
+
+@pytest.fixture(scope="module")
+def sts_retrieval_set(sts_path, tmp_path_factory):
+    from benchmarks.train import sts_retrieval
+
+    return sts_retrieval(sts_path, tmp_path_factory.mktemp("retrieval") / "sts-retrieval.json")
+
+
+@pytest.mark.slow
+def test_minilm_with_a_retrieval_set_is_judged_on_recall_at_10_and_the_top_10_it_keeps(
+    store, minilm_dir, sts_retrieval_set
+):
+    registered = _cli(
+        "register", "minilm-ret", "v1", "--model-dir", str(minilm_dir), "--heldout", str(sts_retrieval_set)
+    )
+    assert registered.exit_code == 0, registered.output
+    assert "task sentence-retrieval" in registered.output  # the same encoder, told apart by its held-out set
+    ran = _cli("run", "minilm-ret", "v1", "--recipe", "dynamic-int8", "--recipe", "dynamic-int8-per-channel",
+               "--repeats", "20", "--max-trials", "0")  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    report = _report(store, "promoted/minilm-ret/v1/")
+    assert report["recipe"]["name"] == "dynamic-int8-per-channel"
+    plain = next(c for c in report["search"]["candidates"] if c["recipe"]["name"] == "dynamic-int8")
+    failed = [r["gate"]["name"] for r in plain["gates"]["results"] if not r["passed"]]
+    assert "top-10 overlap" in failed  # per-tensor INT8 reorders the neighbours a vector index returns
+    assert report["metrics"]["task_metric_fp32"] >= 0.9  # Recall@10 of MiniLM on STS-B paraphrases

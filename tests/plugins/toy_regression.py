@@ -143,6 +143,9 @@ class ToyRegression:
     def heldout_schema(self, model_dir: Path) -> HeldoutSchema:
         return self.schema
 
+    def reads(self, heldout: Path) -> bool:
+        return True  # no other task type recognises the same models
+
     def read_heldout(self, path: Path) -> pd.DataFrame:
         try:
             return pd.read_csv(path)

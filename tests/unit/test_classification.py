@@ -4,6 +4,8 @@ answers are known (or computed by scikit-learn, the reference implementation).""
 from __future__ import annotations
 
 import json
+import re
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -113,7 +115,7 @@ def test_gx_checks_the_optional_second_sentence_only_when_the_file_has_it(tmp_pa
 )
 def test_the_kind_of_model_is_told_from_its_config(tmp_path, architectures, task):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": architectures}))
-    assert detect_task_type(tmp_path).name == task
+    assert detect_task_type(tmp_path, tmp_path / "heldout.tsv").name == task
 
 
 def test_a_model_of_an_unknown_kind_is_refused_naming_the_kinds_quantgate_knows(tmp_path):
@@ -125,3 +127,158 @@ def test_a_model_of_an_unknown_kind_is_refused_naming_the_kinds_quantgate_knows(
     assert "--task" in message
     assert "sentence-embedding" in message
     assert "sequence-classification" in message
+
+
+# --- token classification -----------------------------------------------------------------------------------
+
+
+def test_entity_f1_matches_seqeval_and_its_bootstrap_is_paired_over_sentences():
+    from seqeval.metrics import f1_score
+
+    from quantgate.families.token_classification import entity_counts, f1_of, f1_resampled
+    from quantgate.stats import bootstrap_indices
+
+    gold = [["B-person", "I-person", "O"], ["O", "B-location"], ["B-group", "O", "B-product", "I-product"]]
+    pred = [["B-person", "O", "O"], ["O", "B-location"], ["B-group", "O", "B-product", "I-product"]]
+    counts = entity_counts(gold, pred)
+    assert f1_of(counts) == pytest.approx(f1_score(gold, pred))
+    assert counts[0].tolist() == [0, 1, 1]  # a span cut short is a miss and a false alarm, not half right
+    resampled = f1_resampled(counts, bootstrap_indices(3))
+    assert resampled.shape == (1000,)
+    assert resampled.min() >= 0.0
+    assert resampled.max() <= 1.0
+
+
+def test_conll_parsing_names_a_malformed_line_and_an_unknown_tag(tmp_path):
+    from quantgate.families.token_classification import read_conll
+
+    good = tmp_path / "dev.conll"
+    good.write_text("Paris\tB-location\nis\tO\n\nhi\tO\n", encoding="utf-8")
+    frame = read_conll(good)
+    assert frame["tokens"].tolist() == ["Paris is", "hi"]
+    assert frame["tags"].tolist() == ["B-location O", "O"]
+    bad = tmp_path / "bad.conll"
+    bad.write_text("Paris B-location\n", encoding="utf-8")
+    with pytest.raises(HeldoutValidationError, match="line 1 is not `token<TAB>tag`"):
+        read_conll(bad)
+    with pytest.raises(HeldoutValidationError, match=r"tags \['B-planet'\] are not labels of the model"):
+        label_ids(["O", "B-planet"], {0: "O", 1: "B-location"}, what="tag")
+
+
+# --- tabular ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cancer_logistic(tmp_path_factory):
+    from benchmarks.train import train_tabular
+
+    return train_tabular(tmp_path_factory.mktemp("cancer"), "logistic")
+
+
+def test_a_pickle_needs_allow_pickle_and_untrusted_skops_types_are_named(cancer_logistic, tmp_path):
+    import shutil
+
+    import joblib
+    import skops.io as sio
+
+    from quantgate.errors import InvalidModelError
+
+    task = get_task_type("tabular")
+    model_dir, _ = cancer_logistic
+    task.check_model(model_dir)  # the safe format loads
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(model_dir / "features.json", pickled)
+    skops_file = model_dir / "model.skops"
+    estimator = sio.load(skops_file, trusted=sio.get_untrusted_types(file=skops_file))
+    joblib.dump(estimator, pickled / "model.joblib")
+    assert detect_task_type(pickled).name == "tabular"
+    with pytest.raises(InvalidModelError, match="--allow-pickle"):
+        task.check_model(pickled)
+    assert task.check_model(pickled, allow_pickle=True)["type"] == "Pipeline"
+    untrusted = tmp_path / "untrusted"
+    untrusted.mkdir()
+    shutil.copy(model_dir / "features.json", untrusted)
+    sio.dump({"model": estimator, "hook": Fraction(1, 3)}, untrusted / "model.skops")
+    with pytest.raises(InvalidModelError, match=r"fractions\.Fraction"):
+        task.check_model(untrusted)
+
+
+@pytest.mark.parametrize(
+    ("features", "words"),
+    [
+        ('{"features": []}', "names no features"),
+        ('{"features": [{"name": "a", "dtype": "object"}]}', "are not numeric"),
+        ('{"cols": ["a"]}', '{"features": [{"name": ..., "dtype": ...}'),
+    ],
+)
+def test_a_bad_features_json_is_refused_with_its_layout(cancer_logistic, tmp_path, features, words):
+    import shutil
+
+    from quantgate.errors import InvalidModelError
+
+    model_dir, _ = cancer_logistic
+    folder = tmp_path / "m"
+    shutil.copytree(model_dir, folder)
+    (folder / "features.json").write_text(features)
+    with pytest.raises(InvalidModelError, match=re.escape(words)):
+        get_task_type("tabular").check_model(folder)
+
+
+# --- images -------------------------------------------------------------------------------------------------
+
+
+def test_an_npz_of_the_wrong_shape_and_a_tar_entry_outside_a_class_folder_are_refused(tmp_path):
+    import io
+    import tarfile
+
+    from quantgate.families.image_classification import read_image_tar, read_npz
+
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, images=np.zeros((4, 8, 8), dtype=np.uint8), labels=np.zeros(4))
+    with pytest.raises(HeldoutValidationError, match="are not \\(N, H, W, 1 or 3\\) uint8"):
+        read_npz(bad)
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as tar:
+        info = tarfile.TarInfo("../../etc/x.png")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    with pytest.raises(HeldoutValidationError, match="is not <class>/<image file>"):
+        read_image_tar(evil)
+
+
+# --- retrieval ----------------------------------------------------------------------------------------------
+
+
+def test_recall_at_10_counts_the_relevant_documents_in_each_top_10():
+    from quantgate.families.retrieval import recall_at_k
+
+    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.1]])
+    recall, top = recall_at_k(scores, [{0}, {2, 0}], k=2)
+    assert recall.tolist() == [1.0, 0.5]
+    assert top.tolist() == [[0, 2], [1, 0]]
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({"queries": {"q": "a"}, "corpus": {"d": "b"}}, "must be JSON"),
+        ({"queries": {"q": "a"}, "corpus": {"d": "b"}, "qrels": {"q": ["x"]}}, "documents ['x']"),
+        ({"queries": {"q": "a"}, "corpus": {"d": " "}, "qrels": {"q": ["d"]}}, "are empty"),
+    ],
+)
+def test_a_bad_retrieval_set_is_refused_with_its_layout(tmp_path, data, words):
+    from quantgate.families.retrieval import read_retrieval_json
+
+    path = tmp_path / "ret.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(HeldoutValidationError, match=re.escape(words)):
+        read_retrieval_json(path)
+
+
+def test_an_encoder_with_a_retrieval_file_is_a_retrieval_task_and_with_sts_an_embedding_task(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
+    assert detect_task_type(tmp_path, tmp_path / "set.json").name == "sentence-retrieval"
+    assert detect_task_type(tmp_path, tmp_path / "sts-dev.tsv").name == "sentence-embedding"
+    with pytest.raises(ConfigError, match="pass --task"):
+        detect_task_type(tmp_path)

@@ -1,0 +1,247 @@
+"""Every model family through the real flow: train (or reuse) the real models of benchmarks/train.py,
+register each with `quantgate register` (its kind told from the folder), run `quantgate run` with the
+task type's default search and every default gate, and tabulate the decisions.
+
+Starts its own SeaweedFS on 127.0.0.1 (stopped at the end, also on failure); Prefect's ephemeral API.
+Benchmark settings are the CLI's defaults: batch 1, 1 thread, sequence 128 for text, the image
+processor's size for images. Writes JSON and prints the README's table (`--readme` also writes it into
+README.md between its markers).
+
+    .venv/bin/python benchmarks/families.py [--models ~/.cache/quantgate-families] [--only tabular] [--readme]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+START, END = "<!-- families-table:start -->", "<!-- families-table:end -->"
+
+
+def _text_classifier(root: Path) -> tuple[Path, Path]:
+    from benchmarks.train import sst2_sample, train_sequence_classifier, write_tsv
+
+    model = root / "model"
+    if not (model / "model.safetensors").is_file():
+        train_sequence_classifier(model, rows=8000, epochs=1)
+    return model, write_tsv(sst2_sample("dev", 1000, seed=1), root / "sst2-dev-1000.tsv")
+
+
+def _ner(root: Path) -> tuple[Path, Path]:
+    from benchmarks.train import train_token_classifier, wnut17, write_conll
+
+    model = root / "model"
+    if not (model / "model.safetensors").is_file():
+        train_token_classifier(model, epochs=3)
+    return model, write_conll(wnut17("dev"), root / "wnut17-dev.conll")
+
+
+def _table(kind: str, dataset: str) -> Callable[[Path], tuple[Path, Path]]:
+    def make(root: Path) -> tuple[Path, Path]:
+        from benchmarks.train import train_tabular
+
+        if (root / "model" / "model.skops").is_file():
+            return root / "model", root / "heldout.csv"
+        return train_tabular(root, kind, dataset)
+
+    return make
+
+
+def _cnn(root: Path) -> tuple[Path, Path]:
+    from benchmarks.train import train_image_classifier
+
+    if (root / "model" / "model.safetensors").is_file():
+        return root / "model", root / "digits-heldout.npz"
+    return train_image_classifier(root, size=64, epochs=10, widths=(32, 64, 128, 256))
+
+
+# (name, family, what it is, how to make it)
+MODELS: list[tuple[str, str, str, Callable[[Path], tuple[Path, Path]]]] = [
+    (
+        "sst2-minilm",
+        "sequence-classification",
+        "MiniLM-L6 fine-tuned on 8k SST-2 sentences",
+        _text_classifier,
+    ),
+    ("wnut17-minilm", "token-classification", "MiniLM-L6 fine-tuned on WNUT-17 train", _ner),
+    ("cancer-mlp", "tabular", "MLPClassifier(256, 256), breast_cancer", _table("mlp", "breast_cancer")),
+    ("digits-mlp", "tabular", "MLPClassifier(256, 256), digits", _table("mlp", "digits")),
+    ("cancer-logistic", "tabular", "LogisticRegression, breast_cancer", _table("logistic", "breast_cancer")),
+    ("wine-forest", "tabular", "RandomForest(100), wine", _table("forest", "wine")),
+    ("digits-resnet", "image-classification", "ResNet (4 stages, 32-256 wide), digits at 64x64", _cnn),
+]
+
+
+def _row(name: str, family: str, what: str, report: dict[str, Any], seconds: float) -> dict[str, Any]:
+    bench = {r["engine"]: r for r in report["benchmark"]["results"]}
+    chosen = report["recipe"]["name"]
+    fp32, int8 = bench.get("onnx-fp32"), bench.get(chosen)
+    m = report["metrics"]
+    promoted = report["outcome"] == "promoted"
+    return {
+        "family": family,
+        "model": name,
+        "what": what,
+        "task_metric": report["search"]["candidates"][0]["evaluation"]["task_metric"]
+        if report["search"]["candidates"][0].get("evaluation")
+        else "accuracy",
+        "fp32_metric": round(m["task_metric_fp32"], 4),
+        "promoted_metric": round(m["task_metric_candidate"], 4) if promoted else None,
+        "drop_points": round(100 * m.get("task_metric_drop", 0.0), 2),
+        "outcome": report["outcome"],
+        "reason": report.get("reason"),
+        "recipe": chosen if promoted else None,
+        "p50_fp32_ms": fp32["p50_ms"] if fp32 else None,
+        "p50_int8_ms": int8["p50_ms"] if (int8 and promoted) else None,
+        "speedup": round(fp32["p50_ms"] / int8["p50_ms"], 2) if (fp32 and int8 and promoted) else None,
+        "size_fp32_mb": fp32["size_mb"] if fp32 else None,
+        "size_int8_mb": int8["size_mb"] if (int8 and promoted) else None,
+        "parity_max_abs_diff": round(report["parity"]["max_abs_diff"], 4),
+        "parity_passed": report["parity"]["passed"],
+        "candidates": len(report["search"]["candidates"]),
+        "flow_s": round(seconds, 1),
+    }
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| family | model | metric | FP32 | promoted | recipe | p50 ONNX FP32 → INT8 (b1, 1 thread) "
+        "| size MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["outcome"] == "promoted":
+            speed = f"{r['p50_fp32_ms']:.2f} → {r['p50_int8_ms']:.2f} ms ({r['speedup']:.2f}x)"
+            size = f"{r['size_fp32_mb']:.1f} → {r['size_int8_mb']:.1f}"
+            promoted, recipe = f"{r['promoted_metric']:.4f}", f"`{r['recipe']}`"
+        else:
+            speed = f"{r['p50_fp32_ms']:.3f} ms FP32 only" if r["p50_fp32_ms"] else "-"
+            size = f"{r['size_fp32_mb']:.1f}" if r["size_fp32_mb"] else "-"
+            promoted, recipe = "not promoted", f"**{r['reason']}**"
+        lines.append(
+            f"| {r['family']} | {r['model']} ({r['what']}) | {r['task_metric']} | {r['fp32_metric']:.4f} | "
+            f"{promoted} | {recipe} | {speed} | {size} |"
+        )
+    return "\n".join(lines)
+
+
+def bars(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's first bars, measured in this run."""
+    out = []
+    for r in rows:
+        if r["family"] in ("sequence-classification", "token-classification"):
+            ok = bool(r["speedup"] and r["speedup"] >= 2 and r["drop_points"] <= 1)
+            out.append({"model": r["model"], "bar": "≥ 2x ONNX FP32 at ≤ 1 pt drop", "ok": ok})
+        elif r["family"] == "image-classification":
+            ok = bool(
+                r["speedup"]
+                and r["speedup"] >= 2
+                and r["drop_points"] <= 1
+                and "static" in (r["recipe"] or "")
+            )
+            out.append(
+                {"model": r["model"], "bar": "static INT8 ≥ 2x ONNX FP32 at ≤ 1 pt top-1 drop", "ok": ok}
+            )
+        elif r["model"].endswith("-mlp"):
+            out.append({"model": r["model"], "bar": "parity vs scikit-learn within 0.04 / 0.01",
+                        "ok": bool(r["parity_passed"])})  # fmt: skip
+        elif r["model"].endswith("-forest"):
+            out.append({"model": r["model"], "bar": "NotPromoted: nothing-to-quantize",
+                        "ok": r["reason"] == "nothing-to-quantize"})  # fmt: skip
+    return out
+
+
+def main() -> int:  # noqa: PLR0915 - the benchmark reads top to bottom, one step per statement
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "families.json")
+    parser.add_argument("--models", type=Path, default=Path.home() / ".cache" / "quantgate-families",
+                        help="where the trained models are kept (reused when present)")  # fmt: skip
+    parser.add_argument("--only", nargs="*", help="families or model names to run (default: all)")
+    parser.add_argument("--readme", action="store_true", help="write the table into README.md")
+    args = parser.parse_args()
+
+    from typer.testing import CliRunner
+
+    from infra.seaweed import SeaweedServer
+    from quantgate.cli import app
+    from quantgate.process import configure_process
+    from quantgate.settings import Settings
+    from quantgate.storage import ObjectStore
+
+    configure_process()
+    chosen = [m for m in MODELS if not args.only or m[0] in args.only or m[1] in args.only]
+    made = {}
+    for name, _family, _what, make in chosen:
+        t0 = time.perf_counter()
+        made[name] = make(args.models / name)
+        print(f"{name}: model ready in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    runner = CliRunner()
+    rows = []
+    key, secret = "bench" + secrets.token_hex(4), secrets.token_urlsafe(24)
+    with tempfile.TemporaryDirectory() as tmp, SeaweedServer(Path(tmp) / "s3", key, secret) as server:
+        os.environ.update(
+            {
+                "QUANTGATE_S3_ENDPOINT_URL": server.endpoint_url,
+                "QUANTGATE_BUCKET": "quantgate-families",
+                "AWS_ACCESS_KEY_ID": key,
+                "AWS_SECRET_ACCESS_KEY": secret,
+                "QUANTGATE_WORK_DIR": str(Path(tmp) / "work"),
+            }
+        )
+        store = ObjectStore(Settings())
+        store.ensure_bucket()
+        for name, family, what, _ in chosen:
+            model_dir, heldout = made[name]
+            registered = runner.invoke(
+                app, ["register", name, "v1", "--model-dir", str(model_dir), "--heldout", str(heldout)]
+            )
+            if registered.exit_code != 0:
+                print(registered.output, file=sys.stderr)
+                return 1
+            t0 = time.perf_counter()
+            ran = runner.invoke(app, ["run", name, "v1"])
+            seconds = time.perf_counter() - t0
+            decided = [
+                k.key for k in store.list("") if k.key.endswith("report.json") and f"/{name}/v1/" in k.key
+            ]
+            decision = next((k for k in decided if k.startswith(("promoted/", "rejected/"))), None)
+            if decision is None:
+                print(ran.output, file=sys.stderr)
+                return 1
+            report = json.loads(store.get_bytes(decision))
+            rows.append(_row(name, family, what, report, seconds))
+            print(json.dumps(rows[-1]), flush=True)
+
+    table = markdown(rows)
+    checked = bars(rows)
+    print("\n" + table + "\n")
+    for b in checked:
+        print(f"{'PASS' if b['ok'] else 'FAIL'}  {b['model']}: {b['bar']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"rows": rows, "bars": checked, "command": " ".join(sys.argv)}, indent=1))
+    if args.readme:
+        readme = REPO / "README.md"
+        text = readme.read_text()
+        if START in text and END in text:
+            head, rest = text.split(START, 1)
+            readme.write_text(head + START + "\n" + table + "\n" + END + rest.split(END, 1)[1])
+    return 0 if all(b["ok"] for b in checked) else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

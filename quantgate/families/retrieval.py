@@ -1,0 +1,266 @@
+"""Sentence embeddings judged on retrieval: Recall@10 over a corpus, for the bi-encoders that serve a
+vector index (the write-ups' headline: MiniLM Recall@10 0.74 → 0.73).
+
+The same models as `sentence-embedding` (a bare encoder); `register` tells the two apart by the held-out
+file: a retrieval set is one JSON file
+
+    {"queries": {"q1": "text", ...}, "corpus": {"d1": "text", ...}, "qrels": {"q1": ["d1", ...], ...}}
+
+(BEIR's three parts in one file). Every query is scored against the whole corpus, whichever split it falls
+in. Gates: Recall@10 drop (paired bootstrap over queries), the FP32 baseline, mean and min cosine to FP32
+over queries and documents, and how much of each query's FP32 top 10 the candidate keeps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from quantgate.backends import Servable
+from quantgate.errors import HeldoutValidationError
+from quantgate.evaluate import cosine_rows, embed_texts, parity_report
+from quantgate.gates import (
+    BASELINE_LIMIT,
+    Gate,
+    Limit,
+    Thresholds,
+    baseline_gate,
+    core_gates,
+    limit_value,
+    parity_and_speed_gates,
+)
+from quantgate.heldout import HeldoutSchema, read_utf8
+from quantgate.stats import bootstrap_indices, percentile_interval
+from quantgate.tasktypes import (
+    MAX_EXAMPLES,
+    Column,
+    Evaluation,
+    Example,
+    PlotAxis,
+    Reference,
+    SentenceEmbedding,
+    TaskMetric,
+    paired_intervals,
+    register_task_type,
+    shorten,
+)
+
+K = 10
+CORPUS = "corpus"  # DataFrame.attrs key: {doc id: text}, shared by every split of the queries
+
+_COSINE_LIMITS = tuple(
+    lim for lim in SentenceEmbedding.limits if lim.name in ("min_mean_cosine", "min_min_cosine")
+)
+TOP_K_LIMIT = Limit(
+    name="min_top10_overlap",
+    default=0.9,
+    ge=0,
+    le=1,
+    help="retrieval: min mean share of each query's FP32 top 10 the candidate also returns",
+)
+
+
+def read_retrieval_json(path: Path) -> pd.DataFrame:
+    """One row per query (query_id, query, relevant: space-joined doc ids); the corpus in attrs."""
+    try:
+        data = json.loads(read_utf8(path))
+        queries, corpus, qrels = data["queries"], data["corpus"], data["qrels"]
+        if not all(isinstance(x, dict) for x in (queries, corpus, qrels)):
+            raise TypeError("queries, corpus and qrels must be objects")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise HeldoutValidationError(
+            f'held-out file {path.name} must be JSON {{"queries": {{id: text}}, "corpus": {{id: text}}, '
+            f'"qrels": {{query id: [doc ids]}}}} ({type(exc).__name__}: {exc})',
+            ["retrieval JSON layout"],
+        ) from None
+    unknown_docs = sorted({str(d) for ds in qrels.values() for d in ds} - set(map(str, corpus)))
+    unknown_queries = sorted(set(map(str, qrels)) - set(map(str, queries)))
+    if unknown_docs or unknown_queries:
+        raise HeldoutValidationError(
+            f"held-out qrels name documents {unknown_docs[:5]} or queries {unknown_queries[:5]} that the "
+            "file does not have: every judged id must be in corpus / queries",
+            ["qrels name unknown ids"],
+        )
+    blank = [k for k, v in corpus.items() if not str(v).strip()]
+    if blank:
+        raise HeldoutValidationError(
+            f"held-out corpus documents {blank[:5]} are empty: drop them (and their qrels)",
+            ["empty documents"],
+        )
+    rows = [
+        {"query_id": str(q), "query": str(text), "relevant": " ".join(str(d) for d in qrels.get(q, []))}
+        for q, text in queries.items()
+        if qrels.get(q)
+    ]
+    frame = pd.DataFrame(rows, columns=["query_id", "query", "relevant"])
+    frame.attrs[CORPUS] = {str(k): str(v) for k, v in corpus.items()}
+    return frame
+
+
+def recall_at_k(scores: np.ndarray, relevant: list[set[int]], k: int = K) -> tuple[np.ndarray, np.ndarray]:
+    """(per-query Recall@k, per-query top-k document indices) from a (queries, documents) score matrix."""
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    recall = np.array([len(set(top[i].tolist()) & rel) / len(rel) for i, rel in enumerate(relevant)])
+    return recall, top
+
+
+class SentenceRetrieval(SentenceEmbedding):
+    name = "sentence-retrieval"
+    recognised_by = "a bare encoder (as sentence-embedding) registered with a retrieval .json held-out set"
+    heldout_format = "json: queries, corpus, qrels"
+    schema = HeldoutSchema(
+        columns={"query_id": "text", "query": "text", "relevant": "text"},
+        unique_columns=["query_id"],
+        min_rows=10,
+    )
+    metric = TaskMetric(name="recall_at_10")
+    default_recipes: ClassVar[tuple[str, ...]] = ()
+    limits: ClassVar[tuple[Limit, ...]] = (*_COSINE_LIMITS, TOP_K_LIMIT, BASELINE_LIMIT)
+    columns: ClassVar[tuple[Column, ...]] = (
+        Column(metric="top10_overlap", digits=3),
+        Column(metric="mean_cosine"),
+        Column(metric="min_cosine"),
+    )
+    plot_axes: ClassVar[tuple[PlotAxis, ...]] = (
+        PlotAxis(metric="top10_overlap", label="FP32 top 10 kept", limit="min_top10_overlap"),
+    )
+
+    def gates(self, t: Thresholds) -> list[Gate]:
+        core = core_gates(t)
+        return [
+            core[0],
+            baseline_gate(t),
+            *core[1:],
+            Gate(name="mean cosine", metric="mean_cosine", op=">=", limit=limit_value(t, "min_mean_cosine")),
+            Gate(name="min cosine", metric="min_cosine", op=">=", limit=limit_value(t, "min_min_cosine")),
+            Gate(
+                name="top-10 overlap",
+                metric="top10_overlap",
+                op=">=",
+                limit=limit_value(t, "min_top10_overlap"),
+            ),
+            *parity_and_speed_gates(t),
+        ]
+
+    def reads(self, path: Path) -> bool:
+        return path.suffix.lower() == ".json"
+
+    def read_heldout(self, path: Path) -> pd.DataFrame:
+        return read_retrieval_json(path)
+
+    @staticmethod
+    def texts(heldout: pd.DataFrame) -> list[str]:
+        """The queries and the documents judged relevant to them (export samples, calibration)."""
+        corpus = heldout.attrs.get(CORPUS, {})
+        docs = dict.fromkeys(d for rel in heldout["relevant"] for d in str(rel).split())
+        return [*heldout["query"].astype(str), *(corpus[d] for d in docs if d in corpus)]
+
+    def _vectors(self, model: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> tuple[Any, Any]:
+        corpus = heldout.attrs[CORPUS]
+        texts = [*heldout["query"].astype(str), *corpus.values()]
+        out = embed_texts(
+            model, self._tokenizer(assets), texts, max_length=self.eval_max_length, threads=threads
+        )
+        return out[: len(heldout)], out[len(heldout) :]
+
+    @staticmethod
+    def _relevant(heldout: pd.DataFrame) -> list[set[int]]:
+        index = {d: i for i, d in enumerate(heldout.attrs[CORPUS])}
+        return [{index[d] for d in str(rel).split()} for rel in heldout["relevant"]]
+
+    @staticmethod
+    def _scores(queries: np.ndarray, docs: np.ndarray) -> np.ndarray:
+        def unit(x: np.ndarray) -> np.ndarray:
+            return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+        return unit(queries) @ unit(docs).T
+
+    def _recall(self, model: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> Any:
+        q, d = self._vectors(model, assets, heldout, threads)
+        recall, top = recall_at_k(self._scores(q, d), self._relevant(heldout))
+        return q, d, recall, top
+
+    def reference(self, fp32: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> Reference:
+        start = time.perf_counter()
+        q, d, recall, _ = self._recall(fp32, assets, heldout, threads)
+        resampled = recall[bootstrap_indices(len(recall))].mean(axis=1)
+        return Reference(
+            outputs=np.concatenate([q, d]),
+            task_metric=float(recall.mean()),
+            seconds=time.perf_counter() - start,
+            interval=percentile_interval(resampled),
+            resampled=resampled,
+        )
+
+    def score_champion(
+        self, reference: Reference, version: str, model: Servable, assets: Path, heldout: pd.DataFrame,
+        threads: int,
+    ) -> Reference:  # fmt: skip
+        _, _, recall, _ = self._recall(model, assets, heldout, threads)
+        return reference.model_copy(
+            update={
+                "champion_version": version,
+                "champion_metric": float(recall.mean()),
+                "champion_resampled": recall[bootstrap_indices(len(recall))].mean(axis=1),
+            }
+        )
+
+    def evaluate(
+        self, reference: Reference, candidate: Servable, assets: Path, heldout: pd.DataFrame,
+        thresholds: Thresholds, threads: int,
+    ) -> Evaluation:  # fmt: skip
+        start = time.perf_counter()
+        n = len(heldout)
+        q, d, recall, top = self._recall(candidate, assets, heldout, threads)
+        ref_q, ref_d = reference.outputs[:n], reference.outputs[n:]
+        _, ref_top = recall_at_k(self._scores(ref_q, ref_d), self._relevant(heldout))
+        overlap = np.array(
+            [len(set(a.tolist()) & set(b.tolist())) / K for a, b in zip(ref_top, top, strict=True)]
+        )
+        cand = np.concatenate([q, d])
+        cosines = cosine_rows(reference.outputs, cand)
+        drop, champion = paired_intervals(reference, recall[bootstrap_indices(n)].mean(axis=1))
+        docs = list(heldout.attrs[CORPUS].values())
+        examples = [
+            Example(
+                row=int(i),
+                text=shorten(str(heldout["query"].iloc[i])),
+                fp32=f"top 1: {shorten(docs[ref_top[i][0]], 80)}",
+                candidate=f"top 1: {shorten(docs[top[i][0]], 80)}; keeps {overlap[i]:.0%} of the FP32 top 10",
+                change=round(float(1 - overlap[i]), 4),
+            )
+            for i in np.argsort(overlap, kind="stable")[:MAX_EXAMPLES]
+        ]
+        return Evaluation(
+            task_metric=self.metric.name,
+            task_metric_fp32=reference.task_metric,
+            task_metric_candidate=float(recall.mean()),
+            parity=parity_report(
+                reference.outputs,
+                cand,
+                thresholds.value("abs_tol"),
+                thresholds.value("mean_tol"),
+                output="sentence_embedding",
+            ),
+            seconds=time.perf_counter() - start,
+            rows=n,
+            task_metric_fp32_interval=reference.interval,
+            task_metric_drop_interval=drop,
+            extra={
+                "mean_cosine": float(cosines.mean()),
+                "min_cosine": float(cosines.min()),
+                "top10_overlap": float(overlap.mean()),
+            },
+            examples=examples,
+            champion_version=reference.champion_version,
+            task_metric_champion=reference.champion_metric,
+            champion_drop_interval=champion,
+        )
+
+
+SENTENCE_RETRIEVAL = register_task_type(SentenceRetrieval())
