@@ -172,6 +172,7 @@ def main() -> int:  # noqa: PLR0915 - the benchmark reads top to bottom, one ste
                         help="where the trained models are kept (reused when present)")  # fmt: skip
     parser.add_argument("--only", nargs="*", help="families or model names to run (default: all)")
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
+    parser.add_argument("--train-only", action="store_true", help="make the models, run nothing")
     args = parser.parse_args()
 
     from typer.testing import CliRunner
@@ -189,6 +190,8 @@ def main() -> int:  # noqa: PLR0915 - the benchmark reads top to bottom, one ste
         t0 = time.perf_counter()
         made[name] = make(args.models / name)
         print(f"{name}: model ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    if args.train_only:
+        return 0
 
     runner = CliRunner()
     rows = []

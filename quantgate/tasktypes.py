@@ -538,12 +538,12 @@ class SentenceEmbedding:
         neighbours = agreement["neighbour_agreement"]
         agree = round(neighbours * texts) if np.isfinite(neighbours) else 0
         fp32_scores, _ = self._scored(reference.outputs, heldout)
-        texts = self.texts(heldout)
+        inputs = self.texts(heldout)
         cosines = cosine_rows(reference.outputs, cand)
         examples = [
             Example(
                 row=int(i) % len(heldout),
-                text=shorten(texts[i]),
+                text=shorten(inputs[i]),
                 fp32="the FP32 embedding",
                 candidate=f"cosine {cosines[i]:.4f} to it",
                 change=round(float(1 - cosines[i]), 4),

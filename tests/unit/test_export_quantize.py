@@ -160,3 +160,23 @@ def test_every_catalogue_recipe_counts_quantized_ops(exported, tmp_path):
         result = apply_recipe(recipe, exported.onnx_path, tmp_path / name)
         graph = onnx.load(str(result.path), load_external_data=False).graph
         assert count_quantized(graph, recipe.precision) > 0
+
+
+def test_an_embedding_candidate_is_scored_with_the_texts_that_moved_most(exported, tmp_path, small_sts):
+    from quantgate.backends import Servable
+    from quantgate.tasktypes import get_task_type
+    from quantgate.thresholds import GateThresholds
+
+    task = get_task_type("sentence-embedding")
+    heldout = task.read_heldout(small_sts).head(60)
+    fp32 = Servable(exported.onnx_path)
+    reference = task.reference(fp32, exported.assets_dir, heldout, 2)
+    q = apply_recipe(RECIPES["dynamic-int8"], exported.onnx_path, tmp_path / "int8")
+    ev = task.evaluate(reference, Servable(q.path), exported.assets_dir, heldout, GateThresholds(), 2)
+    lo, hi = ev.extra_intervals["neighbour_agreement"]
+    assert 0 <= lo <= ev.extra["neighbour_agreement"] <= hi <= 1
+    assert len(ev.examples) == 10
+    changes = [e.change for e in ev.examples]
+    assert changes == sorted(changes, reverse=True)  # worst first
+    assert changes[0] == pytest.approx(1 - ev.extra["min_cosine"], abs=1e-4)
+    assert ev.examples[0].text in task.texts(heldout)
