@@ -287,8 +287,19 @@ def _print_slices(parsed: Any) -> None:
     console.print(table)
 
 
+def _print_kinds(rows: list[dict[str, Any]]) -> None:
+    if len(rows) < 2:
+        return
+    table = Table(title="by kind of recipe (the fastest of each, one benchmark round)")
+    for col in rows[0]:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    console.print(table)
+
+
 def print_report(report: dict[str, Any]) -> None:
-    from quantgate.report import RunReport, bench_rows, compact_candidate_rows, gate_rows
+    from quantgate.report import RunReport, bench_rows, compact_candidate_rows, gate_rows, kind_rows
 
     parsed = RunReport.model_validate(report)
     verdict = "[bold green]PROMOTED[/]" if parsed.outcome == "promoted" else "[bold yellow]NOT PROMOTED[/]"
@@ -344,6 +355,7 @@ def print_report(report: dict[str, Any]) -> None:
             cells = {k: "" if v is None else str(v) for k, v in row.items()}
             table.add_row(*(f"[{style}]{v}[/]" if k == "result" else v for k, v in cells.items()))
         console.print(table)
+        _print_kinds(kind_rows(search))
         if search.fallback is not None and search.fallback.kept_fp32:
             console.print(
                 "kept in FP32 by the sensitive-node fallback: "

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from quantgate.backends import AnyRecipe
-from quantgate.bench import BASELINES, CHAMPION_ENGINE, BenchReport, cpu_info
+from quantgate.bench import BASELINES, CHAMPION_ENGINE, ONNX_FP32, BenchReport, cpu_info
 from quantgate.evaluate import ParityReport
 from quantgate.export import ExportResult
 from quantgate.gates import GateReport
@@ -269,6 +269,31 @@ def compact_candidate_rows(search: SearchResult, task: str) -> list[dict[str, An
     ]
 
 
+def kind_rows(search: SearchResult) -> list[dict[str, Any]]:
+    """The fastest candidate of each kind of recipe (dynamic, static, fp16, ...) against ONNX FP32 in
+    the same benchmark round: why one kind wins on this model (static QDQ on a CNN, where dynamic INT8
+    runs ConvInteger), or that it does not."""
+    bench = search.benchmarks.get("candidates")
+    fp32 = next((r.p50_ms for r in bench.results if r.engine == ONNX_FP32), None) if bench else None
+    best: dict[str, tuple[float, CandidateResult]] = {}
+    for c in search.candidates:
+        if c.latency is not None and c.bench_round == "candidates":
+            kind = c.recipe.kind
+            if kind not in best or c.latency.p50_ms < best[kind][0]:
+                best[kind] = (c.latency.p50_ms, c)
+    return [
+        {
+            "kind": kind,
+            "fastest": c.name,
+            "p50_ms": round(p50, 3),
+            "vs ONNX FP32": f"{fp32 / p50:.2f}x" if fp32 else None,
+            "task metric drop": _r(c.metrics.get("task_metric_drop"), 4),
+            "passed": "yes" if c.passed else "no",
+        }
+        for kind, (p50, c) in sorted(best.items(), key=lambda kv: kv[1][0])
+    ]
+
+
 def _r(v: float | None, digits: int) -> float | None:
     return None if v is None else round(v, digits)
 
@@ -345,6 +370,10 @@ def to_markdown(report: RunReport, links: dict[str, str] | None = None) -> str:
             f"candidates, {b.max_trials} trials, {b.max_seconds:g} s; {calib} calibration rows kept apart "
             f"from {evaluation} evaluation rows)\n\n" + _md_table(compact_candidate_rows(search, report.task))
         )
+        kinds = kind_rows(search)
+        if len(kinds) > 1:
+            title = "## By kind of recipe (the fastest of each, one benchmark round)"
+            parts.append(f"{title}\n\n{_md_table(kinds)}")
         if search.warnings:
             parts.append("Warnings: " + "; ".join(search.warnings))
         if search.fallback is not None:

@@ -188,6 +188,8 @@ def test_a_cnn_from_an_image_folder_is_promoted_with_static_int8_compared_with_d
     assert {"static-qdq-cnn-minmax", "static-qdq-cnn-entropy", "static-qdq-cnn-percentile"} <= set(tried)
     assert tried["dynamic-int8-per-channel"]["op_counts"].get("ConvInteger", 0) > 0
     assert report["metrics"]["task_metric_fp32"] > 0.8  # it learned the digits
+    shown = " ".join(_cli("report", "digits", "v1").output.split())
+    assert "by kind of recipe" in shown  # static beside dynamic, each with its speed-up over FP32
 
 
 def test_an_undecodable_image_is_refused_at_registration_by_name(store, digits_cnn, tmp_path):
