@@ -15,6 +15,11 @@ class NothingToQuantize(ConfigError):
     ONNX-ML ops): a run ends NotPromoted with reason nothing-to-quantize, not a crash."""
 
 
+class CandidateUnavailable(QuantgateError):
+    """A candidate this machine cannot build or run (its engine's package is missing, the CPU lacks the
+    feature): skipped with the reason in the candidate table, never a failed run."""
+
+
 class StorageError(QuantgateError):
     """Object storage could not be reached or refused a request."""
 

@@ -810,19 +810,18 @@ def pull_champion(store: Store, model: str, task: str, dest: Path) -> Champion |
     manifest, _ = pull_promotion(store, model, pointer.version, dest)
     if manifest.task != task:
         return None
-    from quantgate.backends import get_quantizer, parse_recipe
+    from quantgate.serving import servable_in
 
     try:
-        recipe = parse_recipe(manifest.recipe)
-        runtime = get_quantizer(recipe.backend).runtime
+        servable = servable_in(dest, manifest)
     except (ValidationError, ConfigError):
         return None  # promoted by another tool, or an older recipe schema: nothing to run it with
     return Champion(
         version=pointer.version,
         manifest=manifest,
-        model_path=dest / recipe.artifact_name,
+        model_path=servable.path,
         tokenizer_dir=dest / "tokenizer",
-        runtime=runtime,
+        runtime=servable.runtime,
     )
 
 

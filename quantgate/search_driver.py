@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from quantgate.backends import Servable, get_quantizer
 from quantgate.bench import CHAMPION_ENGINE, BenchReport, BenchSettings
-from quantgate.errors import NothingToQuantize, SearchError
+from quantgate.errors import CandidateUnavailable, NothingToQuantize, SearchError
 from quantgate.quantize import Recipe, build_candidate
 from quantgate.search import (
     NOTHING_TO_QUANTIZE,
@@ -80,6 +80,8 @@ def score_candidate(recipe: Recipe, job: ScoreJob, threads: int) -> CandidateRes
             prepared=job.prepared,
             calibration=job.calibration,
         )
+    except CandidateUnavailable as exc:
+        return CandidateResult(recipe=recipe, status="skipped", note=str(exc)[:500])
     except NothingToQuantize as exc:
         return CandidateResult(recipe=recipe, status="failed", note=f"{NOTHING_TO_QUANTIZE}: {exc}"[:500])
     except Exception as exc:  # noqa: BLE001 - quantizers raise anything; the run goes on without it

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from quantgate.sensitivity import NodeSensitivity
 
 # Backends shipped with quantgate, imported on first lookup (a test or a plugin imports its own module).
-BUILTIN = ("quantgate.backends.onnxruntime",)
+BUILTIN = ("quantgate.backends.onnxruntime", "quantgate.backends.openvino")
 
 
 class Session(Protocol):

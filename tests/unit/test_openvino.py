@@ -1,0 +1,94 @@
+"""The OpenVINO backend on a tiny BERT: NNCF INT8 and BF16 candidates built from the real ONNX export,
+run by OpenVINO's CPU plugin and judged by the same task type as ORT's; skipped, with the reason, where the
+CPU lacks the feature."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from quantgate.backends import Servable, get_quantizer, open_session
+from quantgate.backends.openvino import OpenVino, cpu_capabilities
+from quantgate.errors import CandidateUnavailable
+from quantgate.export import export_sentence_embedding, tokenize
+from quantgate.quantize import build_candidate, get_recipe
+from quantgate.search_driver import ScoreJob, score_candidate
+from quantgate.tasktypes import get_task_type
+from quantgate.thresholds import GateThresholds
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_dir: Path, small_sts: Path, tmp_path_factory: pytest.TempPathFactory):
+    task = get_task_type("sentence-embedding")
+    heldout = task.read_heldout(small_sts).head(80)
+    texts = task.texts(heldout)[:16]
+    result = export_sentence_embedding(tiny_model_dir, tmp_path_factory.mktemp("onnx"), texts, atol=1e-4)
+    return result, heldout
+
+
+def test_an_nncf_int8_candidate_is_an_openvino_ir_with_its_settings_and_matches_fp32(exported, tmp_path):
+    result, heldout = exported
+    task = get_task_type("sentence-embedding")
+    calibration = task.calibration_feeds(result.assets_dir, heldout.head(32))
+    q = build_candidate(
+        get_recipe("ov-nncf-int8-transformer"), result.onnx_path, tmp_path, calibration=calibration
+    )
+    assert q.op_counts["FakeQuantize"] > 0
+    files = {f.name for f in OpenVino().files(q.path)}
+    assert files == {"model.ov-int8.xml", "model.ov-int8.bin", "model.ov-int8.ov.json"}
+    assert json.loads((tmp_path / "model.ov-int8.ov.json").read_text()) == {"precision_hint": "f32"}
+    tokenizer = AutoTokenizer.from_pretrained(result.assets_dir)
+    feeds = tokenize(tokenizer, ["a short one", "a longer sentence about something"], 32)
+    (fp32,) = open_session(Servable(result.onnx_path), 1).run(["sentence_embedding"], feeds)
+    (int8,) = open_session(Servable(q.path, "openvino"), 1).run(["sentence_embedding"], feeds)
+    cosine = (fp32 * int8).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(int8, axis=1)
+    assert cosine.min() > 0.9
+
+
+def _job(exported, tmp_path) -> ScoreJob:
+    result, heldout = exported
+    task = get_task_type("sentence-embedding")
+    reference = task.reference(Servable(result.onnx_path), result.assets_dir, heldout, 2)
+    return ScoreJob(
+        task=task.name,
+        fp32=result.onnx_path,
+        prepared={},
+        calibration=task.calibration_feeds(result.assets_dir, heldout.head(32)),
+        out_dir=tmp_path,
+        reference=reference,
+        assets=result.assets_dir,
+        evaluation=heldout,
+        thresholds=GateThresholds(),
+        deadline=float("inf"),
+    )
+
+
+@pytest.mark.skipif("BF16" not in cpu_capabilities(), reason="this CPU has no BF16")
+def test_bf16_keeps_fp32_weights_and_is_scored_like_any_candidate(exported, tmp_path):
+    c = score_candidate(get_recipe("ov-bf16"), _job(exported, tmp_path), 1)
+    assert c.status == "evaluated", c.note
+    assert c.evaluation.extra["mean_cosine"] > 0.999  # BF16 inference moves embeddings very little
+
+
+def test_a_cpu_without_bf16_skips_the_candidate_with_the_reason(exported, tmp_path, monkeypatch):
+    monkeypatch.setattr("quantgate.backends.openvino.cpu_capabilities", lambda: ["FP32", "INT8"])
+    c = score_candidate(get_recipe("ov-bf16"), _job(exported, tmp_path), 1)
+    assert c.status == "skipped"
+    assert "no BF16" in c.note
+
+
+def test_a_machine_without_openvino_skips_its_candidates(exported, tmp_path, monkeypatch):
+    def missing() -> None:
+        raise CandidateUnavailable("OpenVINO is not installed here (pip install openvino nncf)")
+
+    monkeypatch.setattr("quantgate.backends.openvino._openvino", missing)
+    c = score_candidate(get_recipe("ov-nncf-int8-transformer"), _job(exported, tmp_path), 1)
+    assert c.status == "skipped"
+    assert "not installed" in c.note
+    assert get_quantizer("openvino").runtime == "openvino"
