@@ -18,7 +18,7 @@ runner = CliRunner()
 
 
 def test_openvino_and_onnx_runtime_candidates_are_judged_alike_in_one_benchmark(
-    store, tiny_model_dir, small_sts, tmp_path
+    store, tiny_model_dir, small_sts
 ):
     assert (
         runner.invoke(
