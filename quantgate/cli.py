@@ -182,7 +182,7 @@ def run(
     recipe_file: Annotated[
         Path | None, typer.Option(help="JSON list of recipes (objects or catalogue names)")
     ] = None,
-    max_candidates: Annotated[int, typer.Option(help="search budget: recipes tried")] = 8,
+    max_candidates: Annotated[int, typer.Option(help="search budget: recipes tried")] = 11,
     max_trials: Annotated[int, typer.Option(help="search budget: sensitive-node fallback trials")] = 8,
     max_seconds: Annotated[float, typer.Option(help="search budget: seconds for building and scoring")] = 300,
     calibration_rows: Annotated[int, typer.Option(help="held-out rows kept apart for calibration")] = 64,

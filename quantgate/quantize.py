@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from quantgate.backends import get_quantizer, parse_recipe, quantizers
+from quantgate.backends import AccuracyTarget, get_quantizer, parse_recipe, quantizers
 from quantgate.bench import BASELINES
 from quantgate.errors import ConfigError
 from quantgate.recipe import QuantizeResult, Recipe
@@ -79,9 +79,15 @@ def build_candidate(
     *,
     prepared: dict[str, Any] | None = None,
     calibration: list[dict[str, np.ndarray]] | None = None,
+    target: AccuracyTarget | None = None,
 ) -> QuantizeResult:
     """Build one candidate with its backend's quantizer; `prepared` holds each backend's shared work."""
     quantizer = get_quantizer(recipe.backend)
     return quantizer.build(
-        recipe, fp32, out_dir, prepared=(prepared or {}).get(recipe.backend), calibration=calibration
+        recipe,
+        fp32,
+        out_dir,
+        prepared=(prepared or {}).get(recipe.backend),
+        calibration=calibration,
+        target=target,
     )

@@ -28,11 +28,11 @@ from quantgate.thresholds import GateThresholds, gates_for
 
 class SearchBudget(BaseModel):
     """How much searching a run may do. The default fits the pipeline's 2-minute budget for MiniLM on a
-    2-core machine (benchmarks/recipe_search_minilm.py)."""
+    2-core machine, both engines (benchmarks/peers.py measures it)."""
 
     model_config = {"extra": "forbid", "frozen": True}
 
-    max_candidates: int = Field(8, ge=1, le=32, description="recipes tried (the first N of the list)")
+    max_candidates: int = Field(11, ge=1, le=32, description="recipes tried (the first N of the list)")
     max_trials: int = Field(8, ge=0, le=32, description="sensitive-node fallback trials; 0 = no fallback")
     max_seconds: float = Field(
         300, gt=0, description="wall time for building and scoring candidates; later ones are skipped"

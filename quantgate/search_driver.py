@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from quantgate.backends import Servable, get_quantizer
+from quantgate.backends import AccuracyTarget, Servable, get_quantizer
 from quantgate.bench import CHAMPION_ENGINE, BenchReport, BenchSettings
 from quantgate.errors import CandidateUnavailable, NothingToQuantize, SearchError
+from quantgate.gates import limit_value
 from quantgate.quantize import Recipe, build_candidate
 from quantgate.search import (
     NOTHING_TO_QUANTIZE,
@@ -65,6 +66,22 @@ def candidate_dir(job_out: Path, recipe: Recipe) -> Path:
     return job_out / recipe.name
 
 
+def accuracy_target(task: TaskType, job: ScoreJob, threads: int) -> AccuracyTarget:
+    """The run's own task metric and drop limit, for a quantizer that tunes against accuracy: the candidate
+    it settles on is then judged by the same gates as every other."""
+    sign = 1.0 if task.metric.higher_is_better else -1.0
+
+    def metric(servable: Servable) -> float:
+        ev = task.evaluate(job.reference, servable, job.assets, job.evaluation, job.thresholds, threads)
+        return sign * ev.task_metric_candidate
+
+    return AccuracyTarget(
+        metric=metric,
+        max_drop=limit_value(job.thresholds, "max_task_metric_drop"),
+        feeds=lambda: task.calibration_feeds(job.assets, job.evaluation),
+    )
+
+
 def score_candidate(recipe: Recipe, job: ScoreJob, threads: int) -> CandidateResult:
     """Build one candidate with its backend and score it on the evaluation split. A recipe that cannot be
     applied to this model is a failed candidate, not a failed run: the others still compete."""
@@ -72,6 +89,7 @@ def score_candidate(recipe: Recipe, job: ScoreJob, threads: int) -> CandidateRes
 
     if time.monotonic() > job.deadline:
         return CandidateResult(recipe=recipe, status="skipped", note="search time budget spent")
+    task = get_task_type(job.task)
     try:
         q = build_candidate(
             recipe,
@@ -79,6 +97,7 @@ def score_candidate(recipe: Recipe, job: ScoreJob, threads: int) -> CandidateRes
             candidate_dir(job.out_dir, recipe),
             prepared=job.prepared,
             calibration=job.calibration,
+            target=accuracy_target(task, job, threads),
         )
     except CandidateUnavailable as exc:
         return CandidateResult(recipe=recipe, status="skipped", note=str(exc)[:500])
@@ -86,7 +105,6 @@ def score_candidate(recipe: Recipe, job: ScoreJob, threads: int) -> CandidateRes
         return CandidateResult(recipe=recipe, status="failed", note=f"{NOTHING_TO_QUANTIZE}: {exc}"[:500])
     except Exception as exc:  # noqa: BLE001 - quantizers raise anything; the run goes on without it
         return CandidateResult(recipe=recipe, status="failed", note=f"{type(exc).__name__}: {exc}"[:500])
-    task = get_task_type(job.task)
     servable = Servable(q.path, get_quantizer(recipe.backend).runtime)
     ev = task.evaluate(job.reference, servable, job.assets, job.evaluation, job.thresholds, threads)
     result = CandidateResult(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol
@@ -39,6 +40,18 @@ class Servable:
 
     path: Path
     runtime: str = "onnxruntime"
+
+
+@dataclass(frozen=True)
+class AccuracyTarget:
+    """What a quantizer that tunes itself against accuracy (NNCF's accuracy control) is handed by the search:
+    the task metric of a servable on the run's evaluation split (oriented so that higher is better), the
+    drop the run allows (its `max_task_metric_drop`), and model inputs of the evaluation rows (to rank
+    layers by how much their outputs move)."""
+
+    metric: Callable[[Servable], float]
+    max_drop: float
+    feeds: Callable[[], list[dict[str, np.ndarray]]]
 
 
 class Runtime(ABC):
@@ -107,7 +120,10 @@ class Quantizer(ABC):
         *,
         prepared: Any = None,
         calibration: list[dict[str, np.ndarray]] | None = None,
-    ) -> QuantizeResult: ...
+        target: AccuracyTarget | None = None,
+    ) -> QuantizeResult:
+        """`target` is given by the search (None when a candidate is built outside it); a quantizer that does
+        not tune against accuracy ignores it."""
 
     def fallback_source(self, recipe: Recipe, fp32: Path, prepared: Any) -> Path:
         """The graph the sensitive-node fallback ranks nodes of."""

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from quantgate.backends import Quantizer, Runtime, Session
+from quantgate.backends import AccuracyTarget, Quantizer, Runtime, Session
 from quantgate.errors import ConfigError, InvalidModelError, NothingToQuantize
 from quantgate.recipe import QuantizeResult, Recipe
 from quantgate.runtime import SessionSettings, inference_session, settings_path, write_settings
@@ -472,6 +472,7 @@ class OnnxRuntimeQuantizer(Quantizer):
         *,
         prepared: Any = None,
         calibration: list[dict[str, np.ndarray]] | None = None,
+        target: AccuracyTarget | None = None,
     ) -> QuantizeResult:
         if not isinstance(recipe, OrtRecipe):
             raise ConfigError(f"recipe {recipe.name!r} is not an ONNX Runtime recipe")

@@ -15,15 +15,17 @@ import json
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from quantgate.backends import Quantizer, Runtime, Session
+from quantgate.backends import AccuracyTarget, Quantizer, Runtime, Servable, Session
 from quantgate.errors import CandidateUnavailable, ConfigError
 from quantgate.recipe import QuantizeResult, Recipe
+from quantgate.sensitivity import NodeSensitivity
 
 BACKEND = "openvino"
 
@@ -54,7 +56,19 @@ class OvRecipe(Recipe):
     )
     smooth_quant: bool = Field(True, description="transformer preset: apply SmoothQuant")
     fast_bias_correction: bool = True
+    symmetric_activations: bool = Field(
+        False, description="NNCF's PERFORMANCE preset (symmetric activations) instead of MIXED (asymmetric)"
+    )
     subset_size: int = Field(300, ge=1, le=10_000, description="calibration samples NNCF reads")
+    accuracy_control: bool = Field(
+        False,
+        description="nncf.quantize_with_accuracy_control: revert the layers that cost most of the run's task "
+        "metric to FP32 until its drop is within max_drop",
+    )
+    max_drop: float | None = Field(
+        None, ge=0, description="accuracy control's allowed task-metric drop; None = the run's limit"
+    )
+    max_iterations: int = Field(8, ge=1, le=100, description="accuracy control: at most this many reverts")
 
     @property
     def precision(self) -> str:
@@ -68,8 +82,32 @@ class OvRecipe(Recipe):
     def kind(self) -> str:
         return f"openvino-{self.precision}"
 
-    # The sensitive-node fallback ranks ONNX nodes with ORT; mapping them to NNCF's ignored scope on the
-    # OpenVINO graph is not done yet, so OpenVINO candidates do not fall back.
+    @property
+    def can_fall_back(self) -> bool:
+        # The sensitive-node fallback's nodes become NNCF's ignored scope (OpenVINO's frontend keeps the ONNX
+        # node names); accuracy control reverts layers itself.
+        return self.method == "nncf-int8" and not self.accuracy_control
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OvRecipe:
+        if self.method == "bf16" and (self.accuracy_control or self.nodes_to_exclude):
+            raise ValueError(
+                "a bf16 recipe quantizes nothing: accuracy_control and nodes_to_exclude are for INT8"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class _RankedAs:
+    """How NNCF quantizes weights (INT8 symmetric, per output channel), as the SQNR ranking reads it."""
+
+    nodes_to_exclude: list[str]
+    weight_type: Literal["QInt8", "QUInt8"] = "QInt8"
+    per_channel: bool = True
+    reduce_range: bool = False
+
+
+DEFAULT_SEARCH = ("ov-nncf-int8-transformer-symmetric", "ov-nncf-int8-transformer", "ov-bf16")
 
 
 def settings_file(xml: Path) -> Path:
@@ -96,6 +134,29 @@ class OpenVino(Runtime):
     def files(self, path: Path) -> list[Path]:
         sidecars = [settings_file(path)] if settings_file(path).is_file() else []
         return [path, path.with_suffix(".bin"), *sidecars]
+
+
+class _Live(Runtime):
+    """A model NNCF has compiled, held for one call of its validation function: lets the task type score it
+    through the same `open_session` every servable goes through."""
+
+    name = "openvino-live"
+    compiled: ClassVar[dict[str, Any]] = {}
+
+    def session(self, path: Path, threads: int) -> Session:
+        return _OvSession(self.compiled[str(path)])
+
+    def files(self, path: Path) -> list[Path]:
+        return []
+
+
+def _score_compiled(target: AccuracyTarget, compiled: Any) -> float:
+    key = f"nncf-validation-{id(compiled)}"
+    _Live.compiled[key] = compiled
+    try:
+        return target.metric(Servable(Path(key), _Live.name))
+    finally:
+        del _Live.compiled[key]
 
 
 class _OvSession:
@@ -127,9 +188,16 @@ class OpenVinoQuantizer(Quantizer):
         return [
             OvRecipe(name="ov-nncf-int8-transformer"),
             OvRecipe(name="ov-nncf-int8-transformer-no-smoothquant", smooth_quant=False),
+            OvRecipe(name="ov-nncf-int8-transformer-symmetric", symmetric_activations=True),
             OvRecipe(name="ov-nncf-int8-default", preset="default"),
+            OvRecipe(name="ov-nncf-int8-accuracy-control", accuracy_control=True),
             OvRecipe(name="ov-bf16", method="bf16"),
         ]
+
+    def default_search(self) -> list[str]:
+        # NNCF's TRANSFORMER preset with symmetric activations was the fastest passing INT8 on MiniLM here
+        # (benchmarks/peers.py), asymmetric (NNCF's default) beside it; BF16 where the CPU has it.
+        return list(DEFAULT_SEARCH)
 
     def build(
         self,
@@ -139,6 +207,7 @@ class OpenVinoQuantizer(Quantizer):
         *,
         prepared: Any = None,
         calibration: list[dict[str, np.ndarray]] | None = None,
+        target: AccuracyTarget | None = None,
     ) -> QuantizeResult:
         if not isinstance(recipe, OvRecipe):
             raise ConfigError(f"recipe {recipe.name!r} is not an OpenVINO recipe")
@@ -151,7 +220,7 @@ class OpenVinoQuantizer(Quantizer):
                 raise CandidateUnavailable("this CPU has no BF16 (OpenVINO's CPU plugin lists none): skipped")
             hint = "bf16"
         else:
-            model = self._quantize(recipe, model, calibration)
+            model = self._quantize(recipe, model, calibration, target)
             hint = "f32"
         xml = out_dir / recipe.artifact_name
         ov.save_model(model, str(xml), compress_to_fp16=False)
@@ -168,8 +237,24 @@ class OpenVinoQuantizer(Quantizer):
             seconds=time.perf_counter() - start,
         )
 
+    def rank_sensitive_nodes(
+        self, recipe: Recipe, source: Path, calibration: list[dict[str, np.ndarray]]
+    ) -> list[NodeSensitivity]:
+        """The same per-node SQNR ranking as ONNX Runtime's fallback, with NNCF's weight quantization; the
+        ONNX node names are the OpenVINO op names the ignored scope takes."""
+        from quantgate.backends.ort_sensitivity import rank_nodes
+
+        if not isinstance(recipe, OvRecipe) or not recipe.can_fall_back:
+            return []
+        return rank_nodes(source, _RankedAs(nodes_to_exclude=list(recipe.nodes_to_exclude)), calibration)
+
     @staticmethod
-    def _quantize(recipe: OvRecipe, model: Any, calibration: list[dict[str, np.ndarray]] | None) -> Any:
+    def _quantize(
+        recipe: OvRecipe,
+        model: Any,
+        calibration: list[dict[str, np.ndarray]] | None,
+        target: AccuracyTarget | None,
+    ) -> Any:
         if not calibration:
             raise ConfigError(
                 f"recipe {recipe.name!r} needs calibration data: the held-out set's calibration split is "
@@ -186,17 +271,75 @@ class OpenVinoQuantizer(Quantizer):
             advanced = AdvancedQuantizationParameters(
                 smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1, convolution=-1)
             )
-        ignored = (
-            nncf.IgnoredScope(names=recipe.nodes_to_exclude, validate=False)
-            if recipe.nodes_to_exclude
-            else None
-        )
+        ignored = None
+        if recipe.nodes_to_exclude:
+            known = {op.get_friendly_name() for op in model.get_ordered_ops()}
+            missing = sorted(set(recipe.nodes_to_exclude) - known)
+            if missing:
+                raise ConfigError(
+                    f"recipe {recipe.name!r} keeps nodes in FP32 that the model does not have: {missing[:5]} "
+                    "(nodes_to_exclude takes the ONNX export's node names)"
+                )
+            ignored = nncf.IgnoredScope(names=list(recipe.nodes_to_exclude))
+        if recipe.accuracy_control:
+            return _with_accuracy_control(nncf, recipe, model, calibration, target, ignored, advanced)
         return nncf.quantize(
             model,
             nncf.Dataset(calibration),
+            preset=_preset(nncf, recipe),
             model_type=nncf.ModelType.TRANSFORMER if recipe.preset == "transformer" else None,
             subset_size=recipe.subset_size,
             fast_bias_correction=recipe.fast_bias_correction,
             ignored_scope=ignored,
             advanced_parameters=advanced,
         )
+
+
+def _preset(nncf: Any, recipe: OvRecipe) -> Any:
+    presets = nncf.QuantizationPreset
+    return presets.PERFORMANCE if recipe.symmetric_activations else presets.MIXED
+
+
+def _with_accuracy_control(
+    nncf: Any,
+    recipe: OvRecipe,
+    model: Any,
+    calibration: list[dict[str, np.ndarray]],
+    target: AccuracyTarget | None,
+    ignored: Any,
+    advanced: Any,
+) -> Any:
+    """NNCF's accuracy control with our task metric on the run's evaluation split as its validation
+    function. NNCF ranks layers by how much its quantization moves their outputs on evaluation inputs
+    (our metric is one number over the whole split, not a per-row value, so the validation function
+    declines partial sets), then reverts the worst to FP32 until the drop is within `max_drop`."""
+    if target is None:
+        raise ConfigError(
+            f"recipe {recipe.name!r} tunes against the task metric: run it through a search (quantgate run), "
+            "which supplies the evaluation split"
+        )
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    items = target.feeds()
+
+    def validate(compiled: Any, data: Any) -> tuple[float | None, None]:
+        if sum(1 for _ in data) != len(items):
+            return None, None  # a subset: NNCF then ranks layers by their outputs
+        return _score_compiled(target, compiled), None
+
+    return nncf.quantize_with_accuracy_control(
+        model,
+        nncf.Dataset(calibration),
+        nncf.Dataset(items),
+        validate,
+        max_drop=target.max_drop if recipe.max_drop is None else recipe.max_drop,
+        preset=_preset(nncf, recipe),
+        subset_size=recipe.subset_size,
+        fast_bias_correction=recipe.fast_bias_correction,
+        model_type=nncf.ModelType.TRANSFORMER if recipe.preset == "transformer" else None,
+        ignored_scope=ignored,
+        advanced_quantization_parameters=advanced,
+        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+            max_num_iterations=recipe.max_iterations, ranking_subset_size=min(len(items), 100)
+        ),
+    )

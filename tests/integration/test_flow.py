@@ -9,9 +9,11 @@ import pytest
 
 from flows.quantize_and_promote import quantize_and_promote
 from quantgate import lifecycle
+from quantgate.backends import parse_recipe
 from quantgate.backends.onnxruntime import DEFAULT_SEARCH
 from quantgate.bench import BenchSettings
 from quantgate.errors import HeldoutValidationError
+from quantgate.quantize import default_search, get_recipe
 from quantgate.registry import Manifest, ModelRef, manifest_key, registration_key, rejection_key
 from quantgate.storage import sha256_bytes
 from quantgate.thresholds import GateThresholds
@@ -57,9 +59,15 @@ def test_passing_run_promotes_with_a_manifest_whose_checksums_match_the_stored_f
     run_prefix = f"{manifest.run_id}/"
     assert all(f.path.startswith(run_prefix) for f in manifest.files)  # one run's immutable prefix
     names = {f.path.removeprefix(run_prefix) for f in manifest.files}
+    # The default search has candidates of both engines: whichever won, its files are all there.
+    chosen_recipe = parse_recipe(manifest.recipe)
+    artifact = chosen_recipe.artifact_name
+    assert artifact in names
+    if chosen_recipe.backend == "onnxruntime":
+        assert "model.int8.session.json" in names
+    else:
+        assert {artifact.removesuffix(".xml") + ".bin", artifact.removesuffix(".xml") + ".ov.json"} <= names
     assert {
-        "model.int8.onnx",
-        "model.int8.session.json",
         "report.json",
         "parity_report.json",
         "latency.png",
@@ -90,7 +98,8 @@ def test_passing_run_promotes_with_a_manifest_whose_checksums_match_the_stored_f
     # (within the 2% tie band) and its INT8 file really is quantized.
     report = json.loads(lifecycle.read_promoted_file(store, ref, "report.json"))
     candidates = {c["recipe"]["name"]: c for c in report["search"]["candidates"]}
-    assert set(candidates) >= set(DEFAULT_SEARCH)
+    assert set(candidates) >= set(default_search())
+    assert {get_recipe(n).backend for n in candidates} == {"onnxruntime", "openvino"}
     assert report["search"]["chosen"] == report["recipe"]["name"]
     chosen = candidates[report["recipe"]["name"]]
     passing = [c for c in candidates.values() if all(g["passed"] for g in c["gates"]["results"])]
@@ -102,7 +111,8 @@ def test_passing_run_promotes_with_a_manifest_whose_checksums_match_the_stored_f
         == report["heldout"]["rows"]
     )
     ops = report["quantized_ops"]
-    assert ops.get("MatMulInteger", 0) + ops.get("QuantizeLinear", 0) > 0
+    if chosen_recipe.precision == "int8":  # really quantized, in either engine's terms
+        assert ops.get("MatMulInteger", 0) + ops.get("QuantizeLinear", 0) + ops.get("FakeQuantize", 0) > 0
 
 
 def test_impossible_threshold_is_rejected_and_leaves_the_promoted_location_untouched(

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from quantgate.backends import Quantizer
+from quantgate.backends import AccuracyTarget, Quantizer
 from quantgate.recipe import QuantizeResult, Recipe
 
 
@@ -49,6 +49,7 @@ class CopyFp32(Quantizer):
         *,
         prepared: Any = None,
         calibration: list[dict[str, np.ndarray]] | None = None,
+        target: AccuracyTarget | None = None,
     ) -> QuantizeResult:
         start = time.perf_counter()
         out_dir.mkdir(parents=True, exist_ok=True)

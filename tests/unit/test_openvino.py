@@ -92,3 +92,79 @@ def test_a_machine_without_openvino_skips_its_candidates(exported, tmp_path, mon
     assert c.status == "skipped"
     assert "not installed" in c.note
     assert get_quantizer("openvino").runtime == "openvino"
+
+
+def test_the_sensitive_node_ranking_becomes_nncfs_ignored_scope(exported, tmp_path):
+    """The fallback's ranking on an OpenVINO recipe names ONNX nodes; the trial keeps exactly those in FP32
+    on the OpenVINO graph (their weights stay FP32 constants)."""
+    result, _heldout = exported
+    job = _job(exported, tmp_path)
+    recipe = get_recipe("ov-nncf-int8-transformer")
+    assert recipe.can_fall_back
+    ranking = get_quantizer("openvino").rank_sensitive_nodes(recipe, result.onnx_path, job.calibration)
+    assert ranking
+    assert ranking == sorted(ranking, key=lambda s: (s.sqnr_db, s.macs_per_token))
+    kept = [s.node for s in ranking[:2]]
+    base = build_candidate(recipe, result.onnx_path, tmp_path / "base", calibration=job.calibration)
+    trial = build_candidate(
+        recipe.keeping_fp32(kept, "trial"), result.onnx_path, tmp_path / "trial", calibration=job.calibration
+    )
+    import openvino as ov
+
+    def weight_source(path: Path) -> dict[str, str]:
+        """What feeds each weight MatMul's weight input: a dequantizing Multiply (INT8 weights) or the FP32
+        Constant."""
+        model = ov.Core().read_model(str(path))
+        return {
+            op.get_friendly_name(): op.input_value(1).get_node().get_type_name()
+            for op in model.get_ordered_ops()
+            if op.get_type_name() == "MatMul" and op.get_friendly_name() in {s.node for s in ranking}
+        }
+
+    before, after = weight_source(base.path), weight_source(trial.path)
+    assert set(before.values()) == {"Multiply"}  # every ranked node has INT8 weights in the base
+    assert {n for n, src in after.items() if src == "Constant"} == set(kept)  # exactly the kept ones FP32
+    assert trial.op_counts["Convert"] < base.op_counts["Convert"]
+
+
+def test_an_unknown_node_in_the_ignored_scope_is_a_clear_error(exported, tmp_path):
+    job = _job(exported, tmp_path)
+    recipe = get_recipe("ov-nncf-int8-transformer").keeping_fp32(["/no/such/MatMul"], "bad")
+    c = score_candidate(recipe, job, 1)
+    assert c.status == "failed"
+    assert "/no/such/MatMul" in c.note
+    assert "ONNX export's node names" in c.note
+
+
+def test_accuracy_control_is_driven_by_the_runs_task_metric(exported, tmp_path, monkeypatch):
+    """NNCF's accuracy control validates with our task metric on the evaluation split (through the same
+    task type and open_session as every candidate) and with the run's max_task_metric_drop."""
+    from quantgate.search_driver import accuracy_target
+
+    calls: list[float] = []
+    job = _job(exported, tmp_path)
+    task = get_task_type("sentence-embedding")
+    real = accuracy_target(task, job, 1)
+
+    def metric(servable: Servable) -> float:
+        calls.append(real.metric(servable))
+        return calls[-1]
+
+    monkeypatch.setattr(
+        "quantgate.search_driver.accuracy_target",
+        lambda *a: real.__class__(metric=metric, max_drop=real.max_drop, feeds=real.feeds),
+    )
+    c = score_candidate(get_recipe("ov-nncf-int8-accuracy-control"), job, 1)
+    assert c.status == "evaluated", c.note
+    assert len(calls) >= 2  # the FP32 model and the quantized one, at least
+    assert calls[0] == pytest.approx(job.reference.task_metric, abs=1e-3)  # FP32 first, on the same rows
+    assert real.max_drop == GateThresholds().value("max_task_metric_drop")
+
+
+def test_accuracy_control_outside_a_search_says_what_it_needs(exported, tmp_path):
+    result, heldout = exported
+    calibration = get_task_type("sentence-embedding").calibration_feeds(result.assets_dir, heldout.head(8))
+    with pytest.raises(Exception, match="run it through a search"):
+        build_candidate(
+            get_recipe("ov-nncf-int8-accuracy-control"), result.onnx_path, tmp_path, calibration=calibration
+        )

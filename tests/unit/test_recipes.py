@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from quantgate.backends.onnxruntime import DEFAULT_SEARCH, RECIPES, apply_recipe, fuse_transformer
 from quantgate.backends.onnxruntime import OrtRecipe as Recipe
+from quantgate.backends.openvino import DEFAULT_SEARCH as OV_DEFAULT_SEARCH
 from quantgate.backends.ort_sensitivity import _quantize_weight, rank_nodes, sqnr_db
 from quantgate.errors import ConfigError
 from quantgate.export import export_sentence_embedding, tokenize
@@ -86,7 +87,8 @@ def test_recipe_lists_are_checked_before_any_work(tmp_path):
         resolve_recipes([Recipe(name="onnx-fp32")])
     with pytest.raises(ConfigError, match="unknown recipe"):
         resolve_recipes(["int3"])
-    assert [r.name for r in resolve_recipes(None)] == DEFAULT_SEARCH
+    # Both engines' default searches, ONNX Runtime's first.
+    assert [r.name for r in resolve_recipes(None)] == [*DEFAULT_SEARCH, *OV_DEFAULT_SEARCH]
     bad = tmp_path / "r.json"
     bad.write_text('{"name": "x"}')
     with pytest.raises(ConfigError, match="JSON list"):
