@@ -182,3 +182,34 @@ def test_per_row_calibration_cuts_each_row_to_its_own_tokens():
     assert [r["attention_mask"].shape for r in rows] == [(1, 4), (1, 3)]
     image = {"pixel_values": np.zeros((3, 2, 8, 8), np.float32)}  # no mask: rows split, nothing cut
     assert [r["pixel_values"].shape for r in per_row([image])] == [(1, 2, 8, 8)] * 3
+
+
+def test_accuracy_control_reverts_layers_while_our_metric_says_the_drop_is_too_large(
+    exported, tmp_path, monkeypatch
+):
+    """A metric that reports a large drop for every quantized model makes NNCF revert layers to FP32 (up to
+    max_iterations): what it keeps quantized is decided by our metric, not by NNCF's own."""
+    from quantgate.backends import AccuracyTarget
+    from quantgate.backends.openvino import OvRecipe
+    from quantgate.search_driver import accuracy_target
+
+    job = _job(exported, tmp_path)
+    real = accuracy_target(get_task_type("sentence-embedding"), job, 1)
+    seen: list[float] = []
+
+    def harsh(servable: Servable) -> float:
+        value = real.metric(servable)
+        seen.append(value)
+        return value if len(seen) == 1 else value - 0.5  # the FP32 model first, then every quantized one
+
+    monkeypatch.setattr(
+        "quantgate.search_driver.accuracy_target",
+        lambda *a: AccuracyTarget(metric=harsh, max_drop=0.01, feeds=real.feeds),
+    )
+    plain = score_candidate(get_recipe("ov-nncf-int8-transformer"), job, 1)
+    assert len(seen) == 0  # a plain NNCF recipe never asks for the metric
+    recipe = OvRecipe(name="ac-harsh", accuracy_control=True, max_iterations=2)
+    reverted = score_candidate(recipe, job, 1)
+    assert reverted.status == "evaluated", reverted.note
+    assert len(seen) >= 3  # FP32, the quantized model, and after each revert
+    assert reverted.op_counts["Convert"] < plain.op_counts["Convert"]  # fewer INT8 weights left
