@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -309,6 +310,33 @@ def engines_for(
     ]
 
 
+def benchmark_with_torch(
+    build_torch: Callable[[], Any],
+    model_dir: Path,
+    fp32: Servable,
+    candidates: dict[str, Servable],
+    feeds: dict[str, np.ndarray],
+    settings: BenchSettings,
+) -> BenchReport:
+    """PyTorch FP32 eager (the module `build_torch` makes), the ONNX FP32 baseline and every candidate on the
+    same feeds, in one interleaved round; PyTorch's thread count is put back afterwards."""
+    import torch
+
+    weights = model_dir / "model.safetensors"
+    size = weights.stat().st_size if weights.exists() else 0
+    previous_threads = torch.get_num_threads()
+    try:
+        return run_benchmark(
+            [
+                torch_engine(TORCH_FP32, build_torch, feeds, settings.threads, size),
+                *engines_for(fp32, candidates, feeds, settings.threads),
+            ],
+            settings,
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
 class SentenceEmbedding:
     """Bi-encoders (sentence-transformers style): STS pairs, metric = Spearman(cosine, gold score)."""
 
@@ -578,30 +606,13 @@ class SentenceEmbedding:
         settings: BenchSettings,
         allow_pickle: bool = False,
     ) -> BenchReport:
-        import torch
-
         texts = self.texts(heldout)
         batch_texts = [texts[i % len(texts)] for i in range(settings.batch)]
         feeds = tokenize(self._tokenizer(assets), batch_texts, settings.seq_len, pad_to_max=True)
-        weights = model_dir / "model.safetensors"
-        size = weights.stat().st_size if weights.exists() else 0
-        previous_threads = torch.get_num_threads()
-        try:
-            return run_benchmark(
-                [
-                    torch_engine(
-                        TORCH_FP32,
-                        lambda: build_embedding_module(model_dir, allow_pickle)[0],
-                        feeds,
-                        settings.threads,
-                        size,
-                    ),
-                    *engines_for(fp32, candidates, feeds, settings.threads),
-                ],
-                settings,
-            )
-        finally:
-            torch.set_num_threads(previous_threads)
+        return benchmark_with_torch(
+            lambda: build_embedding_module(model_dir, allow_pickle)[0], model_dir, fp32, candidates, feeds,
+            settings,
+        )  # fmt: skip
 
 
 def slice_results(

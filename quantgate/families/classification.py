@@ -11,14 +11,28 @@ majority-class rate, or the held-out set cannot tell a good model from a constan
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel
 
+from quantgate.backends import Servable
 from quantgate.gates import Gate, Limit, Thresholds, core_gates, limit_value, parity_and_speed_gates
 from quantgate.stats import bootstrap_indices, percentile_interval, wilson_interval
-from quantgate.tasktypes import MAX_EXAMPLES, Example, Interval, shorten
+from quantgate.tasktypes import (
+    MAX_EXAMPLES,
+    Evaluation,
+    Example,
+    Interval,
+    Reference,
+    TaskMetric,
+    paired_intervals,
+    shorten,
+)
 
 ECE_BINS = 10
 
@@ -265,3 +279,94 @@ def flipped_examples(
         )
         for i in order
     ]
+
+
+class ProbabilityClassifier:
+    """`reference`, `score_champion` and `evaluate` of a task type whose model outputs class probabilities
+    and whose task metric is accuracy (text, image and table classifiers). The task type supplies the gold
+    label ids (`_gold`), the model's probabilities (`_proba`), its class names by id (`_class_names`) and
+    how a held-out row reads in the report (`_example_texts`); `PARITY_LIMITS` names the limits its parity
+    report is judged with. Parity compares with the original framework's outputs
+    when the reference carries them (scikit-learn's), else with ONNX FP32."""
+
+    metric: TaskMetric
+    PARITY_LIMITS: ClassVar[tuple[str, str]] = ("abs_tol", "mean_tol")
+
+    def _gold(self, assets: Path, frame: pd.DataFrame) -> np.ndarray:
+        raise NotImplementedError
+
+    def _proba(self, model: Servable, assets: Path, frame: pd.DataFrame, threads: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _class_names(self, assets: Path) -> dict[int, str]:
+        raise NotImplementedError
+
+    def _example_texts(self, assets: Path, heldout: pd.DataFrame) -> list[str]:
+        raise NotImplementedError
+
+    def reference(self, fp32: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> Reference:
+        start = time.perf_counter()
+        gold = self._gold(assets, heldout)
+        proba = self._proba(fp32, assets, heldout, threads)
+        resampled = accuracy_resampled(gold, proba.argmax(1), bootstrap_indices(len(gold)))
+        return Reference(
+            outputs=proba,
+            task_metric=float((proba.argmax(1) == gold).mean()),
+            seconds=time.perf_counter() - start,
+            interval=percentile_interval(resampled),
+            resampled=resampled,
+        )
+
+    def score_champion(
+        self, reference: Reference, version: str, model: Servable, assets: Path, heldout: pd.DataFrame,
+        threads: int,
+    ) -> Reference:  # fmt: skip
+        gold = self._gold(assets, heldout)
+        pred = self._proba(model, assets, heldout, threads).argmax(1)
+        return reference.model_copy(
+            update={
+                "champion_version": version,
+                "champion_metric": float((pred == gold).mean()),
+                "champion_resampled": accuracy_resampled(gold, pred, bootstrap_indices(len(gold))),
+            }
+        )
+
+    def evaluate(
+        self, reference: Reference, candidate: Servable, assets: Path, heldout: pd.DataFrame,
+        thresholds: Thresholds, threads: int,
+    ) -> Evaluation:  # fmt: skip
+        from quantgate.evaluate import parity_report
+
+        start = time.perf_counter()
+        gold = self._gold(assets, heldout)
+        names = self._class_names(assets)
+        proba = self._proba(candidate, assets, heldout, threads)
+        scores = score_classifier(gold, reference.outputs, proba, len(names))
+        _, champion = paired_intervals(
+            reference, accuracy_resampled(gold, proba.argmax(1), bootstrap_indices(len(gold)))
+        )
+        source = reference.source_outputs if reference.source_outputs is not None else reference.outputs
+        abs_limit, mean_limit = self.PARITY_LIMITS
+        return Evaluation(
+            task_metric=self.metric.name,
+            task_metric_fp32=reference.task_metric,
+            task_metric_candidate=scores.accuracy,
+            parity=parity_report(
+                {"probabilities": source},
+                {"probabilities": proba},
+                thresholds.value(abs_limit),
+                thresholds.value(mean_limit),
+            ),
+            seconds=time.perf_counter() - start,
+            rows=len(heldout),
+            task_metric_fp32_interval=reference.interval,
+            task_metric_drop_interval=scores.drop_interval,
+            extra=scores.extra,
+            extra_intervals=scores.extra_intervals,
+            examples=flipped_examples(
+                self._example_texts(assets, heldout), reference.outputs, proba, names.__getitem__, gold
+            ),
+            champion_version=reference.champion_version,
+            task_metric_champion=reference.champion_metric,
+            champion_drop_interval=champion,
+        )

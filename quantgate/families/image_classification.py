@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,9 +22,8 @@ import numpy as np
 import pandas as pd
 
 from quantgate.backends import Servable, open_session
-from quantgate.bench import TORCH_FP32, BenchReport, BenchSettings, run_benchmark, torch_engine
+from quantgate.bench import BenchReport, BenchSettings
 from quantgate.errors import HeldoutValidationError, InvalidModelError
-from quantgate.evaluate import parity_report
 from quantgate.export import (
     OPSET,
     ExportResult,
@@ -38,16 +36,12 @@ from quantgate.families import classification as clf
 from quantgate.families.hf_text import HEAD_FILE, HeadModule, id2label
 from quantgate.gates import Gate, Limit, Thresholds
 from quantgate.heldout import HeldoutSchema
-from quantgate.stats import bootstrap_indices, percentile_interval
 from quantgate.tasktypes import (
     Column,
-    Evaluation,
     PlotAxis,
-    Reference,
     TaskMetric,
-    engines_for,
+    benchmark_with_torch,
     hf_architectures,
-    paired_intervals,
     register_task_type,
 )
 
@@ -127,7 +121,7 @@ def read_npz(path: Path) -> pd.DataFrame:
     )
 
 
-class ImageClassification:
+class ImageClassification(clf.ProbabilityClassifier):
     name = "image-classification"
     recognised_by = "config.json architectures `*ForImageClassification` and a preprocessor_config.json"
     heldout_format = "image folder (class/image) or .npz (images N,H,W,C uint8; labels)"
@@ -252,106 +246,34 @@ class ImageClassification:
         return clf.softmax(np.concatenate(out))
 
     def _gold(self, assets: Path, frame: pd.DataFrame) -> np.ndarray:
+        return self._label_ids(frame, self._class_names(assets))
+
+    def _class_names(self, assets: Path) -> dict[int, str]:
         import json
 
-        labels = {int(k): v for k, v in json.loads((assets / HEAD_FILE).read_text())["labels"].items()}
-        return self._label_ids(frame, labels)
+        return {int(k): v for k, v in json.loads((assets / HEAD_FILE).read_text())["labels"].items()}
 
-    def reference(self, fp32: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> Reference:
-        start = time.perf_counter()
-        gold = self._gold(assets, heldout)
-        proba = self._proba(fp32, assets, heldout, threads)
-        resampled = clf.accuracy_resampled(gold, proba.argmax(1), bootstrap_indices(len(gold)))
-        return Reference(
-            outputs=proba,
-            task_metric=float((proba.argmax(1) == gold).mean()),
-            seconds=time.perf_counter() - start,
-            interval=percentile_interval(resampled),
-            resampled=resampled,
-        )
-
-    def score_champion(
-        self, reference: Reference, version: str, model: Servable, assets: Path, heldout: pd.DataFrame,
-        threads: int,
-    ) -> Reference:  # fmt: skip
-        gold = self._gold(assets, heldout)
-        pred = self._proba(model, assets, heldout, threads).argmax(1)
-        return reference.model_copy(
-            update={
-                "champion_version": version,
-                "champion_metric": float((pred == gold).mean()),
-                "champion_resampled": clf.accuracy_resampled(gold, pred, bootstrap_indices(len(gold))),
-            }
-        )
-
-    def evaluate(
-        self, reference: Reference, candidate: Servable, assets: Path, heldout: pd.DataFrame,
-        thresholds: Thresholds, threads: int,
-    ) -> Evaluation:  # fmt: skip
-        import json
-
-        start = time.perf_counter()
-        gold = self._gold(assets, heldout)
-        names = json.loads((assets / HEAD_FILE).read_text())["labels"]
-        proba = self._proba(candidate, assets, heldout, threads)
-        scores = clf.score_classifier(gold, reference.outputs, proba, len(names))
-        _, champion = paired_intervals(
-            reference, clf.accuracy_resampled(gold, proba.argmax(1), bootstrap_indices(len(gold)))
-        )
-        return Evaluation(
-            task_metric=self.metric.name,
-            task_metric_fp32=reference.task_metric,
-            task_metric_candidate=scores.accuracy,
-            parity=parity_report(
-                {"probabilities": reference.outputs},
-                {"probabilities": proba},
-                thresholds.value("abs_tol"),
-                thresholds.value("mean_tol"),
-            ),
-            seconds=time.perf_counter() - start,
-            rows=len(heldout),
-            task_metric_fp32_interval=reference.interval,
-            task_metric_drop_interval=scores.drop_interval,
-            extra=scores.extra,
-            extra_intervals=scores.extra_intervals,
-            examples=clf.flipped_examples(
-                heldout["image"].astype(str).tolist(), reference.outputs, proba, lambda k: names[str(k)], gold
-            ),
-            champion_version=reference.champion_version,
-            task_metric_champion=reference.champion_metric,
-            champion_drop_interval=champion,
-        )
+    def _example_texts(self, assets: Path, heldout: pd.DataFrame) -> list[str]:
+        return heldout["image"].astype(str).tolist()
 
     def benchmark(
         self, model_dir: Path, fp32: Servable, candidates: dict[str, Servable], assets: Path,
         heldout: pd.DataFrame, settings: BenchSettings, allow_pickle: bool = False,
     ) -> BenchReport:  # fmt: skip
         """Batch `settings.batch` at the processor's own image size (`seq_len` means nothing to a CNN)."""
-        import torch
-
         feeds = {
             INPUT: self._pixels(
                 self._processor(assets), heldout, [i % len(heldout) for i in range(settings.batch)]
             )
         }
-        weights = model_dir / "model.safetensors"
-        previous = torch.get_num_threads()
-        try:
-            return run_benchmark(
-                [
-                    torch_engine(
-                        TORCH_FP32,
-                        lambda: HeadModule(load_hf_model(model_dir, AUTO_CLASS, allow_pickle), [INPUT]),
-                        feeds,
-                        settings.threads,
-                        weights.stat().st_size if weights.exists() else 0,
-                    ),
-                    *engines_for(fp32, candidates, feeds, settings.threads),
-                ],
-                settings,
-            )
-        finally:
-            torch.set_num_threads(previous)
+        return benchmark_with_torch(
+            lambda: HeadModule(load_hf_model(model_dir, AUTO_CLASS, allow_pickle), [INPUT]),
+            model_dir,
+            fp32,
+            candidates,
+            feeds,
+            settings,
+        )
 
 
 IMAGE_CLASSIFICATION = register_task_type(ImageClassification())

@@ -27,20 +27,16 @@ import pandas as pd
 from quantgate.backends import Servable, open_session
 from quantgate.bench import BenchReport, BenchSettings, run_benchmark
 from quantgate.errors import ExportError, HeldoutValidationError, InvalidModelError
-from quantgate.evaluate import parity_report
 from quantgate.export import OPSET, ExportResult
 from quantgate.families import classification as clf
 from quantgate.gates import Gate, Limit, Thresholds, limit_value
 from quantgate.heldout import HeldoutSchema
-from quantgate.stats import bootstrap_indices, percentile_interval
 from quantgate.tasktypes import (
     Column,
-    Evaluation,
     PlotAxis,
     Reference,
     TaskMetric,
     engines_for,
-    paired_intervals,
     register_task_type,
 )
 
@@ -138,8 +134,9 @@ def load_sklearn(model_dir: Path, allow_pickle: bool) -> Any:
     return joblib.load(pickle_file)
 
 
-class Tabular:
+class Tabular(clf.ProbabilityClassifier):
     name = "tabular"
+    PARITY_LIMITS: ClassVar[tuple[str, str]] = ("max_proba_abs_diff", "max_proba_mean_diff")
     recognised_by = f"a scikit-learn model: {SKOPS} (or a pickle, with --allow-pickle) and {FEATURES}"
     heldout_format = "csv or parquet: the feature columns and label"
     schema = HeldoutSchema(columns={LABEL: "label"}, min_rows=20, max_duplicate_fraction=1.0)
@@ -348,77 +345,31 @@ class Tabular:
         return proba.astype(np.float64)
 
     def reference(self, fp32: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> Reference:
+        """ONNX FP32's reference, plus scikit-learn's own probabilities: parity is judged against them."""
         import skops.io as sio
 
         start = time.perf_counter()
-        gold = self._gold(assets, heldout)
-        proba = self._proba(fp32, assets, heldout, threads)
+        reference = super().reference(fp32, assets, heldout, threads)
         source = fp32.path.parent / SOURCE_DIR / SKOPS  # the export's own copy, already accepted
         sklearn = sio.load(source, trusted=sio.get_untrusted_types(file=source) or None)
         features, _ = self._meta(assets)
-        resampled = clf.accuracy_resampled(gold, proba.argmax(1), bootstrap_indices(len(gold)))
-        return Reference(
-            outputs=proba,
-            task_metric=float((proba.argmax(1) == gold).mean()),
-            seconds=time.perf_counter() - start,
-            interval=percentile_interval(resampled),
-            resampled=resampled,
-            source_outputs=sklearn.predict_proba(self._x(heldout, features)).astype(np.float64),
-        )
-
-    def score_champion(
-        self, reference: Reference, version: str, model: Servable, assets: Path, heldout: pd.DataFrame,
-        threads: int,
-    ) -> Reference:  # fmt: skip
-        gold = self._gold(assets, heldout)
-        pred = self._proba(model, assets, heldout, threads).argmax(1)
         return reference.model_copy(
             update={
-                "champion_version": version,
-                "champion_metric": float((pred == gold).mean()),
-                "champion_resampled": clf.accuracy_resampled(gold, pred, bootstrap_indices(len(gold))),
+                "source_outputs": sklearn.predict_proba(self._x(heldout, features)).astype(np.float64),
+                "seconds": time.perf_counter() - start,
             }
         )
 
-    def evaluate(
-        self, reference: Reference, candidate: Servable, assets: Path, heldout: pd.DataFrame,
-        thresholds: Thresholds, threads: int,
-    ) -> Evaluation:  # fmt: skip
-        start = time.perf_counter()
-        gold = self._gold(assets, heldout)
+    def _class_names(self, assets: Path) -> dict[int, str]:
         _, classes = self._meta(assets)
-        proba = self._proba(candidate, assets, heldout, threads)
-        scores = clf.score_classifier(gold, reference.outputs, proba, len(classes))
-        _, champion = paired_intervals(
-            reference, clf.accuracy_resampled(gold, proba.argmax(1), bootstrap_indices(len(gold)))
-        )
+        return dict(enumerate(classes))
+
+    def _example_texts(self, assets: Path, heldout: pd.DataFrame) -> list[str]:
         features, _ = self._meta(assets)
-        rows = [
+        return [
             ", ".join(f"{f}={v:g}" for f, v in zip(features, r, strict=True))
             for r in self._x(heldout, features)
         ]
-        source = reference.source_outputs if reference.source_outputs is not None else reference.outputs
-        return Evaluation(
-            task_metric=self.metric.name,
-            task_metric_fp32=reference.task_metric,
-            task_metric_candidate=scores.accuracy,
-            parity=parity_report(
-                {"probabilities": source},
-                {"probabilities": proba},
-                thresholds.value("max_proba_abs_diff"),
-                thresholds.value("max_proba_mean_diff"),
-            ),
-            seconds=time.perf_counter() - start,
-            rows=len(heldout),
-            task_metric_fp32_interval=reference.interval,
-            task_metric_drop_interval=scores.drop_interval,
-            extra=scores.extra,
-            extra_intervals=scores.extra_intervals,
-            examples=clf.flipped_examples(rows, reference.outputs, proba, classes.__getitem__, gold),
-            champion_version=reference.champion_version,
-            task_metric_champion=reference.champion_metric,
-            champion_drop_interval=champion,
-        )
 
     def benchmark(
         self, model_dir: Path, fp32: Servable, candidates: dict[str, Servable], assets: Path,

@@ -8,7 +8,6 @@ label agreement, macro-F1, calibration and the probability parity.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,8 +15,7 @@ import numpy as np
 import pandas as pd
 
 from quantgate.backends import Servable
-from quantgate.bench import TORCH_FP32, BenchReport, BenchSettings, run_benchmark, torch_engine
-from quantgate.evaluate import parity_report
+from quantgate.bench import BenchReport, BenchSettings
 from quantgate.export import ExportResult, load_tokenizer
 from quantgate.families import classification as clf
 from quantgate.families.hf_text import (
@@ -31,23 +29,19 @@ from quantgate.families.hf_text import (
 )
 from quantgate.gates import Gate, Limit, Thresholds
 from quantgate.heldout import HeldoutSchema, load_headed_tsv
-from quantgate.stats import bootstrap_indices, percentile_interval
 from quantgate.tasktypes import (
     Column,
-    Evaluation,
     PlotAxis,
-    Reference,
     TaskMetric,
-    engines_for,
+    benchmark_with_torch,
     hf_architectures,
-    paired_intervals,
     register_task_type,
 )
 
 AUTO_CLASS = "AutoModelForSequenceClassification"
 
 
-class SequenceClassification:
+class SequenceClassification(clf.ProbabilityClassifier):
     name = "sequence-classification"
     recognised_by = "config.json architectures `*ForSequenceClassification`"
     heldout_format = "tsv: header sentence<TAB>label[<TAB>sentence2]"
@@ -156,96 +150,28 @@ class SequenceClassification:
     def _gold(self, assets: Path, frame: pd.DataFrame) -> np.ndarray:
         return label_ids(frame["label"], Head(assets).labels)
 
-    def reference(self, fp32: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> Reference:
-        start = time.perf_counter()
-        gold = self._gold(assets, heldout)
-        proba = self._proba(fp32, assets, heldout, threads)
-        resampled = clf.accuracy_resampled(gold, proba.argmax(1), bootstrap_indices(len(gold)))
-        return Reference(
-            outputs=proba,
-            task_metric=float((proba.argmax(1) == gold).mean()),
-            seconds=time.perf_counter() - start,
-            interval=percentile_interval(resampled),
-            resampled=resampled,
-        )
+    def _class_names(self, assets: Path) -> dict[int, str]:
+        return Head(assets).labels
 
-    def score_champion(
-        self, reference: Reference, version: str, model: Servable, assets: Path, heldout: pd.DataFrame,
-        threads: int,
-    ) -> Reference:  # fmt: skip
-        gold = self._gold(assets, heldout)
-        pred = self._proba(model, assets, heldout, threads).argmax(1)
-        return reference.model_copy(
-            update={
-                "champion_version": version,
-                "champion_metric": float((pred == gold).mean()),
-                "champion_resampled": clf.accuracy_resampled(gold, pred, bootstrap_indices(len(gold))),
-            }
-        )
-
-    def evaluate(
-        self, reference: Reference, candidate: Servable, assets: Path, heldout: pd.DataFrame,
-        thresholds: Thresholds, threads: int,
-    ) -> Evaluation:  # fmt: skip
-        start = time.perf_counter()
-        head = Head(assets)
-        gold = label_ids(heldout["label"], head.labels)
-        proba = self._proba(candidate, assets, heldout, threads)
-        scores = clf.score_classifier(gold, reference.outputs, proba, len(head.labels))
-        _, champion = paired_intervals(
-            reference, clf.accuracy_resampled(gold, proba.argmax(1), bootstrap_indices(len(gold)))
-        )
+    def _example_texts(self, assets: Path, heldout: pd.DataFrame) -> list[str]:
         first, second = self._pairs(heldout)
-        texts = [a if not second else f"{a} ‖ {second[i]}" for i, a in enumerate(first)]
-        return Evaluation(
-            task_metric=self.metric.name,
-            task_metric_fp32=reference.task_metric,
-            task_metric_candidate=scores.accuracy,
-            parity=parity_report(
-                {"probabilities": reference.outputs},
-                {"probabilities": proba},
-                thresholds.value("abs_tol"),
-                thresholds.value("mean_tol"),
-            ),
-            seconds=time.perf_counter() - start,
-            rows=len(heldout),
-            task_metric_fp32_interval=reference.interval,
-            task_metric_drop_interval=scores.drop_interval,
-            extra=scores.extra,
-            extra_intervals=scores.extra_intervals,
-            examples=clf.flipped_examples(texts, reference.outputs, proba, head.labels.__getitem__, gold),
-            champion_version=reference.champion_version,
-            task_metric_champion=reference.champion_metric,
-            champion_drop_interval=champion,
-        )
+        return [a if not second else f"{a} ‖ {second[i]}" for i, a in enumerate(first)]
 
     def benchmark(
         self, model_dir: Path, fp32: Servable, candidates: dict[str, Servable], assets: Path,
         heldout: pd.DataFrame, settings: BenchSettings, allow_pickle: bool = False,
     ) -> BenchReport:  # fmt: skip
-        import torch
-
         tokenizer, head = load_tokenizer(assets), Head(assets)
         rows = [i % len(heldout) for i in range(settings.batch)]
         feeds = head.feeds(self._encode(tokenizer, heldout, rows, pad_to=settings.seq_len))
-        weights = model_dir / "model.safetensors"
-        previous = torch.get_num_threads()
-        try:
-            return run_benchmark(
-                [
-                    torch_engine(
-                        TORCH_FP32,
-                        lambda: torch_head(model_dir, AUTO_CLASS, allow_pickle),
-                        feeds,
-                        settings.threads,
-                        weights.stat().st_size if weights.exists() else 0,
-                    ),
-                    *engines_for(fp32, candidates, feeds, settings.threads),
-                ],
-                settings,
-            )
-        finally:
-            torch.set_num_threads(previous)
+        return benchmark_with_torch(
+            lambda: torch_head(model_dir, AUTO_CLASS, allow_pickle),
+            model_dir,
+            fp32,
+            candidates,
+            feeds,
+            settings,
+        )
 
 
 SEQUENCE_CLASSIFICATION = register_task_type(SequenceClassification())

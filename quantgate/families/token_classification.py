@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from quantgate.backends import Servable
-from quantgate.bench import TORCH_FP32, BenchReport, BenchSettings, run_benchmark, torch_engine
+from quantgate.bench import BenchReport, BenchSettings
 from quantgate.errors import HeldoutValidationError
 from quantgate.evaluate import parity_report
 from quantgate.export import ExportResult, load_tokenizer
@@ -43,7 +43,7 @@ from quantgate.tasktypes import (
     PlotAxis,
     Reference,
     TaskMetric,
-    engines_for,
+    benchmark_with_torch,
     hf_architectures,
     paired_intervals,
     register_task_type,
@@ -361,29 +361,17 @@ class TokenClassification:
         self, model_dir: Path, fp32: Servable, candidates: dict[str, Servable], assets: Path,
         heldout: pd.DataFrame, settings: BenchSettings, allow_pickle: bool = False,
     ) -> BenchReport:  # fmt: skip
-        import torch
-
         tokenizer, head = load_tokenizer(assets), Head(assets)
         words = self._words(heldout, [i % len(heldout) for i in range(settings.batch)])
         feeds = head.feeds(self._arrays(self._encode(tokenizer, words, pad_to=settings.seq_len)))
-        weights = model_dir / "model.safetensors"
-        previous = torch.get_num_threads()
-        try:
-            return run_benchmark(
-                [
-                    torch_engine(
-                        TORCH_FP32,
-                        lambda: torch_head(model_dir, AUTO_CLASS, allow_pickle),
-                        feeds,
-                        settings.threads,
-                        weights.stat().st_size if weights.exists() else 0,
-                    ),
-                    *engines_for(fp32, candidates, feeds, settings.threads),
-                ],
-                settings,
-            )
-        finally:
-            torch.set_num_threads(previous)
+        return benchmark_with_torch(
+            lambda: torch_head(model_dir, AUTO_CLASS, allow_pickle),
+            model_dir,
+            fp32,
+            candidates,
+            feeds,
+            settings,
+        )
 
 
 def _spans(tags: list[str]) -> list[tuple[str, int, int]]:
