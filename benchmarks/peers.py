@@ -221,6 +221,7 @@ def rows_of(result: Judged, swept: list[dict[str, Any]], recipe_name: str) -> li
         if engine == PROMOTED:
             row["what"] = f"{label}: `{recipe_name}`"
         promoted = result.get(PROMOTED)
+        # The user-calibrated peer shares NNCF's recipe but not its calibration data: a different artifact.
         row["same_as_promoted"] = (
             engine != PROMOTED and c is not None and engine != USER_CALIBRATED
             and promoted is not None and same_recipe(c.recipe, promoted.recipe)

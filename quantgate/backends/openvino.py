@@ -60,11 +60,6 @@ class OvRecipe(Recipe):
         False, description="NNCF's PERFORMANCE preset (symmetric activations) instead of MIXED (asymmetric)"
     )
     subset_size: int = Field(300, ge=1, le=10_000, description="calibration samples NNCF reads")
-    per_row_calibration: bool = Field(
-        False,
-        description="calibrate on one row per sample (what nncf.Dataset over a list of sentences gives) "
-        "instead of the run's calibration batches",
-    )
     accuracy_control: bool = Field(
         False,
         description="nncf.quantize_with_accuracy_control: revert the layers that cost most of the run's task "
@@ -200,8 +195,9 @@ class OpenVinoQuantizer(Quantizer):
         ]
 
     def default_search(self) -> list[str]:
-        # NNCF's TRANSFORMER preset with symmetric activations was the fastest passing INT8 on MiniLM here
-        # (benchmarks/peers.py), asymmetric (NNCF's default) beside it; BF16 where the CPU has it.
+        # NNCF's TRANSFORMER preset with symmetric and with asymmetric (NNCF's default) activations: on
+        # MiniLM they tie (benchmarks/peers.py) and which passes the gates depends on the model; BF16 where
+        # the CPU has it.
         return list(DEFAULT_SEARCH)
 
     def build(
@@ -265,8 +261,6 @@ class OpenVinoQuantizer(Quantizer):
                 f"recipe {recipe.name!r} needs calibration data: the held-out set's calibration split is "
                 "empty"
             )
-        if recipe.per_row_calibration:
-            calibration = per_row(calibration)
         nncf = _quiet_nncf()
         from nncf.quantization.advanced_parameters import (
             AdvancedQuantizationParameters,
@@ -300,21 +294,6 @@ class OpenVinoQuantizer(Quantizer):
             ignored_scope=ignored,
             advanced_parameters=advanced,
         )
-
-
-def per_row(batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """Each batch of feeds as one sample per row (axis 0), a text row cut to its own tokens (its
-    attention_mask; tokenizers pad on the right), as a user who calibrates on a list of sentences feeds
-    them."""
-    rows = []
-    for feeds in batches:
-        for i in range(len(next(iter(feeds.values())))):
-            row = {k: v[i : i + 1] for k, v in feeds.items()}
-            if "attention_mask" in row:
-                n = max(int(row["attention_mask"].sum()), 1)
-                row = {k: v[:, :n] if v.ndim == 2 else v for k, v in row.items()}
-            rows.append(row)
-    return rows
 
 
 def _preset(nncf: Any, recipe: OvRecipe) -> Any:

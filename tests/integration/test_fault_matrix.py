@@ -14,7 +14,9 @@ the older or the new version, never anything else, and ends on the new one; no o
 own prefixes and the promotion's commit objects changes.
 
 The write path is the same for every model size (one object per artifact file), so the tiny BERT stands
-in for MiniLM here; the slow suite promotes the real MiniLM through the same code.
+in for MiniLM here; the slow suite promotes the real MiniLM through the same code. It is run for an
+artifact of each engine: ONNX Runtime's (model + session settings) and OpenVINO's (IR xml + bin +
+precision-hint settings), whose promotions write different files.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ from tests.integration.test_guarantees import _files, _manifest
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 RUN = {
-    "recipes": ["dynamic-int8-per-channel"],
     "thresholds": TINY_GATES,
     "bench": BenchSettings(warmup_runs=1, repeat_runs=5),
     "budget": SearchBudget(max_trials=0),
@@ -130,15 +131,25 @@ def _check_complete(store: ObjectStore, ref: ModelRef, before: dict[str, str], l
     assert leftovers == {f"promoted/fm/{ref.version}/manifest.json"}, (label, leftovers)
 
 
+ENGINES = [
+    pytest.param("dynamic-int8-per-channel", id="onnxruntime"),
+    pytest.param("ov-nncf-int8-transformer", id="openvino"),
+]
+
+
 @pytest.mark.usefixtures("no_retry_delay")
+@pytest.mark.parametrize("recipe", ENGINES)
 def test_a_503_at_every_storage_write_of_a_promotion(
-    fresh_bucket, monkeypatch, tmp_path, tiny_model_dir, small_sts
+    recipe, fresh_bucket, monkeypatch, tmp_path, tiny_model_dir, small_sts
 ):
+    if recipe.startswith("ov-"):
+        pytest.importorskip("openvino")
+    run = {**RUN, "recipes": [recipe]}
     # -- the path: every write of one promotion, numbered ------------------------------------------------
     store, ref = _prepare(fresh_bucket, tmp_path, tiny_model_dir, small_sts, "path")
     before = snapshot(store)
     plan = install(monkeypatch, FaultPlan())
-    state = quantize_and_promote(model=ref.name, version=ref.version, **RUN, return_state=True)
+    state = quantize_and_promote(model=ref.name, version=ref.version, **run, return_state=True)
     assert state.name == "Promoted", state.message
     _check_complete(store, ref, before, "no fault")
     path = list(plan.writes)
@@ -146,6 +157,8 @@ def test_a_503_at_every_storage_write_of_a_promotion(
     assert any(k.endswith("current.json") for _, k in path)
     assert any(k.startswith("audit/") for _, k in path)
     assert len(path) >= 10, path
+    artifact = "model.ov-int8" if recipe.startswith("ov-") else "model.int8"
+    assert any(artifact in k for _, k in path), path  # this engine's files are on the path
 
     # -- a 503 at each of them in turn ------------------------------------------------------------
     outcomes: dict[str, str] = {}
@@ -155,7 +168,7 @@ def test_a_503_at_every_storage_write_of_a_promotion(
             store, ref = _prepare(fresh_bucket, tmp_path, tiny_model_dir, small_sts, f"w{at}{mode[0]}")
             before = snapshot(store)
             plan = install(monkeypatch, FaultPlan(at=at, mode=mode))
-            state = quantize_and_promote(model=ref.name, version=ref.version, **RUN, return_state=True)
+            state = quantize_and_promote(model=ref.name, version=ref.version, **run, return_state=True)
             assert plan.injected, f"{label}: the fault was never reached ({len(plan.writes)} writes)"
             pointer = lifecycle.current(store, "fm")
             assert pointer is not None
@@ -163,7 +176,7 @@ def test_a_503_at_every_storage_write_of_a_promotion(
             if state.name != "Promoted":
                 assert state.is_failed(), f"{label}: ended {state.name}: {state.message}"
                 plan.heal()
-                state = quantize_and_promote(model=ref.name, version=ref.version, **RUN, return_state=True)
+                state = quantize_and_promote(model=ref.name, version=ref.version, **run, return_state=True)
                 assert state.name in {"Promoted", "AlreadyDecided"}, f"{label}, re-run: {state.message}"
             outcomes[label] = state.name
             _check_complete(store, ref, before, label)

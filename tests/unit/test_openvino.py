@@ -170,20 +170,6 @@ def test_accuracy_control_outside_a_search_says_what_it_needs(exported, tmp_path
         )
 
 
-def test_per_row_calibration_cuts_each_row_to_its_own_tokens():
-    from quantgate.backends.openvino import per_row
-
-    batch = {
-        "input_ids": np.array([[101, 7, 8, 102], [101, 9, 102, 0]]),
-        "attention_mask": np.array([[1, 1, 1, 1], [1, 1, 1, 0]]),
-    }
-    rows = per_row([batch])
-    assert [r["input_ids"].tolist() for r in rows] == [[[101, 7, 8, 102]], [[101, 9, 102]]]
-    assert [r["attention_mask"].shape for r in rows] == [(1, 4), (1, 3)]
-    image = {"pixel_values": np.zeros((3, 2, 8, 8), np.float32)}  # no mask: rows split, nothing cut
-    assert [r["pixel_values"].shape for r in per_row([image])] == [(1, 2, 8, 8)] * 3
-
-
 def test_accuracy_control_reverts_layers_while_our_metric_says_the_drop_is_too_large(
     exported, tmp_path, monkeypatch
 ):
