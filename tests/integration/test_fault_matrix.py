@@ -63,6 +63,11 @@ def fresh_bucket(seaweed, monkeypatch: pytest.MonkeyPatch, s3_env: Settings) -> 
     made: list[str] = []
 
     def make() -> ObjectStore:
+        # One bucket at a time: every bucket holds its own SeaweedFS volumes, and a matrix of ~50 positions
+        # kept to the end ran the server out of volumes (HTTP 500) on CI's disk. A position is checked before
+        # the next one makes its bucket, so the previous one can go.
+        while made:
+            drop_bucket(seaweed, made.pop())
         bucket = "qg-fm-" + secrets.token_hex(5)
         monkeypatch.setenv("QUANTGATE_BUCKET", bucket)
         store = ObjectStore(Settings())
