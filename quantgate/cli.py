@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from quantgate.errors import QuantgateError
@@ -40,7 +41,8 @@ EXIT_ERROR = 2
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # The message is text, not markup: a regex like '^[a-z]{0,79}$' must print as written.
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(EXIT_ERROR)
 
 
@@ -260,11 +262,25 @@ def _quiet_known_errors() -> None:
     the message is the whole story, printed once at the end: the console keeps the log line and drops
     the trace. Prefect's API log handler sits on the child loggers, so the UI still gets the trace."""
     import logging
+    import re
+
+    from quantgate import errors
+
+    ours = {n for n, v in vars(errors).items() if isinstance(v, type) and issubclass(v, QuantgateError)}
+    # Prefect repeats the error's text in "Finished in state Failed('... exception Name: text')" for the
+    # task and again for the flow, and in "Encountered exception during execution: Name('text')".
+    said = re.compile(r"(?P<head>exception(?: during execution)?:? )(?P<name>[A-Za-z_]\w*)\b[:(].*", re.S)
+    once = "(its message is printed once, at the end)"
 
     class DropKnownTraces(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
             if record.exc_info and isinstance(record.exc_info[1], QuantgateError):
                 record.exc_info, record.exc_text = None, None
+            text = record.getMessage()
+            match = said.search(text)
+            if match and match["name"] in ours:
+                record.msg = f"{text[: match.start()]}{match['head']}{match['name']} {once}"
+                record.args = None
             return True
 
     for name in ("", "prefect"):

@@ -44,6 +44,11 @@ class IntegrityError(QuantgateError):
     """A file's checksum does not match what its manifest or registration says."""
 
 
+class SizeExceededError(IntegrityError):
+    """A stored object is larger than the size its registration or manifest declares: the download stops
+    at the declared size, so a lying record cannot fill the disk or pass a space check it understated."""
+
+
 class InvalidModelError(QuantgateError):
     """The registered model folder cannot be loaded or exported safely."""
 

@@ -19,6 +19,7 @@ from quantgate.errors import HeldoutValidationError
 ColumnKind = Literal["text", "score", "label", "number", "integer", "array"]  # array: decoded pixels
 INTEGER_TYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool"]
 NUMBER_TYPES = [*INTEGER_TYPES, "float16", "float32", "float64"]
+FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max
 
 
 class HeldoutSchema(BaseModel):
@@ -168,6 +169,13 @@ def _expectations(schema: HeldoutSchema, present: set[str] | frozenset[str] = fr
             out.append(
                 exp.ExpectColumnValuesToBeInTypeList(
                     column=column, type_list=INTEGER_TYPES if kind == "integer" else NUMBER_TYPES
+                )
+            )
+            # Finite in float32, what the model reads: inf (or 1e39, which becomes inf) fails here, not as
+            # a ValueError inside scikit-learn or ONNX Runtime.
+            out.append(
+                exp.ExpectColumnValuesToBeBetween(
+                    column=column, min_value=-FLOAT32_MAX, max_value=FLOAT32_MAX
                 )
             )
         elif kind == "score":

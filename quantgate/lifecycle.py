@@ -342,7 +342,7 @@ class PulledVersion:
 def _download_verified(
     store: Store, key: str, dest: Path, entry: FileEntry, what: str = "registration"
 ) -> None:
-    store.get_file(key, dest)
+    store.get_file(key, dest, max_bytes=entry.size)
     actual = sha256_file(dest)
     if actual != entry.sha256:
         dest.unlink()
@@ -591,7 +591,10 @@ def _advance_pointer(store: Store, ref: ModelRef, manifest: Manifest, digest: st
         if pointer is not None:
             decided_at = _pointer_time(store, pointer)
             if promoted_at is None or (decided_at is not None and decided_at >= promoted_at):
-                return False, pointer.version  # a later promotion or rollback holds the pointer
+                # A later promotion or rollback holds the pointer. Ours may still have served in between
+                # (its swap landed, then the run died before its audit event): the later decision's
+                # pointer or event names it as the version it replaced.
+                return _served_before(store, ref, pointer), pointer.version
         new = Pointer(
             model=ref.name,
             version=ref.version,
@@ -607,6 +610,12 @@ def _advance_pointer(store: Store, ref: ModelRef, manifest: Manifest, digest: st
             continue
         return True, new.previous_version
     raise ConflictError(f"{key} kept changing under concurrent updates; run the command again")
+
+
+def _served_before(store: Store, ref: ModelRef, pointer: Pointer) -> bool:
+    if pointer.previous_version == ref.version:
+        return True
+    return any(e.previous_version == ref.version for e in audit_log(store, ref.name) if e.pointer_moved)
 
 
 def _append_audit(store: Store, event: AuditEvent, at_ns: int | None = None, token: str | None = None) -> str:

@@ -316,8 +316,10 @@ class AuditEvent(BaseModel):
     files: list[FileEntry] = Field(default_factory=list)
     pointer_moved: bool = Field(
         default=True,
-        description="False when a promotion finished after a newer one (or a rollback) moved the pointer: "
-        "the version is promoted, but current.json stays where the later decision put it",
+        description="False when a promotion finished after a newer one (or a rollback) moved the pointer "
+        "and it never served: the version is promoted, but current.json stays where the later decision put "
+        "it. True when it served, also when a later decision had already replaced it by the time its "
+        "event was recorded (then previous_version names that later decision's version)",
     )
 
 

@@ -501,10 +501,12 @@ def rejection_reason(lead: CandidateResult) -> tuple[str, int | None]:
             return "heldout-too-small", rows_needed(rows, failed[metric].value, failed[metric].gate.limit / 2)
     if "task_metric_fp32_half_width" in failed or "task_metric_drop_half_width" in failed:
         return "heldout-too-small", None
-    if "task_metric_fp32" in failed:
-        return "baseline-not-meaningful", None
     if "quantizable_ops" in failed:
         return NOTHING_TO_QUANTIZE, None
+    # Any other evidence gate (the FP32 baseline of any task type: Spearman's floor, a classifier's lift
+    # over the majority class, the registered expectation) says the FP32 model measures nothing here.
+    if any(r.gate.kind == "evidence" for r in failed.values()):
+        return "baseline-not-meaningful", None
     return "gates-failed", None
 
 

@@ -25,7 +25,7 @@ from quantgate.errors import (
     StorageUnreachableError,
 )
 from quantgate.settings import Settings
-from quantgate.store import RUN_METADATA, ObjectHead, Store, StoredObject
+from quantgate.store import RUN_METADATA, ObjectHead, Store, StoredObject, too_large
 from quantgate.workspace import translating_disk_full
 
 _AUTH_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "InvalidToken", "ExpiredToken"}
@@ -214,16 +214,32 @@ class ObjectStore(Store):
             return None
         return obj["Body"].read(), obj["ETag"].strip('"')
 
-    def get_file(self, key: str, path: Path) -> None:
+    def get_file(self, key: str, path: Path, max_bytes: int | None = None) -> None:
         """Download to path (via a .part file). A full local disk is a DiskFullError naming the folder,
-        never an error a storage retry would repeat."""
+        never an error a storage retry would repeat. With max_bytes, an object the response says is
+        larger is refused before its body is read, and the body is never read past max_bytes + 1 (a
+        server that misreports its length cannot fill the disk either)."""
+        where = f"s3://{self.bucket}/{key}"
         with translating_disk_full(path.parent):
             path.parent.mkdir(parents=True, exist_ok=True)
-            body = self._call("get_object", key)["Body"]
+            response = self._call("get_object", key)
+            body = response["Body"]
+            if max_bytes is not None and int(response.get("ContentLength", 0)) > max_bytes:
+                body.close()
+                raise too_large(where, response["ContentLength"], max_bytes)
             tmp = path.with_name(path.name + ".part")
-            with tmp.open("wb") as fh:
-                while chunk := body.read(_CHUNK):
-                    fh.write(chunk)
+            read = 0
+            try:
+                with tmp.open("wb") as fh:
+                    while chunk := body.read(_CHUNK):
+                        read += len(chunk)
+                        if max_bytes is not None and read > max_bytes:
+                            raise too_large(where, f"at least {read}", max_bytes)
+                        fh.write(chunk)
+            except BaseException:
+                body.close()
+                tmp.unlink(missing_ok=True)
+                raise
             tmp.replace(path)
 
     def head(self, key: str) -> ObjectHead:

@@ -29,11 +29,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quantgate.errors import ConflictError, NotFoundError
+from quantgate.errors import ConflictError, NotFoundError, SizeExceededError
 
 # User metadata that marks an object as written by a quantgate run (its run id): repair deletes only
 # objects carrying it, never a file a team put beside a promotion (S3 lower-cases metadata names).
 RUN_METADATA = "quantgate-run"
+
+
+def too_large(where: str, size: int | str, max_bytes: int) -> SizeExceededError:
+    return SizeExceededError(
+        f"{where} holds {size} bytes, more than the {max_bytes} its record declares: the download stopped "
+        "there. The object was replaced after it was recorded: register the model again as a new version"
+    )
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,9 @@ class Store(ABC):
         """(data, ETag) for compare-and-swap, None when the key does not exist."""
 
     @abstractmethod
-    def get_file(self, key: str, path: Path) -> None: ...
+    def get_file(self, key: str, path: Path, max_bytes: int | None = None) -> None:
+        """Download to path. With max_bytes, at most that many bytes are read: a larger object is a
+        SizeExceededError and nothing is left at path."""
 
     @abstractmethod
     def head(self, key: str) -> ObjectHead: ...
@@ -206,8 +215,10 @@ class MemoryStore(Store):
             return None
         return obj.data, obj.etag
 
-    def get_file(self, key: str, path: Path) -> None:
+    def get_file(self, key: str, path: Path, max_bytes: int | None = None) -> None:
         data = self._get(key).data
+        if max_bytes is not None and len(data) > max_bytes:
+            raise too_large(f"memory://{self.bucket}/{key}", len(data), max_bytes)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".part")
         tmp.write_bytes(data)

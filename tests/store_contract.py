@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from quantgate.errors import ConflictError, NotFoundError
+from quantgate.errors import ConflictError, NotFoundError, SizeExceededError
 from quantgate.store import RUN_METADATA, Store
 
 
@@ -83,6 +83,19 @@ def check_checksums_and_run_tags(store: Store, tmp_path: Path) -> None:
     assert (tmp_path / "down" / "f.bin").read_bytes() == b"file"
 
 
+def check_a_download_stops_at_its_declared_size(store: Store, tmp_path: Path) -> None:
+    data = b"x" * (3 << 20)  # larger than one read chunk
+    store.put_bytes("big/blob", data)
+    out = tmp_path / "capped" / "blob"
+    out.parent.mkdir()
+    with pytest.raises(SizeExceededError, match="more than the 1 its record declares"):
+        store.get_file("big/blob", out, max_bytes=1)
+    assert not out.exists()
+    assert list(out.parent.iterdir()) == []  # no .part left behind either
+    store.get_file("big/blob", out, max_bytes=len(data))
+    assert out.read_bytes() == data
+
+
 def check_listing(store: Store) -> None:
     for key in ("l/b/2", "l/a/1", "l/a/sub/3", "l/top", "other/x"):
         store.put_bytes(key, key.encode())
@@ -98,4 +111,8 @@ CONTRACT = [
     check_compare_and_swap,
     check_listing,
 ]
-CONTRACT_WITH_TMP = [check_missing_keys, check_checksums_and_run_tags]
+CONTRACT_WITH_TMP = [
+    check_missing_keys,
+    check_checksums_and_run_tags,
+    check_a_download_stops_at_its_declared_size,
+]

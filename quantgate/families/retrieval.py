@@ -66,7 +66,8 @@ TOP_K_LIMIT = Limit(
 
 
 def read_retrieval_json(path: Path) -> pd.DataFrame:
-    """One row per query (query_id, query, relevant: space-joined doc ids); the corpus in attrs."""
+    """One row per query (query_id, query, relevant: its doc ids as a JSON list, so an id may hold any
+    character); the corpus in attrs."""
     try:
         data = json.loads(read_utf8(path))
         queries, corpus, qrels = data["queries"], data["corpus"], data["qrels"]
@@ -78,6 +79,16 @@ def read_retrieval_json(path: Path) -> pd.DataFrame:
             f'"qrels": {{query id: [doc ids]}}}} ({type(exc).__name__}: {exc})',
             ["retrieval JSON layout"],
         ) from None
+    not_lists = {str(q): ds for q, ds in qrels.items() if not isinstance(ds, list)}
+    not_ids = sorted({repr(d) for ds in qrels.values() if isinstance(ds, list) for d in ds
+                      if isinstance(d, bool) or not isinstance(d, (str, int))})  # fmt: skip
+    if not_lists or not_ids:
+        shown = list(not_lists.items())[:3]
+        raise HeldoutValidationError(
+            f"held-out qrels must map each query id to a list of document ids: {shown or not_ids[:5]} "
+            'is not, e.g. "qrels": {"q1": ["d1", "d7"]}',
+            ["qrels values are not lists of ids"],
+        )
     unknown_docs = sorted({str(d) for ds in qrels.values() for d in ds} - set(map(str, corpus)))
     unknown_queries = sorted(set(map(str, qrels)) - set(map(str, queries)))
     if unknown_docs or unknown_queries:
@@ -93,7 +104,7 @@ def read_retrieval_json(path: Path) -> pd.DataFrame:
             ["empty documents"],
         )
     rows = [
-        {"query_id": str(q), "query": str(text), "relevant": " ".join(str(d) for d in qrels.get(q, []))}
+        {"query_id": str(q), "query": str(text), "relevant": json.dumps([str(d) for d in qrels.get(q, [])])}
         for q, text in queries.items()
         if qrels.get(q)
     ]
@@ -157,7 +168,7 @@ class SentenceRetrieval(SentenceEmbedding):
     def texts(heldout: pd.DataFrame) -> list[str]:
         """The queries and the documents judged relevant to them (export samples, calibration)."""
         corpus = heldout.attrs.get(CORPUS, {})
-        docs = dict.fromkeys(d for rel in heldout["relevant"] for d in str(rel).split())
+        docs = dict.fromkeys(d for rel in heldout["relevant"] for d in json.loads(rel))
         return [*heldout["query"].astype(str), *(corpus[d] for d in docs if d in corpus)]
 
     def _vectors(self, model: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> tuple[Any, Any]:
@@ -171,7 +182,7 @@ class SentenceRetrieval(SentenceEmbedding):
     @staticmethod
     def _relevant(heldout: pd.DataFrame) -> list[set[int]]:
         index = {d: i for i, d in enumerate(heldout.attrs[CORPUS])}
-        return [{index[d] for d in str(rel).split()} for rel in heldout["relevant"]]
+        return [{index[d] for d in json.loads(rel)} for rel in heldout["relevant"]]
 
     @staticmethod
     def _scores(queries: np.ndarray, docs: np.ndarray) -> np.ndarray:

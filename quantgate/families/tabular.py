@@ -259,6 +259,18 @@ class Tabular(clf.ProbabilityClassifier):
                 "it cannot read; fill or drop those rows and register a new version",
                 [f"empty cells in {empty}"],
             )
+        # The model reads float32: inf, and finite values past float32's range (which become inf), are a
+        # ValueError deep inside scikit-learn and ONNX Runtime; name them here instead.
+        limit = float(np.finfo(np.float32).max)
+        huge = [c for c in features if (frame[c].astype(np.float64).abs() > limit).any()]
+        if huge:
+            rows = frame.index[(frame[huge].astype(np.float64).abs() > limit).any(axis=1)].tolist()
+            raise HeldoutValidationError(
+                f"held-out columns {huge} hold infinite values (or values beyond float32's range, "
+                f"±{limit:.3g}) in rows {rows[:5]}: a model cannot be judged on them; fix or drop those rows "
+                "and register a new version",
+                [f"infinite values in {huge}"],
+            )
         unknown = sorted({str(v) for v in frame[LABEL].dropna()} - set(classes))
         if unknown:
             raise HeldoutValidationError(

@@ -247,16 +247,21 @@ RUN_ARG_CASES = [
     ("negative-calibration-rows", ["--calibration-rows", "-5"], "--calibration-rows"),
     ("negative-threshold", ["--min-p95-speedup", "-2"], "bad threshold"),
     ("nan-threshold", ["--mean-tol", "nan"], "bad threshold"),
+    # rich read the pattern's brackets as markup and printed '^{0,79}$' (#20)
+    ("bad-recipe-name", ["--recipe-file", "BAD_NAME_FILE"], "pattern '^[a-z0-9][a-z0-9._+-]{0,79}$'"),
 ]
 
 
 @pytest.mark.parametrize(("case", "args", "words"), RUN_ARG_CASES, ids=[c[0] for c in RUN_ARG_CASES])
 def test_bad_run_arguments_are_refused_before_anything_runs(
-    store, tiny_model_dir, small_sts, case, args, words
+    store, tiny_model_dir, small_sts, tmp_path, case, args, words
 ):
     lifecycle.register(
         store, ModelRef(name="tiny", version="v1"), tiny_model_dir, small_sts, "sentence-embedding"
     )
+    bad_name = tmp_path / "recipes.json"
+    bad_name.write_text('[{"name": "Bad Name", "backend": "onnxruntime", "kind": "dynamic"}]')
+    args = [str(bad_name) if a == "BAD_NAME_FILE" else a for a in args]
     before = snapshot(store)
     result = runner.invoke(app, ["run", "tiny", "v1", *args])
     assert result.exit_code == EXIT_ERROR, (case, result.output)

@@ -265,6 +265,9 @@ def test_recall_at_10_counts_the_relevant_documents_in_each_top_10():
         ({"queries": {"q": "a"}, "corpus": {"d": "b"}}, "must be JSON"),
         ({"queries": {"q": "a"}, "corpus": {"d": "b"}, "qrels": {"q": ["x"]}}, "documents ['x']"),
         ({"queries": {"q": "a"}, "corpus": {"d": " "}, "qrels": {"q": ["d"]}}, "are empty"),
+        # qrels values that are not lists of ids were a TypeError traceback at register (#20)
+        ({"queries": {"q": "a"}, "corpus": {"d": "b"}, "qrels": {"q": 5}}, "[('q', 5)] is not"),
+        ({"queries": {"q": "a"}, "corpus": {"d": "b"}, "qrels": {"q": [{"d": 1}]}}, "[\"{'d': 1}\"] is not"),
     ],
 )
 def test_a_bad_retrieval_set_is_refused_with_its_layout(tmp_path, data, words):
@@ -274,6 +277,18 @@ def test_a_bad_retrieval_set_is_refused_with_its_layout(tmp_path, data, words):
     path.write_text(json.dumps(data))
     with pytest.raises(HeldoutValidationError, match=re.escape(words)):
         read_retrieval_json(path)
+
+
+def test_a_document_id_with_spaces_is_kept_whole(tmp_path):
+    """Ids were joined with spaces, so "doc 1" became two unknown ids and a KeyError in the run (#20)."""
+    from quantgate.families.retrieval import SentenceRetrieval, read_retrieval_json
+
+    path = tmp_path / "ret.json"
+    data = {"queries": {"q 1": "a"}, "corpus": {"doc 1": "b", "doc 2": "c"}, "qrels": {"q 1": ["doc 2"]}}
+    path.write_text(json.dumps(data))
+    frame = read_retrieval_json(path)
+    assert SentenceRetrieval._relevant(frame) == [{1}]
+    assert SentenceRetrieval.texts(frame) == ["a", "c"]
 
 
 def test_an_encoder_with_a_retrieval_file_is_a_retrieval_task_and_with_sts_an_embedding_task(tmp_path):

@@ -217,3 +217,30 @@ def test_an_fp32_model_far_from_its_registered_expectation_fails_an_evidence_gat
     low = {**GOOD, "task_metric_fp32": 0.55}  # e.g. the weights were randomly initialised
     failed = evaluate_gates(low, gates).failed
     assert [(r.gate.name, r.gate.kind) for r in failed] == [("FP32 as registered (low)", "evidence")]
+
+
+@pytest.mark.parametrize(
+    ("task", "failing"),
+    [
+        # a classifier's baseline is its lift over the majority class: shuffled labels ended `gates-failed`
+        # although the README (and the STS path) say `baseline-not-meaningful` (#20)
+        ("sequence-classification", {"lift_over_majority": -0.02, "lift_over_majority_lo": -0.06}),
+        ("sentence-embedding", {"task_metric_fp32": 0.03, "task_metric_fp32_lo": -0.05}),
+    ],
+)
+def test_a_failed_baseline_of_any_task_type_is_baseline_not_meaningful(task, failing):
+    from quantgate.backends.onnxruntime import OrtRecipe
+    from quantgate.gates import evaluate_gates
+    from quantgate.report import rejection_reason
+    from quantgate.search import CandidateResult
+    from quantgate.tasktypes import get_task_type
+    from quantgate.thresholds import GateThresholds, gates_for
+
+    gates = gates_for(get_task_type(task), GateThresholds())
+    at_limits = {f"{g.metric}{end}": g.limit for g in gates for end in ("", "_lo", "_hi")}
+    metrics = at_limits | failing
+    lead = CandidateResult(
+        recipe=OrtRecipe(name="dynamic-int8"), status="evaluated", gates=evaluate_gates(metrics, gates)
+    )
+    assert [r.gate.kind for r in lead.gates.failed] == ["evidence"]
+    assert rejection_reason(lead) == ("baseline-not-meaningful", None)

@@ -84,3 +84,19 @@ def test_held_out_text_is_escaped_in_the_data_docs_html(tmp_path):
     validation_page = next(p for p in pages if "&lt;script&gt;alert(1)&lt;/script&gt;" in p)
     assert "compound_columns" in validation_page or "unique" in validation_page
     assert not any("<script>alert(1)" in p for p in pages)
+
+
+def test_an_infinite_feature_value_fails_validation_in_the_flow_too():
+    """A table uploaded by another tool skips `register`'s checks; GX in the flow names the column (#20:
+    an inf cell was a ValueError from scikit-learn in the run)."""
+    import numpy as np
+    import pandas as pd
+
+    from quantgate.heldout import HeldoutSchema
+
+    schema = HeldoutSchema(columns={"x": "number", "label": "label"}, min_rows=2, max_duplicate_fraction=1.0)
+    frame = pd.DataFrame({"x": [1.0, np.inf, 2.0, 1e39], "label": ["a", "b", "a", "b"]})
+    outcome = validate_heldout(frame, schema)
+    assert not outcome.success
+    assert any("'x'" in f and "between" in f for f in outcome.failures), outcome.failures
+    assert validate_heldout(frame.assign(x=[1.0, -2.5, 3e38, 0.0]), schema).success

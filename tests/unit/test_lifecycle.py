@@ -14,10 +14,11 @@ from quantgate.errors import (
     ConflictError,
     IntegrityError,
     NotFoundError,
+    SizeExceededError,
     StorageError,
     StorageUnreachableError,
 )
-from quantgate.registry import Manifest, ModelRef, current_key, manifest_key, rejection_key
+from quantgate.registry import Manifest, ModelRef, current_key, manifest_key, registration_key, rejection_key
 from quantgate.storage import sha256_bytes
 from quantgate.store import RUN_METADATA, MemoryStore
 
@@ -132,6 +133,21 @@ def test_a_registration_whose_upload_fails_leaves_nothing(model_dir, heldout):
     assert store.snapshot() == {}
 
 
+def test_a_registration_that_understates_its_sizes_is_refused_at_the_declared_size(
+    model_dir, heldout, tmp_path
+):
+    """A record declaring 1 byte per file (written by anyone with bucket access) must neither pass the
+    disk pre-check with it nor make pull download the real size: the download stops at 1 byte."""
+    store = MemoryStore()
+    reg = lifecycle.register(store, V1, model_dir, heldout, "sentence-embedding")
+    lying = reg.model_copy(update={"files": [f.model_copy(update={"size": 1}) for f in reg.files]})
+    store.put_bytes(registration_key(V1), lying.model_dump_json().encode())
+    dest = tmp_path / "pulled"
+    with pytest.raises(SizeExceededError, match="more than the 1 its record declares"):
+        lifecycle.pull(store, V1, dest)
+    assert not any(p.is_file() and p.stat().st_size > 1 for p in dest.rglob("*"))
+
+
 # --- promote, finish, repair ----------------------------------------------------------------------------
 
 
@@ -232,6 +248,33 @@ def test_finishing_an_old_promotion_never_moves_the_pointer_back(tmp_path):
     assert lifecycle.current(store, "m").version == "v2"
     v1_events = [e for e in lifecycle.audit_log(store, "m") if e.version == "v1"]
     assert [e.pointer_moved for e in v1_events] == [False]
+
+
+@pytest.mark.parametrize("later", ["promotion", "rollback"])
+def test_a_promotion_that_served_before_a_later_decision_is_audited_as_served(tmp_path, later):
+    """v2's pointer swap lands, then the run dies before its audit event; a later promotion (v3) or a
+    rollback replaces it. Finishing v2 afterwards must not record that it never served (#20: the event
+    said pointer_moved false for a promotion that served)."""
+    store = MemoryStore()
+    _promote(store, V1, "run-a", tmp_path)
+
+    def die_before_audit(op, key):
+        if key.startswith("audit/"):
+            raise StorageUnreachableError("killed after the pointer")
+
+    store.fault = die_before_audit
+    with pytest.raises(StorageUnreachableError):
+        _promote(store, V2, "run-b", tmp_path)
+    store.fault = None
+    assert lifecycle.current(store, "m").version == "v2"  # it served
+    if later == "promotion":
+        _promote(store, ModelRef(name="m", version="v3"), "run-c", tmp_path)
+    else:
+        lifecycle.rollback(store, "m", "v1", "oncall")
+    assert lifecycle.finish_promotion(store, V2, "sweep") is True
+    assert lifecycle.current(store, "m").version == ("v3" if later == "promotion" else "v1")
+    (event,) = [e for e in lifecycle.audit_log(store, "m") if e.version == "v2"]
+    assert event.pointer_moved is True
 
 
 def test_repair_removes_only_the_runs_own_unlisted_objects(tmp_path):
