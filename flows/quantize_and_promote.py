@@ -30,7 +30,7 @@ from quantgate.search_driver import candidate_path
 from quantgate.settings import Settings
 from quantgate.tasktypes import get_task_type
 from quantgate.thresholds import GateThresholds
-from quantgate.workspace import workspace
+from quantgate.workspace import private_dir, workspace
 from tasks import announce, candidate, gate, storage, validate
 
 
@@ -73,6 +73,9 @@ def quantize_and_promote(
                 data={"outcome": decided, "model": model, "version": version},
             )
 
+        # Both local folders are checked before anything is pulled: an unusable export cache would
+        # otherwise fail the run only after the download and the held-out validation.
+        private_dir(settings.cache_dir, "QUANTGATE_CACHE_DIR")
         with workspace(settings.work_dir, run_id) as work:
             # -- pull and check the data ------------------------------------------------------------------
             pulled = storage.pull_version(ref, settings, work / "source")

@@ -101,12 +101,13 @@ def write_env_file(path: Path, values: dict[str, str], comment: str = "") -> Non
 
 def read_env_file(path: Path) -> dict[str, str]:
     """The values write_env_file wrote (shell quoting undone, nothing evaluated)."""
+    # The whole file is one shell word stream: a quoted value may span lines (a secret holding a newline
+    # is written as one quoted word over two lines), so lines are not the unit.
     values = {}
-    for line in path.read_text().splitlines():
-        if "=" in line and not line.startswith("#"):
-            name, raw = line.split("=", 1)
-            parts = shlex.split(raw)
-            values[name] = parts[0] if parts else ""
+    for word in shlex.split(path.read_text(), comments=True):
+        name, sep, value = word.partition("=")
+        if sep and name.isidentifier():
+            values[name] = value
     return values
 
 

@@ -345,19 +345,26 @@ def test_storage_outage_beyond_the_retry_budget_fails_cleanly_with_nothing_promo
 
 
 @pytest.mark.usefixtures("prefect_api")
+@pytest.mark.parametrize(
+    ("setting", "words"),
+    [
+        ("QUANTGATE_WORK_DIR", r"cannot write the work folder.*QUANTGATE_WORK_DIR"),
+        # checked before the pull too: it fired only after pull and validation (#20)
+        ("QUANTGATE_CACHE_DIR", r"cannot write the folder.*QUANTGATE_CACHE_DIR"),
+    ],
+)
 def test_unwritable_work_folder_is_a_clear_error_and_changes_nothing(
-    store, monkeypatch, tiny_model_dir, small_sts
+    store, monkeypatch, tiny_model_dir, small_sts, setting, words
 ):
     ref = ModelRef(name="tiny", version="v1")
     lifecycle.register(store, ref, tiny_model_dir, small_sts, "sentence-embedding")
-    monkeypatch.setenv(
-        "QUANTGATE_WORK_DIR", "/dev/null/quantgate"
-    )  # a folder can never exist under a device file
+    monkeypatch.setenv(setting, "/dev/null/quantgate")  # a folder can never exist under a device file
     before = snapshot(store)
     state = quantize_and_promote(model="tiny", version="v1", return_state=True)
     assert state.is_failed()
-    with pytest.raises(ConfigError, match=r"cannot write the work folder.*QUANTGATE_WORK_DIR"):
+    with pytest.raises(ConfigError, match=words):
         state.result()
     added = set(snapshot(store)) - set(before)
-    assert all(k.startswith("runs/tiny/v1/") for k in added)
+    # Its report only: no Data Docs, so it stopped before pulling and validating the held-out set.
+    assert [k.rsplit("/", 1)[-1] for k in added] == ["report.json"], added
     assert not list(store.list("promoted/"))

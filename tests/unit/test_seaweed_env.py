@@ -23,3 +23,18 @@ def test_a_hostile_secret_is_not_run_when_the_env_file_is_sourced(tmp_path):
     assert not marker.exists()
     assert done.stdout == secret
     assert read_env_file(env) == {"AWS_ACCESS_KEY_ID": "qgkey", "AWS_SECRET_ACCESS_KEY": secret}
+
+
+def test_a_secret_holding_a_newline_reads_back_whole(tmp_path):
+    """A quoted value spanning two lines crashed read_env_file (it split the file by lines) (#20)."""
+    secret = "first line\nsecond # not a comment\n=x"  # noqa: S105 - a test value
+    env = tmp_path / "seaweed.env"
+    write_env_file(env, {"AWS_ACCESS_KEY_ID": "qgkey", "AWS_SECRET_ACCESS_KEY": secret}, "keys")
+    assert read_env_file(env) == {"AWS_ACCESS_KEY_ID": "qgkey", "AWS_SECRET_ACCESS_KEY": secret}
+    done = subprocess.run(
+        ["bash", "-c", f'set -a; source "{env}"; set +a; printf %s "$AWS_SECRET_ACCESS_KEY"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout == secret
