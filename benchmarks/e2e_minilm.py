@@ -47,7 +47,14 @@ def sweep(
     """The promoted artifact against both FP32 baselines across threads and sequence lengths."""
     from transformers import AutoTokenizer
 
-    from quantgate.bench import BenchSettings, ort_engine, run_benchmark, torch_engine
+    from quantgate.bench import (
+        NAMED_PROFILES,
+        BenchSettings,
+        Request,
+        ort_engine,
+        run_benchmark,
+        torch_engine,
+    )
     from quantgate.export import build_embedding_module, tokenize
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
@@ -55,17 +62,19 @@ def sweep(
     rows = []
     for threads in SWEEP_THREADS:
         for seq in SWEEP_SEQ:
-            settings = BenchSettings(seq_len=seq, threads=threads, warmup_runs=5, repeat_runs=repeats)
+            settings = BenchSettings(
+                seq_len=seq, threads=threads, warmup_runs=5, repeat_runs=repeats,
+                profile=NAMED_PROFILES["b1-s128"],
+            )  # fmt: skip
             feeds = tokenize(tokenizer, texts[:1], seq, pad_to_max=True)
             report = run_benchmark(
                 [
-                    torch_engine(
-                        "pytorch-fp32", lambda: build_embedding_module(model_dir)[0], feeds, threads, size
-                    ),
-                    ort_engine("onnx-fp32", fp32, feeds, threads),
-                    ort_engine("promoted", promoted, feeds, threads),
+                    torch_engine("pytorch-fp32", lambda: build_embedding_module(model_dir)[0], threads, size),
+                    ort_engine("onnx-fp32", fp32, threads),
+                    ort_engine("promoted", promoted, threads),
                 ],
                 settings,
+                [Request(feeds=feeds, length=seq, items=1)],
             )
             t, o, q = (report.by_engine(e) for e in ("pytorch-fp32", "onnx-fp32", "promoted"))
             rows.append(

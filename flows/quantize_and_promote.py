@@ -28,7 +28,7 @@ from quantgate.report import decision_links, manifest_for, promotion_files
 from quantgate.search import SearchBudget
 from quantgate.search_driver import candidate_path
 from quantgate.settings import Settings
-from quantgate.tasktypes import get_task_type
+from quantgate.tasktypes import check_profile, get_task_type, serving_settings
 from quantgate.thresholds import GateThresholds
 from quantgate.workspace import private_dir, workspace
 from tasks import announce, candidate, gate, storage, validate
@@ -87,6 +87,14 @@ def quantize_and_promote(
                 thresholds = thresholds.model_copy(
                     update={"expect_metric": expected.value, "expect_tolerance": expected.tolerance}
                 )
+            # The serving profile the decision is taken on: the run's, else the one declared at register,
+            # else the task type's default (requests drawn from the held-out set).
+            bench = serving_settings(
+                task_type, bench if bench.profile else bench.model_copy(
+                    update={"profile": pulled.registration.profile}
+                ),
+            )  # fmt: skip
+            check_profile(task_type, pulled.model_dir, bench.profile)
             heldout, heldout_check = validate.validate(
                 pulled.heldout_path, task_type, pulled.model_dir, work / "data_docs"
             )

@@ -13,7 +13,7 @@ from quantgate.heldout import HeldoutSplit
 from quantgate.lifecycle import Champion
 from quantgate.quantize import Recipe
 from quantgate.search import CandidateResult, SearchBudget, SearchResult
-from quantgate.search_driver import ScoreJob, SearchSteps, run_search
+from quantgate.search_driver import ScoreJob, SearchSteps, comparison_settings, run_search
 from quantgate.tasktypes import TaskType
 from quantgate.thresholds import GateThresholds
 from tasks import candidate
@@ -47,6 +47,18 @@ def search_recipes(
         rank=candidate.rank_sensitive_nodes,
         benchmark=lambda servables: candidate.benchmark(
             task_type, model_dir, Servable(fp32), servables, assets, split.evaluation, bench, allow_pickle
+        ),
+        benchmark_fixed=None
+        if bench.serving.source == "fixed"
+        else lambda servables: candidate.benchmark(
+            task_type,
+            model_dir,
+            Servable(fp32),
+            servables,
+            assets,
+            split.evaluation,
+            comparison_settings(bench),
+            allow_pickle,
         ),
     )
     return run_search(

@@ -1,19 +1,28 @@
-"""CPU latency benchmark: every engine on the same inputs, interleaved round by round, so that noise from
+"""CPU latency benchmark: every engine on the same requests, interleaved round by round, so that noise from
 a shared machine lands on all of them alike (measure the baseline, quantize, re-measure on the same
-harness)."""
+harness).
+
+What is timed is a *serving profile* (`ServingProfile`): the requests the model will serve. By default they
+are drawn from the held-out set itself, each tokenized as serving would (no padding at batch 1, padded to
+the longest input of its batch above), so a candidate that only wins at one padded shape does not win
+here. A fixed shape (`b1-s128`: batch 1, every input padded to 128 tokens) stays available by name, and a
+team can declare batch sizes, a length distribution or a file of sample inputs. The profile's objective
+says what "fastest" means: latency (p50 over the requests) or throughput (items per second).
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from quantgate.errors import ConfigError
 
@@ -27,14 +36,136 @@ BASELINES = (TORCH_FP32, ONNX_FP32)
 CHAMPION_ENGINE = "champion@"
 
 
+Objective = Literal["latency", "throughput"]
+ProfileSource = Literal["heldout", "fixed", "lengths", "samples"]
+MAX_PROFILE_BATCH = 64
+
+
+class ServingProfile(BaseModel):
+    """The requests a model will serve, and what "fastest" means on them.
+
+    - `heldout` (the default): requests drawn from the held-out set, as serving tokenizes them;
+    - `fixed`: every request one batch of `BenchSettings.batch` inputs padded to `BenchSettings.seq_len`
+      (the named profile `b1-s128` is today's shape);
+    - `lengths`: held-out inputs cut and padded to lengths drawn from `lengths` (tokens; repeat a length
+      to weight it), for a team that knows its traffic's length distribution;
+    - `samples`: inputs from a file of sample requests (one per line), tokenized as serving would.
+    Batch sizes are drawn from `batch_sizes` per request. `objective` None takes the task type's default.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field("heldout", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    source: ProfileSource = "heldout"
+    batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1, max_length=16)
+    lengths: list[int] | None = Field(None, min_length=1, max_length=10_000)
+    samples: list[str] | None = Field(None, min_length=1, max_length=100_000)
+    requests: int = Field(100, ge=1, le=10_000, description="distinct requests drawn for the benchmark")
+    objective: Objective | None = None
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServingProfile:
+        bad = [b for b in self.batch_sizes if not 1 <= b <= MAX_PROFILE_BATCH]
+        if bad:
+            raise ValueError(f"batch sizes must be 1..{MAX_PROFILE_BATCH}, got {bad}")
+        if self.lengths is not None and min(self.lengths) < 1:
+            raise ValueError(f"lengths must be at least 1 token, got {min(self.lengths)}")
+        if self.source == "lengths" and not self.lengths:
+            raise ValueError("a `lengths` profile needs a non-empty list of lengths")
+        if self.source == "samples" and not self.samples:
+            raise ValueError("a `samples` profile needs at least one sample input")
+        if self.samples is not None and any(not str(x).strip() for x in self.samples):
+            raise ValueError("sample inputs must not be blank")
+        return self
+
+    def describe(self, settings: BenchSettings | None = None) -> str:
+        batches = "/".join(map(str, self.batch_sizes))
+        if self.source == "fixed":
+            shape = f"b{settings.batch}/s{settings.seq_len}" if settings else "fixed shape"
+            return f"{self.name} ({shape}, {self.objective or 'latency'})"
+        what = {
+            "heldout": "held-out inputs at their own lengths",
+            "lengths": f"declared lengths ({len(self.lengths or [])} values)",
+            "samples": f"{len(self.samples or [])} sample inputs",
+        }[self.source]
+        objective = self.objective or "latency"
+        return f"{self.name} ({what}, batch {batches}, {self.requests} requests, {objective})"
+
+
+# Named profiles a person can give as `--profile NAME`: the default, and today's fixed shape.
+FIXED_PROFILE = "b1-s128"
+NAMED_PROFILES: dict[str, ServingProfile] = {
+    "heldout": ServingProfile(),
+    FIXED_PROFILE: ServingProfile(name=FIXED_PROFILE, source="fixed"),
+}
+
+
+def load_profile(value: str | Path) -> ServingProfile:
+    """`--profile`: a named profile, a JSON file (ServingProfile's fields), or a text file of sample
+    inputs (one per line)."""
+    text = str(value)
+    if text in NAMED_PROFILES:
+        return NAMED_PROFILES[text]
+    path = Path(text)
+    if not path.is_file():
+        raise ConfigError(
+            f"--profile {text!r} is neither a named profile ({', '.join(NAMED_PROFILES)}) nor a file: give "
+            'a name, a JSON file like {"batch_sizes": [1, 8], "lengths": [12, 30, 64]}, or a text file of '
+            "sample inputs, one per line"
+        )
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the profile file {path} ({exc}): save it as UTF-8 text") from None
+    if path.suffix.lower() == ".json":
+        import json
+
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise ValueError("it must be a JSON object")
+            if data.get("lengths") and "source" not in data:
+                data["source"] = "lengths"
+            data.setdefault("name", path.stem[:64] or "declared")
+            return ServingProfile.model_validate(data)
+        except (ValueError, ValidationError) as exc:
+            detail = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+            raise ConfigError(
+                f"profile file {path.name} is not a valid serving profile: {detail}. Fields: batch_sizes, "
+                "lengths, requests, objective (latency or throughput)"
+            ) from None
+    samples = [line for line in raw.splitlines() if line.strip()]
+    if not samples:
+        raise ConfigError(f"profile file {path.name} holds no sample inputs: one request per line")
+    return ServingProfile(name=path.stem[:64] or "samples", source="samples", samples=samples)
+
+
 class BenchSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    batch: int = Field(1, ge=1, le=64)
-    seq_len: int = Field(128, ge=1, le=512, description="tokens per input (BERT-style models stop at 512)")
+    batch: int = Field(1, ge=1, le=64, description="the fixed shape's batch (the `fixed` profile)")
+    seq_len: int = Field(
+        128, ge=1, le=512, description="the fixed shape's tokens per input (BERT-style models stop at 512)"
+    )
     threads: int = Field(1, ge=1, le=256)
     warmup_runs: int = Field(10, ge=0, le=1_000)
     repeat_runs: int = Field(100, ge=5, le=10_000)
+    profile: ServingProfile | None = Field(
+        None, description="the serving profile; None = the registration's, else the held-out default"
+    )
+
+    @property
+    def serving(self) -> ServingProfile:
+        return self.profile or NAMED_PROFILES["heldout"]
+
+    @property
+    def objective(self) -> Objective:
+        return self.serving.objective or "latency"
+
+    def fixed_shape(self) -> BenchSettings:
+        """The same settings on the fixed shape (the report's comparison with b1/s128)."""
+        return self.model_copy(update={"profile": NAMED_PROFILES[FIXED_PROFILE]})
 
     @model_validator(mode="after")
     def _bounded(self) -> BenchSettings:
@@ -50,6 +181,15 @@ class BenchSettings(BaseModel):
         return self
 
 
+class LengthStat(BaseModel):
+    """One engine's latency on the requests whose longest input falls in (`low`, `high`] tokens."""
+
+    low: int
+    high: int
+    requests: int
+    p50_ms: float
+
+
 class EngineResult(BaseModel):
     engine: str
     p50_ms: float
@@ -59,12 +199,25 @@ class EngineResult(BaseModel):
     throughput_per_s: float
     size_mb: float
     load_s: float
+    objective_ms: float | None = Field(
+        None,
+        description="what 'fastest' is judged on, lower is better: p50 ms per request (latency) or ms per "
+        "item (throughput); None in reports written before serving profiles (then p50_ms)",
+    )
+    by_length: list[LengthStat] = Field(default_factory=list)
+
+    @property
+    def speed(self) -> float:
+        return self.p50_ms if self.objective_ms is None else self.objective_ms
 
 
 class BenchReport(BaseModel):
     settings: BenchSettings
     results: list[EngineResult]
     cpu: dict[str, Any]
+    requests: dict[str, Any] = Field(
+        default_factory=dict, description="the timed requests: count, batch sizes, length percentiles"
+    )
 
     def by_engine(self, engine: str) -> EngineResult:
         for r in self.results:
@@ -75,11 +228,36 @@ class BenchReport(BaseModel):
 
 @dataclass
 class Engine:
-    """A named way to run one batch. `load` returns the callable; its time is the session load time."""
+    """A named way to run one request. `load` returns the callable taking a request's feeds; its time is
+    the session load time."""
 
     name: str
-    load: Callable[[], Callable[[], Any]]
+    load: Callable[[], Callable[[dict[str, np.ndarray]], Any]]
     size_bytes: int
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request of a profile: its feeds, its length (tokens of its longest input; rows or images where
+    length means nothing) and how many items it carries (the batch)."""
+
+    feeds: dict[str, np.ndarray]
+    length: int
+    items: int
+
+
+LENGTH_EDGES = (0, 8, 16, 32, 64, 128, 256, 512, 1 << 30)
+
+
+def _by_length(ms: np.ndarray, lengths: np.ndarray) -> list[LengthStat]:
+    out = []
+    for low, high in itertools.pairwise(LENGTH_EDGES):
+        mask = (lengths > low) & (lengths <= high)
+        if mask.any():
+            out.append(
+                LengthStat(low=low, high=high, requests=int(mask.sum()), p50_ms=float(np.median(ms[mask])))
+            )
+    return out
 
 
 def cpu_info() -> dict[str, Any]:
@@ -104,71 +282,131 @@ def cpu_info() -> dict[str, Any]:
     }
 
 
-def run_benchmark(engines: list[Engine], settings: BenchSettings) -> BenchReport:
+def run_benchmark(engines: list[Engine], settings: BenchSettings, requests: list[Request]) -> BenchReport:
+    """Every engine on the same requests: round i times request i (cycling through the profile's
+    requests, whose order is drawn once, seeded) on every engine, in a new seeded random engine order."""
     if not engines:
         raise ConfigError("nothing to benchmark: give at least one engine")
-    runners: list[Callable[[], Any]] = []
+    if not requests:
+        raise ConfigError("nothing to benchmark: the serving profile gave no request")
+    runners: list[Callable[[dict[str, np.ndarray]], Any]] = []
     loads: list[float] = []
     for engine in engines:
         start = time.perf_counter()
         runners.append(engine.load())
         loads.append(time.perf_counter() - start)
-    for _ in range(settings.warmup_runs):
+    for i in range(settings.warmup_runs):
         for run in runners:
-            run()
+            run(requests[i % len(requests)].feeds)
     times = [np.empty(settings.repeat_runs) for _ in engines]
     # A new random order each round (seeded: reproducible): each engine runs after every other about
     # equally often. A rotation keeps the neighbours fixed (j always after j-1), and the engine that runs
     # after a big FP32 model or another engine's threads then pays for them in every round: measured,
     # identical OpenVINO IRs were 3-7 % apart depending on which engine preceded them.
     rng = np.random.default_rng(0)
-    for i in range(settings.repeat_runs):
+    timed = [requests[i % len(requests)] for i in range(settings.repeat_runs)]
+    for i, request in enumerate(timed):
         for j in rng.permutation(len(engines)):
             start = time.perf_counter()
-            runners[j]()
+            runners[j](request.feeds)
             times[j][i] = time.perf_counter() - start
+    lengths = np.array([r.length for r in timed])
+    items = float(sum(r.items for r in timed))
     results = []
     for engine, t, load in zip(engines, times, loads, strict=True):
         ms = t * 1000
+        throughput = items / float(t.sum())
+        p50 = float(np.percentile(ms, 50))
         results.append(
             EngineResult(
                 engine=engine.name,
-                p50_ms=float(np.percentile(ms, 50)),
+                p50_ms=p50,
                 p95_ms=float(np.percentile(ms, 95)),
                 p99_ms=float(np.percentile(ms, 99)),
                 mean_ms=float(ms.mean()),
-                throughput_per_s=float(settings.batch / t.mean()),
+                throughput_per_s=throughput,
                 size_mb=engine.size_bytes / 1e6,
                 load_s=load,
+                objective_ms=p50 if settings.objective == "latency" else 1000.0 / throughput,
+                by_length=_by_length(ms, lengths),
             )
         )
-    return BenchReport(settings=settings, results=results, cpu=cpu_info())
+    return BenchReport(
+        settings=settings,
+        results=results,
+        cpu=cpu_info(),
+        requests={
+            "count": len(requests),
+            "timed": len(timed),
+            "batch_sizes": sorted({r.items for r in requests}),
+            "length_p50": float(np.percentile([r.length for r in requests], 50)),
+            "length_p95": float(np.percentile([r.length for r in requests], 95)),
+            "length_max": max(r.length for r in requests),
+        },
+    )
 
 
-def ort_engine(name: str, path: Path, feeds: dict[str, np.ndarray], threads: int) -> Engine:
-    def load() -> Callable[[], Any]:
+def draw_requests(
+    settings: BenchSettings,
+    rows: int,
+    encode: Callable[[list[int], int | None], dict[str, np.ndarray]],
+    length_of: Callable[[dict[str, np.ndarray]], int] | None = None,
+    samples: Callable[[list[str], int | None], dict[str, np.ndarray]] | None = None,
+) -> list[Request]:
+    """A profile's requests for a task type. `encode(rows, pad_to)` makes one request's feeds from held-out
+    rows: pad_to None = as serving tokenizes (no padding for one input, the batch's longest above),
+    pad_to=L = cut and padded to L tokens. `samples(texts, pad_to)` does the same from sample inputs.
+    `length_of` measures a request (default: its `input_ids`' width)."""
+    profile = settings.serving
+    length_of = length_of or (lambda feeds: int(feeds["input_ids"].shape[1]))
+
+    def request(feeds: dict[str, np.ndarray], items: int) -> Request:
+        return Request(feeds=feeds, length=length_of(feeds), items=items)
+
+    if profile.source == "fixed":
+        return [request(encode([i % rows for i in range(settings.batch)], settings.seq_len), settings.batch)]
+    if rows < 1 and profile.source != "samples":
+        raise ConfigError("the serving profile draws from the held-out set, which has no rows")
+    rng = np.random.default_rng(profile.seed)
+    out = []
+    for _ in range(profile.requests):
+        batch = int(rng.choice(profile.batch_sizes))
+        pad_to = int(rng.choice(profile.lengths)) if profile.source == "lengths" and profile.lengths else None
+        if profile.source == "samples":
+            if samples is None:
+                raise ConfigError(
+                    "this task type takes no file of sample inputs: declare batch sizes (and lengths) instead"
+                )
+            texts = profile.samples or []
+            picked = [texts[int(k)] for k in rng.choice(len(texts), size=batch)]
+            out.append(request(samples(picked, None), batch))
+        else:
+            picked_rows = [int(k) for k in rng.choice(rows, size=batch, replace=rows < batch)]
+            out.append(request(encode(picked_rows, pad_to), batch))
+    return out
+
+
+def ort_engine(name: str, path: Path, threads: int) -> Engine:
+    def load() -> Callable[[dict[str, np.ndarray]], Any]:
         from quantgate.runtime import inference_session
 
         sess = inference_session(path, threads)
-        return lambda: sess.run(None, feeds)
+        return lambda feeds: sess.run(None, feeds)
 
     return Engine(name=name, load=load, size_bytes=path.stat().st_size)
 
 
-def torch_engine(
-    name: str, build: Callable[[], Any], feeds: dict[str, np.ndarray], threads: int, size_bytes: int
-) -> Engine:
-    def load() -> Callable[[], Any]:
+def torch_engine(name: str, build: Callable[[], Any], threads: int, size_bytes: int) -> Engine:
+    def load() -> Callable[[dict[str, np.ndarray]], Any]:
         import torch
 
         # Same thread count as ORT: comparing 1-thread ORT with all-core PyTorch would flatter nothing.
         torch.set_num_threads(threads)
         module = build()
-        tensors = [torch.from_numpy(v) for v in feeds.values()]
 
-        def run() -> Any:
+        def run(feeds: dict[str, np.ndarray]) -> Any:
             with torch.inference_mode():
-                return module(*tensors)
+                return module(*(torch.from_numpy(v) for v in feeds.values()))
 
         return run
 

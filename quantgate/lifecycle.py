@@ -28,6 +28,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from quantgate.backends import Servable
+from quantgate.bench import ServingProfile
 from quantgate.errors import (
     ConfigError,
     ConflictError,
@@ -71,7 +72,7 @@ from quantgate.registry import (
 )
 from quantgate.storage import sha256_bytes, sha256_file
 from quantgate.store import RUN_METADATA, Store
-from quantgate.tasktypes import get_task_type
+from quantgate.tasktypes import check_profile, get_task_type
 from quantgate.workspace import require_free_space
 
 M = TypeVar("M", bound=BaseModel)
@@ -168,13 +169,15 @@ def register(
     task: str,
     allow_pickle: bool = False,
     expect_metric: ExpectedMetric | None = None,
+    profile: ServingProfile | None = None,
 ) -> Registration:
     task_type = get_task_type(task)
     task_type.check_model(model_dir, allow_pickle)
+    check_profile(task_type, model_dir, profile)
     if heldout.is_dir():  # an image folder: uploaded as one deterministic tar
         with tempfile.TemporaryDirectory(prefix="quantgate-heldout-") as scratch:
             packed = pack_folder(heldout, Path(scratch))
-            return register(store, ref, model_dir, packed, task, allow_pickle, expect_metric)
+            return register(store, ref, model_dir, packed, task, allow_pickle, expect_metric, profile)
     if not heldout.is_file():
         raise InvalidModelError(f"held-out file {heldout} does not exist")
     # Parsed before anything is uploaded: a file the task type cannot read (not UTF-8, not its format) or
@@ -201,6 +204,7 @@ def register(
             source_checksum=source_checksum(entries),
             upload_id=upload_id,
             expect_metric=expect_metric,
+            profile=profile,
         )
         _put_json(store, registration_key(ref), registration, create_only=True)
     except ConflictError:

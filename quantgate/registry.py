@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from quantgate.bench import ServingProfile
 from quantgate.errors import ConfigError
 
 # Lower-case names, no path separators, no "..", no spaces or control characters: safe as S3 key
@@ -246,6 +247,10 @@ class Registration(BaseModel):
     )
     expect_metric: ExpectedMetric | None = Field(
         default=None, description="the FP32 task metric the team expects on this held-out set"
+    )
+    profile: ServingProfile | None = Field(
+        default=None,
+        description="the serving profile the team declared at register (None: drawn from the held-out set)",
     )
 
     @property

@@ -52,8 +52,11 @@ class SearchBudget(BaseModel):
 
 Status = Literal["evaluated", "failed", "skipped"]
 # The interleaved benchmark rounds of a search: every candidate once, then the fallback's base and trials.
-Round = Literal["candidates", "fallback"]
+# A third round times the passing candidates at the fixed shape b1/s128, only to say in the report whether
+# that shape would have picked another winner (it never decides).
+Round = Literal["candidates", "fallback", "fixed-shape"]
 ROUNDS: tuple[Round, ...] = ("candidates", "fallback")
+FIXED_ROUND: Round = "fixed-shape"
 
 
 def _round_name(value: Any) -> Any:
@@ -117,7 +120,7 @@ class CandidateResult(BaseModel):
 
 
 def _speed_key(c: CandidateResult) -> tuple[float, int]:
-    return (c.latency.p50_ms if c.latency else float("inf"), c.size_bytes or 0)
+    return (c.latency.speed if c.latency else float("inf"), c.size_bytes or 0)
 
 
 # Latencies closer than this are a tie on a shared machine (interleaved p50s of identical kernels differ
@@ -252,11 +255,46 @@ def nothing_to_quantize(
     )
 
 
+class ShapeComparison(BaseModel):
+    """The decision taken on the serving profile against the one the fixed shape would have taken."""
+
+    shape: str
+    winner: str | None = Field(description="who the fixed shape would promote among the passing candidates")
+    chosen_ms: float | None = Field(description="the promoted candidate's p50 at the fixed shape")
+    winner_ms: float | None
+
+    @property
+    def differs(self) -> bool:
+        return self.winner is not None and self.chosen_ms is not None and self.winner_ms != self.chosen_ms
+
+
+def compare_fixed_shape(
+    passing: list[CandidateResult], chosen: str, fixed: BenchReport, shape: str
+) -> ShapeComparison:
+    """Rank the passing candidates by their p50 at the fixed shape with the same tie rule as `choose`."""
+    timed = [
+        c.model_copy(update={"latency": fixed.by_engine(c.name), "bench_round": FIXED_ROUND})
+        for c in passing
+        if any(r.engine == c.name for r in fixed.results)
+    ]
+    winner = choose(timed)
+    by_name = {c.name: c for c in timed}
+    return ShapeComparison(
+        shape=shape,
+        winner=winner.name if winner else None,
+        chosen_ms=by_name[chosen].latency.p50_ms if chosen in by_name and by_name[chosen].latency else None,
+        winner_ms=winner.latency.p50_ms if winner and winner.latency else None,
+    )
+
+
 class SearchResult(BaseModel):
     candidates: list[CandidateResult]
     benchmarks: dict[Round, BenchReport] = Field(description="each interleaved benchmark round, by name")
     chosen: str | None
     lead: str | None = Field(description="the chosen candidate, or the closest one when none passed")
+    fixed_shape: ShapeComparison | None = Field(
+        None, description="what the fixed shape (b1/s128) would have promoted: reported, never decisive"
+    )
     fallback: Fallback | None = None
     warnings: list[str] = Field(default_factory=list)
     budget: SearchBudget

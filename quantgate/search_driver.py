@@ -22,11 +22,12 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from quantgate.backends import AccuracyTarget, Servable, get_quantizer
-from quantgate.bench import CHAMPION_ENGINE, BenchReport, BenchSettings
+from quantgate.bench import CHAMPION_ENGINE, FIXED_PROFILE, BenchReport, BenchSettings
 from quantgate.errors import CandidateUnavailable, NothingToQuantize, SearchError
 from quantgate.gates import limit_value
 from quantgate.quantize import Recipe, build_candidate
 from quantgate.search import (
+    FIXED_ROUND,
     NOTHING_TO_QUANTIZE,
     CandidateResult,
     Fallback,
@@ -36,6 +37,7 @@ from quantgate.search import (
     SearchResult,
     choose,
     closest,
+    compare_fixed_shape,
     fallback_base,
     node_costs,
     nothing_to_quantize,
@@ -138,6 +140,9 @@ class SearchSteps:
     score: Callable[[list[Recipe], ScoreJob, int], list[CandidateResult]]
     rank: Callable[[Recipe, Path, list[dict[str, np.ndarray]]], list[NodeSensitivity]]
     benchmark: Callable[[dict[str, Servable]], BenchReport]
+    # Times servables at the fixed shape (b1/s128) for the report's comparison; None when the run's profile
+    # is that shape already.
+    benchmark_fixed: Callable[[dict[str, Servable]], BenchReport] | None = None
 
 
 def prepare_backends(
@@ -176,6 +181,18 @@ def local_steps(
         benchmark=lambda servables: task.benchmark(
             model_dir, Servable(fp32), servables, assets, heldout, bench, allow_pickle
         ),
+        benchmark_fixed=None
+        if bench.serving.source == "fixed"
+        else lambda servables: task.benchmark(
+            model_dir, Servable(fp32), servables, assets, heldout, comparison_settings(bench), allow_pickle
+        ),
+    )
+
+
+def comparison_settings(bench: BenchSettings) -> BenchSettings:
+    """The fixed-shape comparison round: b1/s128 with a third of the runs (it informs, never decides)."""
+    return bench.fixed_shape().model_copy(
+        update={"warmup_runs": min(bench.warmup_runs, 3), "repeat_runs": max(5, bench.repeat_runs // 3)}
     )
 
 
@@ -273,11 +290,18 @@ def run_search(
 
     chosen = choose(results)
     lead = chosen or closest(results)
+    comparison = None
+    if chosen is not None and steps.benchmark_fixed is not None:
+        passing = [c for c in results if c.passed]
+        fixed = steps.benchmark_fixed({c.name: servable_of(c, job.out_dir) for c in passing})
+        benches[FIXED_ROUND] = fixed
+        comparison = compare_fixed_shape(passing, chosen.name, fixed, FIXED_PROFILE)
     return SearchResult(
         candidates=results,
         benchmarks=benches,
         chosen=chosen.name if chosen else None,
         lead=lead.name if lead else None,
+        fixed_shape=comparison,
         fallback=fallback,
         warnings=warnings,
         budget=budget,

@@ -27,6 +27,9 @@ from quantgate.bench import (
     TORCH_FP32,
     BenchReport,
     BenchSettings,
+    Request,
+    ServingProfile,
+    draw_requests,
     run_benchmark,
     torch_engine,
 )
@@ -176,13 +179,15 @@ def speed_metrics(bench: BenchReport, engine: str) -> dict[str, float]:
         "p95_speedup_vs_onnx_fp32": onnx_fp32.p95_ms / candidate.p95_ms,
         "p50_speedup_vs_onnx_fp32": onnx_fp32.p50_ms / candidate.p50_ms,
         "size_ratio_vs_onnx_fp32": onnx_fp32.size_mb / candidate.size_mb,
+        # on the serving profile's objective (p50 per request, or time per item for throughput)
+        "objective_speedup_vs_onnx_fp32": onnx_fp32.speed / candidate.speed,
     }
     torch_fp32 = next((r for r in bench.results if r.engine == TORCH_FP32), None)
     if torch_fp32 is not None:
         out["p50_speedup_vs_torch_fp32"] = torch_fp32.p50_ms / candidate.p50_ms
     champion = next((r for r in bench.results if r.engine.startswith(CHAMPION_ENGINE)), None)
     if champion is not None:
-        out["p50_ratio_vs_champion"] = candidate.p50_ms / champion.p50_ms
+        out["p50_ratio_vs_champion"] = candidate.speed / champion.speed  # the objective's ratio
     return out
 
 
@@ -211,7 +216,12 @@ class TaskMetric(BaseModel):
 
 class TaskType(Protocol):
     """What the pipeline asks of a kind of model. `assets` is the folder of the export's side files (the
-    tokenizer or preprocessor; empty when the task needs none)."""
+    tokenizer or preprocessor; empty when the task needs none).
+
+    Optional attributes (read with defaults, so a task type need not declare them): `reads_text` (True:
+    a serving profile may declare token lengths and sample texts) and `serving_default` (the
+    ServingProfile it is judged on when nobody declared one; DEFAULT_SERVING: held-out inputs at batch 1,
+    latency)."""
 
     name: str
     recognised_by: str  # how `register` tells a model folder is of this kind, for people
@@ -300,14 +310,61 @@ def paired_intervals(
     return drop, champion
 
 
-def engines_for(
-    fp32: Servable, candidates: dict[str, Servable], feeds: dict[str, np.ndarray], threads: int
-) -> list[Any]:
-    """The ONNX FP32 baseline and every candidate (each by its own runtime) on the same feeds."""
+def engines_for(fp32: Servable, candidates: dict[str, Servable], threads: int) -> list[Any]:
+    """The ONNX FP32 baseline and every candidate, each by its own runtime."""
     return [
-        get_runtime(s.runtime).engine(name, s.path, feeds, threads)
+        get_runtime(s.runtime).engine(name, s.path, threads)
         for name, s in {ONNX_FP32: fp32, **candidates}.items()
     ]
+
+
+# The serving profile a task type is judged on when nobody declared one: requests drawn from its held-out
+# set at batch 1, judged on latency (what an online service lives with). A task type may declare its own
+# `serving_default` (tabular models are mostly scored in batches: throughput).
+DEFAULT_SERVING = ServingProfile()
+
+
+def serving_settings(task: Any, settings: BenchSettings) -> BenchSettings:
+    """The settings with the profile resolved: the one given, else the task type's default; an objective
+    left open takes the task type's."""
+    default: ServingProfile = getattr(task, "serving_default", DEFAULT_SERVING)
+    profile = settings.profile or default
+    if profile.objective is None:
+        profile = profile.model_copy(update={"objective": default.objective or "latency"})
+    return settings.model_copy(update={"profile": profile})
+
+
+# The longest input a BERT-style model takes when its config does not say (position embeddings).
+DEFAULT_MAX_POSITIONS = 512
+
+
+def check_profile(task: Any, model_dir: Path, profile: ServingProfile | None) -> None:
+    """A declared profile this model cannot serve is an error before any work: lengths past the model's
+    maximum, or lengths and sample texts for a model that does not read text."""
+    if profile is None:
+        return
+    reads_text = bool(getattr(task, "reads_text", False))
+    if profile.source in ("lengths", "samples") and not reads_text:
+        raise ConfigError(
+            f"serving profile {profile.name!r} declares {profile.source}, which mean nothing to a "
+            f"{task.name} model (its requests are rows or images): declare batch_sizes only"
+        )
+    if profile.lengths:
+        import json
+
+        config = model_dir / "config.json"
+        limit = DEFAULT_MAX_POSITIONS
+        if config.is_file():
+            try:
+                limit = int(json.loads(config.read_text()).get("max_position_embeddings", limit))
+            except (ValueError, TypeError, AttributeError):
+                limit = DEFAULT_MAX_POSITIONS
+        limit = min(limit, DEFAULT_MAX_POSITIONS)
+        if max(profile.lengths) > limit:
+            raise ConfigError(
+                f"serving profile {profile.name!r} has lengths up to {max(profile.lengths)} tokens, past the "
+                f"model's maximum of {limit} (config.json max_position_embeddings): lower them"
+            )
 
 
 def benchmark_with_torch(
@@ -315,11 +372,11 @@ def benchmark_with_torch(
     model_dir: Path,
     fp32: Servable,
     candidates: dict[str, Servable],
-    feeds: dict[str, np.ndarray],
+    requests: list[Request],
     settings: BenchSettings,
 ) -> BenchReport:
     """PyTorch FP32 eager (the module `build_torch` makes), the ONNX FP32 baseline and every candidate on the
-    same feeds, in one interleaved round; PyTorch's thread count is put back afterwards."""
+    same requests, in one interleaved round; PyTorch's thread count is put back afterwards."""
     import torch
 
     weights = model_dir / "model.safetensors"
@@ -328,10 +385,11 @@ def benchmark_with_torch(
     try:
         return run_benchmark(
             [
-                torch_engine(TORCH_FP32, build_torch, feeds, settings.threads, size),
-                *engines_for(fp32, candidates, feeds, settings.threads),
+                torch_engine(TORCH_FP32, build_torch, settings.threads, size),
+                *engines_for(fp32, candidates, settings.threads),
             ],
             settings,
+            requests,
         )
     finally:
         torch.set_num_threads(previous_threads)
@@ -341,6 +399,7 @@ class SentenceEmbedding:
     """Bi-encoders (sentence-transformers style): STS pairs, metric = Spearman(cosine, gold score)."""
 
     name = "sentence-embedding"
+    reads_text = True  # a serving profile may declare token lengths and sample texts
     recognised_by = (
         "a bare encoder: config.json architectures `*Model` (no task head), or sentence-transformers' "
         "modules.json"
@@ -606,11 +665,19 @@ class SentenceEmbedding:
         settings: BenchSettings,
         allow_pickle: bool = False,
     ) -> BenchReport:
-        texts = self.texts(heldout)
-        batch_texts = [texts[i % len(texts)] for i in range(settings.batch)]
-        feeds = tokenize(self._tokenizer(assets), batch_texts, settings.seq_len, pad_to_max=True)
+        settings = serving_settings(self, settings)
+        tokenizer, texts = self._tokenizer(assets), self.texts(heldout)
+
+        def encode_texts(picked: list[str], pad_to: int | None) -> dict[str, np.ndarray]:
+            # As serving tokenizes: cut at the model's length, padded only to the batch's longest.
+            return tokenize(tokenizer, picked, pad_to or self.eval_max_length, pad_to_max=pad_to is not None)
+
+        requests = draw_requests(
+            settings, len(texts), lambda rows, pad_to: encode_texts([texts[i] for i in rows], pad_to),
+            samples=encode_texts,
+        )  # fmt: skip
         return benchmark_with_torch(
-            lambda: build_embedding_module(model_dir, allow_pickle)[0], model_dir, fp32, candidates, feeds,
+            lambda: build_embedding_module(model_dir, allow_pickle)[0], model_dir, fp32, candidates, requests,
             settings,
         )  # fmt: skip
 

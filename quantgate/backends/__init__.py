@@ -73,13 +73,13 @@ class Runtime(ABC):
         """Every file the artifact is made of (the model, its external data, its session settings): what
         is uploaded, promoted, verified and pulled as one."""
 
-    def engine(self, name: str, path: Path, feeds: dict[str, np.ndarray], threads: int) -> Engine:
-        """A benchmark engine running one batch of `feeds` per call."""
+    def engine(self, name: str, path: Path, threads: int) -> Engine:
+        """A benchmark engine running one request's feeds per call."""
         from quantgate.bench import Engine
 
         def load() -> Any:
             sess = self.session(path, threads)
-            return lambda: sess.run(None, feeds)
+            return lambda feeds: sess.run(None, feeds)
 
         return Engine(name=name, load=load, size_bytes=sum(f.stat().st_size for f in self.files(path)))
 

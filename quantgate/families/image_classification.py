@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from quantgate.backends import Servable, open_session
-from quantgate.bench import BenchReport, BenchSettings
+from quantgate.bench import BenchReport, BenchSettings, draw_requests
 from quantgate.errors import HeldoutValidationError, InvalidModelError
 from quantgate.export import (
     OPSET,
@@ -43,6 +43,7 @@ from quantgate.tasktypes import (
     benchmark_with_torch,
     hf_architectures,
     register_task_type,
+    serving_settings,
 )
 
 AUTO_CLASS = "AutoModelForImageClassification"
@@ -260,18 +261,22 @@ class ImageClassification(clf.ProbabilityClassifier):
         self, model_dir: Path, fp32: Servable, candidates: dict[str, Servable], assets: Path,
         heldout: pd.DataFrame, settings: BenchSettings, allow_pickle: bool = False,
     ) -> BenchReport:  # fmt: skip
-        """Batch `settings.batch` at the processor's own image size (`seq_len` means nothing to a CNN)."""
-        feeds = {
-            INPUT: self._pixels(
-                self._processor(assets), heldout, [i % len(heldout) for i in range(settings.batch)]
-            )
-        }
+        """Held-out images at the processor's own image size, in the profile's batch sizes (a request's
+        length is its batch: `seq_len` and token lengths mean nothing to a CNN)."""
+        settings = serving_settings(self, settings)
+        processor = self._processor(assets)
+        requests = draw_requests(
+            settings,
+            len(heldout),
+            lambda rows, pad_to: {INPUT: self._pixels(processor, heldout, rows)},
+            length_of=lambda feeds: int(feeds[INPUT].shape[0]),
+        )
         return benchmark_with_torch(
             lambda: HeadModule(load_hf_model(model_dir, AUTO_CLASS, allow_pickle), [INPUT]),
             model_dir,
             fp32,
             candidates,
-            feeds,
+            requests,
             settings,
         )
 

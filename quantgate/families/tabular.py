@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from quantgate.backends import Servable, open_session
-from quantgate.bench import BenchReport, BenchSettings, run_benchmark
+from quantgate.bench import BenchReport, BenchSettings, ServingProfile, draw_requests, run_benchmark
 from quantgate.errors import ExportError, HeldoutValidationError, InvalidModelError
 from quantgate.export import OPSET, ExportResult
 from quantgate.families import classification as clf
@@ -38,6 +38,7 @@ from quantgate.tasktypes import (
     TaskMetric,
     engines_for,
     register_task_type,
+    serving_settings,
 )
 
 SKOPS = "model.skops"
@@ -160,6 +161,9 @@ class Tabular(clf.ProbabilityClassifier):
         PlotAxis(metric="label_agreement", label="label agreement with FP32", limit="min_label_agreement"),
     )
     export_samples = 256
+    # Tables are mostly scored in batches (a nightly job, a feature pipeline): throughput at 64 rows a
+    # request unless the registration declares its traffic.
+    serving_default = ServingProfile(batch_sizes=[64], objective="throughput")
 
     def gates(self, t: Thresholds) -> list[Gate]:
         return [
@@ -387,10 +391,16 @@ class Tabular(clf.ProbabilityClassifier):
         self, model_dir: Path, fp32: Servable, candidates: dict[str, Servable], assets: Path,
         heldout: pd.DataFrame, settings: BenchSettings, allow_pickle: bool = False,
     ) -> BenchReport:  # fmt: skip
+        settings = serving_settings(self, settings)
         features, _ = self._meta(assets)
         x = self._x(heldout, features)
-        feeds = {INPUT: np.resize(x, (settings.batch, x.shape[1]))}
-        return run_benchmark(engines_for(fp32, candidates, feeds, settings.threads), settings)
+        requests = draw_requests(
+            settings,
+            len(x),
+            lambda rows, pad_to: {INPUT: x[rows]},
+            length_of=lambda feeds: int(feeds[INPUT].shape[0]),
+        )
+        return run_benchmark(engines_for(fp32, candidates, settings.threads), settings, requests)
 
 
 TABULAR = register_task_type(Tabular())

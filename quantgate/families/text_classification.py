@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from quantgate.backends import Servable
-from quantgate.bench import BenchReport, BenchSettings
+from quantgate.bench import BenchReport, BenchSettings, draw_requests
 from quantgate.export import ExportResult, load_tokenizer
 from quantgate.families import classification as clf
 from quantgate.families.hf_text import (
@@ -36,6 +36,7 @@ from quantgate.tasktypes import (
     benchmark_with_torch,
     hf_architectures,
     register_task_type,
+    serving_settings,
 )
 
 AUTO_CLASS = "AutoModelForSequenceClassification"
@@ -43,6 +44,7 @@ AUTO_CLASS = "AutoModelForSequenceClassification"
 
 class SequenceClassification(clf.ProbabilityClassifier):
     name = "sequence-classification"
+    reads_text = True  # a serving profile may declare token lengths and sample texts
     recognised_by = "config.json architectures `*ForSequenceClassification`"
     heldout_format = "tsv: header sentence<TAB>label[<TAB>sentence2]"
     schema = HeldoutSchema(
@@ -161,15 +163,22 @@ class SequenceClassification(clf.ProbabilityClassifier):
         self, model_dir: Path, fp32: Servable, candidates: dict[str, Servable], assets: Path,
         heldout: pd.DataFrame, settings: BenchSettings, allow_pickle: bool = False,
     ) -> BenchReport:  # fmt: skip
+        settings = serving_settings(self, settings)
         tokenizer, head = load_tokenizer(assets), Head(assets)
-        rows = [i % len(heldout) for i in range(settings.batch)]
-        feeds = head.feeds(self._encode(tokenizer, heldout, rows, pad_to=settings.seq_len))
+        requests = draw_requests(
+            settings,
+            len(heldout),
+            lambda rows, pad_to: head.feeds(self._encode(tokenizer, heldout, rows, pad_to=pad_to)),
+            samples=lambda texts, pad_to: head.feeds(
+                self._encode(tokenizer, pd.DataFrame({"sentence": texts}), list(range(len(texts))), pad_to)
+            ),
+        )
         return benchmark_with_torch(
             lambda: torch_head(model_dir, AUTO_CLASS, allow_pickle),
             model_dir,
             fp32,
             candidates,
-            feeds,
+            requests,
             settings,
         )
 

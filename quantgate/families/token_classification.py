@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from quantgate.backends import Servable
-from quantgate.bench import BenchReport, BenchSettings
+from quantgate.bench import BenchReport, BenchSettings, draw_requests
 from quantgate.errors import HeldoutValidationError
 from quantgate.evaluate import parity_report
 from quantgate.export import ExportResult, load_tokenizer
@@ -47,6 +47,7 @@ from quantgate.tasktypes import (
     hf_architectures,
     paired_intervals,
     register_task_type,
+    serving_settings,
     shorten,
 )
 
@@ -117,6 +118,7 @@ class Tagged:
 
 class TokenClassification:
     name = "token-classification"
+    reads_text = True  # a serving profile may declare token lengths and sample texts
     recognised_by = "config.json architectures `*ForTokenClassification`"
     heldout_format = "conll: token<TAB>tag per line, a blank line between sentences"
     schema = HeldoutSchema(
@@ -361,15 +363,24 @@ class TokenClassification:
         self, model_dir: Path, fp32: Servable, candidates: dict[str, Servable], assets: Path,
         heldout: pd.DataFrame, settings: BenchSettings, allow_pickle: bool = False,
     ) -> BenchReport:  # fmt: skip
+        settings = serving_settings(self, settings)
         tokenizer, head = load_tokenizer(assets), Head(assets)
-        words = self._words(heldout, [i % len(heldout) for i in range(settings.batch)])
-        feeds = head.feeds(self._arrays(self._encode(tokenizer, words, pad_to=settings.seq_len)))
+
+        def encode_words(words: list[list[str]], pad_to: int | None) -> dict[str, np.ndarray]:
+            return head.feeds(self._arrays(self._encode(tokenizer, words, pad_to=pad_to)))
+
+        requests = draw_requests(
+            settings,
+            len(heldout),
+            lambda rows, pad_to: encode_words(self._words(heldout, rows), pad_to),
+            samples=lambda texts, pad_to: encode_words([t.split() for t in texts], pad_to),
+        )
         return benchmark_with_torch(
             lambda: torch_head(model_dir, AUTO_CLASS, allow_pickle),
             model_dir,
             fp32,
             candidates,
-            feeds,
+            requests,
             settings,
         )
 

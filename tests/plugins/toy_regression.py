@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from quantgate.backends import Servable, open_session
-from quantgate.bench import BenchReport, BenchSettings, run_benchmark
+from quantgate.bench import BenchReport, BenchSettings, draw_requests, run_benchmark
 from quantgate.errors import ExportError, InvalidModelError
 from quantgate.evaluate import parity_report
 from quantgate.export import OPSET, ExportResult
@@ -277,8 +277,11 @@ class ToyRegression:
         heldout: pd.DataFrame, settings: BenchSettings, allow_pickle: bool = False,
     ) -> BenchReport:  # fmt: skip
         x = self._features(heldout)
-        feeds = {"features": np.resize(x, (settings.batch, x.shape[1]))}
-        return run_benchmark(engines_for(fp32, candidates, feeds, settings.threads), settings)
+        requests = draw_requests(
+            settings, len(x), lambda rows, pad_to: {"features": x[rows]},
+            length_of=lambda feeds: len(feeds["features"]),
+        )  # fmt: skip
+        return run_benchmark(engines_for(fp32, candidates, settings.threads), settings, requests)
 
 
 TOY_REGRESSION = register_task_type(ToyRegression())

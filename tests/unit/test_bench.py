@@ -3,13 +3,15 @@ import itertools
 import numpy as np
 import pytest
 
-from quantgate.bench import BenchSettings, Engine, cpu_info, run_benchmark
+from quantgate.bench import BenchSettings, Engine, Request, cpu_info, run_benchmark
 from quantgate.errors import ConfigError
+
+ONE = [Request(feeds={"x": np.zeros((1, 4))}, length=4, items=1)]
 
 
 def _engine(name: str, size: int, calls: list[str], work: int) -> Engine:
     def load():
-        def run():
+        def run(feeds):
             calls.append(name)
             np.linalg.svd(np.ones((work, work)))
 
@@ -21,7 +23,7 @@ def _engine(name: str, size: int, calls: list[str], work: int) -> Engine:
 def test_engines_are_interleaved_and_every_percentile_is_reported():
     calls: list[str] = []
     settings = BenchSettings(warmup_runs=1, repeat_runs=6)
-    report = run_benchmark([_engine("a", 10, calls, 8), _engine("b", 20, calls, 8)], settings)
+    report = run_benchmark([_engine("a", 10, calls, 8), _engine("b", 20, calls, 8)], settings, ONE)
     timed = calls[2:]  # after one warm-up round of both
     assert len(timed) == 12
     rounds = [timed[i : i + 2] for i in range(0, 12, 2)]
@@ -37,13 +39,14 @@ def test_slower_engine_measures_slower():
     report = run_benchmark(
         [_engine("small", 1, calls, 4), _engine("big", 1, calls, 160)],
         BenchSettings(warmup_runs=1, repeat_runs=10),
+        ONE,
     )
     assert report.by_engine("big").p50_ms > report.by_engine("small").p50_ms
 
 
 def test_no_engine_is_an_error():
     with pytest.raises(ConfigError):
-        run_benchmark([], BenchSettings())
+        run_benchmark([], BenchSettings(), ONE)
 
 
 def test_cpu_info_records_int8_relevant_flags():
@@ -68,7 +71,9 @@ def test_each_engine_runs_after_every_other_about_equally_often():
     orders = []
     for _ in range(2):
         calls: list[str] = []
-        run_benchmark([_engine(n, 1, calls, 2) for n in names], BenchSettings(warmup_runs=0, repeat_runs=400))
+        run_benchmark(
+            [_engine(n, 1, calls, 2) for n in names], BenchSettings(warmup_runs=0, repeat_runs=400), ONE
+        )
         orders.append(calls)
     assert orders[0] == orders[1]  # seeded
     follows = {(x, y): 0 for x in names for y in names if x != y}
