@@ -34,7 +34,7 @@ from quantgate.gates import (
     limit_value,
     parity_and_speed_gates,
 )
-from quantgate.heldout import HeldoutSchema, read_utf8
+from quantgate.heldout import HeldoutSchema, check_bound, heldout_limits, read_utf8
 from quantgate.stats import bootstrap_indices, percentile_interval
 from quantgate.tasktypes import (
     MAX_EXAMPLES,
@@ -68,6 +68,7 @@ TOP_K_LIMIT = Limit(
 def read_retrieval_json(path: Path) -> pd.DataFrame:
     """One row per query (query_id, query, relevant: space-joined doc ids); the corpus in attrs."""
     try:
+        # The file's size is bounded (read_utf8) before json builds anything from it.
         data = json.loads(read_utf8(path))
         queries, corpus, qrels = data["queries"], data["corpus"], data["qrels"]
         if not all(isinstance(x, dict) for x in (queries, corpus, qrels)):
@@ -78,6 +79,9 @@ def read_retrieval_json(path: Path) -> pd.DataFrame:
             f'"qrels": {{query id: [doc ids]}}}} ({type(exc).__name__}: {exc})',
             ["retrieval JSON layout"],
         ) from None
+    limits = heldout_limits()
+    for part, items in (("queries", queries), ("corpus documents", corpus), ("qrels", qrels)):
+        check_bound(path.name, part, len(items), "max_heldout_rows", limits)
     unknown_docs = sorted({str(d) for ds in qrels.values() for d in ds} - set(map(str, corpus)))
     unknown_queries = sorted(set(map(str, qrels)) - set(map(str, queries)))
     if unknown_docs or unknown_queries:
