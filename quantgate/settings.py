@@ -80,4 +80,4 @@ class HeldoutLimits(BaseSettings):
     max_heldout_rows: int = Field(
         default=1_000_000, ge=1, description="rows (images, sentences, table rows, queries) of a held-out set"
     )
-    max_heldout_tokens: int = Field(default=5_000_000, ge=1, description="tokens of a CoNLL held-out set")
+    max_heldout_tokens: int = Field(default=2_000_000, ge=1, description="tokens of a CoNLL held-out set")

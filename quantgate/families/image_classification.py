@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import math
 import tarfile
+import warnings
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
@@ -52,20 +53,27 @@ INPUT = "pixel_values"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def _decode(name: str, data: bytes, limits: HeldoutLimits, decoded_so_far: int) -> np.ndarray:
+def _decode(
+    name: str, data: bytes, limits: HeldoutLimits, decoded_so_far: int, archive: str = ""
+) -> np.ndarray:
     """One image as (H, W, 3) uint8. Image.open reads only the header, so the size is checked before a
     pixel is decoded: a 140 KB PNG of 12000x12000 would otherwise become 432 MB of RGB (2 GB at peak)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with warnings.catch_warnings():
+            # PIL warns from 89 MP on; the bound below is the one that decides (and names its setting).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+        with image:
             width, height = image.size
+            where = f"{archive}:{name}" if archive else name
             check_bound(
-                name, f"image size {width}x{height} (pixels)", width * height, "max_image_pixels", limits
+                where, f"image size {width}x{height} (pixels)", width * height, "max_image_pixels", limits
             )
             check_bound(
-                name,
-                "decoded pixel bytes of the set so far",
+                where,
+                "decoded pixel bytes of the set up to this image",
                 decoded_so_far + width * height * 3,
                 "max_heldout_bytes",
                 limits,
@@ -157,7 +165,7 @@ def read_image_tar(path: Path) -> pd.DataFrame:
                     )
                 fh = tar.extractfile(member)
                 data = fh.read() if fh else b""
-                pixels = _decode(member.name, data, limits, decoded)
+                pixels = _decode(member.name, data, limits, decoded, archive=path.name)
                 decoded += pixels.nbytes
                 rows.append({"image": member.name, "label": parts[0], "pixels": pixels})
     except (tarfile.TarError, OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
