@@ -3,19 +3,15 @@ headers, before anything is decoded, with an error naming the file, the measured
 QUANTGATE_* variable that raises it; a raised limit lets a large but legitimate file through.
 
 Each bomb is read by the real task type's reader in a child process, whose peak RSS above its own
-baseline (after imports) is asserted: the refusal must come before the memory is spent. The bombs are
-built streaming (zeros compress to almost nothing), so building them costs this process little too."""
+baseline (after imports) is asserted: the refusal must come before the memory is spent. The bombs
+(tests/heldout_bombs.py) are built streaming, so building them costs this process little too."""
 
 from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
-import tarfile
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +23,11 @@ from quantgate.heldout import pack_folder
 from quantgate.registry import ModelRef
 from quantgate.store import MemoryStore
 from quantgate.tasktypes import get_task_type
+from tests import heldout_bombs as bombs
 
-# Peak RSS a refused bomb may add to the reading process. Today's main spent 2.0 GB on a 140 KB PNG;
-# every bomb below costs ≥ 500 MB to read whole, and a refusal costs a few MB.
+# Peak RSS a refused bomb may add to the reading process. Before the bounds (2fc1bc8) the PNG, tar.gz and
+# npz bombs below each cost 0.5 to 1 GB to read, and the CSV and CoNLL ones were accepted; a refusal
+# from the header costs a few MB (the CoNLL one ~50 MB: what 2 million tokens cost up to the bound).
 MAX_GROWTH_MB = 300
 
 # The child: import everything first (the baseline), read the file with the task type's own reader,
@@ -77,106 +75,28 @@ def assert_refused_cheaply(outcome: dict, *words: str) -> None:
     assert outcome["growth_mb"] < MAX_GROWTH_MB, outcome
 
 
-# --- bomb builders: streamed, never holding the decoded size ------------------------------------------------
-
-
-def png_of_zeros(path: Path, width: int, height: int) -> Path:
-    """A grayscale PNG of black pixels, compressed row by row: about 1/1000 of width*height on disk."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    packer, row = zlib.compressobj(9), b"\x00" * (width + 1)  # filter byte 0, then the row's pixels
-    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    )
-    return path
-
-
-class Zeros:
-    """A file of `size` zero bytes that exists only as it is read."""
-
-    def __init__(self, size: int) -> None:
-        self.left = size
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.left if n < 0 else min(n, self.left, 1 << 24)
-        self.left -= n
-        return b"\x00" * n
-
-
-def image_folder(root: Path, images: int = 3, side: int = 8) -> Path:
-    """A small legitimate ImageFolder: two classes of `side`x`side` black PNGs."""
-    for i in range(images):
-        (root / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
-        png_of_zeros(root / f"c{i % 2}" / f"{i}.png", side, side)
-    return root
-
-
-def tar_gz_with_member(path: Path, size: int, pax_header: bool = False) -> Path:
-    """A .tar.gz holding one `size`-byte member of zeros (or, with pax_header, a pax extended header of
-    that size, which tarfile itself reads whole before it yields the member it describes)."""
-    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
-        info = tarfile.TarInfo("c0/big.png" if not pax_header else "././@PaxHeader")
-        info.size = size
-        if pax_header:
-            info.type = tarfile.XHDTYPE
-        tar.addfile(info, Zeros(size))
-    return path
-
-
-def npz_declaring(path: Path, shape: tuple[int, ...], labels: int | None = None) -> Path:
-    """An .npz whose `images` array is `shape` uint8 zeros, deflated as it is written."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        with archive.open("images.npy", "w", force_zip64=True) as fh:
-            header = {"descr": "|u1", "fortran_order": False, "shape": shape}
-            np.lib.format.write_array_header_1_0(fh, header)
-            zeros = Zeros(int(np.prod(shape)))
-            while chunk := zeros.read(1 << 24):
-                fh.write(chunk)
-        with archive.open("labels.npy", "w") as fh:
-            np.lib.format.write_array(fh, np.zeros(shape[0] if labels is None else labels, dtype=np.int64))
-    return path
-
-
-def csv_rows(path: Path, rows: int) -> Path:
-    with path.open("w") as fh:
-        fh.write("x,label\n")
-        for _ in range(rows // 100_000):
-            fh.write("0,0\n" * 100_000)
-        fh.write("0,0\n" * (rows % 100_000))
-    return path
-
-
-def conll_tokens(path: Path, tokens: int) -> Path:
-    """`tokens` tokens in sentences of 10."""
-    sentence = "a\tO\n" * 10 + "\n"
-    with path.open("w") as fh:
-        for _ in range(tokens // 10):
-            fh.write(sentence)
-        fh.write("a\tO\n" * (tokens % 10))
-    return path
-
-
 # --- images -------------------------------------------------------------------------------------------------
 
 
 def test_a_huge_png_in_an_image_folder_is_refused_from_its_header(tmp_path):
-    folder = image_folder(tmp_path / "heldout")
-    png_of_zeros(folder / "c1" / "bomb.png", 10_000, 10_000)  # 100 MP: ~100 KB on disk, 300 MB as RGB
+    folder = bombs.image_folder(tmp_path / "heldout")
+    bombs.png_of_zeros(folder / "c1" / "bomb.png", 10_000, 10_000)  # 100 MP: ~100 KB on disk, 300 MB as RGB
     packed = pack_folder(folder, tmp_path / "packed")
     assert packed.stat().st_size < 1_000_000
     outcome = read_in_child("image-classification", packed)
     assert_refused_cheaply(
-        outcome, "heldout.tar:c1/bomb.png", "10000x10000", "100,000,000", "25,000,000", "QUANTGATE_MAX_IMAGE_PIXELS"
+        outcome,
+        "heldout.tar:c1/bomb.png",
+        "10000x10000",
+        "100,000,000",
+        "25,000,000",
+        "QUANTGATE_MAX_IMAGE_PIXELS",
     )
 
 
 def test_a_raised_pixel_limit_lets_a_large_image_through(tmp_path):
-    folder = image_folder(tmp_path / "heldout")
-    png_of_zeros(folder / "c1" / "large.png", 2000, 1500)  # 3 MP
+    folder = bombs.image_folder(tmp_path / "heldout")
+    bombs.png_of_zeros(folder / "c1" / "large.png", 2000, 1500)  # 3 MP
     packed = pack_folder(folder, tmp_path / "packed")
     refused = read_in_child("image-classification", packed, max_image_pixels=1_000_000)
     assert_refused_cheaply(refused, "3,000,000", "1,000,000", "QUANTGATE_MAX_IMAGE_PIXELS")
@@ -185,7 +105,7 @@ def test_a_raised_pixel_limit_lets_a_large_image_through(tmp_path):
 
 
 def test_decoded_pixels_of_the_whole_set_are_bounded(tmp_path):
-    packed = pack_folder(image_folder(tmp_path / "heldout", images=30, side=100), tmp_path / "packed")
+    packed = pack_folder(bombs.image_folder(tmp_path / "heldout", images=30, side=100), tmp_path / "packed")
     # 30 images of 100x100 RGB = 900,000 bytes decoded; the file itself is a few KB.
     outcome = read_in_child("image-classification", packed, max_heldout_bytes=500_000)
     assert_refused_cheaply(outcome, "decoded pixel bytes", "500,000", "QUANTGATE_MAX_HELDOUT_BYTES")
@@ -193,7 +113,7 @@ def test_decoded_pixels_of_the_whole_set_are_bounded(tmp_path):
 
 
 def test_a_tar_gz_with_a_huge_member_is_refused_before_the_member_is_read(tmp_path):
-    bomb = tar_gz_with_member(tmp_path / "bomb.tar.gz", 512 * 2**20)  # 512 MiB of zeros: ~0.5 MB
+    bomb = bombs.tar_gz_with_member(tmp_path / "bomb.tar.gz", 512 * 2**20)  # 512 MiB of zeros: ~0.5 MB
     assert bomb.stat().st_size < 4_000_000
     outcome = read_in_child("image-classification", bomb)
     assert_refused_cheaply(
@@ -202,25 +122,25 @@ def test_a_tar_gz_with_a_huge_member_is_refused_before_the_member_is_read(tmp_pa
 
 
 def test_a_tar_gz_with_a_huge_pax_header_is_refused_before_tarfile_reads_it(tmp_path):
-    bomb = tar_gz_with_member(tmp_path / "pax.tar.gz", 512 * 2**20, pax_header=True)
+    bomb = bombs.tar_gz_with_member(tmp_path / "pax.tar.gz", 512 * 2**20, pax_header=True)
     outcome = read_in_child("image-classification", bomb)
     assert_refused_cheaply(outcome, "pax.tar.gz", "536,870,912", "QUANTGATE_MAX_HELDOUT_MEMBER_BYTES")
 
 
 def test_an_npz_declaring_more_pixels_than_the_bound_is_refused_from_its_npy_header(tmp_path):
-    bomb = npz_declaring(tmp_path / "bomb.npz", (200, 1000, 1000, 3))  # 600 MB of zeros: ~0.6 MB
+    bomb = bombs.npz_declaring(tmp_path / "bomb.npz", (200, 1000, 1000, 3))  # 600 MB of zeros: ~0.6 MB
     assert bomb.stat().st_size < 4_000_000
     outcome = read_in_child("image-classification", bomb)
     assert_refused_cheaply(outcome, "bomb.npz", "600,001,600", "536,870,912", "QUANTGATE_MAX_HELDOUT_BYTES")
     # Only what is declared counts: the same layout at a legitimate size loads.
-    small = npz_declaring(tmp_path / "small.npz", (20, 16, 16, 3))
+    small = bombs.npz_declaring(tmp_path / "small.npz", (20, 16, 16, 3))
     assert read_in_child("image-classification", small)["accepted"] == 20
 
 
 def test_an_npz_image_above_the_pixel_bound_and_an_object_array_are_refused(tmp_path, monkeypatch):
     from quantgate.families.image_classification import read_npz
 
-    wide = npz_declaring(tmp_path / "wide.npz", (1, 6000, 6000, 1))
+    wide = bombs.npz_declaring(tmp_path / "wide.npz", (1, 6000, 6000, 1))
     with pytest.raises(HeldoutValidationError, match=r"6000x6000.*QUANTGATE_MAX_IMAGE_PIXELS"):
         read_npz(wide)
     monkeypatch.setenv("QUANTGATE_MAX_IMAGE_PIXELS", str(36_000_000))
@@ -238,7 +158,7 @@ def test_an_npz_image_above_the_pixel_bound_and_an_object_array_are_refused(tmp_
 
 
 def test_a_csv_with_more_rows_than_the_bound_is_refused_and_a_raised_bound_reads_it(tmp_path):
-    path = csv_rows(tmp_path / "rows.csv", 1_000_001)
+    path = bombs.csv_rows(tmp_path / "rows.csv", 1_000_001)
     outcome = read_in_child("tabular", path)
     assert_refused_cheaply(outcome, "rows.csv", "1,000,001", "1,000,000", "QUANTGATE_MAX_HELDOUT_ROWS")
     assert read_in_child("tabular", path, max_heldout_rows=2_000_000)["accepted"] == 1_000_001
@@ -263,7 +183,7 @@ def test_a_parquet_file_with_more_rows_than_the_bound_is_refused_from_its_footer
 
 
 def test_a_conll_file_with_more_tokens_than_the_bound_is_refused_and_a_raised_bound_reads_it(tmp_path):
-    path = conll_tokens(tmp_path / "tokens.conll", 2_000_001)
+    path = bombs.conll_tokens(tmp_path / "tokens.conll", 2_000_001)
     outcome = read_in_child("token-classification", path)
     assert_refused_cheaply(outcome, "tokens.conll", "2,000,001", "2,000,000", "QUANTGATE_MAX_HELDOUT_TOKENS")
     assert read_in_child("token-classification", path, max_heldout_tokens=3_000_000)["accepted"] == 200_001
@@ -313,25 +233,12 @@ def test_a_limit_that_is_not_a_positive_number_is_a_config_error_naming_the_vari
 # --- at registration ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def tiny_cnn(tmp_path):
-    """An image classifier folder `register` accepts: a two-stage ResNet from a config, its processor."""
-    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
-
-    labels = {0: "c0", 1: "c1"}
-    config = ResNetConfig(embedding_size=4, hidden_sizes=[4], depths=[1], layer_type="basic", num_labels=2,
-                          id2label=labels, label2id={v: k for k, v in labels.items()})  # fmt: skip
-    out = tmp_path / "cnn"
-    ResNetForImageClassification(config).eval().save_pretrained(out, safe_serialization=True)
-    ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(out)
-    return out
-
-
-def test_a_pixel_bomb_is_refused_at_register_and_storage_is_unchanged(tmp_path, tiny_cnn):
-    folder = image_folder(tmp_path / "heldout", images=24)
+def test_a_pixel_bomb_is_refused_at_register_and_storage_is_unchanged(tmp_path):
+    tiny_cnn = bombs.tiny_cnn(tmp_path / "cnn")
+    folder = bombs.image_folder(tmp_path / "heldout", images=24)
     store, ref = MemoryStore(), ModelRef(name="cnn", version="v1")
     lifecycle.register(store, ref, tiny_cnn, folder, "image-classification")  # the legitimate set registers
-    png_of_zeros(folder / "c0" / "bomb.png", 10_000, 10_000)
+    bombs.png_of_zeros(folder / "c0" / "bomb.png", 10_000, 10_000)
     before = store.snapshot()
     with pytest.raises(HeldoutValidationError, match=r"c0/bomb.png.*QUANTGATE_MAX_IMAGE_PIXELS"):
         lifecycle.register(
