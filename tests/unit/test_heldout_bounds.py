@@ -196,6 +196,7 @@ def test_a_conll_file_with_more_tokens_than_the_bound_is_refused_and_a_raised_bo
         ("sequence-classification", "sentence\tlabel\n" + "a\t1\n" * 11),
         ("token-classification", "a\tO\n\n" * 11),
     ],
+    ids=["sts-tsv", "sst2-tsv", "conll"],
 )
 def test_text_held_out_sets_are_bounded_by_rows_and_by_bytes(tmp_path, monkeypatch, task, text):
     path = tmp_path / "set.tsv"
