@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import csv
 import html
-import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from quantgate.errors import HeldoutValidationError
+from quantgate.errors import ConfigError, HeldoutValidationError
+from quantgate.settings import HeldoutLimits
 
 ColumnKind = Literal["text", "score", "label", "number", "integer", "array"]  # array: decoded pixels
 INTEGER_TYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool"]
@@ -50,10 +51,50 @@ class ValidationOutcome(BaseModel):
     data_docs: list[str] = Field(default_factory=list, description="its HTML pages, relative paths")
 
 
+# --- bounds ------------------------------------------------------------------------------------------------
+
+
+def heldout_limits() -> HeldoutLimits:
+    """The bounds in force, from QUANTGATE_* (a reader is called by `register` and by a run's validate
+    task with only the file's path: each reads the environment of the process that parses the file)."""
+    from pydantic import ValidationError
+
+    try:
+        return HeldoutLimits()
+    except ValidationError as exc:
+        bad = "; ".join(f"QUANTGATE_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"bad held-out limit setting ({bad}): set a positive whole number") from None
+
+
+def too_large(
+    name: str, what: str, measured: int, setting: str, limits: HeldoutLimits
+) -> HeldoutValidationError:
+    """The refusal of a held-out file that would cost more than a bound: the file, what was measured, the
+    bound and the variable that raises it."""
+    limit = getattr(limits, setting)
+    variable = f"QUANTGATE_{setting.upper()}"
+    return HeldoutValidationError(
+        f"held-out file {name}: {what} {measured:,} is above the limit {limit:,} ({variable}); refused "
+        f"before decoding. Use a smaller set, or set {variable} higher if the set is meant to be this large",
+        [f"{setting}: {measured} > {limit}"],
+    )
+
+
+def check_bound(name: str, what: str, measured: int, setting: str, limits: HeldoutLimits) -> None:
+    if measured > getattr(limits, setting):
+        raise too_large(name, what, measured, setting, limits)
+
+
+def check_file_size(path: Path, limits: HeldoutLimits) -> None:
+    """Every held-out file first: its size on disk bounds what any reader can build from it."""
+    check_bound(path.name, "size on disk (bytes)", path.stat().st_size, "max_heldout_bytes", limits)
+
+
 # --- parsing -----------------------------------------------------------------------------------------------
 
 
-def read_utf8(path: Path) -> str:
+def read_utf8(path: Path, limits: HeldoutLimits | None = None) -> str:
+    check_file_size(path, limits or heldout_limits())
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8")
@@ -64,16 +105,29 @@ def read_utf8(path: Path) -> str:
         ) from None
 
 
+def iter_lines(text: str) -> Iterator[str]:
+    """The lines of `text` (split on "\n", as str.split would) one at a time: str.split or a StringIO
+    (which holds 4 bytes per character) would build a copy of the whole file before any bound is checked."""
+    start = 0
+    while start <= len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        yield text[start:end]
+        start = end + 1
+
+
 def load_sts_tsv(path: Path) -> pd.DataFrame:
     """STS Benchmark layout: tab separated, no header, no quoting;
     `genre filename year score sentence1 sentence2 [extra fields...]`. Sentences contain '"', so quoting
     is off (csv.QUOTE_NONE). Rows with too few fields keep None in the missing columns, so the GX suite
     reports them instead of the parser guessing."""
-    text = read_utf8(path)
+    limits = heldout_limits()
+    text = read_utf8(path, limits)
     records = []
-    for fields in csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE):
+    for fields in csv.reader(iter_lines(text), delimiter="\t", quoting=csv.QUOTE_NONE):
         if not fields or fields == [""]:
             continue
+        check_bound(path.name, "rows (at least)", len(records) + 1, "max_heldout_rows", limits)
         padded = fields + [None] * (7 - len(fields))
         records.append(
             {"score": padded[4], "sentence1": padded[5], "sentence2": padded[6], "genre": padded[0]}
@@ -88,10 +142,14 @@ def load_headed_tsv(path: Path) -> pd.DataFrame:
     contain quotes. Every value stays a string (labels may be names or indices); a row with too few
     fields keeps None in the missing columns and one with too many is refused, so the GX suite or this
     reader names it instead of a guess."""
-    text = read_utf8(path)
-    rows = [
-        r for r in csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE) if r and r != [""]
-    ]
+    limits = heldout_limits()
+    text = read_utf8(path, limits)
+    rows = []
+    for r in csv.reader(iter_lines(text), delimiter="\t", quoting=csv.QUOTE_NONE):
+        if r and r != [""]:
+            # the header line is not a row
+            check_bound(path.name, "rows (at least)", len(rows), "max_heldout_rows", limits)
+            rows.append(r)
     if not rows:
         raise HeldoutValidationError(f"held-out file {path.name} is empty", ["empty file"])
     header = [h.strip() for h in rows[0]]
@@ -111,6 +169,49 @@ def load_headed_tsv(path: Path) -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=header)
 
 
+# A table cell costs at least 8 bytes decoded (float64 / int64): a bound on rows x columns before reading.
+CELL_BYTES = 8
+
+
+def _read_parquet_bounded(path: Path, limits: HeldoutLimits) -> pd.DataFrame:
+    """Rows and columns come from the Parquet footer, before any column is decoded (a run-length encoded
+    column of a billion zeros is a few kilobytes on disk)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    check_bound(path.name, "rows", meta.num_rows, "max_heldout_rows", limits)
+    cells = meta.num_rows * meta.num_columns
+    check_bound(path.name, f"decoded bytes (at least {CELL_BYTES} per cell)", cells * CELL_BYTES,
+                "max_heldout_bytes", limits)  # fmt: skip
+    return pd.read_parquet(path)
+
+
+def _read_csv_bounded(path: Path, limits: HeldoutLimits) -> pd.DataFrame:
+    """At most one row past each bound is parsed: the header gives the column count, so rows x columns
+    is bounded as well as rows (a short wide line repeated is a cheap file and a huge frame)."""
+    import csv
+
+    with path.open(encoding="utf-8", newline="") as fh:
+        header = next(csv.reader([fh.readline(limits.max_heldout_bytes)]), [])
+    columns = max(1, len(header))
+    by_bytes = limits.max_heldout_bytes // (CELL_BYTES * columns)
+    cap = min(limits.max_heldout_rows, by_bytes)
+    frame = pd.read_csv(path, encoding="utf-8", nrows=cap + 1)
+    check_bound(path.name, "rows (at least)", len(frame), "max_heldout_rows", limits)
+    check_bound(path.name, f"decoded bytes (at least {CELL_BYTES} per cell, {columns} columns)",
+                len(frame) * columns * CELL_BYTES, "max_heldout_bytes", limits)  # fmt: skip
+    return frame
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV or Parquet table (tabular held-out sets), bounded before it is decoded."""
+    limits = heldout_limits()
+    check_file_size(path, limits)
+    if path.suffix.lower() in {".parquet", ".pq"}:
+        return _read_parquet_bounded(path, limits)
+    return _read_csv_bounded(path, limits)
+
+
 def pack_folder(folder: Path, out_dir: Path) -> Path:
     """A held-out set given as a folder (images, one sub-folder per class) as one deterministic tar: sorted
     regular files, no owner, no time, so the same folder always has the same checksum. A symbolic link
@@ -127,6 +228,9 @@ def pack_folder(folder: Path, out_dir: Path) -> Path:
         )
     if not files:
         raise HeldoutValidationError(f"held-out folder {folder} is empty", ["empty folder"])
+    # Refused before a byte is copied into the tar (which the reader would refuse by its size anyway).
+    check_bound(folder.name, "total size of its files (bytes)", sum(p.stat().st_size for p in files),
+                "max_heldout_bytes", heldout_limits())  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{folder.name}.tar"
     with tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as tar:

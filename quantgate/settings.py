@@ -51,3 +51,33 @@ class Settings(BaseSettings):
         description="how long a promotion waits for its model's Prefect concurrency slot before going on "
         "without it (a run killed while holding it keeps it until its 60 s lease expires)",
     )
+
+
+class HeldoutLimits(BaseSettings):
+    """What reading a held-out file may cost, checked from headers BEFORE anything is decoded: a 140 KB
+    PNG can declare 12000x12000 pixels (432 MB as RGB), a 6 MB tar.gz a 1.5 GB member, a 1 MB .npz
+    800 MB of zeros. Each bound is a `QUANTGATE_` environment variable a user with a larger set can raise;
+    the error that refuses a file names the variable."""
+
+    model_config = SettingsConfigDict(env_prefix="QUANTGATE_", extra="ignore")
+
+    max_image_pixels: int = Field(
+        default=25_000_000,
+        ge=1,
+        description="width x height of one held-out image (25 MP: a 6000x4000 photo)",
+    )
+    max_heldout_member_bytes: int = Field(
+        default=64 * 2**20,
+        ge=1,
+        description="bytes of one member (or pax header) of a held-out tar, as its header says",
+    )
+    max_heldout_bytes: int = Field(
+        default=512 * 2**20,
+        ge=1,
+        description="bytes of the held-out file on disk, and of everything decoded from it (pixels, arrays, "
+        "table cells) in total",
+    )
+    max_heldout_rows: int = Field(
+        default=1_000_000, ge=1, description="rows (images, sentences, table rows, queries) of a held-out set"
+    )
+    max_heldout_tokens: int = Field(default=2_000_000, ge=1, description="tokens of a CoNLL held-out set")

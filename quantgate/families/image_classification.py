@@ -14,9 +14,11 @@ on this model and by how much.
 from __future__ import annotations
 
 import io
+import math
 import tarfile
+import warnings
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -35,7 +37,8 @@ from quantgate.export import (
 from quantgate.families import classification as clf
 from quantgate.families.hf_text import HEAD_FILE, HeadModule, id2label
 from quantgate.gates import Gate, Limit, Thresholds
-from quantgate.heldout import HeldoutSchema
+from quantgate.heldout import HeldoutSchema, check_bound, check_file_size, heldout_limits
+from quantgate.settings import HeldoutLimits
 from quantgate.tasktypes import (
     Column,
     PlotAxis,
@@ -51,11 +54,31 @@ INPUT = "pixel_values"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def _decode(name: str, data: bytes) -> np.ndarray:
+def _decode(
+    name: str, data: bytes, limits: HeldoutLimits, decoded_so_far: int, archive: str = ""
+) -> np.ndarray:
+    """One image as (H, W, 3) uint8. Image.open reads only the header, so the size is checked before a
+    pixel is decoded: a 140 KB PNG of 12000x12000 would otherwise become 432 MB of RGB (2 GB at peak)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with warnings.catch_warnings():
+            # PIL warns from 89 MP on; the bound below is the one that decides (and names its setting).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+        with image:
+            width, height = image.size
+            where = f"{archive}:{name}" if archive else name
+            check_bound(
+                where, f"image size {width}x{height} (pixels)", width * height, "max_image_pixels", limits
+            )
+            check_bound(
+                where,
+                "decoded pixel bytes of the set up to this image",
+                decoded_so_far + width * height * 3,
+                "max_heldout_bytes",
+                limits,
+            )
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise HeldoutValidationError(
@@ -65,13 +88,73 @@ def _decode(name: str, data: bytes) -> np.ndarray:
         ) from None
 
 
+class _BoundedReads:
+    """The decompressed tar stream, refusing any single read above the member bound: tarfile itself reads
+    a pax or GNU long-name header whole (`fileobj.read(size)`) before it hands us the member it
+    describes, so a 1.5 GB "header" would be in memory before any check of ours could run."""
+
+    def __init__(self, raw: BinaryIO, name: str, limits: HeldoutLimits) -> None:
+        self.raw, self.name, self.limits = raw, name, limits
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            raise ValueError("an unbounded read of a held-out tar")  # tarfile never asks for one
+        check_bound(
+            self.name, "a tar header or member (bytes)", size, "max_heldout_member_bytes", self.limits
+        )
+        return self.raw.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+
+def _open_decompressed(path: Path) -> BinaryIO:
+    """The tar bytes of a plain, gzip, bz2 or xz tar, decompressed as they are read (never whole)."""
+    import bz2
+    import gzip
+    import lzma
+
+    with path.open("rb") as fh:
+        magic = fh.read(6)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.open(path, "rb")
+    if magic.startswith(b"BZh"):
+        return bz2.open(path, "rb")
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.open(path, "rb")
+    return path.open("rb")
+
+
 def read_image_tar(path: Path) -> pd.DataFrame:
     """An ImageFolder packed by `register` (or by hand): `<class>/<file>`; members are read, never
-    extracted, so a name like ../../x cannot write anywhere."""
-    rows = []
+    extracted, so a name like ../../x cannot write anywhere. Streamed one member at a time, each checked
+    from its header (size, then the image's width x height) before its bytes are read or decoded."""
+    import lzma
+    import zlib
+
+    limits = heldout_limits()
+    check_file_size(path, limits)
+    rows: list[dict[str, Any]] = []
+    decoded = 0
     try:
-        with tarfile.open(path) as tar:
-            for member in tar:
+        with (
+            _open_decompressed(path) as raw,
+            tarfile.open(fileobj=_BoundedReads(raw, path.name, limits), mode="r:") as tar,
+        ):
+            entries = 0
+            while (member := tar.next()) is not None:
+                # tarfile keeps every header it has read (for random access we never use): drop them so
+                # a tar of a million empty entries costs one header at a time.
+                tar.members.clear()
+                entries += 1
+                check_bound(path.name, "entries (at least)", entries, "max_heldout_rows", limits)
+                check_bound(
+                    f"{path.name}:{member.name}", "member size (bytes)", member.size,
+                    "max_heldout_member_bytes", limits,
+                )  # fmt: skip
                 if not member.isfile():
                     continue
                 parts = Path(member.name).parts
@@ -83,35 +166,81 @@ def read_image_tar(path: Path) -> pd.DataFrame:
                     )
                 fh = tar.extractfile(member)
                 data = fh.read() if fh else b""
-                rows.append({"image": member.name, "label": parts[0], "pixels": _decode(member.name, data)})
-    except tarfile.TarError as exc:
+                pixels = _decode(member.name, data, limits, decoded, archive=path.name)
+                decoded += pixels.nbytes
+                rows.append({"image": member.name, "label": parts[0], "pixels": pixels})
+    except (tarfile.TarError, OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
         raise HeldoutValidationError(
             f"held-out file {path.name} is not a readable tar ({exc})", ["bad tar"]
         ) from None
     return pd.DataFrame(rows, columns=["image", "label", "pixels"])
 
 
+def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of each array of an .npz, from the .npy headers inside it: nothing is decoded (a
+    1 MB savez_compressed file of zeros can declare gigabytes)."""
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    out = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as fh:
+                version = npy.read_magic(fh)
+                if version == (1, 0):
+                    shape, _, dtype = npy.read_array_header_1_0(fh)
+                elif version == (2, 0):
+                    shape, _, dtype = npy.read_array_header_2_0(fh)
+                else:
+                    raise ValueError(
+                        f"{info.filename}: .npy format {version} (save with np.savez_compressed)"
+                    )
+            out[info.filename.removesuffix(".npy")] = (shape, dtype)
+    return out
+
+
 def read_npz(path: Path) -> pd.DataFrame:
+    limits = heldout_limits()
+    check_file_size(path, limits)
+    layout = (
+        f"held-out file {path.name} must be an .npz with arrays `images` (N, H, W, C uint8) and `labels` (N)"
+    )
     try:
-        with np.load(path, allow_pickle=False) as data:
-            images, labels = data["images"], data["labels"]
-    except (KeyError, ValueError, OSError) as exc:
+        headers = _npz_headers(path)
+    except (ValueError, OSError, EOFError) as exc:
+        raise HeldoutValidationError(f"{layout} ({exc})", ["npz layout"]) from None
+    if "images" not in headers or "labels" not in headers:
+        raise HeldoutValidationError(f"{layout} (it has {sorted(headers)})", ["npz layout"])
+    (shape, dtype), (label_shape, label_dtype) = headers["images"], headers["labels"]
+    if dtype.hasobject or label_dtype.hasobject:
+        bad = dtype if dtype.hasobject else label_dtype
         raise HeldoutValidationError(
-            f"held-out file {path.name} must be an .npz with arrays `images` (N, H, W, C uint8) and `labels` "
-            f"(N) ({exc})",
-            ["npz layout"],
-        ) from None
-    if (
-        images.ndim != 4
-        or images.dtype != np.uint8
-        or images.shape[-1] not in (1, 3)
-        or len(labels) != len(images)
-    ):
+            f"held-out file {path.name} holds Python objects (dtype {bad}), which load by unpickling: "
+            "save numbers and strings only",
+            ["npz object dtype"],
+        )
+    if len(shape) != 4 or dtype != np.uint8 or shape[-1] not in (1, 3) or label_shape[:1] != shape[:1]:
         raise HeldoutValidationError(
-            f"held-out file {path.name}: images {images.shape} {images.dtype} and labels {labels.shape} "
+            f"held-out file {path.name}: images {shape} {dtype} and labels {label_shape} "
             "are not (N, H, W, 1 or 3) uint8 with one label each",
             ["npz shapes"],
         )
+    n, height, width, _ = shape
+    check_bound(path.name, "images", n, "max_heldout_rows", limits)
+    check_bound(
+        path.name, f"image size {width}x{height} (pixels)", width * height, "max_image_pixels", limits
+    )
+    # Decoded as RGB (a grayscale array is repeated to 3 channels), plus the labels.
+    declared = n * height * width * 3 + math.prod(label_shape) * label_dtype.itemsize
+    check_bound(path.name, "decoded array bytes", declared, "max_heldout_bytes", limits)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            images, labels = data["images"], data["labels"]
+    except (KeyError, ValueError, OSError, EOFError) as exc:
+        raise HeldoutValidationError(f"{layout} ({exc})", ["npz layout"]) from None
     rgb = np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
     return pd.DataFrame(
         {

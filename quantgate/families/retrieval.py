@@ -34,7 +34,7 @@ from quantgate.gates import (
     limit_value,
     parity_and_speed_gates,
 )
-from quantgate.heldout import HeldoutSchema, read_utf8
+from quantgate.heldout import HeldoutSchema, check_bound, heldout_limits, read_utf8
 from quantgate.stats import bootstrap_indices, percentile_interval
 from quantgate.tasktypes import (
     MAX_EXAMPLES,
@@ -69,6 +69,7 @@ def read_retrieval_json(path: Path) -> pd.DataFrame:
     """One row per query (query_id, query, relevant: its doc ids as a JSON list, so an id may hold any
     character); the corpus in attrs."""
     try:
+        # The file's size is bounded (read_utf8) before json builds anything from it.
         data = json.loads(read_utf8(path))
         queries, corpus, qrels = data["queries"], data["corpus"], data["qrels"]
         if not all(isinstance(x, dict) for x in (queries, corpus, qrels)):
@@ -79,6 +80,9 @@ def read_retrieval_json(path: Path) -> pd.DataFrame:
             f'"qrels": {{query id: [doc ids]}}}} ({type(exc).__name__}: {exc})',
             ["retrieval JSON layout"],
         ) from None
+    limits = heldout_limits()
+    for part, items in (("queries", queries), ("corpus documents", corpus), ("qrels", qrels)):
+        check_bound(path.name, part, len(items), "max_heldout_rows", limits)
     not_lists = {str(q): ds for q, ds in qrels.items() if not isinstance(ds, list)}
     not_ids = sorted({repr(d) for ds in qrels.values() if isinstance(ds, list) for d in ds
                       if isinstance(d, bool) or not isinstance(d, (str, int))})  # fmt: skip

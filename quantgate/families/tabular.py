@@ -30,7 +30,7 @@ from quantgate.errors import ExportError, HeldoutValidationError, InvalidModelEr
 from quantgate.export import OPSET, ExportResult
 from quantgate.families import classification as clf
 from quantgate.gates import Gate, Limit, Thresholds, limit_value
-from quantgate.heldout import HeldoutSchema
+from quantgate.heldout import HeldoutSchema, read_table
 from quantgate.tasktypes import (
     Column,
     PlotAxis,
@@ -224,9 +224,7 @@ class Tabular(clf.ProbabilityClassifier):
 
     def read_heldout(self, path: Path) -> pd.DataFrame:
         try:
-            if path.suffix.lower() in {".parquet", ".pq"}:
-                return pd.read_parquet(path)
-            return pd.read_csv(path, encoding="utf-8")
+            return read_table(path)
         except UnicodeDecodeError as exc:
             raise HeldoutValidationError(
                 f"held-out file {path.name} is not UTF-8 (bad byte at offset {exc.start}): re-save it as "

@@ -33,7 +33,7 @@ from quantgate.families.hf_text import (
     torch_head,
 )
 from quantgate.gates import BASELINE_LIMIT, Gate, Limit, Thresholds, baseline_gate
-from quantgate.heldout import HeldoutSchema, read_utf8
+from quantgate.heldout import HeldoutSchema, check_bound, heldout_limits, iter_lines, read_utf8
 from quantgate.stats import bootstrap_indices, percentile_interval, wilson_interval
 from quantgate.tasktypes import (
     MAX_EXAMPLES,
@@ -57,12 +57,15 @@ AUTO_CLASS = "AutoModelForTokenClassification"
 def read_conll(path: Path) -> pd.DataFrame:
     """One row per sentence: `tokens` and `tags`, each space-joined (what the GX suite checks). A line
     that is not `token<TAB>tag` is refused with its line number."""
+    limits = heldout_limits()
     sentences: list[tuple[list[str], list[str]]] = []
     words: list[str] = []
     tags: list[str] = []
-    for number, line in enumerate(read_utf8(path).split("\n"), start=1):
+    tokens = 0
+    for number, line in enumerate(iter_lines(read_utf8(path, limits)), start=1):
         if not line.strip():
             if words:
+                check_bound(path.name, "sentences (at least)", len(sentences) + 1, "max_heldout_rows", limits)
                 sentences.append((words, tags))
             words, tags = [], []
             continue
@@ -73,6 +76,8 @@ def read_conll(path: Path) -> pd.DataFrame:
                 "has one token and its tag per line and a blank line between sentences",
                 [f"line {number}: not token<TAB>tag"],
             )
+        tokens += 1
+        check_bound(path.name, "tokens (at least)", tokens, "max_heldout_tokens", limits)
         words.append(fields[0].strip())
         tags.append(fields[1].strip())
     if words:

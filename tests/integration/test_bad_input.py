@@ -17,6 +17,7 @@ from quantgate import lifecycle
 from quantgate.cli import EXIT_ERROR, app
 from quantgate.errors import HeldoutValidationError, IntegrityError, InvalidModelError
 from quantgate.registry import ModelRef
+from tests import heldout_bombs as bombs
 from tests.integration.conftest import snapshot
 
 runner = CliRunner()
@@ -156,6 +157,44 @@ def test_bad_registration_arguments_are_refused(
     result = runner.invoke(app, ["register", *args, "--model-dir", str(tiny_model_dir), "--heldout", heldout])
     assert result.exit_code == EXIT_ERROR, (case, result.output)
     assert words in " ".join(result.output.split()), result.output
+    assert snapshot(store) == before
+
+
+# (case id, how the held-out set is built beside a two-class image folder, words the error must contain)
+BOMB_CASES: list[tuple[str, Callable[[Path, Path], Path], str]] = [
+    (
+        "png-10000x10000-in-image-folder",
+        lambda folder, tmp: bombs.png_of_zeros(folder / "c0" / "bomb.png", 10_000, 10_000).parent.parent,
+        "QUANTGATE_MAX_IMAGE_PIXELS",
+    ),
+    (
+        "tar-gz-512mib-member",
+        lambda folder, tmp: bombs.tar_gz_with_member(tmp / "bomb.tar.gz", 512 * 2**20),
+        "QUANTGATE_MAX_HELDOUT_MEMBER_BYTES",
+    ),
+    (
+        "npz-declaring-600mb",
+        lambda folder, tmp: bombs.npz_declaring(tmp / "bomb.npz", (200, 1000, 1000, 3)),
+        "QUANTGATE_MAX_HELDOUT_BYTES",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "build", "words"), BOMB_CASES, ids=[c[0] for c in BOMB_CASES])
+def test_a_held_out_bomb_is_refused_at_registration_before_decoding(store, tmp_path, case, build, words):
+    """Each bomb is a file of at most a few MB; the refusal comes from its headers (peak memory is asserted
+    in tests/unit/test_heldout_bounds.py), and nothing reaches storage."""
+    model = bombs.tiny_cnn(tmp_path / "cnn")
+    heldout = build(bombs.image_folder(tmp_path / "heldout", images=24), tmp_path)
+    before = snapshot(store)
+    result = runner.invoke(
+        app, ["register", "cnn", case, "--model-dir", str(model), "--heldout", str(heldout)]
+    )
+    assert result.exit_code == EXIT_ERROR, (case, result.output)
+    shown = " ".join(result.output.split())
+    assert words in shown, result.output
+    assert "is above the limit" in shown, result.output
+    assert "Traceback" not in result.output
     assert snapshot(store) == before
 
 
