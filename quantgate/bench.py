@@ -130,7 +130,12 @@ def load_profile(value: str | Path) -> ServingProfile:
             data.setdefault("name", path.stem[:64] or "declared")
             return ServingProfile.model_validate(data)
         except (ValueError, ValidationError) as exc:
-            detail = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+            if isinstance(exc, ValidationError):
+                error = exc.errors()[0]
+                field = ".".join(str(x) for x in error["loc"])
+                detail = f"{field}: {error['msg']}" if field else error["msg"]
+            else:
+                detail = str(exc)
             raise ConfigError(
                 f"profile file {path.name} is not a valid serving profile: {detail}. Fields: batch_sizes, "
                 "lengths, requests, objective (latency or throughput)"
@@ -218,6 +223,19 @@ class BenchReport(BaseModel):
     requests: dict[str, Any] = Field(
         default_factory=dict, description="the timed requests: count, batch sizes, length percentiles"
     )
+
+    def describe(self) -> str:
+        """What was timed, in one line: the profile, its requests, threads and runs."""
+        s, r = self.settings, self.requests
+        lengths = (
+            f"; lengths p50 {r['length_p50']:g}, p95 {r['length_p95']:g}, max {r['length_max']}"
+            if r and s.serving.source != "fixed"
+            else ""
+        )
+        return (
+            f"profile {s.serving.describe(s)}{lengths}; {s.threads} thread(s), {s.repeat_runs} interleaved "
+            "runs"
+        )
 
     def by_engine(self, engine: str) -> EngineResult:
         for r in self.results:

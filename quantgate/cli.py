@@ -85,19 +85,28 @@ def register(
         str | None,
         typer.Option(help="the FP32 task metric you measured on this held-out set, e.g. 0.85±0.03"),
     ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            help="the traffic this model will serve, judged on by every run of it: a JSON file "
+            "(batch_sizes, lengths, objective), a text file of sample inputs, or a named profile"
+        ),
+    ] = None,
 ) -> None:
     """Upload a local model folder and its held-out set as a new version of a named model."""
     from quantgate import lifecycle
+    from quantgate.bench import load_profile
     from quantgate.registry import ExpectedMetric
     from quantgate.tasktypes import detect_task_type
 
     ref = _ref(model, version)
     try:
         expected = ExpectedMetric.parse(expect_metric) if expect_metric else None
+        serving = load_profile(profile) if profile else None
         if task == "auto":
             task = detect_task_type(model_dir, heldout).name
         registration = lifecycle.register(
-            _store(), ref, model_dir, heldout, task, allow_pickle, expect_metric=expected
+            _store(), ref, model_dir, heldout, task, allow_pickle, expect_metric=expected, profile=serving
         )
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
@@ -191,15 +200,23 @@ def run(
     max_eval_rows: Annotated[
         int, typer.Option(help="held-out rows every metric is computed on (a fixed sample beyond)")
     ] = 2000,
-    batch: Annotated[int, typer.Option(help="benchmark batch size")] = 1,
-    seq_len: Annotated[int, typer.Option(help="benchmark sequence length")] = 128,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            help="serving profile the speed is judged on: 'heldout' (requests drawn from the held-out set, "
+            "as serving tokenizes them), 'b1-s128' (the fixed shape), a JSON file (batch_sizes, lengths, "
+            "objective) or a text file of sample inputs; default: the registration's, else 'heldout'"
+        ),
+    ] = None,
+    batch: Annotated[int, typer.Option(help="the fixed shape's batch size (profile b1-s128)")] = 1,
+    seq_len: Annotated[int, typer.Option(help="the fixed shape's sequence length (profile b1-s128)")] = 128,
     threads: Annotated[int, typer.Option(help="benchmark threads")] = 1,
     repeats: Annotated[int, typer.Option(help="benchmark timed runs per engine")] = 100,
     allow_pickle: Annotated[bool, typer.Option(help="allow loading a pickle checkpoint")] = False,
     limits: dict[str, float | None] | None = None,
 ) -> None:
     """Run quantize-and-promote for a registered version and print the decision."""
-    from quantgate.bench import BenchSettings
+    from quantgate.bench import BenchSettings, load_profile
     from quantgate.quantize import load_recipe_file, resolve_recipes
     from quantgate.search import SearchBudget
 
@@ -210,7 +227,10 @@ def run(
         if recipe_file is not None:
             items += load_recipe_file(recipe_file)
         recipes = resolve_recipes(items) if items else None  # None: the task type's default search
-        bench = BenchSettings(batch=batch, seq_len=seq_len, threads=threads, repeat_runs=repeats)
+        serving = load_profile(profile) if profile else None
+        bench = BenchSettings(
+            batch=batch, seq_len=seq_len, threads=threads, repeat_runs=repeats, profile=serving
+        )
         budget = SearchBudget(
             max_candidates=max_candidates,
             max_trials=max_trials,
@@ -349,11 +369,8 @@ def print_report(report: dict[str, Any]) -> None:
         )
     console.print(gates)
     _print_slices(parsed)
-    s = parsed.benchmark.settings
-    bench = Table(
-        title=f"benchmark: batch {s.batch}, seq {s.seq_len}, {s.threads} thread(s), "
-        f"{s.repeat_runs} interleaved runs, CPU {', '.join(parsed.benchmark.cpu.get('flags', []))}"
-    )
+    flags = ", ".join(parsed.benchmark.cpu.get("flags", []))
+    bench = Table(title=f"benchmark: {parsed.benchmark.describe()}, CPU {flags}")
     rows = bench_rows(parsed.benchmark)
     for col in rows[0]:
         bench.add_column(col)

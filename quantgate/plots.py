@@ -34,13 +34,10 @@ def latency_plot(bench: BenchReport, title: str, path: Path) -> Path:
     ):
         bars = ax.barh([y + (i - 1) * height for y in range(len(engines))], values, height, label=label)
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
-    s = bench.settings
     ax.set_yticks(range(len(engines)), engines, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("latency (ms)")
-    ax.set_title(
-        f"{title}: batch {s.batch}, seq {s.seq_len}, {s.threads} thread(s), {s.repeat_runs} runs", fontsize=9
-    )
+    ax.set_xlabel("latency per request (ms)")
+    ax.set_title(f"{title}: {bench.describe()}", fontsize=8, wrap=True)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,6 +118,32 @@ def pareto_plot(
         ax.set_xlabel("p50 latency (ms)")
         ax.set_ylabel(label)
     fig.suptitle(f"{title}: candidates (green passed every gate, star promoted)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def length_plot(bench: BenchReport, title: str, path: Path) -> Path | None:
+    """p50 latency against input length for every engine of one interleaved round, so a person sees
+    where each engine wins (OpenVINO at long inputs, ONNX Runtime at short ones, say). None when every
+    request had one length (a fixed shape)."""
+    with_lengths = [r for r in bench.results if len(r.by_length) > 1]
+    if not with_lengths:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    for r in with_lengths:
+        xs = [stat.high if stat.high < 1 << 20 else stat.low * 2 for stat in r.by_length]
+        ys = [stat.p50_ms for stat in r.by_length]
+        ax.plot(xs, ys, marker="o", linewidth=1, markersize=3, label=r.engine)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("input length (tokens, upper edge of the bucket)")
+    ax.set_ylabel("p50 latency per request (ms)")
+    ax.set_title(f"{title}: latency by input length ({bench.settings.threads} thread(s))", fontsize=9)
+    ax.legend(fontsize=6, loc="upper left", ncol=2)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -18,7 +18,7 @@ from quantgate.bench import BASELINES, CHAMPION_ENGINE, ONNX_FP32, BenchReport, 
 from quantgate.evaluate import ParityReport
 from quantgate.export import ExportResult
 from quantgate.gates import GateReport
-from quantgate.plots import ParetoPoint, latency_plot, pareto_plot
+from quantgate.plots import ParetoPoint, latency_plot, length_plot, pareto_plot
 from quantgate.registry import (
     Manifest,
     ModelRef,
@@ -221,6 +221,35 @@ def bench_rows(bench: BenchReport) -> list[dict[str, Any]]:
     ]
 
 
+def length_rows(bench: BenchReport) -> list[dict[str, Any]]:
+    """p50 per engine per input-length bucket (one row per engine), the table beside length.png."""
+    edges = sorted({(s.low, s.high) for r in bench.results for s in r.by_length})
+    if len(edges) < 2:
+        return []
+    rows = []
+    for r in bench.results:
+        stats = {(s.low, s.high): s for s in r.by_length}
+        row: dict[str, Any] = {"engine": r.engine}
+        for low, high in edges:
+            label = f"{low + 1}-{high} tok" if high < 1 << 20 else f">{low} tok"
+            row[label] = round(stats[(low, high)].p50_ms, 2) if (low, high) in stats else None
+        rows.append(row)
+    return rows
+
+
+def shape_comparison_line(search: SearchResult) -> str:
+    cmp = search.fixed_shape
+    if cmp is None or cmp.winner is None:
+        return ""
+    if cmp.winner == search.chosen:
+        return f"At the fixed shape {cmp.shape} the same candidate would win (`{cmp.winner}`)."
+    return (
+        f"At the fixed shape {cmp.shape} the winner would differ: `{cmp.winner}` ({cmp.winner_ms:.2f} ms) "
+        f"against `{search.chosen}` ({cmp.chosen_ms or float('nan'):.2f} ms there). The decision is taken on "
+        "the serving profile."
+    )
+
+
 def candidate_rows(search: SearchResult, task: str) -> list[dict[str, Any]]:
     """One row per candidate: size, latency, the core metrics and the task type's own, and which gate
     failed by how much."""
@@ -335,7 +364,6 @@ def _fallback_md(search: SearchResult) -> str:
 
 def to_markdown(report: RunReport, links: dict[str, str] | None = None) -> str:
     verdict = "PROMOTED" if report.outcome == "promoted" else "REJECTED (not promoted)"
-    s = report.benchmark.settings
     failed = ", ".join(r.gate.name for r in report.gates.failed) or "none"
     search = report.search
     lead = "Recipe chosen" if report.outcome == "promoted" else "Closest candidate"
@@ -379,10 +407,20 @@ def to_markdown(report: RunReport, links: dict[str, str] | None = None) -> str:
         if search.fallback is not None:
             parts.append(_fallback_md(search))
     parts.append(
-        f"## Benchmark (batch {s.batch}, seq {s.seq_len}, {s.threads} thread(s), "
-        f"{s.repeat_runs} interleaved runs; CPU flags "
+        f"## Benchmark ({report.benchmark.describe()}; CPU flags "
         f"{', '.join(report.benchmark.cpu.get('flags', []))})\n\n" + _md_table(bench_rows(report.benchmark))
     )
+    if search is not None:
+        timed = search.benchmarks.get("candidates")
+        by_length = length_rows(timed) if timed else []
+        if by_length:
+            parts.append(
+                "## Latency by input length (p50 ms per request, every candidate, one round)\n\n"
+                + _md_table(by_length)
+            )
+        line = shape_comparison_line(search)
+        if line:
+            parts.append(line)
     if links:
         parts.append("## Links\n\n" + "\n".join(f"- [{k}]({v})" for k, v in links.items()))
     parts.append(
@@ -550,6 +588,9 @@ def decision_links(report: RunReport, bucket: str) -> dict[str, str]:
     if promoted:
         links["promoted-model"] = where + report.recipe_artifact
     links |= {"latency-plot": where + "latency.png", "pareto-plot": where + "pareto.png"}
+    timed = report.search.benchmarks.get("candidates") if report.search else None
+    if timed is not None and length_rows(timed):
+        links["length-plot"] = where + "length.png"
     return {k: v for k, v in links.items() if v}
 
 
@@ -559,6 +600,10 @@ def decision_plots(report: RunReport, out_dir: Path) -> dict[str, Path]:
     plots = {"latency.png": latency_plot(report.benchmark, title, out_dir / "latency.png")}
     if report.search:
         search = report.search
+        timed = search.benchmarks.get("candidates")
+        by_length = length_plot(timed, title, out_dir / "length.png") if timed else None
+        if by_length is not None:
+            plots["length.png"] = by_length
         axes = [
             PlotAxis(
                 metric="task_metric_drop",

@@ -655,6 +655,19 @@ class SentenceEmbedding:
             champion_drop_interval=champion_interval,
         )
 
+    def requests(self, assets: Path, heldout: pd.DataFrame, settings: BenchSettings) -> list[Request]:
+        """The serving profile's requests: held-out sentences tokenized as serving would (cut at the
+        model's length, padded only to the longest of a batch: not at all at batch 1)."""
+        tokenizer, texts = self._tokenizer(assets), self.texts(heldout)
+
+        def encode_texts(picked: list[str], pad_to: int | None) -> dict[str, np.ndarray]:
+            return tokenize(tokenizer, picked, pad_to or self.eval_max_length, pad_to_max=pad_to is not None)
+
+        return draw_requests(
+            serving_settings(self, settings), len(texts),
+            lambda rows, pad_to: encode_texts([texts[i] for i in rows], pad_to), samples=encode_texts,
+        )  # fmt: skip
+
     def benchmark(
         self,
         model_dir: Path,
@@ -666,16 +679,7 @@ class SentenceEmbedding:
         allow_pickle: bool = False,
     ) -> BenchReport:
         settings = serving_settings(self, settings)
-        tokenizer, texts = self._tokenizer(assets), self.texts(heldout)
-
-        def encode_texts(picked: list[str], pad_to: int | None) -> dict[str, np.ndarray]:
-            # As serving tokenizes: cut at the model's length, padded only to the batch's longest.
-            return tokenize(tokenizer, picked, pad_to or self.eval_max_length, pad_to_max=pad_to is not None)
-
-        requests = draw_requests(
-            settings, len(texts), lambda rows, pad_to: encode_texts([texts[i] for i in rows], pad_to),
-            samples=encode_texts,
-        )  # fmt: skip
+        requests = self.requests(assets, heldout, settings)
         return benchmark_with_torch(
             lambda: build_embedding_module(model_dir, allow_pickle)[0], model_dir, fp32, candidates, requests,
             settings,

@@ -1,0 +1,197 @@
+"""Serving profiles (quantgate/bench.py): the requests the benchmark times are the ones serving will see,
+drawn reproducibly; a declared profile wins over the default; a profile the model cannot serve is a clear
+error before any work."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from quantgate.bench import (
+    FIXED_PROFILE,
+    NAMED_PROFILES,
+    BenchSettings,
+    Engine,
+    Request,
+    ServingProfile,
+    draw_requests,
+    load_profile,
+    run_benchmark,
+)
+from quantgate.errors import ConfigError
+from quantgate.tasktypes import check_profile, get_task_type, serving_settings
+
+SENTENCES = [
+    "a",
+    "a b c",
+    "a b c d e f a b c d e f",
+    "b c",
+    "c d e f a",
+    "f e d c b a f e d c b a f e d c b a f e",
+]
+
+
+@pytest.fixture
+def assets(tmp_path):
+    """A BERT word-piece tokenizer over a tiny vocabulary, saved as an export's side files."""
+    from transformers import BertTokenizerFast
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdef"]))
+    out = tmp_path / "assets"
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(out)
+    return out
+
+
+def _sts(sentences: list[str]) -> pd.DataFrame:
+    half = len(sentences) // 2
+    return pd.DataFrame(
+        {"sentence1": sentences[:half], "sentence2": sentences[half:], "score": [1.0] * half}
+    )
+
+
+def test_a_heldout_profile_is_deterministic_and_tokenized_as_serving_would(assets):
+    """Batch 1: each request is one held-out sentence with no padding at all; batch 4: padded to the
+    longest sentence of its own batch, never to a fixed 128."""
+    from transformers import AutoTokenizer
+
+    task = get_task_type("sentence-embedding")
+    tokenizer = AutoTokenizer.from_pretrained(assets)
+    heldout = _sts(SENTENCES)
+    settings = BenchSettings(profile=ServingProfile(requests=30))
+    first = task.requests(assets, heldout, settings)
+    again = task.requests(assets, heldout, settings)
+    assert [r.feeds["input_ids"].tolist() for r in first] == [r.feeds["input_ids"].tolist() for r in again]
+    served = {tuple(tokenizer(s)["input_ids"]) for s in SENTENCES}
+    for r in first:
+        assert r.items == 1
+        assert tuple(r.feeds["input_ids"][0]) in served  # exactly as serving tokenizes one sentence
+        assert r.length == r.feeds["input_ids"].shape[1]
+        assert r.feeds["attention_mask"].all()  # no padding at batch 1
+    assert len({r.length for r in first}) > 2  # the lengths of the set, not one shape
+
+    batched = task.requests(assets, heldout, BenchSettings(profile=ServingProfile(batch_sizes=[4])))
+    for r in batched:
+        ids, mask = r.feeds["input_ids"], r.feeds["attention_mask"]
+        assert ids.shape[0] == 4
+        assert r.items == 4
+        assert mask.sum(axis=1).max() == ids.shape[1]  # padded to its longest, no further
+
+
+def test_the_fixed_profile_is_todays_single_padded_shape(assets):
+    task = get_task_type("sentence-embedding")
+    settings = BenchSettings(batch=2, seq_len=16, profile=NAMED_PROFILES[FIXED_PROFILE])
+    (request,) = task.requests(assets, _sts(SENTENCES), settings)
+    assert request.feeds["input_ids"].shape == (2, 16)
+    assert (request.length, request.items) == (16, 2)
+
+
+def test_declared_lengths_and_sample_inputs_shape_the_requests(assets, tmp_path):
+    task = get_task_type("sentence-embedding")
+    declared = load_profile(_write(tmp_path / "traffic.json", {"lengths": [8, 8, 12], "requests": 40}))
+    assert declared.source == "lengths"
+    assert declared.name == "traffic"
+    requests = task.requests(assets, _sts(SENTENCES), BenchSettings(profile=declared))
+    assert {r.length for r in requests} == {8, 12}
+    samples = tmp_path / "samples.txt"
+    samples.write_text("a b\n\nc d e f a b c\n")
+    from_file = load_profile(samples)
+    assert (from_file.source, from_file.samples) == ("samples", ["a b", "c d e f a b c"])
+    lengths = {r.length for r in task.requests(assets, _sts(SENTENCES), BenchSettings(profile=from_file))}
+    assert lengths == {4, 9}  # [CLS] + words + [SEP]
+
+
+def test_a_declared_profile_overrides_the_default_and_takes_the_tasks_objective():
+    text, table = get_task_type("sentence-embedding"), get_task_type("tabular")
+    assert serving_settings(text, BenchSettings()).serving == ServingProfile(objective="latency")
+    default_table = serving_settings(table, BenchSettings()).serving
+    assert (default_table.batch_sizes, default_table.objective) == ([64], "throughput")
+    declared = ServingProfile(name="team", batch_sizes=[1, 8])
+    resolved = serving_settings(table, BenchSettings(profile=declared)).serving
+    assert (resolved.name, resolved.batch_sizes, resolved.objective) == ("team", [1, 8], "throughput")
+    explicit = ServingProfile(name="team", objective="latency")
+    assert serving_settings(table, BenchSettings(profile=explicit)).serving.objective == "latency"
+
+
+def _write(path, data):
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({"lengths": []}, "lengths: List should have at least 1 item"),
+        ({"batch_sizes": [0]}, "batch sizes must be 1..64, got [0]"),
+        ({"batch_sizes": []}, "batch_sizes"),
+        ({"objective": "fastest"}, "latency"),
+        ({"lengths": [0, 5]}, "lengths must be at least 1 token"),
+        (["not", "an", "object"], "must be a JSON object"),
+    ],
+)
+def test_a_bad_profile_file_is_a_clear_error(tmp_path, data, words):
+    with pytest.raises(ConfigError, match="not a valid serving profile") as info:
+        load_profile(_write(tmp_path / "bad.json", data))
+    assert words in str(info.value)
+
+
+def test_an_unknown_profile_name_or_an_empty_sample_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"neither a named profile \(heldout, b1-s128\) nor a file"):
+        load_profile("b1-s999")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(ConfigError, match="holds no sample inputs"):
+        load_profile(empty)
+
+
+def test_lengths_past_the_models_maximum_or_for_a_table_are_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": 128}))
+    text, table = get_task_type("sentence-embedding"), get_task_type("tabular")
+    check_profile(text, tmp_path, ServingProfile(source="lengths", lengths=[16, 128]))
+    with pytest.raises(ConfigError, match="lengths up to 300 tokens, past the model's maximum of 128"):
+        check_profile(text, tmp_path, ServingProfile(source="lengths", lengths=[16, 300]))
+    with pytest.raises(ConfigError, match="mean nothing to a tabular model"):
+        check_profile(table, tmp_path, ServingProfile(source="lengths", lengths=[16]))
+    check_profile(table, tmp_path, ServingProfile(batch_sizes=[1, 256 // 4]))
+
+
+def test_every_engine_times_the_same_requests_and_latency_is_reported_by_length():
+    seen: dict[str, list[int]] = {"a": [], "b": []}
+
+    def engine(name: str, per_token_s: float) -> Engine:
+        def load():
+            def run(feeds):
+                seen[name].append(feeds["x"].shape[1])
+                np.linalg.svd(np.ones((8, 8 + int(feeds["x"].shape[1] * per_token_s * 1e4))))
+
+            return run
+
+        return Engine(name=name, load=load, size_bytes=1)
+
+    requests = [Request(feeds={"x": np.zeros((1, n))}, length=n, items=1) for n in (4, 12, 40, 100)]
+    settings = BenchSettings(warmup_runs=0, repeat_runs=40)
+    report = run_benchmark([engine("a", 1e-3), engine("b", 1e-2)], settings, requests)
+    assert seen["a"] == seen["b"] == [4, 12, 40, 100] * 10
+    for r in report.results:
+        assert [(s.low, s.high, s.requests) for s in r.by_length] == [
+            (0, 8, 10), (8, 16, 10), (32, 64, 10), (64, 128, 10),
+        ]  # fmt: skip
+        assert r.objective_ms == r.p50_ms
+    assert report.requests["length_max"] == 100
+    throughput = run_benchmark(
+        [engine("a", 1e-3)],
+        BenchSettings(warmup_runs=0, repeat_runs=8, profile=ServingProfile(objective="throughput")),
+        [Request(feeds={"x": np.zeros((4, 3))}, length=3, items=4)],
+    ).results[0]
+    assert throughput.objective_ms == pytest.approx(1000 / throughput.throughput_per_s)
+
+
+def test_a_profile_cannot_draw_from_an_empty_set_or_a_task_without_sample_inputs():
+    with pytest.raises(ConfigError, match="no rows"):
+        draw_requests(BenchSettings(), 0, lambda rows, pad_to: {})
+    samples = ServingProfile(source="samples", samples=["x"])
+    with pytest.raises(ConfigError, match="takes no file of sample inputs"):
+        draw_requests(BenchSettings(profile=samples), 5, lambda rows, pad_to: {"input_ids": np.zeros((1, 2))})
