@@ -38,7 +38,8 @@ def _text_classifier(root: Path) -> tuple[Path, Path]:
     model = root / "model"
     if not (model / "model.safetensors").is_file():
         train_sequence_classifier(model, rows=8000, epochs=1)
-    return model, write_tsv(sst2_sample("dev", 1000, seed=1), root / "sst2-dev-1000.tsv")
+    # GLUE dev: 872 whole review sentences (the requests a sentiment service sees), not parse-tree phrases.
+    return model, write_tsv(sst2_sample("glue-dev", 872, seed=1), root / "sst2-glue-dev.tsv")
 
 
 def _ner(root: Path) -> tuple[Path, Path]:
