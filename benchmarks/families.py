@@ -3,9 +3,10 @@ register each with `quantgate register` (its kind told from the folder), run `qu
 task type's default search and every default gate, and tabulate the decisions.
 
 Starts its own SeaweedFS on 127.0.0.1 (stopped at the end, also on failure); Prefect's ephemeral API.
-Benchmark settings are the CLI's defaults: batch 1, 1 thread, sequence 128 for text, the image
-processor's size for images. Writes JSON and prints the README's table (`--readme` also writes it into
-README.md between its markers).
+Benchmark settings are the CLI's defaults: 1 thread, each task type's default serving profile (requests
+drawn from its held-out set, batch 1 and latency for text and images at their own lengths and sizes, 64 rows
+a request and throughput for tables). Writes JSON and prints the README's table (`--readme` also writes
+it into README.md between its markers).
 
     .venv/bin/python benchmarks/families.py [--models ~/.cache/quantgate-families] [--only tabular] [--readme]
 """
@@ -101,6 +102,12 @@ def _row(name: str, family: str, what: str, report: dict[str, Any], seconds: flo
     fp32, int8 = bench.get("onnx-fp32"), bench.get(chosen)
     m = report["metrics"]
     promoted = report["outcome"] == "promoted"
+    profile = report["benchmark"]["settings"].get("profile") or {}
+    requests = report["benchmark"].get("requests") or {}
+
+    def speed(r: dict[str, Any] | None) -> float | None:
+        return None if r is None else r.get("objective_ms") or r["p50_ms"]
+
     return {
         "family": family,
         "model": name,
@@ -114,9 +121,12 @@ def _row(name: str, family: str, what: str, report: dict[str, Any], seconds: flo
         "outcome": report["outcome"],
         "reason": report.get("reason"),
         "recipe": chosen if promoted else None,
-        "p50_fp32_ms": fp32["p50_ms"] if fp32 else None,
-        "p50_int8_ms": int8["p50_ms"] if (int8 and promoted) else None,
-        "speedup": round(fp32["p50_ms"] / int8["p50_ms"], 2) if (fp32 and int8 and promoted) else None,
+        "profile": f"{profile.get('name', 'b1-s128')}: {profile.get('objective') or 'latency'}, batch "
+        f"{'/'.join(map(str, profile.get('batch_sizes', [1])))}"
+        + (f", lengths p50 {requests['length_p50']:g}" if requests.get("length_p50") else ""),
+        "p50_fp32_ms": speed(fp32),
+        "p50_int8_ms": speed(int8) if promoted else None,
+        "speedup": round(speed(fp32) / speed(int8), 2) if (fp32 and int8 and promoted) else None,
         "size_fp32_mb": fp32["size_mb"] if fp32 else None,
         "size_int8_mb": int8["size_mb"] if (int8 and promoted) else None,
         "parity_max_abs_diff": round(report["parity"]["max_abs_diff"], 4),
@@ -134,9 +144,9 @@ def _ms(value: float) -> str:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| family | model | metric | FP32 | promoted | recipe | p50 ONNX FP32 → INT8 (b1, 1 thread) "
-        "| size MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| family | model | metric | FP32 | promoted | recipe | serving profile | ONNX FP32 → INT8 at the "
+        "profile's objective (ms per request, or per item for throughput; 1 thread) | size MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["outcome"] == "promoted":
@@ -150,7 +160,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             promoted, recipe = "not promoted", f"**{r['reason']}**{needed}"
         lines.append(
             f"| {r['family']} | {r['model']} ({r['what']}) | {r['task_metric']} | {r['fp32_metric']:.4f} | "
-            f"{promoted} | {recipe} | {speed} | {size} |"
+            f"{promoted} | {recipe} | {r.get('profile', '-')} | {speed} | {size} |"
         )
     return "\n".join(lines)
 
