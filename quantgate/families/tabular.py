@@ -155,7 +155,7 @@ SKLEARN_STATE_CLASSES = frozenset(
         "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",  # MLP*, solver="adam"
         "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",  # MLP*, solver="sgd"
         # Trees, forests, gradient boosting. skops leaves it out because a crafted file can hold node
-        # indices that predict() follows unchecked (a crash, not code); quantgate's family needs it.
+        # indices that predict() follows unchecked; quantgate checks them after loading (check_tree_nodes).
         "sklearn.tree._tree.Tree",
     }
 )
@@ -204,6 +204,66 @@ def trusted_skops_types(skops_file: Path, allow_pickle: bool) -> list[str]:
     return listed
 
 
+def _trees(obj: Any, width: int | None = None, seen: set[int] | None = None) -> list[tuple[Any, int | None]]:
+    """Every sklearn.tree._tree.Tree inside a loaded model, each with the narrowest `n_features_in_` of
+    the estimators above it (the width of the X its predict() is given, whatever the tree says)."""
+    from sklearn.base import BaseEstimator
+    from sklearn.tree._tree import Tree
+
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, Tree):
+        return [(obj, width)]
+    if isinstance(obj, BaseEstimator):
+        declared = vars(obj).get("n_features_in_")
+        if isinstance(declared, int | np.integer):
+            width = int(declared) if width is None else min(width, int(declared))
+        children: Any = list(vars(obj).values())
+    elif isinstance(obj, dict):
+        children = list(obj.values())
+    elif isinstance(obj, list | tuple):
+        children = obj
+    elif isinstance(obj, np.ndarray) and obj.dtype == object:
+        children = obj.ravel().tolist()
+    else:
+        return []
+    return [t for child in children for t in _trees(child, width, seen)]
+
+
+def check_tree_nodes(model: Any) -> None:
+    """Refuse a tree whose node arrays predict() would follow out of bounds. scikit-learn indexes them
+    without checks (skops leaves Tree untrusted for this reason, skops.io.exceptions.UNTRUSTED_TYPE_REASONS):
+    a node count beyond the stored nodes, a child that is not a later node (out of range, or a loop), a
+    feature index beyond the columns the model is given."""
+    for number, (tree, width) in enumerate(_trees(model)):
+        where = f"{SKOPS}: tree {number}"
+        # The node arrays below are views of node_count nodes (scikit-learn clamps it to the stored ones).
+        if not 1 <= tree.node_count <= tree.capacity:
+            raise InvalidModelError(
+                f"{where} claims {tree.node_count} nodes and stores {tree.capacity}: the file is corrupt or "
+                "crafted; save the model again with skops.io.dump"
+            )
+        left, right, feature = tree.children_left, tree.children_right, tree.feature
+        index = np.arange(tree.node_count)
+        leaf = left == -1
+        columns = tree.n_features if width is None else min(width, tree.n_features)
+        problems = {
+            "a leaf with one child": leaf != (right == -1),
+            "a child that is not a later node": ~leaf & ((left <= index) | (right <= index)),
+            "a child beyond the last node": ~leaf & ((left >= tree.node_count) | (right >= tree.node_count)),
+            f"a feature index outside 0..{columns - 1}": ~leaf & ((feature < 0) | (feature >= columns)),
+        }
+        for problem, nodes in problems.items():
+            if nodes.any():
+                raise InvalidModelError(
+                    f"{where} has {problem} (node {int(np.flatnonzero(nodes)[0])}): scikit-learn would read "
+                    "outside the model's memory at predict time; save the model again with skops.io.dump, or "
+                    "pass --allow-pickle only if you trust its source"
+                )
+
+
 def load_sklearn(model_dir: Path, allow_pickle: bool) -> Any:
     """The estimator, loaded safely: skops with its default trusted types plus scikit-learn's estimator
     and state classes (`trusted_skops_types`; anything else refused by name), a pickle only with
@@ -214,7 +274,10 @@ def load_sklearn(model_dir: Path, allow_pickle: bool) -> Any:
 
         try:
             trusted = trusted_skops_types(skops_file, allow_pickle)
-            return sio.load(skops_file, trusted=trusted or None)
+            model = sio.load(skops_file, trusted=trusted or None)
+            if not allow_pickle:
+                check_tree_nodes(model)
+            return model
         except InvalidModelError:
             raise
         except Exception as exc:  # noqa: BLE001 - skops raises anything on a corrupt file
@@ -459,15 +522,12 @@ class Tabular(clf.ProbabilityClassifier):
 
     def reference(self, fp32: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> Reference:
         """ONNX FP32's reference, plus scikit-learn's own probabilities: parity is judged against them."""
-        import skops.io as sio
-
         start = time.perf_counter()
         reference = super().reference(fp32, assets, heldout, threads)
         # The export's own copy: checked again like the registered file (a cache entry is a file on disk,
         # and trusting whatever it lists would let a changed copy name any function).
-        source = fp32.path.parent / SOURCE_DIR / SKOPS
         try:
-            sklearn = sio.load(source, trusted=trusted_skops_types(source, allow_pickle=False) or None)
+            sklearn = load_sklearn(fp32.path.parent / SOURCE_DIR, allow_pickle=False)
         except InvalidModelError as exc:
             raise InvalidModelError(f"the export's copy of the scikit-learn model: {exc}") from None
         features, _ = self._meta(assets)

@@ -254,3 +254,48 @@ def test_a_truthful_declaration_passes_the_gx_suite_and_the_export_promotes_it(c
     exported = TASK.export(model_dir, tmp_path / "export", frame, atol=1e-4)
     promoted = exported.onnx_path.parent / "preprocessor" / "features.json"
     assert promoted.read_bytes() == (model_dir / "features.json").read_bytes()
+
+
+# --- trees: trusted as a class, their node arrays checked ---------------------------------------------------
+
+
+def _crafted_tree(tmp_path, change: str):
+    """A fitted forest whose first tree was edited the way a hostile file would (skops.io.exceptions:
+    scikit-learn follows these indices at predict() without bounds checks)."""
+    import skops.io as sio
+
+    model, _ = _fitted("random-forest")
+    tree = model.estimators_[0].tree_
+    state = tree.__getstate__()
+    nodes = state["nodes"].copy()
+    internal = int(np.flatnonzero(nodes["left_child"] != -1)[0])
+    if change == "child-beyond-the-last-node":
+        nodes["right_child"][internal] = 10**6
+    elif change == "child-loops-back":
+        nodes["left_child"][internal] = internal
+    elif change == "feature-beyond-the-columns":
+        nodes["feature"][internal] = 31
+    elif change == "leaf-with-one-child":
+        leaf = int(np.flatnonzero(nodes["left_child"] == -1)[0])
+        nodes["right_child"][leaf] = leaf + 1
+    if change == "no-nodes":  # predict() would read node 0 of an empty array
+        state = {**state, "nodes": nodes[:0].copy(), "values": state["values"][:0].copy(), "node_count": 0}
+    tree.__setstate__({**state, "nodes": nodes} if change != "no-nodes" else state)
+    sio.dump(model, tmp_path / "model.skops")
+    return tmp_path
+
+
+TREE_CASES = [
+    ("child-beyond-the-last-node", "a child beyond the last node"),
+    ("child-loops-back", "a child that is not a later node"),
+    ("feature-beyond-the-columns", "a feature index outside 0..29"),
+    ("leaf-with-one-child", "a leaf with one child"),
+    ("no-nodes", "claims 0 nodes"),
+]
+
+
+@pytest.mark.parametrize(("change", "words"), TREE_CASES, ids=[c[0] for c in TREE_CASES])
+def test_a_tree_whose_nodes_predict_would_follow_out_of_bounds_is_refused(tmp_path, change, words):
+    folder = _crafted_tree(tmp_path, change)
+    with pytest.raises(InvalidModelError, match=re.escape(words)):
+        load_sklearn(folder, allow_pickle=False)
