@@ -103,7 +103,7 @@ def dtype_mismatches(frame: pd.DataFrame, features: dict[str, str]) -> dict[str,
             pd.api.types.is_integer_dtype(values) or pd.api.types.is_bool_dtype(values)
         ):
             fractional = values[values.notna() & (values != values.round())]
-            bad[column] = (dtype, (fractional if len(fractional) else values.dropna()).iloc[0])
+            bad[column] = (dtype, (fractional if len(fractional) else values.dropna()).iloc[0].item())
             continue
         bounds = dtype_range(dtype)
         if bounds is None:
@@ -111,7 +111,7 @@ def dtype_mismatches(frame: pd.DataFrame, features: dict[str, str]) -> dict[str,
         numbers = values.astype("float64") if pd.api.types.is_bool_dtype(values) else values
         outside = values[(numbers < bounds[0]) | (numbers > bounds[1])]
         if len(outside):
-            bad[column] = (dtype, outside.iloc[0])
+            bad[column] = (dtype, outside.iloc[0].item())
     return bad
 
 
