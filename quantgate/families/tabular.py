@@ -51,6 +51,9 @@ PICKLES = ("model.joblib", "model.pkl", "model.pickle")
 FEATURES = "features.json"
 LABEL = "label"
 SOURCE_DIR = "sklearn"  # the export's copy of the scikit-learn model: parity's reference, never promoted
+# Beside that copy when the export loaded the model with --allow-pickle: the reference then loads the copy
+# the same way (an export made with it is cached apart, tasks/candidate.py, so no other run sees this).
+VOUCHED = "allow-pickle"
 INPUT = "features"
 NUMERIC = {"float64", "float32", "int64", "int32", "int16", "int8", "uint8", "bool"}
 
@@ -488,6 +491,8 @@ class Tabular(clf.ProbabilityClassifier):
         source = out_dir / SOURCE_DIR
         source.mkdir(exist_ok=True)
         sio.dump(model, source / SKOPS)
+        if allow_pickle:
+            (source / VOUCHED).write_text("loaded with --allow-pickle: the user trusts this model's source\n")
         return ExportResult(
             onnx_path=path,
             tokenizer_files=sorted(assets.iterdir()),
@@ -524,10 +529,12 @@ class Tabular(clf.ProbabilityClassifier):
         """ONNX FP32's reference, plus scikit-learn's own probabilities: parity is judged against them."""
         start = time.perf_counter()
         reference = super().reference(fp32, assets, heldout, threads)
-        # The export's own copy: checked again like the registered file (a cache entry is a file on disk,
-        # and trusting whatever it lists would let a changed copy name any function).
+        # The export's own copy: checked again like the registered file, with the run's own --allow-pickle
+        # (a cache entry is a file on disk, and trusting whatever it lists would let a changed copy name
+        # any function).
+        source = fp32.path.parent / SOURCE_DIR
         try:
-            sklearn = load_sklearn(fp32.path.parent / SOURCE_DIR, allow_pickle=False)
+            sklearn = load_sklearn(source, allow_pickle=(source / VOUCHED).is_file())
         except InvalidModelError as exc:
             raise InvalidModelError(f"the export's copy of the scikit-learn model: {exc}") from None
         features, _ = self._meta(assets)

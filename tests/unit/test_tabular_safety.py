@@ -300,3 +300,58 @@ def test_a_tree_whose_nodes_predict_would_follow_out_of_bounds_is_refused(tmp_pa
     folder = _crafted_tree(tmp_path, change)
     with pytest.raises(InvalidModelError, match=re.escape(words)):
         load_sklearn(folder, allow_pickle=False)
+
+
+# --- --allow-pickle: the run's own word, not another run's ------------------------------------------------
+
+
+def _vouched_folder(cancer_logistic, tmp_path):
+    """The logistic pipeline with one attribute of a type that is no scikit-learn class: loading it needs
+    --allow-pickle (the registering user's word), and skl2onnx converts the model as usual."""
+    from fractions import Fraction
+
+    import skops.io as sio
+
+    model_dir, _ = cancer_logistic
+    skops_file = model_dir / "model.skops"
+    model = sio.load(skops_file, trusted=sio.get_untrusted_types(file=skops_file))
+    model.vouched_note_ = Fraction(1, 3)
+    folder = tmp_path / "vouched-model"
+    folder.mkdir()
+    shutil.copy(model_dir / "features.json", folder)
+    sio.dump(model, folder / "model.skops")
+    return folder
+
+
+def test_a_model_vouched_for_with_allow_pickle_is_loaded_the_same_way_by_the_reference(
+    cancer_logistic, tmp_path
+):
+    """The reference of a run made with --allow-pickle loads the export's copy with it too; a copy exported
+    without it stays strict."""
+    from quantgate.backends import Servable
+
+    folder = _vouched_folder(cancer_logistic, tmp_path)
+    frame = pd.read_csv(cancer_logistic[1])
+    with pytest.raises(InvalidModelError, match=r"fractions\.Fraction"):
+        TASK.export(folder, tmp_path / "strict", frame, atol=1e-4)
+    exported = TASK.export(folder, tmp_path / "vouched", frame, atol=1e-4, allow_pickle=True)
+    assets = exported.onnx_path.parent / "preprocessor"
+    reference = TASK.reference(Servable(exported.onnx_path), assets, frame, 1)
+    assert reference.source_outputs.shape == (len(frame), 2)
+    (exported.onnx_path.parent / SOURCE_DIR / "allow-pickle").unlink()  # as a run without it would see it
+    with pytest.raises(InvalidModelError, match=r"the export's copy .*fractions\.Fraction"):
+        TASK.reference(Servable(exported.onnx_path), assets, frame, 1)
+
+
+def test_an_export_made_with_allow_pickle_is_never_reused_by_a_run_without_it(cancer_logistic, tmp_path):
+    from prefect.logging import disable_run_logger
+
+    from tasks.candidate import export
+
+    folder = _vouched_folder(cancer_logistic, tmp_path)
+    frame = pd.read_csv(cancer_logistic[1])
+    args = (TASK, folder, frame, tmp_path / "cache", "c" * 64, 1e-4)
+    with disable_run_logger():
+        export.fn(*args, allow_pickle=True)
+        with pytest.raises(InvalidModelError, match=r"fractions\.Fraction"):
+            export.fn(*args, allow_pickle=False)  # a cache miss: loaded, and refused, again
