@@ -106,7 +106,9 @@ def dtype_mismatches(frame: pd.DataFrame, features: dict[str, str]) -> dict[str,
             pd.api.types.is_integer_dtype(values) or pd.api.types.is_bool_dtype(values)
         ):
             fractional = values[values.notna() & (values != values.round())]
-            bad[column] = (dtype, (fractional if len(fractional) else values.dropna()).iloc[0].item())
+            sample = fractional if len(fractional) else values.dropna()
+            if len(sample):  # an all-empty column is named by the empty-cell check
+                bad[column] = (dtype, sample.iloc[0].item())
             continue
         bounds = dtype_range(dtype)
         if bounds is None:
@@ -431,8 +433,9 @@ class Tabular(clf.ProbabilityClassifier):
             more = f" (and {len(lying) - 5} more)" if len(lying) > 5 else ""
             raise HeldoutValidationError(
                 f"held-out feature columns {sorted(lying)} do not hold what {FEATURES} declares: {shown}"
-                f"{more}. Declare the dtype the model was trained on (e.g. float64 for decimals) in "
-                f"{FEATURES}, or fix the values, and register a new version",
+                f"{more}. A whole-number dtype (int*, uint*, bool) needs integers written without a decimal "
+                f"point, within its range. Declare the dtype the model was trained on (e.g. float64 for "
+                f"decimals) in {FEATURES}, or fix the values, and register a new version",
                 [f"{c}: declared {d}, holds {v!r}" for c, (d, v) in lying.items()],
             )
         unknown = sorted({str(v) for v in frame[LABEL].dropna()} - set(classes))

@@ -212,22 +212,39 @@ def test_thirty_float_columns_declared_bool_are_refused_naming_columns_dtype_and
     assert not (tmp_path / "export" / "preprocessor").exists()
 
 
-@pytest.mark.parametrize(
-    ("declared", "values", "offending"),
-    [
-        ("bool", [0.0, 1.0, 0.5], 0.5),  # 0.5 is fractional
-        ("bool", [0, 1, 2], 2),  # whole, out of range
-        ("int64", [1.0, 2.5, 3.0], 2.5),  # fractional
-        ("int64", [1.0, 2.0, 3.0], 1.0),  # whole numbers written as decimals: not integers to GX either
-        ("int8", [1, 127, 128], 128),
-        ("uint8", [0, -1, 3], -1),
-        ("int16", [0, 40000, 1], 40000),
-        ("float32", [0.0, 1e39, 1.0], 1e39),  # inf once cast for the ONNX model
-    ],
-)
+MISMATCHES = [
+    ("bool", [0.0, 1.0, 0.5], 0.5),  # 0.5 is fractional
+    ("bool", [0, 1, 2], 2),  # whole, out of range
+    ("int64", [1.0, 2.5, 3.0], 2.5),  # fractional
+    ("int64", [1.0, 2.0, 3.0], 1.0),  # whole numbers written as decimals: not integers to GX either
+    ("int8", [1, 127, 128], 128),
+    ("uint8", [0, -1, 3], -1),
+    ("int16", [0, 40000, 1], 40000),
+    ("float32", [0.0, 1e39, 1.0], 1e39),  # inf once cast for the ONNX model
+]
+
+
+@pytest.mark.parametrize(("declared", "values", "offending"), MISMATCHES)
 def test_a_declared_dtype_the_values_do_not_fit_is_named_with_a_value(declared, values, offending):
     frame = pd.DataFrame({"a": values, "b": [1.5, 2.5, 3.5]})
     assert dtype_mismatches(frame, {"a": declared, "b": "float64"}) == {"a": (declared, offending)}
+
+
+def _schema_for(tmp_path, declared: str):
+    (tmp_path / "features.json").write_text(json.dumps({"features": [{"name": "a", "dtype": declared}]}))
+    return TASK.heldout_schema(tmp_path)
+
+
+def _table(values) -> pd.DataFrame:
+    column = pd.Series(values * 8)  # 24 rows: the tabular schema's min_rows is 20
+    return pd.DataFrame({"a": column, "label": [0, 1] * (len(column) // 2)})
+
+
+@pytest.mark.parametrize(("declared", "values", "offending"), MISMATCHES)
+def test_the_flows_gx_suite_refuses_what_register_refuses(tmp_path, declared, values, offending):
+    outcome = validate_heldout(_table(values), _schema_for(tmp_path, declared))
+    assert not outcome.success
+    assert any("'a'" in f for f in outcome.failures), outcome.failures
 
 
 @pytest.mark.parametrize(
@@ -242,9 +259,10 @@ def test_a_declared_dtype_the_values_do_not_fit_is_named_with_a_value(declared, 
         ("float32", [0.5, -3.25, 1e30]),
     ],
 )
-def test_a_truthful_declaration_passes_at_register_and_in_the_gx_suite(declared, values):
-    frame = pd.DataFrame({"a": values})
-    assert dtype_mismatches(frame, {"a": declared}) == {}
+def test_a_truthful_declaration_passes_at_register_and_in_the_gx_suite(tmp_path, declared, values):
+    assert dtype_mismatches(pd.DataFrame({"a": values}), {"a": declared}) == {}
+    outcome = validate_heldout(_table(values), _schema_for(tmp_path, declared))
+    assert outcome.success, outcome.failures
 
 
 def test_a_truthful_declaration_passes_the_gx_suite_and_the_export_promotes_it(cancer_logistic, tmp_path):
