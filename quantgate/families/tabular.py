@@ -164,8 +164,8 @@ SKLEARN_STATE_CLASSES = frozenset(
         "sklearn.tree._tree.Tree",
     }
 )
-# Left out on purpose: HistGradientBoosting's TreePredictor (skops: raw node indices, no bounds check, and
-# it converts to tree ops no backend quantizes anyway).
+# Left out on purpose: HistGradientBoosting's TreePredictor (skops: raw node indices that predict() follows
+# unchecked); such a model needs --allow-pickle, and would end nothing-to-quantize like any tree ensemble.
 
 
 def is_trusted_sklearn_type(name: str) -> bool:
@@ -240,8 +240,8 @@ def _trees(obj: Any, width: int | None = None, seen: set[int] | None = None) -> 
 def check_tree_nodes(model: Any) -> None:
     """Refuse a tree whose node arrays predict() would follow out of bounds. scikit-learn indexes them
     without checks (skops leaves Tree untrusted for this reason, skops.io.exceptions.UNTRUSTED_TYPE_REASONS):
-    a node count beyond the stored nodes, a child that is not a later node (out of range, or a loop), a
-    feature index beyond the columns the model is given."""
+    no nodes at all, a child that is not a later node (out of range, or a loop), a feature index beyond
+    the columns the model is given. Allowed with --allow-pickle: the user vouches for the file."""
     for number, (tree, width) in enumerate(_trees(model)):
         where = f"{SKOPS}: tree {number}"
         # The node arrays below are views of node_count nodes (scikit-learn clamps it to the stored ones).
