@@ -39,6 +39,9 @@ class HeldoutSchema(BaseModel):
     # Columns that name a subgroup of rows (STS-B's genre): each gets its own drop and interval, and the
     # max-slice-drop gate. Not part of a row's identity (the calibration split hashes `columns` only).
     slice_columns: list[str] = Field(default_factory=list)
+    # Columns whose values must lie in [min, max]: a tabular feature declared int8 holds -128..127, one
+    # declared bool 0..1 (a lying features.json would otherwise be promoted with the data).
+    value_ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
 
 
 class ValidationOutcome(BaseModel):
@@ -288,6 +291,8 @@ def _expectations(schema: HeldoutSchema, present: set[str] | frozenset[str] = fr
                     column=column, min_value=schema.score_min, max_value=schema.score_max
                 )
             )
+    for column, (low, high) in schema.value_ranges.items():
+        out.append(exp.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high))
     if len(schema.unique_columns) == 1:
         out.append(
             exp.ExpectColumnValuesToBeUnique(

@@ -36,8 +36,11 @@ def export(
     atol: float,
     allow_pickle: bool,
 ) -> ExportResult:
-    """Cached by the model's source checksum: a re-run skips the export (a verified cache entry only)."""
-    key = f"{task_type.name}-{source_checksum[:32]}-opset{OPSET}-atol{atol:g}"
+    """Cached by the model's source checksum: a re-run skips the export (a verified cache entry only).
+    An export made with allow_pickle has its own entry: a run without it never reuses what was loaded on
+    the word of another run's user (a tabular export keeps a loadable copy of the model)."""
+    vouched = "-allow-pickle" if allow_pickle else ""
+    key = f"{task_type.name}-{source_checksum[:32]}-opset{OPSET}-atol{atol:g}{vouched}"
     result, hit = cached_export(
         cache_dir,
         key,

@@ -3,8 +3,14 @@
 Recognised by a `model.skops` file (skops' safe format) beside a `features.json` naming the feature
 columns and their dtypes (`{"features": [{"name": "mean radius", "dtype": "float64"}, ...]}`). A joblib
 or pickle file is refused unless `--allow-pickle`: loading one runs whatever code it holds; so is a skops
-file holding types skops does not trust by default. Converted with skl2onnx (probabilities as a plain
-tensor, no ZipMap). Held-out: CSV or Parquet with the feature columns and `label`.
+file holding a type that is neither trusted by skops by default nor one of scikit-learn's estimator or
+state classes (`trusted_skops_types`: a function re-exported by a scikit-learn module is not). Converted
+with skl2onnx (probabilities as a plain tensor, no ZipMap). Held-out: CSV or Parquet with the feature
+columns and `label`.
+
+The declared dtypes are checked against the held-out values (`dtype_mismatches`, at register, and by the
+GX suite `heldout_schema` builds in the flow): a whole-number dtype needs integer values within its range,
+bool 0/1. The promoted `preprocessor/features.json` is that declared, verified file.
 
 Parity is measured against the original scikit-learn model's `predict_proba` (the write-ups'
 parity_report.json, `--abs-tol 0.04 --mean-tol 0.01`), not only against the ONNX FP32 export; the
@@ -46,6 +52,9 @@ PICKLES = ("model.joblib", "model.pkl", "model.pickle")
 FEATURES = "features.json"
 LABEL = "label"
 SOURCE_DIR = "sklearn"  # the export's copy of the scikit-learn model: parity's reference, never promoted
+# Beside that copy when the export loaded the model with --allow-pickle: the reference then loads the copy
+# the same way (an export made with it is cached apart, tasks/candidate.py, so no other run sees this).
+VOUCHED = "allow-pickle"
 INPUT = "features"
 NUMERIC = {"float64", "float32", "int64", "int32", "int16", "int8", "uint8", "bool"}
 
@@ -63,6 +72,53 @@ LIMITS: tuple[Limit, ...] = (
         help="tabular: max mean |candidate - scikit-learn predict_proba| (the write-ups' --mean-tol)",
     ),
 )
+
+
+def dtype_range(dtype: str) -> tuple[float, float] | None:
+    """The values a declared dtype can hold: bool 0..1, an integer type its own range, float32 its finite
+    range (a larger value becomes inf on the way into the ONNX model); float64 anything finite."""
+    if dtype == "bool":
+        return (0, 1)
+    if dtype.startswith(("int", "uint")):
+        info = np.iinfo(dtype)
+        return (int(info.min), int(info.max))
+    if dtype == "float32":
+        top = float(np.finfo(np.float32).max)
+        return (-top, top)
+    return None
+
+
+def is_whole_dtype(dtype: str) -> bool:
+    """Declared as whole numbers: the held-out column must be read as integers (or True/False), the way
+    the GX suite's `integer` kind checks it in the flow."""
+    return dtype == "bool" or dtype.startswith(("int", "uint"))
+
+
+def dtype_mismatches(frame: pd.DataFrame, features: dict[str, str]) -> dict[str, tuple[str, Any]]:
+    """{column: (declared dtype, an offending value)} for each numeric feature column whose values are not
+    what features.json declares: fractional or decimal-written numbers in a whole-number column, a value
+    outside the dtype's range (17.99 in a bool column, 300 in an int8 one)."""
+    bad: dict[str, tuple[str, Any]] = {}
+    for column, dtype in features.items():
+        values = frame[column]
+        if not pd.api.types.is_numeric_dtype(values):
+            continue  # named by the non-numeric check
+        if is_whole_dtype(dtype) and not (
+            pd.api.types.is_integer_dtype(values) or pd.api.types.is_bool_dtype(values)
+        ):
+            fractional = values[values.notna() & (values != values.round())]
+            sample = fractional if len(fractional) else values.dropna()
+            if len(sample):  # an all-empty column is named by the empty-cell check
+                bad[column] = (dtype, sample.iloc[0].item())
+            continue
+        bounds = dtype_range(dtype)
+        if bounds is None:
+            continue
+        numbers = values.astype("float64") if pd.api.types.is_bool_dtype(values) else values
+        outside = values[(numbers < bounds[0]) | (numbers > bounds[1])]
+        if len(outside):
+            bad[column] = (dtype, outside.iloc[0].item())
+    return bad
 
 
 def read_features(model_dir: Path) -> dict[str, str]:
@@ -95,25 +151,139 @@ def read_features(model_dir: Path) -> dict[str, str]:
     return features
 
 
+# scikit-learn's own state classes that real classifiers hold and skops does not trust by default, each
+# found by dumping the models benchmarks/train.py and the tests build and reading get_untrusted_types().
+# Exact names of classes, never a prefix: a scikit-learn module also re-exports plain functions
+# (`sklearn.datasets._lfw.remove` is os.remove, `sklearn.utils._testing.check_output` is subprocess's), and
+# skops rebuilds a reduce node by calling `getattr(import_module(module), name)(*args)` (issue #20).
+SKLEARN_STATE_CLASSES = frozenset(
+    {
+        "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",  # MLP*, solver="adam"
+        "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",  # MLP*, solver="sgd"
+        # Trees, forests, gradient boosting. skops leaves it out because a crafted file can hold node
+        # indices that predict() follows unchecked; quantgate checks them after loading (check_tree_nodes).
+        "sklearn.tree._tree.Tree",
+    }
+)
+# Left out on purpose: HistGradientBoosting's TreePredictor (skops: raw node indices that predict() follows
+# unchecked); such a model needs --allow-pickle, and would end nothing-to-quantize like any tree ensemble.
+
+
+def is_trusted_sklearn_type(name: str) -> bool:
+    """Whether a type a skops file lists (beyond skops' defaults) may be built without --allow-pickle: one
+    of SKLEARN_STATE_CLASSES, or a class (never a function) that subclasses scikit-learn's BaseEstimator
+    (private estimators such as a one-vs-rest's `_ConstantPredictor`)."""
+    if name in SKLEARN_STATE_CLASSES:
+        return True
+    module, _, attr = name.rpartition(".")
+    parts = module.split(".")
+    # Importing one of scikit-learn's own modules to look at the name runs only scikit-learn's code; its
+    # bundled tests and conftest are not part of the library a model needs.
+    if parts[0] != "sklearn" or not attr or any(p in {"tests", "conftest"} for p in parts):
+        return False
+    import importlib
+    import inspect
+
+    from sklearn.base import BaseEstimator
+
+    try:
+        found = getattr(importlib.import_module(module), attr)
+    except Exception:  # noqa: BLE001 - no such module or name: not a class we know
+        return False
+    return inspect.isclass(found) and issubclass(found, BaseEstimator)
+
+
+def trusted_skops_types(skops_file: Path, allow_pickle: bool) -> list[str]:
+    """The types to pass to skops.io.load: what the file lists beyond skops' defaults, once each is known
+    to be a scikit-learn class (or allow_pickle says the user trusts the source). Refuses the file
+    otherwise, naming the types: building them would call them."""
+    import skops.io as sio
+
+    listed = sorted(sio.get_untrusted_types(file=skops_file))
+    refused = [t for t in listed if not is_trusted_sklearn_type(t)]
+    if refused and not allow_pickle:
+        raise InvalidModelError(
+            f"{skops_file.name} holds types quantgate does not trust: {refused} (a function, or a class that "
+            "is not a scikit-learn estimator or known state class; loading the file would call it). Save the "
+            "model with scikit-learn's own classes only, or pass --allow-pickle only if you trust its source"
+        )
+    return listed
+
+
+def _trees(obj: Any, width: int | None = None, seen: set[int] | None = None) -> list[tuple[Any, int | None]]:
+    """Every sklearn.tree._tree.Tree inside a loaded model, each with the narrowest `n_features_in_` of
+    the estimators above it (the width of the X its predict() is given, whatever the tree says)."""
+    from sklearn.base import BaseEstimator
+    from sklearn.tree._tree import Tree
+
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, Tree):
+        return [(obj, width)]
+    if isinstance(obj, BaseEstimator):
+        declared = vars(obj).get("n_features_in_")
+        if isinstance(declared, int | np.integer):
+            width = int(declared) if width is None else min(width, int(declared))
+        children: Any = list(vars(obj).values())
+    elif isinstance(obj, dict):
+        children = list(obj.values())
+    elif isinstance(obj, list | tuple):
+        children = obj
+    elif isinstance(obj, np.ndarray) and obj.dtype == object:
+        children = obj.ravel().tolist()
+    else:
+        return []
+    return [t for child in children for t in _trees(child, width, seen)]
+
+
+def check_tree_nodes(model: Any) -> None:
+    """Refuse a tree whose node arrays predict() would follow out of bounds. scikit-learn indexes them
+    without checks (skops leaves Tree untrusted for this reason, skops.io.exceptions.UNTRUSTED_TYPE_REASONS):
+    no nodes at all, a child that is not a later node (out of range, or a loop), a feature index beyond
+    the columns the model is given. Allowed with --allow-pickle: the user vouches for the file."""
+    for number, (tree, width) in enumerate(_trees(model)):
+        where = f"{SKOPS}: tree {number}"
+        # The node arrays below are views of node_count nodes (scikit-learn clamps it to the stored ones).
+        if not 1 <= tree.node_count <= tree.capacity:
+            raise InvalidModelError(
+                f"{where} claims {tree.node_count} nodes and stores {tree.capacity}: the file is corrupt or "
+                "crafted; save the model again with skops.io.dump"
+            )
+        left, right, feature = tree.children_left, tree.children_right, tree.feature
+        index = np.arange(tree.node_count)
+        leaf = left == -1
+        columns = tree.n_features if width is None else min(width, tree.n_features)
+        problems = {
+            "a leaf with one child": leaf != (right == -1),
+            "a child that is not a later node": ~leaf & ((left <= index) | (right <= index)),
+            "a child beyond the last node": ~leaf & ((left >= tree.node_count) | (right >= tree.node_count)),
+            f"a feature index outside 0..{columns - 1}": ~leaf & ((feature < 0) | (feature >= columns)),
+        }
+        for problem, nodes in problems.items():
+            if nodes.any():
+                raise InvalidModelError(
+                    f"{where} has {problem} (node {int(np.flatnonzero(nodes)[0])}): scikit-learn would read "
+                    "outside the model's memory at predict time; save the model again with skops.io.dump, or "
+                    "pass --allow-pickle only if you trust its source"
+                )
+
+
 def load_sklearn(model_dir: Path, allow_pickle: bool) -> Any:
-    """The estimator, loaded safely: skops with its default trusted types only (others refused by name),
-    a pickle only with allow_pickle."""
+    """The estimator, loaded safely: skops with its default trusted types plus scikit-learn's estimator
+    and state classes (`trusted_skops_types`; anything else refused by name), a pickle only with
+    allow_pickle."""
     skops_file = model_dir / SKOPS
     if skops_file.is_file():
         import skops.io as sio
 
         try:
-            listed = sio.get_untrusted_types(file=skops_file)
-            # skops' default list leaves out some of scikit-learn's own state classes (MLP's
-            # AdamOptimizer): scikit-learn's types are trusted like the library itself; anything else
-            # (a custom class, a builtin function) is named and refused.
-            untrusted = [t for t in listed if not t.startswith("sklearn.")]
-            if untrusted and not allow_pickle:
-                raise InvalidModelError(
-                    f"{SKOPS} holds types skops does not trust by default: {untrusted}. Loading them can run "
-                    "their code: pass --allow-pickle only if you trust its source"
-                )
-            return sio.load(skops_file, trusted=listed or None)
+            trusted = trusted_skops_types(skops_file, allow_pickle)
+            model = sio.load(skops_file, trusted=trusted or None)
+            if not allow_pickle:
+                check_tree_nodes(model)
+            return model
         except InvalidModelError:
             raise
         except Exception as exc:  # noqa: BLE001 - skops raises anything on a corrupt file
@@ -213,11 +383,9 @@ class Tabular(clf.ProbabilityClassifier):
 
     def heldout_schema(self, model_dir: Path) -> HeldoutSchema:
         features = read_features(model_dir)
-        kinds = {
-            name: ("integer" if dtype.startswith(("int", "uint")) else "number")
-            for name, dtype in features.items()
-        }
-        return self.schema.model_copy(update={"columns": {**kinds, LABEL: "label"}})
+        kinds = {name: ("integer" if is_whole_dtype(dtype) else "number") for name, dtype in features.items()}
+        ranges = {name: r for name, dtype in features.items() if (r := dtype_range(dtype)) is not None}
+        return self.schema.model_copy(update={"columns": {**kinds, LABEL: "label"}, "value_ranges": ranges})
 
     def reads(self, heldout: Path) -> bool:
         return True  # no other task type recognises the same models
@@ -273,6 +441,17 @@ class Tabular(clf.ProbabilityClassifier):
                 "and register a new version",
                 [f"infinite values in {huge}"],
             )
+        lying = dtype_mismatches(frame, features)
+        if lying:
+            shown = "; ".join(f"{c!r} declared {d} holds {v!r}" for c, (d, v) in list(lying.items())[:5])
+            more = f" (and {len(lying) - 5} more)" if len(lying) > 5 else ""
+            raise HeldoutValidationError(
+                f"held-out feature columns {sorted(lying)} do not hold what {FEATURES} declares: {shown}"
+                f"{more}. A whole-number dtype (int*, uint*, bool) needs integers written without a decimal "
+                f"point, within its range. Declare the dtype the model was trained on (e.g. float64 for "
+                f"decimals) in {FEATURES}, or fix the values, and register a new version",
+                [f"{c}: declared {d}, holds {v!r}" for c, (d, v) in lying.items()],
+            )
         unknown = sorted({str(v) for v in frame[LABEL].dropna()} - set(classes))
         if unknown:
             raise HeldoutValidationError(
@@ -293,6 +472,9 @@ class Tabular(clf.ProbabilityClassifier):
         from skl2onnx.common.data_types import FloatTensorType
 
         info = self.check_model(model_dir, allow_pickle)
+        # features.json is promoted as the artifact's input schema (preprocessor/features.json): the data
+        # must match it first (also checked at register and by the GX suite, heldout_schema).
+        self._check_frame(heldout, info["features"], info["classes"])
         features = list(info["features"])
         model = load_sklearn(model_dir, allow_pickle)
         final = model.steps[-1][1] if hasattr(model, "steps") else model
@@ -326,6 +508,8 @@ class Tabular(clf.ProbabilityClassifier):
         source = out_dir / SOURCE_DIR
         source.mkdir(exist_ok=True)
         sio.dump(model, source / SKOPS)
+        if allow_pickle:
+            (source / VOUCHED).write_text("loaded with --allow-pickle: the user trusts this model's source\n")
         return ExportResult(
             onnx_path=path,
             tokenizer_files=sorted(assets.iterdir()),
@@ -360,12 +544,16 @@ class Tabular(clf.ProbabilityClassifier):
 
     def reference(self, fp32: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> Reference:
         """ONNX FP32's reference, plus scikit-learn's own probabilities: parity is judged against them."""
-        import skops.io as sio
-
         start = time.perf_counter()
         reference = super().reference(fp32, assets, heldout, threads)
-        source = fp32.path.parent / SOURCE_DIR / SKOPS  # the export's own copy, already accepted
-        sklearn = sio.load(source, trusted=sio.get_untrusted_types(file=source) or None)
+        # The export's own copy: checked again like the registered file, with the run's own --allow-pickle
+        # (a cache entry is a file on disk, and trusting whatever it lists would let a changed copy name
+        # any function).
+        source = fp32.path.parent / SOURCE_DIR
+        try:
+            sklearn = load_sklearn(source, allow_pickle=(source / VOUCHED).is_file())
+        except InvalidModelError as exc:
+            raise InvalidModelError(f"the export's copy of the scikit-learn model: {exc}") from None
         features, _ = self._meta(assets)
         return reference.model_copy(
             update={

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from benchmarks.train import sst2_sample, train_sequence_classifier, write_tsv
 from quantgate.cli import EXIT_ERROR, EXIT_REJECTED, app
+from tests.hostile_skops import PAYLOADS, inject, scene, untouched
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 runner = CliRunner()
@@ -295,3 +296,70 @@ def test_minilm_with_a_retrieval_set_is_judged_on_recall_at_10_and_the_top_10_it
     failed = [r["gate"]["name"] for r in plain["gates"]["results"] if not r["passed"]]
     assert "top-10 overlap" in failed  # per-tensor INT8 reorders the neighbours a vector index returns
     assert report["metrics"]["task_metric_fp32"] >= 0.9  # Recall@10 of MiniLM on STS-B paraphrases
+
+
+# --- issue #20: hostile model.skops files and lying features.json ------------------------------------------
+
+
+def _hostile_table(model, tmp_path, build):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(model, folder)
+    scratch = scene(tmp_path / "scratch")
+    inject(folder / "model.skops", build(scratch))
+    return folder, scratch
+
+
+@pytest.mark.parametrize(("case", "typename", "build"), PAYLOADS, ids=[p[0] for p in PAYLOADS])
+def test_a_skops_file_that_calls_a_function_is_refused_at_register_by_name_and_nothing_runs(
+    store, tables, tmp_path, case, typename, build
+):
+    folder, scratch = _hostile_table(tables["mlp"][0], tmp_path, build)
+    result = _cli("register", "evil", "v1", "--model-dir", str(folder), "--heldout", str(tables["mlp"][1]))
+    assert result.exit_code == EXIT_ERROR, (case, result.output)
+    shown = " ".join(result.output.split())
+    assert typename in shown, result.output
+    assert "--allow-pickle only if you trust its source" in shown
+    assert "Traceback" not in result.output
+    assert untouched(scratch), sorted(p.name for p in scratch.iterdir())
+    assert not list(store.list(""))
+
+
+def test_a_skops_file_vouched_for_at_register_is_still_refused_by_a_run_without_allow_pickle(
+    store, tables, tmp_path
+):
+    """The worker that loads the model decides again: a registration made with --allow-pickle does not
+    make the flow build a function from a sklearn module (the run fails in export, nothing is promoted)."""
+    from quantgate import lifecycle
+    from quantgate.errors import InvalidModelError
+    from quantgate.registry import ModelRef
+    from tests.integration.test_bad_input import _assert_run_fails_cleanly
+
+    _, typename, build = next(p for p in PAYLOADS if p[0] == "subprocess-check-output")
+    folder, scratch = _hostile_table(tables["mlp"][0], tmp_path, build)
+    ref = ModelRef(name="vouched", version="v1")
+    lifecycle.register(store, ref, folder, tables["mlp"][1], "tabular", allow_pickle=True)
+    (scratch / "marker").unlink()  # it ran at register: the user said they trust the file
+    _assert_run_fails_cleanly(store, ref, InvalidModelError, typename.replace(".", r"\."))
+    assert untouched(scratch), sorted(p.name for p in scratch.iterdir())
+
+
+def test_thirty_float_columns_declared_bool_are_refused_at_register_naming_a_value(store, tables, tmp_path):
+    import shutil
+
+    model, heldout = tables["mlp"]
+    folder = tmp_path / "model"
+    shutil.copytree(model, folder)
+    declared = json.loads((folder / "features.json").read_text())
+    assert len(declared["features"]) == 30
+    for feature in declared["features"]:
+        feature["dtype"] = "bool"
+    (folder / "features.json").write_text(json.dumps(declared))
+    result = _cli("register", "liar", "v1", "--model-dir", str(folder), "--heldout", str(heldout))
+    assert result.exit_code == EXIT_ERROR, result.output
+    shown = " ".join(result.output.split())
+    assert "do not hold what features.json declares: 'mean radius' declared bool holds" in shown, shown
+    assert "(and 25 more)" in shown
+    assert "Declare the dtype the model was trained on" in shown
+    assert not list(store.list(""))
