@@ -51,6 +51,35 @@ def test_an_nncf_int8_candidate_is_an_openvino_ir_with_its_settings_and_matches_
     assert cosine.min() > 0.9
 
 
+def test_shape_buckets_are_a_serving_setting_of_the_artifact_with_the_same_outputs(exported, tmp_path):
+    """Static shapes per bucket (issue #21): stored beside the IR, applied by every session (load_runtime
+    included), and a padded request gives the dynamic model's outputs."""
+    from quantgate.backends.openvino import OvRecipe
+
+    result, heldout = exported
+    task = get_task_type("sentence-embedding")
+    calibration = task.calibration_feeds(result.assets_dir, heldout.head(32))
+    recipe = get_recipe("ov-nncf-int8-transformer-buckets")
+    q = build_candidate(recipe, result.onnx_path, tmp_path / "buckets", calibration=calibration)
+    assert json.loads(q.path.with_suffix(".ov.json").read_text()) == {
+        "precision_hint": "f32", "shape_buckets": [16, 32, 64, 128],
+    }  # fmt: skip
+    plain = recipe.model_copy(update={"shape_buckets": None, "name": "plain"})
+    p = build_candidate(plain, result.onnx_path, tmp_path / "plain", calibration=calibration)
+    tokenizer = AutoTokenizer.from_pretrained(result.assets_dir)
+    bucketed = open_session(Servable(q.path, "openvino"), 1)
+    dynamic = open_session(Servable(p.path, "openvino"), 1)
+    assert type(bucketed).__name__ == "_BucketedSession"
+    for text in ["a", "a short one", "a longer sentence about something " * 6]:
+        feeds = tokenize(tokenizer, [text], 256)
+        (got,) = bucketed.run(["sentence_embedding"], feeds)
+        (want,) = dynamic.run(["sentence_embedding"], feeds)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=2e-3)
+    with pytest.raises(ValueError, match="distinct increasing token counts"):
+        OvRecipe(name="x", shape_buckets=[64, 16])
+
+
 def _job(exported, tmp_path) -> ScoreJob:
     result, heldout = exported
     task = get_task_type("sentence-embedding")
