@@ -378,7 +378,11 @@ class Tabular(clf.ProbabilityClassifier):
         }
 
     def check_heldout(self, model_dir: Path, heldout: pd.DataFrame) -> None:
-        classes = self.check_model(model_dir, allow_pickle=True)["classes"]
+        # Register checked the model with the registrant's own --allow-pickle just before: a skops file is
+        # loaded again under the same trust rules (never vouched for here); a pickle is only ever here when
+        # that check allowed it.
+        allow_pickle = not (model_dir / SKOPS).is_file()
+        classes = self.check_model(model_dir, allow_pickle=allow_pickle)["classes"]
         self._check_frame(heldout, read_features(model_dir), classes)
 
     def heldout_schema(self, model_dir: Path) -> HeldoutSchema:
