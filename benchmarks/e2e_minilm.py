@@ -167,22 +167,31 @@ def run_second_version(store: object, args: argparse.Namespace) -> dict[str, obj
 
 
 def print_tables(report: dict[str, object]) -> list[dict[str, object]]:
-    from quantgate.report import candidate_rows
+    from quantgate.bench import BenchReport
+    from quantgate.report import candidate_rows, length_rows, shape_comparison_line
     from quantgate.search import SearchResult
 
     m = report["metrics"]
-    s, cpu = report["benchmark"]["settings"], report["benchmark"]["cpu"]
-    print(
-        f"\nlatency: batch {s['batch']}, seq {s['seq_len']}, {s['threads']} thread(s), {s['repeat_runs']} "
-        f"interleaved runs; CPU {cpu['model']} flags {cpu['flags']}"
-    )
+    cpu = report["benchmark"]["cpu"]
+    print(f"\nlatency: {BenchReport.model_validate(report['benchmark']).describe()}; CPU {cpu['model']} "
+          f"flags {cpu['flags']}")  # fmt: skip
     print(f"{'engine':<40}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'items/s':>9}{'MB':>8}{'load s':>8}")
     for r in report["benchmark"]["results"]:
         print(
             f"{r['engine']:<40}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}"
             f"{r['throughput_per_s']:>9.1f}{r['size_mb']:>8.1f}{r['load_s']:>8.2f}"
         )
-    table = candidate_rows(SearchResult.model_validate(report["search"]), report["task"])
+    search = SearchResult.model_validate(report["search"])
+    by_length = length_rows(search.benchmarks["candidates"])
+    if by_length:
+        print("\np50 ms per request by input length (every candidate, one round):")
+        print("  ".join(f"{k:>12}" for k in by_length[0]))
+        for row in by_length:
+            print("  ".join(f"{'-' if v is None else v!s:>12}" for v in row.values()))
+    line = shape_comparison_line(search)
+    if line:
+        print("\n" + line)
+    table = candidate_rows(search, report["task"])
     print(f"\n{'candidate':<44}{'MB':>6}{'p50 ms':>8}{'drop pt':>8}{'cosine':>8}{'nn':>7}  result")
     for r in table:
         drop = "" if r["task_metric_drop"] is None else f"{100 * r['task_metric_drop']:.2f}"
@@ -301,6 +310,7 @@ def main() -> int:  # noqa: PLR0915 - the benchmark reads top to bottom, one ste
                 "benchmark": report["benchmark"],
                 "metrics": m,
                 "chosen": chosen,
+                "fixed_shape": report["search"].get("fixed_shape"),
                 "candidates": table,
                 "sweep": rows,
                 "second_version": second,
