@@ -211,3 +211,17 @@ def test_benchmark_settings_are_bounded(settings, words):
     with pytest.raises(ValidationError, match=words):
         BenchSettings(**settings)
     BenchSettings(batch=8, seq_len=256, repeat_runs=1000)  # a generous but sane benchmark is fine
+
+
+def test_the_fixed_shape_comparison_names_the_winner_it_would_have_picked():
+    """The decision is taken on the serving profile; the report says when b1/s128 would pick another
+    passing candidate (issue #21: OpenVINO won by 4 % there and lost 1.9x at real lengths)."""
+    from quantgate.search import compare_fixed_shape
+
+    passing = [c for c in _judged({"ort": (0.995, 5.0), "ov": (0.995, 6.0)}) if c.passed]
+    assert {c.name for c in passing} == {"ort", "ov"}
+    fixed = _bench({"ort": 12.6, "ov": 12.1})
+    other = compare_fixed_shape(passing, "ort", fixed, "b1-s128")
+    assert (other.winner, other.chosen_ms, other.winner_ms, other.differs) == ("ov", 12.6, 12.1, True)
+    same = compare_fixed_shape(passing, "ort", _bench({"ort": 12.0, "ov": 12.1}), "b1-s128")
+    assert (same.winner, same.differs) == ("ort", False)
