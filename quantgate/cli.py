@@ -208,8 +208,13 @@ def run(
             "objective) or a text file of sample inputs; default: the registration's, else 'heldout'"
         ),
     ] = None,
-    batch: Annotated[int, typer.Option(help="the fixed shape's batch size (profile b1-s128)")] = 1,
-    seq_len: Annotated[int, typer.Option(help="the fixed shape's sequence length (profile b1-s128)")] = 128,
+    batch: Annotated[
+        int | None, typer.Option(help="a fixed shape's batch size (implies the fixed profile; default 1)")
+    ] = None,
+    seq_len: Annotated[
+        int | None,
+        typer.Option(help="a fixed shape's tokens per input (implies the fixed profile; default 128)"),
+    ] = None,
     threads: Annotated[int, typer.Option(help="benchmark threads")] = 1,
     repeats: Annotated[int, typer.Option(help="benchmark timed runs per engine")] = 100,
     allow_pickle: Annotated[bool, typer.Option(help="allow loading a pickle checkpoint")] = False,
@@ -228,8 +233,14 @@ def run(
             items += load_recipe_file(recipe_file)
         recipes = resolve_recipes(items) if items else None  # None: the task type's default search
         serving = load_profile(profile) if profile else None
+        if serving is None and (batch is not None or seq_len is not None):
+            serving = load_profile("b1-s128")  # a shape given alone: time that shape
         bench = BenchSettings(
-            batch=batch, seq_len=seq_len, threads=threads, repeat_runs=repeats, profile=serving
+            batch=1 if batch is None else batch,
+            seq_len=128 if seq_len is None else seq_len,
+            threads=threads,
+            repeat_runs=repeats,
+            profile=serving,
         )
         budget = SearchBudget(
             max_candidates=max_candidates,
