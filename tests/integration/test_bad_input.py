@@ -136,6 +136,13 @@ REGISTER_ARG_CASES = [
     ("unknown-task-type", ["tiny", "v1", "--task", "image-generation"], "unknown task type"),
     ("heldout-missing", ["tiny", "v1", "--heldout-override", "/nonexistent.tsv"], "does not exist"),
     ("heldout-not-utf8", ["tiny", "v1", "--heldout-override", "LATIN1"], "not UTF-8"),
+    # serving profiles (issue #21): lengths the model cannot take, an empty list, a zero batch
+    ("profile-past-max", ["tiny", "v1", "--profile", 'JSON:{"lengths": [16, 600]}'],
+     "has lengths up to 600 tokens, past the model's maximum of 512"),
+    ("profile-empty", ["tiny", "v1", "--profile", 'JSON:{"lengths": []}'],
+     "lengths: List should have at least 1"),
+    ("profile-zero-batch", ["tiny", "v1", "--profile", 'JSON:{"batch_sizes": [0]}'],
+     "batch sizes must be 1..64, got [0]"),
 ]
 
 
@@ -153,6 +160,11 @@ def test_bad_registration_arguments_are_refused(
             latin = tmp_path / "latin1.tsv"
             latin.write_bytes("g\tf\t2012\t3.0\tcaf\u00e9 au lait\tun caf\u00e9\n".encode("latin-1") * 20)
             heldout = str(latin)
+    for i, arg in enumerate(args):
+        if arg.startswith("JSON:"):
+            declared = tmp_path / "profile.json"
+            declared.write_text(arg.removeprefix("JSON:"))
+            args = [*args[:i], str(declared), *args[i + 1 :]]
     before = snapshot(store)
     result = runner.invoke(app, ["register", *args, "--model-dir", str(tiny_model_dir), "--heldout", heldout])
     assert result.exit_code == EXIT_ERROR, (case, result.output)
@@ -288,6 +300,7 @@ RUN_ARG_CASES = [
     ("nan-threshold", ["--mean-tol", "nan"], "bad threshold"),
     # rich read the pattern's brackets as markup and printed '^{0,79}$' (#20)
     ("bad-recipe-name", ["--recipe-file", "BAD_NAME_FILE"], "pattern '^[a-z0-9][a-z0-9._+-]{0,79}$'"),
+    ("unknown-profile", ["--profile", "b1-s999"], "neither a named profile (heldout, b1-s128) nor a file"),
 ]
 
 

@@ -300,3 +300,35 @@ def test_search_budget_limits_candidates_and_time(store, tiny_model_dir, small_s
         state.result()
     assert snapshot(store, "promoted/") == before
     assert lifecycle.decision_of(store, none) is None
+
+
+def test_the_profile_declared_at_register_is_what_the_run_times_and_the_manifest_records(
+    store, tiny_model_dir, small_sts
+):
+    """Issue #21: speed is judged on the traffic the model will serve. A registration's declared profile
+    (batch sizes, lengths) decides; the default draws from the held-out set; the manifest and the report
+    say which profile it was, and how far the fixed shape would have agreed."""
+    from quantgate.bench import ServingProfile
+
+    declared = ServingProfile(name="team", source="lengths", lengths=[8, 24], batch_sizes=[2], requests=6)
+    ref = ModelRef(name="tiny", version="p1")
+    lifecycle.register(store, ref, tiny_model_dir, small_sts, "sentence-embedding", profile=declared)
+    assert lifecycle.load_registration(store, ref).profile == declared
+    state = _run(ref, thresholds=TINY_GATES)
+    assert state.name == "Promoted", state.message
+    manifest = Manifest.model_validate_json(store.get_bytes(manifest_key(ref)))
+    profile = manifest.benchmark["settings"]["profile"]
+    assert (profile["name"], profile["lengths"], profile["objective"]) == ("team", [8, 24], "latency")
+    assert manifest.benchmark["requests"]["batch_sizes"] == [2]
+    assert manifest.benchmark["requests"]["length_max"] == 24
+    report = json.loads(lifecycle.read_promoted_file(store, ref, "report.json"))
+    assert report["search"]["fixed_shape"]["shape"] == "b1-s128"
+    assert set(report["search"]["benchmarks"]) == {"candidates", "fixed-shape"}
+
+    # Without a declaration: requests drawn from the held-out set, at its own lengths (not 128).
+    plain = _register(store, "tiny", "p2", tiny_model_dir, small_sts)
+    state = _run(plain, thresholds=TINY_GATES)
+    assert state.name == "Promoted", state.message
+    bench = Manifest.model_validate_json(store.get_bytes(manifest_key(plain))).benchmark
+    assert bench["settings"]["profile"]["name"] == "heldout"
+    assert bench["requests"]["length_max"] < 128
