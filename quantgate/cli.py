@@ -51,6 +51,14 @@ def _store() -> Any:
     return open_store(Settings())
 
 
+def _trusted() -> Any:
+    """The public keys this consumer trusts (QUANTGATE_TRUSTED_KEYS); none: signatures are not checked."""
+    from quantgate.settings import Settings
+    from quantgate.signing import trusted_keys
+
+    return trusted_keys(Settings())
+
+
 def _ref(model: str, version: str) -> ModelRef:
     try:
         return ModelRef(name=model, version=version)
@@ -218,8 +226,11 @@ def run(
         )
         # An unreachable endpoint, bad keys, a missing bucket or version: say so before Prefect starts.
         from quantgate import lifecycle
+        from quantgate.settings import Settings
+        from quantgate.signing import promotion_signer
 
         lifecycle.load_registration(_store(), ref)
+        promotion_signer(Settings())  # a missing or unreadable signing key: say so before the run
     except ValidationError as exc:
         err = exc.errors()[0]
         flag = f"--{str(err['loc'][0]).replace('_', '-')} " if err["loc"] else ""
@@ -405,7 +416,7 @@ def rollback(
     try:
         check_name(model)
         settings = Settings()
-        event = lifecycle.rollback(_store(), model, to, settings.actor)
+        event = lifecycle.rollback(_store(), model, to, settings.actor, _trusted())
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
     console.print(
@@ -422,6 +433,7 @@ def list_versions(model: Annotated[str | None, typer.Argument(help="only this mo
     try:
         store = _store()
         store.require_bucket()
+        trusted = _trusted()
         refs = lifecycle.list_registered(store, model)
         table = Table(title=f"registered versions in s3://{store.bucket}")
         for col in ("model", "version", "decision", "files", "current"):
@@ -442,7 +454,7 @@ def list_versions(model: Annotated[str | None, typer.Argument(help="only this mo
             health = ""
             if decision == "promoted":
                 try:
-                    check = lifecycle.verify_promotion(store, ref)
+                    check = lifecycle.verify_promotion(store, ref, trusted=trusted)
                     health = "ok" if check.ok else f"[red]BROKEN ({len(check.problems)} problem(s))[/]"
                 except QuantgateError as exc:
                     health = f"[red]BROKEN ({type(exc).__name__})[/]"
@@ -471,7 +483,7 @@ def verify(
                 store.require_bucket()
                 raise _fail(f"model {model!r} has no current promoted version: name a VERSION")
             version = pointer.version
-        result = lifecycle.verify_promotion(store, _ref(model, version), deep=deep)
+        result = lifecycle.verify_promotion(store, _ref(model, version), deep=deep, trusted=_trusted())
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
     table = Table(title=f"{model}@{version}: manifest sha256 {result.manifest_sha256[:16]}…")
@@ -481,10 +493,11 @@ def verify(
         style = "green" if check.status == "ok" else "red"
         table.add_row(check.path, f"[{style}]{check.status}[/]", check.detail)
     console.print(table)
+    console.print(f"{model}@{version}: {result.signature.line()}")
     if not result.ok:
         raise _fail(f"{model}@{version} fails verification: {result.summary()}")
     how = "bytes hashed" if deep else "stored checksums"
-    console.print(f"{model}@{version}: every file verified ({how})")
+    console.print(f"{model}@{version}: every file verified ({how}); {result.signature.line()}")
 
 
 @app.command()
@@ -501,13 +514,76 @@ def pull(
         check_name(model)
         if version is not None:
             _ref(model, version)
-        manifest, paths = lifecycle.pull_promotion(_store(), model, version, to)
+        manifest, paths = lifecycle.pull_promotion(_store(), model, version, to, _trusted())
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
     total = sum(p.stat().st_size for p in paths) / 1e6
     console.print(
         f"pulled {model}@{manifest.version} (recipe {manifest.recipe.get('name')}) into {to}: "
         f"{len(paths)} files, {total:.1f} MB, every sha256 verified"
+    )
+
+
+keys_app = typer.Typer(
+    no_args_is_help=True,
+    help="Signing keys: the promoter signs every promotion; consumers trust its public keys.",
+)
+app.add_typer(keys_app, name="keys")
+
+
+def _key_dir(key_dir: Path | None) -> Path:
+    from quantgate.settings import Settings
+
+    if key_dir is not None:
+        return key_dir
+    configured = Settings().signing_key
+    if configured is None:
+        raise _fail("name the key folder with --dir, or set QUANTGATE_SIGNING_KEY to its signing-key.pem")
+    return configured.parent
+
+
+def _print_key_env(pair: Any) -> None:
+    console.print(f"private key (promoter only, mode 600): {pair.private}")
+    console.print(f"public key {pair.key_id[:16]}: {pair.public}")
+    console.print(
+        f"promoter:  export QUANTGATE_SIGNING_KEY={pair.private}\n"
+        f"consumers: export QUANTGATE_TRUSTED_KEYS={pair.public.parent}   (copy that folder, not the key)"
+    )
+
+
+@keys_app.command("create")
+def keys_create(
+    out: Annotated[Path, typer.Option("--out", help="folder for signing-key.pem and public/")],
+) -> None:
+    """Make a signing key: DIR/signing-key.pem (private) and DIR/public/<key-id>.pub.pem."""
+    from quantgate.signing import create_keys
+
+    try:
+        pair = create_keys(out)
+    except QuantgateError as exc:
+        raise _fail(str(exc)) from None
+    _print_key_env(pair)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_dir: Annotated[
+        Path | None, typer.Option("--dir", help="the key folder (default: QUANTGATE_SIGNING_KEY's)")
+    ] = None,
+) -> None:
+    """Replace the signing key; the old public key stays in DIR/public/, so promotions it signed keep
+    verifying until you delete it (do so when the old key leaked)."""
+    from quantgate.signing import rotate_keys
+
+    folder = _key_dir(key_dir)
+    try:
+        pair, old = rotate_keys(folder)
+    except QuantgateError as exc:
+        raise _fail(str(exc)) from None
+    _print_key_env(pair)
+    console.print(
+        f"old key {old[:16]} stays trusted through {pair.public.parent}/{old[:16]}.pub.pem: delete that "
+        "file to refuse the promotions it signed"
     )
 
 
