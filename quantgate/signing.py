@@ -388,9 +388,9 @@ def check_promotion(
 
 
 SIGNATURE_FIX = (
-    "the promotion was not signed by a trusted key or was changed after signing: promote the version again "
-    "with QUANTGATE_SIGNING_KEY set, roll back to a version that verifies, or add the promoter's public key "
-    "to QUANTGATE_TRUSTED_KEYS if it is missing there"
+    "no trusted key vouches for these files: roll back to a version that verifies (`quantgate verify MODEL "
+    "VERSION` shows its signature), or run the model again as a new version with QUANTGATE_SIGNING_KEY set; "
+    "if the promoter's key is missing from QUANTGATE_TRUSTED_KEYS, add its public key there"
 )
 
 
