@@ -559,12 +559,20 @@ def _audited(store: Store, ref: ModelRef, digest: str) -> bool:
     )
 
 
-def finish_promotion(store: Store, ref: ModelRef, actor: str) -> bool:
+def finish_promotion(store: Store, ref: ModelRef, actor: str, trusted: TrustedKeys = NO_TRUST) -> bool:
     """Idempotent tail of a promotion, run by the promoting run and by anyone who finds it unfinished
     (a re-run, the sweep): removes objects a quantgate run left under promoted/<m>/<v>/ that the manifest
     does not list, moves current.json to this version unless a later promotion or rollback already moved
-    it, and records the audit event. True when it had something to finish."""
+    it, and records the audit event. True when it had something to finish. With trusted keys, a manifest
+    whose signature does not verify (one written by someone with bucket access only) is not finished."""
     manifest, digest = _manifest_with_digest(store, ref)
+    if trusted.enforced and not _audited(store, ref, digest):
+        signature = _check_signature(store, ref, manifest, trusted)
+        if signature.status == "invalid":
+            raise IntegrityError(
+                f"refusing to finish the promotion of {ref} (pointer and audit event): {signature.line()}; "
+                f"{SIGNATURE_FIX}"
+            )
     _remove_leftovers(store, ref, manifest)
     if _audited(store, ref, digest):
         return False

@@ -137,7 +137,7 @@ def finish_promotion(ref: ModelRef, settings: Settings) -> dict[str, Any] | None
     """Completes a promotion a killed or failed run left between its manifest and its audit event; the
     promoted run's report when it did (so the flow can announce it), None when there was nothing to do."""
     store = open_store(settings)
-    if not lifecycle.finish_promotion(store, ref, settings.actor):
+    if not lifecycle.finish_promotion(store, ref, settings.actor, trusted_keys(settings)):
         return None
     get_run_logger().warning("%s: finished an interrupted promotion (pointer and audit log)", ref)
     return lifecycle.load_decision_report(store, ref)

@@ -222,3 +222,22 @@ def test_a_rewritten_manifest_field_or_a_stripped_signature_is_refused(tmp_path)
     stripped = [f for f in manifest.files if not f.path.endswith(SIGNATURE_NAME)]
     rewrite_commit(store, V1, manifest.model_copy(update={"files": stripped}))
     assert_refused_everywhere(store, V1, tmp_path, trusted, "unsigned")
+
+
+def test_a_manifest_forged_for_an_undecided_version_is_not_finished_by_the_sweep(tmp_path):
+    """Someone with bucket access writes a manifest for a version nobody promoted: with trusted keys, the
+    sweep (finish_promotion) does not move the pointer to it."""
+    signer, trusted = keys(tmp_path, "k")
+    attacker, _ = keys(tmp_path, "attacker")
+    store = MemoryStore()
+    promote(store, V1, tmp_path, signer)
+    forged = MemoryStore()
+    promote(forged, V2, tmp_path, attacker)
+    for key in forged.snapshot():
+        if key.startswith("promoted/m/v2/"):
+            store.put_bytes(key, forged.get_bytes(key))
+    refused = r"refusing to finish the promotion of m@v2 \(pointer and audit event\): signature INVALID"
+    with pytest.raises(IntegrityError, match=refused):
+        lifecycle.finish_promotion(store, V2, "sweep", trusted)
+    assert lifecycle.current(store, "m").version == "v1"
+    assert lifecycle.finish_promotion(store, V2, "sweep")  # without keys: today's behaviour
