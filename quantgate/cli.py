@@ -493,7 +493,6 @@ def verify(
         style = "green" if check.status == "ok" else "red"
         table.add_row(check.path, f"[{style}]{check.status}[/]", check.detail)
     console.print(table)
-    console.print(f"{model}@{version}: {result.signature.line()}")
     if not result.ok:
         raise _fail(f"{model}@{version} fails verification: {result.summary()}")
     how = "bytes hashed" if deep else "stored checksums"

@@ -400,7 +400,8 @@ def check_folder(folder: Path, manifest: Manifest, trusted: TrustedKeys) -> Sign
     for entry in manifest.files:
         path = folder / entry.path.split("/", 1)[-1]  # pulled files lose their run prefix
         try:
-            actual = hashlib.sha256(path.read_bytes()).hexdigest()
+            with path.open("rb") as fh:
+                actual = hashlib.file_digest(fh, "sha256").hexdigest()
         except OSError:
             actual = "missing"
         if actual != entry.sha256:
