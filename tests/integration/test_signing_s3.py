@@ -89,3 +89,17 @@ def test_the_cli_says_unsigned_verified_or_refused_with_the_way_out(s3_env, stor
     broken = runner.invoke(app, ["verify", "m"])
     assert broken.exit_code == 2
     assert "m@v2 fails verification: signature INVALID: model.int8.onnx: manifest.json says" in _said(broken)
+
+
+def test_run_refuses_to_start_when_its_promotion_would_be_refused(
+    s3_env, store, tmp_path, monkeypatch, tiny_model_dir, small_sts
+):
+    """Trusted keys configured where the run starts, but no signing key: a clear error before the flow."""
+    lifecycle.register(store, V1, tiny_model_dir, small_sts, "sentence-embedding")
+    pair = create_keys(tmp_path / "k")
+    monkeypatch.setenv("QUANTGATE_TRUSTED_KEYS", str(pair.public.parent))
+    result = CliRunner().invoke(app, ["run", "m", "v1"])
+    assert result.exit_code == 2, result.output
+    assert "QUANTGATE_SIGNING_KEY is not: consumers would refuse an unsigned promotion" in _said(result)
+    assert lifecycle.decision_of(store, V1) is None
+    assert not list(store.list("runs/"))  # the flow never started
