@@ -542,12 +542,16 @@ def _key_dir(key_dir: Path | None) -> Path:
 
 
 def _print_key_env(pair: Any) -> None:
-    console.print(f"private key (promoter only, mode 600): {pair.private}")
-    console.print(f"public key {pair.key_id[:16]}: {pair.public}")
-    console.print(
-        f"promoter:  export QUANTGATE_SIGNING_KEY={pair.private}\n"
-        f"consumers: export QUANTGATE_TRUSTED_KEYS={pair.public.parent}   (copy that folder, not the key)"
-    )
+    lines = [
+        f"private key (promoter only, mode 600): {pair.private}",
+        f"public key {pair.key_id[:16]}: {pair.public}",
+        "# the promoter:",
+        f"export QUANTGATE_SIGNING_KEY={pair.private}",
+        "# consumers (give them a copy of the public/ folder, never the private key):",
+        f"export QUANTGATE_TRUSTED_KEYS={pair.public.parent}",
+    ]
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False)
 
 
 @keys_app.command("create")
@@ -570,8 +574,7 @@ def keys_rotate(
         Path | None, typer.Option("--dir", help="the key folder (default: QUANTGATE_SIGNING_KEY's)")
     ] = None,
 ) -> None:
-    """Replace the signing key; the old public key stays in DIR/public/, so promotions it signed keep
-    verifying until you delete it (do so when the old key leaked)."""
+    """Replace the signing key; the old public key stays in DIR/public/ (delete it to retire the key)."""
     from quantgate.signing import rotate_keys
 
     folder = _key_dir(key_dir)
@@ -581,8 +584,10 @@ def keys_rotate(
         raise _fail(str(exc)) from None
     _print_key_env(pair)
     console.print(
-        f"old key {old[:16]} stays trusted through {pair.public.parent}/{old[:16]}.pub.pem: delete that "
-        "file to refuse the promotions it signed"
+        f"old key {old[:16]} stays trusted through {pair.public.parent}/{old[:16]}.pub.pem, so the "
+        "promotions it signed keep verifying: delete that file (and its copies) when the old key leaked",
+        soft_wrap=True,
+        highlight=False,
     )
 
 
