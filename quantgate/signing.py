@@ -29,6 +29,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 PRIVATE_KEY_NAME = "signing-key.pem"
 PUBLIC_DIR = "public"
 PUBLIC_SUFFIX = ".pub.pem"
+_KEY_ID = re.compile(r"^[0-9a-f]{64}$")  # a bundle's key hint is attacker-controlled text until verified
 
 
 # --- keys ----------------------------------------------------------------------------------------------
@@ -299,10 +301,12 @@ def _verify_bundle(bundle: bytes, trusted: TrustedKeys) -> tuple[str, dict[str, 
         payload = json.loads(base64.b64decode(parsed["dsseEnvelope"]["payload"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise IntegrityError(f"{SIGNATURE_NAME} is not a model-signing bundle ({exc})"[:300]) from None
+    if not isinstance(hint, str) or not _KEY_ID.fullmatch(hint):
+        raise IntegrityError(f"{SIGNATURE_NAME} names no key id (a sha256 hex public-key hint)")
     path = trusted.keys.get(hint)
     if path is None:
         raise IntegrityError(
-            f"signed by key {str(hint)[:16]}, which is not among the trusted keys "
+            f"signed by key {hint[:16]}, which is not among the trusted keys "
             f"({', '.join(k[:16] for k in trusted.keys)})"
         )
     with tempfile.TemporaryDirectory(prefix="quantgate-verify-") as scratch:
@@ -362,7 +366,8 @@ def _unenforced(manifest: Manifest, signature: bytes | None) -> SignatureCheck:
         hint = json.loads(signature or b"{}")["verificationMaterial"]["publicKey"]["hint"]
     except (ValueError, KeyError, TypeError):
         hint = None
-    return SignatureCheck(status="unchecked", key_id=hint if isinstance(hint, str) else None)
+    valid = isinstance(hint, str) and _KEY_ID.fullmatch(hint)
+    return SignatureCheck(status="unchecked", key_id=hint if valid else None)
 
 
 def check_promotion(
