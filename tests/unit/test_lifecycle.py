@@ -207,6 +207,7 @@ def test_a_fault_at_every_write_of_a_promotion_ends_promoted_or_untouched_and_a_
     (a new run id, as the flow's) ends with one complete promotion. Signed, the signature and
     promotion.json are write positions like every other promoted file, and the result verifies."""
     signer = signer if signed else None
+    trusted = TrustedKeys({signer.key_id: signer_public(signer, tmp_path)}) if signer else TrustedKeys()
     path = _writes(tmp_path, signer)
     signature_writes = {k for k in path if k.endswith(("/model.sig", "/promotion.json"))}
     assert len(signature_writes) == (2 if signed else 0), path
@@ -231,10 +232,9 @@ def test_a_fault_at_every_write_of_a_promotion_ends_promoted_or_untouched_and_a_
             _promote(store, V1, "run-b", tmp_path, signer)
         else:
             assert decided == "promoted"
-            lifecycle.finish_promotion(store, V1, "sweep")
+            lifecycle.finish_promotion(store, V1, "sweep", trusted)  # the sweep checks the signature
         assert_complete(store, V1)
         if signer is not None:
-            trusted = TrustedKeys({signer.key_id: signer_public(signer, tmp_path)})
             assert lifecycle.verify_promotion(store, V1, deep=True, trusted=trusted).signature.status == (
                 "verified"
             ), f"write {position} ({path[position]})"
