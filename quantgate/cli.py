@@ -53,6 +53,14 @@ def _store() -> Any:
     return open_store(Settings())
 
 
+def _trusted() -> Any:
+    """The public keys this consumer trusts (QUANTGATE_TRUSTED_KEYS); none: signatures are not checked."""
+    from quantgate.settings import Settings
+    from quantgate.signing import trusted_keys
+
+    return trusted_keys(Settings())
+
+
 def _ref(model: str, version: str) -> ModelRef:
     try:
         return ModelRef(name=model, version=version)
@@ -251,8 +259,11 @@ def run(
         )
         # An unreachable endpoint, bad keys, a missing bucket or version: say so before Prefect starts.
         from quantgate import lifecycle
+        from quantgate.settings import Settings
+        from quantgate.signing import promotion_signer
 
         lifecycle.load_registration(_store(), ref)
+        promotion_signer(Settings())  # a missing or unreadable signing key: say so before the run
     except ValidationError as exc:
         err = exc.errors()[0]
         flag = f"--{str(err['loc'][0]).replace('_', '-')} " if err["loc"] else ""
@@ -449,7 +460,7 @@ def rollback(
     try:
         check_name(model)
         settings = Settings()
-        event = lifecycle.rollback(_store(), model, to, settings.actor)
+        event = lifecycle.rollback(_store(), model, to, settings.actor, _trusted())
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
     console.print(
@@ -466,6 +477,7 @@ def list_versions(model: Annotated[str | None, typer.Argument(help="only this mo
     try:
         store = _store()
         store.require_bucket()
+        trusted = _trusted()
         refs = lifecycle.list_registered(store, model)
         table = Table(title=f"registered versions in s3://{store.bucket}")
         for col in ("model", "version", "decision", "files", "current"):
@@ -486,7 +498,7 @@ def list_versions(model: Annotated[str | None, typer.Argument(help="only this mo
             health = ""
             if decision == "promoted":
                 try:
-                    check = lifecycle.verify_promotion(store, ref)
+                    check = lifecycle.verify_promotion(store, ref, trusted=trusted)
                     health = "ok" if check.ok else f"[red]BROKEN ({len(check.problems)} problem(s))[/]"
                 except QuantgateError as exc:
                     health = f"[red]BROKEN ({type(exc).__name__})[/]"
@@ -515,7 +527,7 @@ def verify(
                 store.require_bucket()
                 raise _fail(f"model {model!r} has no current promoted version: name a VERSION")
             version = pointer.version
-        result = lifecycle.verify_promotion(store, _ref(model, version), deep=deep)
+        result = lifecycle.verify_promotion(store, _ref(model, version), deep=deep, trusted=_trusted())
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
     table = Table(title=f"{model}@{version}: manifest sha256 {result.manifest_sha256[:16]}…")
@@ -528,7 +540,7 @@ def verify(
     if not result.ok:
         raise _fail(f"{model}@{version} fails verification: {result.summary()}")
     how = "bytes hashed" if deep else "stored checksums"
-    console.print(f"{model}@{version}: every file verified ({how})")
+    console.print(f"{model}@{version}: every file verified ({how}); {result.signature.line()}")
 
 
 @app.command()
@@ -545,13 +557,81 @@ def pull(
         check_name(model)
         if version is not None:
             _ref(model, version)
-        manifest, paths = lifecycle.pull_promotion(_store(), model, version, to)
+        manifest, paths = lifecycle.pull_promotion(_store(), model, version, to, _trusted())
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
     total = sum(p.stat().st_size for p in paths) / 1e6
     console.print(
         f"pulled {model}@{manifest.version} (recipe {manifest.recipe.get('name')}) into {to}: "
         f"{len(paths)} files, {total:.1f} MB, every sha256 verified"
+    )
+
+
+keys_app = typer.Typer(
+    no_args_is_help=True,
+    help="Signing keys: the promoter signs every promotion; consumers trust its public keys.",
+)
+app.add_typer(keys_app, name="keys")
+
+
+def _key_dir(key_dir: Path | None) -> Path:
+    from quantgate.settings import Settings
+
+    if key_dir is not None:
+        return key_dir
+    configured = Settings().signing_key
+    if configured is None:
+        raise _fail("name the key folder with --dir, or set QUANTGATE_SIGNING_KEY to its signing-key.pem")
+    return configured.parent
+
+
+def _print_key_env(pair: Any) -> None:
+    lines = [
+        f"private key (promoter only, mode 600): {pair.private}",
+        f"public key {pair.key_id[:16]}: {pair.public}",
+        "# the promoter:",
+        f"export QUANTGATE_SIGNING_KEY={pair.private}",
+        "# consumers (give them a copy of the public/ folder, never the private key):",
+        f"export QUANTGATE_TRUSTED_KEYS={pair.public.parent}",
+    ]
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False)
+
+
+@keys_app.command("create")
+def keys_create(
+    out: Annotated[Path, typer.Option("--out", help="folder for signing-key.pem and public/")],
+) -> None:
+    """Make a signing key: DIR/signing-key.pem (private) and DIR/public/<key-id>.pub.pem."""
+    from quantgate.signing import create_keys
+
+    try:
+        pair = create_keys(out)
+    except QuantgateError as exc:
+        raise _fail(str(exc)) from None
+    _print_key_env(pair)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_dir: Annotated[
+        Path | None, typer.Option("--dir", help="the key folder (default: QUANTGATE_SIGNING_KEY's)")
+    ] = None,
+) -> None:
+    """Replace the signing key; the old public key stays in DIR/public/ (delete it to retire the key)."""
+    from quantgate.signing import rotate_keys
+
+    folder = _key_dir(key_dir)
+    try:
+        pair, old = rotate_keys(folder)
+    except QuantgateError as exc:
+        raise _fail(str(exc)) from None
+    _print_key_env(pair)
+    console.print(
+        f"old key {old[:16]} stays trusted through {pair.public.parent}/{old[:16]}.pub.pem, so the "
+        "promotions it signed keep verifying: delete that file (and its copies) when the old key leaked",
+        soft_wrap=True,
+        highlight=False,
     )
 
 

@@ -41,6 +41,8 @@ from quantgate.errors import (
 from quantgate.heldout import pack_folder
 from quantgate.registry import (
     AUDIT_NAME_RE,
+    SIGNATURE_NAME,
+    STATEMENT_NAME,
     AuditEvent,
     ExpectedMetric,
     FileEntry,
@@ -70,12 +72,23 @@ from quantgate.registry import (
     upload_prefix,
     utcnow,
 )
+from quantgate.signing import (
+    SIGNATURE_FIX,
+    SignatureCheck,
+    Signer,
+    TrustedKeys,
+    check_promotion,
+    signed_entries,
+    statement_bytes,
+    unverified_digests,
+)
 from quantgate.storage import sha256_bytes, sha256_file
 from quantgate.store import RUN_METADATA, Store
 from quantgate.tasktypes import check_profile, get_task_type
 from quantgate.workspace import require_free_space
 
 M = TypeVar("M", bound=BaseModel)
+NO_TRUST = TrustedKeys()  # signatures not checked: quantgate's behaviour before signing (README, Guarantees)
 
 
 def _json_bytes(data: Any) -> bytes:
@@ -396,14 +409,18 @@ def load_manifest(store: Store, ref: ModelRef) -> Manifest:
 
 
 def _manifest_with_digest(store: Store, ref: ModelRef) -> tuple[Manifest, str]:
+    raw = store.get_bytes(manifest_key(ref))
+    return _parse_manifest(store, ref, raw), sha256_bytes(raw)
+
+
+def _parse_manifest(store: Store, ref: ModelRef, raw: bytes) -> Manifest:
     key = manifest_key(ref)
-    raw = store.get_bytes(key)
     manifest = _parse_record(store, key, raw, Manifest, "manifest", _MANIFEST_FIX)
     if (manifest.model, manifest.version) != (ref.name, ref.version):
         raise _corrupt(
             store, key, "manifest", f"it describes {manifest.model}@{manifest.version}", _MANIFEST_FIX
         )
-    return manifest, sha256_bytes(raw)
+    return manifest
 
 
 def load_rejection(store: Store, ref: ModelRef) -> dict[str, Any]:
@@ -444,41 +461,80 @@ def read_promoted_file(store: Store, ref: ModelRef, name: str) -> bytes:
 
 
 def promote(
-    store: Store, manifest: Manifest, local_files: dict[str, Path], report: dict[str, Any], actor: str
+    store: Store,
+    manifest: Manifest,
+    local_files: dict[str, Path],
+    report: dict[str, Any],
+    actor: str,
+    signer: Signer | None = None,
 ) -> Manifest:
     """Promote one version: the guarantees (README, "Guarantees") rest on this order.
 
     1. upload every file under promoted/<m>/<v>/<run-id>/ (a prefix no other run writes), tagged with
        the run id, its sha256 checked by the server on receipt and compared again after;
-    2. write manifest.json create-only, stamped with the promotion time: the commit point. Losing that
+    2. with a `signer`: upload promotion.json (the manifest's content) and model.sig, the model-signing
+       bundle over every file of the run prefix (quantgate/signing.py), both listed in the manifest;
+    3. write manifest.json create-only, stamped with the promotion time: the commit point. Losing that
        race to another run raises ConflictError after this run's own uploads are deleted;
-    3. finish: swap promoted/<m>/current.json (never back to an older promotion), append the audit event.
+    4. finish: swap promoted/<m>/current.json (never back to an older promotion), append the audit event.
     Safe to call again after any failed write: a manifest with this run's id is this run's own commit
     (an earlier attempt's write landed), and the promotion carries on from it.
     `local_files` maps a path under the run prefix to a local file; report.json is added here."""
     ref = ModelRef(name=manifest.model, version=manifest.version)
+    reserved = {"report.json", STATEMENT_NAME, SIGNATURE_NAME} & set(local_files)
+    if reserved:
+        raise ConfigError(f"promoted file names {sorted(reserved)} are quantgate's own: rename those files")
     if store.exists(manifest_key(ref)):
         return _resume_or_refuse(store, ref, manifest.run_id, actor)
     prefix = artifact_prefix(ref, manifest.run_id)
     rel_prefix = prefix.removeprefix(promoted_prefix(ref))
-    entries = []
-    for rel, path in sorted(local_files.items()):
-        key = prefix + rel
-        digest = store.put_file(key, path, run_id=manifest.run_id)
-        stored = store.sha256_of(key)
-        if stored is not None and stored != digest:
-            raise IntegrityError(f"{key} was stored with sha256 {stored[:12]}…, expected {digest[:12]}…")
-        entries.append(FileEntry(path=rel_prefix + rel, sha256=digest, size=path.stat().st_size))
-    report_bytes = _json_bytes(report)
-    report_digest = _put_json(store, prefix + "report.json", report, run_id=manifest.run_id)
-    entries.append(FileEntry(path=rel_prefix + "report.json", sha256=report_digest, size=len(report_bytes)))
-    final = manifest.model_copy(update={"files": entries, "promoted_at": utcnow()})
+    with tempfile.TemporaryDirectory(prefix="quantgate-promote-") as scratch:
+        files = {**local_files, "report.json": Path(scratch) / "report.json"}
+        files["report.json"].write_bytes(_json_bytes(report))
+        entries = [_upload_checked(store, prefix, rel_prefix, rel, path, manifest.run_id)
+                   for rel, path in sorted(files.items())]  # fmt: skip
+        final = manifest.model_copy(update={"files": entries, "promoted_at": utcnow()})
+        if signer is not None:
+            final = _sign(store, final, files, Path(scratch), signer)
     try:
         _put_json(store, manifest_key(ref), final, create_only=True, run_id=manifest.run_id)
     except ConflictError:
         return _resume_or_refuse(store, ref, manifest.run_id, actor)
     finish_promotion(store, ref, actor)
     return final
+
+
+def _upload_checked(
+    store: Store, prefix: str, rel_prefix: str, rel: str, path: Path, run_id: str
+) -> FileEntry:
+    key = prefix + rel
+    digest = store.put_file(key, path, run_id=run_id)
+    stored = store.sha256_of(key)
+    if stored is not None and stored != digest:
+        raise IntegrityError(f"{key} was stored with sha256 {stored[:12]}…, expected {digest[:12]}…")
+    return FileEntry(path=rel_prefix + rel, sha256=digest, size=path.stat().st_size)
+
+
+def _sign(store: Store, final: Manifest, files: dict[str, Path], scratch: Path, signer: Signer) -> Manifest:
+    """Upload promotion.json (the manifest's content) and model.sig (signed over every file of the run,
+    promotion.json included); the manifest that lists both is written after them."""
+    ref = ModelRef(name=final.model, version=final.version)
+    prefix = artifact_prefix(ref, final.run_id)
+    rel_prefix = prefix.removeprefix(promoted_prefix(ref))
+    statement = scratch / STATEMENT_NAME
+    statement.write_bytes(statement_bytes(final))
+    statement_entry = _upload_checked(store, prefix, rel_prefix, STATEMENT_NAME, statement, final.run_id)
+    signed = {**files, STATEMENT_NAME: statement}
+    bundle = scratch / SIGNATURE_NAME
+    bundle.write_bytes(signer.sign(signed, f"{ref.name}@{ref.version}"))
+    listed = {e.path.removeprefix(rel_prefix): e.sha256 for e in [*final.files, statement_entry]}
+    if unverified_digests(bundle.read_bytes()) != listed:  # a local file changed after its upload
+        raise IntegrityError(
+            f"{ref}: the signature does not cover the files as uploaded (a local file changed meanwhile): "
+            "run the version again"
+        )
+    bundle_entry = _upload_checked(store, prefix, rel_prefix, SIGNATURE_NAME, bundle, final.run_id)
+    return final.model_copy(update={"files": [*final.files, statement_entry, bundle_entry]})
 
 
 def _resume_or_refuse(store: Store, ref: ModelRef, run_id: str, actor: str) -> Manifest:
@@ -507,12 +563,20 @@ def _audited(store: Store, ref: ModelRef, digest: str) -> bool:
     )
 
 
-def finish_promotion(store: Store, ref: ModelRef, actor: str) -> bool:
+def finish_promotion(store: Store, ref: ModelRef, actor: str, trusted: TrustedKeys = NO_TRUST) -> bool:
     """Idempotent tail of a promotion, run by the promoting run and by anyone who finds it unfinished
     (a re-run, the sweep): removes objects a quantgate run left under promoted/<m>/<v>/ that the manifest
     does not list, moves current.json to this version unless a later promotion or rollback already moved
-    it, and records the audit event. True when it had something to finish."""
+    it, and records the audit event. True when it had something to finish. With trusted keys, a manifest
+    whose signature does not verify (one written by someone with bucket access only) is not finished."""
     manifest, digest = _manifest_with_digest(store, ref)
+    if trusted.enforced and not _audited(store, ref, digest):
+        signature = _check_signature(store, ref, manifest, trusted)
+        if signature.status == "invalid":
+            raise IntegrityError(
+                f"refusing to finish the promotion of {ref} (pointer and audit event): {signature.line()}; "
+                f"{SIGNATURE_FIX}"
+            )
     _remove_leftovers(store, ref, manifest)
     if _audited(store, ref, digest):
         return False
@@ -685,6 +749,7 @@ class Verification(BaseModel):
     manifest_sha256: str
     files: list[FileCheck]
     problems: list[str]
+    signature: SignatureCheck = SignatureCheck(status="unsigned")
 
     @property
     def ok(self) -> bool:
@@ -696,14 +761,27 @@ class Verification(BaseModel):
         )
 
 
-def verify_promotion(store: Store, ref: ModelRef, deep: bool = False) -> Verification:
+def verify_promotion(
+    store: Store, ref: ModelRef, deep: bool = False, trusted: TrustedKeys = NO_TRUST
+) -> Verification:
     """Check a promotion in place: the manifest parses and matches the digest its audit event (and the
     pointer, when it names this version) recorded; every file it lists exists with its size and sha256
-    (the checksum the server stored at upload, or the bytes themselves with `deep`)."""
+    (the checksum the server stored at upload, or the bytes themselves with `deep`); and, with trusted
+    keys, its signature verifies and covers exactly the manifest's files and content."""
+    return _verify(store, ref, deep, trusted)[0]
+
+
+def _verify(
+    store: Store, ref: ModelRef, deep: bool, trusted: TrustedKeys
+) -> tuple[Verification, Manifest, bytes]:
+    """The verification, and the manifest (parsed and raw) it was made on: callers act on these bytes,
+    never on a second read an attacker could swap in between."""
     if not store.exists(manifest_key(ref)):
         store.require_bucket()
         raise NotFoundError(f"{ref} was never promoted: `quantgate list {ref.name}` shows promoted versions")
-    manifest, digest = _manifest_with_digest(store, ref)
+    raw = store.get_bytes(manifest_key(ref))
+    manifest = _parse_manifest(store, ref, raw)
+    digest = sha256_bytes(raw)
     problems: list[str] = []
     recorded = {e.manifest_sha256 for e in audit_log(store, ref.name) if e.version == ref.version}
     if recorded and digest not in recorded:
@@ -742,19 +820,51 @@ def verify_promotion(store: Store, ref: ModelRef, deep: bool = False) -> Verific
             continue
         checks.append(FileCheck(path=entry.path, status="ok"))
     problems += [f"{c.path}: {c.status} ({c.detail})" for c in checks if c.status != "ok"]
-    return Verification(
-        model=ref.name, version=ref.version, manifest_sha256=digest, files=checks, problems=problems
+    signature = _check_signature(store, ref, manifest, trusted)
+    if signature.status == "invalid":
+        problems.insert(0, signature.line())
+    verification = Verification(
+        model=ref.name,
+        version=ref.version,
+        manifest_sha256=digest,
+        files=checks,
+        problems=problems,
+        signature=signature,
     )
+    return verification, manifest, raw
 
 
-def _require_verified(store: Store, ref: ModelRef, action: str) -> Manifest:
-    verification = verify_promotion(store, ref)
+def _check_signature(store: Store, ref: ModelRef, manifest: Manifest, trusted: TrustedKeys) -> SignatureCheck:
+    """The promotion's signature against the trusted keys; model.sig and promotion.json are read here
+    (small), the other files' bytes are checked against the manifest by the caller."""
+    _, statement, signature = signed_entries(manifest)
+
+    def read(entry: FileEntry | None) -> bytes | None:
+        if entry is None:
+            return None
+        try:
+            return store.get_bytes(promoted_key(ref, entry.path))
+        except NotFoundError:
+            return None
+
+    return check_promotion(manifest, read(signature), read(statement), trusted)
+
+
+def _require_verified(
+    store: Store, ref: ModelRef, action: str, trusted: TrustedKeys, deep: bool = False
+) -> tuple[Manifest, bytes]:
+    verification, manifest, raw = _verify(store, ref, deep, trusted)
+    if verification.signature.status == "invalid":
+        raise IntegrityError(
+            f"refusing to {action} {ref}: {verification.signature.line()}; {SIGNATURE_FIX}; "
+            f"`quantgate verify {ref.name} {ref.version}` shows every file"
+        )
     if not verification.ok:
         raise IntegrityError(
             f"refusing to {action} {ref}: its promotion fails verification ({verification.summary()}); "
             f"`quantgate verify {ref.name} {ref.version}` shows every file; choose another version"
         )
-    return load_manifest(store, ref)
+    return manifest, raw
 
 
 def local_name(entry: FileEntry) -> str:
@@ -762,10 +872,13 @@ def local_name(entry: FileEntry) -> str:
     return entry.path.split("/", 1)[1] if "/" in entry.path else entry.path
 
 
-def pull_promotion(store: Store, model: str, version: str | None, dest: Path) -> tuple[Manifest, list[Path]]:
+def pull_promotion(
+    store: Store, model: str, version: str | None, dest: Path, trusted: TrustedKeys = NO_TRUST
+) -> tuple[Manifest, list[Path]]:
     """Download a promotion (default: the one current.json names) into `dest`, every file checked against
-    the manifest's sha256 after download. Files land in a hidden folder beside `dest` and are moved into
-    place only when all of them verified: a tampered or half-written promotion leaves `dest` untouched."""
+    the manifest's sha256 after download, and the manifest against the signature with `trusted` keys.
+    Files land in a hidden folder beside `dest` and are moved into place only when all of them verified:
+    a tampered, unsigned (when keys are trusted) or half-written promotion leaves `dest` untouched."""
     expected_digest = None
     if version is None:
         pointer = current(store, model)
@@ -776,8 +889,7 @@ def pull_promotion(store: Store, model: str, version: str | None, dest: Path) ->
     ref = ModelRef(name=model, version=version)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ConfigError(f"{dest} exists and is not an empty folder: pull into a new or empty folder")
-    manifest = _require_verified(store, ref, "pull")
-    raw = store.get_bytes(manifest_key(ref))
+    manifest, raw = _require_verified(store, ref, "pull", trusted)
     if expected_digest is not None and sha256_bytes(raw) != expected_digest:
         raise IntegrityError(
             f"{ref}: manifest.json does not match the sha256 current.json names: it changed after promotion"
@@ -814,13 +926,15 @@ class Champion:
         return Servable(self.model_path, self.runtime)
 
 
-def pull_champion(store: Store, model: str, task: str, dest: Path) -> Champion | None:
+def pull_champion(
+    store: Store, model: str, task: str, dest: Path, trusted: TrustedKeys = NO_TRUST
+) -> Champion | None:
     """The model's current promoted version, every file verified (None for a first version, or when
     the current one is of another task type)."""
     pointer = current(store, model)
     if pointer is None:
         return None
-    manifest, _ = pull_promotion(store, model, pointer.version, dest)
+    manifest, _ = pull_promotion(store, model, pointer.version, dest, trusted)
     if manifest.task != task:
         return None
     from quantgate.serving import servable_in
@@ -841,10 +955,13 @@ def pull_champion(store: Store, model: str, task: str, dest: Path) -> Champion |
 # --- rollback and reject ------------------------------------------------------------------------------
 
 
-def rollback(store: Store, model: str, to_version: str | None, actor: str) -> AuditEvent:
+def rollback(
+    store: Store, model: str, to_version: str | None, actor: str, trusted: TrustedKeys = NO_TRUST
+) -> AuditEvent:
     """Point current.json back at an earlier promoted version (default: the one promoted before the
-    current one), after verifying every file of its manifest. One compare-and-swap against the pointer as
-    read: if it moved meanwhile, nothing changes and the operator is told. Only the pointer moves."""
+    current one), after verifying every file of its manifest (and, with trusted keys, its signature and
+    every file's bytes). One compare-and-swap against the pointer as read: if it moved meanwhile, nothing
+    changes and the operator is told. Only the pointer moves."""
     found = _load_pointer(store, model)
     if found is None:
         store.require_bucket()
@@ -866,8 +983,9 @@ def rollback(store: Store, model: str, to_version: str | None, actor: str) -> Au
         raise NotFoundError(f"{ref} was never promoted: `quantgate list {model}` shows promoted versions")
     if ref.version == pointer.version:
         raise ConflictError(f"{ref} is already the current version")
-    manifest = _require_verified(store, ref, "roll back to")
-    _, digest = _manifest_with_digest(store, ref)
+    # With trusted keys the bytes are hashed too: a stored checksum is only as good as the bucket.
+    manifest, raw = _require_verified(store, ref, "roll back to", trusted, deep=trusted.enforced)
+    digest = sha256_bytes(raw)
     new = Pointer(
         model=model,
         version=ref.version,

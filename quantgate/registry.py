@@ -6,6 +6,7 @@ Layout inside one bucket (every key carries the model name and version):
     registered/<model>/<version>/uploads/<upload-id>/heldout/<f> the held-out set
     registered/<model>/<version>/registration.json    written last, create-only: task, upload id, sha256s
     promoted/<model>/<version>/<run-id>/...           INT8 model, tokenizer, reports (immutable, per run)
+    promoted/<model>/<version>/<run-id>/model.sig     model-signing bundle over the run's files (signing.py)
     promoted/<model>/<version>/manifest.json          create-only: the commit point of a version
     promoted/<model>/current.json                     the pointer serving reads; compare-and-swap, last
     audit/<model>/<time>-<id>-<action>-<version>.json one create-only object per promotion or rollback
@@ -38,6 +39,10 @@ _VERSION_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._+-]{0,62}[A-Za-z0-9])?$")
 
 REGISTRATION_SCHEMA = "quantgate.registration/v1"
 MANIFEST_SCHEMA = "quantgate.manifest/v1"
+# A signed promotion's two extra files under its run prefix (quantgate/signing.py): the manifest's content
+# as signed, and the model-signing bundle over every file of the run (promotion.json included).
+STATEMENT_NAME = "promotion.json"
+SIGNATURE_NAME = "model.sig"
 
 
 def _check_segment(kind: str, value: str, pattern: re.Pattern[str], rule: str) -> str:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import getpass
 import socket
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from quantgate.workspace import user_cache_root
 
@@ -51,6 +52,24 @@ class Settings(BaseSettings):
         description="how long a promotion waits for its model's Prefect concurrency slot before going on "
         "without it (a run killed while holding it keeps it until its 60 s lease expires)",
     )
+    signing_key: Path | None = Field(
+        default=None,
+        description="the promoter's private key (`quantgate keys create`): every promotion is signed "
+        "with it; its bytes are read when signing, never logged",
+    )
+    trusted_keys: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="public keys (files, or folders of *.pub.pem; comma-separated) whose signatures "
+        "consumers accept: once set, pull, verify, rollback and load_runtime refuse any promotion they do "
+        "not verify, unsigned ones included",
+    )
+
+    @field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Path(p.strip()) for p in value.split(",") if p.strip()]
+        return value
 
 
 class HeldoutLimits(BaseSettings):

@@ -16,6 +16,7 @@ from quantgate import lifecycle
 from quantgate.errors import ConflictError, IntegrityError, NotFoundError
 from quantgate.registry import Manifest, ModelRef, Outcome
 from quantgate.settings import Settings
+from quantgate.signing import promotion_signer, trusted_keys
 from quantgate.storage import open_store
 from tasks._common import STORAGE_TASK
 
@@ -48,7 +49,7 @@ def pull_champion(ref: ModelRef, task: str, settings: Settings, dest: Path) -> l
     shutil.rmtree(dest, ignore_errors=True)  # a retry starts from an empty folder
     logger = get_run_logger()
     try:
-        champion = lifecycle.pull_champion(open_store(settings), ref.name, task, dest)
+        champion = lifecycle.pull_champion(open_store(settings), ref.name, task, dest, trusted_keys(settings))
     except (IntegrityError, NotFoundError) as exc:
         # A damaged serving version is `quantgate verify`'s finding to act on; it must not block its fix.
         logger.warning("the serving version of %s cannot be used as a champion: %s", ref.name, exc)
@@ -115,15 +116,18 @@ def promote(
                     manifest.model,
                     settings.promotion_lock_timeout_s,
                 )
-            final = lifecycle.promote(open_store(settings), manifest, files, report, settings.actor)
+            final = lifecycle.promote(
+                open_store(settings), manifest, files, report, settings.actor, promotion_signer(settings)
+            )
     except ConflictError as exc:
         get_run_logger().warning("%s", exc)
         return str(exc)
     logger.info(
-        "promoted %s@%s: %d files, manifest then current.json written last",
+        "promoted %s@%s: %d files, %s, manifest then current.json written last",
         final.model,
         final.version,
         len(final.files),
+        "signed" if any(f.path.endswith("/model.sig") for f in final.files) else "unsigned",
     )
     return None
 
@@ -133,7 +137,7 @@ def finish_promotion(ref: ModelRef, settings: Settings) -> dict[str, Any] | None
     """Completes a promotion a killed or failed run left between its manifest and its audit event; the
     promoted run's report when it did (so the flow can announce it), None when there was nothing to do."""
     store = open_store(settings)
-    if not lifecycle.finish_promotion(store, ref, settings.actor):
+    if not lifecycle.finish_promotion(store, ref, settings.actor, trusted_keys(settings)):
         return None
     get_run_logger().warning("%s: finished an interrupted promotion (pointer and audit log)", ref)
     return lifecycle.load_decision_report(store, ref)

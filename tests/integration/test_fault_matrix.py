@@ -11,7 +11,9 @@ fresh bucket with an older version already serving gets the same run with a 503 
 For every position: the run ends `Promoted` with pointer, audit event and `quantgate.model.promoted`
 event all present, or it ends `Failed` and the re-run completes all three; `current.json` only ever names
 the older or the new version, never anything else, and ends on the new one; no object outside the run's
-own prefixes and the promotion's commit objects changes.
+own prefixes and the promotion's commit objects changes. Promotions are signed (QUANTGATE_SIGNING_KEY), so
+the signature and promotion.json are write positions like every other promoted file, and every promotion
+the matrix completes verifies against the trusted key.
 
 The write path is the same for every model size (one object per artifact file), so the tiny BERT stands
 in for MiniLM here; the slow suite promotes the real MiniLM through the same code. It is run for an
@@ -33,6 +35,7 @@ from quantgate.bench import BenchSettings
 from quantgate.registry import ModelRef
 from quantgate.search import SearchBudget
 from quantgate.settings import Settings
+from quantgate.signing import Signer, TrustedKeys, create_keys, load_signer, load_trusted
 from quantgate.storage import ObjectStore
 from tasks import storage as storage_tasks
 from tests.conftest import TINY_GATES
@@ -80,6 +83,17 @@ def fresh_bucket(seaweed, monkeypatch: pytest.MonkeyPatch, s3_env: Settings) -> 
         drop_bucket(seaweed, bucket)
 
 
+@pytest.fixture
+def signing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Signer, TrustedKeys]:
+    """The flow signs with QUANTGATE_SIGNING_KEY and checks its champion against QUANTGATE_TRUSTED_KEYS."""
+    pair = create_keys(tmp_path_factory.mktemp("keys") / "k")
+    monkeypatch.setenv("QUANTGATE_SIGNING_KEY", str(pair.private))
+    monkeypatch.setenv("QUANTGATE_TRUSTED_KEYS", str(pair.public.parent))
+    return load_signer(pair.private), load_trusted([pair.public.parent])
+
+
 def _promoted_events(version: str) -> list[object]:
     from prefect import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
@@ -97,10 +111,13 @@ def _promoted_events(version: str) -> list[object]:
             time.sleep(0.5)
 
 
-def _prepare(make, tmp_path, tiny_model_dir, small_sts, version: str) -> tuple[ObjectStore, ModelRef]:
-    """A bucket where `fm@old` serves and `fm@<version>` is registered."""
+def _prepare(
+    make, tmp_path, tiny_model_dir, small_sts, version: str, signer: Signer
+) -> tuple[ObjectStore, ModelRef]:
+    """A bucket where `fm@old` serves (signed) and `fm@<version>` is registered."""
     store = make()
-    lifecycle.promote(store, _manifest("fm", "old", "run-old"), _files(tmp_path, "old"), {}, actor="ci")
+    old = _manifest("fm", "old", "run-old")
+    lifecycle.promote(store, old, _files(tmp_path, "old"), {}, actor="ci", signer=signer)
     ref = ModelRef(name="fm", version=version)
     lifecycle.register(store, ref, tiny_model_dir, small_sts, "sentence-embedding")
     return store, ref
@@ -115,12 +132,16 @@ def _allowed(key: str, ref: ModelRef, run_ids: set[str]) -> bool:
     return key.startswith(own) or key in commit or key.startswith("audit/fm/")
 
 
-def _check_complete(store: ObjectStore, ref: ModelRef, before: dict[str, str], label: str) -> None:
+def _check_complete(
+    store: ObjectStore, ref: ModelRef, before: dict[str, str], label: str, trusted: TrustedKeys
+) -> None:
     pointer = lifecycle.current(store, "fm")
     assert pointer is not None
     assert pointer.version == ref.version, label
     manifest = lifecycle.load_manifest(store, ref)
-    assert lifecycle.verify_promotion(store, ref, deep=True).ok, label
+    verification = lifecycle.verify_promotion(store, ref, deep=True, trusted=trusted)
+    assert verification.ok, (label, verification.problems)
+    assert verification.signature.status == "verified", label
     promotions = [
         e for e in lifecycle.audit_log(store, "fm") if e.action == "promote" and e.version == ref.version
     ]
@@ -145,18 +166,19 @@ ENGINES = [
 @pytest.mark.usefixtures("no_retry_delay")
 @pytest.mark.parametrize("recipe", ENGINES)
 def test_a_503_at_every_storage_write_of_a_promotion(
-    recipe, fresh_bucket, monkeypatch, tmp_path, tiny_model_dir, small_sts
+    recipe, fresh_bucket, monkeypatch, tmp_path, tiny_model_dir, small_sts, signing
 ):
     if recipe.startswith("ov-"):
         pytest.importorskip("openvino")
     run = {**RUN, "recipes": [recipe]}
+    signer, trusted = signing
     # -- the path: every write of one promotion, numbered ------------------------------------------------
-    store, ref = _prepare(fresh_bucket, tmp_path, tiny_model_dir, small_sts, "path")
+    store, ref = _prepare(fresh_bucket, tmp_path, tiny_model_dir, small_sts, "path", signer)
     before = snapshot(store)
     plan = install(monkeypatch, FaultPlan())
     state = quantize_and_promote(model=ref.name, version=ref.version, **run, return_state=True)
     assert state.name == "Promoted", state.message
-    _check_complete(store, ref, before, "no fault")
+    _check_complete(store, ref, before, "no fault", trusted)
     path = list(plan.writes)
     assert any(k.endswith("/manifest.json") for _, k in path)
     assert any(k.endswith("current.json") for _, k in path)
@@ -164,13 +186,19 @@ def test_a_503_at_every_storage_write_of_a_promotion(
     assert len(path) >= 10, path
     artifact = "model.ov-int8" if recipe.startswith("ov-") else "model.int8"
     assert any(artifact in k for _, k in path), path  # this engine's files are on the path
+    signature = [i for i, (_, k) in enumerate(path) if k.endswith(("/model.sig", "/promotion.json"))]
+    manifest_at = next(i for i, (_, k) in enumerate(path) if k.endswith("/manifest.json"))
+    assert len(signature) == 2, path  # the signature's writes are walked like every other file's
+    assert max(signature) < manifest_at, path
 
     # -- a 503 at each of them in turn ------------------------------------------------------------
     outcomes: dict[str, str] = {}
     for at, (_, key) in enumerate(path):
         for mode in MODES:
             label = f"{mode} 503 at write {at} ({key.split('/', 3)[-1]})"
-            store, ref = _prepare(fresh_bucket, tmp_path, tiny_model_dir, small_sts, f"w{at}{mode[0]}")
+            store, ref = _prepare(
+                fresh_bucket, tmp_path, tiny_model_dir, small_sts, f"w{at}{mode[0]}", signer
+            )
             before = snapshot(store)
             plan = install(monkeypatch, FaultPlan(at=at, mode=mode))
             state = quantize_and_promote(model=ref.name, version=ref.version, **run, return_state=True)
@@ -184,7 +212,7 @@ def test_a_503_at_every_storage_write_of_a_promotion(
                 state = quantize_and_promote(model=ref.name, version=ref.version, **run, return_state=True)
                 assert state.name in {"Promoted", "AlreadyDecided"}, f"{label}, re-run: {state.message}"
             outcomes[label] = state.name
-            _check_complete(store, ref, before, label)
+            _check_complete(store, ref, before, label, trusted)
     assert len(outcomes) == len(MODES) * len(path)
     # Transient faults are absorbed by the storage tasks' retries; outages end Failed and are finished.
     assert all(v == "Promoted" for k, v in outcomes.items() if not k.startswith("outage")), outcomes

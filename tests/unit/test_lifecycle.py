@@ -19,6 +19,7 @@ from quantgate.errors import (
     StorageUnreachableError,
 )
 from quantgate.registry import Manifest, ModelRef, current_key, manifest_key, registration_key, rejection_key
+from quantgate.signing import TrustedKeys, create_keys, load_signer
 from quantgate.storage import sha256_bytes
 from quantgate.store import RUN_METADATA, MemoryStore
 
@@ -43,8 +44,15 @@ def _files(tmp_path: Path, tag: str) -> dict[str, Path]:
     return out
 
 
-def _promote(store, ref, run_id, tmp_path):
-    return lifecycle.promote(store, _manifest(ref, run_id), _files(tmp_path, run_id), {"run": run_id}, "t")
+def _promote(store, ref, run_id, tmp_path, signer=None):
+    files = _files(tmp_path, run_id)
+    return lifecycle.promote(store, _manifest(ref, run_id), files, {"run": run_id}, "t", signer)
+
+
+@pytest.fixture(scope="module")
+def signer(tmp_path_factory):
+    pair = create_keys(tmp_path_factory.mktemp("keys") / "k")
+    return load_signer(pair.private)
 
 
 def assert_complete(store: MemoryStore, ref: ModelRef) -> Manifest:
@@ -193,21 +201,33 @@ def test_concurrent_promotions_of_one_version_promote_exactly_once(tmp_path):
     assert_complete(store, V1)
 
 
-def _count_writes(tmp_path) -> int:
+def signer_public(signer, tmp_path: Path) -> Path:
+    path = tmp_path / "trusted.pub.pem"
+    path.write_bytes(signer.public_pem)
+    return path
+
+
+def _writes(tmp_path, signer) -> list[str]:
     store = MemoryStore()
-    _promote(store, V1, "run-a", tmp_path)
-    return len(store.writes)
+    _promote(store, V1, "run-a", tmp_path, signer)
+    return [key for _, key in store.writes]
 
 
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
 @pytest.mark.parametrize("mode", ["lost", "after"])
 def test_a_fault_at_every_write_of_a_promotion_ends_promoted_or_untouched_and_a_rerun_completes(
-    tmp_path, mode
+    tmp_path, mode, signed, signer
 ):
     """Each write in turn fails (its request lost, or applied with its answer lost). Then the store holds
     either nothing outside the run's own prefix, or a manifest that finish_promotion completes; a re-run
-    (a new run id, as the flow's) ends with one complete promotion."""
-    writes = _count_writes(tmp_path)
-    for position in range(writes):
+    (a new run id, as the flow's) ends with one complete promotion. Signed, the signature and
+    promotion.json are write positions like every other promoted file, and the result verifies."""
+    signer = signer if signed else None
+    trusted = TrustedKeys({signer.key_id: signer_public(signer, tmp_path)}) if signer else TrustedKeys()
+    path = _writes(tmp_path, signer)
+    signature_writes = {k for k in path if k.endswith(("/model.sig", "/promotion.json"))}
+    assert len(signature_writes) == (2 if signed else 0), path
+    for position in range(len(path)):
 
         def fault(op, key, position=position, seen=[0]):  # noqa: B006 - one counter per position
             seen[0] += 1
@@ -219,17 +239,21 @@ def test_a_fault_at_every_write_of_a_promotion_ends_promoted_or_untouched_and_a_
 
         store = MemoryStore(fault=fault)
         with pytest.raises(StorageError):
-            _promote(store, V1, "run-a", tmp_path)
+            _promote(store, V1, "run-a", tmp_path, signer)
         store.fault = None
         outside = {k for k in store.snapshot() if "/run-a/" not in k}
         decided = lifecycle.decision_of(store, V1)
         if decided is None:
             assert outside == set(), f"write {position}: {outside}"
-            _promote(store, V1, "run-b", tmp_path)
+            _promote(store, V1, "run-b", tmp_path, signer)
         else:
             assert decided == "promoted"
-            lifecycle.finish_promotion(store, V1, "sweep")
+            lifecycle.finish_promotion(store, V1, "sweep", trusted)  # the sweep checks the signature
         assert_complete(store, V1)
+        if signer is not None:
+            assert lifecycle.verify_promotion(store, V1, deep=True, trusted=trusted).signature.status == (
+                "verified"
+            ), f"write {position} ({path[position]})"
 
 
 def test_finishing_an_old_promotion_never_moves_the_pointer_back(tmp_path):
