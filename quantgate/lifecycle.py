@@ -195,7 +195,7 @@ def register(
         raise InvalidModelError(f"held-out file {heldout} does not exist")
     # Parsed before anything is uploaded: a file the task type cannot read (not UTF-8, not its format) or
     # that disagrees with the model (labels it lacks) is refused here.
-    task_type.check_heldout(model_dir, task_type.read_heldout(heldout))
+    task_type.check_heldout(model_dir, task_type.read_heldout(heldout), allow_pickle)
     if store.exists(registration_key(ref)):
         raise ConflictError(f"{ref} is already registered: register a new version instead")
     # Every upload goes to a prefix of its own; registration.json (create-only) decides which one counts.

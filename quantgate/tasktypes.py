@@ -251,7 +251,7 @@ class TaskType(Protocol):
 
     def check_model(self, model_dir: Path, allow_pickle: bool = False) -> dict[str, Any]: ...
 
-    def check_heldout(self, model_dir: Path, heldout: pd.DataFrame) -> None:
+    def check_heldout(self, model_dir: Path, heldout: pd.DataFrame, allow_pickle: bool = False) -> None:
         """At registration: what the held-out set must agree on with the model (its labels)."""
         ...
 
@@ -477,7 +477,7 @@ class SentenceEmbedding:
     def read_heldout(self, path: Path) -> pd.DataFrame:
         return load_sts_tsv(path)
 
-    def check_heldout(self, model_dir: Path, heldout: pd.DataFrame) -> None:
+    def check_heldout(self, model_dir: Path, heldout: pd.DataFrame, allow_pickle: bool = False) -> None:
         return None  # gold scores, no labels: the GX suite checks them
 
     def check_model(self, model_dir: Path, allow_pickle: bool = False) -> dict[str, Any]:

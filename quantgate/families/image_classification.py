@@ -292,7 +292,7 @@ class ImageClassification(clf.ProbabilityClassifier):
             raise InvalidModelError("config.json names fewer than 2 labels (id2label): set them and re-save")
         return config
 
-    def check_heldout(self, model_dir: Path, heldout: pd.DataFrame) -> None:
+    def check_heldout(self, model_dir: Path, heldout: pd.DataFrame, allow_pickle: bool = False) -> None:
         import json
 
         labels = id2label(json.loads((model_dir / "config.json").read_text()))

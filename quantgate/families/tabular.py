@@ -377,11 +377,8 @@ class Tabular(clf.ProbabilityClassifier):
             "type": type(model).__name__,
         }
 
-    def check_heldout(self, model_dir: Path, heldout: pd.DataFrame) -> None:
-        # Register checked the model with the registrant's own --allow-pickle just before: a skops file is
-        # loaded again under the same trust rules (never vouched for here); a pickle is only ever here when
-        # that check allowed it.
-        allow_pickle = not (model_dir / SKOPS).is_file()
+    def check_heldout(self, model_dir: Path, heldout: pd.DataFrame, allow_pickle: bool = False) -> None:
+        # Loaded again under the registrant's own --allow-pickle, never vouched for here.
         classes = self.check_model(model_dir, allow_pickle=allow_pickle)["classes"]
         self._check_frame(heldout, read_features(model_dir), classes)
 

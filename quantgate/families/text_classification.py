@@ -77,8 +77,8 @@ class SequenceClassification(clf.ProbabilityClassifier):
     def check_model(self, model_dir: Path, allow_pickle: bool = False) -> dict[str, Any]:
         return check_head_model(model_dir, AUTO_CLASS, allow_pickle)
 
-    def check_heldout(self, model_dir: Path, heldout: pd.DataFrame) -> None:
-        labels = id2label(self.check_model(model_dir, allow_pickle=True))
+    def check_heldout(self, model_dir: Path, heldout: pd.DataFrame, allow_pickle: bool = False) -> None:
+        labels = id2label(self.check_model(model_dir, allow_pickle=allow_pickle))
         label_ids(heldout["label"].dropna(), labels)
 
     def heldout_schema(self, model_dir: Path) -> HeldoutSchema:

@@ -158,8 +158,8 @@ class TokenClassification:
     def check_model(self, model_dir: Path, allow_pickle: bool = False) -> dict[str, Any]:
         return check_head_model(model_dir, AUTO_CLASS, allow_pickle)
 
-    def check_heldout(self, model_dir: Path, heldout: pd.DataFrame) -> None:
-        labels = id2label(check_head_model(model_dir, AUTO_CLASS, allow_pickle=True))
+    def check_heldout(self, model_dir: Path, heldout: pd.DataFrame, allow_pickle: bool = False) -> None:
+        labels = id2label(check_head_model(model_dir, AUTO_CLASS, allow_pickle=allow_pickle))
         label_ids([t for row in heldout["tags"] for t in str(row).split()], labels, what="tag")
 
     def heldout_schema(self, model_dir: Path) -> HeldoutSchema:

@@ -137,12 +137,21 @@ REGISTER_ARG_CASES = [
     ("heldout-missing", ["tiny", "v1", "--heldout-override", "/nonexistent.tsv"], "does not exist"),
     ("heldout-not-utf8", ["tiny", "v1", "--heldout-override", "LATIN1"], "not UTF-8"),
     # serving profiles (issue #21): lengths the model cannot take, an empty list, a zero batch
-    ("profile-past-max", ["tiny", "v1", "--profile", 'JSON:{"lengths": [16, 600]}'],
-     "has lengths up to 600 tokens, past the model's maximum of 512"),
-    ("profile-empty", ["tiny", "v1", "--profile", 'JSON:{"lengths": []}'],
-     "lengths: List should have at least 1"),
-    ("profile-zero-batch", ["tiny", "v1", "--profile", 'JSON:{"batch_sizes": [0]}'],
-     "batch sizes must be 1..64, got [0]"),
+    (
+        "profile-past-max",
+        ["tiny", "v1", "--profile", 'JSON:{"lengths": [16, 600]}'],
+        "has lengths up to 600 tokens, past the model's maximum of 512",
+    ),
+    (
+        "profile-empty",
+        ["tiny", "v1", "--profile", 'JSON:{"lengths": []}'],
+        "lengths: List should have at least 1",
+    ),
+    (
+        "profile-zero-batch",
+        ["tiny", "v1", "--profile", 'JSON:{"batch_sizes": [0]}'],
+        "batch sizes must be 1..64, got [0]",
+    ),
 ]
 
 

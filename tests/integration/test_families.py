@@ -136,10 +136,16 @@ def test_a_tree_ensemble_ends_not_promoted_with_nothing_to_quantize(store, table
         ("feature-empty-cell", lambda df: df.assign(**{"mean area": None}), "have empty cells"),
         ("label-never-seen", lambda df: df.assign(label=7), "labels ['7'] were never seen by the model"),
         # an inf cell was a ValueError traceback in the run (#20); 1e39 is inf once read as float32
-        ("feature-inf", lambda df: df.assign(**{"mean area": [np.inf, *df["mean area"][1:]]}),
-         "['mean area'] hold infinite values"),
-        ("feature-past-float32", lambda df: df.assign(**{"mean area": [1e39, *df["mean area"][1:]]}),
-         "in rows [0]"),
+        (
+            "feature-inf",
+            lambda df: df.assign(**{"mean area": [np.inf, *df["mean area"][1:]]}),
+            "['mean area'] hold infinite values",
+        ),
+        (
+            "feature-past-float32",
+            lambda df: df.assign(**{"mean area": [1e39, *df["mean area"][1:]]}),
+            "in rows [0]",
+        ),
     ],
 )
 def test_a_table_that_does_not_fit_the_model_is_refused_at_registration(

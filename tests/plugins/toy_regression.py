@@ -137,7 +137,7 @@ class ToyRegression:
         except (OSError, ValueError):
             return False
 
-    def check_heldout(self, model_dir: Path, heldout: pd.DataFrame) -> None:
+    def check_heldout(self, model_dir: Path, heldout: pd.DataFrame, allow_pickle: bool = False) -> None:
         return None
 
     def heldout_schema(self, model_dir: Path) -> HeldoutSchema:

@@ -48,9 +48,7 @@ def assets(tmp_path):
 
 def _sts(sentences: list[str]) -> pd.DataFrame:
     half = len(sentences) // 2
-    return pd.DataFrame(
-        {"sentence1": sentences[:half], "sentence2": sentences[half:], "score": [1.0] * half}
-    )
+    return pd.DataFrame({"sentence1": sentences[:half], "sentence2": sentences[half:], "score": [1.0] * half})
 
 
 def test_a_heldout_profile_is_deterministic_and_tokenized_as_serving_would(assets):
