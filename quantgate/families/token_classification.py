@@ -117,6 +117,13 @@ class Tagged:
         self.tags = [[labels[int(k)] for k in pred[a:b]] for a, b in itertools.pairwise(offsets)]
 
 
+def sentence_prob_diff(fp32: Tagged, candidate: Tagged) -> np.ndarray:
+    """Each sentence's largest probability change over its words and tags: the probability tail counts
+    sentences, the independent draws of a held-out set (words of one sentence move together)."""
+    moved = clf.row_prob_diff(fp32.proba, candidate.proba)
+    return np.array([moved[a:b].max(initial=0.0) for a, b in itertools.pairwise(fp32.offsets)])
+
+
 class TokenClassification:
     name = "token-classification"
     recognised_by = "config.json architectures `*ForTokenClassification`"
@@ -343,9 +350,9 @@ class TokenClassification:
         fp32_entities = [set(map(tuple, _spans(t))) for t in fp32.tags]
         cand_entities = [set(map(tuple, _spans(t))) for t in cand.tags]
         changed = sum(len(a ^ b) for a, b in zip(fp32_entities, cand_entities, strict=True))
-        moved = clf.row_prob_diff(fp32.proba, cand.proba)
-        per_sentence = np.array([moved[a:b].max(initial=0.0) for a, b in itertools.pairwise(fp32.offsets)])
-        tail, tail_intervals = clf.prob_diff_tail(per_sentence, limit_value(thresholds, "prob_diff_ceiling"))
+        tail, tail_intervals = clf.prob_diff_tail(
+            sentence_prob_diff(fp32, cand), limit_value(thresholds, "prob_diff_ceiling")
+        )
         return Evaluation(
             task_metric=self.metric.name,
             task_metric_fp32=reference.task_metric,
