@@ -346,13 +346,16 @@ def benchmark_with_torch(
 
 # The per-row cosine tail (quantgate/gates.py `tail_gate`), shared with sentence-retrieval. It replaces
 # "min cosine >= 0.90 over the sample", whose meaning changed with the sample's size: the promoted MiniLM's
-# minimum was 0.983 on the run's 2,872 texts and 0.911 on a set it never saw. The floor keeps the old
-# gate's per-row line (per-channel INT8's worst text 0.971, per-tensor's 0.872); 1 % of new texts is the
-# share a pass vouches for (381 texts, 191 STS pairs, show it with none below).
+# minimum was 0.983 on the run's 2,872 texts and 0.911 on a set it never saw. 1 % of new texts is the share
+# a pass vouches for (381 texts, 191 STS pairs, show it with none below). The floor is 0.95, not the old
+# 0.90, to keep the old gate's decisions (benchmarks/tails_minilm.py, benchmarks/results/tails_minilm.json):
+# the INT8 MiniLMs it passed have no text below 0.95 (worst 0.960-0.982), while NNCF calibrated on the
+# file's first 300 sentences, which it caught, has only 4 of 2,872 texts below 0.90 (a 1 % tail passes
+# that) but its 1 % quantile at 0.944, and per-tensor INT8 its at 0.926.
 COSINE_TAIL_LIMITS: tuple[Limit, ...] = (
     Limit(
         name="cosine_floor",
-        default=0.90,
+        default=0.95,
         ge=-1,
         le=1,
         help="a text whose INT8 embedding has a cosine to FP32 below this counts against "

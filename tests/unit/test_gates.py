@@ -22,7 +22,7 @@ GOOD = {
     "task_metric_drop_half_width": 0.002,
     "max_slice_drop": 0.006,
     "mean_cosine": 0.993,
-    # 0 of 2,872 texts below the cosine floor: at most 0.13 % of new texts are, with 95 % confidence.
+    # 0 of 2,872 texts below the cosine floor (0.95): at most 0.13 % of new texts are, with 95 % confidence.
     "share_below_cosine_floor": 0.0,
     "share_below_cosine_floor_lo": 0.0,
     "share_below_cosine_floor_hi": 0.0013,
@@ -229,24 +229,24 @@ def test_an_fp32_model_far_from_its_registered_expectation_fails_an_evidence_gat
 
 def test_the_cosine_tail_is_judged_by_its_upper_bound_not_by_the_worst_text():
     """One text at 0.85 among 2,872 (the old min-cosine gate would fail it) passes: at most 0.2 % of new
-    texts are below 0.90. 0.8 % below on 381 texts is under the 1 % limit, but its bound (1.9 %) is not."""
+    texts are below the floor. 0.8 % below on 381 texts is under the 1 % limit, its bound (1.9 %) is not."""
     from quantgate.stats import share_beyond
 
     one_outlier = np.r_[np.full(2871, 0.99), 0.85]
-    share, (lo, hi) = share_beyond(one_outlier, 0.90, below=True)
+    share, (lo, hi) = share_beyond(one_outlier, 0.95, below=True)
     metrics = {**GOOD, "min_cosine": 0.85, "share_below_cosine_floor": share}
     metrics |= {"share_below_cosine_floor_lo": lo, "share_below_cosine_floor_hi": hi}
     assert evaluate_gates(metrics, gates_for(STS, GateThresholds())).passed
 
     few = np.r_[np.full(378, 0.99), 0.85, 0.86, 0.87]
-    share, (lo, hi) = share_beyond(few, 0.90, below=True)
+    share, (lo, hi) = share_beyond(few, 0.95, below=True)
     assert share < 0.01 < hi
     metrics |= {"share_below_cosine_floor": share, "share_below_cosine_floor_lo": lo}
     metrics["share_below_cosine_floor_hi"] = hi
     (failed,) = evaluate_gates(metrics, gates_for(STS, GateThresholds())).failed
-    assert (failed.gate.name, failed.gate.per_row, failed.interval) == ("cosine tail", 0.90, (lo, hi))
+    assert (failed.gate.name, failed.gate.per_row, failed.interval) == ("cosine tail", 0.95, (lo, hi))
     assert (
-        "of rows beyond 0.9, judged by the upper bound 0.0"
+        "of rows beyond 0.95, judged by the upper bound 0.0"
         in evaluate_gates(metrics, gates_for(STS, GateThresholds())).failure_summary()
     )
 
@@ -255,12 +255,13 @@ def test_the_floor_a_person_sets_is_the_floor_the_rows_are_counted_against():
     from quantgate.tasktypes import cosine_tail
 
     cosines = np.array([0.99, 0.96, 0.94, 0.92, 0.5])
-    strict = GateThresholds(cosine_floor=0.95, max_share_below_cosine_floor=0.05)
+    assert GateThresholds().cosine_floor == 0.95
+    strict = GateThresholds(cosine_floor=0.97, max_share_below_cosine_floor=0.05)
     extra, intervals = cosine_tail(cosines, strict)
-    assert intervals["share_below_cosine_floor"][0] < 3 / 5 < intervals["share_below_cosine_floor"][1]
-    assert extra == {"share_below_cosine_floor": pytest.approx(3 / 5), "min_cosine": 0.5}
+    assert intervals["share_below_cosine_floor"][0] < 4 / 5 < intervals["share_below_cosine_floor"][1]
+    assert extra == {"share_below_cosine_floor": pytest.approx(4 / 5), "min_cosine": 0.5}
     (gate,) = [g for g in gates_for(STS, strict) if g.per_row is not None]
-    assert (gate.metric, gate.per_row, gate.limit) == ("share_below_cosine_floor", 0.95, 0.05)
+    assert (gate.metric, gate.per_row, gate.limit) == ("share_below_cosine_floor", 0.97, 0.05)
     assert gate.judge == "upper"
     assert "with 95 % confidence at most 0.05 of new texts" in gate.description
     assert "needs at least 73 texts" in gate.description
