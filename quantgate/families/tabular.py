@@ -8,11 +8,12 @@ tensor, no ZipMap). Held-out: CSV or Parquet with the feature columns and `label
 
 Parity is measured against the original scikit-learn model's `predict_proba` (the write-ups'
 parity_report.json, `--abs-tol 0.04 --mean-tol 0.01`), not only against the ONNX FP32 export: the
-report records the largest difference against 0.04, and the gate judges the share of rows that differ by
-more (upper Wilson bound), which bounds new rows where the sample's largest difference does not; the
-classifier gates (quantgate/families/classification.py) judge accuracy, label agreement, macro-F1 and
-calibration. A tree ensemble converts to ONNX-ML tree ops that no backend quantizes: its run ends
-NotPromoted with reason nothing-to-quantize.
+write-ups' check (the largest difference on the held-out rows within 0.04) stays a gate, as an export
+sanity check, and the tail gate judges the share of rows that differ by more (upper Wilson bound), which
+bounds new rows where the sample's largest difference does not. The classifier gates
+(quantgate/families/classification.py) judge accuracy, label agreement, macro-F1 and calibration. A
+tree ensemble converts to ONNX-ML tree ops that no backend quantizes: its run ends NotPromoted with reason
+nothing-to-quantize.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ LIMITS: tuple[Limit, ...] = (
         name="max_proba_abs_diff",
         default=0.04,
         gt=0,
-        help="tabular: a row whose |candidate - scikit-learn predict_proba| exceeds this (the write-ups' "
-        "--abs-tol) counts against max_share_above_proba_abs_diff",
+        help="tabular: max |candidate - scikit-learn predict_proba| on the held-out rows (the write-ups' "
+        "--abs-tol); a row past it counts against max_share_above_proba_abs_diff",
     ),
     # Tables are small (scikit-learn's breast-cancer test split: 171 rows, 107 evaluated once 64 calibrate):
     # 5 % is the smallest round share 73 rows can show with none beyond; 1 % would need 381.
@@ -188,6 +189,16 @@ class Tabular(clf.ProbabilityClassifier):
         )
         return [
             *clf.gates(t, tail=tail),
+            # The write-ups' parity_report.json check, kept as it was: an export sanity check on the held-out
+            # rows (and the write-ups' bar, benchmarks/families.py). It vouches for no unseen row; the tail
+            # does. Without it, digits-mlp's dynamic-int8 passes with 11 of 476 rows past 0.04 (one by 0.16).
+            Gate(
+                name="parity vs scikit-learn (max)",
+                metric="max_abs_diff",
+                op="<=",
+                limit=limit_value(t, "max_proba_abs_diff"),
+                description="max |candidate - predict_proba| over the held-out rows: the write-ups' check",
+            ),
             Gate(
                 name="parity vs scikit-learn (mean)",
                 metric="mean_abs_diff",

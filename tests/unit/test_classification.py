@@ -367,5 +367,9 @@ def test_a_table_judges_its_tail_against_scikit_learn_at_the_write_ups_tolerance
     assert ev.extra["share_above_proba_abs_diff"] == pytest.approx(3 / 100)
     assert "share_above_prob_diff_ceiling" not in ev.extra  # one tail, against scikit-learn
     assert (ev.parity.abs_tol, ev.parity.max_abs_diff, ev.parity.passed) == (0.04, pytest.approx(0.05), False)
-    (gate,) = [g for g in Table().gates(GateThresholds()) if g.per_row is not None]
+    gates = Table().gates(GateThresholds())
+    (gate,) = [g for g in gates if g.per_row is not None]
     assert (gate.metric, gate.per_row, gate.limit) == ("share_above_proba_abs_diff", 0.04, 0.05)
+    # The write-ups' check stays beside it, as an export sanity check on the held-out rows.
+    (sanity,) = [g for g in gates if g.metric == "max_abs_diff"]
+    assert (sanity.name, sanity.limit) == ("parity vs scikit-learn (max)", 0.04)
