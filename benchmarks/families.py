@@ -73,9 +73,10 @@ def _cnn(root: Path) -> tuple[Path, Path]:
 
 # WNUT-17 dev (945 evaluation sentences, ~800 entities) cannot show an entity-F1 drop within 1 point: the
 # paired interval alone is ~1.5 points wide (the default run says heldout-too-small, with the sentences it
-# would need). The second NER run states the bound this set can support, and a per-word probability limit
-# for 13 classes over 15k words, explicitly.
-NER_LIMITS = ["--max-task-metric-drop", "0.02", "--max-prob-diff", "0.4"]
+# would need). The second NER run states the bound this set can support explicitly. (It also needed
+# `--max-prob-diff 0.4` while that gate was the largest change over 15k words; the probability tail counts
+# sentences past 0.3 instead, a limit that does not tighten as the set grows.)
+NER_LIMITS = ["--max-task-metric-drop", "0.02"]
 
 # (name, family, what, how to make it, where the trained model is kept, extra `quantgate run` flags)
 MODELS: list[tuple[str, str, str, Callable[[Path], tuple[Path, Path]], str, list[str]]] = [

@@ -22,6 +22,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from quantgate.stats import rows_to_vouch
+
 Op = Literal[">=", "<="]
 
 
@@ -35,6 +37,10 @@ class Gate(BaseModel):
     description: str = ""
     kind: Literal["accuracy", "speed", "evidence"] = "accuracy"
     judge: Literal["value", "upper", "lower"] = "value"
+    per_row: float | None = Field(
+        None,
+        description="a tail gate's per-row floor or ceiling: the metric is the share of rows beyond it",
+    )
 
     @field_validator("limit")
     @classmethod
@@ -84,6 +90,10 @@ class GateReport(BaseModel):
                 parts.append(f"{r.gate.name}: not measured")
             else:
                 limit = f"{r.gate.op} {r.gate.limit:g}"
+                if r.gate.per_row is not None:
+                    limit += f" of rows beyond {r.gate.per_row:g}"
+                if r.gate.judge != "value" and r.interval is not None:
+                    limit += f", judged by the {r.gate.judge} bound {r.interval[r.gate.judge == 'upper']:.4g}"
                 parts.append(f"{r.gate.name} {r.value:.4g} (limit {limit}, off by {-r.margin:.4g})")
         return "; ".join(parts)
 
@@ -184,6 +194,27 @@ def baseline_gate(t: Thresholds) -> Gate:
         kind="evidence",
         judge="lower",
         description="the FP32 task metric beats a trivial baseline (lower 95 % bound)",
+    )
+
+
+def tail_gate(
+    t: Thresholds, *, name: str, metric: str, per_row: str, share: str, below: bool, rows: str = "rows"
+) -> Gate:
+    """A gate on the share of rows beyond a per-row floor (`below`) or ceiling, judged by its upper 95 %
+    bound; `per_row` and `share` name the two limits, `metric` the share the task type measured against
+    the `per_row` limit's value."""
+    bound, most = limit_value(t, per_row), limit_value(t, share)
+    side = "below" if below else "above"
+    return Gate(
+        name=name,
+        metric=metric,
+        op="<=",
+        limit=most,
+        judge="upper",
+        per_row=bound,
+        description=f"share of {rows} {side} {bound:g} (upper 95 % Wilson bound): passing, with 95 % "
+        f"confidence at most {most:.3g} of new {rows} from the same distribution are {side} it; needs at "
+        f"least {rows_to_vouch(most)} {rows} to pass even with none {side}",
     )
 
 

@@ -159,6 +159,7 @@ def gate_rows(report: GateReport) -> list[dict[str, Any]]:
             "value": None if r.value is None else round(r.value, 4),
             "interval": None if r.interval is None else f"[{r.interval[0]:.4f}, {r.interval[1]:.4f}]",
             "limit": f"{r.gate.op} {r.gate.limit:g}"
+            + ("" if r.gate.per_row is None else f" of rows beyond {r.gate.per_row:g}")
             + ("" if r.gate.judge == "value" else f" ({r.gate.judge} bound)"),
             "margin": None if r.margin is None else round(r.margin, 4),
             "result": "pass" if r.passed else "FAIL",

@@ -7,6 +7,12 @@ sample".
   resamples, vectorised: ranks of a (B, n) matrix and row-wise Pearson correlation of ranks.
 - Agreement rates (neighbour agreement): the Wilson score interval (Wilson 1927), which stays inside
   [0, 1] and is sane at rates near 1, where the normal approximation is not.
+- Tails (rows whose cosine falls below a floor, whose probability moves past a ceiling): the share of rows
+  beyond, with its Wilson interval. The sample's worst row is no bound on unseen rows (the extreme of n
+  rows keeps growing with n), but each new row from the same distribution is beyond with probability p,
+  and the interval's upper end bounds p: distribution-free, like a quantile's order-statistic bound.
+  Judged by that upper end, a pass reads "at most this share of new rows are beyond, with 95 %
+  confidence" (one-sided it is a 97.5 % bound). tests/unit/test_stats.py checks it by simulation.
 """
 
 from __future__ import annotations
@@ -61,6 +67,25 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def share_beyond(values: np.ndarray, threshold: float, below: bool) -> tuple[float, tuple[float, float]]:
+    """The share of rows below (`below`) or above `threshold`, and its 95 % Wilson interval. A NaN row
+    counts as beyond: a row that is not a number is within no floor."""
+    values = np.asarray(values, dtype=np.float64)
+    inside = values >= threshold if below else values <= threshold
+    beyond, n = int(np.count_nonzero(~inside)), len(values)
+    return (beyond / n if n else math.nan), wilson_interval(beyond, n)
+
+
+def rows_to_vouch(share: float, z: float = Z95) -> int:
+    """The fewest rows whose Wilson upper bound is within `share` when none is beyond: z^2 / (n + z^2)
+    <= share. Fewer rows cannot show a tail that small, however good the candidate."""
+    if share >= 1:
+        return 1
+    if share <= 0:
+        raise ValueError(f"a share must be > 0 to be shown from a sample, got {share}")
+    return math.ceil(z * z * (1 - share) / share)
 
 
 def rows_needed(n: int, half_width: float, target_half_width: float) -> int:

@@ -52,9 +52,16 @@ from quantgate.gates import (
     core_gates,
     limit_value,
     parity_and_speed_gates,
+    tail_gate,
 )
 from quantgate.heldout import HeldoutSchema, load_sts_tsv
-from quantgate.stats import bootstrap_indices, percentile_interval, spearman_resampled, wilson_interval
+from quantgate.stats import (
+    bootstrap_indices,
+    percentile_interval,
+    share_beyond,
+    spearman_resampled,
+    wilson_interval,
+)
 
 Interval = tuple[float, float]
 
@@ -395,6 +402,55 @@ def benchmark_with_torch(
         torch.set_num_threads(previous_threads)
 
 
+# The per-row cosine tail (quantgate/gates.py `tail_gate`), shared with sentence-retrieval. It replaces
+# "min cosine >= 0.90 over the sample", whose meaning changed with the sample's size: the promoted MiniLM's
+# minimum was 0.983 on the run's 2,872 texts and 0.911 on a set it never saw. 1 % of new texts is the share
+# a pass vouches for (381 texts, 191 STS pairs, show it with none below). The floor is 0.95, not the old
+# 0.90, to keep the old gate's decisions (benchmarks/tails_minilm.py, benchmarks/results/tails_minilm.json):
+# the INT8 MiniLMs it passed have no text below 0.95 (worst 0.960-0.982), while NNCF calibrated on the
+# file's first 300 sentences, which it caught, has only 4 of 2,872 texts below 0.90 (a 1 % tail passes
+# that) but its 1 % quantile at 0.944, and per-tensor INT8 its at 0.926.
+COSINE_TAIL_LIMITS: tuple[Limit, ...] = (
+    Limit(
+        name="cosine_floor",
+        default=0.95,
+        ge=-1,
+        le=1,
+        help="a text whose INT8 embedding has a cosine to FP32 below this counts against "
+        "max_share_below_cosine_floor",
+    ),
+    Limit(
+        name="max_share_below_cosine_floor",
+        default=0.01,
+        gt=0,
+        le=1,
+        help="max share of texts with cosine below cosine_floor (upper 95% bound: a bound on new texts)",
+    ),
+)
+
+
+def cosine_tail_gate(t: Thresholds) -> Gate:
+    return tail_gate(
+        t,
+        name="cosine tail",
+        metric="share_below_cosine_floor",
+        per_row="cosine_floor",
+        share="max_share_below_cosine_floor",
+        below=True,
+        rows="texts",
+    )
+
+
+def cosine_tail(cosines: np.ndarray, thresholds: Thresholds) -> tuple[dict[str, float], dict[str, Interval]]:
+    """The share of texts below the cosine floor with its Wilson interval, and the worst text's cosine
+    (shown, not gated: the extreme of a sample bounds nothing beyond it)."""
+    share, interval = share_beyond(cosines, limit_value(thresholds, "cosine_floor"), below=True)
+    return (
+        {"share_below_cosine_floor": share, "min_cosine": float(np.min(cosines))},
+        {"share_below_cosine_floor": interval},
+    )
+
+
 class SentenceEmbedding:
     """Bi-encoders (sentence-transformers style): STS pairs, metric = Spearman(cosine, gold score)."""
 
@@ -417,10 +473,11 @@ class SentenceEmbedding:
     default_recipes: ClassVar[tuple[str, ...]] = ()
     # Measured on all-MiniLM-L6-v2 / STS-B dev: plain per-tensor dynamic INT8 keeps Spearman within 0.4
     # points but moves embeddings (mean cosine 0.963, neighbour agreement 88%); per-channel reaches 0.993 /
-    # 94%. The cosine and neighbour gates catch the first kind of damage, the task-metric gate the second.
+    # 94%. The cosine and neighbour gates catch the first kind of damage, the task-metric gate the second;
+    # the cosine tail catches a few texts moved far while the mean holds.
     limits: ClassVar[tuple[Limit, ...]] = (
         Limit(name="min_mean_cosine", default=0.98, ge=-1, le=1, help="min mean cosine INT8 vs FP32"),
-        Limit(name="min_min_cosine", default=0.90, ge=-1, le=1, help="min worst-case cosine"),
+        *COSINE_TAIL_LIMITS,
         Limit(
             name="min_neighbour_agreement",
             default=0.90,
@@ -432,6 +489,7 @@ class SentenceEmbedding:
     )
     columns: ClassVar[tuple[Column, ...]] = (
         Column(metric="mean_cosine"),
+        Column(metric="share_below_cosine_floor"),
         Column(metric="min_cosine"),
         Column(metric="neighbour_agreement", digits=3),
     )
@@ -451,7 +509,7 @@ class SentenceEmbedding:
             baseline,
             *core[1:],
             Gate(name="mean cosine", metric="mean_cosine", op=">=", limit=limit_value(t, "min_mean_cosine")),
-            Gate(name="min cosine", metric="min_cosine", op=">=", limit=limit_value(t, "min_min_cosine")),
+            cosine_tail_gate(t),
             Gate(
                 name="neighbour agreement",
                 metric="neighbour_agreement",
@@ -627,6 +685,7 @@ class SentenceEmbedding:
         fp32_scores, _ = self._scored(reference.outputs, heldout)
         inputs = self.texts(heldout)
         cosines = cosine_rows(reference.outputs, cand)
+        tail, tail_intervals = cosine_tail(cosines, thresholds)
         examples = [
             Example(
                 row=int(i) % len(heldout),
@@ -646,8 +705,8 @@ class SentenceEmbedding:
             rows=len(heldout),
             task_metric_fp32_interval=reference.interval,
             task_metric_drop_interval=drop_interval,
-            extra=agreement,
-            extra_intervals={"neighbour_agreement": wilson_interval(agree, texts)},
+            extra=agreement | tail,
+            extra_intervals={"neighbour_agreement": wilson_interval(agree, texts), **tail_intervals},
             slices=slice_results(self._slices(heldout), gold, fp32_scores, scores),
             examples=examples,
             champion_version=reference.champion_version,

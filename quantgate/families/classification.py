@@ -4,9 +4,11 @@ over label and probability arrays, its limits and gates, and the examples that f
 A classifier can keep its accuracy while its predictions move: two flips in opposite directions cancel
 out in the accuracy, not for the person whose example flipped. So besides the accuracy drop (paired
 bootstrap, upper bound) a candidate must keep the FP32 model's labels (label agreement, Wilson lower
-bound), its macro-F1 (the minority classes), its calibration (ECE) and its probabilities (parity on the
-probabilities, so `abs_tol` reads as "max probability difference"). The FP32 model itself must beat the
-majority-class rate, or the held-out set cannot tell a good model from a constant.
+bound), its macro-F1 (the minority classes), its calibration (ECE) and its probabilities: the mean
+probability change, and its tail, the share of rows whose probability of some class moved past a ceiling
+(upper Wilson bound: a bound on new rows, where the sample's largest change bounds nothing). The FP32
+model itself must beat the majority-class rate, or the held-out set cannot tell a good model from a
+constant.
 """
 
 from __future__ import annotations
@@ -21,8 +23,16 @@ import pandas as pd
 from pydantic import BaseModel
 
 from quantgate.backends import Servable
-from quantgate.gates import Gate, Limit, Thresholds, core_gates, limit_value, parity_and_speed_gates
-from quantgate.stats import bootstrap_indices, percentile_interval, wilson_interval
+from quantgate.gates import (
+    Gate,
+    Limit,
+    Thresholds,
+    core_gates,
+    limit_value,
+    parity_and_speed_gates,
+    tail_gate,
+)
+from quantgate.stats import bootstrap_indices, percentile_interval, share_beyond, wilson_interval
 from quantgate.tasktypes import (
     MAX_EXAMPLES,
     Evaluation,
@@ -35,6 +45,27 @@ from quantgate.tasktypes import (
 )
 
 ECE_BINS = 10
+
+# The probability tail's two limits (`prob_diff_tail_gate`): a task type judging its tail against another
+# reference (tables: scikit-learn at the write-ups' tolerance) leaves them out.
+TAIL_LIMITS: tuple[Limit, ...] = (
+    Limit(
+        name="prob_diff_ceiling",
+        default=0.3,
+        gt=0,
+        le=1,
+        help="classifiers: a row whose |candidate - FP32| probability of some class exceeds this counts "
+        "against max_share_above_prob_diff_ceiling",
+    ),
+    Limit(
+        name="max_share_above_prob_diff_ceiling",
+        default=0.02,
+        gt=0,
+        le=1,
+        help="classifiers: max share of rows whose probability moved more than prob_diff_ceiling "
+        "(upper 95% bound: a bound on new rows)",
+    ),
+)
 
 LIMITS: tuple[Limit, ...] = (
     Limit(
@@ -58,13 +89,7 @@ LIMITS: tuple[Limit, ...] = (
         le=1,
         help="classifiers: max increase of the expected calibration error (10 bins)",
     ),
-    Limit(
-        name="max_prob_diff",
-        default=0.3,
-        gt=0,
-        le=1,
-        help="classifiers: max |candidate - FP32| probability of any class on any example",
-    ),
+    *TAIL_LIMITS,
     Limit(
         name="max_mean_prob_diff",
         default=0.02,
@@ -82,11 +107,29 @@ LIMITS: tuple[Limit, ...] = (
 )
 
 
+def prob_diff_tail_gate(t: Thresholds, rows: str = "rows") -> Gate:
+    return tail_gate(
+        t,
+        name="probability tail",
+        metric="share_above_prob_diff_ceiling",
+        per_row="prob_diff_ceiling",
+        share="max_share_above_prob_diff_ceiling",
+        below=False,
+        rows=rows,
+    )
+
+
 def gates(
-    t: Thresholds, *, macro_f1: bool = True, calibration: bool = True, baseline: Gate | None = None
+    t: Thresholds,
+    *,
+    macro_f1: bool = True,
+    calibration: bool = True,
+    baseline: Gate | None = None,
+    tail: Gate | None = None,
 ) -> list[Gate]:
     """The core gates plus the classifier ones, in reading order; `baseline` replaces the majority-class
-    evidence gate for a metric without a majority class (entity F1)."""
+    evidence gate for a metric without a majority class (entity F1), `tail` the probability tail gate
+    (tables judge theirs against scikit-learn at the write-ups' tolerance)."""
     core = core_gates(t)
     own = [
         Gate(
@@ -132,15 +175,11 @@ def gates(
     # elements. Measured on the SST-2 MiniLM classifier (benchmarks/families.py): per-channel INT8 keeps
     # 98.7-99 % of labels and its accuracy, with mean |dp| 0.013 and its most borderline sentence moved by
     # 0.22-0.26; per-tensor INT8 reaches mean |dp| 0.033 and 0.38, and its accuracy drop cannot be shown
-    # within 1 point.
+    # within 1 point. The ceiling keeps the old per-example line (0.3); the sample's largest change is
+    # no gate (a promoted NER tagger: 0.216 on WNUT-17 dev, 0.314 on sentences it never saw), the share of
+    # rows past it is: 2 % of new rows, shown by 189 rows with none past it (an SST-2 run evaluates 336).
     parity = [
-        Gate(
-            name="max probability difference",
-            metric="max_abs_diff",
-            op="<=",
-            limit=limit_value(t, "max_prob_diff"),
-            description="largest |candidate - FP32| probability over every class and example",
-        ),
+        tail or prob_diff_tail_gate(t),
         Gate(
             name="mean probability difference",
             metric="mean_abs_diff",
@@ -256,6 +295,21 @@ def score_classifier(
     )
 
 
+def row_prob_diff(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Each row's largest |candidate - reference| probability over its classes: the per-row measure the
+    probability tail counts."""
+    return np.abs(candidate.astype(np.float64) - reference.astype(np.float64)).max(axis=1)
+
+
+def prob_diff_tail(
+    changes: np.ndarray, ceiling: float, metric: str = "share_above_prob_diff_ceiling"
+) -> tuple[dict[str, float], dict[str, Interval]]:
+    """The share of rows whose probability moved past `ceiling`, with its Wilson interval, and the
+    largest change (shown, not gated)."""
+    share, interval = share_beyond(changes, ceiling, below=False)
+    return {metric: share, "max_row_prob_diff": float(np.max(changes))}, {metric: interval}
+
+
 def flipped_examples(
     texts: Sequence[str],
     fp32_proba: np.ndarray,
@@ -286,11 +340,13 @@ class ProbabilityClassifier:
     and whose task metric is accuracy (text, image and table classifiers). The task type supplies the gold
     label ids (`_gold`), the model's probabilities (`_proba`), its class names by id (`_class_names`) and
     how a held-out row reads in the report (`_example_texts`); `PARITY_LIMITS` names the limits its parity
-    report is judged with. Parity compares with the original framework's outputs
-    when the reference carries them (scikit-learn's), else with ONNX FP32."""
+    report is judged with, `TAIL` the probability tail's per-row ceiling limit and the metric its share is
+    reported as. Parity and the tail compare with the original framework's outputs when the reference
+    carries them (scikit-learn's), else with ONNX FP32."""
 
     metric: TaskMetric
     PARITY_LIMITS: ClassVar[tuple[str, str]] = ("abs_tol", "mean_tol")
+    TAIL: ClassVar[tuple[str, str]] = ("prob_diff_ceiling", "share_above_prob_diff_ceiling")
 
     def _gold(self, assets: Path, frame: pd.DataFrame) -> np.ndarray:
         raise NotImplementedError
@@ -347,6 +403,10 @@ class ProbabilityClassifier:
         )
         source = reference.source_outputs if reference.source_outputs is not None else reference.outputs
         abs_limit, mean_limit = self.PARITY_LIMITS
+        ceiling, tail_metric = self.TAIL
+        tail, tail_intervals = prob_diff_tail(
+            row_prob_diff(source, proba), limit_value(thresholds, ceiling), tail_metric
+        )
         return Evaluation(
             task_metric=self.metric.name,
             task_metric_fp32=reference.task_metric,
@@ -361,8 +421,8 @@ class ProbabilityClassifier:
             rows=len(heldout),
             task_metric_fp32_interval=reference.interval,
             task_metric_drop_interval=scores.drop_interval,
-            extra=scores.extra,
-            extra_intervals=scores.extra_intervals,
+            extra=scores.extra | tail,
+            extra_intervals=scores.extra_intervals | tail_intervals,
             examples=flipped_examples(
                 self._example_texts(assets, heldout), reference.outputs, proba, names.__getitem__, gold
             ),

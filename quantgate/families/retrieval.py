@@ -7,8 +7,9 @@ file: a retrieval set is one JSON file
     {"queries": {"q1": "text", ...}, "corpus": {"d1": "text", ...}, "qrels": {"q1": ["d1", ...], ...}}
 
 (BEIR's three parts in one file). Every query is scored against the whole corpus, whichever split it falls
-in. Gates: Recall@10 drop (paired bootstrap over queries), the FP32 baseline, mean and min cosine to FP32
-over queries and documents, and how much of each query's FP32 top 10 the candidate keeps.
+in. Gates: Recall@10 drop (paired bootstrap over queries), the FP32 baseline, mean cosine to FP32 and its
+tail (the share of queries and documents below the cosine floor, upper Wilson bound), and how much of each
+query's FP32 top 10 the candidate keeps.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from quantgate.gates import (
 from quantgate.heldout import HeldoutSchema, check_bound, heldout_limits, read_utf8
 from quantgate.stats import bootstrap_indices, percentile_interval
 from quantgate.tasktypes import (
+    COSINE_TAIL_LIMITS,
     MAX_EXAMPLES,
     Column,
     Evaluation,
@@ -45,6 +47,8 @@ from quantgate.tasktypes import (
     Reference,
     SentenceEmbedding,
     TaskMetric,
+    cosine_tail,
+    cosine_tail_gate,
     paired_intervals,
     register_task_type,
     shorten,
@@ -53,8 +57,9 @@ from quantgate.tasktypes import (
 K = 10
 CORPUS = "corpus"  # DataFrame.attrs key: {doc id: text}, shared by every split of the queries
 
-_COSINE_LIMITS = tuple(
-    lim for lim in SentenceEmbedding.limits if lim.name in ("min_mean_cosine", "min_min_cosine")
+_COSINE_LIMITS = (
+    *(lim for lim in SentenceEmbedding.limits if lim.name == "min_mean_cosine"),
+    *COSINE_TAIL_LIMITS,
 )
 TOP_K_LIMIT = Limit(
     name="min_top10_overlap",
@@ -139,6 +144,7 @@ class SentenceRetrieval(SentenceEmbedding):
     columns: ClassVar[tuple[Column, ...]] = (
         Column(metric="top10_overlap", digits=3),
         Column(metric="mean_cosine"),
+        Column(metric="share_below_cosine_floor"),
         Column(metric="min_cosine"),
     )
     plot_axes: ClassVar[tuple[PlotAxis, ...]] = (
@@ -152,7 +158,7 @@ class SentenceRetrieval(SentenceEmbedding):
             baseline_gate(t),
             *core[1:],
             Gate(name="mean cosine", metric="mean_cosine", op=">=", limit=limit_value(t, "min_mean_cosine")),
-            Gate(name="min cosine", metric="min_cosine", op=">=", limit=limit_value(t, "min_min_cosine")),
+            cosine_tail_gate(t),
             Gate(
                 name="top-10 overlap",
                 metric="top10_overlap",
@@ -239,6 +245,7 @@ class SentenceRetrieval(SentenceEmbedding):
         )
         cand = np.concatenate([q, d])
         cosines = cosine_rows(reference.outputs, cand)
+        tail, tail_intervals = cosine_tail(cosines, thresholds)
         drop, champion = paired_intervals(reference, recall[bootstrap_indices(n)].mean(axis=1))
         docs = list(heldout.attrs[CORPUS].values())
         examples = [
@@ -268,9 +275,10 @@ class SentenceRetrieval(SentenceEmbedding):
             task_metric_drop_interval=drop,
             extra={
                 "mean_cosine": float(cosines.mean()),
-                "min_cosine": float(cosines.min()),
+                **tail,
                 "top10_overlap": float(overlap.mean()),
             },
+            extra_intervals=tail_intervals,
             examples=examples,
             champion_version=reference.champion_version,
             task_metric_champion=reference.champion_metric,

@@ -13,10 +13,13 @@ GX suite `heldout_schema` builds in the flow): a whole-number dtype needs intege
 bool 0/1. The promoted `preprocessor/features.json` is that declared, verified file.
 
 Parity is measured against the original scikit-learn model's `predict_proba` (the write-ups'
-parity_report.json, `--abs-tol 0.04 --mean-tol 0.01`), not only against the ONNX FP32 export; the
-classifier gates (quantgate/families/classification.py) judge accuracy, label agreement, macro-F1 and
-calibration. A tree ensemble converts to ONNX-ML tree ops that no backend quantizes: its run ends
-NotPromoted with reason nothing-to-quantize.
+parity_report.json, `--abs-tol 0.04 --mean-tol 0.01`), not only against the ONNX FP32 export: the
+write-ups' check (the largest difference on the held-out rows within 0.04) stays a gate, as an export
+sanity check, and the tail gate judges the share of rows that differ by more (upper Wilson bound), which
+bounds new rows where the sample's largest difference does not. The classifier gates
+(quantgate/families/classification.py) judge accuracy, label agreement, macro-F1 and calibration. A
+tree ensemble converts to ONNX-ML tree ops that no backend quantizes: its run ends NotPromoted with reason
+nothing-to-quantize.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from quantgate.bench import BenchReport, BenchSettings, ServingProfile, draw_req
 from quantgate.errors import ExportError, HeldoutValidationError, InvalidModelError
 from quantgate.export import OPSET, ExportResult
 from quantgate.families import classification as clf
-from quantgate.gates import Gate, Limit, Thresholds, limit_value
+from quantgate.gates import Gate, Limit, Thresholds, limit_value, tail_gate
 from quantgate.heldout import HeldoutSchema, read_table
 from quantgate.tasktypes import (
     Column,
@@ -63,7 +66,17 @@ LIMITS: tuple[Limit, ...] = (
         name="max_proba_abs_diff",
         default=0.04,
         gt=0,
-        help="tabular: max |candidate - scikit-learn predict_proba| (the write-ups' --abs-tol)",
+        help="tabular: max |candidate - scikit-learn predict_proba| on the held-out rows (the write-ups' "
+        "--abs-tol); a row past it counts against max_share_above_proba_abs_diff",
+    ),
+    # Tables are small (scikit-learn's breast-cancer test split: 171 rows, 107 evaluated once 64 calibrate):
+    # 5 % is the smallest round share 73 rows can show with none beyond; 1 % would need 381.
+    Limit(
+        name="max_share_above_proba_abs_diff",
+        default=0.05,
+        gt=0,
+        le=1,
+        help="tabular: max share of rows beyond max_proba_abs_diff (upper 95% bound: a bound on new rows)",
     ),
     Limit(
         name="max_proba_mean_diff",
@@ -308,6 +321,7 @@ def load_sklearn(model_dir: Path, allow_pickle: bool) -> Any:
 class Tabular(clf.ProbabilityClassifier):
     name = "tabular"
     PARITY_LIMITS: ClassVar[tuple[str, str]] = ("max_proba_abs_diff", "max_proba_mean_diff")
+    TAIL: ClassVar[tuple[str, str]] = ("max_proba_abs_diff", "share_above_proba_abs_diff")
     recognised_by = f"a scikit-learn model: {SKOPS} (or a pickle, with --allow-pickle) and {FEATURES}"
     heldout_format = "csv or parquet: the feature columns and label"
     schema = HeldoutSchema(columns={LABEL: "label"}, min_rows=20, max_duplicate_fraction=1.0)
@@ -321,7 +335,10 @@ class Tabular(clf.ProbabilityClassifier):
         "static-qdq-entropy",
         "static-qdq-percentile",
     )
-    limits: ClassVar[tuple[Limit, ...]] = (*clf.LIMITS, *LIMITS)
+    limits: ClassVar[tuple[Limit, ...]] = (
+        *(lim for lim in clf.LIMITS if lim not in clf.TAIL_LIMITS),  # its own tail is against scikit-learn
+        *LIMITS,
+    )
     columns: ClassVar[tuple[Column, ...]] = (
         Column(metric="label_agreement"),
         Column(metric="macro_f1_drop"),
@@ -336,14 +353,25 @@ class Tabular(clf.ProbabilityClassifier):
     serving_default = ServingProfile(batch_sizes=[64], objective="throughput")
 
     def gates(self, t: Thresholds) -> list[Gate]:
+        tail = tail_gate(
+            t,
+            name="parity vs scikit-learn (tail)",
+            metric="share_above_proba_abs_diff",
+            per_row="max_proba_abs_diff",
+            share="max_share_above_proba_abs_diff",
+            below=False,
+        )
         return [
-            *clf.gates(t),
+            *clf.gates(t, tail=tail),
+            # The write-ups' parity_report.json check, kept as it was: an export sanity check on the held-out
+            # rows (and the write-ups' bar, benchmarks/families.py). It vouches for no unseen row; the tail
+            # does. Without it, digits-mlp's dynamic-int8 passes with 11 of 476 rows past 0.04 (one by 0.16).
             Gate(
                 name="parity vs scikit-learn (max)",
                 metric="max_abs_diff",
                 op="<=",
                 limit=limit_value(t, "max_proba_abs_diff"),
-                description="max |candidate - predict_proba| of the original scikit-learn model",
+                description="max |candidate - predict_proba| over the held-out rows: the write-ups' check",
             ),
             Gate(
                 name="parity vs scikit-learn (mean)",

@@ -4,7 +4,9 @@ Recognised by config.json architectures `*ForTokenClassification`. Held-out: CoN
 line, a blank line between sentences; tags in the model's id2label). Words are pre-tokenised: the
 tokenizer is called with `is_split_into_words=True` and each word is labelled by its first word piece.
 Task metric: entity-level F1, exact span match (seqeval's conlleval convention), with a paired bootstrap
-over sentences; token-label agreement with FP32 gates how many words changed tag.
+over sentences; token-label agreement with FP32 gates how many words changed tag, and the probability
+tail how many sentences have a word whose tag probabilities moved past the ceiling (sentences, not words:
+the words of one sentence move together, so only sentences are independent draws for the Wilson bound).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from quantgate.families.hf_text import (
     run_batches,
     torch_head,
 )
-from quantgate.gates import BASELINE_LIMIT, Gate, Limit, Thresholds, baseline_gate
+from quantgate.gates import BASELINE_LIMIT, Gate, Limit, Thresholds, baseline_gate, limit_value
 from quantgate.heldout import HeldoutSchema, check_bound, heldout_limits, iter_lines, read_utf8
 from quantgate.stats import bootstrap_indices, percentile_interval, wilson_interval
 from quantgate.tasktypes import (
@@ -121,6 +123,13 @@ class Tagged:
         self.tags = [[labels[int(k)] for k in pred[a:b]] for a, b in itertools.pairwise(offsets)]
 
 
+def sentence_prob_diff(fp32: Tagged, candidate: Tagged) -> np.ndarray:
+    """Each sentence's largest probability change over its words and tags: the probability tail counts
+    sentences, the independent draws of a held-out set (words of one sentence move together)."""
+    moved = clf.row_prob_diff(fp32.proba, candidate.proba)
+    return np.array([moved[a:b].max(initial=0.0) for a, b in itertools.pairwise(fp32.offsets)])
+
+
 class TokenClassification:
     name = "token-classification"
     reads_text = True  # a serving profile may declare token lengths and sample texts
@@ -150,7 +159,13 @@ class TokenClassification:
 
     def gates(self, t: Thresholds) -> list[Gate]:
         # Entity F1 has no majority class to beat (all-O scores 0): the baseline is a fixed floor instead.
-        return clf.gates(t, macro_f1=False, calibration=False, baseline=baseline_gate(t))
+        return clf.gates(
+            t,
+            macro_f1=False,
+            calibration=False,
+            baseline=baseline_gate(t),
+            tail=clf.prob_diff_tail_gate(t, rows="sentences"),
+        )
 
     def recognises(self, model_dir: Path) -> bool:
         return any(a.endswith("ForTokenClassification") for a in hf_architectures(model_dir))
@@ -342,6 +357,9 @@ class TokenClassification:
         fp32_entities = [set(map(tuple, _spans(t))) for t in fp32.tags]
         cand_entities = [set(map(tuple, _spans(t))) for t in cand.tags]
         changed = sum(len(a ^ b) for a, b in zip(fp32_entities, cand_entities, strict=True))
+        tail, tail_intervals = clf.prob_diff_tail(
+            sentence_prob_diff(fp32, cand), limit_value(thresholds, "prob_diff_ceiling")
+        )
         return Evaluation(
             task_metric=self.metric.name,
             task_metric_fp32=reference.task_metric,
@@ -356,8 +374,8 @@ class TokenClassification:
             rows=len(heldout),
             task_metric_fp32_interval=reference.interval,
             task_metric_drop_interval=drop,
-            extra={"label_agreement": agree / words, "entities_changed": float(changed)},
-            extra_intervals={"label_agreement": wilson_interval(agree, words)},
+            extra={"label_agreement": agree / words, "entities_changed": float(changed), **tail},
+            extra_intervals={"label_agreement": wilson_interval(agree, words), **tail_intervals},
             examples=self._examples(heldout, fp32, cand),
             champion_version=reference.champion_version,
             task_metric_champion=reference.champion_metric,

@@ -36,6 +36,13 @@ def test_the_built_in_limits_are_flags():
     help_text = (
         CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"}).output
     )
-    for flag in ("--max-task-metric-drop", "--min-mean-cosine", "--max-slice-drop", "--abs-tol"):
+    for flag in (
+        "--max-task-metric-drop", "--min-mean-cosine", "--max-slice-drop", "--abs-tol",
+        # the tail gates' two limits each, declared beside their metrics
+        "--cosine-floor", "--max-share-below-cosine-floor", "--prob-diff-ceiling",
+        "--max-share-above-prob-diff-ceiling", "--max-proba-abs-diff", "--max-share-above-proba-abs-diff",
+    ):  # fmt: skip
         assert flag in help_text
     assert "--expect-metric" not in help_text  # set at registration, not per run
+    assert "--min-min-cosine" not in help_text  # the sample's worst row is shown, not gated
+    assert "--max-prob-diff " not in help_text

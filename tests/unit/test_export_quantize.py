@@ -179,4 +179,9 @@ def test_an_embedding_candidate_is_scored_with_the_texts_that_moved_most(exporte
     changes = [e.change for e in ev.examples]
     assert changes == sorted(changes, reverse=True)  # worst first
     assert changes[0] == pytest.approx(1 - ev.extra["min_cosine"], abs=1e-4)
+    # The cosine tail: the share of the 120 texts below the floor, with the Wilson interval it is judged by.
+    share = ev.extra["share_below_cosine_floor"]
+    lo, hi = ev.extra_intervals["share_below_cosine_floor"]
+    assert share * 120 == pytest.approx(round(share * 120))
+    assert 0 <= lo <= share <= hi <= 1
     assert ev.examples[0].text in task.texts(heldout)

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -21,7 +22,11 @@ GOOD = {
     "task_metric_drop_half_width": 0.002,
     "max_slice_drop": 0.006,
     "mean_cosine": 0.993,
-    "min_cosine": 0.97,
+    # 0 of 2,872 texts below the cosine floor (0.95): at most 0.13 % of new texts are, with 95 % confidence.
+    "share_below_cosine_floor": 0.0,
+    "share_below_cosine_floor_lo": 0.0,
+    "share_below_cosine_floor_hi": 0.0013,
+    "min_cosine": 0.97,  # shown, not gated
     "neighbour_agreement": 0.94,
     "neighbour_agreement_lo": 0.93,
     "neighbour_agreement_hi": 0.95,
@@ -145,7 +150,10 @@ def test_every_threshold_is_a_gate_except_the_export_check():
     """With a champion and a registered expectation every gate is on; each threshold is some gate's limit
     (the expectation becomes two limits, value -/+ tolerance)."""
     thresholds = GateThresholds(expect_metric=0.85, expect_tolerance=0.03)
-    limits = {round(g.limit, 9) for g in gates_for(STS, thresholds, champion=True)}
+    gates = gates_for(STS, thresholds, champion=True)
+    # A tail gate's per-row floor is part of the gate (the rows its share counts), its share the limit.
+    limits = {round(g.limit, 9) for g in gates}
+    limits |= {round(g.per_row, 9) for g in gates if g.per_row is not None}
     fields = thresholds.resolved(limits_for(STS))
     fields.pop("export_atol")
     expected, tolerance = fields.pop("expect_metric"), fields.pop("expect_tolerance")
@@ -244,3 +252,63 @@ def test_a_failed_baseline_of_any_task_type_is_baseline_not_meaningful(task, fai
     )
     assert [r.gate.kind for r in lead.gates.failed] == ["evidence"]
     assert rejection_reason(lead) == ("baseline-not-meaningful", None)
+
+
+def test_the_cosine_tail_is_judged_by_its_upper_bound_not_by_the_worst_text():
+    """One text at 0.85 among 2,872 (the old min-cosine gate would fail it) passes: at most 0.2 % of new
+    texts are below the floor. 0.8 % below on 381 texts is under the 1 % limit, its bound (1.9 %) is not."""
+    from quantgate.stats import share_beyond
+
+    one_outlier = np.r_[np.full(2871, 0.99), 0.85]
+    share, (lo, hi) = share_beyond(one_outlier, 0.95, below=True)
+    metrics = {**GOOD, "min_cosine": 0.85, "share_below_cosine_floor": share}
+    metrics |= {"share_below_cosine_floor_lo": lo, "share_below_cosine_floor_hi": hi}
+    assert evaluate_gates(metrics, gates_for(STS, GateThresholds())).passed
+
+    few = np.r_[np.full(378, 0.99), 0.85, 0.86, 0.87]
+    share, (lo, hi) = share_beyond(few, 0.95, below=True)
+    assert share < 0.01 < hi
+    metrics |= {"share_below_cosine_floor": share, "share_below_cosine_floor_lo": lo}
+    metrics["share_below_cosine_floor_hi"] = hi
+    (failed,) = evaluate_gates(metrics, gates_for(STS, GateThresholds())).failed
+    assert (failed.gate.name, failed.gate.per_row, failed.interval) == ("cosine tail", 0.95, (lo, hi))
+    assert (
+        "of rows beyond 0.95, judged by the upper bound 0.0"
+        in evaluate_gates(metrics, gates_for(STS, GateThresholds())).failure_summary()
+    )
+
+
+def test_the_floor_a_person_sets_is_the_floor_the_rows_are_counted_against():
+    from quantgate.tasktypes import cosine_tail
+
+    cosines = np.array([0.99, 0.96, 0.94, 0.92, 0.5])
+    assert GateThresholds().cosine_floor == 0.95
+    strict = GateThresholds(cosine_floor=0.97, max_share_below_cosine_floor=0.05)
+    extra, intervals = cosine_tail(cosines, strict)
+    assert intervals["share_below_cosine_floor"][0] < 4 / 5 < intervals["share_below_cosine_floor"][1]
+    assert extra == {"share_below_cosine_floor": pytest.approx(4 / 5), "min_cosine": 0.5}
+    (gate,) = [g for g in gates_for(STS, strict) if g.per_row is not None]
+    assert (gate.metric, gate.per_row, gate.limit) == ("share_below_cosine_floor", 0.97, 0.05)
+    assert gate.judge == "upper"
+    assert "with 95 % confidence at most 0.05 of new texts" in gate.description
+    assert "needs at least 73 texts" in gate.description
+
+
+@pytest.mark.parametrize("task", ["sentence-embedding", "sentence-retrieval", "sequence-classification",
+                                  "token-classification", "tabular", "image-classification"])  # fmt: skip
+def test_every_task_types_per_row_fidelity_is_a_tail_gate_and_no_gate_reads_a_sample_extreme(task):
+    """Each task type judges its per-row measure (cosine, probability change) by one tail gate; the
+    sample's worst row is reported, never gated. The maxima over the sample left are the write-ups'
+    parity checks, kept as export sanity checks: abs_tol over every embedding element, and a table's
+    largest difference from scikit-learn's predict_proba."""
+    gates = gates_for(get_task_type(task), GateThresholds())
+    tails = [g for g in gates if g.per_row is not None]
+    assert len(tails) == 1
+    assert tails[0].judge == "upper"
+    extremes = {"min_cosine", "max_row_prob_diff"}
+    assert not [g for g in gates if g.metric in extremes]
+    sanity = [g.name for g in gates if g.metric == "max_abs_diff"]
+    expected = {"tabular": ["parity vs scikit-learn (max)"]}.get(task, [])
+    assert sanity == (["parity max abs diff"] if task.startswith("sentence") else expected)
+    agreement = [g for g in gates if g.metric == "label_agreement"]
+    assert all(g.judge == "lower" for g in agreement)  # a share already: judged by its Wilson bound

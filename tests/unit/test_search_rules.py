@@ -50,8 +50,13 @@ def _candidate(name: str, cosine: float, nodes: list[str] | None = None) -> Cand
         rows=1000,
         task_metric_fp32_interval=(0.855, 0.885),
         task_metric_drop_interval=(0.0, 0.004),
-        extra={"mean_cosine": cosine, "min_cosine": 0.95, "neighbour_agreement": 0.95},
-        extra_intervals={"neighbour_agreement": (0.94, 0.96)},
+        extra={
+            "mean_cosine": cosine,
+            "share_below_cosine_floor": 0.0,
+            "min_cosine": 0.95,
+            "neighbour_agreement": 0.95,
+        },
+        extra_intervals={"neighbour_agreement": (0.94, 0.96), "share_below_cosine_floor": (0.0, 0.004)},
     )
     recipe = Recipe(name=name, nodes_to_exclude=nodes or [])
     return CandidateResult(recipe=recipe, status="evaluated", size_bytes=100, evaluation=ev)
@@ -104,8 +109,16 @@ def test_fallback_prefers_the_nearly_passing_base_among_equally_fast_ones():
             "evaluation": per_tensor.evaluation.model_copy(
                 update={
                     "parity": per_tensor.evaluation.parity.model_copy(update={"mean_abs_diff": 0.02}),
-                    "extra": {"mean_cosine": 0.96, "min_cosine": 0.8, "neighbour_agreement": 0.85},
-                    "extra_intervals": {"neighbour_agreement": (0.83, 0.87)},
+                    "extra": {
+                        "mean_cosine": 0.96,
+                        "share_below_cosine_floor": 0.02,
+                        "min_cosine": 0.8,
+                        "neighbour_agreement": 0.85,
+                    },
+                    "extra_intervals": {
+                        "neighbour_agreement": (0.83, 0.87),
+                        "share_below_cosine_floor": (0.016, 0.025),
+                    },
                 }
             )
         }
