@@ -364,11 +364,13 @@ def bars(rows: list[dict[str, Any]], flow: dict[str, Any]) -> list[dict[str, Any
         fastest, name = min(peers)
         twins = [by[p][f"p50_ms_{t}t"] for p in INT8_PEERS if by[p]["same_as_promoted"]]
         noise = f"; the same artifact measured as a peer: {twins[0]:.2f} ms" if twins else ""
+        # The fixed shape informs (the run's report says when it would pick another winner); it no longer
+        # decides, so it is no bar: `met` None.
         out.append({
-            "bar": f"promoted p50 <= fastest other peer INT8 p50 (2 % tie band), {t} thread(s), "
-                   f"seq {HEADLINE_SEQ}",
+            "bar": f"(information) promoted vs fastest other peer INT8 p50 at the fixed shape, "
+                   f"{t} thread(s), seq {HEADLINE_SEQ}",
             "value": f"{mine:.2f} ms vs {fastest:.2f} ms ({name}){noise}",
-            "met": mine <= TIE * fastest,
+            "met": None,
         })  # fmt: skip
     out += [
         {"bar": "the flow promoted, every default gate passed", "value": flow["outcome"],
@@ -443,7 +445,8 @@ def main() -> int:
     checked = bars(rows, flow)
     print("\n" + table + "\n")
     for b in checked:
-        print(f"{'met' if b['met'] else 'NOT MET':<8} {b['bar']}: {b['value']}")
+        word = "info" if b["met"] is None else ("met" if b["met"] else "NOT MET")
+        print(f"{word:<8} {b['bar']}: {b['value']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
@@ -462,7 +465,7 @@ def main() -> int:
     print(f"wrote {args.out}")
     if args.readme:
         write_readme(table)
-    return 0 if all(b["met"] for b in checked) else 2
+    return 0 if all(b["met"] is not False for b in checked) else 2
 
 
 if __name__ == "__main__":
