@@ -39,6 +39,9 @@ CHAMPION_ENGINE = "champion@"
 Objective = Literal["latency", "throughput"]
 ProfileSource = Literal["heldout", "fixed", "lengths", "samples"]
 MAX_PROFILE_BATCH = 64
+MAX_SAMPLE_CHARS = 20_000  # a request past this is no sentence; the tokenizer cuts at 512 tokens anyway
+# Distinct requests held in memory at once (their feeds); past it the drawn requests are reused in turn.
+MAX_REQUEST_BYTES = 256 * 2**20
 
 
 class ServingProfile(BaseModel):
@@ -62,7 +65,11 @@ class ServingProfile(BaseModel):
     samples: list[str] | None = Field(None, min_length=1, max_length=100_000)
     requests: int = Field(100, ge=1, le=10_000, description="distinct requests drawn for the benchmark")
     objective: Objective | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    samples_sha256: str | None = Field(
+        None, description="in reports and manifests the sample inputs are replaced by their digest and count"
+    )
+    samples_count: int | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ServingProfile:
@@ -73,11 +80,31 @@ class ServingProfile(BaseModel):
             raise ValueError(f"lengths must be at least 1 token, got {min(self.lengths)}")
         if self.source == "lengths" and not self.lengths:
             raise ValueError("a `lengths` profile needs a non-empty list of lengths")
-        if self.source == "samples" and not self.samples:
+        if self.source == "samples" and not (self.samples or self.samples_sha256):
             raise ValueError("a `samples` profile needs at least one sample input")
+        if self.lengths is not None and self.source != "lengths":
+            raise ValueError(f"lengths are read only by source 'lengths', not {self.source!r}: drop one")
+        if self.samples is not None and self.source != "samples":
+            raise ValueError(f"samples are read only by source 'samples', not {self.source!r}: drop one")
+        if self.source == "fixed" and self.batch_sizes != [1]:
+            raise ValueError("a fixed profile's batch is BenchSettings.batch (--batch), not batch_sizes")
+        if self.samples is not None and any(len(x) > MAX_SAMPLE_CHARS for x in self.samples):
+            raise ValueError(f"a sample input is longer than {MAX_SAMPLE_CHARS:,} characters: cut it")
         if self.samples is not None and any(not str(x).strip() for x in self.samples):
             raise ValueError("sample inputs must not be blank")
         return self
+
+    def published(self) -> ServingProfile:
+        """As reports and manifests record it: sample inputs (real requests, perhaps personal data) replaced
+        by their digest and count."""
+        if not self.samples:
+            return self
+        import hashlib
+
+        digest = hashlib.sha256("\n".join(self.samples).encode()).hexdigest()
+        return self.model_copy(
+            update={"samples": None, "samples_sha256": digest, "samples_count": len(self.samples)}
+        )
 
     def describe(self, settings: BenchSettings | None = None) -> str:
         batches = "/".join(map(str, self.batch_sizes))
@@ -87,7 +114,7 @@ class ServingProfile(BaseModel):
         what = {
             "heldout": "held-out inputs at their own lengths",
             "lengths": f"declared lengths ({len(self.lengths or [])} values)",
-            "samples": f"{len(self.samples or [])} sample inputs",
+            "samples": f"{len(self.samples or []) or self.samples_count} sample inputs",
         }[self.source]
         objective = self.objective or "latency"
         return f"{self.name} ({what}, batch {batches}, {self.requests} requests, {objective})"
@@ -118,6 +145,8 @@ def load_profile(value: str | Path) -> ServingProfile:
         raw = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the profile file {path} ({exc}): save it as UTF-8 text") from None
+    import re
+
     if path.suffix.lower() == ".json":
         import json
 
@@ -127,7 +156,10 @@ def load_profile(value: str | Path) -> ServingProfile:
                 raise ValueError("it must be a JSON object")
             if data.get("lengths") and "source" not in data:
                 data["source"] = "lengths"
-            data.setdefault("name", path.stem[:64] or "declared")
+            if data.get("samples") and "source" not in data:
+                data["source"] = "samples"
+            stem = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).lstrip("._-")[:64]
+            data.setdefault("name", stem or "declared")
             return ServingProfile.model_validate(data)
         except (ValueError, ValidationError) as exc:
             if isinstance(exc, ValidationError):
@@ -143,7 +175,11 @@ def load_profile(value: str | Path) -> ServingProfile:
     samples = [line for line in raw.splitlines() if line.strip()]
     if not samples:
         raise ConfigError(f"profile file {path.name} holds no sample inputs: one request per line")
-    return ServingProfile(name=path.stem[:64] or "samples", source="samples", samples=samples)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).lstrip("._-")[:64] or "samples"
+    try:
+        return ServingProfile(name=name, source="samples", samples=samples)
+    except ValidationError as exc:
+        raise ConfigError(f"profile file {path.name}: {exc.errors()[0]['msg']}") from None
 
 
 class BenchSettings(BaseModel):
@@ -225,8 +261,14 @@ class BenchReport(BaseModel):
     )
 
     def describe(self) -> str:
-        """What was timed, in one line: the profile, its requests, threads and runs."""
+        """What was timed, in one line: the profile, its requests, threads and runs. A report written before
+        serving profiles has none: it was timed at its fixed shape."""
         s, r = self.settings, self.requests
+        if s.profile is None:
+            return (
+                f"batch {s.batch}, seq {s.seq_len} (fixed shape); {s.threads} thread(s), {s.repeat_runs} "
+                "interleaved runs"
+            )
         lengths = (
             f"; lengths p50 {r['length_p50']:g}, p95 {r['length_p95']:g}, max {r['length_max']}"
             if r and s.serving.source != "fixed"
@@ -335,6 +377,10 @@ def run_benchmark(engines: list[Engine], settings: BenchSettings, requests: list
         ms = t * 1000
         throughput = items / float(t.sum())
         p50 = float(np.percentile(ms, 50))
+        # One median over a mix of batch sizes lands between the classes; each batch size's own p50,
+        # averaged, weighs them alike.
+        batches = np.array([r.items for r in timed])
+        latency = float(np.mean([np.median(ms[batches == b]) for b in np.unique(batches)]))
         results.append(
             EngineResult(
                 engine=engine.name,
@@ -345,12 +391,14 @@ def run_benchmark(engines: list[Engine], settings: BenchSettings, requests: list
                 throughput_per_s=throughput,
                 size_mb=engine.size_bytes / 1e6,
                 load_s=load,
-                objective_ms=p50 if settings.objective == "latency" else 1000.0 / throughput,
+                objective_ms=latency if settings.objective == "latency" else 1000.0 / throughput,
                 by_length=_by_length(ms, lengths),
             )
         )
     return BenchReport(
-        settings=settings,
+        settings=settings.model_copy(update={"profile": settings.profile.published()})
+        if settings.profile
+        else settings,
         results=results,
         cpu=cpu_info(),
         requests={
@@ -381,13 +429,18 @@ def draw_requests(
     def request(feeds: dict[str, np.ndarray], items: int) -> Request:
         return Request(feeds=feeds, length=length_of(feeds), items=items)
 
-    if profile.source == "fixed":
-        return [request(encode([i % rows for i in range(settings.batch)], settings.seq_len), settings.batch)]
     if rows < 1 and profile.source != "samples":
         raise ConfigError("the serving profile draws from the held-out set, which has no rows")
+    if profile.source == "fixed":
+        return [request(encode([i % rows for i in range(settings.batch)], settings.seq_len), settings.batch)]
     rng = np.random.default_rng(profile.seed)
-    out = []
-    for _ in range(profile.requests):
+    out: list[Request] = []
+    held = 0
+    # Only what is run is drawn (warm-up and timed runs cycle through the requests), and at most
+    # MAX_REQUEST_BYTES of feeds are held: past it the drawn requests are reused in turn.
+    for _ in range(min(profile.requests, max(settings.warmup_runs, settings.repeat_runs))):
+        if held > MAX_REQUEST_BYTES:
+            break
         batch = int(rng.choice(profile.batch_sizes))
         pad_to = int(rng.choice(profile.lengths)) if profile.source == "lengths" and profile.lengths else None
         if profile.source == "samples":
@@ -401,6 +454,14 @@ def draw_requests(
         else:
             picked_rows = [int(k) for k in rng.choice(rows, size=batch, replace=rows < batch)]
             out.append(request(encode(picked_rows, pad_to), batch))
+        held += sum(v.nbytes for v in out[-1].feeds.values())
+    runs = settings.warmup_runs + settings.repeat_runs
+    tokens = sum(out[i % len(out)].items * out[i % len(out)].length for i in range(runs))
+    if tokens > MAX_BENCH_TOKENS:
+        raise ConfigError(
+            f"the serving profile pushes {tokens:,} tokens (or rows) through each engine, above the bound of "
+            f"{MAX_BENCH_TOKENS:,}: lower --repeats or the profile's batch sizes and lengths"
+        )
     return out
 
 

@@ -229,7 +229,7 @@ def run(
     limits: dict[str, float | None] | None = None,
 ) -> None:
     """Run quantize-and-promote for a registered version and print the decision."""
-    from quantgate.bench import BenchSettings, load_profile
+    from quantgate.bench import BenchSettings, ServingProfile, load_profile
     from quantgate.quantize import load_recipe_file, resolve_recipes
     from quantgate.search import SearchBudget
 
@@ -241,8 +241,9 @@ def run(
             items += load_recipe_file(recipe_file)
         recipes = resolve_recipes(items) if items else None  # None: the task type's default search
         serving = load_profile(profile) if profile else None
-        if serving is None and (batch is not None or seq_len is not None):
-            serving = load_profile("b1-s128")  # a shape given alone: time that shape
+        if serving is None and (batch is not None or seq_len is not None):  # a shape given alone: time it
+            shape = f"b{1 if batch is None else batch}-s{128 if seq_len is None else seq_len}"
+            serving = ServingProfile(name=shape, source="fixed")
         bench = BenchSettings(
             batch=1 if batch is None else batch,
             seq_len=128 if seq_len is None else seq_len,

@@ -22,7 +22,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from quantgate.backends import AccuracyTarget, Servable, get_quantizer
-from quantgate.bench import CHAMPION_ENGINE, FIXED_PROFILE, BenchReport, BenchSettings
+from quantgate.bench import CHAMPION_ENGINE, BenchReport, BenchSettings
 from quantgate.errors import CandidateUnavailable, NothingToQuantize, SearchError
 from quantgate.gates import limit_value
 from quantgate.quantize import Recipe, build_candidate
@@ -291,11 +291,13 @@ def run_search(
     chosen = choose(results)
     lead = chosen or closest(results)
     comparison = None
-    if chosen is not None and steps.benchmark_fixed is not None:
+    # Informs, never decides: skipped once the search's time is spent.
+    if chosen is not None and steps.benchmark_fixed is not None and time.monotonic() < deadline:
         passing = [c for c in results if c.passed]
         fixed = steps.benchmark_fixed({c.name: servable_of(c, job.out_dir) for c in passing})
         benches[FIXED_ROUND] = fixed
-        comparison = compare_fixed_shape(passing, chosen.name, fixed, FIXED_PROFILE)
+        shape = f"b{fixed.settings.batch}-s{fixed.settings.seq_len}"
+        comparison = compare_fixed_shape(passing, chosen.name, fixed, shape)
     return SearchResult(
         candidates=results,
         benchmarks=benches,

@@ -145,7 +145,8 @@ class OpenVino(Runtime):
         core = ov.Core()
         compiled = core.compile_model(str(path), "CPU", config)
         buckets = settings.get("shape_buckets") or []
-        if not buckets:
+        # Token inputs only (rank 2: batch x tokens); an image model's pixels keep the dynamic model.
+        if not buckets or any(i.get_partial_shape().rank.get_length() != 2 for i in compiled.inputs):
             return _OvSession(compiled)
         static = {}
         for length in buckets:
@@ -219,7 +220,10 @@ class _BucketedSession:
         padded = {k: np.pad(v, ((0, 0), (0, bucket - width))) for k, v in feeds.items()}
         names = output_names or self.dynamic.outputs
         out = self.static[bucket].run(names, padded)
-        return [o[:, :width] if n in self.per_token else o for n, o in zip(names, out, strict=True)]
+        return [
+            o[:, :width] if n in self.per_token and o.ndim >= 2 and o.shape[1] == bucket else o
+            for n, o in zip(names, out, strict=True)
+        ]
 
 
 def _quiet_nncf() -> Any:

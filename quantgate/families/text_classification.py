@@ -42,6 +42,15 @@ from quantgate.tasktypes import (
 AUTO_CLASS = "AutoModelForSequenceClassification"
 
 
+def sample_frame(texts: list[str]) -> pd.DataFrame:
+    """Sample requests, one per line: a sentence, or a pair separated by a TAB (as in the held-out TSV)."""
+    pairs = [t.split("\t", 1) for t in texts]
+    frame = pd.DataFrame({"sentence": [p[0] for p in pairs]})
+    if any(len(p) == 2 for p in pairs):
+        frame["sentence2"] = [p[1] if len(p) == 2 else "" for p in pairs]
+    return frame
+
+
 class SequenceClassification(clf.ProbabilityClassifier):
     name = "sequence-classification"
     reads_text = True  # a serving profile may declare token lengths and sample texts
@@ -170,7 +179,7 @@ class SequenceClassification(clf.ProbabilityClassifier):
             len(heldout),
             lambda rows, pad_to: head.feeds(self._encode(tokenizer, heldout, rows, pad_to=pad_to)),
             samples=lambda texts, pad_to: head.feeds(
-                self._encode(tokenizer, pd.DataFrame({"sentence": texts}), list(range(len(texts))), pad_to)
+                self._encode(tokenizer, sample_frame(texts), list(range(len(texts))), pad_to)
             ),
         )
         return benchmark_with_torch(

@@ -193,3 +193,71 @@ def test_a_profile_cannot_draw_from_an_empty_set_or_a_task_without_sample_inputs
     samples = ServingProfile(source="samples", samples=["x"])
     with pytest.raises(ConfigError, match="takes no file of sample inputs"):
         draw_requests(BenchSettings(profile=samples), 5, lambda rows, pad_to: {"input_ids": np.zeros((1, 2))})
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({"seed": -1}, "seed: Input should be greater than or equal to 0"),
+        ({"source": "heldout", "lengths": [12]}, "lengths are read only by source 'lengths'"),
+        ({"source": "fixed", "batch_sizes": [8]}, "a fixed profile's batch is BenchSettings.batch"),
+        ({"source": "lengths", "lengths": [8], "samples": ["a"]}, "read only by source 'samples'"),
+    ],
+)
+def test_a_profile_field_its_source_would_ignore_is_refused_not_dropped(tmp_path, data, words):
+    """A review found these accepted and then ignored (or, for a negative seed, failing every run late)."""
+    with pytest.raises(ConfigError, match="not a valid serving profile") as info:
+        load_profile(_write(tmp_path / "p.json", data))
+    assert words in str(info.value)
+
+
+def test_samples_in_json_select_the_samples_source_and_a_file_name_with_spaces_is_fine(tmp_path):
+    assert load_profile(_write(tmp_path / "p.json", {"samples": ["a b"]})).source == "samples"
+    spaced = tmp_path / "prod traffic.txt"
+    spaced.write_text("a b\n")
+    assert load_profile(spaced).name == "prod-traffic"
+
+
+def test_reports_record_sample_inputs_by_digest_not_verbatim():
+    """Sample requests may be real users' text: the report and the manifest keep their digest and count."""
+    profile = ServingProfile(source="samples", samples=["private text", "more"])
+    report = run_benchmark(
+        [Engine(name="e", load=lambda: lambda feeds: None, size_bytes=1)],
+        BenchSettings(warmup_runs=0, repeat_runs=5, profile=profile),
+        [Request(feeds={"x": np.zeros((1, 2))}, length=2, items=1)],
+    )
+    recorded = report.settings.profile
+    assert recorded.samples is None
+    assert recorded.samples_count == 2
+    assert recorded.samples_sha256 is not None
+    assert "private" not in report.model_dump_json()
+
+
+def test_latency_over_mixed_batch_sizes_weighs_each_batch_size_alike():
+    def engine(name: str) -> Engine:
+        def load():
+            def run(feeds):
+                np.linalg.svd(np.ones((8, 8 * feeds["x"].shape[0])))
+
+            return run
+
+        return Engine(name=name, load=load, size_bytes=1)
+
+    requests = [Request(feeds={"x": np.zeros((b, 3))}, length=3, items=b) for b in (1, 1, 1, 8)]
+    (r,) = run_benchmark([engine("a")], BenchSettings(warmup_runs=0, repeat_runs=40), requests).results
+    assert r.p50_ms < r.objective_ms  # 3 in 4 requests are batch 1: the pooled median ignores batch 8
+
+
+def test_only_what_is_run_is_drawn_and_the_token_bound_holds_for_drawn_profiles():
+    calls = []
+
+    def encode(rows, pad_to):
+        calls.append(len(rows))
+        return {"input_ids": np.zeros((len(rows), pad_to or 4), dtype=np.int64)}
+
+    many = ServingProfile(requests=10_000)
+    drawn = draw_requests(BenchSettings(warmup_runs=2, repeat_runs=20, profile=many), 50, encode)
+    assert len(drawn) == len(calls) == 20
+    huge = ServingProfile(source="lengths", lengths=[512], batch_sizes=[64], requests=100)
+    with pytest.raises(ConfigError, match="tokens \\(or rows\\) through each engine, above the bound"):
+        draw_requests(BenchSettings(repeat_runs=10_000, profile=huge), 50, encode)
