@@ -5,8 +5,8 @@ task type's default search and every default gate, and tabulate the decisions.
 Starts its own SeaweedFS on 127.0.0.1 (stopped at the end, also on failure); Prefect's ephemeral API.
 Benchmark settings are the CLI's defaults: 1 thread, each task type's default serving profile (requests
 drawn from its held-out set, batch 1 and latency for text and images at their own lengths and sizes, 64 rows
-a request and throughput for tables). Writes JSON and prints the README's table (`--readme` also writes
-it into README.md between its markers).
+a request and throughput for tables). Writes JSON and prints the families table (`--readme` also writes
+it into docs/families.md between its markers).
 
     .venv/bin/python benchmarks/families.py [--models ~/.cache/quantgate-families] [--only tabular] [--readme]
 """
@@ -31,6 +31,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 START, END = "<!-- families-table:start -->", "<!-- families-table:end -->"
+TABLE_DOC = REPO / "docs" / "families.md"  # the file --readme writes the table into
 
 
 def _text_classifier(root: Path) -> tuple[Path, Path]:
@@ -193,7 +194,7 @@ def bars(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_readme(table: str) -> None:
-    readme = REPO / "README.md"
+    readme = TABLE_DOC
     text = readme.read_text()
     if START in text and END in text:
         head, rest = text.split(START, 1)
@@ -206,7 +207,7 @@ def main() -> int:  # noqa: PLR0915 - the benchmark reads top to bottom, one ste
     parser.add_argument("--models", type=Path, default=Path.home() / ".cache" / "quantgate-families",
                         help="where the trained models are kept (reused when present)")  # fmt: skip
     parser.add_argument("--only", nargs="*", help="families or model names to run (default: all)")
-    parser.add_argument("--readme", action="store_true", help="write the table into README.md")
+    parser.add_argument("--readme", action="store_true", help="write the table into docs/families.md")
     parser.add_argument("--train-only", action="store_true", help="make the models, run nothing")
     parser.add_argument("--table-from", type=Path, help="only print (and --readme write) the table of a JSON")
     args = parser.parse_args()

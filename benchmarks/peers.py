@@ -22,8 +22,8 @@
    (traffic the run never judged: the 872 whole review sentences of SST-2's GLUE dev split). The bars are
    judged on `unseen`, the fixed seq-128 figures stay beside them.
 
-Prints the tables and the bars, writes JSON; `--readme` writes the tables into README.md between its
-markers.
+Prints the tables and the bars, writes JSON; `--readme` writes the tables into docs/benchmarks.md between
+its markers.
 
     .venv/bin/python benchmarks/peers.py [--out benchmarks/results/peers.json] [--readme] [--repeats 50]
 """
@@ -48,6 +48,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 START, END = "<!-- peers-table:start -->", "<!-- peers-table:end -->"
+TABLE_DOC = REPO / "docs" / "benchmarks.md"  # the file --readme writes the tables into
 PROMOTED = "quantgate-promoted"
 THREADS = (1, 2)
 SEQ_LENS = (16, 32, 64, 128, 256)
@@ -384,10 +385,10 @@ def bars(rows: list[dict[str, Any]], flow: dict[str, Any]) -> list[dict[str, Any
 
 
 def write_readme(text: str) -> None:
-    readme = REPO / "README.md"
+    readme = TABLE_DOC
     body = readme.read_text()
     if START not in body or END not in body:
-        raise SystemExit(f"README.md has no {START} ... {END} markers")
+        raise SystemExit(f"{readme.relative_to(REPO)} has no {START} ... {END} markers")
     head, rest = body.split(START, 1)
     readme.write_text(head + START + "\n" + text + "\n" + END + rest.split(END, 1)[1])
 
@@ -399,7 +400,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "peers.json")
     parser.add_argument("--stsb", type=Path, default=stsb_path(), help="default: see infra/stsb.py")
     parser.add_argument("--repeats", type=int, default=50, help="timed runs per engine and setting")
-    parser.add_argument("--readme", action="store_true", help="write the tables into README.md")
+    parser.add_argument("--readme", action="store_true", help="write the tables into docs/benchmarks.md")
     args = parser.parse_args()
     if args.stsb is None:
         parser.error(missing_message())
