@@ -21,7 +21,7 @@ pointer back to an older promotion.
     promotion.py      promote, finish_promotion
     rejection.py      reject
     sweep.py          sweep_plan: what the registry sweep runs
-    download.py       pull (a registered version), pull_promotion
+    download.py       pull (a registered version), pull_promotion, engine_drift
     champion.py       pull_champion: the serving version, to judge beside a new one
     run_reports.py    write_run_report, write_data_docs
 """
@@ -39,7 +39,9 @@ from quantgate.lifecycle.decisions import (
 )
 from quantgate.lifecycle.download import (
     RUN_SPACE_FACTOR,
+    EngineDrift,
     PulledVersion,
+    engine_drift,
     local_name,
     pull,
     pull_promotion,
@@ -58,6 +60,7 @@ __all__ = [
     "RUN_SPACE_FACTOR",
     "AuditLog",
     "Champion",
+    "EngineDrift",
     "FileCheck",
     "ModelRef",
     "PulledVersion",
@@ -67,6 +70,7 @@ __all__ = [
     "audit_log",
     "current",
     "decision_of",
+    "engine_drift",
     "failed_runs",
     "finish_promotion",
     "list_registered",

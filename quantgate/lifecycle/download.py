@@ -13,6 +13,7 @@ from quantgate.lifecycle._records import NO_TRUST
 from quantgate.lifecycle.decisions import current
 from quantgate.lifecycle.registration import load_registration
 from quantgate.lifecycle.verification import _require_verified
+from quantgate.packages import versions
 from quantgate.registry import FileEntry, Manifest, ModelRef, Registration, promoted_key
 from quantgate.signing import TrustedKeys
 from quantgate.storage import sha256_bytes, sha256_file
@@ -106,3 +107,24 @@ def pull_promotion(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest, [*paths, dest / "manifest.json"]
+
+
+@dataclass(frozen=True)
+class EngineDrift:
+    """A package that runs the promoted artifact, at another version here than the one that judged it."""
+
+    package: str
+    judged: str
+    local: str | None  # None: not installed here
+
+
+def engine_drift(manifest: Manifest) -> list[EngineDrift]:
+    """The engine packages whose local version differs from the one the manifest records: another engine
+    version may not reproduce the latency and accuracy the promotion was judged on. None for a manifest
+    written before it recorded them."""
+    local = versions(manifest.engine)
+    return [
+        EngineDrift(package, judged, local[package])
+        for package, judged in manifest.engine.items()
+        if local[package] != judged
+    ]

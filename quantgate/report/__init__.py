@@ -12,7 +12,7 @@ their names on (callers keep writing `from quantgate.report import RunReport`).
 """
 
 from quantgate.report.decision import build_run_report, champion_summary, rejection_reason
-from quantgate.report.environment import environment
+from quantgate.report.environment import environment, run_packages
 from quantgate.report.links import decision_links, decision_plots
 from quantgate.report.manifest import manifest_for, promotion_files, write_json
 from quantgate.report.markdown import champion_line, shape_comparison_line, to_markdown
@@ -49,6 +49,7 @@ __all__ = [
     "manifest_for",
     "promotion_files",
     "rejection_reason",
+    "run_packages",
     "shape_comparison_line",
     "slice_rows",
     "to_markdown",

@@ -7,7 +7,7 @@ import math
 
 from quantgate.bench import CHAMPION_ENGINE
 from quantgate.evaluate import ParityReport
-from quantgate.report.environment import environment
+from quantgate.report.environment import environment, run_packages
 from quantgate.report.model import ChampionSummary, ExportSummary, HeldoutSummary, RunReport
 from quantgate.search import NOTHING_TO_QUANTIZE, CandidateResult, SearchResult
 from quantgate.stats import rows_needed
@@ -64,7 +64,7 @@ def build_run_report(
         gates=lead.gates,
         parity=parity,
         benchmark=bench,
-        environment=environment(),
+        environment=environment(run_packages(task, lead.recipe.backend)),
         search=search,
     )
 

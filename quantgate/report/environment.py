@@ -1,31 +1,23 @@
-"""Where a run was measured: Python, the CPU, and the versions of the packages its decision depends on."""
+"""Where a run was measured: Python, the CPU, and the versions of the distributions its decision depends
+on (the core ones, the run's task type's and the candidate's backend's)."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
+from collections.abc import Iterable
 from typing import Any
 
+from quantgate.backends import backend_packages
 from quantgate.bench import cpu_info
-
-_PACKAGES = (
-    "quantgate",
-    "torch",
-    "transformers",
-    "onnx",
-    "onnxruntime",
-    "prefect",
-    "great-expectations",
-    "boto3",
-    "numpy",
-)
+from quantgate.packages import CORE, versions
+from quantgate.tasktypes import task_types
 
 
-def environment() -> dict[str, Any]:
-    versions = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return {"python": platform.python_version(), "packages": versions, "cpu": cpu_info()}
+def run_packages(task: str, backend: str) -> tuple[str, ...]:
+    """The core distributions, then those the run's task type and the candidate's backend declare (a task
+    type that declares none, such as a plugin's, adds none)."""
+    return (*CORE, *getattr(task_types().get(task), "packages", ()), *backend_packages(backend))
+
+
+def environment(packages: Iterable[str] = CORE) -> dict[str, Any]:
+    return {"python": platform.python_version(), "packages": versions(packages), "cpu": cpu_info()}

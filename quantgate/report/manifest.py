@@ -1,4 +1,5 @@
-"""What a promotion writes: the manifest and the files beside it under promoted/<m>/<v>/<run>/."""
+"""What a promotion writes: the manifest (with the engine versions the promotion was judged with) and the
+files beside it under promoted/<m>/<v>/<run>/."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from quantgate.backends import engine_packages
 from quantgate.registry import Manifest, Registration, registration_key
 from quantgate.report.links import decision_plots
 from quantgate.report.model import RunReport
@@ -13,7 +15,9 @@ from quantgate.report.tables import gate_rows
 
 
 def manifest_for(report: RunReport, registration: Registration) -> Manifest:
-    """The manifest of a promotion; `files` is filled in by lifecycle.promote once they are stored."""
+    """The manifest of a promotion; `files` is filled in by lifecycle.promote once they are stored. Its
+    `engine` names the versions of the packages that run the artifact, as the run measured it."""
+    recorded = report.environment.get("packages", {})
     return Manifest(
         model=report.model,
         version=report.version,
@@ -33,6 +37,7 @@ def manifest_for(report: RunReport, registration: Registration) -> Manifest:
         gates=gate_rows(report.gates),
         benchmark=report.benchmark.model_dump(mode="json"),
         environment=report.environment,
+        engine={p: v for p in engine_packages(report.recipe.backend) if (v := recorded.get(p))},
     )
 
 
