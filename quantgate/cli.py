@@ -566,6 +566,16 @@ def pull(
         f"pulled {model}@{manifest.version} (recipe {manifest.recipe.get('name')}) into {to}: "
         f"{len(paths)} files, {total:.1f} MB, every sha256 verified"
     )
+    for drift in lifecycle.engine_drift(manifest):
+        # A warning, not a refusal: the files are the promoted ones; only their speed and scores may move.
+        err.print(
+            f"[bold yellow]warning:[/] {model}@{manifest.version} was judged with {escape(drift.package)} "
+            f"{escape(drift.judged)}, this machine has {escape(drift.local or 'none installed')}: its "
+            f"latency and accuracy here may differ from the report's (install "
+            f"{escape(drift.package)}=={escape(drift.judged)} to serve it as it was judged)",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 keys_app = typer.Typer(

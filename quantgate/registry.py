@@ -296,6 +296,11 @@ class Manifest(BaseModel):
     gates: list[dict[str, Any]]
     benchmark: dict[str, Any]
     environment: dict[str, Any]
+    engine: dict[str, str] = Field(
+        default_factory=dict,
+        description="the packages that run the promoted artifact and the versions it was judged with "
+        "(`quantgate pull` warns when the local ones differ); empty in manifests written before",
+    )
 
 
 Outcome = Literal["promoted", "rejected"]

@@ -455,6 +455,7 @@ class SentenceEmbedding:
     """Bi-encoders (sentence-transformers style): STS pairs, metric = Spearman(cosine, gold score)."""
 
     name = "sentence-embedding"
+    packages: ClassVar[tuple[str, ...]] = ("transformers", "torch", "tokenizers")
     reads_text = True  # a serving profile may declare token lengths and sample texts
     recognised_by = (
         "a bare encoder: config.json architectures `*Model` (no task head), or sentence-transformers' "

@@ -58,6 +58,9 @@ class Runtime(ABC):
     """Open, run and describe an artifact; apply the session settings stored beside it."""
 
     name: ClassVar[str]
+    # The distributions that run the artifact (its engine): the manifest records the versions it was judged
+    # with, and `quantgate pull` warns when the local ones differ.
+    packages: ClassVar[tuple[str, ...]] = ()
     registry: ClassVar[dict[str, type[Runtime]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -90,6 +93,7 @@ class Quantizer(ABC):
     name: ClassVar[str]
     recipe_type: ClassVar[type[Recipe]]
     runtime: ClassVar[str] = "onnxruntime"
+    packages: ClassVar[tuple[str, ...]] = ()  # the distributions it builds with: the report records them
     registry: ClassVar[dict[str, type[Quantizer]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -157,6 +161,17 @@ def get_runtime(name: str) -> Runtime:
         return Runtime.registry[name]()
     except KeyError:
         raise ConfigError(f"unknown runtime {name!r}: choose one of {sorted(Runtime.registry)}") from None
+
+
+def backend_packages(backend: str) -> tuple[str, ...]:
+    """The distributions a candidate of `backend` depends on: its quantizer's, then its runtime's."""
+    quantizer = get_quantizer(backend)
+    return tuple(dict.fromkeys((*quantizer.packages, *get_runtime(quantizer.runtime).packages)))
+
+
+def engine_packages(backend: str) -> tuple[str, ...]:
+    """The distributions that run an artifact `backend` built (its runtime's)."""
+    return get_runtime(get_quantizer(backend).runtime).packages
 
 
 def quantizers() -> list[Quantizer]:

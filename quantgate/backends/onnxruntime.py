@@ -445,6 +445,7 @@ class OnnxRuntimeQuantizer(Quantizer):
     name = "onnxruntime"
     recipe_type = OrtRecipe
     runtime = "onnxruntime"
+    packages = ("onnxruntime",)
 
     def catalogue(self) -> list[Recipe]:
         return list(RECIPES.values())
@@ -497,6 +498,7 @@ class OnnxRuntime(Runtime):
     """ONNX Runtime on CPU, with the session settings stored beside the artifact."""
 
     name = "onnxruntime"
+    packages = ("onnxruntime",)
 
     def session(self, path: Path, threads: int) -> Session:
         return inference_session(path, threads)

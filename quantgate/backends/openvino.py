@@ -132,6 +132,7 @@ class OpenVino(Runtime):
     """OpenVINO's CPU plugin, with the precision hint stored beside the IR (threads per session)."""
 
     name = BACKEND
+    packages = ("openvino",)
 
     def session(self, path: Path, threads: int) -> Session:
         ov = _openvino()
@@ -237,6 +238,7 @@ class OpenVinoQuantizer(Quantizer):
     name = BACKEND
     recipe_type = OvRecipe
     runtime = BACKEND
+    packages = ("openvino", "nncf")
 
     def catalogue(self) -> list[Recipe]:
         return [

@@ -253,6 +253,7 @@ def read_npz(path: Path) -> pd.DataFrame:
 
 class ImageClassification(clf.ProbabilityClassifier):
     name = "image-classification"
+    packages: ClassVar[tuple[str, ...]] = ("transformers", "torch", "pillow")
     recognised_by = "config.json architectures `*ForImageClassification` and a preprocessor_config.json"
     heldout_format = "image folder (class/image) or .npz (images N,H,W,C uint8; labels)"
     schema = HeldoutSchema(

@@ -320,6 +320,7 @@ def load_sklearn(model_dir: Path, allow_pickle: bool) -> Any:
 
 class Tabular(clf.ProbabilityClassifier):
     name = "tabular"
+    packages: ClassVar[tuple[str, ...]] = ("scikit-learn", "skl2onnx", "skops")
     PARITY_LIMITS: ClassVar[tuple[str, str]] = ("max_proba_abs_diff", "max_proba_mean_diff")
     TAIL: ClassVar[tuple[str, str]] = ("max_proba_abs_diff", "share_above_proba_abs_diff")
     recognised_by = f"a scikit-learn model: {SKOPS} (or a pickle, with --allow-pickle) and {FEATURES}"

@@ -53,6 +53,7 @@ def sample_frame(texts: list[str]) -> pd.DataFrame:
 
 class SequenceClassification(clf.ProbabilityClassifier):
     name = "sequence-classification"
+    packages: ClassVar[tuple[str, ...]] = ("transformers", "torch", "tokenizers")
     reads_text = True  # a serving profile may declare token lengths and sample texts
     recognised_by = "config.json architectures `*ForSequenceClassification`"
     heldout_format = "tsv: header sentence<TAB>label[<TAB>sentence2]"

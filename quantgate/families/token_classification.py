@@ -132,6 +132,7 @@ def sentence_prob_diff(fp32: Tagged, candidate: Tagged) -> np.ndarray:
 
 class TokenClassification:
     name = "token-classification"
+    packages: ClassVar[tuple[str, ...]] = ("transformers", "torch", "tokenizers", "seqeval")
     reads_text = True  # a serving profile may declare token lengths and sample texts
     recognised_by = "config.json architectures `*ForTokenClassification`"
     heldout_format = "conll: token<TAB>tag per line, a blank line between sentences"

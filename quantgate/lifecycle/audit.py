@@ -1,0 +1,58 @@
+"""The audit log: one create-only event per promotion and rollback under audit/<model>/, read oldest first;
+what does not have an event's shape is skipped and listed, never trusted."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from quantgate.errors import NotFoundError
+from quantgate.lifecycle._records import _put_json
+from quantgate.registry import AUDIT_NAME_RE, AuditEvent, audit_key, audit_prefix
+from quantgate.store import Store
+
+
+def _append_audit(store: Store, event: AuditEvent, at_ns: int | None = None, token: str | None = None) -> str:
+    key = audit_key(
+        event.model,
+        time.time_ns() if at_ns is None else at_ns,
+        token or uuid.uuid4().hex[:8],
+        event.action,
+        event.version,
+    )
+    _put_json(store, key, event, create_only=True)
+    return key
+
+
+@dataclass
+class AuditLog:
+    events: list[AuditEvent]
+    skipped: list[str]  # keys under audit/<m>/ that are not quantgate events (stray or unreadable)
+
+
+def read_audit_log(store: Store, model: str) -> AuditLog:
+    """Every promotion and rollback of a model, oldest first (keys sort by time). Objects whose key
+    does not have the audit shape, or that do not parse, are skipped and listed: never trusted."""
+    log = AuditLog(events=[], skipped=[])
+    prefix = audit_prefix(model)
+    for obj in store.list(prefix):
+        if not AUDIT_NAME_RE.fullmatch(obj.key.removeprefix(prefix)):
+            log.skipped.append(obj.key)
+            continue
+        try:
+            event = AuditEvent.model_validate_json(store.get_bytes(obj.key))
+        except (ValidationError, NotFoundError):
+            log.skipped.append(obj.key)
+            continue
+        if event.model != model:
+            log.skipped.append(obj.key)
+            continue
+        log.events.append(event)
+    return log
+
+
+def audit_log(store: Store, model: str) -> list[AuditEvent]:
+    return read_audit_log(store, model).events

@@ -1,0 +1,57 @@
+"""The run report: one JSON document per run (what was measured, each gate, the decision), plus the
+markdown and tables people read in the CLI and the Prefect UI. One module per job; this file only hands
+their names on (callers keep writing `from quantgate.report import RunReport`).
+
+    model.py         RunReport and its summaries: the schema of report.json
+    environment.py   where the run was measured: Python, CPU, the versions of the packages it depends on
+    decision.py      build_run_report: promoted or not, why not, and beside which champion
+    tables.py        the report as table rows (gates, candidates, slices, benchmark)
+    markdown.py      the report as markdown (to_markdown)
+    links.py         the decision's plots and where they are stored
+    manifest.py      what a promotion writes: manifest_for, promotion_files
+"""
+
+from quantgate.report.decision import build_run_report, champion_summary, rejection_reason
+from quantgate.report.environment import environment, run_packages
+from quantgate.report.links import decision_links, decision_plots
+from quantgate.report.manifest import manifest_for, promotion_files, write_json
+from quantgate.report.markdown import champion_line, shape_comparison_line, to_markdown
+from quantgate.report.model import ChampionSummary, ExportSummary, HeldoutSummary, RunReport
+from quantgate.report.tables import (
+    bench_rows,
+    candidate_rows,
+    compact_candidate_rows,
+    example_rows,
+    gate_rows,
+    kind_rows,
+    length_rows,
+    slice_rows,
+)
+
+__all__ = [
+    "ChampionSummary",
+    "ExportSummary",
+    "HeldoutSummary",
+    "RunReport",
+    "bench_rows",
+    "build_run_report",
+    "candidate_rows",
+    "champion_line",
+    "champion_summary",
+    "compact_candidate_rows",
+    "decision_links",
+    "decision_plots",
+    "environment",
+    "example_rows",
+    "gate_rows",
+    "kind_rows",
+    "length_rows",
+    "manifest_for",
+    "promotion_files",
+    "rejection_reason",
+    "run_packages",
+    "shape_comparison_line",
+    "slice_rows",
+    "to_markdown",
+    "write_json",
+]

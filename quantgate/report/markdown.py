@@ -1,0 +1,148 @@
+"""The report as markdown, what a person reads in the Prefect UI: the verdict first, then the gates, the
+candidates, the benchmark."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from quantgate.report.model import RunReport
+from quantgate.report.tables import (
+    bench_rows,
+    compact_candidate_rows,
+    example_rows,
+    gate_rows,
+    kind_rows,
+    length_rows,
+    slice_rows,
+)
+from quantgate.search import SearchResult
+
+
+def shape_comparison_line(search: SearchResult) -> str:
+    cmp = search.fixed_shape
+    if cmp is None or cmp.winner is None:
+        return ""
+    if cmp.winner == search.chosen:
+        return f"At the fixed shape {cmp.shape} the same candidate would win (`{cmp.winner}`)."
+    return (
+        f"At the fixed shape {cmp.shape} the winner would differ: `{cmp.winner}` ({cmp.winner_ms:.2f} ms) "
+        f"against `{search.chosen}` ({cmp.chosen_ms or float('nan'):.2f} ms there). The decision is taken on "
+        "the serving profile."
+    )
+
+
+def _plain(value: Any) -> Any:
+    """A held-out text as inert table cell text: no HTML, no column break, no line break."""
+    if not isinstance(value, str):
+        return value
+    return html.escape(" ".join(value.split())).replace("|", "\\|").replace("`", "&#96;")
+
+
+def _md_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join("" if r[h] is None else str(r[h]) for h in head) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _fallback_md(search: SearchResult) -> str:
+    fb = search.fallback
+    if fb is None:
+        return ""
+    kept = (
+        _md_table(fb.kept_fp32)
+        if fb.kept_fp32
+        else "no trial passed" + (f" ({fb.stopped})" if fb.stopped else "")
+    )
+    tried = (
+        ", ".join(f"`{t.recipe}` ({'pass' if t.accuracy_passed else 'fail'})" for t in fb.trials) or "none"
+    )
+    return (
+        f"## Sensitive-node fallback\n\nNothing passed; `{fb.base}` failed on accuracy only ({fb.reason}). "
+        f"Nodes ranked by per-layer SQNR on the calibration split; trials: {tried}.\n\n"
+        f"Nodes kept in FP32 and what each cost (share of the measured p50 increase):\n\n{kept}"
+    )
+
+
+def to_markdown(report: RunReport, links: dict[str, str] | None = None) -> str:
+    verdict = "PROMOTED" if report.outcome == "promoted" else "REJECTED (not promoted)"
+    failed = ", ".join(r.gate.name for r in report.gates.failed) or "none"
+    search = report.search
+    lead = "Recipe chosen" if report.outcome == "promoted" else "Closest candidate"
+    parts = [
+        f"# {report.model}@{report.version}: {verdict}",
+        f"{lead}: `{report.recipe.name}` · task `{report.task}` · run `{report.run_id}` · "
+        f"failed gates: {failed}",
+        f"Task metric: FP32 "
+        f"{report.metrics['task_metric_fp32']:.4f} → candidate {report.metrics['task_metric_candidate']:.4f}",
+        f"## Gates ({report.recipe.name})\n\n" + _md_table(gate_rows(report.gates)),
+    ]
+    parts.insert(2, champion_line(report))
+    if report.reason:
+        needed = f" (about {report.rows_needed} held-out rows would be needed)" if report.rows_needed else ""
+        parts.insert(2, f"Reason: **{report.reason}**{needed}")
+    slices = slice_rows(report)
+    if slices:
+        parts.append(
+            "## Slices (the max-slice-drop gate counts slices of at least 50 rows)\n\n" + _md_table(slices)
+        )
+    examples = example_rows(report)
+    if examples:
+        parts.append(
+            f"## What moved most ({report.recipe.name}: flipped predictions first, then the largest changes)"
+            "\n\n" + _md_table([{k: _plain(v) for k, v in row.items()} for row in examples])
+        )
+    if search is not None:
+        b, h = search.budget, report.heldout
+        calib, evaluation = h.calibration_rows, h.evaluation_rows or h.rows
+        parts.append(
+            f"## Candidates ({len(search.candidates)} in {search.seconds:.0f} s; budget {b.max_candidates} "
+            f"candidates, {b.max_trials} trials, {b.max_seconds:g} s; {calib} calibration rows kept apart "
+            f"from {evaluation} evaluation rows)\n\n" + _md_table(compact_candidate_rows(search, report.task))
+        )
+        kinds = kind_rows(search)
+        if len(kinds) > 1:
+            title = "## By kind of recipe (the fastest of each, one benchmark round)"
+            parts.append(f"{title}\n\n{_md_table(kinds)}")
+        if search.warnings:
+            parts.append("Warnings: " + "; ".join(search.warnings))
+        if search.fallback is not None:
+            parts.append(_fallback_md(search))
+    parts.append(
+        f"## Benchmark ({report.benchmark.describe()}; CPU flags "
+        f"{', '.join(report.benchmark.cpu.get('flags', []))})\n\n" + _md_table(bench_rows(report.benchmark))
+    )
+    if search is not None:
+        timed = search.benchmarks.get("candidates")
+        by_length = length_rows(timed) if timed else []
+        if by_length:
+            parts.append(
+                "## Latency by input length (p50 ms per request, every candidate, one round)\n\n"
+                + _md_table(by_length)
+            )
+        line = shape_comparison_line(search)
+        if line:
+            parts.append(line)
+    if links:
+        parts.append("## Links\n\n" + "\n".join(f"- [{k}]({v})" for k, v in links.items()))
+    parts.append(
+        f"Promoted to: `{report.promoted_to}` (read `manifest.json` there; plots under the run's prefix)"
+        if report.promoted_to
+        else f"Nothing was promoted. Report and plots under `rejected/{report.model}/{report.version}/`."
+    )
+    return "\n\n".join(parts)
+
+
+def champion_line(report: RunReport) -> str:
+    c = report.champion
+    if c is None:
+        return "Champion: none (no promoted version serves yet, or it could not be scored: see the warnings)"
+    speed = f"; p50 {c.candidate_p50_ms:.2f} vs {c.p50_ms:.2f} ms" if c.p50_ms and c.candidate_p50_ms else ""
+    interval = f" [{c.interval[0]:+.4f}, {c.interval[1]:+.4f}]" if c.interval else ""
+    return (
+        f"Champion: {c.verdict} (task metric {c.candidate_task_metric:.4f} vs {c.task_metric:.4f}, "
+        f"champion minus candidate {c.drop:+.4f}{interval}{speed})"
+    )
