@@ -184,7 +184,37 @@ def test_every_engine_times_the_same_requests_and_latency_is_reported_by_length(
         BenchSettings(warmup_runs=0, repeat_runs=8, profile=ServingProfile(objective="throughput")),
         [Request(feeds={"x": np.zeros((4, 3))}, length=3, items=4)],
     ).results[0]
-    assert throughput.objective_ms == pytest.approx(1000 / throughput.throughput_per_s)
+    assert throughput.objective_ms == pytest.approx(throughput.p50_ms / 4)  # ms per item at the median
+
+
+def test_a_stall_does_not_decide_throughput():
+    """One request stalled 200x (another process took the core) moves items/s over the sum, not the
+    objective: the candidate that is faster on 19 of 20 requests stays the faster one."""
+    import time
+
+    from quantgate.bench import Engine
+
+    calls = {"fast": 0}
+
+    def fast_load():
+        def run(feeds):
+            calls["fast"] += 1
+            time.sleep(0.2 if calls["fast"] == 5 else 1e-3)
+
+        return run
+
+    def slow_load():
+        return lambda feeds: time.sleep(2e-3)
+
+    engines = [
+        Engine(name="fast", load=fast_load, size_bytes=1),
+        Engine(name="slow", load=slow_load, size_bytes=1),
+    ]
+    settings = BenchSettings(warmup_runs=0, repeat_runs=20, profile=ServingProfile(objective="throughput"))
+    report = run_benchmark(engines, settings, [Request(feeds={"x": np.zeros((8, 3))}, length=3, items=8)])
+    fast, slow = report.by_engine("fast"), report.by_engine("slow")
+    assert fast.throughput_per_s < slow.throughput_per_s  # the sum is dominated by the stall
+    assert fast.objective_ms < slow.objective_ms  # the objective is not
 
 
 def test_a_profile_cannot_draw_from_an_empty_set_or_a_task_without_sample_inputs():
