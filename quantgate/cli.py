@@ -160,8 +160,8 @@ def _thresholds(overrides: dict[str, float | None]) -> Any:
 
 def _with_limit_flags(command: Callable[..., None]) -> Callable[..., None]:
     """One `--<limit>` flag per gate limit the core and the registered task types declare (gates.py,
-    tasktypes.py): a task type's new limit is a new flag without an edit here. The values reach the
-    command as `limits`."""
+    each task type's module): a task type's new limit is a new flag without an edit here. The values reach
+    the command as `limits`."""
     from quantgate.thresholds import flag_limits
 
     limits = flag_limits()

@@ -7,8 +7,8 @@ limit)` is one check; `evaluate_gates(metrics, gates)` returns a `GateReport`. P
 This module names no task's metric. Every task type reports the same core metrics (`task_metric_fp32`,
 `task_metric_candidate`, `task_metric_drop` as the degradation, parity over its outputs, speed against the
 FP32 baselines), and `core_gates` / `expectation_gates` / `champion_gates` are built on those; a task type
-adds its own gates and limits (quantgate/tasktypes.py), and quantgate/thresholds.py holds the values a
-person set and joins them (`gates_for(task, thresholds)`).
+adds its own gates and limits (its module under quantgate/families/), and quantgate/thresholds.py holds the
+values a person set and joins them (`gates_for(task, thresholds)`).
 
 A gate may judge a bound instead of the value (`judge="upper"` / `"lower"`): then `<metric>_lo` and
 `<metric>_hi` hold the 95 % interval (quantgate/stats.py) and the unfavourable end must be inside the

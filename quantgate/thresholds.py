@@ -1,6 +1,6 @@
 """The limit values a run is judged by: `GateThresholds` holds what a person set (a flow parameter, the
 CLI's generated flags), checked against the limits the core (quantgate/gates.py) and every registered
-task type (quantgate/tasktypes.py) declare; every other limit keeps its declared default.
+task type (quantgate/tasktypes/, quantgate/families/) declare; every other limit keeps its declared default.
 `gates_for(task, thresholds)` is the full gate list of a task type's candidate."""
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ constant.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -33,16 +32,9 @@ from quantgate.gates import (
     tail_gate,
 )
 from quantgate.stats import bootstrap_indices, percentile_interval, share_beyond, wilson_interval
-from quantgate.tasktypes import (
-    MAX_EXAMPLES,
-    Evaluation,
-    Example,
-    Interval,
-    Reference,
-    TaskMetric,
-    paired_intervals,
-    shorten,
-)
+from quantgate.tasktypes.base import TaskMetric
+from quantgate.tasktypes.resampled import Comparison, ResampledTaskType
+from quantgate.tasktypes.results import MAX_EXAMPLES, Example, Interval, Reference, shorten
 
 ECE_BINS = 10
 
@@ -335,9 +327,9 @@ def flipped_examples(
     ]
 
 
-class ProbabilityClassifier:
-    """`reference`, `score_champion` and `evaluate` of a task type whose model outputs class probabilities
-    and whose task metric is accuracy (text, image and table classifiers). The task type supplies the gold
+class ProbabilityClassifier(ResampledTaskType):
+    """The `predict`, `score` and `compare` of a task type whose model outputs class probabilities and
+    whose task metric is accuracy (text, image and table classifiers). The task type supplies the gold
     label ids (`_gold`), the model's probabilities (`_proba`), its class names by id (`_class_names`) and
     how a held-out row reads in the report (`_example_texts`); `PARITY_LIMITS` names the limits its parity
     report is judged with, `TAIL` the probability tail's per-row ceiling limit and the metric its share is
@@ -360,73 +352,40 @@ class ProbabilityClassifier:
     def _example_texts(self, assets: Path, heldout: pd.DataFrame) -> list[str]:
         raise NotImplementedError
 
-    def reference(self, fp32: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> Reference:
-        start = time.perf_counter()
-        gold = self._gold(assets, heldout)
-        proba = self._proba(fp32, assets, heldout, threads)
-        resampled = accuracy_resampled(gold, proba.argmax(1), bootstrap_indices(len(gold)))
-        return Reference(
-            outputs=proba,
-            task_metric=float((proba.argmax(1) == gold).mean()),
-            seconds=time.perf_counter() - start,
-            interval=percentile_interval(resampled),
-            resampled=resampled,
-        )
+    def predict(self, model: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> np.ndarray:
+        return self._proba(model, assets, heldout, threads)
 
-    def score_champion(
-        self, reference: Reference, version: str, model: Servable, assets: Path, heldout: pd.DataFrame,
-        threads: int,
-    ) -> Reference:  # fmt: skip
-        gold = self._gold(assets, heldout)
-        pred = self._proba(model, assets, heldout, threads).argmax(1)
-        return reference.model_copy(
-            update={
-                "champion_version": version,
-                "champion_metric": float((pred == gold).mean()),
-                "champion_resampled": accuracy_resampled(gold, pred, bootstrap_indices(len(gold))),
-            }
-        )
+    def score(
+        self, predicted: np.ndarray, assets: Path, heldout: pd.DataFrame, idx: np.ndarray
+    ) -> tuple[float, np.ndarray]:
+        gold, pred = self._gold(assets, heldout), predicted.argmax(1)
+        return float((pred == gold).mean()), accuracy_resampled(gold, pred, idx)
 
-    def evaluate(
-        self, reference: Reference, candidate: Servable, assets: Path, heldout: pd.DataFrame,
-        thresholds: Thresholds, threads: int,
-    ) -> Evaluation:  # fmt: skip
+    def compare(
+        self, reference: Reference, predicted: np.ndarray, assets: Path, heldout: pd.DataFrame,
+        thresholds: Thresholds,
+    ) -> Comparison:  # fmt: skip
         from quantgate.evaluate import parity_report
 
-        start = time.perf_counter()
         gold = self._gold(assets, heldout)
         names = self._class_names(assets)
-        proba = self._proba(candidate, assets, heldout, threads)
-        scores = score_classifier(gold, reference.outputs, proba, len(names))
-        _, champion = paired_intervals(
-            reference, accuracy_resampled(gold, proba.argmax(1), bootstrap_indices(len(gold)))
-        )
+        scores = score_classifier(gold, reference.outputs, predicted, len(names))
         source = reference.source_outputs if reference.source_outputs is not None else reference.outputs
         abs_limit, mean_limit = self.PARITY_LIMITS
         ceiling, tail_metric = self.TAIL
         tail, tail_intervals = prob_diff_tail(
-            row_prob_diff(source, proba), limit_value(thresholds, ceiling), tail_metric
+            row_prob_diff(source, predicted), limit_value(thresholds, ceiling), tail_metric
         )
-        return Evaluation(
-            task_metric=self.metric.name,
-            task_metric_fp32=reference.task_metric,
-            task_metric_candidate=scores.accuracy,
+        return Comparison(
             parity=parity_report(
                 {"probabilities": source},
-                {"probabilities": proba},
+                {"probabilities": predicted},
                 thresholds.value(abs_limit),
                 thresholds.value(mean_limit),
             ),
-            seconds=time.perf_counter() - start,
-            rows=len(heldout),
-            task_metric_fp32_interval=reference.interval,
-            task_metric_drop_interval=scores.drop_interval,
             extra=scores.extra | tail,
             extra_intervals=scores.extra_intervals | tail_intervals,
             examples=flipped_examples(
-                self._example_texts(assets, heldout), reference.outputs, proba, names.__getitem__, gold
+                self._example_texts(assets, heldout), reference.outputs, predicted, names.__getitem__, gold
             ),
-            champion_version=reference.champion_version,
-            task_metric_champion=reference.champion_metric,
-            champion_drop_interval=champion,
         )

@@ -298,12 +298,6 @@ class ImageClassification(clf.ProbabilityClassifier):
         labels = id2label(json.loads((model_dir / "config.json").read_text()))
         self._label_ids(heldout, labels)
 
-    def heldout_schema(self, model_dir: Path) -> HeldoutSchema:
-        return self.schema
-
-    def reads(self, heldout: Path) -> bool:
-        return True  # no other task type recognises the same models
-
     def read_heldout(self, path: Path) -> pd.DataFrame:
         if path.suffix.lower() == ".npz":
             return read_npz(path)

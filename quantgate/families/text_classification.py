@@ -90,12 +90,6 @@ class SequenceClassification(clf.ProbabilityClassifier):
         labels = id2label(self.check_model(model_dir, allow_pickle=allow_pickle))
         label_ids(heldout["label"].dropna(), labels)
 
-    def heldout_schema(self, model_dir: Path) -> HeldoutSchema:
-        return self.schema
-
-    def reads(self, heldout: Path) -> bool:
-        return True  # no other task type recognises the same models
-
     def read_heldout(self, path: Path) -> pd.DataFrame:
         return load_headed_tsv(path)
 
