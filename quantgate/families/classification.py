@@ -22,15 +22,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from quantgate.backends import Servable
-from quantgate.gates import (
-    Gate,
-    Limit,
-    Thresholds,
-    core_gates,
-    limit_value,
-    parity_and_speed_gates,
-    tail_gate,
-)
+from quantgate.gates import GateSpec, Limit, Thresholds, judged_by, limit_value, tail_spec
 from quantgate.stats import bootstrap_indices, percentile_interval, share_beyond, wilson_interval
 from quantgate.tasktypes.base import TaskMetric
 from quantgate.tasktypes.resampled import Comparison, ResampledTaskType
@@ -38,7 +30,7 @@ from quantgate.tasktypes.results import MAX_EXAMPLES, Example, Interval, Referen
 
 ECE_BINS = 10
 
-# The probability tail's two limits (`prob_diff_tail_gate`): a task type judging its tail against another
+# The probability tail's two limits (`prob_diff_tail_spec`): a task type judging its tail against another
 # reference (tables: scikit-learn at the write-ups' tolerance) leaves them out.
 TAIL_LIMITS: tuple[Limit, ...] = (
     Limit(
@@ -99,89 +91,71 @@ LIMITS: tuple[Limit, ...] = (
 )
 
 
-def prob_diff_tail_gate(t: Thresholds, rows: str = "rows") -> Gate:
-    return tail_gate(
-        t,
+def prob_diff_tail_spec(rows: str = "rows") -> GateSpec:
+    return tail_spec(
         name="probability tail",
         metric="share_above_prob_diff_ceiling",
         per_row="prob_diff_ceiling",
         share="max_share_above_prob_diff_ceiling",
-        below=False,
+        tail="above",
         rows=rows,
     )
 
 
-def gates(
-    t: Thresholds,
-    *,
-    macro_f1: bool = True,
-    calibration: bool = True,
-    baseline: Gate | None = None,
-    tail: Gate | None = None,
-) -> list[Gate]:
-    """The core gates plus the classifier ones, in reading order; `baseline` replaces the majority-class
-    evidence gate for a metric without a majority class (entity F1), `tail` the probability tail gate
-    (tables judge theirs against scikit-learn at the write-ups' tolerance)."""
-    core = core_gates(t)
-    own = [
-        Gate(
-            name="label agreement",
-            metric="label_agreement",
-            op=">=",
-            limit=limit_value(t, "min_label_agreement"),
-            judge="lower",
-            description="share of predictions equal to FP32's (lower 95 % bound)",
-        )
-    ]
-    if macro_f1:
-        own.append(
-            Gate(
-                name="macro-F1 drop",
-                metric="macro_f1_drop",
-                op="<=",
-                limit=limit_value(t, "max_macro_f1_drop"),
-                judge="upper",
-                description="FP32 minus candidate macro-F1 (upper 95 % bound)",
-            )
-        )
-    if calibration:
-        own.append(
-            Gate(
-                name="ECE increase",
-                metric="ece_increase",
-                op="<=",
-                limit=limit_value(t, "max_ece_increase"),
-                description="candidate minus FP32 expected calibration error",
-            )
-        )
-    baseline = baseline or Gate(
-        name="FP32 beats majority class",
-        metric="lift_over_majority",
-        op=">=",
-        limit=limit_value(t, "min_lift_over_majority"),
-        kind="evidence",
-        judge="lower",
-        description="FP32 accuracy minus the majority-class share (lower 95 % bound)",
-    )
-    # Parity on probabilities, with limits of their own: `abs_tol` / `mean_tol` were set for embedding
-    # elements. Measured on the SST-2 MiniLM classifier (benchmarks/families.py): per-channel INT8 keeps
-    # 98.7-99 % of labels and its accuracy, with mean |dp| 0.013 and its most borderline sentence moved by
-    # 0.22-0.26; per-tensor INT8 reaches mean |dp| 0.033 and 0.38, and its accuracy drop cannot be shown
-    # within 1 point. The ceiling keeps the old per-example line (0.3); the sample's largest change is
-    # no gate (a promoted NER tagger: 0.216 on WNUT-17 dev, 0.314 on sentences it never saw), the share of
-    # rows past it is: 2 % of new rows, shown by 189 rows with none past it (an SST-2 run evaluates 336).
-    parity = [
-        tail or prob_diff_tail_gate(t),
-        Gate(
-            name="mean probability difference",
-            metric="mean_abs_diff",
-            op="<=",
-            limit=limit_value(t, "max_mean_prob_diff"),
-            description="mean |candidate - FP32| probability",
-        ),
-    ]
-    speed = [g for g in parity_and_speed_gates(t) if g.kind == "speed"]
-    return [core[0], baseline, *core[1:], *own, *parity, *speed]
+LABEL_AGREEMENT = GateSpec(
+    name="label agreement",
+    metric="label_agreement",
+    op=">=",
+    limit="min_label_agreement",
+    judge="lower",
+    description="share of predictions equal to FP32's (lower 95 % bound)",
+)
+MACRO_F1_DROP = GateSpec(
+    name="macro-F1 drop",
+    metric="macro_f1_drop",
+    op="<=",
+    limit="max_macro_f1_drop",
+    judge="upper",
+    description="FP32 minus candidate macro-F1 (upper 95 % bound)",
+)
+ECE_INCREASE = GateSpec(
+    name="ECE increase",
+    metric="ece_increase",
+    op="<=",
+    limit="max_ece_increase",
+    description="candidate minus FP32 expected calibration error",
+)
+# The evidence that FP32 measures something; a metric without a majority class (entity F1) uses the core
+# FP32 baseline instead.
+BEATS_MAJORITY = GateSpec(
+    name="FP32 beats majority class",
+    metric="lift_over_majority",
+    op=">=",
+    limit="min_lift_over_majority",
+    kind="evidence",
+    judge="lower",
+    description="FP32 accuracy minus the majority-class share (lower 95 % bound)",
+)
+# Parity on probabilities, with limits of their own: `abs_tol` / `mean_tol` were set for embedding
+# elements. Measured on the SST-2 MiniLM classifier (benchmarks/families.py): per-channel INT8 keeps
+# 98.7-99 % of labels and its accuracy, with mean |dp| 0.013 and its most borderline sentence moved by
+# 0.22-0.26; per-tensor INT8 reaches mean |dp| 0.033 and 0.38, and its accuracy drop cannot be shown
+# within 1 point. The ceiling keeps the old per-example line (0.3); the sample's largest change is
+# no gate (a promoted NER tagger: 0.216 on WNUT-17 dev, 0.314 on sentences it never saw), the share of
+# rows past it is: 2 % of new rows, shown by 189 rows with none past it (an SST-2 run evaluates 336).
+MEAN_PROB_DIFF = GateSpec(
+    name="mean probability difference",
+    metric="mean_abs_diff",
+    op="<=",
+    limit="max_mean_prob_diff",
+    description="mean |candidate - FP32| probability",
+)
+# A classifier's gates in reading order (quantgate/gates.py `judged_by`).
+GATES: tuple[GateSpec, ...] = judged_by(
+    evidence=(BEATS_MAJORITY,),
+    quality=(LABEL_AGREEMENT, MACRO_F1_DROP, ECE_INCREASE),
+    parity=(prob_diff_tail_spec(), MEAN_PROB_DIFF),
+)
 
 
 # --- metrics: pure functions -------------------------------------------------------------------------------
@@ -337,6 +311,7 @@ class ProbabilityClassifier(ResampledTaskType):
     carries them (scikit-learn's), else with ONNX FP32."""
 
     metric: TaskMetric
+    gate_specs: ClassVar[tuple[GateSpec, ...]] = GATES
     PARITY_LIMITS: ClassVar[tuple[str, str]] = ("abs_tol", "mean_tol")
     TAIL: ClassVar[tuple[str, str]] = ("prob_diff_ceiling", "share_above_prob_diff_ceiling")
 

@@ -36,7 +36,7 @@ from quantgate.export import (
 )
 from quantgate.families import classification as clf
 from quantgate.families.hf_text import HEAD_FILE, HeadModule, id2label
-from quantgate.gates import Gate, Limit, Thresholds
+from quantgate.gates import Limit
 from quantgate.heldout import HeldoutSchema, check_bound, check_file_size, heldout_limits
 from quantgate.settings import HeldoutLimits
 from quantgate.tasktypes import (
@@ -279,9 +279,6 @@ class ImageClassification(clf.ProbabilityClassifier):
     )
     batch = 32
     calibration_batch = 8
-
-    def gates(self, t: Thresholds) -> list[Gate]:
-        return clf.gates(t)
 
     def recognises(self, model_dir: Path) -> bool:
         return any(a.endswith("ForImageClassification") for a in hf_architectures(model_dir))

@@ -23,24 +23,16 @@ import pandas as pd
 
 from quantgate.backends import Servable
 from quantgate.errors import HeldoutValidationError
-from quantgate.evaluate import cosine_rows, embed_texts, parity_report
+from quantgate.evaluate import cosine_rows, embed_texts
 from quantgate.families.sentence_embedding import (
+    COSINE_TAIL,
     COSINE_TAIL_LIMITS,
+    MEAN_COSINE,
     MEAN_COSINE_LIMIT,
     SentenceEmbedding,
     cosine_tail,
-    cosine_tail_gate,
 )
-from quantgate.gates import (
-    BASELINE_LIMIT,
-    Gate,
-    Limit,
-    Thresholds,
-    baseline_gate,
-    core_gates,
-    limit_value,
-    parity_and_speed_gates,
-)
+from quantgate.gates import BASELINE, BASELINE_LIMIT, GateSpec, Limit, Thresholds, judged_by
 from quantgate.heldout import HeldoutSchema, check_bound, heldout_limits, read_utf8
 from quantgate.tasktypes.base import Column, PlotAxis, TaskMetric, register_task_type
 from quantgate.tasktypes.resampled import Comparison
@@ -144,22 +136,14 @@ class SentenceRetrieval(SentenceEmbedding):
         PlotAxis(metric="top10_overlap", label="FP32 top 10 kept", limit="min_top10_overlap"),
     )
 
-    def gates(self, t: Thresholds) -> list[Gate]:
-        core = core_gates(t)
-        return [
-            core[0],
-            baseline_gate(t),
-            *core[1:],
-            Gate(name="mean cosine", metric="mean_cosine", op=">=", limit=limit_value(t, "min_mean_cosine")),
-            cosine_tail_gate(t),
-            Gate(
-                name="top-10 overlap",
-                metric="top10_overlap",
-                op=">=",
-                limit=limit_value(t, "min_top10_overlap"),
-            ),
-            *parity_and_speed_gates(t),
-        ]
+    gate_specs: ClassVar[tuple[GateSpec, ...]] = judged_by(
+        evidence=(BASELINE,),
+        quality=(
+            MEAN_COSINE,
+            COSINE_TAIL,
+            GateSpec(name="top-10 overlap", metric="top10_overlap", op=">=", limit="min_top10_overlap"),
+        ),
+    )
 
     def reads(self, path: Path) -> bool:
         return path.suffix.lower() == ".json"
@@ -229,13 +213,7 @@ class SentenceRetrieval(SentenceEmbedding):
             for i in np.argsort(overlap, kind="stable")[:MAX_EXAMPLES]
         ]
         return Comparison(
-            parity=parity_report(
-                reference.outputs,
-                predicted,
-                thresholds.value("abs_tol"),
-                thresholds.value("mean_tol"),
-                output="sentence_embedding",
-            ),
+            parity=self._parity(reference, predicted, thresholds),
             extra={
                 "mean_cosine": float(cosines.mean()),
                 **tail,

@@ -16,18 +16,24 @@ import pandas as pd
 from quantgate.backends import Servable
 from quantgate.bench import BenchReport, BenchSettings, Request, draw_requests
 from quantgate.errors import HeldoutValidationError
-from quantgate.evaluate import cosine_rows, embed_texts, embedding_agreement, parity_report, spearman
+from quantgate.evaluate import (
+    ParityReport,
+    cosine_rows,
+    embed_texts,
+    embedding_agreement,
+    parity_report,
+    spearman,
+)
 from quantgate.export import ExportResult, build_embedding_module, export_sentence_embedding, tokenize
 from quantgate.gates import (
+    BASELINE,
     BASELINE_LIMIT,
-    Gate,
+    GateSpec,
     Limit,
     Thresholds,
-    baseline_gate,
-    core_gates,
+    judged_by,
     limit_value,
-    parity_and_speed_gates,
-    tail_gate,
+    tail_spec,
 )
 from quantgate.heldout import HeldoutSchema, load_sts_tsv
 from quantgate.stats import (
@@ -77,16 +83,14 @@ COSINE_TAIL_LIMITS: tuple[Limit, ...] = (
 )
 
 
-def cosine_tail_gate(t: Thresholds) -> Gate:
-    return tail_gate(
-        t,
-        name="cosine tail",
-        metric="share_below_cosine_floor",
-        per_row="cosine_floor",
-        share="max_share_below_cosine_floor",
-        below=True,
-        rows="texts",
-    )
+COSINE_TAIL = tail_spec(
+    name="cosine tail",
+    metric="share_below_cosine_floor",
+    per_row="cosine_floor",
+    share="max_share_below_cosine_floor",
+    tail="below",
+    rows="texts",
+)
 
 
 def cosine_tail(cosines: np.ndarray, thresholds: Thresholds) -> tuple[dict[str, float], dict[str, Interval]]:
@@ -102,6 +106,7 @@ def cosine_tail(cosines: np.ndarray, thresholds: Thresholds) -> tuple[dict[str, 
 MEAN_COSINE_LIMIT = Limit(
     name="min_mean_cosine", default=0.98, ge=-1, le=1, help="min mean cosine INT8 vs FP32"
 )
+MEAN_COSINE = GateSpec(name="mean cosine", metric="mean_cosine", op=">=", limit="min_mean_cosine")
 
 
 class SentenceEmbedding(ResampledTaskType):
@@ -154,24 +159,20 @@ class SentenceEmbedding(ResampledTaskType):
     calibration_batch = 8
     calibration_max_length = 128
 
-    def gates(self, t: Thresholds) -> list[Gate]:
-        core = core_gates(t)
-        baseline = baseline_gate(t)
-        return [
-            core[0],
-            baseline,
-            *core[1:],
-            Gate(name="mean cosine", metric="mean_cosine", op=">=", limit=limit_value(t, "min_mean_cosine")),
-            cosine_tail_gate(t),
-            Gate(
+    gate_specs: ClassVar[tuple[GateSpec, ...]] = judged_by(
+        evidence=(BASELINE,),
+        quality=(
+            MEAN_COSINE,
+            COSINE_TAIL,
+            GateSpec(
                 name="neighbour agreement",
                 metric="neighbour_agreement",
                 op=">=",
-                limit=limit_value(t, "min_neighbour_agreement"),
+                limit="min_neighbour_agreement",
                 judge="lower",
             ),
-            *parity_and_speed_gates(t),
-        ]
+        ),
+    )
 
     def recognises(self, model_dir: Path) -> bool:
         if (model_dir / "modules.json").is_file():
@@ -281,19 +282,24 @@ class SentenceEmbedding(ResampledTaskType):
             out[f"length={name}"] = bucket == i
         return out
 
+    @staticmethod
+    def _parity(reference: Reference, predicted: np.ndarray, thresholds: Thresholds) -> ParityReport:
+        """Element-wise parity of the embeddings, against the core limits `abs_tol` / `mean_tol`."""
+        return parity_report(
+            reference.outputs,
+            predicted,
+            thresholds.value("abs_tol"),
+            thresholds.value("mean_tol"),
+            output="sentence_embedding",
+        )
+
     def compare(
         self, reference: Reference, predicted: np.ndarray, assets: Path, heldout: pd.DataFrame,
         thresholds: Thresholds,
     ) -> Comparison:  # fmt: skip
         cand = predicted
         scores, gold = self._pairs(cand, heldout)
-        parity = parity_report(
-            reference.outputs,
-            cand,
-            thresholds.value("abs_tol"),
-            thresholds.value("mean_tol"),
-            output="sentence_embedding",
-        )
+        parity = self._parity(reference, cand, thresholds)
         agreement = embedding_agreement(reference.outputs, cand)
         texts = 2 * len(heldout)
         neighbours = agreement["neighbour_agreement"]

@@ -27,7 +27,7 @@ from quantgate.families.hf_text import (
     run_batches,
     torch_head,
 )
-from quantgate.gates import Gate, Limit, Thresholds
+from quantgate.gates import Limit
 from quantgate.heldout import HeldoutSchema, load_headed_tsv
 from quantgate.tasktypes import (
     Column,
@@ -76,9 +76,6 @@ class SequenceClassification(clf.ProbabilityClassifier):
     max_length = 128
     export_samples = 32
     calibration_batch = 8
-
-    def gates(self, t: Thresholds) -> list[Gate]:
-        return clf.gates(t)
 
     def recognises(self, model_dir: Path) -> bool:
         return any(a.endswith("ForSequenceClassification") for a in hf_architectures(model_dir))

@@ -33,7 +33,7 @@ from quantgate.families.hf_text import (
     run_batches,
     torch_head,
 )
-from quantgate.gates import BASELINE_LIMIT, Gate, Limit, Thresholds, baseline_gate, limit_value
+from quantgate.gates import BASELINE, BASELINE_LIMIT, GateSpec, Limit, Thresholds, judged_by, limit_value
 from quantgate.heldout import HeldoutSchema, check_bound, heldout_limits, iter_lines, read_utf8
 from quantgate.stats import wilson_interval
 from quantgate.tasktypes.base import Column, PlotAxis, TaskMetric, hf_architectures, register_task_type
@@ -145,15 +145,13 @@ class TokenClassification(ResampledTaskType):
     export_samples = 32
     calibration_batch = 8
 
-    def gates(self, t: Thresholds) -> list[Gate]:
-        # Entity F1 has no majority class to beat (all-O scores 0): the baseline is a fixed floor instead.
-        return clf.gates(
-            t,
-            macro_f1=False,
-            calibration=False,
-            baseline=baseline_gate(t),
-            tail=clf.prob_diff_tail_gate(t, rows="sentences"),
-        )
+    # Entity F1 has no majority class to beat (all-O scores 0): the baseline is a fixed floor instead; the
+    # probability tail counts sentences (module docstring).
+    gate_specs: ClassVar[tuple[GateSpec, ...]] = judged_by(
+        evidence=(BASELINE,),
+        quality=(clf.LABEL_AGREEMENT,),
+        parity=(clf.prob_diff_tail_spec(rows="sentences"), clf.MEAN_PROB_DIFF),
+    )
 
     def recognises(self, model_dir: Path) -> bool:
         return any(a.endswith("ForTokenClassification") for a in hf_architectures(model_dir))

@@ -7,14 +7,8 @@ token_classification.py, tabular.py, image_classification.py, retrieval.py), fou
 The names below are those the rest of quantgate imports from here.
 """
 
-# The first task type, kept importable from here as before (its module registers it).
-from quantgate.families.sentence_embedding import (
-    COSINE_TAIL_LIMITS,
-    SentenceEmbedding,
-    cosine_tail,
-    cosine_tail_gate,
-    slice_results,
-)
+from typing import Any
+
 from quantgate.tasktypes.base import (
     BUILTIN,
     TASK_TYPES,
@@ -52,7 +46,6 @@ from quantgate.tasktypes.serving import (
 
 __all__ = [
     "BUILTIN",
-    "COSINE_TAIL_LIMITS",
     "DEFAULT_MAX_POSITIONS",
     "DEFAULT_SERVING",
     "MAX_EXAMPLES",
@@ -66,14 +59,11 @@ __all__ = [
     "PlotAxis",
     "Reference",
     "ResampledTaskType",
-    "SentenceEmbedding",
     "SliceResult",
     "TaskMetric",
     "TaskType",
     "benchmark_with_torch",
     "check_profile",
-    "cosine_tail",
-    "cosine_tail_gate",
     "detect_task_type",
     "engines_for",
     "get_task_type",
@@ -82,7 +72,24 @@ __all__ = [
     "register_task_type",
     "serving_settings",
     "shorten",
-    "slice_results",
     "speed_metrics",
     "task_types",
 ]
+
+# The first task type's names, importable from here as before. Loaded on first use: the package does not
+# depend on a task type's module (each depends on it).
+_SENTENCE_EMBEDDING = {
+    "COSINE_TAIL",
+    "COSINE_TAIL_LIMITS",
+    "SentenceEmbedding",
+    "cosine_tail",
+    "slice_results",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SENTENCE_EMBEDDING:
+        import importlib
+
+        return getattr(importlib.import_module("quantgate.families.sentence_embedding"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,7 @@ from quantgate.backends import Servable
 from quantgate.bench import BenchReport, BenchSettings
 from quantgate.errors import ConfigError
 from quantgate.export import ExportResult
-from quantgate.gates import Gate, Limit, Thresholds
+from quantgate.gates import GateSpec, Limit, Thresholds
 from quantgate.heldout import HeldoutSchema
 from quantgate.tasktypes.results import Evaluation, Reference
 
@@ -65,11 +65,10 @@ class TaskType(Protocol):
     schema: HeldoutSchema
     metric: TaskMetric
     limits: tuple[Limit, ...]
+    gate_specs: tuple[GateSpec, ...]  # its gates in reading order (quantgate/gates.py `judged_by`)
     default_recipes: tuple[str, ...]  # the recipes a run tries when none are named (): the backends' default
     columns: tuple[Column, ...]  # its own metrics in the candidate table (the first two in the compact one)
     plot_axes: tuple[PlotAxis, ...]
-
-    def gates(self, thresholds: Thresholds) -> list[Gate]: ...
 
     def recognises(self, model_dir: Path) -> bool: ...
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from quantgate.backends import Servable
 from quantgate.evaluate import ParityReport
-from quantgate.gates import Thresholds
+from quantgate.gates import Gate, GateSpec, Thresholds, build_gates
 from quantgate.heldout import HeldoutSchema
 from quantgate.stats import bootstrap_indices, percentile_interval
 from quantgate.tasktypes.base import TaskMetric
@@ -55,6 +55,12 @@ class ResampledTaskType:
     schema: HeldoutSchema
     metric: TaskMetric
     reads_text: ClassVar[bool] = False
+    gate_specs: ClassVar[tuple[GateSpec, ...]]
+
+    def gates(self, thresholds: Thresholds) -> list[Gate]:
+        """This task type's own gates with the limits' values (quantgate/thresholds.py's `gates_for` adds
+        the registration's and the champion's)."""
+        return build_gates(self.gate_specs, thresholds)
 
     # --- what a family gives ---------------------------------------------------------------------------
 

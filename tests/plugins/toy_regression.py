@@ -21,7 +21,7 @@ from quantgate.bench import BenchReport, BenchSettings, draw_requests, run_bench
 from quantgate.errors import ExportError, InvalidModelError
 from quantgate.evaluate import parity_report
 from quantgate.export import OPSET, ExportResult
-from quantgate.gates import Gate, Limit, Thresholds, core_gates, limit_value, parity_and_speed_gates
+from quantgate.gates import GateSpec, Limit, Thresholds, judged_by
 from quantgate.heldout import HeldoutSchema
 from quantgate.stats import bootstrap_indices, percentile_interval
 from quantgate.tasktypes import (
@@ -104,28 +104,24 @@ class ToyRegression(ResampledTaskType):
         ),
     )
 
-    def gates(self, t: Thresholds) -> list[Gate]:
-        core = core_gates(t)
-        return [
-            core[0],
-            Gate(
+    gate_specs: ClassVar[tuple[GateSpec, ...]] = judged_by(
+        evidence=(
+            GateSpec(
                 name="FP32 beats the mean",
                 metric="mae_vs_mean",
                 op="<=",
-                limit=limit_value(t, "max_mae_vs_mean"),
+                limit="max_mae_vs_mean",
                 kind="evidence",
                 judge="upper",
                 description="FP32 MAE / MAE of always predicting the held-out mean",
             ),
-            *core[1:],
-            Gate(
-                name="prediction shift",
-                metric="prediction_shift",
-                op="<=",
-                limit=t.value("max_prediction_shift"),
+        ),
+        quality=(
+            GateSpec(
+                name="prediction shift", metric="prediction_shift", op="<=", limit="max_prediction_shift"
             ),
-            *parity_and_speed_gates(t),
-        ]
+        ),
+    )
 
     def recognises(self, model_dir: Path) -> bool:
         try:
