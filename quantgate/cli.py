@@ -20,8 +20,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from quantgate.bench import BenchSettings
 from quantgate.errors import QuantgateError
 from quantgate.registry import ModelRef
+from quantgate.search import SearchBudget
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
@@ -160,8 +162,8 @@ def _thresholds(overrides: dict[str, float | None]) -> Any:
 
 def _with_limit_flags(command: Callable[..., None]) -> Callable[..., None]:
     """One `--<limit>` flag per gate limit the core and the registered task types declare (gates.py,
-    tasktypes.py): a task type's new limit is a new flag without an edit here. The values reach the
-    command as `limits`."""
+    each task type's module): a task type's new limit is a new flag without an edit here. The values reach
+    the command as `limits`."""
     from quantgate.thresholds import flag_limits
 
     limits = flag_limits()
@@ -189,6 +191,16 @@ def _with_limit_flags(command: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
+def _budget(field: str) -> Any:
+    """A search-budget flag's default: SearchBudget's own (quantgate/search.py), so the two never differ."""
+    return SearchBudget.model_fields[field].default
+
+
+def _bench(field: str) -> Any:
+    """A benchmark flag's default: BenchSettings' own (quantgate/bench.py)."""
+    return BenchSettings.model_fields[field].default
+
+
 @app.command()
 @_with_limit_flags
 def run(
@@ -201,13 +213,21 @@ def run(
     recipe_file: Annotated[
         Path | None, typer.Option(help="JSON list of recipes (objects or catalogue names)")
     ] = None,
-    max_candidates: Annotated[int, typer.Option(help="search budget: recipes tried")] = 11,
-    max_trials: Annotated[int, typer.Option(help="search budget: sensitive-node fallback trials")] = 8,
-    max_seconds: Annotated[float, typer.Option(help="search budget: seconds for building and scoring")] = 300,
-    calibration_rows: Annotated[int, typer.Option(help="held-out rows kept apart for calibration")] = 64,
+    max_candidates: Annotated[int, typer.Option(help="search budget: recipes tried")] = _budget(
+        "max_candidates"
+    ),
+    max_trials: Annotated[int, typer.Option(help="search budget: sensitive-node fallback trials")] = _budget(
+        "max_trials"
+    ),
+    max_seconds: Annotated[
+        float, typer.Option(help="search budget: seconds for building and scoring")
+    ] = _budget("max_seconds"),
+    calibration_rows: Annotated[int, typer.Option(help="held-out rows kept apart for calibration")] = _budget(
+        "calibration_rows"
+    ),
     max_eval_rows: Annotated[
         int, typer.Option(help="held-out rows every metric is computed on (a fixed sample beyond)")
-    ] = 2000,
+    ] = _budget("max_eval_rows"),
     profile: Annotated[
         str | None,
         typer.Option(
@@ -217,21 +237,25 @@ def run(
         ),
     ] = None,
     batch: Annotated[
-        int | None, typer.Option(help="a fixed shape's batch size (implies the fixed profile; default 1)")
+        int | None,
+        typer.Option(
+            help=f"a fixed shape's batch size (implies the fixed profile; default {_bench('batch')})"
+        ),
     ] = None,
     seq_len: Annotated[
         int | None,
-        typer.Option(help="a fixed shape's tokens per input (implies the fixed profile; default 128)"),
+        typer.Option(
+            help=f"a fixed shape's tokens per input (implies the fixed profile; default {_bench('seq_len')})"
+        ),
     ] = None,
-    threads: Annotated[int, typer.Option(help="benchmark threads")] = 1,
-    repeats: Annotated[int, typer.Option(help="benchmark timed runs per engine")] = 100,
+    threads: Annotated[int, typer.Option(help="benchmark threads")] = _bench("threads"),
+    repeats: Annotated[int, typer.Option(help="benchmark timed runs per engine")] = _bench("repeat_runs"),
     allow_pickle: Annotated[bool, typer.Option(help="allow loading a pickle checkpoint")] = False,
     limits: dict[str, float | None] | None = None,
 ) -> None:
     """Run quantize-and-promote for a registered version and print the decision."""
-    from quantgate.bench import BenchSettings, ServingProfile, load_profile
+    from quantgate.bench import ServingProfile, load_profile
     from quantgate.quantize import load_recipe_file, resolve_recipes
-    from quantgate.search import SearchBudget
 
     ref = _ref(model, version)
     thresholds = _thresholds(limits or {})
@@ -241,12 +265,15 @@ def run(
             items += load_recipe_file(recipe_file)
         recipes = resolve_recipes(items) if items else None  # None: the task type's default search
         serving = load_profile(profile) if profile else None
+        shape = (
+            _bench("batch") if batch is None else batch,
+            _bench("seq_len") if seq_len is None else seq_len,
+        )
         if serving is None and (batch is not None or seq_len is not None):  # a shape given alone: time it
-            shape = f"b{1 if batch is None else batch}-s{128 if seq_len is None else seq_len}"
-            serving = ServingProfile(name=shape, source="fixed")
+            serving = ServingProfile(name=f"b{shape[0]}-s{shape[1]}", source="fixed")
         bench = BenchSettings(
-            batch=1 if batch is None else batch,
-            seq_len=128 if seq_len is None else seq_len,
+            batch=shape[0],
+            seq_len=shape[1],
             threads=threads,
             repeat_runs=repeats,
             profile=serving,

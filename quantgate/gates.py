@@ -1,14 +1,17 @@
 """Gates are declarative data decided by one pure function (after Olive's MetricGoal).
 
-A `Limit` is a knob a person sets (a flow parameter, a CLI flag generated from it); a `Gate(metric, op,
-limit)` is one check; `evaluate_gates(metrics, gates)` returns a `GateReport`. Promotion happens only on
-`report.passed`, and a metric a gate needs but the run did not measure fails that gate.
+A `Limit` is a knob a person sets (a flow parameter, a CLI flag generated from it); a `GateSpec` declares
+a gate beside its metric (name, metric, direction, the limit's name, the bound judged, kind), and
+`build_gates(specs, thresholds)` turns declarations into `Gate`s with the limits' values;
+`evaluate_gates(metrics, gates)` returns a `GateReport`. Promotion happens only on `report.passed`, and a
+metric a gate needs but the run did not measure fails that gate.
 
 This module names no task's metric. Every task type reports the same core metrics (`task_metric_fp32`,
 `task_metric_candidate`, `task_metric_drop` as the degradation, parity over its outputs, speed against the
-FP32 baselines), and `core_gates` / `expectation_gates` / `champion_gates` are built on those; a task type
-adds its own gates and limits (quantgate/tasktypes.py), and quantgate/thresholds.py holds the values a
-person set and joins them (`gates_for(task, thresholds)`).
+FP32 baselines), and the core declarations (`HELDOUT_SIZE`, `DROP_GATES`, `PARITY`, `SPEED`, `EXPECTATION`,
+`CHAMPION`) are on those; a task type declares its own gates and limits in its module, in the reading order
+`judged_by` gives, and quantgate/thresholds.py joins them with the values a person set
+(`gates_for(task, thresholds)`).
 
 A gate may judge a bound instead of the value (`judge="upper"` / `"lower"`): then `<metric>_lo` and
 `<metric>_hi` hold the 95 % interval (quantgate/stats.py) and the unfavourable end must be inside the
@@ -18,6 +21,7 @@ limit. Evidence gates (`kind="evidence"`) say whether the held-out set can suppo
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -40,6 +44,9 @@ class Gate(BaseModel):
     per_row: float | None = Field(
         None,
         description="a tail gate's per-row floor or ceiling: the metric is the share of rows beyond it",
+    )
+    rejects_as: str | None = Field(
+        None, description="the rejection a failure of this gate means ahead of the others (report.py)"
     )
 
     @field_validator("limit")
@@ -185,39 +192,6 @@ BASELINE_LIMIT = Limit(
 )
 
 
-def baseline_gate(t: Thresholds) -> Gate:
-    return Gate(
-        name="FP32 baseline",
-        metric="task_metric_fp32",
-        op=">=",
-        limit=limit_value(t, "min_baseline_metric"),
-        kind="evidence",
-        judge="lower",
-        description="the FP32 task metric beats a trivial baseline (lower 95 % bound)",
-    )
-
-
-def tail_gate(
-    t: Thresholds, *, name: str, metric: str, per_row: str, share: str, below: bool, rows: str = "rows"
-) -> Gate:
-    """A gate on the share of rows beyond a per-row floor (`below`) or ceiling, judged by its upper 95 %
-    bound; `per_row` and `share` name the two limits, `metric` the share the task type measured against
-    the `per_row` limit's value."""
-    bound, most = limit_value(t, per_row), limit_value(t, share)
-    side = "below" if below else "above"
-    return Gate(
-        name=name,
-        metric=metric,
-        op="<=",
-        limit=most,
-        judge="upper",
-        per_row=bound,
-        description=f"share of {rows} {side} {bound:g} (upper 95 % Wilson bound): passing, with 95 % "
-        f"confidence at most {most:.3g} of new {rows} from the same distribution are {side} it; needs at "
-        f"least {rows_to_vouch(most)} {rows} to pass even with none {side}",
-    )
-
-
 class Thresholds(Protocol):
     """The limit values gates are built from (quantgate/thresholds.py's GateThresholds)."""
 
@@ -231,109 +205,198 @@ def limit_value(t: Thresholds, name: str) -> float:
     return value
 
 
-# --- the gates on the core metrics ------------------------------------------------------------------------
+# --- gates declared as data: a metric, its direction, the limit it is held to -----------------------------
 
 
-def core_gates(t: Thresholds) -> list[Gate]:
-    """What every candidate of every task type passes: the held-out set can judge the drop, the drop is
-    within its limit (upper 95 % bound), no large slice is worse, outputs agree, and it is faster."""
-    return [
-        Gate(
-            name="held-out size",
-            metric="task_metric_fp32_half_width",
-            op="<=",
-            limit=limit_value(t, "max_baseline_half_width"),
-            kind="evidence",
-            description="half-width of the FP32 task metric's 95 % interval",
-        ),
-        Gate(
-            name="drop interval width",
-            metric="task_metric_drop_half_width",
-            op="<=",
-            limit=limit_value(t, "max_task_metric_drop"),
-            kind="evidence",
-            description="half-width of the paired bootstrap interval of the drop: wider than the limit, "
-            "the held-out set cannot show the drop is within it",
-        ),
-        Gate(
-            name="task metric drop",
-            metric="task_metric_drop",
-            op="<=",
-            limit=limit_value(t, "max_task_metric_drop"),
-            judge="upper",
-            description="FP32 ONNX minus INT8 on the held-out task metric (upper 95 % bound)",
-        ),
-        Gate(
-            name="max slice drop",
-            metric="max_slice_drop",
-            op="<=",
-            limit=limit_value(t, "max_slice_drop"),
-            description="worst task-metric drop on one slice (a slice column's value, a length bucket) "
-            "of >= 50 rows",
-        ),
-    ]
+class GateSpec(BaseModel):
+    """A gate as a task type declares it, beside its metric: `build` reads the named limit's value.
+
+    `judge` is the end of the metric's 95 % interval that must be inside the limit (`value`: the point
+    value). A tail gate (`tail`) judges the share of rows below or above a per-row limit (`per_row`); a
+    gate with `tolerance` is held to the named value widened by that limit (a registered expectation ±
+    its tolerance), and is left out when either has no value; `offset` is added to the limit's value (a
+    slowdown of 10 % is a ratio of at most 1.1). `rejects_as` names the rejection a failure means ahead of
+    every other (quantgate/report.py's `rejection_reason`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    metric: str
+    op: Op
+    limit: str
+    judge: Literal["value", "upper", "lower"] = "value"
+    kind: Literal["accuracy", "speed", "evidence"] = "accuracy"
+    description: str = ""
+    per_row: str | None = None
+    tail: Literal["below", "above"] | None = None
+    rows: str = "rows"
+    tolerance: str | None = None
+    offset: float = 0.0
+    rejects_as: str | None = None
+
+    def build(self, t: Thresholds) -> Gate | None:
+        if self.tolerance is not None:
+            value, tolerance = t.value(self.limit), t.value(self.tolerance)
+            if value is None or tolerance is None:
+                return None
+            limit = value - tolerance if self.op == ">=" else value + tolerance
+            description = self.description or f"registered expectation {value:g}±{tolerance:g}"
+            return self._gate(limit, description)
+        limit = limit_value(t, self.limit) + self.offset
+        if self.per_row is None:
+            return self._gate(limit, self.description)
+        bound = limit_value(t, self.per_row)
+        side = self.tail or "above"
+        return self._gate(
+            limit,
+            f"share of {self.rows} {side} {bound:g} (upper 95 % Wilson bound): passing, with 95 % confidence "
+            f"at most {limit:.3g} of new {self.rows} from the same distribution are {side} it; needs at "
+            f"least {rows_to_vouch(limit)} {self.rows} to pass even with none {side}",
+            per_row=bound,
+        )
+
+    def _gate(self, limit: float, description: str, per_row: float | None = None) -> Gate:
+        return Gate(
+            name=self.name,
+            metric=self.metric,
+            op=self.op,
+            limit=limit,
+            description=description,
+            kind=self.kind,
+            judge=self.judge,
+            per_row=per_row,
+            rejects_as=self.rejects_as,
+        )
 
 
-def parity_and_speed_gates(t: Thresholds) -> list[Gate]:
-    return [
-        Gate(name="parity max abs diff", metric="max_abs_diff", op="<=", limit=limit_value(t, "abs_tol")),
-        Gate(name="parity mean abs diff", metric="mean_abs_diff", op="<=", limit=limit_value(t, "mean_tol")),
-        Gate(
-            name="p95 speed-up vs ORT FP32",
-            metric="p95_speedup_vs_onnx_fp32",
-            op=">=",
-            limit=limit_value(t, "min_p95_speedup"),
-            kind="speed",
-        ),
-    ]
+def build_gates(specs: Iterable[GateSpec], t: Thresholds) -> list[Gate]:
+    """The gates of these declarations with the limit values of `t`, in declaration order."""
+    return [gate for spec in specs if (gate := spec.build(t)) is not None]
 
 
-def expectation_gates(t: Thresholds) -> list[Gate]:
-    """The registering team's own measurement: an FP32 model far from it is not the model they trained,
-    or not on this data (a wrong file, shuffled labels)."""
-    value, tolerance = t.value("expect_metric"), t.value("expect_tolerance")
-    if value is None or tolerance is None:
-        return []
-    expected = f"registered expectation {value:g}±{tolerance:g}"
-    return [
-        Gate(
-            name="FP32 as registered (low)",
-            metric="task_metric_fp32",
-            op=">=",
-            limit=value - tolerance,
-            kind="evidence",
-            description=expected,
-        ),
-        Gate(
-            name="FP32 as registered (high)",
-            metric="task_metric_fp32",
-            op="<=",
-            limit=value + tolerance,
-            kind="evidence",
-            description=expected,
-        ),
-    ]
+def tail_spec(
+    *, name: str, metric: str, per_row: str, share: str, tail: Literal["below", "above"], rows: str = "rows"
+) -> GateSpec:
+    """A gate on the share of rows beyond a per-row floor (`tail="below"`) or ceiling (`"above"`), judged
+    by its upper 95 % bound; `per_row` and `share` name the two limits, `metric` the share the task type
+    measured against the `per_row` limit's value."""
+    return GateSpec(
+        name=name, metric=metric, op="<=", limit=share, judge="upper", per_row=per_row, tail=tail, rows=rows
+    )
 
 
-def champion_gates(t: Thresholds) -> list[Gate]:
-    return [
-        Gate(
-            name="vs champion",
-            metric="champion_drop",
-            op="<=",
-            limit=limit_value(t, "max_champion_drop"),
-            judge="upper",
-            description="champion minus candidate task metric on the same rows (upper 95 % bound)",
-        ),
-        Gate(
-            name="p50 vs champion",
-            metric="p50_ratio_vs_champion",
-            op="<=",
-            limit=1 + limit_value(t, "max_champion_slowdown"),
-            kind="speed",
-            description="candidate p50 / champion p50 in the same interleaved benchmark",
-        ),
-    ]
+HELDOUT_TOO_SMALL = "heldout-too-small"
+
+# The gates on the core metrics, what every candidate of every task type passes: the held-out set can
+# judge the drop, the drop is within its limit (upper 95 % bound), no large slice is worse, outputs agree,
+# and it is faster.
+HELDOUT_SIZE = GateSpec(
+    name="held-out size",
+    metric="task_metric_fp32_half_width",
+    op="<=",
+    limit="max_baseline_half_width",
+    kind="evidence",
+    description="half-width of the FP32 task metric's 95 % interval",
+    rejects_as=HELDOUT_TOO_SMALL,
+)
+DROP_GATES: tuple[GateSpec, ...] = (
+    GateSpec(
+        name="drop interval width",
+        metric="task_metric_drop_half_width",
+        op="<=",
+        limit="max_task_metric_drop",
+        kind="evidence",
+        description="half-width of the paired bootstrap interval of the drop: wider than the limit, "
+        "the held-out set cannot show the drop is within it",
+        rejects_as=HELDOUT_TOO_SMALL,
+    ),
+    GateSpec(
+        name="task metric drop",
+        metric="task_metric_drop",
+        op="<=",
+        limit="max_task_metric_drop",
+        judge="upper",
+        description="FP32 ONNX minus INT8 on the held-out task metric (upper 95 % bound)",
+    ),
+    GateSpec(
+        name="max slice drop",
+        metric="max_slice_drop",
+        op="<=",
+        limit="max_slice_drop",
+        description="worst task-metric drop on one slice (a slice column's value, a length bucket) "
+        "of >= 50 rows",
+    ),
+)
+# Element-wise parity over every output (embeddings, a regression's predictions): classifiers judge their
+# probabilities with limits of their own instead (quantgate/families/classification.py).
+PARITY: tuple[GateSpec, ...] = (
+    GateSpec(name="parity max abs diff", metric="max_abs_diff", op="<=", limit="abs_tol"),
+    GateSpec(name="parity mean abs diff", metric="mean_abs_diff", op="<=", limit="mean_tol"),
+)
+SPEED = GateSpec(
+    name="p95 speed-up vs ORT FP32",
+    metric="p95_speedup_vs_onnx_fp32",
+    op=">=",
+    limit="min_p95_speedup",
+    kind="speed",
+)
+BASELINE = GateSpec(
+    name="FP32 baseline",
+    metric="task_metric_fp32",
+    op=">=",
+    limit="min_baseline_metric",
+    kind="evidence",
+    judge="lower",
+    description="the FP32 task metric beats a trivial baseline (lower 95 % bound)",
+)
+# The registering team's own measurement: an FP32 model far from it is not the model they trained, or not
+# on this data (a wrong file, shuffled labels). Built only when the registration set both.
+EXPECTATION: tuple[GateSpec, ...] = (
+    GateSpec(
+        name="FP32 as registered (low)",
+        metric="task_metric_fp32",
+        op=">=",
+        limit="expect_metric",
+        tolerance="expect_tolerance",
+        kind="evidence",
+    ),
+    GateSpec(
+        name="FP32 as registered (high)",
+        metric="task_metric_fp32",
+        op="<=",
+        limit="expect_metric",
+        tolerance="expect_tolerance",
+        kind="evidence",
+    ),
+)
+CHAMPION: tuple[GateSpec, ...] = (
+    GateSpec(
+        name="vs champion",
+        metric="champion_drop",
+        op="<=",
+        limit="max_champion_drop",
+        judge="upper",
+        description="champion minus candidate task metric on the same rows (upper 95 % bound)",
+    ),
+    GateSpec(
+        name="p50 vs champion",
+        metric="p50_ratio_vs_champion",
+        op="<=",
+        limit="max_champion_slowdown",
+        offset=1.0,
+        kind="speed",
+        description="candidate p50 / champion p50 in the same interleaved benchmark",
+    ),
+)
+
+
+def judged_by(
+    *, evidence: Sequence[GateSpec], quality: Sequence[GateSpec], parity: Sequence[GateSpec] = PARITY
+) -> tuple[GateSpec, ...]:
+    """A task type's gates in reading order: can the held-out set judge (its size, the task type's own
+    evidence that FP32 measures something, the drop's width), the task metric's drop and slices, the task
+    type's own quality gates, parity of its outputs, speed."""
+    return (HELDOUT_SIZE, *evidence, *DROP_GATES, *quality, *parity, SPEED)
 
 
 def evaluate_gates(metrics: dict[str, float], gates: list[Gate]) -> GateReport:

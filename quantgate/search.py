@@ -215,6 +215,7 @@ QUANTIZABLE_GATE = Gate(
     op=">=",
     limit=1,
     description="ops of the FP32 graph any backend can quantize (a tree ensemble has none)",
+    rejects_as=NOTHING_TO_QUANTIZE,
 )
 
 

@@ -13,7 +13,6 @@ constant.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -23,30 +22,15 @@ import pandas as pd
 from pydantic import BaseModel
 
 from quantgate.backends import Servable
-from quantgate.gates import (
-    Gate,
-    Limit,
-    Thresholds,
-    core_gates,
-    limit_value,
-    parity_and_speed_gates,
-    tail_gate,
-)
+from quantgate.gates import GateSpec, Limit, Thresholds, judged_by, limit_value, tail_spec
 from quantgate.stats import bootstrap_indices, percentile_interval, share_beyond, wilson_interval
-from quantgate.tasktypes import (
-    MAX_EXAMPLES,
-    Evaluation,
-    Example,
-    Interval,
-    Reference,
-    TaskMetric,
-    paired_intervals,
-    shorten,
-)
+from quantgate.tasktypes.base import TaskMetric
+from quantgate.tasktypes.resampled import Comparison, ResampledTaskType
+from quantgate.tasktypes.results import MAX_EXAMPLES, Example, Interval, Reference, shorten
 
 ECE_BINS = 10
 
-# The probability tail's two limits (`prob_diff_tail_gate`): a task type judging its tail against another
+# The probability tail's two limits (`prob_diff_tail_spec`): a task type judging its tail against another
 # reference (tables: scikit-learn at the write-ups' tolerance) leaves them out.
 TAIL_LIMITS: tuple[Limit, ...] = (
     Limit(
@@ -107,89 +91,71 @@ LIMITS: tuple[Limit, ...] = (
 )
 
 
-def prob_diff_tail_gate(t: Thresholds, rows: str = "rows") -> Gate:
-    return tail_gate(
-        t,
+def prob_diff_tail_spec(rows: str = "rows") -> GateSpec:
+    return tail_spec(
         name="probability tail",
         metric="share_above_prob_diff_ceiling",
         per_row="prob_diff_ceiling",
         share="max_share_above_prob_diff_ceiling",
-        below=False,
+        tail="above",
         rows=rows,
     )
 
 
-def gates(
-    t: Thresholds,
-    *,
-    macro_f1: bool = True,
-    calibration: bool = True,
-    baseline: Gate | None = None,
-    tail: Gate | None = None,
-) -> list[Gate]:
-    """The core gates plus the classifier ones, in reading order; `baseline` replaces the majority-class
-    evidence gate for a metric without a majority class (entity F1), `tail` the probability tail gate
-    (tables judge theirs against scikit-learn at the write-ups' tolerance)."""
-    core = core_gates(t)
-    own = [
-        Gate(
-            name="label agreement",
-            metric="label_agreement",
-            op=">=",
-            limit=limit_value(t, "min_label_agreement"),
-            judge="lower",
-            description="share of predictions equal to FP32's (lower 95 % bound)",
-        )
-    ]
-    if macro_f1:
-        own.append(
-            Gate(
-                name="macro-F1 drop",
-                metric="macro_f1_drop",
-                op="<=",
-                limit=limit_value(t, "max_macro_f1_drop"),
-                judge="upper",
-                description="FP32 minus candidate macro-F1 (upper 95 % bound)",
-            )
-        )
-    if calibration:
-        own.append(
-            Gate(
-                name="ECE increase",
-                metric="ece_increase",
-                op="<=",
-                limit=limit_value(t, "max_ece_increase"),
-                description="candidate minus FP32 expected calibration error",
-            )
-        )
-    baseline = baseline or Gate(
-        name="FP32 beats majority class",
-        metric="lift_over_majority",
-        op=">=",
-        limit=limit_value(t, "min_lift_over_majority"),
-        kind="evidence",
-        judge="lower",
-        description="FP32 accuracy minus the majority-class share (lower 95 % bound)",
-    )
-    # Parity on probabilities, with limits of their own: `abs_tol` / `mean_tol` were set for embedding
-    # elements. Measured on the SST-2 MiniLM classifier (benchmarks/families.py): per-channel INT8 keeps
-    # 98.7-99 % of labels and its accuracy, with mean |dp| 0.013 and its most borderline sentence moved by
-    # 0.22-0.26; per-tensor INT8 reaches mean |dp| 0.033 and 0.38, and its accuracy drop cannot be shown
-    # within 1 point. The ceiling keeps the old per-example line (0.3); the sample's largest change is
-    # no gate (a promoted NER tagger: 0.216 on WNUT-17 dev, 0.314 on sentences it never saw), the share of
-    # rows past it is: 2 % of new rows, shown by 189 rows with none past it (an SST-2 run evaluates 336).
-    parity = [
-        tail or prob_diff_tail_gate(t),
-        Gate(
-            name="mean probability difference",
-            metric="mean_abs_diff",
-            op="<=",
-            limit=limit_value(t, "max_mean_prob_diff"),
-            description="mean |candidate - FP32| probability",
-        ),
-    ]
-    speed = [g for g in parity_and_speed_gates(t) if g.kind == "speed"]
-    return [core[0], baseline, *core[1:], *own, *parity, *speed]
+LABEL_AGREEMENT = GateSpec(
+    name="label agreement",
+    metric="label_agreement",
+    op=">=",
+    limit="min_label_agreement",
+    judge="lower",
+    description="share of predictions equal to FP32's (lower 95 % bound)",
+)
+MACRO_F1_DROP = GateSpec(
+    name="macro-F1 drop",
+    metric="macro_f1_drop",
+    op="<=",
+    limit="max_macro_f1_drop",
+    judge="upper",
+    description="FP32 minus candidate macro-F1 (upper 95 % bound)",
+)
+ECE_INCREASE = GateSpec(
+    name="ECE increase",
+    metric="ece_increase",
+    op="<=",
+    limit="max_ece_increase",
+    description="candidate minus FP32 expected calibration error",
+)
+# The evidence that FP32 measures something; a metric without a majority class (entity F1) uses the core
+# FP32 baseline instead.
+BEATS_MAJORITY = GateSpec(
+    name="FP32 beats majority class",
+    metric="lift_over_majority",
+    op=">=",
+    limit="min_lift_over_majority",
+    kind="evidence",
+    judge="lower",
+    description="FP32 accuracy minus the majority-class share (lower 95 % bound)",
+)
+# Parity on probabilities, with limits of their own: `abs_tol` / `mean_tol` were set for embedding
+# elements. Measured on the SST-2 MiniLM classifier (benchmarks/families.py): per-channel INT8 keeps
+# 98.7-99 % of labels and its accuracy, with mean |dp| 0.013 and its most borderline sentence moved by
+# 0.22-0.26; per-tensor INT8 reaches mean |dp| 0.033 and 0.38, and its accuracy drop cannot be shown
+# within 1 point. The ceiling keeps the old per-example line (0.3); the sample's largest change is
+# no gate (a promoted NER tagger: 0.216 on WNUT-17 dev, 0.314 on sentences it never saw), the share of
+# rows past it is: 2 % of new rows, shown by 189 rows with none past it (an SST-2 run evaluates 336).
+MEAN_PROB_DIFF = GateSpec(
+    name="mean probability difference",
+    metric="mean_abs_diff",
+    op="<=",
+    limit="max_mean_prob_diff",
+    description="mean |candidate - FP32| probability",
+)
+# A classifier's gates in reading order (quantgate/gates.py `judged_by`).
+GATES: tuple[GateSpec, ...] = judged_by(
+    evidence=(BEATS_MAJORITY,),
+    quality=(LABEL_AGREEMENT, MACRO_F1_DROP, ECE_INCREASE),
+    parity=(prob_diff_tail_spec(), MEAN_PROB_DIFF),
+)
 
 
 # --- metrics: pure functions -------------------------------------------------------------------------------
@@ -335,9 +301,9 @@ def flipped_examples(
     ]
 
 
-class ProbabilityClassifier:
-    """`reference`, `score_champion` and `evaluate` of a task type whose model outputs class probabilities
-    and whose task metric is accuracy (text, image and table classifiers). The task type supplies the gold
+class ProbabilityClassifier(ResampledTaskType):
+    """The `predict`, `score` and `compare` of a task type whose model outputs class probabilities and
+    whose task metric is accuracy (text, image and table classifiers). The task type supplies the gold
     label ids (`_gold`), the model's probabilities (`_proba`), its class names by id (`_class_names`) and
     how a held-out row reads in the report (`_example_texts`); `PARITY_LIMITS` names the limits its parity
     report is judged with, `TAIL` the probability tail's per-row ceiling limit and the metric its share is
@@ -345,6 +311,7 @@ class ProbabilityClassifier:
     carries them (scikit-learn's), else with ONNX FP32."""
 
     metric: TaskMetric
+    gate_specs: ClassVar[tuple[GateSpec, ...]] = GATES
     PARITY_LIMITS: ClassVar[tuple[str, str]] = ("abs_tol", "mean_tol")
     TAIL: ClassVar[tuple[str, str]] = ("prob_diff_ceiling", "share_above_prob_diff_ceiling")
 
@@ -360,73 +327,40 @@ class ProbabilityClassifier:
     def _example_texts(self, assets: Path, heldout: pd.DataFrame) -> list[str]:
         raise NotImplementedError
 
-    def reference(self, fp32: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> Reference:
-        start = time.perf_counter()
-        gold = self._gold(assets, heldout)
-        proba = self._proba(fp32, assets, heldout, threads)
-        resampled = accuracy_resampled(gold, proba.argmax(1), bootstrap_indices(len(gold)))
-        return Reference(
-            outputs=proba,
-            task_metric=float((proba.argmax(1) == gold).mean()),
-            seconds=time.perf_counter() - start,
-            interval=percentile_interval(resampled),
-            resampled=resampled,
-        )
+    def predict(self, model: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> np.ndarray:
+        return self._proba(model, assets, heldout, threads)
 
-    def score_champion(
-        self, reference: Reference, version: str, model: Servable, assets: Path, heldout: pd.DataFrame,
-        threads: int,
-    ) -> Reference:  # fmt: skip
-        gold = self._gold(assets, heldout)
-        pred = self._proba(model, assets, heldout, threads).argmax(1)
-        return reference.model_copy(
-            update={
-                "champion_version": version,
-                "champion_metric": float((pred == gold).mean()),
-                "champion_resampled": accuracy_resampled(gold, pred, bootstrap_indices(len(gold))),
-            }
-        )
+    def score(
+        self, predicted: np.ndarray, assets: Path, heldout: pd.DataFrame, idx: np.ndarray
+    ) -> tuple[float, np.ndarray]:
+        gold, pred = self._gold(assets, heldout), predicted.argmax(1)
+        return float((pred == gold).mean()), accuracy_resampled(gold, pred, idx)
 
-    def evaluate(
-        self, reference: Reference, candidate: Servable, assets: Path, heldout: pd.DataFrame,
-        thresholds: Thresholds, threads: int,
-    ) -> Evaluation:  # fmt: skip
+    def compare(
+        self, reference: Reference, predicted: np.ndarray, assets: Path, heldout: pd.DataFrame,
+        thresholds: Thresholds,
+    ) -> Comparison:  # fmt: skip
         from quantgate.evaluate import parity_report
 
-        start = time.perf_counter()
         gold = self._gold(assets, heldout)
         names = self._class_names(assets)
-        proba = self._proba(candidate, assets, heldout, threads)
-        scores = score_classifier(gold, reference.outputs, proba, len(names))
-        _, champion = paired_intervals(
-            reference, accuracy_resampled(gold, proba.argmax(1), bootstrap_indices(len(gold)))
-        )
+        scores = score_classifier(gold, reference.outputs, predicted, len(names))
         source = reference.source_outputs if reference.source_outputs is not None else reference.outputs
         abs_limit, mean_limit = self.PARITY_LIMITS
         ceiling, tail_metric = self.TAIL
         tail, tail_intervals = prob_diff_tail(
-            row_prob_diff(source, proba), limit_value(thresholds, ceiling), tail_metric
+            row_prob_diff(source, predicted), limit_value(thresholds, ceiling), tail_metric
         )
-        return Evaluation(
-            task_metric=self.metric.name,
-            task_metric_fp32=reference.task_metric,
-            task_metric_candidate=scores.accuracy,
+        return Comparison(
             parity=parity_report(
                 {"probabilities": source},
-                {"probabilities": proba},
+                {"probabilities": predicted},
                 thresholds.value(abs_limit),
                 thresholds.value(mean_limit),
             ),
-            seconds=time.perf_counter() - start,
-            rows=len(heldout),
-            task_metric_fp32_interval=reference.interval,
-            task_metric_drop_interval=scores.drop_interval,
             extra=scores.extra | tail,
             extra_intervals=scores.extra_intervals | tail_intervals,
             examples=flipped_examples(
-                self._example_texts(assets, heldout), reference.outputs, proba, names.__getitem__, gold
+                self._example_texts(assets, heldout), reference.outputs, predicted, names.__getitem__, gold
             ),
-            champion_version=reference.champion_version,
-            task_metric_champion=reference.champion_metric,
-            champion_drop_interval=champion,
         )

@@ -36,7 +36,7 @@ from quantgate.export import (
 )
 from quantgate.families import classification as clf
 from quantgate.families.hf_text import HEAD_FILE, HeadModule, id2label
-from quantgate.gates import Gate, Limit, Thresholds
+from quantgate.gates import Limit
 from quantgate.heldout import HeldoutSchema, check_bound, check_file_size, heldout_limits
 from quantgate.settings import HeldoutLimits
 from quantgate.tasktypes import (
@@ -281,9 +281,6 @@ class ImageClassification(clf.ProbabilityClassifier):
     batch = 32
     calibration_batch = 8
 
-    def gates(self, t: Thresholds) -> list[Gate]:
-        return clf.gates(t)
-
     def recognises(self, model_dir: Path) -> bool:
         return any(a.endswith("ForImageClassification") for a in hf_architectures(model_dir))
 
@@ -298,12 +295,6 @@ class ImageClassification(clf.ProbabilityClassifier):
 
         labels = id2label(json.loads((model_dir / "config.json").read_text()))
         self._label_ids(heldout, labels)
-
-    def heldout_schema(self, model_dir: Path) -> HeldoutSchema:
-        return self.schema
-
-    def reads(self, heldout: Path) -> bool:
-        return True  # no other task type recognises the same models
 
     def read_heldout(self, path: Path) -> pd.DataFrame:
         if path.suffix.lower() == ".npz":

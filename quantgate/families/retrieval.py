@@ -15,52 +15,32 @@ query's FP32 top 10 the candidate keeps.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
 from quantgate.backends import Servable
 from quantgate.errors import HeldoutValidationError
-from quantgate.evaluate import cosine_rows, embed_texts, parity_report
-from quantgate.gates import (
-    BASELINE_LIMIT,
-    Gate,
-    Limit,
-    Thresholds,
-    baseline_gate,
-    core_gates,
-    limit_value,
-    parity_and_speed_gates,
-)
-from quantgate.heldout import HeldoutSchema, check_bound, heldout_limits, read_utf8
-from quantgate.stats import bootstrap_indices, percentile_interval
-from quantgate.tasktypes import (
+from quantgate.evaluate import cosine_rows, embed_texts
+from quantgate.families.sentence_embedding import (
+    COSINE_TAIL,
     COSINE_TAIL_LIMITS,
-    MAX_EXAMPLES,
-    Column,
-    Evaluation,
-    Example,
-    PlotAxis,
-    Reference,
+    MEAN_COSINE,
+    MEAN_COSINE_LIMIT,
     SentenceEmbedding,
-    TaskMetric,
     cosine_tail,
-    cosine_tail_gate,
-    paired_intervals,
-    register_task_type,
-    shorten,
 )
+from quantgate.gates import BASELINE, BASELINE_LIMIT, GateSpec, Limit, Thresholds, judged_by
+from quantgate.heldout import HeldoutSchema, check_bound, heldout_limits, read_utf8
+from quantgate.tasktypes.base import Column, PlotAxis, TaskMetric, register_task_type
+from quantgate.tasktypes.resampled import Comparison
+from quantgate.tasktypes.results import MAX_EXAMPLES, Example, Reference, shorten
 
 K = 10
 CORPUS = "corpus"  # DataFrame.attrs key: {doc id: text}, shared by every split of the queries
 
-_COSINE_LIMITS = (
-    *(lim for lim in SentenceEmbedding.limits if lim.name == "min_mean_cosine"),
-    *COSINE_TAIL_LIMITS,
-)
 TOP_K_LIMIT = Limit(
     name="min_top10_overlap",
     default=0.9,
@@ -140,7 +120,12 @@ class SentenceRetrieval(SentenceEmbedding):
     )
     metric = TaskMetric(name="recall_at_10")
     default_recipes: ClassVar[tuple[str, ...]] = ()
-    limits: ClassVar[tuple[Limit, ...]] = (*_COSINE_LIMITS, TOP_K_LIMIT, BASELINE_LIMIT)
+    limits: ClassVar[tuple[Limit, ...]] = (
+        MEAN_COSINE_LIMIT,
+        *COSINE_TAIL_LIMITS,
+        TOP_K_LIMIT,
+        BASELINE_LIMIT,
+    )
     columns: ClassVar[tuple[Column, ...]] = (
         Column(metric="top10_overlap", digits=3),
         Column(metric="mean_cosine"),
@@ -151,22 +136,14 @@ class SentenceRetrieval(SentenceEmbedding):
         PlotAxis(metric="top10_overlap", label="FP32 top 10 kept", limit="min_top10_overlap"),
     )
 
-    def gates(self, t: Thresholds) -> list[Gate]:
-        core = core_gates(t)
-        return [
-            core[0],
-            baseline_gate(t),
-            *core[1:],
-            Gate(name="mean cosine", metric="mean_cosine", op=">=", limit=limit_value(t, "min_mean_cosine")),
-            cosine_tail_gate(t),
-            Gate(
-                name="top-10 overlap",
-                metric="top10_overlap",
-                op=">=",
-                limit=limit_value(t, "min_top10_overlap"),
-            ),
-            *parity_and_speed_gates(t),
-        ]
+    gate_specs: ClassVar[tuple[GateSpec, ...]] = judged_by(
+        evidence=(BASELINE,),
+        quality=(
+            MEAN_COSINE,
+            COSINE_TAIL,
+            GateSpec(name="top-10 overlap", metric="top10_overlap", op=">=", limit="min_top10_overlap"),
+        ),
+    )
 
     def reads(self, path: Path) -> bool:
         return path.suffix.lower() == ".json"
@@ -181,13 +158,15 @@ class SentenceRetrieval(SentenceEmbedding):
         docs = dict.fromkeys(d for rel in heldout["relevant"] for d in json.loads(rel))
         return [*heldout["query"].astype(str), *(corpus[d] for d in docs if d in corpus)]
 
-    def _vectors(self, model: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> tuple[Any, Any]:
-        corpus = heldout.attrs[CORPUS]
-        texts = [*heldout["query"].astype(str), *corpus.values()]
-        out = embed_texts(
+    def predict(self, model: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> np.ndarray:
+        """Each query's embedding, then each corpus document's."""
+        texts = [*heldout["query"].astype(str), *heldout.attrs[CORPUS].values()]
+        return embed_texts(
             model, self._tokenizer(assets), texts, max_length=self.eval_max_length, threads=threads
         )
-        return out[: len(heldout)], out[len(heldout) :]
+
+    def check_reference(self, predicted: np.ndarray, assets: Path, heldout: pd.DataFrame) -> None:
+        return None  # recall over a corpus ranks even when every query scores the same
 
     @staticmethod
     def _relevant(heldout: pd.DataFrame) -> list[set[int]]:
@@ -201,52 +180,27 @@ class SentenceRetrieval(SentenceEmbedding):
 
         return unit(queries) @ unit(docs).T
 
-    def _recall(self, model: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> Any:
-        q, d = self._vectors(model, assets, heldout, threads)
-        recall, top = recall_at_k(self._scores(q, d), self._relevant(heldout))
-        return q, d, recall, top
-
-    def reference(self, fp32: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> Reference:
-        start = time.perf_counter()
-        q, d, recall, _ = self._recall(fp32, assets, heldout, threads)
-        resampled = recall[bootstrap_indices(len(recall))].mean(axis=1)
-        return Reference(
-            outputs=np.concatenate([q, d]),
-            task_metric=float(recall.mean()),
-            seconds=time.perf_counter() - start,
-            interval=percentile_interval(resampled),
-            resampled=resampled,
-        )
-
-    def score_champion(
-        self, reference: Reference, version: str, model: Servable, assets: Path, heldout: pd.DataFrame,
-        threads: int,
-    ) -> Reference:  # fmt: skip
-        _, _, recall, _ = self._recall(model, assets, heldout, threads)
-        return reference.model_copy(
-            update={
-                "champion_version": version,
-                "champion_metric": float(recall.mean()),
-                "champion_resampled": recall[bootstrap_indices(len(recall))].mean(axis=1),
-            }
-        )
-
-    def evaluate(
-        self, reference: Reference, candidate: Servable, assets: Path, heldout: pd.DataFrame,
-        thresholds: Thresholds, threads: int,
-    ) -> Evaluation:  # fmt: skip
-        start = time.perf_counter()
+    def _recall(self, vectors: np.ndarray, heldout: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         n = len(heldout)
-        q, d, recall, top = self._recall(candidate, assets, heldout, threads)
-        ref_q, ref_d = reference.outputs[:n], reference.outputs[n:]
-        _, ref_top = recall_at_k(self._scores(ref_q, ref_d), self._relevant(heldout))
+        return recall_at_k(self._scores(vectors[:n], vectors[n:]), self._relevant(heldout))
+
+    def score(
+        self, predicted: np.ndarray, assets: Path, heldout: pd.DataFrame, idx: np.ndarray
+    ) -> tuple[float, np.ndarray]:
+        recall, _ = self._recall(predicted, heldout)
+        return float(recall.mean()), recall[idx].mean(axis=1)
+
+    def compare(
+        self, reference: Reference, predicted: np.ndarray, assets: Path, heldout: pd.DataFrame,
+        thresholds: Thresholds,
+    ) -> Comparison:  # fmt: skip
+        _, top = self._recall(predicted, heldout)
+        _, ref_top = self._recall(reference.outputs, heldout)
         overlap = np.array(
             [len(set(a.tolist()) & set(b.tolist())) / K for a, b in zip(ref_top, top, strict=True)]
         )
-        cand = np.concatenate([q, d])
-        cosines = cosine_rows(reference.outputs, cand)
+        cosines = cosine_rows(reference.outputs, predicted)
         tail, tail_intervals = cosine_tail(cosines, thresholds)
-        drop, champion = paired_intervals(reference, recall[bootstrap_indices(n)].mean(axis=1))
         docs = list(heldout.attrs[CORPUS].values())
         examples = [
             Example(
@@ -258,21 +212,8 @@ class SentenceRetrieval(SentenceEmbedding):
             )
             for i in np.argsort(overlap, kind="stable")[:MAX_EXAMPLES]
         ]
-        return Evaluation(
-            task_metric=self.metric.name,
-            task_metric_fp32=reference.task_metric,
-            task_metric_candidate=float(recall.mean()),
-            parity=parity_report(
-                reference.outputs,
-                cand,
-                thresholds.value("abs_tol"),
-                thresholds.value("mean_tol"),
-                output="sentence_embedding",
-            ),
-            seconds=time.perf_counter() - start,
-            rows=n,
-            task_metric_fp32_interval=reference.interval,
-            task_metric_drop_interval=drop,
+        return Comparison(
+            parity=self._parity(reference, predicted, thresholds),
             extra={
                 "mean_cosine": float(cosines.mean()),
                 **tail,
@@ -280,9 +221,6 @@ class SentenceRetrieval(SentenceEmbedding):
             },
             extra_intervals=tail_intervals,
             examples=examples,
-            champion_version=reference.champion_version,
-            task_metric_champion=reference.champion_metric,
-            champion_drop_interval=champion,
         )
 
 

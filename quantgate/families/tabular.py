@@ -38,7 +38,7 @@ from quantgate.bench import BenchReport, BenchSettings, ServingProfile, draw_req
 from quantgate.errors import ExportError, HeldoutValidationError, InvalidModelError
 from quantgate.export import OPSET, ExportResult
 from quantgate.families import classification as clf
-from quantgate.gates import Gate, Limit, Thresholds, limit_value, tail_gate
+from quantgate.gates import GateSpec, Limit, judged_by, tail_spec
 from quantgate.heldout import HeldoutSchema, read_table
 from quantgate.tasktypes import (
     Column,
@@ -353,35 +353,38 @@ class Tabular(clf.ProbabilityClassifier):
     # request unless the registration declares its traffic.
     serving_default = ServingProfile(batch_sizes=[64], objective="throughput")
 
-    def gates(self, t: Thresholds) -> list[Gate]:
-        tail = tail_gate(
-            t,
-            name="parity vs scikit-learn (tail)",
-            metric="share_above_proba_abs_diff",
-            per_row="max_proba_abs_diff",
-            share="max_share_above_proba_abs_diff",
-            below=False,
-        )
-        return [
-            *clf.gates(t, tail=tail),
-            # The write-ups' parity_report.json check, kept as it was: an export sanity check on the held-out
-            # rows (and the write-ups' bar, benchmarks/families.py). It vouches for no unseen row; the tail
-            # does. Without it, digits-mlp's dynamic-int8 passes with 11 of 476 rows past 0.04 (one by 0.16).
-            Gate(
+    gate_specs: ClassVar[tuple[GateSpec, ...]] = judged_by(
+        evidence=(clf.BEATS_MAJORITY,),
+        quality=(clf.LABEL_AGREEMENT, clf.MACRO_F1_DROP, clf.ECE_INCREASE),
+        parity=(
+            tail_spec(
+                name="parity vs scikit-learn (tail)",
+                metric="share_above_proba_abs_diff",
+                per_row="max_proba_abs_diff",
+                share="max_share_above_proba_abs_diff",
+                tail="above",
+            ),
+            clf.MEAN_PROB_DIFF,
+            # The write-ups' parity_report.json check, kept as it was: an export sanity check on the
+            # held-out rows (and the write-ups' bar, benchmarks/families.py). It vouches for no unseen row;
+            # the tail does. Without it, digits-mlp's dynamic-int8 passes with 11 of 476 rows past 0.04 (one
+            # by 0.16).
+            GateSpec(
                 name="parity vs scikit-learn (max)",
                 metric="max_abs_diff",
                 op="<=",
-                limit=limit_value(t, "max_proba_abs_diff"),
+                limit="max_proba_abs_diff",
                 description="max |candidate - predict_proba| over the held-out rows: the write-ups' check",
             ),
-            Gate(
+            GateSpec(
                 name="parity vs scikit-learn (mean)",
                 metric="mean_abs_diff",
                 op="<=",
-                limit=limit_value(t, "max_proba_mean_diff"),
+                limit="max_proba_mean_diff",
                 description="mean |candidate - predict_proba| of the original scikit-learn model",
             ),
-        ]
+        ),
+    )
 
     def recognises(self, model_dir: Path) -> bool:
         return any((model_dir / f).is_file() for f in (SKOPS, *PICKLES))

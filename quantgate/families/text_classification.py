@@ -27,7 +27,7 @@ from quantgate.families.hf_text import (
     run_batches,
     torch_head,
 )
-from quantgate.gates import Gate, Limit, Thresholds
+from quantgate.gates import Limit
 from quantgate.heldout import HeldoutSchema, load_headed_tsv
 from quantgate.tasktypes import (
     Column,
@@ -78,9 +78,6 @@ class SequenceClassification(clf.ProbabilityClassifier):
     export_samples = 32
     calibration_batch = 8
 
-    def gates(self, t: Thresholds) -> list[Gate]:
-        return clf.gates(t)
-
     def recognises(self, model_dir: Path) -> bool:
         return any(a.endswith("ForSequenceClassification") for a in hf_architectures(model_dir))
 
@@ -90,12 +87,6 @@ class SequenceClassification(clf.ProbabilityClassifier):
     def check_heldout(self, model_dir: Path, heldout: pd.DataFrame, allow_pickle: bool = False) -> None:
         labels = id2label(self.check_model(model_dir, allow_pickle=allow_pickle))
         label_ids(heldout["label"].dropna(), labels)
-
-    def heldout_schema(self, model_dir: Path) -> HeldoutSchema:
-        return self.schema
-
-    def reads(self, heldout: Path) -> bool:
-        return True  # no other task type recognises the same models
 
     def read_heldout(self, path: Path) -> pd.DataFrame:
         return load_headed_tsv(path)

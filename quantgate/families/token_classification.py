@@ -12,7 +12,6 @@ the words of one sentence move together, so only sentences are independent draws
 from __future__ import annotations
 
 import itertools
-import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,24 +33,13 @@ from quantgate.families.hf_text import (
     run_batches,
     torch_head,
 )
-from quantgate.gates import BASELINE_LIMIT, Gate, Limit, Thresholds, baseline_gate, limit_value
+from quantgate.gates import BASELINE, BASELINE_LIMIT, GateSpec, Limit, Thresholds, judged_by, limit_value
 from quantgate.heldout import HeldoutSchema, check_bound, heldout_limits, iter_lines, read_utf8
-from quantgate.stats import bootstrap_indices, percentile_interval, wilson_interval
-from quantgate.tasktypes import (
-    MAX_EXAMPLES,
-    Column,
-    Evaluation,
-    Example,
-    PlotAxis,
-    Reference,
-    TaskMetric,
-    benchmark_with_torch,
-    hf_architectures,
-    paired_intervals,
-    register_task_type,
-    serving_settings,
-    shorten,
-)
+from quantgate.stats import wilson_interval
+from quantgate.tasktypes.base import Column, PlotAxis, TaskMetric, hf_architectures, register_task_type
+from quantgate.tasktypes.resampled import Comparison, ResampledTaskType
+from quantgate.tasktypes.results import MAX_EXAMPLES, Example, Reference, shorten
+from quantgate.tasktypes.serving import benchmark_with_torch, serving_settings
 
 AUTO_CLASS = "AutoModelForTokenClassification"
 
@@ -130,7 +118,7 @@ def sentence_prob_diff(fp32: Tagged, candidate: Tagged) -> np.ndarray:
     return np.array([moved[a:b].max(initial=0.0) for a, b in itertools.pairwise(fp32.offsets)])
 
 
-class TokenClassification:
+class TokenClassification(ResampledTaskType):
     name = "token-classification"
     packages: ClassVar[tuple[str, ...]] = ("transformers", "torch", "tokenizers", "seqeval")
     reads_text = True  # a serving profile may declare token lengths and sample texts
@@ -158,15 +146,13 @@ class TokenClassification:
     export_samples = 32
     calibration_batch = 8
 
-    def gates(self, t: Thresholds) -> list[Gate]:
-        # Entity F1 has no majority class to beat (all-O scores 0): the baseline is a fixed floor instead.
-        return clf.gates(
-            t,
-            macro_f1=False,
-            calibration=False,
-            baseline=baseline_gate(t),
-            tail=clf.prob_diff_tail_gate(t, rows="sentences"),
-        )
+    # Entity F1 has no majority class to beat (all-O scores 0): the baseline is a fixed floor instead; the
+    # probability tail counts sentences (module docstring).
+    gate_specs: ClassVar[tuple[GateSpec, ...]] = judged_by(
+        evidence=(BASELINE,),
+        quality=(clf.LABEL_AGREEMENT,),
+        parity=(clf.prob_diff_tail_spec(rows="sentences"), clf.MEAN_PROB_DIFF),
+    )
 
     def recognises(self, model_dir: Path) -> bool:
         return any(a.endswith("ForTokenClassification") for a in hf_architectures(model_dir))
@@ -177,12 +163,6 @@ class TokenClassification:
     def check_heldout(self, model_dir: Path, heldout: pd.DataFrame, allow_pickle: bool = False) -> None:
         labels = id2label(check_head_model(model_dir, AUTO_CLASS, allow_pickle=allow_pickle))
         label_ids([t for row in heldout["tags"] for t in str(row).split()], labels, what="tag")
-
-    def heldout_schema(self, model_dir: Path) -> HeldoutSchema:
-        return self.schema
-
-    def reads(self, heldout: Path) -> bool:
-        return True  # no other task type recognises the same models
 
     def read_heldout(self, path: Path) -> pd.DataFrame:
         return read_conll(path)
@@ -286,32 +266,20 @@ class TokenClassification:
                 ["tokens and tags differ in length"],
             )
 
-    def reference(self, fp32: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> Reference:
-        start = time.perf_counter()
-        self._check_tags(assets, heldout)
-        tagged = self._tag(fp32, assets, heldout, threads)
-        counts = entity_counts(self._gold(heldout), tagged.tags)
-        resampled = f1_resampled(counts, bootstrap_indices(len(heldout)))
-        return Reference(
-            outputs=tagged.proba,
-            task_metric=f1_of(counts),
-            seconds=time.perf_counter() - start,
-            interval=percentile_interval(resampled),
-            resampled=resampled,
-        )
+    def predict(self, model: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> Tagged:
+        return self._tag(model, assets, heldout, threads)
 
-    def score_champion(
-        self, reference: Reference, version: str, model: Servable, assets: Path, heldout: pd.DataFrame,
-        threads: int,
-    ) -> Reference:  # fmt: skip
-        counts = entity_counts(self._gold(heldout), self._tag(model, assets, heldout, threads).tags)
-        return reference.model_copy(
-            update={
-                "champion_version": version,
-                "champion_metric": f1_of(counts),
-                "champion_resampled": f1_resampled(counts, bootstrap_indices(len(heldout))),
-            }
-        )
+    def stored(self, predicted: Tagged) -> np.ndarray:
+        return predicted.proba
+
+    def check_reference(self, predicted: Tagged, assets: Path, heldout: pd.DataFrame) -> None:
+        self._check_tags(assets, heldout)
+
+    def score(
+        self, predicted: Tagged, assets: Path, heldout: pd.DataFrame, idx: np.ndarray
+    ) -> tuple[float, np.ndarray]:
+        counts = entity_counts(self._gold(heldout), predicted.tags)
+        return f1_of(counts), f1_resampled(counts, idx)
 
     def _examples(self, heldout: pd.DataFrame, fp32: Tagged, cand: Tagged) -> list[Example]:
         from seqeval.metrics.sequence_labeling import get_entities
@@ -342,17 +310,13 @@ class TokenClassification:
             )
         return out
 
-    def evaluate(
-        self, reference: Reference, candidate: Servable, assets: Path, heldout: pd.DataFrame,
-        thresholds: Thresholds, threads: int,
-    ) -> Evaluation:  # fmt: skip
-        start = time.perf_counter()
+    def compare(
+        self, reference: Reference, predicted: Tagged, assets: Path, heldout: pd.DataFrame,
+        thresholds: Thresholds,
+    ) -> Comparison:  # fmt: skip
         gold = self._gold(heldout)
-        labels = Head(assets).labels
-        fp32 = Tagged(reference.outputs, np.cumsum([0, *(len(g) for g in gold)]), labels)
-        cand = self._tag(candidate, assets, heldout, threads)
-        counts = entity_counts(gold, cand.tags)
-        drop, champion = paired_intervals(reference, f1_resampled(counts, bootstrap_indices(len(heldout))))
+        fp32 = Tagged(reference.outputs, np.cumsum([0, *(len(g) for g in gold)]), Head(assets).labels)
+        cand = predicted
         words = len(cand.proba)
         agree = int((fp32.proba.argmax(1) == cand.proba.argmax(1)).sum())
         fp32_entities = [set(map(tuple, _spans(t))) for t in fp32.tags]
@@ -361,26 +325,16 @@ class TokenClassification:
         tail, tail_intervals = clf.prob_diff_tail(
             sentence_prob_diff(fp32, cand), limit_value(thresholds, "prob_diff_ceiling")
         )
-        return Evaluation(
-            task_metric=self.metric.name,
-            task_metric_fp32=reference.task_metric,
-            task_metric_candidate=f1_of(counts),
+        return Comparison(
             parity=parity_report(
                 {"probabilities": reference.outputs},
                 {"probabilities": cand.proba},
                 thresholds.value("abs_tol"),
                 thresholds.value("mean_tol"),
             ),
-            seconds=time.perf_counter() - start,
-            rows=len(heldout),
-            task_metric_fp32_interval=reference.interval,
-            task_metric_drop_interval=drop,
             extra={"label_agreement": agree / words, "entities_changed": float(changed), **tail},
             extra_intervals={"label_agreement": wilson_interval(agree, words), **tail_intervals},
             examples=self._examples(heldout, fp32, cand),
-            champion_version=reference.champion_version,
-            task_metric_champion=reference.champion_metric,
-            champion_drop_interval=champion,
         )
 
     def benchmark(

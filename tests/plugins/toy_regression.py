@@ -2,14 +2,14 @@
 regression head (a small MLP trained on scikit-learn's diabetes data, real data shipped with the
 package) judged by mean absolute error, lower is better, with a limit and a gate of its own.
 
-It is one class and one `register_task_type` line; gates.py, report.py, plots.py, cli.py and the flows
+It is one class on `ResampledTaskType` (which writes reference / champion / evaluate) and one
+`register_task_type` line; gates.py, report.py, plots.py, cli.py and the flows
 are not edited for it (tests/integration/test_seams.py runs it through the real flow).
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,26 +21,22 @@ from quantgate.bench import BenchReport, BenchSettings, draw_requests, run_bench
 from quantgate.errors import ExportError, InvalidModelError
 from quantgate.evaluate import parity_report
 from quantgate.export import OPSET, ExportResult
-from quantgate.gates import Gate, Limit, Thresholds, core_gates, limit_value, parity_and_speed_gates
+from quantgate.gates import GateSpec, Limit, Thresholds, judged_by
 from quantgate.heldout import HeldoutSchema
 from quantgate.stats import bootstrap_indices, percentile_interval
 from quantgate.tasktypes import (
     Column,
-    Evaluation,
+    Comparison,
     PlotAxis,
     Reference,
+    ResampledTaskType,
     TaskMetric,
     engines_for,
-    paired_intervals,
     register_task_type,
 )
 
 FEATURES = [f"f{i}" for i in range(10)]
 HIDDEN = 32
-
-
-def _mae_resampled(gold: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    return np.abs(gold - pred)[bootstrap_indices(len(gold))].mean(axis=1)
 
 
 def _module(hidden: int) -> Any:
@@ -75,7 +71,7 @@ def train(out: Path, heldout_csv: Path, seed: int = 0) -> None:
     frame.to_csv(heldout_csv, index=False)
 
 
-class ToyRegression:
+class ToyRegression(ResampledTaskType):
     name = "toy-regression"
     recognised_by = "config.json model_type toy-mlp"
     heldout_format = "csv"
@@ -108,43 +104,30 @@ class ToyRegression:
         ),
     )
 
-    def gates(self, t: Thresholds) -> list[Gate]:
-        core = core_gates(t)
-        return [
-            core[0],
-            Gate(
+    gate_specs: ClassVar[tuple[GateSpec, ...]] = judged_by(
+        evidence=(
+            GateSpec(
                 name="FP32 beats the mean",
                 metric="mae_vs_mean",
                 op="<=",
-                limit=limit_value(t, "max_mae_vs_mean"),
+                limit="max_mae_vs_mean",
                 kind="evidence",
                 judge="upper",
                 description="FP32 MAE / MAE of always predicting the held-out mean",
             ),
-            *core[1:],
-            Gate(
-                name="prediction shift",
-                metric="prediction_shift",
-                op="<=",
-                limit=t.value("max_prediction_shift"),
+        ),
+        quality=(
+            GateSpec(
+                name="prediction shift", metric="prediction_shift", op="<=", limit="max_prediction_shift"
             ),
-            *parity_and_speed_gates(t),
-        ]
+        ),
+    )
 
     def recognises(self, model_dir: Path) -> bool:
         try:
             return json.loads((model_dir / "config.json").read_text()).get("model_type") == "toy-mlp"
         except (OSError, ValueError):
             return False
-
-    def check_heldout(self, model_dir: Path, heldout: pd.DataFrame, allow_pickle: bool = False) -> None:
-        return None
-
-    def heldout_schema(self, model_dir: Path) -> HeldoutSchema:
-        return self.schema
-
-    def reads(self, heldout: Path) -> bool:
-        return True  # no other task type recognises the same models
 
     def read_heldout(self, path: Path) -> pd.DataFrame:
         try:
@@ -208,68 +191,35 @@ class ToyRegression:
         x = self._features(calibration)
         return [{"features": x[i : i + 8]} for i in range(0, len(x) - 7, 8)]
 
-    def _predict(self, model: Servable, heldout: pd.DataFrame, threads: int) -> np.ndarray:
+    def predict(self, model: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> np.ndarray:
         (pred,) = open_session(model, threads).run(["prediction"], {"features": self._features(heldout)})
         return pred[:, 0].astype(np.float64)
 
-    def reference(self, fp32: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> Reference:
-        start = time.perf_counter()
-        pred, gold = self._predict(fp32, heldout, threads), heldout["target"].to_numpy(dtype=np.float64)
-        resampled = _mae_resampled(gold, pred)
-        return Reference(
-            outputs=pred,
-            task_metric=float(np.abs(gold - pred).mean()),
-            seconds=time.perf_counter() - start,
-            interval=percentile_interval(resampled),
-            resampled=resampled,
-        )
+    def score(
+        self, predicted: np.ndarray, assets: Path, heldout: pd.DataFrame, idx: np.ndarray
+    ) -> tuple[float, np.ndarray]:
+        errors = np.abs(heldout["target"].to_numpy(dtype=np.float64) - predicted)
+        return float(errors.mean()), errors[idx].mean(axis=1)
 
-    def score_champion(
-        self, reference: Reference, version: str, model: Servable, assets: Path, heldout: pd.DataFrame,
-        threads: int,
-    ) -> Reference:  # fmt: skip
-        pred, gold = self._predict(model, heldout, threads), heldout["target"].to_numpy(dtype=np.float64)
-        return reference.model_copy(
-            update={
-                "champion_version": version,
-                "champion_metric": float(np.abs(gold - pred).mean()),
-                "champion_resampled": _mae_resampled(gold, pred),
-            }
-        )
-
-    def evaluate(
-        self, reference: Reference, candidate: Servable, assets: Path, heldout: pd.DataFrame,
-        thresholds: Thresholds, threads: int,
-    ) -> Evaluation:  # fmt: skip
-        start = time.perf_counter()
-        pred, gold = self._predict(candidate, heldout, threads), heldout["target"].to_numpy(dtype=np.float64)
-        drop, champion = paired_intervals(reference, _mae_resampled(gold, pred), higher_is_better=False)
+    def compare(
+        self, reference: Reference, predicted: np.ndarray, assets: Path, heldout: pd.DataFrame,
+        thresholds: Thresholds,
+    ) -> Comparison:  # fmt: skip
+        gold = heldout["target"].to_numpy(dtype=np.float64)
         baseline = np.abs(gold - gold.mean())[bootstrap_indices(len(gold))].mean(axis=1)
         assert reference.resampled is not None
-        ratio = reference.resampled / baseline
-        return Evaluation(
-            task_metric=self.metric.name,
-            higher_is_better=False,
-            task_metric_fp32=reference.task_metric,
-            task_metric_candidate=float(np.abs(gold - pred).mean()),
+        return Comparison(
             parity=parity_report(
                 {"prediction": reference.outputs},
-                {"prediction": pred},
+                {"prediction": predicted},
                 thresholds.value("abs_tol"),
                 thresholds.value("mean_tol"),
             ),
-            seconds=time.perf_counter() - start,
-            rows=len(heldout),
-            task_metric_fp32_interval=reference.interval,
-            task_metric_drop_interval=drop,
             extra={
                 "mae_vs_mean": reference.task_metric / float(np.abs(gold - gold.mean()).mean()),
-                "prediction_shift": float(np.abs(pred - reference.outputs).mean() / gold.std()),
+                "prediction_shift": float(np.abs(predicted - reference.outputs).mean() / gold.std()),
             },
-            extra_intervals={"mae_vs_mean": percentile_interval(ratio)},
-            champion_version=reference.champion_version,
-            task_metric_champion=reference.champion_metric,
-            champion_drop_interval=champion,
+            extra_intervals={"mae_vs_mean": percentile_interval(reference.resampled / baseline)},
         )
 
     def benchmark(
