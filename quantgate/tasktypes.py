@@ -691,8 +691,9 @@ class SentenceEmbedding:
             Example(
                 row=int(i) % len(heldout),
                 text=shorten(inputs[i]),
-                fp32="the FP32 embedding",
-                candidate=f"cosine {cosines[i]:.4f} to it",
+                gold=f"pair score {gold[i % len(heldout)]:g}",
+                fp32=f"pair cosine {fp32_scores[i % len(heldout)]:.4f}",
+                candidate=f"pair cosine {scores[i % len(heldout)]:.4f}; vs FP32 {cosines[i]:.4f}",
                 change=round(float(1 - cosines[i]), 4),
             )
             for i in np.argsort(cosines, kind="stable")[:MAX_EXAMPLES]

@@ -3,6 +3,7 @@ SeaweedFS, fetched over plain HTTP."""
 
 from __future__ import annotations
 
+import json
 import urllib.request
 
 import pytest
@@ -83,6 +84,11 @@ def test_a_rejected_runs_link_artifacts_and_inline_plots_open_and_its_data_docs_
         if artifact.key.endswith("data-docs"):
             assert content_type.startswith("text/html")
             assert fetched_urls(body.decode()) == []
+    # The examples show the input, its gold label and both models' outputs.
+    (examples,) = [a for a in artifacts if a.key == "tiny-v2-examples"]
+    rows = json.loads(examples.data) if isinstance(examples.data, str) else examples.data
+    assert all(r["gold"].startswith("pair score") for r in rows)
+    assert all(r["fp32"].startswith("pair cosine") for r in rows)
     (report,) = [a for a in artifacts if a.key == "tiny-decision"]
     assert report.task_run_id is None  # a flow-level artifact: listed first, under "Flow run"
     images = [line for line in report.data.splitlines() if line.startswith("![")]

@@ -167,3 +167,28 @@ def test_data_docs_assets_are_stored_beside_the_pages_and_every_relative_referen
             assert store.exists(target), f"{page} references {ref}, not stored"
     index = store.get_bytes(prefix + "index.html").decode()
     assert 'href="validations/' in index  # the index lists its pages without JavaScript
+
+
+def test_the_candidates_table_leads_with_the_decision():
+    from quantgate.report import candidate_rows
+
+    (row,) = candidate_rows(_report().search, "sentence-embedding")
+    assert list(row)[:3] == ["candidate", "result", "failed_gates"]
+
+
+def test_limits_read_as_text_in_tables_and_markdown():
+    from quantgate.report import as_text, text_rows
+
+    assert as_text(">= 0.98") == "≥ 0.98"
+    assert as_text("<= 0.1 of rows beyond 0.5") == "≤ 0.1 of rows beyond 0.5"
+    assert text_rows([{"limit": ">= 1", "value": 0.5}]) == [{"limit": "≥ 1", "value": 0.5}]
+    md = to_markdown(_report())
+    assert not any(line.lstrip("| ").startswith(">") for line in md.splitlines())
+
+
+def test_held_out_text_in_the_report_uses_only_entities_the_prefect_ui_decodes():
+    from quantgate.report.markdown import _plain
+
+    # Prefect 3.8.8's markdown renderer decodes &lt; &gt; &quot; &#39; &amp; and shows any other as typed.
+    assert _plain('you\'re "here"') == 'you\'re "here"'
+    assert _plain("<script>a|b</script>") == "&lt;script&gt;a\\|b&lt;/script&gt;"
