@@ -89,6 +89,9 @@ def test_a_rejected_runs_link_artifacts_and_inline_plots_open_and_its_data_docs_
     rows = json.loads(examples.data) if isinstance(examples.data, str) else examples.data
     assert all(r["gold"].startswith("pair score") for r in rows)
     assert all(r["fp32"].startswith("pair cosine") for r in rows)
+    (progress,) = [a for a in artifacts if a.type == "progress"]
+    assert float(progress.data) == 100.0
+    assert progress.description.startswith("search done: ")
     (report,) = [a for a in artifacts if a.key == "tiny-decision"]
     assert report.task_run_id is None  # a flow-level artifact: listed first, under "Flow run"
     images = [line for line in report.data.splitlines() if line.startswith("![")]

@@ -192,3 +192,30 @@ def test_held_out_text_in_the_report_uses_only_entities_the_prefect_ui_decodes()
     # Prefect 3.8.8's markdown renderer decodes &lt; &gt; &quot; &#39; &amp; and shows any other as typed.
     assert _plain('you\'re "here"') == 'you\'re "here"'
     assert _plain("<script>a|b</script>") == "&lt;script&gt;a\\|b&lt;/script&gt;"
+
+
+def test_search_progress_counts_candidates_then_fallback_trials_and_ends_at_100(monkeypatch):
+    import flows.search as wiring
+
+    calls: list[tuple[float, str]] = []
+    monkeypatch.setattr(
+        wiring, "create_progress_artifact", lambda p, description: calls.append((p, description))
+    )
+    monkeypatch.setattr(
+        wiring, "update_progress_artifact", lambda _id, p, description: calls.append((p, description))
+    )
+    search = _report().search
+    lead = search.candidates[0]
+    progress = wiring.SearchProgress(candidates=2, max_trials=2)
+    for _ in range(3):
+        progress.scored(lead)
+    progress.finished(search)
+
+    described = [d for _, d in calls]
+    assert described[1].startswith("candidate 1 of 2: `dynamic-int8`")
+    assert described[2].startswith("candidate 2 of 2")
+    assert described[3].startswith("fallback trial 1 of at most 2")
+    shares = [p for p, _ in calls]
+    assert shares == sorted(shares)
+    assert shares[-1] == 100.0
+    assert "none passed; closest `dynamic-int8`" in described[-1]
