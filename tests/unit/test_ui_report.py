@@ -219,3 +219,28 @@ def test_search_progress_counts_candidates_then_fallback_trials_and_ends_at_100(
     assert shares == sorted(shares)
     assert shares[-1] == 100.0
     assert "none passed; closest `dynamic-int8`" in described[-1]
+
+
+def test_pareto_labels_do_not_collide_when_candidates_cluster():
+    from quantgate.plots import ParetoPoint, pareto_figure
+
+    names = [f"dynamic-int8-per-channel-variant-{i}" for i in range(11)]
+    points = [
+        ParetoPoint(
+            name=n, p50_ms=2.0 + 0.01 * (i % 2), task_metric_drop=0.001 * (i % 3),
+            values={"task_metric_drop": 0.001 * (i % 3)}, passed=i % 2 == 0, chosen=i == 0,
+        )
+        for i, n in enumerate(names)
+    ]  # fmt: skip
+    fig = pareto_figure(points, {"onnx-fp32": 3.0}, [("task_metric_drop", "drop", 0.01)], "m@v")
+    renderer = fig.canvas.get_renderer()
+    ax, key = fig.axes
+    labels = [t for t in ax.texts if t.get_rotation() == 0]
+    numbers = [n for t in labels for n in t.get_text().split(",")]  # points on one spot share a label
+    assert sorted(numbers, key=int) == [str(i) for i in range(1, 12)]
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b)
+    listed = key.texts[0].get_text()
+    assert all(n in listed for n in names)  # every full name, once, in the key
