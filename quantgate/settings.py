@@ -42,6 +42,11 @@ class Settings(BaseSettings):
         default_factory=lambda: user_cache_root() / "exports",
         description="local cache of ONNX exports keyed by model checksum; must be this user's own (0700)",
     )
+    s3_link_endpoint_url: str | None = Field(
+        default=None,
+        description="the S3 endpoint as the operator's browser reaches it, for presigned links (a signature "
+        "covers the host); unset: s3_endpoint_url",
+    )
     link_expiry_s: int = Field(
         default=7 * 24 * 3600,
         ge=1,

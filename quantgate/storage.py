@@ -81,6 +81,11 @@ class ObjectStore(Store):
         self.bucket = settings.bucket
         self.endpoint = settings.s3_endpoint_url or "AWS S3"
         self._client = client or make_client(settings)
+        link = settings.s3_link_endpoint_url
+        # Presigning sends no request: a client for the browser's address only computes signatures.
+        self._link_client = (
+            make_client(settings.model_copy(update={"s3_endpoint_url": link})) if link else self._client
+        )
 
     # --- error translation ---------------------------------------------------------------------------
     def _translate(self, exc: Exception, key: str | None = None) -> StorageError:  # noqa: PLR0911 - one return per S3 error class
@@ -310,7 +315,7 @@ class ObjectStore(Store):
         """A presigned GET (SigV4, at most 7 days): a browser opens it without credentials until it
         expires. The response is typed from the key, so objects stored before uploads were typed (as
         binary/octet-stream) still render rather than download."""
-        return self._client.generate_presigned_url(
+        return self._link_client.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": key, "ResponseContentType": content_type_of(key)},
             ExpiresIn=expires_s,

@@ -32,6 +32,17 @@ def test_a_presigned_link_opens_over_http_with_the_objects_type(store, tmp_path)
     assert body == plot.read_bytes()
 
 
+def test_links_are_signed_for_the_address_the_browser_uses(s3_env, store, seaweed):
+    from quantgate.storage import ObjectStore
+
+    store.put_bytes("runs/m/v1/run-1/report.json", b"{}")
+    browser = seaweed.endpoint_url.replace("127.0.0.1", "localhost")
+    linked = ObjectStore(s3_env.model_copy(update={"s3_link_endpoint_url": browser}))
+    url = linked.presign("runs/m/v1/run-1/report.json", 60)
+    assert url.startswith(browser + "/")
+    assert _get(url)[0] == 200
+
+
 def test_an_unsigned_address_of_the_same_object_is_refused(store, tmp_path):
     store.put_bytes("runs/m/v1/run-1/report.json", b"{}")
     url = store.presign("runs/m/v1/run-1/report.json", 60)
