@@ -24,7 +24,7 @@ from quantgate.bench import BenchSettings
 from quantgate.heldout import split_heldout
 from quantgate.quantize import resolve_recipes
 from quantgate.registry import ModelRef, promoted_prefix, registry_summary
-from quantgate.report import decision_links, manifest_for, promotion_files
+from quantgate.report import manifest_for, promotion_files
 from quantgate.search import SearchBudget
 from quantgate.search_driver import candidate_path
 from quantgate.settings import Settings
@@ -161,7 +161,9 @@ def quantize_and_promote(
             else:
                 lost_race = storage.record_rejection(settings, ref, report.model_dump(mode="json"))
             storage.save_run_report(settings, ref, run_id, report.model_dump(mode="json"))
-            gate.publish(ref, report, {} if lost_race else decision_links(report, settings.bucket))
+            links = {} if lost_race else storage.decision_links(settings, report)
+            gate.publish_report(ref, report, links, settings.link_expiry_s)  # the run's first artifact
+            gate.publish(ref, report, links, settings.link_expiry_s)
             if not lost_race:
                 announce.decision(report.model_dump(mode="json"))
     except Exception as exc:

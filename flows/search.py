@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+
 from quantgate.backends import Servable
 from quantgate.bench import BenchSettings
 from quantgate.export import ExportResult
@@ -33,9 +36,12 @@ def search_recipes(
     champion: Champion | None = None,
 ) -> SearchResult:
     assets, fp32 = exported.assets_dir, exported.onnx_path
+    progress = SearchProgress(min(len(recipes), budget.max_candidates), budget.max_trials)
 
     def score(batch: list[Recipe], job: ScoreJob, threads: int) -> list[CandidateResult]:
         futures = [candidate.build_and_score.submit(r, job, threads) for r in batch]
+        for done in as_completed(futures):
+            progress.scored(done.result())
         return [f.result() for f in futures]
 
     steps = SearchSteps(
@@ -61,7 +67,7 @@ def search_recipes(
             allow_pickle,
         ),
     )
-    return run_search(
+    search = run_search(
         task_type,
         model_dir,
         fp32,
@@ -75,3 +81,31 @@ def search_recipes(
         steps,
         champion,
     )
+    progress.finished(search)
+    return search
+
+
+class SearchProgress:
+    """ "candidate k of n" as a Prefect progress artifact of the run, updated as each candidate is scored
+    (the fallback's trials after them), so a person watching a long search sees where it is."""
+
+    def __init__(self, candidates: int, max_trials: int) -> None:
+        self.candidates, self.max_trials, self.done = candidates, max_trials, 0
+        self.id = create_progress_artifact(
+            0.0, description=f"scoring {candidates} candidate(s), then up to {max_trials} fallback trial(s)"
+        )
+
+    def scored(self, result: CandidateResult) -> None:
+        self.done += 1
+        verdict = {"evaluated": "pass" if result.passed else "fail"}.get(result.status, result.status)
+        if self.done <= self.candidates:
+            where = f"candidate {self.done} of {self.candidates}"
+        else:
+            where = f"fallback trial {self.done - self.candidates} of at most {self.max_trials}"
+        share = 100.0 * self.done / (self.candidates + self.max_trials)
+        update_progress_artifact(self.id, min(share, 99.0), description=f"{where}: `{result.name}` {verdict}")
+
+    def finished(self, search: SearchResult) -> None:
+        outcome = f"chosen `{search.chosen}`" if search.chosen else f"none passed; closest `{search.lead}`"
+        done = f"search done: {self.done} scored in {search.seconds:.0f} s; {outcome}"
+        update_progress_artifact(self.id, 100.0, description=done)

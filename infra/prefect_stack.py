@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +37,8 @@ class PrefectStack:
     heartbeat_s: int = HEARTBEAT_S
     crashed_after_s: int = CRASHED_AFTER_S
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # Told each step as it starts (deploy.sh prints them: the whole start takes ~40 s).
+    say: Callable[[str], None] = lambda _: None
 
     @property
     def api_url(self) -> str:
@@ -52,13 +56,24 @@ class PrefectStack:
         }
 
     def start(self) -> PrefectStack:
+        began = time.monotonic()
+
+        def step(what: str) -> None:
+            self.say(f"[{time.monotonic() - began:4.0f} s] {what}")
+
+        step(f"starting the Prefect server on 127.0.0.1:{self.port} (about 16 s on a new database)")
         self.processes.append(start_server(self.state_dir, self.port))
         try:
             env = self.env()
+            step(f"server healthy; creating the process work pool {POOL}")
             _prefect("work-pool", "create", POOL, "--type", "process", "--overwrite", env=env)
+            step("deploying every deployment in prefect.yaml (prefect deploy --all)")
             _prefect("--no-prompt", "deploy", "--all", env=env)
+            step(f"creating the automation that marks a silent run Crashed after {self.crashed_after_s} s")
             _prefect_python("-m", "infra.zombies", "--crashed-after", str(self.crashed_after_s), env=env)
-            log = (self.state_dir / "worker.log").open("ab")
+            log_path = self.state_dir / "worker.log"
+            step(f"starting a worker on {POOL} (log: {log_path})")
+            log = log_path.open("ab")
             prefect = str(Path(sys.executable).parent / "prefect")
             self.processes.append(
                 subprocess.Popen(
@@ -71,7 +86,9 @@ class PrefectStack:
                 )
             )
             log.close()
+            step("done")
         except BaseException:
+            step("failed: stopping what was started")
             self.stop()
             raise
         return self
@@ -84,7 +101,7 @@ class PrefectStack:
 
 def main(argv: list[str] | None = None) -> None:
     def start_stack(state_dir: Path, port: int) -> list[int]:
-        stack = PrefectStack(state_dir, port).start()
+        stack = PrefectStack(state_dir, port, say=lambda line: print(line, flush=True)).start()
         print(f"Prefect UI http://127.0.0.1:{port}; pool {POOL}; deployments deployed; worker up.")
         print(f"export PREFECT_API_URL={stack.api_url}")
         return [p.pid for p in stack.processes]

@@ -81,9 +81,35 @@ def pareto_plot(
     plot axes), one marker per candidate: green passed every gate, red did not, the star is the promoted
     one; dashed lines are the gate limits, dotted ones the FP32 baselines."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), dpi=110, squeeze=False)
+    fig = pareto_figure(points, baselines, panels, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def pareto_figure(
+    points: list[ParetoPoint],
+    baselines: dict[str, float],
+    panels: list[tuple[str, str, float | None]],
+    title: str,
+) -> Any:
+    """The figure behind pareto_plot. Candidates are numbered on the plot and named in a key beside it:
+    eleven names such as `dynamic-int8-per-channel-reduce-range` next to their markers overlapped into
+    one unreadable cluster; numbers are placed where they collide with no other label."""
+    plt = _pyplot()
+    numbered = {p.name: i for i, p in enumerate(points, start=1)}
+    fig, axes = plt.subplots(
+        1,
+        len(panels) + 1,
+        figsize=(5.5 * len(panels) + 3.2, 4.4),
+        dpi=110,
+        squeeze=False,
+        gridspec_kw={"width_ratios": [5.5] * len(panels) + [3.2]},
+    )
     front = pareto_front(points)
-    for ax, (field, label, limit) in zip(axes[0], panels, strict=True):
+    to_label: list[tuple[Any, list[tuple[float, float, str]]]] = []
+    for ax, (field, label, limit) in zip(axes[0][:-1], panels, strict=True):
         shown = [p for p in points if field in p.values]
         for p in shown:
             ax.scatter(
@@ -94,9 +120,6 @@ def pareto_plot(
                 color="tab:green" if p.passed else "tab:red",
                 edgecolors="black" if p.chosen else "none",
                 zorder=3,
-            )
-            ax.annotate(
-                p.name, (p.p50_ms, p.values[field]), fontsize=6, xytext=(4, 3), textcoords="offset points"
             )
         if field == "task_metric_drop" and len(front) > 1:
             ax.plot(
@@ -114,15 +137,65 @@ def pareto_plot(
                 rotation=90,
                 va="top",
                 ha="right",
+                color="tab:blue",
             )
         ax.set_xlabel("p50 latency (ms)")
         ax.set_ylabel(label)
+        ax.margins(0.12)
+        to_label.append((ax, [(p.p50_ms, p.values[field], str(numbered[p.name])) for p in shown]))
+    key = axes[0][-1]
+    key.axis("off")
+    lines = [
+        f"{i:>2}  {p.name}" + ("  (promoted)" if p.chosen else "" if p.passed else "  (failed)")
+        for p, i in ((p, numbered[p.name]) for p in points)
+    ]
+    key.text(
+        0, 1, "\n".join(lines), va="top", ha="left", fontsize=6.5, family="monospace", transform=key.transAxes
+    )
     fig.suptitle(f"{title}: candidates (green passed every gate, star promoted)", fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    fig.tight_layout()  # before the labels: placing them needs the final data-to-pixel transform
+    for ax, labels in to_label:
+        _place_labels(fig, ax, labels)
+    return fig
+
+
+# Where a point's number may go, in points from the marker: beside it first, then further out.
+_OFFSETS = [
+    (dx * r, dy * r)
+    for r in (1, 2, 3, 4)
+    for dx, dy in ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (0, 1), (-1, 0), (0, -1))
+]
+
+
+def _place_labels(fig: Any, ax: Any, labels: list[tuple[float, float, str]]) -> None:
+    """Annotate each (x, y, text) at the first offset whose box overlaps no label placed before (the
+    last offset tried when none is free); a line joins a label set further out to its marker. Points
+    that fall on one spot (within a few pixels) share one label, "1,4,7"."""
+    fig.canvas.draw()  # the data-to-pixel transform is final only once the layout is drawn
+    renderer = fig.canvas.get_renderer()
+    spots: dict[tuple[int, int], tuple[float, float, list[str]]] = {}
+    for x, y, text in labels:
+        px, py = ax.transData.transform((x, y))
+        spot = spots.setdefault((round(px / 4), round(py / 4)), (x, y, []))
+        spot[2].append(text)
+    placed: list[Any] = []
+    for x, y, texts in spots.values():
+        for i, (dx, dy) in enumerate(_OFFSETS):
+            note = ax.annotate(
+                ",".join(texts),
+                (x, y),
+                xytext=(5 * dx, 5 * dy),
+                textcoords="offset points",
+                fontsize=7,
+                ha="left" if dx >= 0 else "right",
+                va="bottom" if dy >= 0 else "top",
+                arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"} if i >= 8 else None,
+            )
+            box = note.get_window_extent(renderer).expanded(1.15, 1.2)  # a little air between labels
+            if not any(box.overlaps(other) for other in placed) or i == len(_OFFSETS) - 1:
+                placed.append(box)
+                break
+            note.remove()
 
 
 def length_plot(bench: BenchReport, title: str, path: Path) -> Path | None:

@@ -42,6 +42,18 @@ class Settings(BaseSettings):
         default_factory=lambda: user_cache_root() / "exports",
         description="local cache of ONNX exports keyed by model checksum; must be this user's own (0700)",
     )
+    s3_link_endpoint_url: str | None = Field(
+        default=None,
+        description="the S3 endpoint as the operator's browser reaches it, for presigned links (a signature "
+        "covers the host); unset: s3_endpoint_url",
+    )
+    link_expiry_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="how long the presigned HTTP(S) links a run publishes (model, plots, report, Data Docs) "
+        "stay valid, in seconds; 7 days is the most SigV4 allows",
+    )
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 60.0
     actor: str = Field(default_factory=_default_actor, description="who the audit log names")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import mimetypes
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,10 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def content_type_of(key: str) -> str:
+    return mimetypes.guess_type(key)[0] or "application/octet-stream"
+
+
 def _metadata(digest: str, run_id: str | None) -> dict[str, str]:
     return {"sha256": digest} | ({RUN_METADATA: run_id} if run_id else {})
 
@@ -76,6 +81,11 @@ class ObjectStore(Store):
         self.bucket = settings.bucket
         self.endpoint = settings.s3_endpoint_url or "AWS S3"
         self._client = client or make_client(settings)
+        link = settings.s3_link_endpoint_url
+        # Presigning sends no request: a client for the browser's address only computes signatures.
+        self._link_client = (
+            make_client(settings.model_copy(update={"s3_endpoint_url": link})) if link else self._client
+        )
 
     # --- error translation ---------------------------------------------------------------------------
     def _translate(self, exc: Exception, key: str | None = None) -> StorageError:  # noqa: PLR0911 - one return per S3 error class
@@ -198,6 +208,8 @@ class ObjectStore(Store):
                 key,
                 Body=fh,
                 ChecksumSHA256=_b64(digest),
+                # A browser opening a presigned link renders a page or a plot only with its real type.
+                ContentType=content_type_of(key),
                 Metadata=_metadata(digest, run_id),
                 **extra,
             )
@@ -298,6 +310,16 @@ class ObjectStore(Store):
 
     def delete(self, key: str) -> None:
         self._call("delete_object", key)
+
+    def presign(self, key: str, expires_s: int) -> str:
+        """A presigned GET (SigV4, at most 7 days): a browser opens it without credentials until it
+        expires. The response is typed from the key, so objects stored before uploads were typed (as
+        binary/octet-stream) still render rather than download."""
+        return self._link_client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": key, "ResponseContentType": content_type_of(key)},
+            ExpiresIn=expires_s,
+        )
 
 
 def open_store(settings: Settings) -> Store:

@@ -126,6 +126,11 @@ class Store(ABC):
     @abstractmethod
     def delete(self, key: str) -> None: ...
 
+    def presign(self, key: str, expires_s: int) -> str | None:
+        """An HTTP(S) address a browser can GET `key` from for `expires_s` seconds, or None when this
+        store has none to give (the in-memory one)."""
+        return None
+
 
 @dataclass
 class _Object:

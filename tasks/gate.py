@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import task
@@ -21,6 +22,7 @@ from quantgate.report import (
     candidate_rows,
     example_rows,
     gate_rows,
+    text_rows,
     to_markdown,
 )
 from quantgate.search import SearchResult
@@ -65,41 +67,90 @@ def _artifact_key(ref: ModelRef, kind: str) -> str:
     return f"{safe}-{kind}"
 
 
-@task(name="publish-report", cache_policy=NO_CACHE)
-def publish(ref: ModelRef, report: RunReport, links: dict[str, str]) -> dict[str, Any]:
-    md = create_markdown_artifact(
-        key=_artifact_key(ref, "report"),
-        markdown=to_markdown(report, links),
-        description=f"quantgate decision for {ref}",
+def decision_key(model: str) -> str:
+    """One key per model for the markdown report: the Artifacts page shows its versions as a history."""
+    return "".join(c if c.isalnum() else "-" for c in model.lower()) + "-decision"
+
+
+# What each link opens: (link text, description). Prefect shows both on the link card.
+LINKS = {
+    "report-json": ("decision report (JSON)", "every candidate, gate and measurement behind this decision"),
+    "promoted-model": ("promoted model", "the promoted model file (beside it: its session settings)"),
+    "data-docs": ("held-out Data Docs", "Great Expectations validation of the held-out set"),
+    "latency-plot": ("latency plot", "p50/p95/p99 per engine in the lead candidate's benchmark round"),
+    "pareto-plot": ("Pareto plot", "latency against each accuracy metric, one marker per candidate"),
+    "length-plot": ("latency by input length", "p50 per engine per input-length bucket"),
+}
+
+
+def _until(expires_s: int | None) -> str:
+    if not expires_s:
+        return ""
+    until = datetime.now(UTC) + timedelta(seconds=expires_s)
+    return f" Presigned: opens without credentials until {until:%Y-%m-%d %H:%M} UTC."
+
+
+def publish_report(
+    ref: ModelRef, report: RunReport, links: dict[str, str], links_expire_s: int | None = None
+) -> str:
+    """The markdown report, created by the flow itself (not inside a task) so the run's Artifacts tab
+    lists it first, under "Flow run", above the task's tables and links (which Prefect 3.8.8 lists in
+    the order of their random ids)."""
+    verdict = "promoted" if report.outcome == "promoted" else f"rejected ({report.reason})"
+    return str(
+        create_markdown_artifact(
+            key=decision_key(ref.name),
+            markdown=to_markdown(report, links, links_expire_s),
+            description=f"{ref}: {verdict}. The decision of run {report.run_id}: verdict, gates, "
+            "candidates, benchmark, plots and links.",
+        )
     )
+
+
+@task(name="publish-report", cache_policy=NO_CACHE)
+def publish(
+    ref: ModelRef, report: RunReport, links: dict[str, str], links_expire_s: int | None = None
+) -> dict[str, Any]:
+    """The tables and link cards beside the report (publish_report)."""
+    lead = report.recipe.name
     gates = create_table_artifact(
         key=_artifact_key(ref, "gates"),
-        table=gate_rows(report.gates),
-        description="each gate of the promoted (or closest) candidate: value, limit, margin",
+        table=text_rows(gate_rows(report.gates)),
+        description=f"{ref}: each gate of `{lead}` (the promoted or closest candidate): value, limit, margin",
     )
     bench = create_table_artifact(
         key=_artifact_key(ref, "benchmark"),
-        table=bench_rows(report.benchmark),
-        description="interleaved CPU benchmark",
+        table=text_rows(bench_rows(report.benchmark)),
+        description=f"{ref}: interleaved CPU benchmark ({report.benchmark.describe()})",
     )
-    out = {"markdown": str(md), "gates": str(gates), "benchmark": str(bench)}
+    out = {"gates": str(gates), "benchmark": str(bench)}
     examples = example_rows(report)
     if examples:
         out["examples"] = str(
             create_table_artifact(
                 key=_artifact_key(ref, "examples"),
-                table=examples,
-                description="the held-out examples the candidate moved most: flipped predictions first",
+                table=text_rows(examples),
+                description=f"{ref}: the held-out examples `{lead}` moved most, flipped predictions first: "
+                "input, gold label, FP32 output, candidate output",
             )
         )
     if report.search:
         out["candidates"] = str(
             create_table_artifact(
                 key=_artifact_key(ref, "candidates"),
-                table=candidate_rows(report.search, report.task),
-                description="every candidate recipe: size, latency, metrics, pass/fail and why",
+                table=text_rows(candidate_rows(report.search, report.task)),
+                description=f"{ref}: every candidate recipe, decision first (result, failed gates), then "
+                "size, latency and metrics",
             )
         )
     for name, url in links.items():
-        out[name] = str(create_link_artifact(key=_artifact_key(ref, name), link=url, link_text=name))
+        text, what = LINKS.get(name, (name, name))
+        out[name] = str(
+            create_link_artifact(
+                key=_artifact_key(ref, name),
+                link=url,
+                link_text=text,
+                description=f"{ref}: {what}." + (_until(links_expire_s) if url.startswith("http") else ""),
+            )
+        )
     return out

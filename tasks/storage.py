@@ -15,6 +15,8 @@ from prefect.logging import get_run_logger
 from quantgate import lifecycle
 from quantgate.errors import ConflictError, IntegrityError, NotFoundError
 from quantgate.registry import Manifest, ModelRef, Outcome
+from quantgate.report import RunReport
+from quantgate.report import decision_links as links_for
 from quantgate.settings import Settings
 from quantgate.signing import promotion_signer, trusted_keys
 from quantgate.storage import open_store
@@ -160,10 +162,21 @@ def record_rejection(settings: Settings, ref: ModelRef, report: dict[str, Any]) 
     return None
 
 
+@task(name="decision-links", cache_policy=NO_CACHE)
+def decision_links(settings: Settings, report: RunReport) -> dict[str, str]:
+    """Presigned links (no request is sent: the signature is computed locally) to what the decision
+    stored, valid for settings.link_expiry_s."""
+    return links_for(report, open_store(settings), settings.link_expiry_s)
+
+
 @task(name="save-data-docs", cache_policy=NO_CACHE, **STORAGE_TASK)
 def save_data_docs(settings: Settings, ref: ModelRef, run_id: str, docs_dir: Path, pages: list[str]) -> str:
-    """s3:// address of the stored Data Docs index page."""
-    key = lifecycle.write_data_docs(open_store(settings), ref, run_id, docs_dir, pages)
+    """s3:// address of the stored Data Docs page a person opens first (the validation result)."""
+    from quantgate.datadocs import main_page, make_offline
+
+    files = make_offline(docs_dir, pages) if pages else []
+    main = main_page(pages) or "index.html"
+    key = lifecycle.write_data_docs(open_store(settings), ref, run_id, docs_dir, files, main)
     get_run_logger().info("GX Data Docs of the held-out validation: s3://%s/%s", settings.bucket, key)
     return f"s3://{settings.bucket}/{key}"
 

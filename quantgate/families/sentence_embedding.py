@@ -113,6 +113,7 @@ class SentenceEmbedding(ResampledTaskType):
     """Bi-encoders (sentence-transformers style): STS pairs, metric = Spearman(cosine, gold score)."""
 
     name = "sentence-embedding"
+    packages: ClassVar[tuple[str, ...]] = ("transformers", "torch", "tokenizers")
     reads_text = True  # a serving profile may declare token lengths and sample texts
     recognised_by = (
         "a bare encoder: config.json architectures `*Model` (no task head), or sentence-transformers' "
@@ -312,8 +313,9 @@ class SentenceEmbedding(ResampledTaskType):
             Example(
                 row=int(i) % len(heldout),
                 text=shorten(inputs[i]),
-                fp32="the FP32 embedding",
-                candidate=f"cosine {cosines[i]:.4f} to it",
+                gold=f"pair score {gold[i % len(heldout)]:g}",
+                fp32=f"pair cosine {fp32_scores[i % len(heldout)]:.4f}",
+                candidate=f"pair cosine {scores[i % len(heldout)]:.4f}; vs FP32 {cosines[i]:.4f}",
                 change=round(float(1 - cosines[i]), 4),
             )
             for i in np.argsort(cosines, kind="stable")[:MAX_EXAMPLES]

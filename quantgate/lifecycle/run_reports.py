@@ -12,13 +12,15 @@ from quantgate.registry import ModelRef, run_prefix
 from quantgate.store import Store
 
 
-def write_data_docs(store: Store, ref: ModelRef, run_id: str, docs_dir: Path, pages: list[str]) -> str:
-    """The held-out validation's GX Data Docs (HTML pages only; they load their styles from a CDN) under
-    the run's own prefix. Returns the key of the site's index page."""
+def write_data_docs(
+    store: Store, ref: ModelRef, run_id: str, docs_dir: Path, files: list[str], main: str = "index.html"
+) -> str:
+    """The held-out validation's GX Data Docs (pages and the static assets they load, made to render
+    offline by quantgate.datadocs) under the run's own prefix. Returns the key of the `main` page."""
     prefix = f"{run_prefix(ref, run_id)}data_docs/"
-    for page in pages:
-        store.put_file(prefix + page, docs_dir / page)
-    return prefix + "index.html"
+    for rel in files:
+        store.put_file(prefix + rel, docs_dir / rel)
+    return prefix + main
 
 
 def write_run_report(store: Store, ref: ModelRef, run_id: str, report: dict[str, Any]) -> str:

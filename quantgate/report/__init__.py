@@ -13,9 +13,9 @@ their names on (callers keep writing `from quantgate.report import RunReport`).
 
 from quantgate.report.decision import build_run_report, champion_summary, rejection_reason
 from quantgate.report.environment import environment, run_packages
-from quantgate.report.links import decision_links, decision_plots
+from quantgate.report.links import browser_links, decision_keys, decision_links, decision_plots, stored_key
 from quantgate.report.manifest import manifest_for, promotion_files, write_json
-from quantgate.report.markdown import champion_line, shape_comparison_line, to_markdown
+from quantgate.report.markdown import as_text, champion_line, shape_comparison_line, text_rows, to_markdown
 from quantgate.report.model import ChampionSummary, ExportSummary, HeldoutSummary, RunReport
 from quantgate.report.tables import (
     bench_rows,
@@ -33,12 +33,15 @@ __all__ = [
     "ExportSummary",
     "HeldoutSummary",
     "RunReport",
+    "as_text",
     "bench_rows",
+    "browser_links",
     "build_run_report",
     "candidate_rows",
     "champion_line",
     "champion_summary",
     "compact_candidate_rows",
+    "decision_keys",
     "decision_links",
     "decision_plots",
     "environment",
@@ -52,6 +55,8 @@ __all__ = [
     "run_packages",
     "shape_comparison_line",
     "slice_rows",
+    "stored_key",
+    "text_rows",
     "to_markdown",
     "write_json",
 ]

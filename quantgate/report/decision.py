@@ -7,6 +7,7 @@ import math
 
 from quantgate.bench import CHAMPION_ENGINE
 from quantgate.evaluate import ParityReport
+from quantgate.gates import HELDOUT_TOO_SMALL
 from quantgate.report.environment import environment, run_packages
 from quantgate.report.model import ChampionSummary, ExportSummary, HeldoutSummary, RunReport
 from quantgate.search import NOTHING_TO_QUANTIZE, CandidateResult, SearchResult
@@ -100,19 +101,20 @@ def champion_summary(lead: CandidateResult, search: SearchResult) -> ChampionSum
 
 def rejection_reason(lead: CandidateResult) -> tuple[str, int | None]:
     """Why the closest candidate was not promoted, most fundamental first: the held-out set cannot tell
-    (with the rows that would), the FP32 model measures nothing, or a quality or speed gate failed."""
-
-    failed = {r.gate.metric: r for r in (lead.gates.failed if lead.gates else [])}
-    rows = lead.evaluation.rows if lead.evaluation else 0
-    for metric in ("task_metric_fp32_half_width", "task_metric_drop_half_width"):
-        if metric in failed and failed[metric].value is not None:
-            return "heldout-too-small", rows_needed(rows, failed[metric].value, failed[metric].gate.limit / 2)
-    if "task_metric_fp32_half_width" in failed or "task_metric_drop_half_width" in failed:
-        return "heldout-too-small", None
-    if "quantizable_ops" in failed:
+    (with the rows that would), there is nothing to quantize, the FP32 model measures nothing, or a quality
+    or speed gate failed. Each gate declares what its failure means (`rejects_as`, quantgate/gates.py)."""
+    failed = lead.gates.failed if lead.gates else []
+    too_small = [r for r in failed if r.gate.rejects_as == HELDOUT_TOO_SMALL]
+    if too_small:
+        rows = lead.evaluation.rows if lead.evaluation else 0
+        measured = next((r for r in too_small if r.value is not None), None)
+        if measured is None:
+            return HELDOUT_TOO_SMALL, None
+        return HELDOUT_TOO_SMALL, rows_needed(rows, measured.value, measured.gate.limit / 2)
+    if any(r.gate.rejects_as == NOTHING_TO_QUANTIZE for r in failed):
         return NOTHING_TO_QUANTIZE, None
     # Any other evidence gate (the FP32 baseline of any task type: Spearman's floor, a classifier's lift
     # over the majority class, the registered expectation) says the FP32 model measures nothing here.
-    if any(r.gate.kind == "evidence" for r in failed.values()):
+    if any(r.gate.kind == "evidence" for r in failed):
         return "baseline-not-meaningful", None
     return "gates-failed", None

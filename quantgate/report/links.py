@@ -7,9 +7,10 @@ from pathlib import Path
 
 from quantgate.bench import BASELINES
 from quantgate.plots import ParetoPoint, latency_plot, length_plot, pareto_plot
-from quantgate.registry import ModelRef, artifact_prefix, rejected_prefix
+from quantgate.registry import ModelRef, artifact_prefix, rejection_files_prefix, rejection_key
 from quantgate.report.model import RunReport
 from quantgate.report.tables import length_rows
+from quantgate.store import Store
 from quantgate.tasktypes import PlotAxis, task_types
 
 
@@ -18,20 +19,46 @@ def _plot_axes(task: str) -> tuple[PlotAxis, ...]:
     return task_type.plot_axes if task_type else ()
 
 
-def decision_links(report: RunReport, bucket: str) -> dict[str, str]:
-    """Where a person finds what this decision stored: the held-out Data Docs, the plots and, when
-    promoted, the model (under the run's own prefix); rejections keep theirs under rejected/."""
+def decision_keys(report: RunReport) -> dict[str, str]:
+    """The storage keys of what a person opens beside this decision: the report, the held-out Data Docs,
+    the plots and, when promoted, the model. A promotion keeps its files under the run's own prefix; a
+    rejection its record at rejected/<m>/<v>/report.json and its plots under rejected/<m>/<v>/<run-id>/."""
     ref = ModelRef(name=report.model, version=report.version)
     promoted = report.outcome == "promoted"
-    where = f"s3://{bucket}/" + (artifact_prefix(ref, report.run_id) if promoted else rejected_prefix(ref))
-    links = {"data-docs": report.heldout.data_docs}
+    where = artifact_prefix(ref, report.run_id) if promoted else rejection_files_prefix(ref, report.run_id)
+    keys = {"report-json": where + "report.json" if promoted else rejection_key(ref)}
     if promoted:
-        links["promoted-model"] = where + report.recipe_artifact
-    links |= {"latency-plot": where + "latency.png", "pareto-plot": where + "pareto.png"}
-    timed = report.search.benchmarks.get("candidates") if report.search else None
-    if timed is not None and length_rows(timed):
-        links["length-plot"] = where + "length.png"
-    return {k: v for k, v in links.items() if v}
+        keys["promoted-model"] = where + report.recipe_artifact
+    docs = stored_key(report.heldout.data_docs)
+    if docs:
+        keys["data-docs"] = docs
+    keys["latency-plot"] = where + "latency.png"
+    if report.search:
+        timed = report.search.benchmarks.get("candidates")
+        if timed is not None and length_rows(timed):
+            keys["length-plot"] = where + "length.png"
+        keys["pareto-plot"] = where + "pareto.png"
+    return keys
+
+
+def stored_key(address: str | None) -> str | None:
+    """The key inside an `s3://bucket/key` address (how reports record where things are stored)."""
+    if not address:
+        return None
+    if address.startswith("s3://"):
+        return address.removeprefix("s3://").partition("/")[2] or None
+    return address
+
+
+def browser_links(store: Store, keys: dict[str, str], expires_s: int) -> dict[str, str]:
+    """Addresses a browser opens: presigned HTTP(S) GETs valid for `expires_s` seconds, or the s3://
+    address where the store cannot presign (the in-memory one)."""
+    return {name: store.presign(key, expires_s) or f"s3://{store.bucket}/{key}" for name, key in keys.items()}
+
+
+def decision_links(report: RunReport, store: Store, expires_s: int) -> dict[str, str]:
+    """decision_keys as links a browser opens (see browser_links)."""
+    return browser_links(store, decision_keys(report), expires_s)
 
 
 def decision_plots(report: RunReport, out_dir: Path) -> dict[str, Path]:

@@ -4,6 +4,7 @@ candidates, the benchmark."""
 from __future__ import annotations
 
 import html
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from quantgate.report.model import RunReport
@@ -33,10 +34,33 @@ def shape_comparison_line(search: SearchResult) -> str:
 
 
 def _plain(value: Any) -> Any:
-    """A held-out text as inert table cell text: no HTML, no column break, no line break."""
+    """A held-out text as inert table cell text: no HTML, no column break, no line break. Only &, < and >
+    become entities: the Prefect UI renders text as text and decodes those (and &quot;, &#39;) but shows
+    any other entity as typed (Python's `&#x27;` for an apostrophe read "you&#x27;re")."""
     if not isinstance(value, str):
         return value
-    return html.escape(" ".join(value.split())).replace("|", "\\|").replace("`", "&#96;")
+    return html.escape(" ".join(value.split()), quote=False).replace("|", "\\|").replace("`", "\\`")
+
+
+# A cell that starts with ">" renders as a blockquote where Prefect renders it as markdown (its table
+# artifacts do): "▎ = 0.98", the direction lost. Limits are shown with the mathematical signs instead.
+_SIGNS = {">=": "≥", "<=": "≤"}
+
+
+def as_text(value: Any) -> Any:
+    """A cell value that reads the same as text and as markdown: a leading >= or <= becomes ≥ or ≤, any
+    other leading > or < is escaped."""
+    if not isinstance(value, str):
+        return value
+    for op, sign in _SIGNS.items():
+        if value.startswith(op):
+            return sign + value[len(op) :]
+    return "\\" + value if value[:1] in "<>" and value else value
+
+
+def text_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Table rows whose cells read as text (see as_text), for table artifacts and markdown tables."""
+    return [{k: as_text(v) for k, v in row.items()} for row in rows]
 
 
 def _md_table(rows: list[dict[str, Any]]) -> str:
@@ -44,7 +68,9 @@ def _md_table(rows: list[dict[str, Any]]) -> str:
         return ""
     head = list(rows[0])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join("" if r[h] is None else str(r[h]) for h in head) + " |" for r in rows]
+    lines += [
+        "| " + " | ".join("" if r[h] is None else str(r[h]) for h in head) + " |" for r in text_rows(rows)
+    ]
     return "\n".join(lines)
 
 
@@ -67,7 +93,23 @@ def _fallback_md(search: SearchResult) -> str:
     )
 
 
-def to_markdown(report: RunReport, links: dict[str, str] | None = None) -> str:
+def _links_md(links: dict[str, str], expires_s: int | None) -> list[str]:
+    """The plots shown inline (the Prefect UI renders markdown images), then every link. Presigned links
+    say until when they open."""
+    web = {k: v for k, v in links.items() if v.startswith(("http://", "https://"))}
+    plots = [f"![{k}]({v})" for k, v in web.items() if k.endswith("-plot")]
+    out = ["## Plots\n\n" + "\n\n".join(plots)] if plots else []
+    title = "## Links"
+    if web and expires_s:
+        until = datetime.now(UTC) + timedelta(seconds=expires_s)
+        title += f" (presigned: they open without credentials until {until:%Y-%m-%d %H:%M} UTC)"
+    out.append(title + "\n\n" + "\n".join(f"- [{k}]({v})" for k, v in links.items()))
+    return out
+
+
+def to_markdown(
+    report: RunReport, links: dict[str, str] | None = None, links_expire_s: int | None = None
+) -> str:
     verdict = "PROMOTED" if report.outcome == "promoted" else "REJECTED (not promoted)"
     failed = ", ".join(r.gate.name for r in report.gates.failed) or "none"
     search = report.search
@@ -127,11 +169,12 @@ def to_markdown(report: RunReport, links: dict[str, str] | None = None) -> str:
         if line:
             parts.append(line)
     if links:
-        parts.append("## Links\n\n" + "\n".join(f"- [{k}]({v})" for k, v in links.items()))
+        parts += _links_md(links, links_expire_s)
     parts.append(
         f"Promoted to: `{report.promoted_to}` (read `manifest.json` there; plots under the run's prefix)"
         if report.promoted_to
-        else f"Nothing was promoted. Report and plots under `rejected/{report.model}/{report.version}/`."
+        else f"Nothing was promoted. Report under `rejected/{report.model}/{report.version}/`, plots under "
+        f"`rejected/{report.model}/{report.version}/{report.run_id}/`."
     )
     return "\n\n".join(parts)
 

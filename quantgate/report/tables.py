@@ -105,8 +105,8 @@ def length_rows(bench: BenchReport) -> list[dict[str, Any]]:
 
 
 def candidate_rows(search: SearchResult, task: str) -> list[dict[str, Any]]:
-    """One row per candidate: size, latency, the core metrics and the task type's own, and which gate
-    failed by how much."""
+    """One row per candidate: the verdict and which gate failed by how much, then size, latency, the core
+    metrics and the task type's own."""
     rows = []
     for c in search.candidates:
         m, lat = c.metrics, c.latency
@@ -117,7 +117,10 @@ def candidate_rows(search: SearchResult, task: str) -> list[dict[str, Any]]:
             verdict = "PROMOTED"
         rows.append(
             {
+                # The decision first: a wide table in the UI scrolls, and these are what a person looks for.
                 "candidate": c.name,
+                "result": verdict,
+                "failed_gates": (c.gates.failure_summary() if c.gates else "") or (c.note or ""),
                 "method": c.recipe.kind,
                 "size_mb": None if c.size_bytes is None else round(c.size_bytes / 1e6, 1),
                 "p50_ms": None if lat is None else round(lat.p50_ms, 2),
@@ -128,8 +131,6 @@ def candidate_rows(search: SearchResult, task: str) -> list[dict[str, Any]]:
                 "task_metric_drop": _r(m.get("task_metric_drop"), 4),
                 **{col.metric: _r(m.get(col.metric), col.digits) for col in _columns(task)},
                 "max_abs_diff": _r(m.get("max_abs_diff"), 4),
-                "result": verdict,
-                "failed_gates": (c.gates.failure_summary() if c.gates else "") or (c.note or ""),
             }
         )
     return rows

@@ -47,7 +47,7 @@ def test_registration_triggers_a_run_and_the_sweep_catches_silent_uploads(
 ):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentUpdate
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -88,7 +88,10 @@ def test_registration_triggers_a_run_and_the_sweep_catches_silent_uploads(
         )
         assert store.exists(manifest_key(ModelRef(name="tiny", version="d1")))
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["tiny-d1-report"]))
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["tiny-decision"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
+            )
         )
         assert artifacts
         assert "PROMOTED" in artifacts[0].data

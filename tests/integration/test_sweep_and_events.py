@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.parse
 
 import pytest
 
@@ -41,7 +42,6 @@ def _assert_artifacts(prefix: str, store) -> None:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     kinds = [
-        "report",
         "gates",
         "benchmark",
         "candidates",
@@ -50,21 +50,26 @@ def _assert_artifacts(prefix: str, store) -> None:
         "latency-plot",
         "pareto-plot",
     ]
+    decision = prefix.split("-", 1)[0] + "-decision"  # one key per model: a decision history
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{prefix}-{k}" for k in kinds]))
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[decision, *(f"{prefix}-{k}" for k in kinds)])
+            )
         )
     by_key = {a.key: a for a in found}
-    assert set(by_key) == {f"{prefix}-{k}" for k in kinds}
-    assert by_key[f"{prefix}-report"].type == "markdown"
-    assert "Candidates" in by_key[f"{prefix}-report"].data
+    assert set(by_key) == {decision, *(f"{prefix}-{k}" for k in kinds)}
+    assert by_key[decision].type == "markdown"
+    assert "Candidates" in by_key[decision].data
     assert by_key[f"{prefix}-candidates"].type == "table"
     for kind in ("data-docs", "promoted-model", "latency-plot", "pareto-plot"):
         artifact = by_key[f"{prefix}-{kind}"]  # Prefect stores a link artifact as markdown "[text](url)"
-        assert str(artifact.data).startswith(f"[{kind}](")
+        assert artifact.description
         url = str(artifact.data).split("](")[-1].rstrip(")")
-        assert url.startswith(f"s3://{store.bucket}/"), url
-        assert store.exists(url.removeprefix(f"s3://{store.bucket}/")), url
+        # A presigned HTTP link to an object that really is in storage.
+        assert url.startswith(store._client.meta.endpoint_url + f"/{store.bucket}/"), url
+        key = url.split("?", 1)[0].removeprefix(store._client.meta.endpoint_url + f"/{store.bucket}/")
+        assert store.exists(urllib.parse.unquote(key)), url
 
 
 def test_a_decision_is_announced_with_its_metrics(store, tiny_model_dir, small_sts):
