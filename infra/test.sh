@@ -48,11 +48,14 @@ fi
 . .venv/bin/activate
 export PREFECT_SERVER_ANALYTICS_ENABLED=false GX_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 DO_NOT_TRACK=1
 
+# Two pytest workers where the time is whole flow runs and server waits (each worker starts its own
+# SeaweedFS and Prefect harness); a file's tests stay on one worker, so module fixtures are built once.
+PARALLEL=(-n 2 --dist loadfile)
 tier lint ruff check .
 tier unit python -m pytest tests/unit -m "not slow" "$@"
-tier flows python -m pytest tests/flows -m "not slow" "$@"
-tier integration python -m pytest tests/integration -m "not slow" "$@"
-tier slow python -m pytest tests -m slow "$@"
+tier flows python -m pytest tests/flows -m "not slow" -n 2 "$@"
+tier integration python -m pytest tests/integration -m "not slow" "${PARALLEL[@]}" "$@"
+tier slow python -m pytest tests -m slow "${PARALLEL[@]}" "$@"
 
 summary
 exit "$failed"
