@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from quantgate.workspace import user_cache_root
@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     )
     s3_region: str = "us-east-1"
     bucket: str = Field(default="quantgate", min_length=3, max_length=63)
+    store_url: str | None = Field(
+        default=None,
+        description="where promotions live, chosen by scheme (storage.open_store): s3://<bucket> (the "
+        "default, s3://$QUANTGATE_BUCKET at QUANTGATE_S3_ENDPOINT_URL) or memory://<name> (a store held "
+        "in this process, for tests of the whole flow); its bucket or name becomes `bucket`",
+    )
     work_dir: Path = Field(
         default_factory=lambda: user_cache_root() / "work",
         description="per-run work folders; must be this user's own (0700), see workspace.private_dir",
@@ -75,6 +81,31 @@ class Settings(BaseSettings):
         "consumers accept: once set, pull, verify, rollback and load_runtime refuse any promotion they do "
         "not verify, unsigned ones included",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bucket_from_store_url(cls, data: object) -> object:
+        """`s3://b` or `memory://b` names the bucket: one source for it, so links and store agree."""
+        if not isinstance(data, dict) or not data.get("store_url"):
+            return data
+        url = str(data["store_url"])
+        scheme, sep, name = url.partition("://")
+        if not sep or not scheme or not name or "/" in name:
+            raise ValueError(
+                f"QUANTGATE_STORE_URL {url!r} is not <scheme>://<bucket>: use e.g. s3://quantgate or "
+                "memory://tests"
+            )
+        if data.get("bucket") not in (None, name):
+            raise ValueError(
+                f"QUANTGATE_STORE_URL {url!r} and QUANTGATE_BUCKET {data['bucket']!r} name different "
+                "buckets: set one of them"
+            )
+        return {**data, "bucket": name}
+
+    @property
+    def store_address(self) -> str:
+        """The store's URL: QUANTGATE_STORE_URL, else S3 with QUANTGATE_BUCKET."""
+        return self.store_url or f"s3://{self.bucket}"
 
     @field_validator("trusted_keys", mode="before")
     @classmethod

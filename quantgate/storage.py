@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import mimetypes
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
 from quantgate.errors import (
+    ConfigError,
     ConflictError,
     NotFoundError,
     StorageAuthError,
@@ -26,7 +27,7 @@ from quantgate.errors import (
     StorageUnreachableError,
 )
 from quantgate.settings import Settings
-from quantgate.store import RUN_METADATA, ObjectHead, Store, StoredObject, too_large
+from quantgate.store import RUN_METADATA, ObjectHead, Store, StoredObject, memory_store, too_large
 from quantgate.workspace import translating_disk_full
 
 _AUTH_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "InvalidToken", "ExpiredToken"}
@@ -322,6 +323,36 @@ class ObjectStore(Store):
         )
 
 
+# A store is chosen by the scheme of its URL (MLflow's ArtifactRepositoryRegistry): a factory takes the
+# settings and the URL's bucket (or name) part. A new kind of store is one Store subclass that passes
+# tests/store_contract.py and one `register_store` line.
+StoreFactory = Callable[[Settings, str], Store]
+_STORES: dict[str, StoreFactory] = {}
+
+
+def register_store(scheme: str, factory: StoreFactory) -> None:
+    _STORES[scheme] = factory
+
+
+def store_schemes() -> list[str]:
+    return sorted(_STORES)
+
+
 def open_store(settings: Settings) -> Store:
-    """The store the settings name: S3 at QUANTGATE_S3_ENDPOINT_URL (AWS when unset)."""
-    return ObjectStore(settings)
+    """The store the settings name (`Settings.store_address`): `s3://<bucket>` at
+    QUANTGATE_S3_ENDPOINT_URL (AWS when unset) by default, or another registered scheme."""
+    url = settings.store_address
+    scheme, _, name = url.partition("://")
+    factory = _STORES.get(scheme)
+    if factory is None:
+        known = ", ".join(f"{s}://" for s in store_schemes())
+        raise ConfigError(
+            f"QUANTGATE_STORE_URL {url!r}: no store is registered for the scheme {scheme!r}; known "
+            f"schemes: {known}"
+        )
+    return factory(settings, name)
+
+
+# The bucket is the URL's (Settings copies it into `bucket`), the endpoint QUANTGATE_S3_ENDPOINT_URL.
+register_store("s3", lambda settings, _bucket: ObjectStore(settings))
+register_store("memory", lambda _settings, name: memory_store(name))

@@ -1,10 +1,12 @@
 """The storage seam: what quantgate's lifecycle (quantgate/lifecycle.py) needs from an object store, and
 the contract its guarantees rest on (after MLflow's ArtifactRepository and Kedro's AbstractDataset).
 
-Two implementations: `ObjectStore` (quantgate/storage.py: any S3 endpoint through boto3, opened by
-`storage.open_store(settings)`) and
-`MemoryStore` (here: a dict, for unit tests of every lifecycle branch without a server, with a hook that
-injects a fault at any write). `tests/unit/test_store_contract.py` holds both to the same contract.
+Two implementations, chosen by the scheme of the store's URL (`storage.open_store(settings)`, after
+MLflow's artifact-repository registry): `ObjectStore` (quantgate/storage.py, `s3://<bucket>`: any S3
+endpoint through boto3) and `MemoryStore` (here, `memory://<name>`: a dict held by the process, with a
+hook that injects a fault at any write, so unit tests take every lifecycle branch and tests/flows runs the
+whole Prefect flow at every write position without a server). `tests/unit/test_store_contract.py` holds
+both to the same contract.
 
 The contract:
 - `put_bytes(create_only=True)` writes only when the key does not exist; otherwise ConflictError and the
@@ -255,3 +257,22 @@ class MemoryStore(Store):
         """key -> sha256 of every object: what a test compares before and after."""
         with self._lock:
             return {k: o.metadata.get("sha256", "") for k, o in sorted(self.objects.items())}
+
+
+_NAMED: dict[str, MemoryStore] = {}
+_NAMED_LOCK = threading.Lock()
+
+
+def memory_store(name: str) -> MemoryStore:
+    """The process's MemoryStore called `name` (`memory://<name>`), created empty on first use: every
+    task of a flow run that opens the store from its settings gets the same one."""
+    with _NAMED_LOCK:
+        if name not in _NAMED:
+            _NAMED[name] = MemoryStore(bucket=name)
+        return _NAMED[name]
+
+
+def drop_memory_store(name: str) -> None:
+    """Forget `memory://<name>`: its next use starts empty."""
+    with _NAMED_LOCK:
+        _NAMED.pop(name, None)

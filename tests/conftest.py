@@ -1,18 +1,23 @@
 """Fixtures every suite shares: a real held-out set and a tiny, randomly initialised BERT built from a
-config (fast to export and quantize), with the real MiniLM tokenizer."""
+config (fast to export and quantize), with the real MiniLM tokenizer; the Prefect test harness."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from infra.stsb import missing_message, stsb_path
 from quantgate.process import configure_process
 from quantgate.thresholds import GateThresholds
+
+if TYPE_CHECKING:
+    from quantgate.signing import Signer, TrustedKeys
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,3 +80,42 @@ def tiny_model_dir(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
         shutil.copy(minilm_dir / name, out / name)
     return out
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One Prefect test harness (a throwaway server and database) per session, for the flows and
+    integration tiers."""
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    # The harness gives a throwaway database but not throwaway result storage (Prefect 3.8.8).
+    results = tmp_path_factory.mktemp("prefect-results")
+    with (
+        temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}),
+        prefect_test_harness(server_startup_timeout=60),
+    ):
+        yield
+
+
+@pytest.fixture
+def no_retry_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Storage tasks keep their retries (the behaviour under test) but not their 2-5-15 s waits."""
+    from tasks import storage as storage_tasks
+
+    for obj in vars(storage_tasks).values():
+        if getattr(obj, "retries", 0) and hasattr(obj, "retry_delay_seconds"):
+            monkeypatch.setattr(obj, "retry_delay_seconds", 0)
+
+
+@pytest.fixture
+def signing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Signer, TrustedKeys]:
+    """The flow signs with QUANTGATE_SIGNING_KEY and checks its champion against QUANTGATE_TRUSTED_KEYS."""
+    from quantgate.signing import create_keys, load_signer, load_trusted
+
+    pair = create_keys(tmp_path_factory.mktemp("keys") / "k")
+    monkeypatch.setenv("QUANTGATE_SIGNING_KEY", str(pair.private))
+    monkeypatch.setenv("QUANTGATE_TRUSTED_KEYS", str(pair.public.parent))
+    return load_signer(pair.private), load_trusted([pair.public.parent])

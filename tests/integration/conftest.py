@@ -1,5 +1,6 @@
-"""Real parts: one SeaweedFS server (`weed mini` on 127.0.0.1, access keys required) and one Prefect test
-harness per session, each stopped when the session ends, also on failure. Every test gets its own bucket."""
+"""Real parts: one SeaweedFS server (`weed mini` on 127.0.0.1, access keys required) per session, stopped
+when the session ends, also on failure; the Prefect test harness is tests/conftest.py's `prefect_api`.
+Every test gets its own bucket."""
 
 from __future__ import annotations
 
@@ -40,20 +41,6 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    # The harness gives a throwaway database but not throwaway result storage (Prefect 3.8.8).
-    results = tmp_path_factory.mktemp("prefect-results")
-    with (
-        temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}),
-        prefect_test_harness(server_startup_timeout=60),
-    ):
-        yield
 
 
 @pytest.fixture

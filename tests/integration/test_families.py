@@ -14,7 +14,8 @@ from benchmarks.train import sst2_sample, train_sequence_classifier, write_tsv
 from quantgate.cli import EXIT_ERROR, EXIT_REJECTED, app
 from tests.hostile_skops import PAYLOADS, inject, scene, untouched
 
-pytestmark = pytest.mark.usefixtures("prefect_api")
+# Every test here trains its family from real data (or runs the real MiniLM): the slow tier (infra/test.sh).
+pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 runner = CliRunner()
 # A tiny model cannot win latency from INT8: the speed gate is off, explicitly; every other gate is on.
 FAST = ["--repeats", "10", "--min-p95-speedup", "0", "--max-trials", "0"]

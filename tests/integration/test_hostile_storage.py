@@ -16,8 +16,8 @@ from quantgate.cli import app
 from quantgate.errors import ConflictError, IntegrityError, StorageError
 from quantgate.registry import ModelRef, current_key, manifest_key, promoted_key, rejection_key
 from quantgate.storage import ObjectStore, sha256_bytes, sha256_file
+from tests.faults import FaultPlan, faulty_store
 from tests.integration.conftest import snapshot
-from tests.integration.faults import FaultPlan, faulty_store
 from tests.integration.test_guarantees import _files, _manifest, assert_one_complete_promotion
 
 

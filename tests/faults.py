@@ -1,6 +1,9 @@
-"""A fault-injecting layer around the boto3 S3 client: every write request (put, delete, copy, multipart)
-is numbered, and a plan answers HTTP 503 at the chosen ones. Installed by patching
-`quantgate.storage.make_client`, so every ObjectStore the flow builds goes through it.
+"""Faults at numbered storage writes, for both stores: every write request (put, delete, copy, multipart)
+is numbered, and a plan answers HTTP 503 at the chosen ones.
+- On S3, a layer around the boto3 client, installed by patching `quantgate.storage.make_client`, so every
+  ObjectStore the flow builds goes through it (`install`, `faulty_store`).
+- On the in-memory store, the plan as the store's `fault` hook (`memory_hook`): every task of the flow that
+  opens `memory://<name>` gets that store, hook included.
 
 Modes, for the write numbered `at` (0-based, counted from when the plan is installed):
 - `before`: the request never reaches the server (a 503 from a proxy or an overloaded front end);
@@ -16,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from botocore.exceptions import ClientError
+
+from quantgate.errors import StorageError
 
 WRITE_OPS = frozenset(
     {
@@ -58,9 +63,10 @@ class FaultPlan:
     def heal(self) -> None:
         self.healed = True
 
-    def write(self, op: str, key: str, call: Callable[[], Any]) -> Any:
+    def decide(self, op: str, key: str) -> Literal["before", "after"] | None:
+        """Number this write; whether it fails before reaching the store, after being applied, or not."""
         if not self.match(op, key):
-            return call()
+            return None
         with self._lock:
             n = len(self.writes)
             self.writes.append((op, key))
@@ -72,12 +78,28 @@ class FaultPlan:
             fail_after = hit and self.mode == "after"
             if fail_before or fail_after:
                 self.injected.append((op, key))
-        if fail_before:
+        return "before" if fail_before else "after" if fail_after else None
+
+    def write(self, op: str, key: str, call: Callable[[], Any]) -> Any:
+        fail = self.decide(op, key)
+        if fail == "before":
             raise _unavailable(op)
         result = call()
-        if fail_after:
+        if fail == "after":
             raise _unavailable(op)
         return result
+
+    def memory_hook(self) -> Callable[[str, str], str | None]:
+        """The plan as a MemoryStore `fault` hook: the same numbering and the same outcomes, with the
+        StorageError the S3 store makes of a 503 (tasks retry it like the S3 one)."""
+
+        def hook(op: str, key: str) -> str | None:
+            fail = self.decide(op, key)
+            if fail == "before":
+                raise StorageError(f"memory write {op} {key}: ServiceUnavailable (HTTP 503, injected)")
+            return fail
+
+        return hook
 
 
 class FaultyClient:
