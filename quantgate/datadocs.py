@@ -5,14 +5,18 @@ from an S3 bucket of its own: offline they render unstyled, and the index page, 
 fills from JavaScript, renders empty. None of those libraries ships in a Python package here (GX's own
 `render/view/static` holds only its images, fonts and its small stylesheet, which the site builder already
 copies beside the pages), so rather than fetch them this rewrites each page: every CDN `<link>`/`<script>`
-goes, GX's asset URLs become relative to the stored `static/` folder, a small stylesheet covering the
-Bootstrap classes the pages use is inlined (so a page opened alone, from a presigned link whose relative
-URLs carry no signature, is still styled), and the index gets a plain list of its pages.
+goes, GX's own stylesheets and images (from the `static/` folder the site builder wrote) are inlined into
+the page (images as data URIs; its web fonts give way to the system's), a small stylesheet covering the
+Bootstrap classes the pages use is added, and the index gets a plain list of its pages. Each page is then
+one self-contained object: it renders styled when opened alone from a presigned link (whose relative URLs
+would carry no signature), and a run stores one object per page, not twenty assets beside them.
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import mimetypes
 import re
 from pathlib import Path
 
@@ -24,8 +28,12 @@ _CDN_TAG = re.compile(
 _GX_ASSET = re.compile(
     r"https://great-expectations-web-assets\.s3[^\"')\s]*/([\w.-]+?)(?:\?[^\"')\s]*)?(?=[\"')\s])"
 )
-_STATIC_REF = re.compile(r"\b(href|src)=[\"'](?:\./|\.\./)*static/")
 _CSS_URL = re.compile(r"url\([\"']?https?://[^)]*\)", re.IGNORECASE)
+_STATIC_CSS = re.compile(
+    r"<link\b[^>]*\bhref=[\"'](?:\./|\.\./)*static/([^\"']+\.css)[\"'][^>]*>", re.IGNORECASE
+)
+_STATIC_SRC = re.compile(r"\b(src|href)=[\"'](?:\./|\.\./)*static/([^\"']+)[\"']")
+_ANY_CSS_URL = re.compile(r"url\((?![\"']?data:)[^)]*\)", re.IGNORECASE)
 # Anything fetched by the page itself (not a link a person may click): src=, CSS url(), stylesheet href=.
 _FETCHED = re.compile(
     r"\bsrc=[\"']https?://|url\([\"']?https?://|<link\b[^>]*rel=[\"']?stylesheet[^>]*href=[\"']https?://",
@@ -54,15 +62,38 @@ th,thead td{background:#f1f3f5}
 """
 
 
-def offline_page(page: str, rel: str, index_of: list[str] | None = None) -> str:
-    """One Data Docs page (`rel`: its path inside the site) rewritten to render offline. With
-    `index_of` (the site's pages), a plain list of them is added: the index's own table needs JS."""
-    up = "../" * rel.count("/")
+def _data_uri(path: Path) -> str:
+    kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def _inline_static(page: str, static: Path | None) -> str:
+    """GX's stylesheets become <style> blocks and its images data URIs; a reference to an asset that is
+    not there is dropped (the page must not point at an object that was never stored)."""
+
+    def css(m: re.Match[str]) -> str:
+        path = static / m.group(1) if static else None
+        if path is None or not path.is_file():
+            return ""
+        return f"<style>{_ANY_CSS_URL.sub('none', path.read_text(encoding='utf-8'))}</style>"
+
+    def src(m: re.Match[str]) -> str:
+        path = static / m.group(2) if static else None
+        if path is None or not path.is_file():
+            return f'{m.group(1)}="#"'
+        return f'{m.group(1)}="{_data_uri(path)}"'
+
+    return _STATIC_SRC.sub(src, _STATIC_CSS.sub(css, page))
+
+
+def offline_page(page: str, rel: str, index_of: list[str] | None = None, static: Path | None = None) -> str:
+    """One Data Docs page (`rel`: its path inside the site) rewritten to render offline, self-contained
+    (`static`: the site's `static/` folder, whose assets are inlined). With `index_of` (the site's pages),
+    a plain list of them is added: the index's own table needs JS."""
     page = _CDN_TAG.sub("", page)
     page = _CSS_URL.sub("none", page)  # GX's dark-mode logo (a CSS background) is not in its package
-    page = _GX_ASSET.sub(lambda m: f"{up}static/images/{m.group(1)}", page)
-    # GX 1.24 writes one "../" too few on validation pages (four folders deep): count them from `rel`.
-    page = _STATIC_REF.sub(lambda m: f'{m.group(1)}="{up}static/', page)
+    page = _GX_ASSET.sub(lambda m: f"static/images/{m.group(1)}", page)
+    page = _inline_static(page, static)
     style = f'<style id="quantgate-offline">{OFFLINE_CSS}</style>'
     page = page.replace("</head>", style + "</head>", 1) if "</head>" in page else style + page
     if index_of is not None:
@@ -75,16 +106,17 @@ def offline_page(page: str, rel: str, index_of: list[str] | None = None) -> str:
 
 
 def make_offline(docs_dir: Path, pages: list[str]) -> list[str]:
-    """Rewrite the site's pages in place (see the module docstring); every file to store, relative to
-    `docs_dir`: the pages and GX's static assets (stylesheets, images, fonts) beside them."""
+    """Rewrite the site's pages in place, each self-contained (see the module docstring); the files to
+    store, relative to `docs_dir`: the pages only."""
+    static = docs_dir / "static" if (docs_dir / "static").is_dir() else None
     for rel in pages:
         path = docs_dir / rel
         text = path.read_text(encoding="utf-8")
-        path.write_text(offline_page(text, rel, pages if rel == "index.html" else None), encoding="utf-8")
-    for css in (docs_dir / "static").rglob("*.css"):
-        css.write_text(_CSS_URL.sub("none", css.read_text(encoding="utf-8")), encoding="utf-8")
-    assets = sorted(str(p.relative_to(docs_dir)) for p in (docs_dir / "static").rglob("*") if p.is_file())
-    return sorted(set(pages)) + assets
+        path.write_text(
+            offline_page(text, rel, pages if rel == "index.html" else None, static),
+            encoding="utf-8",
+        )
+    return sorted(set(pages))
 
 
 def fetched_urls(page: str) -> list[str]:

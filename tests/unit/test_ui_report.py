@@ -149,16 +149,26 @@ def test_data_docs_pages_fetch_nothing_from_the_internet(data_docs):
         assert fetched_urls((docs / css).read_text(encoding="utf-8")) == [], css
 
 
-def test_data_docs_assets_are_stored_beside_the_pages_and_every_relative_reference_resolves(data_docs):
+def test_data_docs_pages_are_self_contained_and_every_relative_reference_resolves(data_docs):
+    """Each page carries GX's styles and images itself (a presigned link opens one object; a run stores one
+    object per page), and nothing it loads points at an object that is not stored."""
     import posixpath
 
     docs, files = data_docs
+    assert files
+    assert all(f.endswith(".html") for f in files), files
     store = MemoryStore()
     main = "index.html"
     key = lifecycle.write_data_docs(store, REF, RUN, docs, files, main)
     prefix = key.removesuffix(main)
-    assert any(f.startswith("static/images/") for f in files)
-    for page in (f for f in files if f.endswith(".html")):
+    validation = next(f for f in files if f.startswith("validations/"))
+    text = store.get_bytes(prefix + validation).decode()
+    assert "data:image/" in text  # GX's logo, inlined
+    gx_css = (docs / "static" / "styles" / "data_docs_default_styles.css").read_text(encoding="utf-8")
+    rules = [r.strip() for r in gx_css.split("}") if "{" in r and "url(" not in r and "@" not in r]
+    assert rules
+    assert rules[-1] in text  # GX's own stylesheet, inlined
+    for page in files:
         text = store.get_bytes(prefix + page).decode()
         for ref in (
             a or b for a, b in re.findall(r'(?:src|href)="([^"#:?]+)"|url\([\'"]?([^\'")#:?]+)', text)
