@@ -149,6 +149,12 @@ CORE_LIMITS: tuple[Limit, ...] = (
     Limit(
         name="min_p95_speedup", default=1.0, ge=0, help="min ORT FP32 p95 / INT8 p95; 1.0 = must be faster"
     ),
+    Limit(
+        name="min_objective_speedup",
+        default=1.0,
+        ge=0,
+        help="min ORT FP32 / INT8 at the serving profile's objective (p50 per request, or time per item)",
+    ),
     Limit(name="export_atol", default=1e-4, gt=0, help="max |ONNX FP32 - PyTorch| at export"),
     Limit(
         name="max_slice_drop",
@@ -340,6 +346,15 @@ SPEED = GateSpec(
     limit="min_p95_speedup",
     kind="speed",
 )
+# "Fastest" is judged on the serving profile's objective, so what is promoted must beat ORT FP32 there too:
+# the p95 gate alone let a throughput profile promote an INT8 slower per item than FP32.
+OBJECTIVE_SPEED = GateSpec(
+    name="speed-up at the serving profile vs ORT FP32",
+    metric="objective_speedup_vs_onnx_fp32",
+    op=">=",
+    limit="min_objective_speedup",
+    kind="speed",
+)
 BASELINE = GateSpec(
     name="FP32 baseline",
     metric="task_metric_fp32",
@@ -396,7 +411,7 @@ def judged_by(
     """A task type's gates in reading order: can the held-out set judge (its size, the task type's own
     evidence that FP32 measures something, the drop's width), the task metric's drop and slices, the task
     type's own quality gates, parity of its outputs, speed."""
-    return (HELDOUT_SIZE, *evidence, *DROP_GATES, *quality, *parity, SPEED)
+    return (HELDOUT_SIZE, *evidence, *DROP_GATES, *quality, *parity, SPEED, OBJECTIVE_SPEED)
 
 
 def evaluate_gates(metrics: dict[str, float], gates: list[Gate]) -> GateReport:

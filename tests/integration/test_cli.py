@@ -94,7 +94,7 @@ def test_bad_names_are_refused(s3_env, tiny_model_dir, small_sts):
 def test_run_prints_the_decision_gates_and_benchmark(s3_env, tiny_model_dir, small_sts):
     assert _register(tiny_model_dir, small_sts).exit_code == 0
     result = _invoke(
-        "run", "tiny", "v1", "--min-p95-speedup", "0", "--repeats", "10",
+        "run", "tiny", "v1", "--min-p95-speedup", "0", "--min-objective-speedup", "0", "--repeats", "10",
         "--min-baseline-metric", "-1", "--max-baseline-half-width", "1",  # a random tiny BERT
         "--recipe", "dynamic-int8", "--recipe", "dynamic-int8-per-channel",
     )  # fmt: skip

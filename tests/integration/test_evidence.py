@@ -25,6 +25,9 @@ ONE_RECIPE = {
     "budget": SearchBudget(max_trials=0),
 }
 
+# Speed is not what these tests judge (a tiny model's INT8 may be slower): both speed gates off.
+FAST_ANY = GateThresholds(min_p95_speedup=0.0, min_objective_speedup=0.0)
+
 
 def _rows(path: Path) -> list[list[str]]:
     return [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()]
@@ -64,7 +67,7 @@ def test_shuffled_labels_are_not_promoted_baseline_not_meaningful(store, minilm_
         store, ref, minilm_dir, _write(shuffled, tmp_path / "sts-shuffled.tsv"), "sentence-embedding"
     )
     state = quantize_and_promote(
-        model=ref.name, version=ref.version, thresholds=GateThresholds(min_p95_speedup=0.0), **ONE_RECIPE,
+        model=ref.name, version=ref.version, thresholds=FAST_ANY, **ONE_RECIPE,
         return_state=True,
     )  # fmt: skip
     assert state.name == "NotPromoted", state.message
@@ -84,7 +87,7 @@ def test_a_ten_row_held_out_set_is_heldout_too_small(store, tiny_model_dir, smal
     ten = _write(_rows(small_sts)[:10], tmp_path / "sts-10.tsv")
     lifecycle.register(store, ref, tiny_model_dir, ten, "sentence-embedding")
     state = quantize_and_promote(
-        model=ref.name, version=ref.version, thresholds=GateThresholds(min_p95_speedup=0.0), **ONE_RECIPE,
+        model=ref.name, version=ref.version, thresholds=FAST_ANY, **ONE_RECIPE,
         return_state=True,
     )  # fmt: skip
     assert state.name == "NotPromoted", state.message
@@ -126,7 +129,7 @@ def test_degenerate_held_out_data_is_a_clear_validation_error_with_a_report(
 def test_a_second_version_is_judged_against_the_serving_one(store, minilm_dir, sts_path):
     """v2 is scored beside the serving v1 on v2's rows and in the same benchmark; the report says how
     they compare. A first version says it has no champion."""
-    thresholds = GateThresholds(min_p95_speedup=0.0)
+    thresholds = FAST_ANY
     reports = {}
     for version in ("v1", "v2"):
         ref = ModelRef(name="minilm", version=version)

@@ -18,7 +18,7 @@ from tests.hostile_skops import PAYLOADS, inject, scene, untouched
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 runner = CliRunner()
 # A tiny model cannot win latency from INT8: the speed gate is off, explicitly; every other gate is on.
-FAST = ["--repeats", "10", "--min-p95-speedup", "0", "--max-trials", "0"]
+FAST = ["--repeats", "10", "--min-p95-speedup", "0", "--min-objective-speedup", "0", "--max-trials", "0"]
 
 
 def _cli(*args: str):
@@ -99,7 +99,7 @@ def test_a_scikit_learn_mlp_is_promoted_within_the_write_ups_parity_tolerances(s
     assert registered.exit_code == 0, registered.output
     assert "task tabular" in registered.output
     ran = _cli("run", "cancer", "v1", "--recipe", "dynamic-int8-per-channel", "--recipe", "static-qdq-minmax",
-               "--repeats", "10", "--min-p95-speedup", "0")  # fmt: skip
+               "--repeats", "10", "--min-p95-speedup", "0", "--min-objective-speedup", "0")  # fmt: skip
     assert ran.exit_code == 0, ran.output
     report = _report(store, "promoted/cancer/v1/")
     parity = json.loads(store.get_bytes(next(
@@ -193,7 +193,8 @@ def test_a_cnn_from_an_image_folder_is_promoted_with_static_int8_compared_with_d
     registered = _cli("register", "digits", "v1", "--model-dir", str(model), "--heldout", str(folder))
     assert registered.exit_code == 0, registered.output
     assert "task image-classification" in registered.output
-    ran = _cli("run", "digits", "v1", "--repeats", "20", "--max-trials", "0", "--min-p95-speedup", "0")
+    ran = _cli("run", "digits", "v1", "--repeats", "20", "--max-trials", "0",
+               "--min-p95-speedup", "0", "--min-objective-speedup", "0")  # fmt: skip
     assert ran.exit_code == 0, ran.output
     report = _report(store, "promoted/digits/v1/")
     assert report["recipe"]["method"] == "static"
@@ -223,7 +224,9 @@ def test_dynamic_int8_of_a_cnn_is_rejected_as_slower_than_fp32(store, digits_cnn
     assert ran.exit_code == EXIT_REJECTED, ran.output
     report = _report(store, "rejected/digits/v2/")
     failed = [r["gate"]["name"] for r in report["gates"]["results"] if not r["passed"]]
-    assert "p95 speed-up vs ORT FP32" in failed  # ConvInteger: dynamic INT8 is slower than FP32 on a CNN
+    # ConvInteger: dynamic INT8 is slower than FP32 on a CNN, judged at the profile's objective (a median,
+    # which a loaded machine does not flip as it can a p95 of 10 runs)
+    assert "speed-up at the serving profile vs ORT FP32" in failed
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,8 @@ def test_openvino_and_onnx_runtime_candidates_are_judged_alike_in_one_benchmark(
     )
     ran = runner.invoke(app, [
         "run", "tiny", "ov1", "--recipe", "ov-nncf-int8-transformer", "--recipe", "dynamic-int8-per-channel",
-        "--repeats", "10", "--max-trials", "0", "--min-p95-speedup", "0", "--min-baseline-metric", "-1",
+        "--repeats", "10", "--max-trials", "0", "--min-p95-speedup", "0", "--min-objective-speedup", "0",
+        "--min-baseline-metric", "-1",
         "--max-baseline-half-width", "1", "--min-mean-cosine", "0.999",
     ])  # fmt: skip
     # A random tiny BERT: whichever engine wins here is luck; what matters is that both were judged alike.
@@ -57,7 +58,8 @@ def test_a_promoted_openvino_ir_is_pulled_with_its_settings_and_opened_by_load_r
     )
     ran = runner.invoke(app, [
         "run", "tiny", "ov2", "--recipe", "ov-nncf-int8-transformer", "--repeats", "10", "--max-trials", "0",
-        "--min-p95-speedup", "0", "--min-baseline-metric", "-1", "--max-baseline-half-width", "1",
+        "--min-p95-speedup", "0", "--min-objective-speedup", "0", "--min-baseline-metric", "-1",
+        "--max-baseline-half-width", "1",
         "--max-champion-slowdown", "10",
     ])  # fmt: skip
     assert ran.exit_code == 0, ran.output

@@ -31,6 +31,7 @@ def toy_model(tmp_path_factory):
 # MAE is in the target's units (diabetes progression, std ~77): the drop limits are set in those units.
 TOY_GATES = GateThresholds(
     min_p95_speedup=0.0,
+    min_objective_speedup=0.0,
     max_task_metric_drop=3.0,
     max_slice_drop=3.0,
     max_baseline_half_width=20.0,

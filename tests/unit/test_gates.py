@@ -33,13 +33,14 @@ GOOD = {
     "max_abs_diff": 0.04,
     "mean_abs_diff": 0.005,
     "p95_speedup_vs_onnx_fp32": 2.0,
+    "objective_speedup_vs_onnx_fp32": 2.0,
 }
 
 
 def test_all_metrics_inside_limits_pass():
     report = evaluate_gates(GOOD, gates_for(STS, GateThresholds()))
     assert report.passed
-    assert len(report.results) == 11
+    assert len(report.results) == 12
     assert all(r.margin is not None and r.margin >= 0 for r in report.results)
 
 
