@@ -5,9 +5,11 @@ each on its own ONNX Runtime thread) with `.submit`. The driver decides everythi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
+from prefect.logging import get_logger, get_run_logger
 
 from quantgate.backends import Servable
 from quantgate.bench import BenchSettings
@@ -91,9 +93,28 @@ class SearchProgress:
 
     def __init__(self, candidates: int, max_trials: int) -> None:
         self.candidates, self.max_trials, self.done = candidates, max_trials, 0
-        self.id = create_progress_artifact(
-            0.0, description=f"scoring {candidates} candidate(s), then up to {max_trials} fallback trial(s)"
+        self.id = self._best_effort(
+            create_progress_artifact,
+            0.0,
+            description=f"scoring {candidates} candidate(s), then up to {max_trials} fallback trial(s)",
         )
+
+    @staticmethod
+    def _best_effort(call: Any, *args: Any, **kwargs: Any) -> Any:
+        """Progress is for a person watching: an API hiccup while showing it must not fail the search."""
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any failure to show progress is only logged
+            try:
+                logger = get_run_logger()
+            except Exception:  # noqa: BLE001 - outside a run (a unit test): the module's logger
+                logger = get_logger(__name__)
+            logger.warning("search progress not shown: %s", type(exc).__name__)
+            return None
+
+    def _update(self, share: float, description: str) -> None:
+        if self.id is not None:
+            self._best_effort(update_progress_artifact, self.id, share, description=description)
 
     def scored(self, result: CandidateResult) -> None:
         self.done += 1
@@ -103,9 +124,9 @@ class SearchProgress:
         else:
             where = f"fallback trial {self.done - self.candidates} of at most {self.max_trials}"
         share = 100.0 * self.done / (self.candidates + self.max_trials)
-        update_progress_artifact(self.id, min(share, 99.0), description=f"{where}: `{result.name}` {verdict}")
+        self._update(min(share, 99.0), f"{where}: `{result.name}` {verdict}")
 
     def finished(self, search: SearchResult) -> None:
         outcome = f"chosen `{search.chosen}`" if search.chosen else f"none passed; closest `{search.lead}`"
         done = f"search done: {self.done} scored in {search.seconds:.0f} s; {outcome}"
-        update_progress_artifact(self.id, 100.0, description=done)
+        self._update(100.0, done)

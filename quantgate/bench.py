@@ -243,7 +243,7 @@ class EngineResult(BaseModel):
     objective_ms: float | None = Field(
         None,
         description="what 'fastest' is judged on, lower is better: p50 ms per request (latency) or ms per "
-        "item at the median request of each batch size (throughput); None in reports written before "
+        "item, each batch size's requests at their median (throughput); None in reports written before "
         "serving profiles (then p50_ms)",
     )
     by_length: list[LengthStat] = Field(default_factory=list)
@@ -382,9 +382,12 @@ def run_benchmark(engines: list[Engine], settings: BenchSettings, requests: list
         # averaged, weighs them alike.
         batches = np.array([r.items for r in timed])
         latency = float(np.mean([np.median(ms[batches == b]) for b in np.unique(batches)]))
-        # Throughput as time per item at each batch size's median request: a stall on a shared machine
-        # (one request 50x slower) moves a sum over the requests, not what a serving replica sustains.
-        per_item = float(np.mean([np.median(ms[batches == b]) / b for b in np.unique(batches)]))
+        # Throughput as time per item with each batch size's requests taken at their median: a stall on a
+        # shared machine (one request 50x slower) moves a sum over the requests, not what a serving replica
+        # sustains; the profile's mix still weighs each batch size by the requests it sends.
+        sizes = np.unique(batches)
+        served = sum(np.median(ms[batches == b]) * np.sum(batches == b) for b in sizes)
+        per_item = float(served / batches.sum())
         results.append(
             EngineResult(
                 engine=engine.name,

@@ -34,9 +34,13 @@ _STATIC_CSS = re.compile(
 )
 _STATIC_SRC = re.compile(r"\b(src|href)=[\"'](?:\./|\.\./)*static/([^\"']+)[\"']")
 _ANY_CSS_URL = re.compile(r"url\((?![\"']?data:)[^)]*\)", re.IGNORECASE)
-# Anything fetched by the page itself (not a link a person may click): src=, CSS url(), stylesheet href=.
+# Anything fetched by the page itself (not a link a person may click): src= and srcset= (also
+# protocol-relative //host), CSS url() and @import, and any <link> but a plain hyperlink.
 _FETCHED = re.compile(
-    r"\bsrc=[\"']https?://|url\([\"']?https?://|<link\b[^>]*rel=[\"']?stylesheet[^>]*href=[\"']https?://",
+    r"\b(?:src|srcset)=[\"']?\s*(?:https?:)?//"
+    r"|url\([\"']?\s*(?:https?:)?//"
+    r"|@import\s+(?:url\()?[\"']?\s*(?:https?:)?//"
+    r"|<link\b[^>]*\bhref=[\"']?\s*(?:https?:)?//",
     re.IGNORECASE,
 )
 
@@ -71,15 +75,21 @@ def _inline_static(page: str, static: Path | None) -> str:
     """GX's stylesheets become <style> blocks and its images data URIs; a reference to an asset that is
     not there is dropped (the page must not point at an object that was never stored)."""
 
+    def inside(rel: str) -> Path | None:  # only a file of the site's own static folder is ever inlined
+        if static is None:
+            return None
+        path = (static / rel).resolve()
+        return path if path.is_relative_to(static.resolve()) and path.is_file() else None
+
     def css(m: re.Match[str]) -> str:
-        path = static / m.group(1) if static else None
-        if path is None or not path.is_file():
+        path = inside(m.group(1))
+        if path is None:
             return ""
         return f"<style>{_ANY_CSS_URL.sub('none', path.read_text(encoding='utf-8'))}</style>"
 
     def src(m: re.Match[str]) -> str:
-        path = static / m.group(2) if static else None
-        if path is None or not path.is_file():
+        path = inside(m.group(2))
+        if path is None:
             return f'{m.group(1)}="#"'
         return f'{m.group(1)}="{_data_uri(path)}"'
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import mimetypes
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -355,4 +356,19 @@ def open_store(settings: Settings) -> Store:
 
 # The bucket is the URL's (Settings copies it into `bucket`), the endpoint QUANTGATE_S3_ENDPOINT_URL.
 register_store("s3", lambda settings, _bucket: ObjectStore(settings))
-register_store("memory", lambda _settings, name: memory_store(name))
+
+MEMORY_OPT_IN = "QUANTGATE_ALLOW_MEMORY_STORE"
+
+
+def _memory(_settings: Settings, name: str) -> Store:
+    """An in-process bucket, gone when the process exits: for tests (the flows tier), never by accident.
+    A worker or CLI configured with memory:// would report promotions that nothing stored."""
+    if os.environ.get(MEMORY_OPT_IN) != "1":
+        raise ConfigError(
+            f"QUANTGATE_STORE_URL 'memory://{name}' is an in-process store that loses everything when the "
+            f"process exits (for tests only): use s3://<bucket>, or set {MEMORY_OPT_IN}=1 in a test"
+        )
+    return memory_store(name)
+
+
+register_store("memory", _memory)

@@ -22,6 +22,7 @@ from quantgate.report import (
     candidate_rows,
     example_rows,
     gate_rows,
+    plain_rows,
     text_rows,
     to_markdown,
 )
@@ -129,7 +130,7 @@ def publish(
         out["examples"] = str(
             create_table_artifact(
                 key=_artifact_key(ref, "examples"),
-                table=text_rows(examples),
+                table=text_rows(plain_rows(examples)),
                 description=f"{ref}: the held-out examples `{lead}` moved most, flipped predictions first: "
                 "input, gold label, FP32 output, candidate output",
             )

@@ -32,6 +32,7 @@ configure_process()  # what every entry point does before torch loads
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["QUANTGATE_ALLOW_MEMORY_STORE"] = "1"  # the flows tier runs on memory://; production refuses it
 # A run SIGKILLed while promoting keeps its model's concurrency slot for the 60 s lease; the re-runs in the
 # crash tests should not wait that long for it (test_guarantees checks the wait itself).
 os.environ.setdefault("QUANTGATE_PROMOTION_LOCK_TIMEOUT_S", "5")

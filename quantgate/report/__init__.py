@@ -15,7 +15,14 @@ from quantgate.report.decision import build_run_report, champion_summary, reject
 from quantgate.report.environment import environment, run_packages
 from quantgate.report.links import browser_links, decision_keys, decision_links, decision_plots, stored_key
 from quantgate.report.manifest import manifest_for, promotion_files, write_json
-from quantgate.report.markdown import as_text, champion_line, shape_comparison_line, text_rows, to_markdown
+from quantgate.report.markdown import (
+    as_text,
+    champion_line,
+    plain_rows,
+    shape_comparison_line,
+    text_rows,
+    to_markdown,
+)
 from quantgate.report.model import ChampionSummary, ExportSummary, HeldoutSummary, RunReport
 from quantgate.report.tables import (
     bench_rows,
@@ -50,6 +57,7 @@ __all__ = [
     "kind_rows",
     "length_rows",
     "manifest_for",
+    "plain_rows",
     "promotion_files",
     "rejection_reason",
     "run_packages",

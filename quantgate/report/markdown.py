@@ -4,6 +4,7 @@ candidates, the benchmark."""
 from __future__ import annotations
 
 import html
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,13 +34,27 @@ def shape_comparison_line(search: SearchResult) -> str:
     )
 
 
-def _plain(value: Any) -> Any:
-    """A held-out text as inert table cell text: no HTML, no column break, no line break. Only &, < and >
-    become entities: the Prefect UI renders text as text and decodes those (and &quot;, &#39;) but shows
-    any other entity as typed (Python's `&#x27;` for an apostrophe read "you&#x27;re")."""
+# Markdown's own punctuation in a held-out text: escaped, so `![x](https://…)` or `[click](javascript:…)`
+# in a registrant's data reads as typed instead of fetching an image or planting a link in the report.
+_MD_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#!~|])")
+
+
+def plain(value: Any) -> Any:
+    """A held-out text (or anything a registrant wrote) as inert cell text: no HTML, no markdown link or
+    image, no column break, no line break. Only &, < and > become entities: the Prefect UI renders text as
+    text and decodes those (and &quot;, &#39;) but shows any other entity as typed (Python's `&#x27;` for
+    an apostrophe read "you&#x27;re"); markdown punctuation is backslash-escaped."""
     if not isinstance(value, str):
         return value
-    return html.escape(" ".join(value.split()), quote=False).replace("|", "\\|").replace("`", "\\`")
+    return _MD_PUNCTUATION.sub(r"\\\1", html.escape(" ".join(value.split()), quote=False))
+
+
+_plain = plain
+
+
+def plain_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of held-out-derived cells (examples, slices), each made inert (see plain)."""
+    return [{k: plain(v) for k, v in row.items()} for row in rows]
 
 
 # A cell that starts with ">" renders as a blockquote where Prefect renders it as markdown (its table
@@ -129,13 +144,14 @@ def to_markdown(
     slices = slice_rows(report)
     if slices:
         parts.append(
-            "## Slices (the max-slice-drop gate counts slices of at least 50 rows)\n\n" + _md_table(slices)
+            "## Slices (the max-slice-drop gate counts slices of at least 50 rows)\n\n"
+            + _md_table(plain_rows(slices))
         )
     examples = example_rows(report)
     if examples:
         parts.append(
             f"## What moved most ({report.recipe.name}: flipped predictions first, then the largest changes)"
-            "\n\n" + _md_table([{k: _plain(v) for k, v in row.items()} for row in examples])
+            "\n\n" + _md_table(plain_rows(examples))
         )
     if search is not None:
         b, h = search.budget, report.heldout

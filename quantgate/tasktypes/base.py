@@ -154,7 +154,15 @@ BUILTIN = (
 
 def register_task_type(task_type: TaskType) -> TaskType:
     """One line per task type: its name becomes a registration's `--task`, its limits threshold names and
-    CLI flags (quantgate/thresholds.py)."""
+    CLI flags (quantgate/thresholds.py). A task type written to the older protocol (a `gates()` method, no
+    `gate_specs`) is refused here, before any run pulls or exports for it."""
+    if not isinstance(getattr(task_type, "gate_specs", None), tuple | list):
+        old = " (it has the older `gates()` method)" if callable(getattr(task_type, "gates", None)) else ""
+        raise ConfigError(
+            f"task type {getattr(task_type, 'name', task_type)!r} declares no `gate_specs`{old}: declare "
+            "`gate_specs = judged_by(evidence=..., quality=...)` (quantgate/gates.py; "
+            "tests/plugins/toy_regression.py shows one)"
+        )
     TASK_TYPES[task_type.name] = task_type
     return task_type
 

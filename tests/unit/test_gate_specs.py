@@ -144,3 +144,17 @@ def test_the_cli_shows_the_defaults_the_models_declare():
     for flag in ("max_candidates", "max_trials", "max_seconds", "calibration_rows", "max_eval_rows"):
         assert params[flag].default == getattr(budget, flag)
     assert (params["threads"].default, params["repeats"].default) == (bench.threads, bench.repeat_runs)
+
+
+def test_a_task_type_written_to_the_older_protocol_is_refused_when_registered():
+    from quantgate.errors import ConfigError
+    from quantgate.tasktypes import register_task_type
+
+    class Old:
+        name = "old-protocol"
+
+        def gates(self, thresholds):
+            return []
+
+    with pytest.raises(ConfigError, match=r"'old-protocol' declares no `gate_specs` \(it has the older"):
+        register_task_type(Old())

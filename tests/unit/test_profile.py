@@ -220,6 +220,29 @@ def test_a_stall_does_not_decide_throughput():
     assert fast.objective_ms < slow.objective_ms  # the objective is not
 
 
+def test_throughput_weighs_each_batch_size_by_the_requests_the_profile_sends():
+    """1 request at batch 1 and 9 at batch 32: the batch-32 time per item is what the traffic lives with."""
+    import time
+
+    from quantgate.bench import Engine
+
+    def engine(name: str, single_s: float, batch_s: float) -> Engine:
+        return Engine(
+            name=name,
+            load=lambda: lambda feeds: time.sleep(single_s if feeds["x"].shape[0] == 1 else batch_s),
+            size_bytes=1,
+        )
+
+    requests = [Request(feeds={"x": np.zeros((1, 3))}, length=3, items=1)] + [
+        Request(feeds={"x": np.zeros((32, 3))}, length=3, items=32) for _ in range(9)
+    ]
+    settings = BenchSettings(warmup_runs=0, repeat_runs=10, profile=ServingProfile(objective="throughput"))
+    # FP32-like: 5 ms alone, 40 ms a batch; INT8-like: 6 ms alone, 30 ms a batch (25 % faster per item).
+    report = run_benchmark([engine("fp32", 5e-3, 40e-3), engine("int8", 6e-3, 30e-3)], settings, requests)
+    fp32, int8 = report.by_engine("fp32"), report.by_engine("int8")
+    assert fp32.objective_ms > 1.2 * int8.objective_ms  # (9*40 + 5) / (9*30 + 6) = 1.32; unweighted, 0.90
+
+
 def test_a_profile_cannot_draw_from_an_empty_set_or_a_task_without_sample_inputs():
     with pytest.raises(ConfigError, match="no rows"):
         draw_requests(BenchSettings(), 0, lambda rows, pad_to: {})

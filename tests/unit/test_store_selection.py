@@ -84,3 +84,10 @@ def test_a_registered_scheme_is_opened_with_the_settings_and_the_urls_name():
         from quantgate import storage
 
         storage._STORES.pop("test-sel", None)
+
+
+def test_a_memory_url_is_refused_outside_tests_naming_the_way_out(monkeypatch):
+    """memory:// outside a test would let a worker report promotions that nothing stored."""
+    monkeypatch.delenv("QUANTGATE_ALLOW_MEMORY_STORE", raising=False)
+    with pytest.raises(ConfigError, match=r"loses everything when the process exits.*s3://<bucket>"):
+        open_store(Settings(store_url="memory://prod"))

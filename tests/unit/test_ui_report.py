@@ -209,7 +209,7 @@ def test_search_progress_counts_candidates_then_fallback_trials_and_ends_at_100(
 
     calls: list[tuple[float, str]] = []
     monkeypatch.setattr(
-        wiring, "create_progress_artifact", lambda p, description: calls.append((p, description))
+        wiring, "create_progress_artifact", lambda p, description: calls.append((p, description)) or "id"
     )
     monkeypatch.setattr(
         wiring, "update_progress_artifact", lambda _id, p, description: calls.append((p, description))
@@ -229,6 +229,21 @@ def test_search_progress_counts_candidates_then_fallback_trials_and_ends_at_100(
     assert shares == sorted(shares)
     assert shares[-1] == 100.0
     assert "none passed; closest `dynamic-int8`" in described[-1]
+
+
+def test_search_progress_that_cannot_be_shown_does_not_fail_the_search(monkeypatch):
+    import flows.search as wiring
+
+    def down(*_args, **_kwargs):
+        raise RuntimeError("Prefect API unreachable")
+
+    monkeypatch.setattr(wiring, "create_progress_artifact", down)
+    monkeypatch.setattr(wiring, "update_progress_artifact", down)
+    search = _report().search
+    progress = wiring.SearchProgress(candidates=2, max_trials=0)
+    progress.scored(search.candidates[0])
+    progress.finished(search)
+    assert progress.done == 1
 
 
 def test_pareto_labels_do_not_collide_when_candidates_cluster():
@@ -254,3 +269,46 @@ def test_pareto_labels_do_not_collide_when_candidates_cluster():
             assert not a.overlaps(b)
     listed = key.texts[0].get_text()
     assert all(n in listed for n in names)  # every full name, once, in the key
+
+
+def test_a_registrants_text_cannot_plant_a_link_an_image_or_html_in_the_report():
+    """Held-out sentences and slice values are the registrant's: in the markdown report and the examples
+    table they read as typed, never as a link, an image the UI would fetch, or HTML."""
+    from quantgate.report import plain_rows
+    from quantgate.report.markdown import _md_table
+
+    hostile = "![t](https://evil.example/t.png?leak) [click](javascript:alert(1)) <img src=x onerror=a()>"
+    (row,) = plain_rows([{"input": hostile, "slice": "genre=" + hostile, "rows": 3}])
+    table = _md_table([row])
+    assert re.search(r"(?<!\\)\]\(", table) is None  # no unescaped link or image target
+    assert re.search(r"(?<!\\)!\[", table) is None
+    assert "<img" not in table
+    assert "\\!\\[t\\]\\(https://evil.example/t.png?leak\\)" in row["input"]
+    assert row["rows"] == 3  # numbers stay numbers
+
+
+def test_the_offline_check_sees_every_way_a_page_fetches_and_only_the_sites_own_files_are_inlined(tmp_path):
+    from quantgate.datadocs import fetched_urls, offline_page
+
+    for fetches in (
+        "<img src=//evil.example/x.png>",
+        '<img srcset="https://evil.example/x.png 1x">',
+        '<style>@import "//evil.example/x.css";</style>',
+        "<link rel=preload href=https://evil.example/x.js>",
+        "<div style=\"background:url('https://evil.example/x.png')\"></div>",
+    ):
+        assert fetched_urls(fetches), fetches
+    assert fetched_urls('<a href="https://docs.greatexpectations.io">docs</a>') == []  # a click, not a fetch
+    static = tmp_path / "site" / "static"
+    (static / "images").mkdir(parents=True)
+    (static / "images" / "logo.png").write_bytes(b"\x89PNG logo")
+    (tmp_path / "secret.txt").write_text("do not publish")
+    page = offline_page(
+        '<html><head></head><body><img src="static/images/logo.png"><img src="static/../../secret.txt">'
+        "</body></html>",
+        "index.html",
+        static=static,
+    )
+    assert "data:image/png;base64," in page
+    assert "ZG8gbm90IHB1Ymxpc2g" not in page  # base64 of the secret: a path out of static/ is never inlined
+    assert 'src="#"' in page
