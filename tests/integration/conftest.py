@@ -48,6 +48,7 @@ def s3_env(seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     bucket = "qg-" + secrets.token_hex(6)
     monkeypatch.setenv("QUANTGATE_S3_ENDPOINT_URL", seaweed.endpoint_url)
     monkeypatch.setenv("QUANTGATE_BUCKET", bucket)
+    monkeypatch.delenv("QUANTGATE_STORE_URL", raising=False)  # an exported memory:// must not leak in
     monkeypatch.setenv("QUANTGATE_WORK_DIR", str(tmp_path / "work"))
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
