@@ -334,6 +334,10 @@ def _escaped(value: Any) -> Any:
     return value
 
 
+def _view(name: str) -> dict[str, str]:
+    return {"module_name": "quantgate.datadocs_views", "class_name": name}
+
+
 def validate_heldout(
     df: pd.DataFrame, schema: HeldoutSchema, name: str = "heldout", docs_dir: Path | None = None
 ) -> ValidationOutcome:
@@ -356,7 +360,14 @@ def validate_heldout(
                     "class_name": "TupleFilesystemStoreBackend",
                     "base_directory": str(docs_dir),
                 },
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                # Page views that compile GX's templates once per process (quantgate/datadocs_views.py).
+                "site_index_builder": {
+                    "class_name": "DefaultSiteIndexBuilder",
+                    "view": _view("IndexPageView"),
+                },
+                "site_section_builders": {
+                    section: {"view": _view("PageView")} for section in ("expectations", "validations")
+                },
             },
         )
     source = context.data_sources.add_pandas(name="heldout")

@@ -88,13 +88,22 @@ def tiny_model_dir(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """One Prefect test harness (a throwaway server and database) per session, for the flows and
     integration tiers."""
-    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_RESULTS_LOCAL_STORAGE_PATH,
+        temporary_settings,
+    )
     from prefect.testing.utilities import prefect_test_harness
 
     # The harness gives a throwaway database but not throwaway result storage (Prefect 3.8.8).
+    # No heartbeats from in-process flow runs: the heartbeat thread sleeps in 1 s steps and each flow's
+    # end joins it (about 0.5 s per flow, a sub-flow included: 15 % of a tiny run). Heartbeats and the
+    # zombie automation they feed are tested on a real worker (tests/integration/test_zombies.py).
     results = tmp_path_factory.mktemp("prefect-results")
     with (
-        temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: results}),
+        temporary_settings(
+            {PREFECT_RESULTS_LOCAL_STORAGE_PATH: results, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+        ),
         prefect_test_harness(server_startup_timeout=60),
     ):
         yield

@@ -100,3 +100,29 @@ def test_an_infinite_feature_value_fails_validation_in_the_flow_too():
     assert not outcome.success
     assert any("'x'" in f and "between" in f for f in outcome.failures), outcome.failures
     assert validate_heldout(frame.assign(x=[1.0, -2.5, 3e38, 0.0]), schema).success
+
+
+def test_data_docs_templates_are_compiled_once_per_process_and_render_the_same_pages(
+    tmp_path: Path, sts_path, monkeypatch: pytest.MonkeyPatch
+):
+    import jinja2
+
+    df = load_sts_tsv(sts_path).head(60)
+    first = validate_heldout(df, SCHEMA, docs_dir=tmp_path / "first")
+    compiled: list[str] = []
+    compile_ = jinja2.Environment.compile
+
+    def counting(self, source, name=None, filename=None, *args, **kwargs):
+        compiled.append(name)
+        return compile_(self, source, name, filename, *args, **kwargs)
+
+    monkeypatch.setattr(jinja2.Environment, "compile", counting)
+    second = validate_heldout(df, SCHEMA, docs_dir=tmp_path / "second")
+    assert compiled == []  # every template came from the process's bytecode cache
+    # the same pages, from the same templates: the section pages and the index
+    assert len(second.data_docs) == len(first.data_docs) >= 3
+    for a, b in zip(first.data_docs, second.data_docs, strict=True):
+        assert a.split("/")[0] == b.split("/")[0]
+        assert (tmp_path / "second" / b).stat().st_size > 1000
+    index = (tmp_path / "second" / "index.html").read_text(encoding="utf-8")
+    assert "sentence" in index.lower() or "suite" in index.lower()
