@@ -27,6 +27,10 @@ TINY_GATES = GateThresholds(
     min_p95_speedup=0.0, min_objective_speedup=0.0, min_baseline_metric=-1.0, max_baseline_half_width=1.0,
     max_champion_slowdown=10.0,
 )
+# One recipe for the runs whose subject is not the search (storage, events, the sweep, deployments, kills):
+# the default search on the tiny model builds and benchmarks 11 candidates, minutes per test. The search
+# itself is tested where it is the subject (test_flow.py's default-search runs, test_search*.py, slow tier).
+TINY_RECIPES = ["dynamic-int8-per-channel"]
 
 configure_process()  # what every entry point does before torch loads
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

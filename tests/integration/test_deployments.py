@@ -13,11 +13,12 @@ import pytest
 from quantgate import lifecycle
 from quantgate.bench import BenchSettings
 from quantgate.registry import ModelRef, manifest_key
-from tests.conftest import REPO, TINY_GATES
+from tests.conftest import REPO, TINY_GATES, TINY_RECIPES
 from tests.integration.conftest import prefect_stack, snapshot
 
 # The tiny model cannot win latency from INT8 (see test_flow.py): the deployments get its speed gate off.
 TINY_PARAMS = {
+    "recipes": TINY_RECIPES,
     "thresholds": TINY_GATES.model_dump(),
     "bench": BenchSettings(warmup_runs=1, repeat_runs=5).model_dump(),
 }

@@ -20,7 +20,7 @@ from quantgate.errors import ConfigError, ConflictError, NotFoundError, StorageU
 from quantgate.registry import Manifest, ModelRef, manifest_key
 from quantgate.settings import Settings
 from quantgate.storage import ObjectStore, sha256_bytes
-from tests.conftest import REPO, TINY_GATES
+from tests.conftest import REPO, TINY_GATES, TINY_RECIPES
 from tests.integration.conftest import ACCESS_KEY, SECRET_KEY, snapshot
 
 FAST_BENCH = BenchSettings(warmup_runs=1, repeat_runs=5)
@@ -229,8 +229,9 @@ def test_sigkill_during_uploads_then_rerun_ends_in_one_complete_promotion(store,
     assert lifecycle.current(store, "tiny") is None
 
     state = quantize_and_promote(
-        model="tiny", version="v1", thresholds=TINY_GATES, bench=FAST_BENCH, return_state=True
-    )
+        model="tiny", version="v1", recipes=TINY_RECIPES, thresholds=TINY_GATES, bench=FAST_BENCH,
+        return_state=True,
+    )  # fmt: skip
     assert state.name == "Promoted", state.message
     assert_one_complete_promotion(store, ref)  # the killed run's partial objects are gone
 
@@ -245,8 +246,9 @@ def test_sigkill_after_the_manifest_is_finished_by_the_rerun(store, tiny_model_d
     assert lifecycle.current(store, "tiny") is None  # killed before the pointer moved
 
     state = quantize_and_promote(
-        model="tiny", version="v1", thresholds=TINY_GATES, bench=FAST_BENCH, return_state=True
-    )
+        model="tiny", version="v1", recipes=TINY_RECIPES, thresholds=TINY_GATES, bench=FAST_BENCH,
+        return_state=True,
+    )  # fmt: skip
     assert state.name == "AlreadyDecided"
     assert_one_complete_promotion(store, ref)
 
@@ -291,6 +293,7 @@ def outage_run(tmp_path, monkeypatch, tiny_model_dir, small_sts, prefect_api) ->
                 state=quantize_and_promote(
                     model=ref.name,
                     version=ref.version,
+                    recipes=TINY_RECIPES,
                     thresholds=TINY_GATES,
                     bench=BenchSettings(warmup_runs=1, repeat_runs=1500),
                     return_state=True,

@@ -12,7 +12,7 @@ from flows.registry_sweep import registry_sweep
 from quantgate import announce, lifecycle
 from quantgate.bench import BenchSettings
 from quantgate.registry import ModelRef
-from tests.conftest import TINY_GATES
+from tests.conftest import TINY_GATES, TINY_RECIPES
 from tests.integration.conftest import snapshot
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -78,6 +78,7 @@ def test_a_decision_is_announced_with_its_metrics(store, tiny_model_dir, small_s
     state = quantize_and_promote(
         model="tiny",
         version="ev1",
+        recipes=TINY_RECIPES,
         thresholds=TINY_GATES,
         bench=BenchSettings(warmup_runs=1, repeat_runs=5),
         return_state=True,
@@ -95,6 +96,7 @@ def test_a_decision_is_announced_with_its_metrics(store, tiny_model_dir, small_s
     quantize_and_promote(
         model="tiny",
         version="ev2",
+        recipes=TINY_RECIPES,
         thresholds=TINY_GATES.model_copy(update={"mean_tol": 1e-12}),
         bench=BenchSettings(warmup_runs=1, repeat_runs=5),
         return_state=True,
@@ -126,6 +128,7 @@ def test_sweep_runs_only_undecided_versions(store, tiny_model_dir, small_sts):
     decided = quantize_and_promote(
         model="tiny",
         version="s1",
+        recipes=TINY_RECIPES,
         thresholds=TINY_GATES,
         bench=BenchSettings(warmup_runs=1, repeat_runs=5),
         return_state=True,
@@ -133,7 +136,9 @@ def test_sweep_runs_only_undecided_versions(store, tiny_model_dir, small_sts):
     assert decided.name == "Promoted"
     s1_before = snapshot(store, "promoted/tiny/s1/")
 
-    results = registry_sweep(thresholds=TINY_GATES, bench=BenchSettings(warmup_runs=1, repeat_runs=5))
+    results = registry_sweep(
+        recipes=TINY_RECIPES, thresholds=TINY_GATES, bench=BenchSettings(warmup_runs=1, repeat_runs=5)
+    )
 
     assert sorted((r["version"], r["state"]) for r in results) == [("s2", "Promoted"), ("s3", "Promoted")]
     assert snapshot(store, "promoted/tiny/s1/") == s1_before
