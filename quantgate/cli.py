@@ -385,13 +385,12 @@ def _print_kinds(rows: list[dict[str, Any]]) -> None:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    from quantgate.report import RunReport, bench_rows, compact_candidate_rows, gate_rows, kind_rows
+    from quantgate.report import RunReport, gate_rows
 
     parsed = RunReport.model_validate(report)
     verdict = "[bold green]PROMOTED[/]" if parsed.outcome == "promoted" else "[bold yellow]NOT PROMOTED[/]"
-    console.print(
-        f"{parsed.model}@{parsed.version}: {verdict}  recipe {parsed.recipe.name}  run {parsed.run_id}"
-    )
+    recipe = f"recipe {parsed.recipe.name}" if parsed.recipe else "no candidate built"
+    console.print(f"{parsed.model}@{parsed.version}: {verdict}  {recipe}  run {parsed.run_id}")
     if parsed.promoted_to:
         console.print(f"promoted to {parsed.promoted_to}")
     if parsed.reason:
@@ -401,11 +400,17 @@ def print_report(report: dict[str, Any]) -> None:
 
     console.print(champion_line(parsed))
     m = parsed.metrics
-    console.print(
-        f"task metric FP32 {m['task_metric_fp32']:.4f} → INT8 {m['task_metric_candidate']:.4f} "
-        f"(drop {100 * m['task_metric_drop']:.2f} points)"
-    )
-    gates = Table(title="gates")
+    if parsed.recipe is None:
+        from quantgate.report import fp32_interval, no_candidate_line
+
+        console.print(f"task metric FP32 {m['task_metric_fp32']:.4f}{fp32_interval(parsed)}")
+        console.print(no_candidate_line(parsed))
+    else:
+        console.print(
+            f"task metric FP32 {m['task_metric_fp32']:.4f} → INT8 {m['task_metric_candidate']:.4f} "
+            f"(drop {100 * m['task_metric_drop']:.2f} points)"
+        )
+    gates = Table(title="gates" if parsed.recipe else "gates of the FP32 reference (before any candidate)")
     for col in ("gate", "value", "95% interval", "limit", "margin", "result"):
         gates.add_column(col)
     for row in gate_rows(parsed.gates):
@@ -419,6 +424,16 @@ def print_report(report: dict[str, Any]) -> None:
         )
     console.print(gates)
     _print_slices(parsed)
+    _print_bench(parsed)
+    if parsed.search and parsed.search.candidates:
+        _print_candidates(parsed.search, parsed.task)
+
+
+def _print_bench(parsed: Any) -> None:
+    from quantgate.report import bench_rows
+
+    if parsed.benchmark is None:  # no candidate was built: nothing was timed
+        return
     flags = ", ".join(parsed.benchmark.cpu.get("flags", []))
     bench = Table(title=f"benchmark: {parsed.benchmark.describe()}, CPU {flags}")
     rows = bench_rows(parsed.benchmark)
@@ -427,23 +442,26 @@ def print_report(report: dict[str, Any]) -> None:
     for row in rows:
         bench.add_row(*(str(v) for v in row.values()))
     console.print(bench)
-    if parsed.search:
-        search = parsed.search
-        table = Table(title=f"candidates ({search.seconds:.0f} s)")
-        rows = compact_candidate_rows(search, parsed.task)
-        for col in rows[0]:
-            table.add_column(col, overflow="fold")
-        for row in rows:
-            style = {"PROMOTED": "bold green", "pass": "green"}.get(row["result"], "red")
-            cells = {k: "" if v is None else str(v) for k, v in row.items()}
-            table.add_row(*(f"[{style}]{v}[/]" if k == "result" else v for k, v in cells.items()))
-        console.print(table)
-        _print_kinds(kind_rows(search))
-        if search.fallback is not None and search.fallback.kept_fp32:
-            console.print(
-                "kept in FP32 by the sensitive-node fallback: "
-                + ", ".join(f"{k['node']} ({k['sqnr_db']} dB)" for k in search.fallback.kept_fp32)
-            )
+
+
+def _print_candidates(search: Any, task: str) -> None:
+    from quantgate.report import compact_candidate_rows, kind_rows
+
+    table = Table(title=f"candidates ({search.seconds:.0f} s)")
+    rows = compact_candidate_rows(search, task)
+    for col in rows[0]:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        style = {"PROMOTED": "bold green", "pass": "green"}.get(row["result"], "red")
+        cells = {k: "" if v is None else str(v) for k, v in row.items()}
+        table.add_row(*(f"[{style}]{v}[/]" if k == "result" else v for k, v in cells.items()))
+    console.print(table)
+    _print_kinds(kind_rows(search))
+    if search.fallback is not None and search.fallback.kept_fp32:
+        console.print(
+            "kept in FP32 by the sensitive-node fallback: "
+            + ", ".join(f"{k['node']} ({k['sqnr_db']} dB)" for k in search.fallback.kept_fp32)
+        )
 
 
 def _show_decision(ref: ModelRef, as_json: bool = False) -> None:
