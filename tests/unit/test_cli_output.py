@@ -189,3 +189,19 @@ def test_register_says_each_thing_on_one_line_when_piped(monkeypatch, tiny_model
     assert said in lines
     (registered,) = [line for line in lines if line.startswith("registered tiny@v1 (")]
     assert "task sentence-embedding); source checksum " in registered
+
+
+@pytest.mark.parametrize(
+    ("tty", "columns", "rich"), [(True, 200, True), (True, 80, False), (False, 200, False)]
+)
+def test_rich_panels_only_on_a_terminal_wide_enough_for_every_flag(monkeypatch, tty, columns, rich):
+    import os
+    import shutil
+    import sys
+
+    import typer.main
+
+    run = typer.main.get_command(cli.app).commands["run"]
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: tty, raising=False)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda *a: os.terminal_size((columns, 24)))
+    assert cli._rich_help_fits(run.params) is rich
