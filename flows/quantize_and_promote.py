@@ -1,5 +1,7 @@
-"""quantize-and-promote: pull → validate → export → search recipes (build, score, benchmark, fallback) →
-gate → promote | reject.
+"""quantize-and-promote: pull → validate → export → search recipes (the FP32 reference and its evidence
+gates, then build, score, benchmark, fallback) → gate → promote | reject. When the FP32 reference fails an
+evidence gate (held-out size, the FP32 baseline, the registered expectation) the search stops there: the
+run is rejected as every candidate would be, with no candidate built.
 
 The flow wires stages together and decides nothing itself: the search's pure rules pick the fastest
 candidate that passes every gate, and the gate stage's report says promote or not.

@@ -127,6 +127,13 @@ class SearchProgress:
         self._update(min(share, 99.0), f"{where}: `{result.name}` {verdict}")
 
     def finished(self, search: SearchResult) -> None:
+        if search.stopped_early and search.evidence is not None:
+            failed = search.evidence.gates.failure_brief()
+            self._update(
+                100.0,
+                f"stopped after the FP32 reference ({search.seconds:.0f} s): it failed {failed}; "
+                "no candidate built",
+            )
+            return
         outcome = f"chosen `{search.chosen}`" if search.chosen else f"none passed; closest `{search.lead}`"
-        done = f"search done: {self.done} scored in {search.seconds:.0f} s; {outcome}"
-        self._update(100.0, done)
+        self._update(100.0, f"search done: {self.done} scored in {search.seconds:.0f} s; {outcome}")

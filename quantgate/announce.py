@@ -51,7 +51,7 @@ def decided(report: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]
             "version": report["version"],
             "outcome": report["outcome"],
             "run_id": report["run_id"],
-            "recipe": report["recipe"].get("name"),
+            "recipe": (report.get("recipe") or {}).get("name"),  # None: no candidate was built
             "metrics": report["metrics"],
             "failed_gates": failed,
             "promoted_to": report.get("promoted_to"),

@@ -19,13 +19,60 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
 
 from quantgate.bench import BenchSettings
 from quantgate.errors import QuantgateError
 from quantgate.registry import ModelRef
 from quantgate.search import SearchBudget
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+
+class _ReadableHelp:
+    """Help that reads when piped and at 80 columns. Rich's panels give each column a share of the width
+    and cut what does not fit: at 80 columns `--max-share-below-cosine-floor` became
+    `--max-share-below-…`. Where the panel does not fit (or stdout is not a terminal) this prints click's
+    plain help instead: every flag whole, its help wrapped at words beside or below it, defaults
+    included."""
+
+    rich_markup_mode: Any
+    params: list[Any]
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        if _rich_help_fits(self.params):
+            return super().format_help(ctx, formatter)  # type: ignore[misc]
+        mode, self.rich_markup_mode = self.rich_markup_mode, None
+        try:
+            return super().format_help(ctx, formatter)  # type: ignore[misc]
+        finally:
+            self.rich_markup_mode = mode
+
+
+# Rich's options panel needs the longest flag, the longest --no-flag, the type column and room for the
+# help (measured: `run`'s flags are whole from 113 columns).
+_RICH_HELP_ROOM = 66
+
+
+def _rich_help_fits(params: list[Any]) -> bool:
+    import shutil
+    import sys
+
+    if not sys.stdout.isatty():
+        return False
+    longest = max((len(o) for p in params for o in p.opts if o.startswith("--")), default=0)
+    negative = max((len(o) for p in params for o in p.secondary_opts), default=0)
+    return shutil.get_terminal_size().columns >= longest + negative + _RICH_HELP_ROOM
+
+
+class ReadableCommand(_ReadableHelp, TyperCommand):
+    pass
+
+
+class ReadableGroup(_ReadableHelp, TyperGroup):
+    pass
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0], cls=ReadableGroup)
 
 
 @app.callback()
@@ -70,7 +117,7 @@ def _ref(model: str, version: str) -> ModelRef:
         raise _fail(str(exc)) from None
 
 
-@app.command()
+@app.command(cls=ReadableCommand)
 def init() -> None:
     """Create the bucket if it does not exist (and check endpoint and credentials)."""
     try:
@@ -78,10 +125,10 @@ def init() -> None:
         created = store.ensure_bucket()
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
-    console.print(f"bucket [bold]{store.bucket}[/] at {store.endpoint}: {'created' if created else 'exists'}")
+    _say(f"bucket [bold]{store.bucket}[/] at {store.endpoint}: {'created' if created else 'exists'}")
 
 
-@app.command()
+@app.command(cls=ReadableCommand)
 def register(
     model: Annotated[str, typer.Argument(help="model name, e.g. minilm")],
     version: Annotated[str, typer.Argument(help="version label, e.g. 2024-06-01 or v3")],
@@ -122,7 +169,7 @@ def register(
         raise _fail(str(exc)) from None
     _announce_registration(registration)
     total = sum(f.size for f in registration.files) / 1e6
-    console.print(
+    _say(
         f"registered [bold]{ref}[/] ({len(registration.files)} files, {total:.1f} MB, task "
         f"{registration.task}); source checksum {registration.source_checksum[:16]}…"
     )
@@ -134,9 +181,7 @@ def _announce_registration(registration: Any) -> None:
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
-        console.print(
-            "no PREFECT_API_URL set: no event sent; the registry-sweep deployment will find this version"
-        )
+        _say("no PREFECT_API_URL set: no event sent; the registry-sweep deployment will find this version")
         return
     from prefect.events import emit_event
     from prefect.events.worker import EventsWorker
@@ -147,7 +192,7 @@ def _announce_registration(registration: Any) -> None:
     name, resource, payload = announce.registered(registration, Settings().bucket)
     emit_event(event=name, resource=resource, payload=payload)
     EventsWorker.drain_all()  # a short-lived CLI must not exit before the event is sent
-    console.print(f"announced {name} for {registration.ref}")
+    _say(f"announced {name} for {registration.ref}")
 
 
 def _thresholds(overrides: dict[str, float | None]) -> Any:
@@ -167,11 +212,12 @@ def _with_limit_flags(command: Callable[..., None]) -> Callable[..., None]:
     from quantgate.thresholds import flag_limits
 
     limits = flag_limits()
-    signature = inspect.signature(command)
-    flags = {
-        limit.name: Annotated[float | None, typer.Option(help=limit.help, show_default=False)]
-        for limit in limits
-    }
+    # Evaluated: with `from __future__ import annotations` the signature holds strings, which typer reads as
+    # plain parameters once __signature__ is set (every other option of `run` then lost its help).
+    signature = inspect.signature(command, eval_str=True)
+    flags = {limit.name: Annotated[float | None, typer.Option(help=limit.help)] for limit in limits}
+    # Each flag's default is its limit's declared one, so `--help` shows it beside the flag.
+    defaults = {limit.name: limit.default for limit in limits}
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> None:
@@ -182,7 +228,7 @@ def _with_limit_flags(command: Callable[..., None]) -> Callable[..., None]:
         parameters=[
             *(p for p in signature.parameters.values() if p.name != "limits"),
             *(
-                inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=a)
+                inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=defaults[n], annotation=a)
                 for n, a in flags.items()
             ),
         ]
@@ -201,7 +247,7 @@ def _bench(field: str) -> Any:
     return BenchSettings.model_fields[field].default
 
 
-@app.command()
+@app.command(cls=ReadableCommand)
 @_with_limit_flags
 def run(
     model: Annotated[str, typer.Argument()],
@@ -318,7 +364,10 @@ def run(
     result = state.result(raise_on_failure=False)
     if state.is_failed():
         raise _fail(str(result) if isinstance(result, QuantgateError) else f"run failed: {state.message}")
-    console.rule(f"{state.name}: {state.message}")
+    # The message on a line of its own: a rule cuts a title wider than the console, and this one ends with
+    # where the report is.
+    console.rule(state.name)
+    _say(escape(state.message or ""))
     if isinstance(result, dict) and "gates" in result:
         print_report(result)
     elif state.name == "AlreadyDecided":
@@ -359,91 +408,138 @@ def _quiet_known_errors() -> None:
                 handler.addFilter(DropKnownTraces())
 
 
-def _print_slices(parsed: Any) -> None:
-    from quantgate.report import slice_rows
+def _say(message: str | Text) -> None:
+    """One message as one line when piped (no line breaks put into a sentence: a log or grep reads it
+    whole), wrapped at words on a terminal. Markup in `message` is the caller's; values it quotes are
+    escaped by the caller."""
+    console.print(message, soft_wrap=not console.is_terminal, highlight=False)
 
-    slices = slice_rows(parsed)
-    if not slices:
+
+# A column of wrapped text (failed gates, limits) gets at least this many columns, or its longest word.
+_MIN_TEXT_COLUMN = 16
+
+
+def _table_fits(cells: list[dict[str, str]]) -> bool:
+    """Whether a table of these cells fits the console with every word whole: columns of single words
+    (names, numbers; never wrapped) at their full width, columns of text at `_MIN_TEXT_COLUMN` or their
+    longest word. Rich then narrows only the text columns, down to what they need."""
+    width = 1  # the left edge; each column adds its padding (2) and a divider (1)
+    for col in cells[0]:
+        values = [col, *(row[col] for row in cells)]
+        longest = max(len(v) for v in values)
+        if any(" " in v for v in values):
+            word = max(len(w) for v in values for w in v.split())
+            longest = min(longest, max(word, _MIN_TEXT_COLUMN))
+        width += longest + 3
+    return width <= console.width
+
+
+def _print_rows(
+    title: str, rows: list[dict[str, Any]], name: str, styles: dict[str, Callable[[str], str]] | None = None
+) -> None:
+    """Rows as a table where it fits with every word whole; otherwise (80 columns, most pipes) one block
+    per row: its `name` cell whole on a line, the other cells as `column value` pairs wrapped at words
+    below it. Rich fits a table to the console by folding or cutting its widest cells, and the widest are
+    candidate names: `dynamic-int8-per-channel-reduce-range-no-sln` came out as three pieces. `styles`
+    colour a column's cells by their value."""
+    if not rows:
         return
-    table = Table(title="slices (the max-slice-drop gate counts slices of >= 50 rows)")
-    for col in slices[0]:
-        table.add_column(col)
-    for row in slices:
-        table.add_row(*("" if v is None else str(v) for v in row.values()))
-    console.print(table)
-
-
-def _print_kinds(rows: list[dict[str, Any]]) -> None:
-    if len(rows) < 2:
+    styles = styles or {}
+    cells = [{k: "" if v is None else str(v) for k, v in row.items()} for row in rows]
+    if _table_fits(cells):
+        table = Table(title=escape(title))
+        for col in cells[0]:
+            table.add_column(escape(col), no_wrap=not any(" " in v for v in [col, *(r[col] for r in cells)]))
+        for row in cells:
+            table.add_row(*(Text(v, style=styles[k](v) if k in styles else "") for k, v in row.items()))
+        console.print(table)
         return
-    table = Table(title="by kind of recipe (the fastest of each, one benchmark round)")
-    for col in rows[0]:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row.values()))
-    console.print(table)
+    _say(Text(title, style="italic"))
+    for row in cells:
+        console.print(Text(row[name], style="bold"), soft_wrap=True, highlight=False)
+        pairs = Text()
+        for k, v in row.items():
+            if k == name or not v:
+                continue
+            if pairs:
+                pairs.append(" · ")
+            pairs.append(f"{k} ")
+            pairs.append(v, style=styles[k](v) if k in styles else "")
+        for line in pairs.wrap(console, max(console.width - 2, 20)):  # at words, indented, no padding
+            line.rstrip()
+            console.print(Text("  ") + line, soft_wrap=True, highlight=False)
+
+
+def _result_style(value: str) -> str:
+    return {"PROMOTED": "bold green", "pass": "green"}.get(value, "red")
 
 
 def print_report(report: dict[str, Any]) -> None:
-    from quantgate.report import RunReport, bench_rows, compact_candidate_rows, gate_rows, kind_rows
+    from quantgate.report import (
+        RunReport,
+        champion_line,
+        fp32_interval,
+        gate_rows,
+        no_candidate_line,
+        slice_rows,
+    )
 
     parsed = RunReport.model_validate(report)
     verdict = "[bold green]PROMOTED[/]" if parsed.outcome == "promoted" else "[bold yellow]NOT PROMOTED[/]"
-    console.print(
-        f"{parsed.model}@{parsed.version}: {verdict}  recipe {parsed.recipe.name}  run {parsed.run_id}"
-    )
+    recipe = f"recipe {escape(parsed.recipe.name)}" if parsed.recipe else "no candidate built"
+    _say(f"{parsed.model}@{parsed.version}: {verdict}  {recipe}  run {parsed.run_id}")
     if parsed.promoted_to:
-        console.print(f"promoted to {parsed.promoted_to}")
+        _say(f"promoted to {escape(parsed.promoted_to)}")
     if parsed.reason:
         needed = f" (about {parsed.rows_needed} held-out rows would be needed)" if parsed.rows_needed else ""
-        console.print(f"reason: [bold]{parsed.reason}[/]{needed}")
-    from quantgate.report import champion_line
-
-    console.print(champion_line(parsed))
+        _say(f"reason: [bold]{escape(parsed.reason)}[/]{needed}")
+    _say(escape(champion_line(parsed)))
     m = parsed.metrics
-    console.print(
-        f"task metric FP32 {m['task_metric_fp32']:.4f} → INT8 {m['task_metric_candidate']:.4f} "
-        f"(drop {100 * m['task_metric_drop']:.2f} points)"
-    )
-    gates = Table(title="gates")
-    for col in ("gate", "value", "95% interval", "limit", "margin", "result"):
-        gates.add_column(col)
-    for row in gate_rows(parsed.gates):
-        style = "green" if row["result"] == "pass" else "red"
-        gates.add_row(
-            *(
-                "" if row[c] is None else str(row[c])
-                for c in ("gate", "value", "interval", "limit", "margin")
-            ),
-            f"[{style}]{row['result']}[/]",
+    if parsed.recipe is None:
+        _say(f"task metric FP32 {m['task_metric_fp32']:.4f}{fp32_interval(parsed)}")
+        _say(escape(no_candidate_line(parsed)))
+    else:
+        _say(
+            f"task metric FP32 {m['task_metric_fp32']:.4f} → INT8 {m['task_metric_candidate']:.4f} "
+            f"(drop {100 * m['task_metric_drop']:.2f} points)"
         )
-    console.print(gates)
-    _print_slices(parsed)
+    gates = [
+        {"gate": r["gate"], "value": r["value"], "95% interval": r["interval"], "limit": r["limit"],
+         "margin": r["margin"], "result": r["result"]}
+        for r in gate_rows(parsed.gates)
+    ]  # fmt: skip
+    title = "gates" if parsed.recipe else "gates of the FP32 reference (before any candidate)"
+    _print_rows(title, gates, "gate", {"result": lambda v: "green" if v == "pass" else "red"})
+    _print_rows("slices (the max-slice-drop gate counts slices of >= 50 rows)", slice_rows(parsed), "slice")
+    _print_bench(parsed)
+    if parsed.search and parsed.search.candidates:
+        _print_candidates(parsed.search, parsed.task)
+
+
+def _print_bench(parsed: Any) -> None:
+    from quantgate.report import bench_rows
+
+    if parsed.benchmark is None:  # no candidate was built: nothing was timed
+        return
     flags = ", ".join(parsed.benchmark.cpu.get("flags", []))
-    bench = Table(title=f"benchmark: {parsed.benchmark.describe()}, CPU {flags}")
-    rows = bench_rows(parsed.benchmark)
-    for col in rows[0]:
-        bench.add_column(col)
-    for row in rows:
-        bench.add_row(*(str(v) for v in row.values()))
-    console.print(bench)
-    if parsed.search:
-        search = parsed.search
-        table = Table(title=f"candidates ({search.seconds:.0f} s)")
-        rows = compact_candidate_rows(search, parsed.task)
-        for col in rows[0]:
-            table.add_column(col, overflow="fold")
-        for row in rows:
-            style = {"PROMOTED": "bold green", "pass": "green"}.get(row["result"], "red")
-            cells = {k: "" if v is None else str(v) for k, v in row.items()}
-            table.add_row(*(f"[{style}]{v}[/]" if k == "result" else v for k, v in cells.items()))
-        console.print(table)
-        _print_kinds(kind_rows(search))
-        if search.fallback is not None and search.fallback.kept_fp32:
-            console.print(
-                "kept in FP32 by the sensitive-node fallback: "
-                + ", ".join(f"{k['node']} ({k['sqnr_db']} dB)" for k in search.fallback.kept_fp32)
-            )
+    _print_rows(
+        f"benchmark: {parsed.benchmark.describe()}, CPU {flags}", bench_rows(parsed.benchmark), "engine"
+    )
+
+
+def _print_candidates(search: Any, task: str) -> None:
+    from quantgate.report import compact_candidate_rows, kind_rows
+
+    rows = compact_candidate_rows(search, task)
+    _print_rows(f"candidates ({search.seconds:.0f} s)", rows, "candidate", {"result": _result_style})
+    kinds = kind_rows(search)
+    if len(kinds) > 1:
+        _print_rows("by kind of recipe (the fastest of each, one benchmark round)", kinds, "fastest")
+    if search.fallback is not None and search.fallback.kept_fp32:
+        _say(
+            "kept in FP32 by the sensitive-node fallback: "
+            + escape(", ".join(f"{k['node']} ({k['sqnr_db']} dB)" for k in search.fallback.kept_fp32))
+        )
 
 
 def _show_decision(ref: ModelRef, as_json: bool = False) -> None:
@@ -456,7 +552,7 @@ def _show_decision(ref: ModelRef, as_json: bool = False) -> None:
         print_report(report)
 
 
-@app.command()
+@app.command(cls=ReadableCommand)
 def report(
     model: Annotated[str, typer.Argument()],
     version: Annotated[str, typer.Argument()],
@@ -475,7 +571,7 @@ def report(
         ) from None
 
 
-@app.command()
+@app.command(cls=ReadableCommand)
 def rollback(
     model: Annotated[str, typer.Argument()],
     to: Annotated[str | None, typer.Option("--to", help="promoted version to point back to")] = None,
@@ -491,13 +587,13 @@ def rollback(
         event = lifecycle.rollback(_store(), model, to, settings.actor, _trusted())
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
-    console.print(
+    _say(
         f"{model}: current version {event.previous_version} → [bold]{event.version}[/] "
         f"(manifest sha256 {event.manifest_sha256[:16]}…, by {event.actor})"
     )
 
 
-@app.command("list")
+@app.command("list", cls=ReadableCommand)
 def list_versions(model: Annotated[str | None, typer.Argument(help="only this model")] = None) -> None:
     """Registered versions, their decisions, and whether each promotion's files verify."""
     from quantgate import lifecycle
@@ -536,7 +632,7 @@ def list_versions(model: Annotated[str | None, typer.Argument(help="only this mo
     console.print(table)
 
 
-@app.command()
+@app.command(cls=ReadableCommand)
 def verify(
     model: Annotated[str, typer.Argument()],
     version: Annotated[str | None, typer.Argument(help="default: the version current.json names")] = None,
@@ -568,10 +664,10 @@ def verify(
     if not result.ok:
         raise _fail(f"{model}@{version} fails verification: {result.summary()}")
     how = "bytes hashed" if deep else "stored checksums"
-    console.print(f"{model}@{version}: every file verified ({how}); {result.signature.line()}")
+    _say(f"{model}@{version}: every file verified ({how}); {escape(result.signature.line())}")
 
 
-@app.command()
+@app.command(cls=ReadableCommand)
 def pull(
     model: Annotated[str, typer.Argument()],
     to: Annotated[Path, typer.Option("--to", help="new or empty folder to download into")],
@@ -589,8 +685,8 @@ def pull(
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
     total = sum(p.stat().st_size for p in paths) / 1e6
-    console.print(
-        f"pulled {model}@{manifest.version} (recipe {manifest.recipe.get('name')}) into {to}: "
+    _say(
+        f"pulled {model}@{manifest.version} (recipe {escape(str(manifest.recipe.get('name')))}) into {to}: "
         f"{len(paths)} files, {total:.1f} MB, every sha256 verified"
     )
     for drift in lifecycle.engine_drift(manifest):
@@ -606,6 +702,7 @@ def pull(
 
 
 keys_app = typer.Typer(
+    cls=ReadableGroup,
     no_args_is_help=True,
     help="Signing keys: the promoter signs every promotion; consumers trust its public keys.",
 )
@@ -636,7 +733,7 @@ def _print_key_env(pair: Any) -> None:
         console.print(line, soft_wrap=True, highlight=False)
 
 
-@keys_app.command("create")
+@keys_app.command("create", cls=ReadableCommand)
 def keys_create(
     out: Annotated[Path, typer.Option("--out", help="folder for signing-key.pem and public/")],
 ) -> None:
@@ -650,7 +747,7 @@ def keys_create(
     _print_key_env(pair)
 
 
-@keys_app.command("rotate")
+@keys_app.command("rotate", cls=ReadableCommand)
 def keys_rotate(
     key_dir: Annotated[
         Path | None, typer.Option("--dir", help="the key folder (default: QUANTGATE_SIGNING_KEY's)")

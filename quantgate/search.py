@@ -288,6 +288,31 @@ def compare_fixed_shape(
     )
 
 
+class Evidence(BaseModel):
+    """The evidence gates the FP32 reference alone decides (quantgate/gates.py: held-out size, the FP32
+    baseline, the registered expectation), judged right after the reference, before any candidate."""
+
+    rows: int = Field(description="evaluation rows the FP32 reference was scored on")
+    metrics: dict[str, float] = Field(description="the FP32 metrics these gates read")
+    gates: GateReport
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.gates.failed)
+
+
+def judge_evidence(
+    task: TaskType, thresholds: GateThresholds, metrics: dict[str, float], rows: int
+) -> Evidence:
+    """Judge, on the FP32 reference's metrics (`Reference.metrics()`), the evidence gates whose metric the
+    reference measures. Every candidate is judged by these same gates on these same values (each
+    `Evaluation.metrics()` carries the reference's), so a gate failed here is failed by every candidate:
+    the run is rejected whatever is built, and nothing is. Evidence gates on a candidate's own metrics
+    (the drop interval's width, a classifier's lift over the majority class) are judged with it, as before."""
+    gates = [g for g in gates_for(task, thresholds) if g.kind == "evidence" and g.metric in metrics]
+    return Evidence(rows=rows, metrics=metrics, gates=evaluate_gates(metrics, gates))
+
+
 class SearchResult(BaseModel):
     candidates: list[CandidateResult]
     benchmarks: dict[Round, BenchReport] = Field(description="each interleaved benchmark round, by name")
@@ -297,6 +322,9 @@ class SearchResult(BaseModel):
         None, description="what the fixed shape (b1/s128) would have promoted: reported, never decisive"
     )
     fallback: Fallback | None = None
+    evidence: Evidence | None = Field(
+        None, description="the FP32 evidence gates, judged before any candidate: failed, none was built"
+    )
     warnings: list[str] = Field(default_factory=list)
     budget: SearchBudget
     seconds: float
@@ -307,6 +335,11 @@ class SearchResult(BaseModel):
         if isinstance(data, dict) and isinstance(data.get("benchmarks"), list):
             data = {**data, "benchmarks": dict(zip(ROUNDS, data["benchmarks"], strict=False))}
         return data
+
+    @property
+    def stopped_early(self) -> bool:
+        """The FP32 reference failed an evidence gate: the run was decided before any candidate was built."""
+        return self.evidence is not None and self.evidence.failed
 
     def get(self, name: str | None) -> CandidateResult | None:
         return next((c for c in self.candidates if c.name == name), None)

@@ -1,6 +1,7 @@
-"""The recipe search, driven: FP32 reference → champion → calibration → each candidate built and scored →
-one interleaved benchmark round → sensitive-node fallback when nothing passed and some candidate failed on
-accuracy alone. Which candidate wins is decided by the pure rules in quantgate.search.
+"""The recipe search, driven: FP32 reference → its evidence gates (failed: the run is rejected here, with
+no candidate built) → champion → calibration → each candidate built and scored → one interleaved benchmark
+round → sensitive-node fallback when nothing passed and some candidate failed on accuracy alone. Which
+candidate wins is decided by the pure rules in quantgate.search.
 
 The driver is plain Python: what runs each step is injected (`SearchSteps`), so the flow hands it Prefect
 tasks (candidates scored concurrently with `.submit`) and a test or a benchmark script hands it the plain
@@ -39,6 +40,7 @@ from quantgate.search import (
     closest,
     compare_fixed_shape,
     fallback_base,
+    judge_evidence,
     node_costs,
     nothing_to_quantize,
 )
@@ -225,6 +227,21 @@ def run_search(
             f"whole search budget (max_seconds {budget.max_seconds:g}): lower max_eval_rows or raise "
             "max_seconds"
         )
+    # -- can the held-out set judge anything? --------------------------------------------------------------
+    evidence = judge_evidence(task, thresholds, ref.metrics(), len(evaluation))
+    if evidence.failed:
+        # Every candidate would fail the same gate on the same FP32 values: the decision is known, so no
+        # champion is scored and no candidate is built (issue #23: shuffled scores built 11 for 355 s).
+        return SearchResult(
+            candidates=[],
+            benchmarks={},
+            chosen=None,
+            lead=None,
+            evidence=evidence,
+            warnings=warnings,
+            budget=budget,
+            seconds=round(time.monotonic() - started, 2),
+        )
     if champion is not None:  # the serving version, judged on the same rows and in the same benchmark
         try:
             ref = steps.score_champion(task, ref, champion, evaluation, cores)
@@ -305,6 +322,7 @@ def run_search(
         lead=lead.name if lead else None,
         fixed_shape=comparison,
         fallback=fallback,
+        evidence=evidence,
         warnings=warnings,
         budget=budget,
         seconds=round(time.monotonic() - started, 2),

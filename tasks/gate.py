@@ -58,7 +58,11 @@ def decide(
     logger = get_run_logger()
     for row in candidate_rows(search, task_name):
         logger.info("%-40s %-8s %s", row["candidate"], row["result"], row["failed_gates"])
-    logger.info("decision: %s (%s)", report.outcome, search.chosen or f"none passed; closest {search.lead}")
+    if search.stopped_early:
+        how = "no candidate built: the FP32 reference failed " + report.gates.failure_brief()
+    else:
+        how = search.chosen or f"none passed; closest {search.lead}"
+    logger.info("decision: %s (%s)", report.outcome, how)
     return report
 
 
@@ -113,18 +117,26 @@ def publish(
     ref: ModelRef, report: RunReport, links: dict[str, str], links_expire_s: int | None = None
 ) -> dict[str, Any]:
     """The tables and link cards beside the report (publish_report)."""
-    lead = report.recipe.name
+    lead = report.recipe.name if report.recipe else None
+    whose = (
+        f"`{lead}` (the promoted or closest candidate)"
+        if lead
+        else "the FP32 reference (judged before any candidate: none was built)"
+    )
     gates = create_table_artifact(
         key=_artifact_key(ref, "gates"),
         table=text_rows(gate_rows(report.gates)),
-        description=f"{ref}: each gate of `{lead}` (the promoted or closest candidate): value, limit, margin",
+        description=f"{ref}: each gate of {whose}: value, limit, margin",
     )
-    bench = create_table_artifact(
-        key=_artifact_key(ref, "benchmark"),
-        table=text_rows(bench_rows(report.benchmark)),
-        description=f"{ref}: interleaved CPU benchmark ({report.benchmark.describe()})",
-    )
-    out = {"gates": str(gates), "benchmark": str(bench)}
+    out = {"gates": str(gates)}
+    if report.benchmark is not None:
+        out["benchmark"] = str(
+            create_table_artifact(
+                key=_artifact_key(ref, "benchmark"),
+                table=text_rows(bench_rows(report.benchmark)),
+                description=f"{ref}: interleaved CPU benchmark ({report.benchmark.describe()})",
+            )
+        )
     examples = example_rows(report)
     if examples:
         out["examples"] = str(
@@ -135,7 +147,7 @@ def publish(
                 "input, gold label, FP32 output, candidate output",
             )
         )
-    if report.search:
+    if report.search and report.search.candidates:
         out["candidates"] = str(
             create_table_artifact(
                 key=_artifact_key(ref, "candidates"),

@@ -154,7 +154,8 @@ def record_rejection(settings: Settings, ref: ModelRef, report: dict[str, Any]) 
     try:
         with tempfile.TemporaryDirectory() as tmp:
             plots = decision_plots(parsed, Path(tmp))
-            key = lifecycle.reject(open_store(settings), ref, report, parsed.parity.model_dump(), plots)
+            parity = parsed.parity.model_dump() if parsed.parity else None  # None: no candidate was built
+            key = lifecycle.reject(open_store(settings), ref, report, parity, plots)
     except ConflictError as exc:
         get_run_logger().warning("%s", exc)
         return str(exc)

@@ -16,18 +16,20 @@ def reject(
     store: Store,
     ref: ModelRef,
     report: dict[str, Any],
-    parity: dict[str, Any],
+    parity: dict[str, Any] | None,
     plots: dict[str, Path] | None = None,
 ) -> str:
     """Record a rejection where a person looks for it: rejected/<m>/<v>/. Nothing goes to promoted/.
     The side files go under the run's own prefix and the create-only record names them, so concurrent
-    rejections never mix one run's record with another's plots."""
+    rejections never mix one run's record with another's plots. A run decided before any candidate was
+    built has no parity report and no plots: the record is its only write here."""
     run_id = str(report["run_id"])
     prefix = rejection_files_prefix(ref, run_id)
     side: list[FileEntry] = []
-    parity_bytes = _json_bytes(parity)
-    digest = _put_json(store, prefix + "parity_report.json", parity, run_id=run_id)
-    side.append(FileEntry(path=f"{run_id}/parity_report.json", sha256=digest, size=len(parity_bytes)))
+    if parity is not None:
+        parity_bytes = _json_bytes(parity)
+        digest = _put_json(store, prefix + "parity_report.json", parity, run_id=run_id)
+        side.append(FileEntry(path=f"{run_id}/parity_report.json", sha256=digest, size=len(parity_bytes)))
     for name, plot in sorted((plots or {}).items()):
         digest = store.put_file(prefix + name, plot, run_id=run_id)
         side.append(FileEntry(path=f"{run_id}/{name}", sha256=digest, size=plot.stat().st_size))

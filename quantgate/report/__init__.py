@@ -11,13 +11,15 @@ their names on (callers keep writing `from quantgate.report import RunReport`).
     manifest.py      what a promotion writes: manifest_for, promotion_files
 """
 
-from quantgate.report.decision import build_run_report, champion_summary, rejection_reason
+from quantgate.report.decision import build_run_report, champion_summary, reason_for, rejection_reason
 from quantgate.report.environment import environment, run_packages
 from quantgate.report.links import browser_links, decision_keys, decision_links, decision_plots, stored_key
 from quantgate.report.manifest import manifest_for, promotion_files, write_json
 from quantgate.report.markdown import (
     as_text,
     champion_line,
+    fp32_interval,
+    no_candidate_line,
     plain_rows,
     shape_comparison_line,
     text_rows,
@@ -53,12 +55,15 @@ __all__ = [
     "decision_plots",
     "environment",
     "example_rows",
+    "fp32_interval",
     "gate_rows",
     "kind_rows",
     "length_rows",
     "manifest_for",
+    "no_candidate_line",
     "plain_rows",
     "promotion_files",
+    "reason_for",
     "rejection_reason",
     "run_packages",
     "shape_comparison_line",

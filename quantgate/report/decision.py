@@ -7,7 +7,7 @@ import math
 
 from quantgate.bench import CHAMPION_ENGINE
 from quantgate.evaluate import ParityReport
-from quantgate.gates import HELDOUT_TOO_SMALL
+from quantgate.gates import HELDOUT_TOO_SMALL, GateResult
 from quantgate.report.environment import environment, run_packages
 from quantgate.report.model import ChampionSummary, ExportSummary, HeldoutSummary, RunReport
 from quantgate.search import NOTHING_TO_QUANTIZE, CandidateResult, SearchResult
@@ -26,7 +26,27 @@ def build_run_report(
     search: SearchResult,
 ) -> RunReport:
     """The decision is read off the search: promoted exactly when a candidate passed every gate. The
-    report leads with that candidate, or with the closest one when none passed."""
+    report leads with that candidate, or with the closest one when none passed; when the FP32 reference
+    failed an evidence gate, no candidate was built and the report leads with those gates."""
+    if search.stopped_early and search.evidence is not None:
+        evidence = search.evidence
+        reason, needed = reason_for(evidence.gates.failed, evidence.rows)
+        return RunReport(
+            reason=reason,
+            rows_needed=needed,
+            model=ref_name,
+            version=ref_version,
+            run_id=run_id,
+            task=task,
+            outcome="rejected",
+            export=export,
+            heldout=heldout,
+            metrics=evidence.metrics,
+            thresholds=thresholds,
+            gates=evidence.gates,
+            environment=environment(run_packages(task)),
+            search=search,
+        )
     lead = search.get(search.lead)
     bench = search.timed(lead) if lead else None
     if lead is None or lead.gates is None or bench is None:
@@ -103,10 +123,14 @@ def rejection_reason(lead: CandidateResult) -> tuple[str, int | None]:
     """Why the closest candidate was not promoted, most fundamental first: the held-out set cannot tell
     (with the rows that would), there is nothing to quantize, the FP32 model measures nothing, or a quality
     or speed gate failed. Each gate declares what its failure means (`rejects_as`, quantgate/gates.py)."""
-    failed = lead.gates.failed if lead.gates else []
+    return reason_for(lead.gates.failed if lead.gates else [], lead.evaluation.rows if lead.evaluation else 0)
+
+
+def reason_for(failed: list[GateResult], rows: int) -> tuple[str, int | None]:
+    """`rejection_reason` of these failed gates, judged on `rows` evaluation rows: a candidate's, or the
+    FP32 reference's evidence gates when they stopped the run before any candidate was built."""
     too_small = [r for r in failed if r.gate.rejects_as == HELDOUT_TOO_SMALL]
     if too_small:
-        rows = lead.evaluation.rows if lead.evaluation else 0
         measured = next((r for r in too_small if r.value is not None), None)
         if measured is None:
             return HELDOUT_TOO_SMALL, None

@@ -13,10 +13,11 @@ from quantgate.packages import CORE, versions
 from quantgate.tasktypes import task_types
 
 
-def run_packages(task: str, backend: str) -> tuple[str, ...]:
+def run_packages(task: str, backend: str | None = None) -> tuple[str, ...]:
     """The core distributions, then those the run's task type and the candidate's backend declare (a task
-    type that declares none, such as a plugin's, adds none)."""
-    return (*CORE, *getattr(task_types().get(task), "packages", ()), *backend_packages(backend))
+    type that declares none, such as a plugin's, adds none; no candidate, no backend's)."""
+    backend_side = backend_packages(backend) if backend else ()
+    return (*CORE, *getattr(task_types().get(task), "packages", ()), *backend_side)
 
 
 def environment(packages: Iterable[str] = CORE) -> dict[str, Any]:

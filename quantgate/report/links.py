@@ -32,8 +32,9 @@ def decision_keys(report: RunReport) -> dict[str, str]:
     docs = stored_key(report.heldout.data_docs)
     if docs:
         keys["data-docs"] = docs
-    keys["latency-plot"] = where + "latency.png"
-    if report.search:
+    if report.benchmark is not None:  # None: no candidate was built, nothing was timed or plotted
+        keys["latency-plot"] = where + "latency.png"
+    if report.search and report.search.candidates:
         timed = report.search.benchmarks.get("candidates")
         if timed is not None and length_rows(timed):
             keys["length-plot"] = where + "length.png"
@@ -64,6 +65,8 @@ def decision_links(report: RunReport, store: Store, expires_s: int) -> dict[str,
 def decision_plots(report: RunReport, out_dir: Path) -> dict[str, Path]:
     """latency.png (the lead candidate's benchmark round) and pareto.png (every timed candidate)."""
     title = f"{report.model}@{report.version}"
+    if report.benchmark is None:  # no candidate was built: nothing was timed
+        return {}
     plots = {"latency.png": latency_plot(report.benchmark, title, out_dir / "latency.png")}
     if report.search:
         search = report.search

@@ -122,22 +122,62 @@ def _links_md(links: dict[str, str], expires_s: int | None) -> list[str]:
     return out
 
 
+def _head(report: RunReport) -> list[str]:
+    """The verdict, who it is about (the chosen or closest candidate, or the FP32 reference when no
+    candidate was built), the champion, the task metric and the gates."""
+    verdict = "PROMOTED" if report.outcome == "promoted" else "REJECTED (not promoted)"
+    failed = ", ".join(r.gate.name for r in report.gates.failed) or "none"
+    where = f"task `{report.task}` · run `{report.run_id}` · failed gates: {failed}"
+    fp32 = report.metrics["task_metric_fp32"]
+    if report.recipe is None:
+        return [
+            f"# {report.model}@{report.version}: {verdict}",
+            f"{no_candidate_line(report)} · {where}",
+            champion_line(report),
+            f"Task metric: FP32 {fp32:.4f}{fp32_interval(report)}",
+            "## Gates (the FP32 reference's evidence, judged before any candidate)\n\n"
+            + _md_table(gate_rows(report.gates)),
+        ]
+    lead = "Recipe chosen" if report.outcome == "promoted" else "Closest candidate"
+    return [
+        f"# {report.model}@{report.version}: {verdict}",
+        f"{lead}: `{report.recipe.name}` · {where}",
+        champion_line(report),
+        f"Task metric: FP32 {fp32:.4f} → candidate {report.metrics['task_metric_candidate']:.4f}",
+        f"## Gates ({report.recipe.name})\n\n" + _md_table(gate_rows(report.gates)),
+    ]
+
+
+def _search_md(report: RunReport, search: SearchResult) -> list[str]:
+    """Every candidate (or why none was built), the fastest of each kind, warnings, the fallback."""
+    b, h = search.budget, report.heldout
+    calib, evaluation = h.calibration_rows, h.evaluation_rows or h.rows
+    if not search.candidates:
+        return [
+            f"## Candidates (none built: the run stopped after the FP32 reference, {search.seconds:.0f} s)"
+            f"\n\n{no_candidate_line(report)}."
+        ]
+    parts = [
+        f"## Candidates ({len(search.candidates)} in {search.seconds:.0f} s; budget {b.max_candidates} "
+        f"candidates, {b.max_trials} trials, {b.max_seconds:g} s; {calib} calibration rows kept apart "
+        f"from {evaluation} evaluation rows)\n\n" + _md_table(compact_candidate_rows(search, report.task))
+    ]
+    kinds = kind_rows(search)
+    if len(kinds) > 1:
+        title = "## By kind of recipe (the fastest of each, one benchmark round)"
+        parts.append(f"{title}\n\n{_md_table(kinds)}")
+    if search.warnings:
+        parts.append("Warnings: " + "; ".join(search.warnings))
+    if search.fallback is not None:
+        parts.append(_fallback_md(search))
+    return parts
+
+
 def to_markdown(
     report: RunReport, links: dict[str, str] | None = None, links_expire_s: int | None = None
 ) -> str:
-    verdict = "PROMOTED" if report.outcome == "promoted" else "REJECTED (not promoted)"
-    failed = ", ".join(r.gate.name for r in report.gates.failed) or "none"
     search = report.search
-    lead = "Recipe chosen" if report.outcome == "promoted" else "Closest candidate"
-    parts = [
-        f"# {report.model}@{report.version}: {verdict}",
-        f"{lead}: `{report.recipe.name}` · task `{report.task}` · run `{report.run_id}` · "
-        f"failed gates: {failed}",
-        f"Task metric: FP32 "
-        f"{report.metrics['task_metric_fp32']:.4f} → candidate {report.metrics['task_metric_candidate']:.4f}",
-        f"## Gates ({report.recipe.name})\n\n" + _md_table(gate_rows(report.gates)),
-    ]
-    parts.insert(2, champion_line(report))
+    parts = _head(report)
     if report.reason:
         needed = f" (about {report.rows_needed} held-out rows would be needed)" if report.rows_needed else ""
         parts.insert(2, f"Reason: **{report.reason}**{needed}")
@@ -154,25 +194,13 @@ def to_markdown(
             "\n\n" + _md_table(plain_rows(examples))
         )
     if search is not None:
-        b, h = search.budget, report.heldout
-        calib, evaluation = h.calibration_rows, h.evaluation_rows or h.rows
+        parts += _search_md(report, search)
+    if report.benchmark is not None:
         parts.append(
-            f"## Candidates ({len(search.candidates)} in {search.seconds:.0f} s; budget {b.max_candidates} "
-            f"candidates, {b.max_trials} trials, {b.max_seconds:g} s; {calib} calibration rows kept apart "
-            f"from {evaluation} evaluation rows)\n\n" + _md_table(compact_candidate_rows(search, report.task))
+            f"## Benchmark ({report.benchmark.describe()}; CPU flags "
+            f"{', '.join(report.benchmark.cpu.get('flags', []))})\n\n"
+            + _md_table(bench_rows(report.benchmark))
         )
-        kinds = kind_rows(search)
-        if len(kinds) > 1:
-            title = "## By kind of recipe (the fastest of each, one benchmark round)"
-            parts.append(f"{title}\n\n{_md_table(kinds)}")
-        if search.warnings:
-            parts.append("Warnings: " + "; ".join(search.warnings))
-        if search.fallback is not None:
-            parts.append(_fallback_md(search))
-    parts.append(
-        f"## Benchmark ({report.benchmark.describe()}; CPU flags "
-        f"{', '.join(report.benchmark.cpu.get('flags', []))})\n\n" + _md_table(bench_rows(report.benchmark))
-    )
     if search is not None:
         timed = search.benchmarks.get("candidates")
         by_length = length_rows(timed) if timed else []
@@ -189,14 +217,38 @@ def to_markdown(
     parts.append(
         f"Promoted to: `{report.promoted_to}` (read `manifest.json` there; plots under the run's prefix)"
         if report.promoted_to
-        else f"Nothing was promoted. Report under `rejected/{report.model}/{report.version}/`, plots under "
-        f"`rejected/{report.model}/{report.version}/{report.run_id}/`."
+        else f"Nothing was promoted. Report under `rejected/{report.model}/{report.version}/`"
+        + (
+            f", plots under `rejected/{report.model}/{report.version}/{report.run_id}/`."
+            if report.benchmark is not None
+            else "."
+        )
     )
     return "\n\n".join(parts)
 
 
+def no_candidate_line(report: RunReport) -> str:
+    """Why a report has no candidate: the FP32 reference failed an evidence gate, which every candidate
+    is judged by on the same FP32 values, so the run was decided before any was built."""
+    failed = [r.gate.name for r in report.gates.failed]
+    gates, them = ("gates", "them") if len(failed) > 1 else ("gate", "it")
+    return (
+        f"No candidate was built: the FP32 reference failed the evidence {gates} {', '.join(failed)}; every "
+        f"candidate is judged by {them} on the same FP32 values, so the run was decided before building any"
+    )
+
+
+def fp32_interval(report: RunReport) -> str:
+    lo, hi = report.metrics.get("task_metric_fp32_lo"), report.metrics.get("task_metric_fp32_hi")
+    rows = report.heldout.evaluation_rows
+    on = f" on {rows} evaluation rows" if rows else ""
+    return f" [{lo:.4f}, {hi:.4f}]{on}" if lo is not None and hi is not None else on
+
+
 def champion_line(report: RunReport) -> str:
     c = report.champion
+    if report.recipe is None:
+        return "Champion: not compared (no candidate was built)"
     if c is None:
         return "Champion: none (no promoted version serves yet, or it could not be scored: see the warnings)"
     speed = f"; p50 {c.candidate_p50_ms:.2f} vs {c.p50_ms:.2f} ms" if c.p50_ms and c.candidate_p50_ms else ""

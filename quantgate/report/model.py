@@ -63,15 +63,17 @@ class RunReport(BaseModel):
     task: str
     outcome: Outcome
     created_at: str = Field(default_factory=utcnow)
-    recipe: AnyRecipe
-    quantized_ops: dict[str, int]
+    recipe: AnyRecipe | None = Field(
+        None, description="the promoted or closest candidate's; None when no candidate was built"
+    )
+    quantized_ops: dict[str, int] = Field(default_factory=dict)
     export: ExportSummary
     heldout: HeldoutSummary
     metrics: dict[str, float]
     thresholds: dict[str, float | None]
     gates: GateReport
-    parity: ParityReport
-    benchmark: BenchReport
+    parity: ParityReport | None = None
+    benchmark: BenchReport | None = None
     environment: dict[str, Any]
     search: SearchResult | None = Field(None, description="every candidate, fallback, budget")
     promoted_to: str | None = None
@@ -92,10 +94,24 @@ class RunReport(BaseModel):
             data = {**data, "search": None}  # written before the search was typed
         return data
 
+    @model_validator(mode="after")
+    def _promoted_has_its_candidate(self) -> RunReport:
+        built = self.recipe is not None and self.parity is not None and self.benchmark is not None
+        if self.outcome == "promoted" and not built:
+            raise ValueError("a promoted report names its recipe, parity and benchmark")
+        return self
+
+    @property
+    def candidates_built(self) -> bool:
+        """False when the FP32 reference failed an evidence gate and the run stopped before any candidate."""
+        return self.recipe is not None
+
     @property
     def passed(self) -> bool:
         return self.outcome == "promoted" and self.gates.passed
 
     @property
     def recipe_artifact(self) -> str:
+        if self.recipe is None:
+            raise ValueError(f"{self.model}@{self.version}: no candidate was built, so there is no artifact")
         return self.recipe.artifact_name

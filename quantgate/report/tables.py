@@ -36,7 +36,7 @@ def gate_rows(report: GateReport) -> list[dict[str, Any]]:
 
 def example_rows(report: RunReport) -> list[dict[str, Any]]:
     """The lead candidate's examples that moved most (flipped labels first), worst first."""
-    lead = report.search.get(report.recipe.name) if report.search else None
+    lead = report.search.get(report.recipe.name) if report.search and report.recipe else None
     if lead is None or lead.evaluation is None:
         return []
     return [
@@ -54,7 +54,7 @@ def example_rows(report: RunReport) -> list[dict[str, Any]]:
 
 def slice_rows(report: RunReport) -> list[dict[str, Any]]:
     """The lead candidate's task metric per slice: FP32, candidate, drop and its 95 % interval."""
-    lead = report.search.get(report.recipe.name) if report.search else None
+    lead = report.search.get(report.recipe.name) if report.search and report.recipe else None
     if lead is None or lead.evaluation is None:
         return []
     return [

@@ -89,20 +89,18 @@ class Evaluation(BaseModel):
     def metrics(self) -> dict[str, float]:
         """The flat metric dict the gates read (intervals as `<metric>_lo` / `_hi`)."""
         out = {
-            "task_metric_fp32": self.task_metric_fp32,
+            **fp32_metrics(self.task_metric_fp32, self.task_metric_fp32_interval),
             "task_metric_candidate": self.task_metric_candidate,
             "task_metric_drop": self.degradation(self.task_metric_fp32, self.task_metric_candidate),
             "max_abs_diff": self.parity.max_abs_diff,
             "mean_abs_diff": self.parity.mean_abs_diff,
             **self.extra,
-            "task_metric_fp32_half_width": _half_width(self.task_metric_fp32_interval),
             "task_metric_drop_half_width": _half_width(self.task_metric_drop_interval),
             "max_slice_drop": self.max_slice_drop(),
         }
         if self.task_metric_champion is not None:
             out["champion_drop"] = self.degradation(self.task_metric_champion, self.task_metric_candidate)
         for name, interval in (
-            ("task_metric_fp32", self.task_metric_fp32_interval),
             ("task_metric_drop", self.task_metric_drop_interval),
             *self.extra_intervals.items(),
             ("champion_drop", self.champion_drop_interval),
@@ -110,6 +108,16 @@ class Evaluation(BaseModel):
             if interval is not None:
                 out[f"{name}_lo"], out[f"{name}_hi"] = interval
         return out
+
+
+def fp32_metrics(value: float, interval: Interval | None) -> dict[str, float]:
+    """The FP32 model's own metrics, the same in every candidate's `Evaluation.metrics()` and in the
+    reference's (`Reference.metrics()`): so the evidence gates on them give one answer before any
+    candidate is built and with each candidate."""
+    out = {"task_metric_fp32": value, "task_metric_fp32_half_width": _half_width(interval)}
+    if interval is not None:
+        out["task_metric_fp32_lo"], out["task_metric_fp32_hi"] = interval
+    return out
 
 
 def speed_metrics(bench: BenchReport, engine: str) -> dict[str, float]:
@@ -145,6 +153,10 @@ class Reference(BaseModel):
     champion_version: str | None = None  # the serving version, scored on the same rows
     champion_metric: float | None = None
     champion_resampled: np.ndarray | None = None
+
+    def metrics(self) -> dict[str, float]:
+        """What the FP32 reference alone measures, under the names a candidate's metrics give them."""
+        return fp32_metrics(self.task_metric, self.interval)
 
 
 def paired_intervals(

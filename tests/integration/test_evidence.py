@@ -53,10 +53,39 @@ def _write(rows: list[list[str]], path: Path) -> Path:
     return path
 
 
+def _assert_decided_before_any_candidate(store, ref: ModelRef, state) -> dict:
+    """The FP32 reference's evidence decided the run (#23): no candidate task ran, the report says none was
+    built, and the rejection stored its record and nothing else (no parity report, no plots)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    names = {r.name for r in runs}
+    assert any(n.startswith("reference-outputs") for n in names), names
+    assert not [n for n in names if n.startswith(("candidate", "benchmark", "prepare", "calibration"))]
+    record = json.loads(store.get_bytes(rejection_key(ref)))
+    assert (record["search"]["candidates"], record["recipe"], record["benchmark"]) == ([], None, None)
+    assert record["side_files"] == []
+    assert [o.key for o in store.list(f"rejected/{ref.name}/{ref.version}/")] == [rejection_key(ref)]
+    assert not list(store.list("promoted/"))
+    assert "no candidate was built" in lifecycle_report_text(store, ref)
+    return record
+
+
+def lifecycle_report_text(store, ref: ModelRef) -> str:
+    from quantgate.report import RunReport, to_markdown
+
+    return to_markdown(RunReport.model_validate(lifecycle.load_decision_report(store, ref))).lower()
+
+
 @pytest.mark.slow
 def test_shuffled_labels_are_not_promoted_baseline_not_meaningful(store, minilm_dir, sts_path, tmp_path):
     """MiniLM with the STS dev scores shuffled: FP32 and INT8 both score ~0, so their drop is ~0 and
-    every drop gate would pass. The FP32 baseline gate does not."""
+    every drop gate would pass. The FP32 baseline gate does not, and it decides on the FP32 reference
+    alone: no candidate is built (#23: this run used to build 11 for 355 s)."""
     import numpy as np
 
     rows = _rows(sts_path)
@@ -77,9 +106,7 @@ def test_shuffled_labels_are_not_promoted_baseline_not_meaningful(store, minilm_
     baseline = next(g for g in record["gates"]["results"] if g["gate"]["name"] == "FP32 baseline")
     assert not baseline["passed"]
     assert baseline["interval"][0] < 0.1  # the lower bound of FP32 Spearman
-    drop = next(g for g in record["gates"]["results"] if g["gate"]["name"] == "task metric drop")
-    assert drop["passed"]  # the drop alone would have promoted it
-    assert not list(store.list("promoted/"))
+    _assert_decided_before_any_candidate(store, ref, state)
 
 
 def test_a_ten_row_held_out_set_is_heldout_too_small(store, tiny_model_dir, small_sts, tmp_path):
@@ -96,6 +123,7 @@ def test_a_ten_row_held_out_set_is_heldout_too_small(store, tiny_model_dir, smal
     assert record["rows_needed"] > 10
     assert f"about {record['rows_needed']} held-out rows would be needed" in state.message
     assert record["heldout"]["evaluation_rows"] == 5
+    _assert_decided_before_any_candidate(store, ref, state)
 
 
 @pytest.mark.parametrize(
@@ -176,6 +204,10 @@ def test_a_registered_expectation_the_fp32_model_misses_is_baseline_not_meaningf
     record = json.loads(store.get_bytes(rejection_key(ref)))
     assert record["reason"] == "baseline-not-meaningful"
     assert record["thresholds"]["expect_metric"] == 0.9
+    assert [g["gate"]["name"] for g in record["gates"]["results"] if not g["passed"]] == [
+        "FP32 as registered (low)"
+    ]
+    _assert_decided_before_any_candidate(store, ref, state)
 
 
 def test_a_candidate_that_quantizes_nothing_fails_and_the_others_compete(store, tiny_model_dir, small_sts):
