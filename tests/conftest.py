@@ -14,6 +14,7 @@ import pytest
 
 from infra.stsb import missing_message, stsb_path
 from quantgate.process import configure_process
+from quantgate.registry import Manifest
 from quantgate.thresholds import GateThresholds
 
 if TYPE_CHECKING:
@@ -31,6 +32,25 @@ TINY_GATES = GateThresholds(
 # the default search on the tiny model builds and benchmarks 11 candidates, minutes per test. The search
 # itself is tested where it is the subject (test_flow.py's default-search runs, test_search*.py, slow tier).
 TINY_RECIPES = ["dynamic-int8-per-channel"]
+
+
+def bare_manifest(name: str, version: str, run_id: str) -> Manifest:
+    """A manifest with nothing but its identity, for promotions made by hand in the lifecycle tests."""
+    return Manifest(
+        model=name, version=version, run_id=run_id, task="sentence-embedding", recipe={}, files=[],
+        source={}, thresholds={}, metrics={}, gates=[], benchmark={}, environment={},
+    )  # fmt: skip
+
+
+def artifact_files(tmp_path: Path, tag: str, repeat: int = 1000) -> dict[str, Path]:
+    """Two small files standing in for a promoted artifact (a model and its tokenizer), tagged by content."""
+    out = {}
+    for name in ("model.int8.onnx", "tokenizer/tokenizer.json"):
+        path = tmp_path / tag / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f"{tag}:{name}".encode() * repeat)
+        out[name] = path
+    return out
 
 configure_process()  # what every entry point does before torch loads
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

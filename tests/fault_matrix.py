@@ -36,11 +36,11 @@ import pytest
 from flows.quantize_and_promote import quantize_and_promote
 from quantgate import lifecycle
 from quantgate.bench import BenchSettings
-from quantgate.registry import Manifest, ModelRef
+from quantgate.registry import ModelRef
 from quantgate.search import SearchBudget
 from quantgate.signing import Signer, TrustedKeys
 from quantgate.store import Store
-from tests.conftest import TINY_GATES
+from tests.conftest import TINY_GATES, artifact_files, bare_manifest
 from tests.faults import FaultPlan
 
 RUN = {
@@ -56,21 +56,6 @@ ENGINES = [
 WritePath = list[tuple[str, str]]  # (operation, key) of every write of one promotion, in order
 
 
-def _manifest(name: str, version: str, run_id: str) -> Manifest:
-    return Manifest(
-        model=name, version=version, run_id=run_id, task="sentence-embedding", recipe={}, files=[],
-        source={}, thresholds={}, metrics={}, gates=[], benchmark={}, environment={},
-    )  # fmt: skip
-
-
-def _files(tmp_path: Path, tag: str) -> dict[str, Path]:
-    out = {}
-    for name in ("model.int8.onnx", "tokenizer/tokenizer.json"):
-        path = tmp_path / tag / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(f"{tag}:{name}".encode() * 1000)
-        out[name] = path
-    return out
 
 
 def _snapshot(store: Store) -> dict[str, str]:
@@ -153,8 +138,8 @@ def walk_fault_matrix(
     def prepare(version: str) -> tuple[Store, ModelRef]:
         """A bucket where `fm@old` serves (signed) and `fm@<version>` is registered."""
         store = fresh_store()
-        old = _manifest("fm", "old", "run-old")
-        lifecycle.promote(store, old, _files(tmp_path, "old"), {}, actor="ci", signer=signer)
+        old = bare_manifest("fm", "old", "run-old")
+        lifecycle.promote(store, old, artifact_files(tmp_path, "old"), {}, actor="ci", signer=signer)
         ref = ModelRef(name="fm", version=version)
         lifecycle.register(store, ref, tiny_model_dir, small_sts, "sentence-embedding")
         return store, ref

@@ -21,36 +21,13 @@ from quantgate.registry import Manifest, ModelRef, manifest_key
 from quantgate.settings import Settings
 from quantgate.storage import ObjectStore, sha256_bytes
 from tests.conftest import REPO, TINY_GATES, TINY_RECIPES
+from tests.conftest import artifact_files as _files
+from tests.conftest import bare_manifest as _manifest
 from tests.integration.conftest import ACCESS_KEY, SECRET_KEY, snapshot
 
 FAST_BENCH = BenchSettings(warmup_runs=1, repeat_runs=5)
 
 
-def _manifest(name: str, version: str, run_id: str) -> Manifest:
-    return Manifest(
-        model=name,
-        version=version,
-        run_id=run_id,
-        task="sentence-embedding",
-        recipe={},
-        files=[],
-        source={},
-        thresholds={},
-        metrics={},
-        gates=[],
-        benchmark={},
-        environment={},
-    )
-
-
-def _files(tmp_path: Path, tag: str) -> dict[str, Path]:
-    out = {}
-    for name in ("model.int8.onnx", "tokenizer/tokenizer.json"):
-        path = tmp_path / tag / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(f"{tag}:{name}".encode() * 1000)
-        out[name] = path
-    return out
 
 
 def assert_one_complete_promotion(store: ObjectStore, ref: ModelRef) -> Manifest:

@@ -22,26 +22,18 @@ from quantgate.registry import Manifest, ModelRef, current_key, manifest_key, re
 from quantgate.signing import TrustedKeys, create_keys, load_signer
 from quantgate.storage import sha256_bytes
 from quantgate.store import RUN_METADATA, MemoryStore
+from tests.conftest import artifact_files, bare_manifest
 
 V1 = ModelRef(name="m", version="v1")
 V2 = ModelRef(name="m", version="v2")
 
 
 def _manifest(ref: ModelRef, run_id: str) -> Manifest:
-    return Manifest(
-        model=ref.name, version=ref.version, run_id=run_id, task="sentence-embedding", recipe={}, files=[],
-        source={}, thresholds={}, metrics={}, gates=[], benchmark={}, environment={},
-    )  # fmt: skip
+    return bare_manifest(ref.name, ref.version, run_id)
 
 
 def _files(tmp_path: Path, tag: str) -> dict[str, Path]:
-    out = {}
-    for name in ("model.int8.onnx", "tokenizer/tokenizer.json"):
-        path = tmp_path / tag / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(f"{tag}:{name}".encode() * 100)
-        out[name] = path
-    return out
+    return artifact_files(tmp_path, tag, repeat=100)
 
 
 def _promote(store, ref, run_id, tmp_path, signer=None):
