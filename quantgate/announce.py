@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from quantgate.registry import Registration, registered_prefix
+from quantgate.registry import AuditEvent, Registration, registered_prefix
 
 REGISTERED = "quantgate.model.registered"
 PROMOTED = "quantgate.model.promoted"
 REJECTED = "quantgate.model.rejected"
+ROLLED_BACK = "quantgate.model.rolled-back"
 
 
 def resource(model: str, version: str) -> dict[str, str]:
@@ -56,5 +57,21 @@ def decided(report: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]
             "failed_gates": failed,
             "promoted_to": report.get("promoted_to"),
             "reason": report.get("reason"),
+        },
+    )
+
+
+def rolled_back(event: AuditEvent) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """current.json moved back to `version` (the rollback's audit event): serving should reload."""
+    return (
+        ROLLED_BACK,
+        resource(event.model, event.version),
+        {
+            "model": event.model,
+            "version": event.version,
+            "previous_version": event.previous_version,
+            "actor": event.actor,
+            "manifest_sha256": event.manifest_sha256,
+            "at": event.at,
         },
     )

@@ -479,8 +479,11 @@ def report(
 def rollback(
     model: Annotated[str, typer.Argument()],
     to: Annotated[str | None, typer.Option("--to", help="promoted version to point back to")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only show what would change")] = False,
 ) -> None:
-    """Point promoted/<model>/current.json back at an earlier promoted version (audited)."""
+    """Point promoted/<model>/current.json back at an earlier promoted version (audited): shows the change
+    (current version → target, target verified) and asks before making it."""
     from quantgate import lifecycle
     from quantgate.registry import check_name
     from quantgate.settings import Settings
@@ -488,13 +491,48 @@ def rollback(
     try:
         check_name(model)
         settings = Settings()
-        event = lifecycle.rollback(_store(), model, to, settings.actor, _trusted())
+        store, trusted = _store(), _trusted()
+        # Read only: the target is resolved and its files verified before anyone is asked.
+        plan = lifecycle.plan_rollback(store, model, to, trusted)
+    except QuantgateError as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"{model}: current version {plan.current} → [bold]{plan.target}[/] "
+        f"(promoted/{model}/current.json; {plan.target}'s files verified)"
+    )
+    if dry_run:
+        console.print("dry run: nothing changed")
+        return
+    if not yes and not typer.confirm(f"Roll {model} back to {plan.target}?", default=False):
+        console.print("not rolled back: nothing changed")
+        raise typer.Exit(1)
+    try:
+        # The swap is against the pointer shown above: if it moved meanwhile, nothing changes.
+        event = lifecycle.apply_rollback(store, plan, settings.actor, trusted)
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
     console.print(
         f"{model}: current version {event.previous_version} → [bold]{event.version}[/] "
         f"(manifest sha256 {event.manifest_sha256[:16]}…, by {event.actor})"
     )
+    _announce_rollback(event)
+
+
+def _announce_rollback(event: Any) -> None:
+    """quantgate.model.rolled-back, when a Prefect API is configured (serving can reload on it)."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        return
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+
+    from quantgate import announce
+
+    name, resource, payload = announce.rolled_back(event)
+    emit_event(event=name, resource=resource, payload=payload)
+    EventsWorker.drain_all()  # a short-lived CLI must not exit before the event is sent
+    console.print(f"announced {name}")
 
 
 @app.command("list")

@@ -17,7 +17,7 @@ pointer back to an older promotion.
     decisions.py      what was decided: decision_of, load_manifest, load_rejection, current (the pointer)
     audit.py          the audit log
     verification.py   verify_promotion
-    pointer.py        moving current.json: forward after a promotion, back on a rollback
+    pointer.py        moving current.json: forward after a promotion, back on a rollback (plan, apply)
     promotion.py      promote, finish_promotion
     rejection.py      reject
     sweep.py          sweep_plan: what the registry sweep runs
@@ -46,7 +46,7 @@ from quantgate.lifecycle.download import (
     pull,
     pull_promotion,
 )
-from quantgate.lifecycle.pointer import rollback
+from quantgate.lifecycle.pointer import RollbackPlan, apply_rollback, plan_rollback, rollback
 from quantgate.lifecycle.promotion import finish_promotion, promote, promotion_finished
 from quantgate.lifecycle.registration import list_registered, load_registration, model_files, register
 from quantgate.lifecycle.rejection import reject
@@ -64,9 +64,11 @@ __all__ = [
     "FileCheck",
     "ModelRef",
     "PulledVersion",
+    "RollbackPlan",
     "RunHistory",
     "SweepPlan",
     "Verification",
+    "apply_rollback",
     "audit_log",
     "current",
     "decision_of",
@@ -80,6 +82,7 @@ __all__ = [
     "load_rejection",
     "local_name",
     "model_files",
+    "plan_rollback",
     "promote",
     "promotion_finished",
     "pull",
