@@ -448,12 +448,47 @@ def print_report(report: dict[str, Any]) -> None:
 
 def _show_decision(ref: ModelRef, as_json: bool = False) -> None:
     from quantgate import lifecycle
+    from quantgate.errors import NotFoundError
 
-    report = lifecycle.load_decision_report(_store(), ref)
+    store = _store()
+    try:
+        report = lifecycle.load_decision_report(store, ref)
+    except NotFoundError as missing:
+        # No decision: a version whose runs failed says how the last one failed ("failed: <reason>").
+        # Anything else (no bucket, a promoted file gone) keeps its own message.
+        try:
+            failure = None if lifecycle.decision_of(store, ref) else lifecycle.last_failure(store, ref)
+        except QuantgateError:
+            failure = None
+        if failure is None:
+            raise missing from None
+        report = failure
     if as_json:
         console.print_json(json.dumps(report))
+    elif report.get("outcome") == "failed":
+        print_failure(report, lifecycle.run_history(store, ref).failures)
     else:
         print_report(report)
+
+
+def print_failure(report: dict[str, Any], failures: int) -> None:
+    """A version whose last run failed: the reason, its failed data checks, where its Data Docs are."""
+    from quantgate.report import failure_reason
+
+    console.print(
+        f"[bold]{escape(report['model'])}@{escape(report['version'])}[/]: [bold red]failed:[/] "
+        f"{escape(failure_reason(report))}",
+        soft_wrap=True,
+    )
+    for check in report.get("failed_checks") or []:
+        console.print(f"  - {escape(str(check))}", soft_wrap=True, highlight=False)
+    console.print(
+        f"run {report['run_id']}"
+        + (f" at {report['failed_at']}" if report.get("failed_at") else "")
+        + f"; {failures} failed run(s), no decision (the registry sweep runs it again until its limit)"
+    )
+    if report.get("data_docs"):
+        console.print(f"held-out Data Docs: {report['data_docs']}", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -537,8 +572,10 @@ def _announce_rollback(event: Any) -> None:
 
 @app.command("list")
 def list_versions(model: Annotated[str | None, typer.Argument(help="only this model")] = None) -> None:
-    """Registered versions, their decisions, and whether each promotion's files verify."""
+    """Registered versions, their decisions (or how their last run failed), and whether each promotion's
+    files verify."""
     from quantgate import lifecycle
+    from quantgate.report import failure_reason
 
     try:
         store = _store()
@@ -561,6 +598,11 @@ def list_versions(model: Annotated[str | None, typer.Argument(help="only this mo
             else:
                 is_current = "◀ current" if pointer and pointer.version == ref.version else ""
             decision = lifecycle.decision_of(store, ref)
+            shown = decision or "-"
+            if decision is None:
+                failure = lifecycle.last_failure(store, ref)
+                if failure is not None:
+                    shown = f"[red]failed:[/] {escape(failure_reason(failure, 80))}"
             health = ""
             if decision == "promoted":
                 try:
@@ -568,7 +610,7 @@ def list_versions(model: Annotated[str | None, typer.Argument(help="only this mo
                     health = "ok" if check.ok else f"[red]BROKEN ({len(check.problems)} problem(s))[/]"
                 except QuantgateError as exc:
                     health = f"[red]BROKEN ({type(exc).__name__})[/]"
-            table.add_row(ref.name, ref.version, decision or "-", health, is_current)
+            table.add_row(ref.name, ref.version, shown, health, is_current)
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
     console.print(table)

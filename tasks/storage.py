@@ -169,6 +169,19 @@ def decision_links(settings: Settings, report: RunReport) -> dict[str, str]:
     return links_for(report, open_store(settings), settings.link_expiry_s)
 
 
+@task(name="failure-links", cache_policy=NO_CACHE)
+def failure_links(settings: Settings, report: dict[str, Any], saved_key: str | None) -> dict[str, str]:
+    """Presigned links to a failed run's stored report and Data Docs; none when they cannot be made (a
+    failed run's own links must never hide what failed it)."""
+    from quantgate.report import browser_links, failure_keys
+
+    try:
+        return browser_links(open_store(settings), failure_keys(report, saved_key), settings.link_expiry_s)
+    except Exception as exc:  # noqa: BLE001 - best effort, see above
+        get_run_logger().warning("no links to the failed run's report: %s: %s", type(exc).__name__, exc)
+        return {}
+
+
 @task(name="save-data-docs", cache_policy=NO_CACHE, **STORAGE_TASK)
 def save_data_docs(settings: Settings, ref: ModelRef, run_id: str, docs_dir: Path, pages: list[str]) -> str:
     """s3:// address of the stored Data Docs page a person opens first (the validation result)."""

@@ -20,7 +20,7 @@ pointer back to an older promotion.
     pointer.py        moving current.json: forward after a promotion, back on a rollback (plan, apply)
     promotion.py      promote, finish_promotion
     rejection.py      reject
-    sweep.py          sweep_plan: what the registry sweep runs
+    sweep.py          sweep_plan: what the registry sweep runs; last_failure
     download.py       pull (a registered version), pull_promotion, engine_drift
     champion.py       pull_champion: the serving version, to judge beside a new one
     run_reports.py    write_run_report, write_data_docs
@@ -51,7 +51,15 @@ from quantgate.lifecycle.promotion import finish_promotion, promote, promotion_f
 from quantgate.lifecycle.registration import list_registered, load_registration, model_files, register
 from quantgate.lifecycle.rejection import reject
 from quantgate.lifecycle.run_reports import write_data_docs, write_run_report
-from quantgate.lifecycle.sweep import RunHistory, SweepPlan, failed_runs, run_history, sweep_plan, undecided
+from quantgate.lifecycle.sweep import (
+    RunHistory,
+    SweepPlan,
+    failed_runs,
+    last_failure,
+    run_history,
+    sweep_plan,
+    undecided,
+)
 from quantgate.lifecycle.verification import FileCheck, Verification, verify_promotion
 from quantgate.registry import ModelRef  # callers (tests/integration/test_signing_s3.py) name it from here
 
@@ -75,6 +83,7 @@ __all__ = [
     "engine_drift",
     "failed_runs",
     "finish_promotion",
+    "last_failure",
     "list_registered",
     "load_decision_report",
     "load_manifest",

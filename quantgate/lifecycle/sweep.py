@@ -4,6 +4,7 @@ skipping versions that failed too often (counted from their run reports)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from quantgate.errors import IntegrityError, NotFoundError, QuantgateError
 from quantgate.lifecycle._records import _load_json
@@ -18,6 +19,7 @@ from quantgate.store import Store
 class RunHistory:
     failed: int = 0
     unreadable: list[str] = field(default_factory=list)
+    last_failure: dict[str, Any] | None = None  # the latest failed run's report (by its failed_at)
 
     @property
     def failures(self) -> int:
@@ -37,7 +39,18 @@ def run_history(store: Store, ref: ModelRef) -> RunHistory:
             continue
         if report.get("outcome") == "failed":
             history.failed += 1
+            # Reports written before failed_at was recorded sort first: older than any that has one.
+            if history.last_failure is None or str(report.get("failed_at") or "") >= str(
+                history.last_failure.get("failed_at") or ""
+            ):
+                history.last_failure = report
     return history
+
+
+def last_failure(store: Store, ref: ModelRef) -> dict[str, Any] | None:
+    """The report of the version's latest failed run (None when no run failed); meaningful while the
+    version has no decision."""
+    return run_history(store, ref).last_failure
 
 
 def failed_runs(store: Store, ref: ModelRef) -> int:
