@@ -7,12 +7,16 @@ from typing import Any
 from uuid import UUID
 
 from prefect import get_client, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.logging.loggers import flow_run_logger
 from prefect.states import State
 
 from quantgate import announce
+from quantgate.report import failure_reason, sweep_markdown
+
+SWEEP_SUMMARY_KEY = "registry-sweep-summary"
 
 
 @task(name="announce-decision", cache_policy=NO_CACHE)
@@ -43,6 +47,31 @@ def outcome_of(state: State) -> str:
     except Exception:  # noqa: BLE001 - a result no longer at hand: the state's name still says which
         report = {"outcome": "promoted" if state.name == "Promoted" else "rejected", "reason": "unknown"}
     return announce.outcome_tag(report)
+
+
+def describe_outcome(state: State) -> str:
+    """outcome_of, with what raised for a failed run: `failed: <ErrorType>: <message>` (cut short)."""
+    tag = outcome_of(state)
+    if tag != announce.FAILED_TAG:
+        return tag
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - no result at hand (a crash): the state's message says what happened
+        exc = None
+    if isinstance(exc, BaseException):
+        return f"failed: {failure_reason({'error': type(exc).__name__, 'message': str(exc)}, 160)}"
+    return f"failed: {state.name}: {state.message or ''}".rstrip(": ")
+
+
+def publish_sweep(rows: list[dict[str, Any]], summary: str) -> str:
+    """The sweep's summary under one key, so the Artifacts page keeps every sweep as a history."""
+    return str(
+        create_markdown_artifact(
+            key=SWEEP_SUMMARY_KEY,
+            markdown=sweep_markdown(rows, summary),
+            description=f"registry sweep: {summary}",
+        )
+    )
 
 
 def add_tags(flow_run_id: UUID, tags: list[str]) -> None:

@@ -29,7 +29,7 @@ def find_decision(ref: ModelRef, settings: Settings) -> Outcome | None:
 
 
 @task(name="find-undecided", cache_policy=NO_CACHE, **STORAGE_TASK)
-def find_undecided(settings: Settings, max_failures: int) -> list[ModelRef]:
+def find_undecided(settings: Settings, max_failures: int) -> lifecycle.SweepPlan:
     """Versions without a decision and promotions left unfinished; what was skipped is logged."""
     plan = lifecycle.sweep_plan(open_store(settings), max_failures)
     logger = get_run_logger()
@@ -40,7 +40,7 @@ def find_undecided(settings: Settings, max_failures: int) -> list[ModelRef]:
     )
     for ref, why in plan.skipped.items():
         logger.warning("skipped %s: %s", ref, why)
-    return plan.pending
+    return plan
 
 
 @task(name="pull-champion", cache_policy=NO_CACHE, **STORAGE_TASK)

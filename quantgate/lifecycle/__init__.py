@@ -20,7 +20,7 @@ pointer back to an older promotion.
     pointer.py        moving current.json: forward after a promotion, back on a rollback (plan, apply)
     promotion.py      promote, finish_promotion
     rejection.py      reject
-    sweep.py          sweep_plan: what the registry sweep runs; last_failure
+    sweep.py          sweep_plan: what the registry sweep runs, sweep_rows: what it did; last_failure
     download.py       pull (a registered version), pull_promotion, engine_drift
     champion.py       pull_champion: the serving version, to judge beside a new one
     run_reports.py    write_run_report, write_data_docs
@@ -58,6 +58,8 @@ from quantgate.lifecycle.sweep import (
     last_failure,
     run_history,
     sweep_plan,
+    sweep_rows,
+    sweep_summary,
     undecided,
 )
 from quantgate.lifecycle.verification import FileCheck, Verification, verify_promotion
@@ -104,6 +106,8 @@ __all__ = [
     "rollback",
     "run_history",
     "sweep_plan",
+    "sweep_rows",
+    "sweep_summary",
     "undecided",
     "verify_promotion",
     "write_data_docs",

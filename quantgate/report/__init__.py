@@ -22,6 +22,7 @@ from quantgate.report.markdown import (
     champion_line,
     plain_rows,
     shape_comparison_line,
+    sweep_markdown,
     text_rows,
     to_markdown,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "shape_comparison_line",
     "slice_rows",
     "stored_key",
+    "sweep_markdown",
     "text_rows",
     "to_markdown",
     "write_json",

@@ -1,7 +1,7 @@
 """What the Prefect UI tells without opening a report (#23), read back through the Prefect client: each
 run's outcome tag (and filtering runs by it), a failed run's report artifact, Data Docs link and
-quantgate.model.failed event, `quantgate report`/`list` on a failed version, and the rolled-back event.
-The real flows on the in-memory store, tiny models."""
+quantgate.model.failed event, `quantgate report`/`list` on a failed version, and the registry sweep's final
+state and summary artifact. The real flows on the in-memory store, tiny models."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from flows.quantize_and_promote import quantize_and_promote
+from flows.registry_sweep import registry_sweep
 from quantgate import announce, lifecycle
 from quantgate.bench import BenchSettings
 from quantgate.registry import ModelRef, current_key
@@ -216,6 +217,49 @@ def test_a_tag_that_cannot_be_written_changes_neither_the_decision_nor_storage(
     assert lifecycle.decision_of(store, ref) == "promoted"
     assert "promoted" not in _flow_run(state).tags
     assert _events(announce.PROMOTED, "tag-down")  # announced as usual
+
+
+def test_the_sweep_ends_failed_when_a_run_failed_and_publishes_its_summary(
+    memory_env, tmp_path, tiny_model_dir, small_sts, sts_path
+):
+    from prefect.states import State
+
+    store = memory_env()
+    _register(store, "sw-ok", tiny_model_dir, small_sts, model="swept")
+    _register(store, "sw-bad", tiny_model_dir, _bad_heldout(sts_path, tmp_path), model="swept")
+
+    state = registry_sweep(**RUN, max_failures=3, return_state=True)
+    assert state.is_failed()
+    assert "failed: swept@sw-bad" in state.message
+    rows = {r["version"]: r for r in _summary(state)}
+    assert (rows["sw-ok"]["state"], rows["sw-ok"]["outcome"], rows["sw-ok"]["retries left"]) == (
+        "Promoted",
+        "promoted",
+        "-",
+    )
+    assert rows["sw-bad"]["state"] == "Failed"
+    assert rows["sw-bad"]["outcome"].startswith("failed: HeldoutValidationError")
+    assert rows["sw-bad"]["retries left"] == "2"  # 3 allowed, 1 used
+
+    # The failing version over its limit: skipped, and the sweep (which ran nothing that failed) completes.
+    again: State = registry_sweep(**RUN, max_failures=1, return_state=True)
+    assert again.is_completed(), again.message
+    rows = {r["version"]: r for r in _summary(again)}
+    assert set(rows) == {"sw-bad"}
+    assert (rows["sw-bad"]["state"], rows["sw-bad"]["retries left"]) == ("Skipped", "0")
+    assert rows["sw-bad"]["outcome"].startswith("skipped: 1 failed run(s)")
+
+
+def _summary(state) -> list[dict[str, str]]:
+    """The rows of the sweep's registry-sweep-summary artifact, as the UI shows them (a markdown table)."""
+    found = _artifacts(state.state_details.flow_run_id, ["registry-sweep-summary"])
+    text = found["registry-sweep-summary"].data
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    head = [h.strip().replace("_", " ") for h in lines[0].strip("|").split("|")]
+    return [
+        dict(zip(head, (c.strip().replace("\\", "") for c in line.strip("|").split(" | ")), strict=True))
+        for line in lines[1:]
+    ]
 
 
 def test_a_rollback_is_announced(memory_env, tmp_path):

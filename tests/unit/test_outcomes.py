@@ -1,12 +1,13 @@
 """What a run's outcome reads as outside its report: the run tag, the failure event and report, the
-version's last failure. Pure functions and the in-memory store."""
+version's last failure, and the registry sweep's summary rows. Pure functions and the in-memory store."""
 
 from __future__ import annotations
 
 from quantgate import announce, lifecycle
 from quantgate.errors import HeldoutValidationError
+from quantgate.lifecycle import SweepPlan
 from quantgate.registry import AuditEvent, ModelRef
-from quantgate.report import failure_keys, failure_markdown, failure_reason, failure_report
+from quantgate.report import failure_keys, failure_markdown, failure_reason, failure_report, sweep_markdown
 from quantgate.store import MemoryStore
 
 REF = ModelRef(name="m", version="v1")
@@ -80,3 +81,27 @@ def test_the_last_failure_is_the_latest_failed_run():
         )
     assert lifecycle.last_failure(store, REF)["run_id"] == "a"  # by time, not by key order
     assert lifecycle.run_history(store, REF).failures == 3
+
+
+def test_sweep_rows_say_each_outcome_and_the_retries_left():
+    a, b, c = (ModelRef(name="m", version=v) for v in ("a", "b", "c"))
+    plan = SweepPlan(
+        pending=[a, b, c],
+        skipped={
+            "m@d": "3 failed run(s) (limit 3)",
+            "m@c": "unreadable run report(s) counted as failed: [k]",
+        },
+        failures={"m@a": 0, "m@b": 1, "m@c": 1, "m@d": 3},
+    )
+    ran = {"m@a": ("Promoted", "promoted"), "m@b": ("Failed", "failed: HeldoutValidationError: x")}
+    rows = lifecycle.sweep_rows(plan, ran, max_failures=3)
+    by_version = {r["version"]: (r["state"], r["outcome"].split(":")[0], r["retries_left"]) for r in rows}
+    assert by_version == {
+        "a": ("Promoted", "promoted", "-"),
+        "b": ("Failed", "failed", 1),  # 1 failure before, this one: 3 - 2
+        "c": ("NotRun", "not run", 2),  # max_runs reached; its unreadable report is counted, not a 2nd row
+        "d": ("Skipped", "skipped", 0),
+    }
+    summary = lifecycle.sweep_summary(rows)
+    assert summary == "2 run(s): 1 promoted, 1 failed (failed: m@b); 1 left for the next sweep, 1 skipped"
+    assert "| m | b | Failed | failed: HeldoutValidationError: x | 1 |" in sweep_markdown(rows, summary)
