@@ -7,7 +7,9 @@ The flow wires stages together and decides nothing itself: the search's pure rul
 candidate that passes every gate, and the gate stage's report says promote or not.
 Final states: Completed "Promoted", Completed "NotPromoted" (a deliberate rejection, distinct from a crash
 in the UI and emitted as prefect.flow-run.NotPromoted), Completed "AlreadyDecided", or Failed (bad input,
-storage outage after retries) with the error in the run's own report under runs/.
+storage outage after retries) with the error in the run's own report under runs/, published under the
+model's decision key and announced as quantgate.model.failed. Every run ends tagged with its outcome
+(`promoted`, `rejected:<reason>`, `failed`, `already-decided`) by a state hook.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from quantgate.bench import BenchSettings
 from quantgate.heldout import split_heldout
 from quantgate.quantize import resolve_recipes
 from quantgate.registry import ModelRef, promoted_prefix, registry_summary
-from quantgate.report import manifest_for, promotion_files
+from quantgate.report import failure_report, manifest_for, promotion_files
 from quantgate.search import SearchBudget
 from quantgate.search_driver import candidate_path
 from quantgate.settings import Settings
@@ -36,11 +38,25 @@ from quantgate.workspace import private_dir, workspace
 from tasks import announce, candidate, gate, storage, validate
 
 
+def _report_failure(
+    settings: Settings, ref: ModelRef, run_id: str, exc: Exception, data_docs: str | None
+) -> None:
+    """Every run ends with a report, whatever raised: the sweep counts failures from these, the UI shows
+    it under the model's decision key (with the Data Docs when they were stored), automations get
+    quantgate.model.failed. The error that failed the run is re-raised by the flow, unchanged."""
+    failed = failure_report(ref, run_id, exc, data_docs)
+    saved = storage.save_run_report(settings, ref, run_id, failed)
+    gate.publish_failure(ref, failed, storage.failure_links(settings, failed, saved), settings.link_expiry_s)
+    announce.failure(failed)
+
+
 @flow(
     name="quantize-and-promote",
     flow_run_name="{model}@{version}",
     validate_parameters=True,
     task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1),
+    on_completion=[announce.tag_outcome],
+    on_failure=[announce.tag_outcome],
 )
 def quantize_and_promote(
     model: str,
@@ -58,6 +74,7 @@ def quantize_and_promote(
     candidates = resolve_recipes(recipes) if recipes else None
     settings = Settings()
     run_id = str(flow_run.get_id() or uuid.uuid4())
+    data_docs = None  # where the held-out validation's Data Docs were stored, once they were
 
     try:
         decided = storage.find_decision(ref, settings)
@@ -169,20 +186,7 @@ def quantize_and_promote(
             if not lost_race:
                 announce.decision(report.model_dump(mode="json"))
     except Exception as exc:
-        # Every run ends with a report, whatever raised: the sweep counts failures from these.
-        storage.save_run_report(
-            settings,
-            ref,
-            run_id,
-            {
-                "model": model,
-                "version": version,
-                "run_id": run_id,
-                "outcome": "failed",
-                "error": type(exc).__name__,
-                "message": str(exc)[:2000],
-            },
-        )
+        _report_failure(settings, ref, run_id, exc, data_docs)
         raise
 
     if lost_race:

@@ -1,20 +1,24 @@
 """registry-sweep: the safety net. Runs quantize-and-promote for every registered version that has no
 decision yet: versions whose registration event was missed, or that another tool uploaded. A decided
-version is never run again; a version whose runs keep failing is left alone after `max_failures`."""
+version is never run again; a version whose runs keep failing is left alone after `max_failures`.
+
+It ends Failed when any of its runs failed (Completed otherwise), with a one-line summary as the state's
+message, and publishes the `registry-sweep-summary` artifact: every version it saw, its outcome and the
+retries the sweep has left for it."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
+from prefect.states import Completed, Failed, State
 
 from flows.quantize_and_promote import quantize_and_promote
 from quantgate.backends import AnyRecipe
 from quantgate.bench import BenchSettings
+from quantgate.lifecycle import sweep_rows, sweep_summary
 from quantgate.search import SearchBudget
 from quantgate.settings import Settings
 from quantgate.thresholds import GateThresholds
-from tasks import storage
+from tasks import announce, storage
 
 
 @flow(name="registry-sweep", validate_parameters=True)
@@ -25,11 +29,11 @@ def registry_sweep(
     thresholds: GateThresholds = GateThresholds(),  # noqa: B008 - pydantic defaults are immutable here
     bench: BenchSettings = BenchSettings(),  # noqa: B008
     budget: SearchBudget = SearchBudget(),  # noqa: B008
-) -> list[dict[str, Any]]:
+) -> State:
     settings = Settings()
-    pending = storage.find_undecided(settings, max_failures)
-    results = []
-    for ref in pending[:max_runs]:
+    plan = storage.find_undecided(settings, max_failures)
+    ran = {}
+    for ref in plan.pending[:max_runs]:
         state = quantize_and_promote(
             model=ref.name,
             version=ref.version,
@@ -39,5 +43,11 @@ def registry_sweep(
             budget=budget,
             return_state=True,
         )
-        results.append({"model": ref.name, "version": ref.version, "state": state.name})
-    return results
+        ran[str(ref)] = (state.name, announce.describe_outcome(state))
+
+    rows = sweep_rows(plan, ran, max_failures)
+    summary = sweep_summary(rows)
+    announce.publish_sweep(rows, summary)
+    if any(r["outcome"].startswith("failed") for r in rows):
+        return Failed(message=summary, data=rows)
+    return Completed(message=summary, data=rows)

@@ -544,12 +544,47 @@ def _print_candidates(search: Any, task: str) -> None:
 
 def _show_decision(ref: ModelRef, as_json: bool = False) -> None:
     from quantgate import lifecycle
+    from quantgate.errors import NotFoundError
 
-    report = lifecycle.load_decision_report(_store(), ref)
+    store = _store()
+    try:
+        report = lifecycle.load_decision_report(store, ref)
+    except NotFoundError as missing:
+        # No decision: a version whose runs failed says how the last one failed ("failed: <reason>").
+        # Anything else (no bucket, a promoted file gone) keeps its own message.
+        try:
+            failure = None if lifecycle.decision_of(store, ref) else lifecycle.last_failure(store, ref)
+        except QuantgateError:
+            failure = None
+        if failure is None:
+            raise missing from None
+        report = failure
     if as_json:
         console.print_json(json.dumps(report))
+    elif report.get("outcome") == "failed":
+        print_failure(report, lifecycle.run_history(store, ref).failures)
     else:
         print_report(report)
+
+
+def print_failure(report: dict[str, Any], failures: int) -> None:
+    """A version whose last run failed: the reason, its failed data checks, where its Data Docs are."""
+    from quantgate.report import failure_reason
+
+    console.print(
+        f"[bold]{escape(report['model'])}@{escape(report['version'])}[/]: [bold red]failed:[/] "
+        f"{escape(failure_reason(report))}",
+        soft_wrap=True,
+    )
+    for check in report.get("failed_checks") or []:
+        console.print(f"  - {escape(str(check))}", soft_wrap=True, highlight=False)
+    console.print(
+        f"run {report['run_id']}"
+        + (f" at {report['failed_at']}" if report.get("failed_at") else "")
+        + f"; {failures} failed run(s), no decision (the registry sweep runs it again until its limit)"
+    )
+    if report.get("data_docs"):
+        console.print(f"held-out Data Docs: {report['data_docs']}", soft_wrap=True, highlight=False)
 
 
 @app.command(cls=ReadableCommand)
@@ -575,8 +610,11 @@ def report(
 def rollback(
     model: Annotated[str, typer.Argument()],
     to: Annotated[str | None, typer.Option("--to", help="promoted version to point back to")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only show what would change")] = False,
 ) -> None:
-    """Point promoted/<model>/current.json back at an earlier promoted version (audited)."""
+    """Point promoted/<model>/current.json back at an earlier promoted version (audited): shows the change
+    (current version → target, target verified) and asks before making it."""
     from quantgate import lifecycle
     from quantgate.registry import check_name
     from quantgate.settings import Settings
@@ -584,19 +622,56 @@ def rollback(
     try:
         check_name(model)
         settings = Settings()
-        event = lifecycle.rollback(_store(), model, to, settings.actor, _trusted())
+        store, trusted = _store(), _trusted()
+        # Read only: the target is resolved and its files verified before anyone is asked.
+        plan = lifecycle.plan_rollback(store, model, to, trusted)
+    except QuantgateError as exc:
+        raise _fail(str(exc)) from None
+    console.print(
+        f"{model}: current version {plan.current} → [bold]{plan.target}[/] "
+        f"(promoted/{model}/current.json; {plan.target}'s files verified)"
+    )
+    if dry_run:
+        console.print("dry run: nothing changed")
+        return
+    if not yes and not typer.confirm(f"Roll {model} back to {plan.target}?", default=False):
+        console.print("not rolled back: nothing changed")
+        raise typer.Exit(1)
+    try:
+        # The swap is against the pointer shown above: if it moved meanwhile, nothing changes.
+        event = lifecycle.apply_rollback(store, plan, settings.actor, trusted)
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
     _say(
         f"{model}: current version {event.previous_version} → [bold]{event.version}[/] "
         f"(manifest sha256 {event.manifest_sha256[:16]}…, by {event.actor})"
     )
+    _announce_rollback(event)
+
+
+def _announce_rollback(event: Any) -> None:
+    """quantgate.model.rolled-back, when a Prefect API is configured (serving can reload on it)."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        return
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+
+    from quantgate import announce
+
+    name, resource, payload = announce.rolled_back(event)
+    emit_event(event=name, resource=resource, payload=payload)
+    EventsWorker.drain_all()  # a short-lived CLI must not exit before the event is sent
+    console.print(f"announced {name}")
 
 
 @app.command("list", cls=ReadableCommand)
 def list_versions(model: Annotated[str | None, typer.Argument(help="only this model")] = None) -> None:
-    """Registered versions, their decisions, and whether each promotion's files verify."""
+    """Registered versions, their decisions (or how their last run failed), and whether each promotion's
+    files verify."""
     from quantgate import lifecycle
+    from quantgate.report import failure_reason
 
     try:
         store = _store()
@@ -619,6 +694,11 @@ def list_versions(model: Annotated[str | None, typer.Argument(help="only this mo
             else:
                 is_current = "◀ current" if pointer and pointer.version == ref.version else ""
             decision = lifecycle.decision_of(store, ref)
+            shown = decision or "-"
+            if decision is None:
+                failure = lifecycle.last_failure(store, ref)
+                if failure is not None:
+                    shown = f"[red]failed:[/] {escape(failure_reason(failure, 80))}"
             health = ""
             if decision == "promoted":
                 try:
@@ -626,7 +706,7 @@ def list_versions(model: Annotated[str | None, typer.Argument(help="only this mo
                     health = "ok" if check.ok else f"[red]BROKEN ({len(check.problems)} problem(s))[/]"
                 except QuantgateError as exc:
                     health = f"[red]BROKEN ({type(exc).__name__})[/]"
-            table.add_row(ref.name, ref.version, decision or "-", health, is_current)
+            table.add_row(ref.name, ref.version, shown, health, is_current)
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
     console.print(table)

@@ -21,6 +21,8 @@ from quantgate.report import (
     build_run_report,
     candidate_rows,
     example_rows,
+    failure_markdown,
+    failure_reason,
     gate_rows,
     plain_rows,
     text_rows,
@@ -81,6 +83,7 @@ def decision_key(model: str) -> str:
 LINKS = {
     "report-json": ("decision report (JSON)", "every candidate, gate and measurement behind this decision"),
     "promoted-model": ("promoted model", "the promoted model file (beside it: its session settings)"),
+    "run-report": ("failed run's report (JSON)", "what failed the run: the error, its message, the checks"),
     "data-docs": ("held-out Data Docs", "Great Expectations validation of the held-out set"),
     "latency-plot": ("latency plot", "p50/p95/p99 per engine in the lead candidate's benchmark round"),
     "pareto-plot": ("Pareto plot", "latency against each accuracy metric, one marker per candidate"),
@@ -110,6 +113,33 @@ def publish_report(
             "candidates, benchmark, plots and links.",
         )
     )
+
+
+def publish_failure(
+    ref: ModelRef, report: dict[str, Any], links: dict[str, str], links_expire_s: int | None = None
+) -> str | None:
+    """A failed run's report under the model's decision key (the Artifacts page's history shows the
+    failure between decisions), with link cards to its run report and Data Docs when they were stored.
+    Created by the flow like publish_report; best effort: it must never hide the error that failed the
+    run."""
+    try:
+        artifact = create_markdown_artifact(
+            key=decision_key(ref.name),
+            markdown=failure_markdown(report, links, links_expire_s),
+            description=f"{ref}: failed ({failure_reason(report, 200)}). Run {report['run_id']}: no decision",
+        )
+        for name, url in links.items():
+            text, what = LINKS.get(name, (name, name))
+            create_link_artifact(
+                key=_artifact_key(ref, name),
+                link=url,
+                link_text=text,
+                description=f"{ref}: {what}." + (_until(links_expire_s) if url.startswith("http") else ""),
+            )
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        get_run_logger().warning("the failed run's report was not published: %s: %s", type(exc).__name__, exc)
+        return None
+    return str(artifact)
 
 
 @task(name="publish-report", cache_policy=NO_CACHE)

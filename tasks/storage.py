@@ -29,7 +29,7 @@ def find_decision(ref: ModelRef, settings: Settings) -> Outcome | None:
 
 
 @task(name="find-undecided", cache_policy=NO_CACHE, **STORAGE_TASK)
-def find_undecided(settings: Settings, max_failures: int) -> list[ModelRef]:
+def find_undecided(settings: Settings, max_failures: int) -> lifecycle.SweepPlan:
     """Versions without a decision and promotions left unfinished; what was skipped is logged."""
     plan = lifecycle.sweep_plan(open_store(settings), max_failures)
     logger = get_run_logger()
@@ -40,7 +40,7 @@ def find_undecided(settings: Settings, max_failures: int) -> list[ModelRef]:
     )
     for ref, why in plan.skipped.items():
         logger.warning("skipped %s: %s", ref, why)
-    return plan.pending
+    return plan
 
 
 @task(name="pull-champion", cache_policy=NO_CACHE, **STORAGE_TASK)
@@ -168,6 +168,19 @@ def decision_links(settings: Settings, report: RunReport) -> dict[str, str]:
     """Presigned links (no request is sent: the signature is computed locally) to what the decision
     stored, valid for settings.link_expiry_s."""
     return links_for(report, open_store(settings), settings.link_expiry_s)
+
+
+@task(name="failure-links", cache_policy=NO_CACHE)
+def failure_links(settings: Settings, report: dict[str, Any], saved_key: str | None) -> dict[str, str]:
+    """Presigned links to a failed run's stored report and Data Docs; none when they cannot be made (a
+    failed run's own links must never hide what failed it)."""
+    from quantgate.report import browser_links, failure_keys
+
+    try:
+        return browser_links(open_store(settings), failure_keys(report, saved_key), settings.link_expiry_s)
+    except Exception as exc:  # noqa: BLE001 - best effort, see above
+        get_run_logger().warning("no links to the failed run's report: %s: %s", type(exc).__name__, exc)
+        return {}
 
 
 @task(name="save-data-docs", cache_policy=NO_CACHE, **STORAGE_TASK)

@@ -17,10 +17,10 @@ pointer back to an older promotion.
     decisions.py      what was decided: decision_of, load_manifest, load_rejection, current (the pointer)
     audit.py          the audit log
     verification.py   verify_promotion
-    pointer.py        moving current.json: forward after a promotion, back on a rollback
+    pointer.py        moving current.json: forward after a promotion, back on a rollback (plan, apply)
     promotion.py      promote, finish_promotion
     rejection.py      reject
-    sweep.py          sweep_plan: what the registry sweep runs
+    sweep.py          sweep_plan: what the registry sweep runs, sweep_rows: what it did; last_failure
     download.py       pull (a registered version), pull_promotion, engine_drift
     champion.py       pull_champion: the serving version, to judge beside a new one
     run_reports.py    write_run_report, write_data_docs
@@ -46,12 +46,22 @@ from quantgate.lifecycle.download import (
     pull,
     pull_promotion,
 )
-from quantgate.lifecycle.pointer import rollback
+from quantgate.lifecycle.pointer import RollbackPlan, apply_rollback, plan_rollback, rollback
 from quantgate.lifecycle.promotion import finish_promotion, promote, promotion_finished
 from quantgate.lifecycle.registration import list_registered, load_registration, model_files, register
 from quantgate.lifecycle.rejection import reject
 from quantgate.lifecycle.run_reports import write_data_docs, write_run_report
-from quantgate.lifecycle.sweep import RunHistory, SweepPlan, failed_runs, run_history, sweep_plan, undecided
+from quantgate.lifecycle.sweep import (
+    RunHistory,
+    SweepPlan,
+    failed_runs,
+    last_failure,
+    run_history,
+    sweep_plan,
+    sweep_rows,
+    sweep_summary,
+    undecided,
+)
 from quantgate.lifecycle.verification import FileCheck, Verification, verify_promotion
 from quantgate.registry import ModelRef  # callers (tests/integration/test_signing_s3.py) name it from here
 
@@ -64,15 +74,18 @@ __all__ = [
     "FileCheck",
     "ModelRef",
     "PulledVersion",
+    "RollbackPlan",
     "RunHistory",
     "SweepPlan",
     "Verification",
+    "apply_rollback",
     "audit_log",
     "current",
     "decision_of",
     "engine_drift",
     "failed_runs",
     "finish_promotion",
+    "last_failure",
     "list_registered",
     "load_decision_report",
     "load_manifest",
@@ -80,6 +93,7 @@ __all__ = [
     "load_rejection",
     "local_name",
     "model_files",
+    "plan_rollback",
     "promote",
     "promotion_finished",
     "pull",
@@ -92,6 +106,8 @@ __all__ = [
     "rollback",
     "run_history",
     "sweep_plan",
+    "sweep_rows",
+    "sweep_summary",
     "undecided",
     "verify_promotion",
     "write_data_docs",

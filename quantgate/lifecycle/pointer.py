@@ -3,6 +3,7 @@ holds it, back to an earlier verified promotion on a rollback."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from quantgate.errors import ConflictError, NotFoundError, QuantgateError
@@ -71,13 +72,24 @@ def _served_before(store: Store, ref: ModelRef, pointer: Pointer) -> bool:
     return any(e.previous_version == ref.version for e in audit_log(store, ref.name) if e.pointer_moved)
 
 
-def rollback(
-    store: Store, model: str, to_version: str | None, actor: str, trusted: TrustedKeys = NO_TRUST
-) -> AuditEvent:
-    """Point current.json back at an earlier promoted version (default: the one promoted before the
-    current one), after verifying every file of its manifest (and, with trusted keys, its signature and
-    every file's bytes). One compare-and-swap against the pointer as read: if it moved meanwhile, nothing
-    changes and the operator is told. Only the pointer moves."""
+@dataclass(frozen=True)
+class RollbackPlan:
+    """What a rollback would change: current.json from `current` to `target`, compared against the
+    pointer as read (`etag`), so what the operator confirmed is what moves, or nothing does."""
+
+    model: str
+    current: str
+    target: str
+    etag: str
+
+
+def plan_rollback(
+    store: Store, model: str, to_version: str | None, trusted: TrustedKeys | None = None
+) -> RollbackPlan:
+    """The rollback's target (default: the version promoted before the current one), read only: nothing
+    is written. Refuses a target that was never promoted or is already current; with `trusted` (NO_TRUST
+    included) also one whose files do not verify, so that what is shown before a confirmation is a
+    rollback that can happen (apply_rollback verifies again before its swap)."""
     found = _load_pointer(store, model)
     if found is None:
         store.require_bucket()
@@ -99,6 +111,28 @@ def rollback(
         raise NotFoundError(f"{ref} was never promoted: `quantgate list {model}` shows promoted versions")
     if ref.version == pointer.version:
         raise ConflictError(f"{ref} is already the current version")
+    if trusted is not None:
+        _require_verified(store, ref, "roll back to", trusted, deep=trusted.enforced)
+    return RollbackPlan(model=model, current=pointer.version, target=ref.version, etag=etag)
+
+
+def rollback(
+    store: Store, model: str, to_version: str | None, actor: str, trusted: TrustedKeys = NO_TRUST
+) -> AuditEvent:
+    """Point current.json back at an earlier promoted version (default: the one promoted before the
+    current one); see apply_rollback."""
+    return apply_rollback(store, plan_rollback(store, model, to_version), actor, trusted)
+
+
+def apply_rollback(
+    store: Store, plan: RollbackPlan, actor: str, trusted: TrustedKeys = NO_TRUST
+) -> AuditEvent:
+    """Carry out a planned rollback, after verifying every file of the target's manifest (and, with
+    trusted keys, its signature and every file's bytes). One compare-and-swap against the pointer the plan
+    read: if it moved since (another promotion or rollback, also while the operator was confirming),
+    nothing changes and the operator is told. Only the pointer moves."""
+    model = plan.model
+    ref = ModelRef(name=model, version=plan.target)
     # With trusted keys the bytes are hashed too: a stored checksum is only as good as the bucket.
     manifest, raw = _require_verified(store, ref, "roll back to", trusted, deep=trusted.enforced)
     digest = sha256_bytes(raw)
@@ -109,10 +143,10 @@ def rollback(
         run_id=manifest.run_id,
         action="rollback",
         promoted_at=manifest.promoted_at,
-        previous_version=pointer.version,
+        previous_version=plan.current,
     )
     try:
-        _put_json(store, current_key(model), new, if_match=etag)
+        _put_json(store, current_key(model), new, if_match=plan.etag)
     except ConflictError:
         raise ConflictError(
             f"current.json of {model!r} changed while rolling back (another promotion or rollback): "
@@ -122,7 +156,7 @@ def rollback(
         action="rollback",
         model=model,
         version=ref.version,
-        previous_version=pointer.version,
+        previous_version=plan.current,
         run_id=None,
         actor=actor,
         manifest_sha256=digest,

@@ -4,6 +4,7 @@ skipping versions that failed too often (counted from their run reports)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from quantgate.errors import IntegrityError, NotFoundError, QuantgateError
 from quantgate.lifecycle._records import _load_json
@@ -18,6 +19,7 @@ from quantgate.store import Store
 class RunHistory:
     failed: int = 0
     unreadable: list[str] = field(default_factory=list)
+    last_failure: dict[str, Any] | None = None  # the latest failed run's report (by its failed_at)
 
     @property
     def failures(self) -> int:
@@ -37,7 +39,18 @@ def run_history(store: Store, ref: ModelRef) -> RunHistory:
             continue
         if report.get("outcome") == "failed":
             history.failed += 1
+            # Reports written before failed_at was recorded sort first: older than any that has one.
+            if history.last_failure is None or str(report.get("failed_at") or "") >= str(
+                history.last_failure.get("failed_at") or ""
+            ):
+                history.last_failure = report
     return history
+
+
+def last_failure(store: Store, ref: ModelRef) -> dict[str, Any] | None:
+    """The report of the version's latest failed run (None when no run failed); meaningful while the
+    version has no decision."""
+    return run_history(store, ref).last_failure
 
 
 def failed_runs(store: Store, ref: ModelRef) -> int:
@@ -50,6 +63,7 @@ class SweepPlan:
 
     pending: list[ModelRef] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)  # failed runs so far, per undecided version
 
 
 def sweep_plan(store: Store, max_failures: int) -> SweepPlan:
@@ -67,6 +81,7 @@ def sweep_plan(store: Store, max_failures: int) -> SweepPlan:
             if decision is not None:
                 continue
             history = run_history(store, ref)
+            plan.failures[str(ref)] = history.failures
             if history.unreadable:
                 plan.skipped[str(ref)] = f"unreadable run report(s) counted as failed: {history.unreadable}"
             if history.failures >= max_failures:
@@ -80,3 +95,68 @@ def sweep_plan(store: Store, max_failures: int) -> SweepPlan:
 
 def undecided(store: Store, max_failures: int) -> list[ModelRef]:
     return sweep_plan(store, max_failures).pending
+
+
+def sweep_rows(plan: SweepPlan, ran: dict[str, tuple[str, str]], max_failures: int) -> list[dict[str, Any]]:
+    """One row per version the sweep saw, in the plan's order: each run's final state and outcome (`ran`:
+    str(ref) -> (state name, outcome)), then versions left for the next sweep (max_runs reached), then
+    those skipped and why. `retries_left`: the sweep runs a version that keeps failing this many more
+    times; "-" once it is decided."""
+
+    def left(key: str, failed_now: bool) -> int:
+        return max(max_failures - plan.failures.get(key, 0) - int(failed_now), 0)
+
+    rows = []
+    for ref in plan.pending:
+        key = str(ref)
+        if key in ran:
+            state, outcome = ran[key]
+            failed = outcome.startswith("failed")
+            retries: int | str = left(key, True) if failed else "-"
+        else:
+            state, outcome = "NotRun", "not run: max_runs reached; the next sweep runs it"
+            retries = left(key, False)
+        rows.append(
+            {
+                "model": ref.name,
+                "version": ref.version,
+                "state": state,
+                "outcome": outcome,
+                "retries_left": retries,
+            }
+        )
+    pending = {str(ref) for ref in plan.pending}
+    for key, why in plan.skipped.items():
+        if key in pending:  # run anyway (an unreadable run report is only counted): its row is above
+            continue
+        model, _, version = key.partition("@")
+        retries = left(key, False) if key in plan.failures else "-"  # "-": unreadable, not counted
+        rows.append(
+            {
+                "model": model,
+                "version": version,
+                "state": "Skipped",
+                "outcome": f"skipped: {why}",
+                "retries_left": retries,
+            }
+        )
+    return rows
+
+
+def sweep_summary(rows: list[dict[str, Any]]) -> str:
+    """One line for the sweep's final state and its summary artifact: how many runs ended how."""
+    ran = [r for r in rows if r["state"] not in ("NotRun", "Skipped")]
+    kinds: dict[str, int] = {}
+    for r in ran:
+        kind = r["outcome"].split(":", 1)[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    said = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+    line = f"{len(ran)} run(s)" + (f": {said}" if said else "")
+    failed = [f"{r['model']}@{r['version']}" for r in ran if r["outcome"].startswith("failed")]
+    if failed:
+        line += f" (failed: {', '.join(failed)})"
+    later = sum(r["state"] == "NotRun" for r in rows)
+    skipped = sum(r["state"] == "Skipped" for r in rows)
+    if later or skipped:
+        line += f"; {later} left for the next sweep, {skipped} skipped"
+    return line

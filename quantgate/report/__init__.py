@@ -7,12 +7,14 @@ their names on (callers keep writing `from quantgate.report import RunReport`).
     decision.py      build_run_report: promoted or not, why not, and beside which champion
     tables.py        the report as table rows (gates, candidates, slices, benchmark)
     markdown.py      the report as markdown (to_markdown)
+    failure.py       a failed run's report: what raised, its failed checks, its Data Docs
     links.py         the decision's plots and where they are stored
     manifest.py      what a promotion writes: manifest_for, promotion_files
 """
 
 from quantgate.report.decision import build_run_report, champion_summary, reason_for, rejection_reason
 from quantgate.report.environment import environment, run_packages
+from quantgate.report.failure import failure_keys, failure_markdown, failure_reason, failure_report
 from quantgate.report.links import browser_links, decision_keys, decision_links, decision_plots, stored_key
 from quantgate.report.manifest import manifest_for, promotion_files, write_json
 from quantgate.report.markdown import (
@@ -22,6 +24,7 @@ from quantgate.report.markdown import (
     no_candidate_line,
     plain_rows,
     shape_comparison_line,
+    sweep_markdown,
     text_rows,
     to_markdown,
 )
@@ -56,6 +59,10 @@ __all__ = [
     "environment",
     "example_rows",
     "fp32_interval",
+    "failure_keys",
+    "failure_markdown",
+    "failure_reason",
+    "failure_report",
     "gate_rows",
     "kind_rows",
     "length_rows",
@@ -69,6 +76,7 @@ __all__ = [
     "shape_comparison_line",
     "slice_rows",
     "stored_key",
+    "sweep_markdown",
     "text_rows",
     "to_markdown",
     "write_json",

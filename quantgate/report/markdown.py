@@ -257,3 +257,11 @@ def champion_line(report: RunReport) -> str:
         f"Champion: {c.verdict} (task metric {c.candidate_task_metric:.4f} vs {c.task_metric:.4f}, "
         f"champion minus candidate {c.drop:+.4f}{interval}{speed})"
     )
+
+
+def sweep_markdown(rows: list[dict[str, Any]], summary: str) -> str:
+    """The registry sweep's summary artifact: one line, then a row per version it saw. Outcomes quote error
+    messages, which can quote held-out values: made inert (see plain)."""
+    table = _md_table([{**r, "outcome": plain(r["outcome"])} for r in rows])
+    table = table or "Nothing to run: every registered version is decided."
+    return f"# Registry sweep\n\n{summary}\n\n{table}"

@@ -83,6 +83,8 @@ def test_registration_triggers_a_run_and_the_sweep_catches_silent_uploads(
         assert "announced quantgate.model.registered" in registered.stdout
         run = _wait_for_run(client, "tiny@d1")
         assert run.state.name == "Promoted", run.state.message
+        # The outcome tag joins the deployment's own tag (update_flow_run replaces the list: kept).
+        assert {"quantgate", "promoted"} <= set(client.read_flow_run(run.id).tags)
         assert (
             run.deployment_id
             == client.read_deployment_by_name("quantize-and-promote/quantize-on-registration").id

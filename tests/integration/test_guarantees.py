@@ -167,7 +167,7 @@ def test_rollback_cli(s3_env, store, tmp_path):
         lifecycle.promote(
             store, _manifest("m", version, f"r-{version}"), _files(tmp_path, version), {}, actor="ci"
         )
-    result = CliRunner().invoke(app, ["rollback", "m"])
+    result = CliRunner().invoke(app, ["rollback", "m", "--yes"])
     assert result.exit_code == 0, result.output
     assert "v2 → v1" in result.output
     assert CliRunner().invoke(app, ["rollback", "nobody"]).exit_code == 2

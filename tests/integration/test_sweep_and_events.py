@@ -35,11 +35,12 @@ def _events(name: str, version: str, minimum: int = 1, timeout: float = 30):
             time.sleep(0.3)
 
 
-def _assert_artifacts(prefix: str, store) -> None:
+def _assert_artifacts(prefix: str, store, flow_run_id) -> None:
     """What the UI shows, read back through the Prefect client: the report, the tables, and links to the
-    promoted model, the plots and the GX Data Docs, each an object that really is in storage."""
+    promoted model, the plots and the GX Data Docs, each an object that really is in storage. The run's
+    own artifacts: other runs of the model (a failed one too) publish under the same decision key."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     kinds = [
         "gates",
@@ -54,7 +55,8 @@ def _assert_artifacts(prefix: str, store) -> None:
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[decision, *(f"{prefix}-{k}" for k in kinds)])
+                key=ArtifactFilterKey(any_=[decision, *(f"{prefix}-{k}" for k in kinds)]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
             )
         )
     by_key = {a.key: a for a in found}
@@ -89,7 +91,7 @@ def test_a_decision_is_announced_with_its_metrics(store, tiny_model_dir, small_s
     assert event.payload["outcome"] == "promoted"
     assert event.payload["metrics"]["mean_cosine"] >= TINY_GATES.min_mean_cosine
     assert event.payload["failed_gates"] == []
-    _assert_artifacts("tiny-ev1", store)
+    _assert_artifacts("tiny-ev1", store, state.state_details.flow_run_id)
 
     strict = ModelRef(name="tiny", version="ev2")
     lifecycle.register(store, strict, tiny_model_dir, small_sts, "sentence-embedding")
