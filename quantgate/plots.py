@@ -154,6 +154,8 @@ def pareto_figure(
     )
     fig.suptitle(f"{title}: candidates (green passed every gate, star promoted)", fontsize=9)
     fig.tight_layout()  # before the labels: placing them needs the final data-to-pixel transform
+    # The layout, computed once without rendering pixels (labels do not move it); the PNG is rendered once.
+    fig.draw_without_rendering()
     for ax, labels in to_label:
         _place_labels(fig, ax, labels)
     return fig
@@ -171,8 +173,7 @@ def _place_labels(fig: Any, ax: Any, labels: list[tuple[float, float, str]]) -> 
     """Annotate each (x, y, text) at the first offset whose box overlaps no label placed before (the
     last offset tried when none is free); a line joins a label set further out to its marker. Points
     that fall on one spot (within a few pixels) share one label, "1,4,7"."""
-    fig.canvas.draw()  # the data-to-pixel transform is final only once the layout is drawn
-    renderer = fig.canvas.get_renderer()
+    renderer = fig.canvas.get_renderer()  # the figure's layout is final (pareto_figure computed it)
     spots: dict[tuple[int, int], tuple[float, float, list[str]]] = {}
     for x, y, text in labels:
         px, py = ax.transData.transform((x, y))
