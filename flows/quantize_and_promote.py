@@ -160,7 +160,7 @@ def quantize_and_promote(
 
             # -- decide and act on the decision -----------------------------------------------------------
             report = gate.decide(
-                ref, run_id, task_type.name, exported, split, heldout_check, thresholds, search, data_docs
+                ref, run_id, task_type.name, exported, split, heldout_check, search, data_docs
             )
             if report.passed:
                 report = report.model_copy(

@@ -328,6 +328,10 @@ class SearchResult(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     budget: SearchBudget
     seconds: float
+    limits: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="every limit's effective value the search judged with: what the report records",
+    )
 
     @model_validator(mode="before")
     @classmethod

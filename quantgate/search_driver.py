@@ -46,7 +46,7 @@ from quantgate.search import (
 )
 from quantgate.sensitivity import NodeSensitivity, next_exclusion
 from quantgate.tasktypes import Reference, TaskType
-from quantgate.thresholds import GateThresholds
+from quantgate.thresholds import GateThresholds, limits_for
 
 
 class ScoreJob(BaseModel):
@@ -241,6 +241,7 @@ def run_search(
             warnings=warnings,
             budget=budget,
             seconds=round(time.monotonic() - started, 2),
+            limits=thresholds.resolved(limits_for(task)),  # what the report records
         )
     if champion is not None:  # the serving version, judged on the same rows and in the same benchmark
         try:
@@ -282,7 +283,7 @@ def run_search(
         bench = steps.benchmark(timed_extra)
         return nothing_to_quantize(
             results, ref.task_metric, bench, budget, warnings, time.monotonic() - started
-        )
+        ).model_copy(update={"limits": thresholds.resolved(limits_for(task))})
     if not evaluated:
         notes = "; ".join(f"{c.name}: {c.note}" for c in results)
         raise SearchError(
@@ -326,6 +327,7 @@ def run_search(
         warnings=warnings,
         budget=budget,
         seconds=round(time.monotonic() - started, 2),
+        limits=thresholds.resolved(limits_for(task)),  # what the report records
     )
 
 

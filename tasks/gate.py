@@ -29,8 +29,6 @@ from quantgate.report import (
     to_markdown,
 )
 from quantgate.search import SearchResult
-from quantgate.tasktypes import get_task_type
-from quantgate.thresholds import GateThresholds, limits_for
 
 
 @task(name="gate", cache_policy=NO_CACHE)
@@ -41,7 +39,6 @@ def decide(
     exported: ExportResult,
     split: HeldoutSplit,
     heldout: ValidationOutcome,
-    thresholds: GateThresholds,
     search: SearchResult,
     data_docs: str | None = None,
 ) -> RunReport:
@@ -54,7 +51,7 @@ def decide(
         heldout=HeldoutSummary(
             rows=heldout.rows, statistics=heldout.statistics, **split.summary(), data_docs=data_docs
         ),
-        thresholds=thresholds.resolved(limits_for(get_task_type(task_name))),
+        thresholds=search.limits,
         search=search,
     )
     logger = get_run_logger()
