@@ -62,6 +62,40 @@ def _trustworthy(entry: CacheEntry, folder: Path, source_checksum: str, atol: fl
     )
 
 
+def _verified(folder: Path, source_checksum: str, atol: float) -> ExportResult | None:
+    """The entry in `folder` when it re-verifies, else None."""
+    marker = folder / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        entry = CacheEntry.model_validate_json(marker.read_text())
+    except (ValidationError, ValueError, OSError):
+        return None  # unreadable or foreign
+    return entry.result if _trustworthy(entry, folder, source_checksum, atol) else None
+
+
+def _publish(staging: Path, folder: Path, source_checksum: str, atol: float) -> ExportResult | None:
+    """Rename the finished `staging` entry into place. A published entry is never removed while it
+    verifies: other runs read their model from it for their whole run. When another run published first,
+    its entry is used if it verifies; one that does not (tampered, or half-written by an older version) is
+    renamed aside in one step, so nothing is ever deleted from under a reader of a good entry."""
+    for _ in range(5):
+        try:
+            staging.rename(folder)  # fails when `folder` exists and is not empty
+            return None
+        except OSError:
+            won = _verified(folder, source_checksum, atol)
+            if won is not None:
+                return won
+            stale = folder.parent / f".stale.{folder.name}.{uuid.uuid4().hex[:8]}"
+            try:
+                folder.rename(stale)
+            except FileNotFoundError:
+                continue  # another run moved it aside first
+            shutil.rmtree(stale, ignore_errors=True)
+    raise OSError(f"could not publish the export cache entry {folder} (five tries against other runs)")
+
+
 def cached_export(
     cache_root: Path,
     key: str,
@@ -70,32 +104,27 @@ def cached_export(
     source_checksum: str,
     atol: float,
 ) -> tuple[ExportResult, bool]:
-    """(result, True) from the cache when a re-verified entry exists, else (build(folder), False)."""
+    """(result, True) from the cache when a re-verified entry exists, else (build(folder), False). Entries
+    are built apart and published whole, marker included, by one rename: runs of the same source at the
+    same time (two workers, or the test tiers' parallel workers) each get a complete entry."""
     private_dir(cache_root, "QUANTGATE_CACHE_DIR")
     folder = cache_root / key
-    marker = folder / MARKER
-    if marker.is_file():
-        try:
-            entry = CacheEntry.model_validate_json(marker.read_text())
-            if _trustworthy(entry, folder, source_checksum, atol):
-                return entry.result, True
-        except (ValidationError, ValueError, OSError):
-            pass  # unreadable or foreign: rebuilt below
-        shutil.rmtree(folder, ignore_errors=True)
+    hit = _verified(folder, source_checksum, atol)
+    if hit is not None:
+        return hit, True
     staging = cache_root / f".{key}.{uuid.uuid4().hex[:8]}"
     try:
         result = _relocate(build(staging), staging, folder)
-        shutil.rmtree(folder, ignore_errors=True)
-        staging.rename(folder)
+        files = _files(staging)
+        entry = CacheEntry(
+            result=result,
+            onnx_sha256=files[result.onnx_path.relative_to(folder).as_posix()],
+            source_checksum=source_checksum,
+            atol=atol,
+            files=files,
+        )
+        (staging / MARKER).write_text(entry.model_dump_json(indent=2))
+        won = _publish(staging, folder, source_checksum, atol)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    files = _files(folder)
-    entry = CacheEntry(
-        result=result,
-        onnx_sha256=files[result.onnx_path.relative_to(folder).as_posix()],
-        source_checksum=source_checksum,
-        atol=atol,
-        files=files,
-    )
-    marker.write_text(entry.model_dump_json(indent=2))
-    return result, False
+    return (won if won is not None else result), False

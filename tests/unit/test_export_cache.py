@@ -113,3 +113,53 @@ def test_a_cache_folder_owned_by_another_user_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr("quantgate.workspace._current_uid", lambda: os.geteuid() + 1)
     with pytest.raises(ConfigError, match=r"owned by another user.*QUANTGATE_CACHE_DIR"):
         cached_export(tmp_path, "key", _builder([]), **SOURCE)
+
+
+def test_two_runs_exporting_the_same_source_at_once_share_the_first_entry_and_neither_loses_files(tmp_path):
+    """Two workers (or two test workers) run the same source at the same time: both miss, both build. The
+    entry published first is never replaced under the run reading its model from it; the second run uses
+    it. (Before, the second builder removed the first one's folder and renamed its own in: the first run's
+    reference found no model.onnx.)"""
+    import threading
+    import time
+
+    both_building = threading.Barrier(2)
+    results: dict[str, tuple[ExportResult, bool]] = {}
+
+    def builder(tag: str, delay: float):
+        inner = _builder([])
+
+        def build(out: Path) -> ExportResult:
+            result = inner(out)
+            (out / "model.onnx").write_bytes(f"onnx-{tag}".encode())  # whose build it is
+            both_building.wait(timeout=10)
+            time.sleep(delay)
+            return result
+
+        return build
+
+    def run(tag: str, delay: float) -> None:
+        results[tag] = cached_export(tmp_path, "key", builder(tag, delay), **SOURCE)
+
+    threads = [threading.Thread(target=run, args=args) for args in (("first", 0.0), ("late", 0.5))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    first, late = results["first"][0], results["late"][0]
+    assert first.onnx_path.read_bytes() == b"onnx-first"  # the first run's model is still its own
+    assert late == first  # the late run uses the published entry, not a replacement
+    assert cached_export(tmp_path, "key", _builder([]), **SOURCE)[1] is True  # and it verifies
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]  # no staging or stale leftovers
+
+
+def test_an_entry_that_no_longer_verifies_is_set_aside_and_replaced_in_one_step(tmp_path):
+    calls: list[Path] = []
+    cached_export(tmp_path, "key", _builder(calls), **SOURCE)
+    (tmp_path / "key" / MARKER).unlink()  # half-written by an older version: files, no marker
+    again, hit = cached_export(tmp_path, "key", _builder(calls), **SOURCE)
+    assert hit is False
+    assert len(calls) == 2
+    assert again.onnx_path.read_bytes() == b"onnx-bytes"
+    assert cached_export(tmp_path, "key", _builder(calls), **SOURCE)[1] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]
