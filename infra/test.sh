@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The test command: install everything, lint, then run each test tier on its own (unit: pure logic;
 # flows: the real Prefect flow on the in-memory store, the full fault matrix; integration: real SeaweedFS
-# and Prefect; slow: the real MiniLM and the trained families), and print each one's wall time. Every tier
-# runs even when an earlier one fails; the script fails if any did. Extra args go to every pytest tier
-# (a tier they select nothing from is reported as such, not as a failure).
+# and Prefect; slow: the real MiniLM and the trained families; browser: headless Chromium against a real
+# stack), and print each one's wall time. Every tier runs even when an earlier one fails; the script fails
+# if any did. Extra args go to every pytest tier (a tier they select nothing from is reported as such, not
+# as a failure).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,7 +68,12 @@ tier lint ruff check .
 tier unit python -m pytest tests/unit -m "not slow" -n 2 "$@"
 tier flows python -m pytest tests/flows -m "not slow" -n 4 "$@"
 tier integration python -m pytest tests/integration -m "not slow" "${PARALLEL[@]}" "$@"
-tier slow python -m pytest tests -m slow "$@"
+tier slow python -m pytest tests -m "slow and not browser" "$@"
+# Chromium comes from Debian's packages, installed here rather than by setup.sh: it needs root (or sudo)
+# and apt, which the Python environment does not, and only this tier uses it. Its own line, so a first
+# install's minute is not counted as the browser tests' time; a no-op when both binaries are on PATH.
+tier chromium bash infra/browser.sh
+tier browser python -m pytest tests/browser "$@"
 
 if [ "$ran_any" -eq 0 ]; then
   echo "no tier ran a test: nothing was checked" >&2

@@ -1,0 +1,186 @@
+"""The browser tier: one real stack (SeaweedFS, a Prefect server with the process pool, prefect.yaml's
+deployments and a worker), two runs of the tiny model made through the deployment (one promoted, one
+rejected), and one headless Chromium (Debian's, installed by infra/browser.sh) that looks at them in the
+Prefect UI. Everything is started once per session and stopped when it ends, also on failure."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quantgate import lifecycle
+from quantgate.bench import BenchSettings
+from quantgate.registry import ModelRef
+from tests.conftest import REPO, TINY_GATES, TINY_RECIPES
+from tests.integration.conftest import ACCESS_KEY, SECRET_KEY, drop_bucket, prefect_stack, seaweed
+
+__all__ = ["seaweed"]  # the session's SeaweedFS, shared with the integration tier's fixture
+
+SCREENSHOTS = REPO / "docs" / "screenshots"
+WINDOW = (1400, 1000)
+DEPLOYMENT = "quantize-and-promote/quantize-on-registration"
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+BENCH = BenchSettings(warmup_runs=1, repeat_runs=5).model_dump()
+# The tiny random BERT passes TINY_GATES; no INT8 model matches FP32 to 1e-12 on average, so this rejects.
+REJECTING = TINY_GATES.model_copy(update={"mean_tol": 1e-12})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.browser)
+
+
+@dataclass(frozen=True)
+class Stack:
+    ui: str  # the Prefect UI's root, http://127.0.0.1:<port>
+    api_url: str
+    deployment_id: str
+    promoted: Any  # prefect FlowRun, read back after it finished
+    rejected: Any
+
+
+def _outcome_tagged(run: Any) -> bool:
+    return any(tag == "promoted" or tag.startswith(("rejected:", "failed")) for tag in run.tags)
+
+
+def _wait_finished(client: Any, run_ids: list[Any], timeout: float) -> dict[Any, Any]:
+    """Until every run is finished and tagged with its outcome: the tag is written by the flow's state
+    hook after the final state, and a page loaded in between would show the run without it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = {run_id: client.read_flow_run(run_id) for run_id in run_ids}
+        if all(r.state and r.state.type.value in TERMINAL and _outcome_tagged(r) for r in runs.values()):
+            return runs
+        if time.monotonic() > deadline:
+            states = {r.name: (r.state.name if r.state else None, r.tags) for r in runs.values()}
+            raise AssertionError(f"flow runs not finished within {timeout:.0f}s: {states}")
+        time.sleep(1)
+
+
+@pytest.fixture(scope="session")
+def stack(
+    seaweed: Any, tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, small_sts: Path
+) -> Iterator[Stack]:
+    """The stack, with tiny@v1 promoted and tiny@v2 rejected, both run by the deployment's worker so they
+    belong to the deployment and show in the server's UI."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from quantgate.settings import Settings
+    from quantgate.storage import ObjectStore
+
+    bucket = "qg-" + secrets.token_hex(6)
+    work = tmp_path_factory.mktemp("browser-stack")
+    with pytest.MonkeyPatch.context() as env:
+        # The worker and the runs it starts inherit this process's environment (infra/prefect_stack.py).
+        env.setenv("QUANTGATE_S3_ENDPOINT_URL", seaweed.endpoint_url)
+        env.setenv("QUANTGATE_BUCKET", bucket)
+        env.delenv("QUANTGATE_STORE_URL", raising=False)
+        env.setenv("QUANTGATE_WORK_DIR", str(work / "work"))
+        env.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        env.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        store = ObjectStore(Settings())
+        store.ensure_bucket()
+        try:
+            with (
+                prefect_stack(work) as running,
+                temporary_settings({PREFECT_API_URL: running.api_url}),
+                get_client(sync_client=True) as client,
+            ):
+                for version in ("v1", "v2"):
+                    lifecycle.register(
+                        store, ModelRef(name="tiny", version=version), tiny_model_dir, small_sts,
+                        "sentence-embedding",
+                    )  # fmt: skip
+                # Both at once: the worker runs them side by side (the rejection does not depend on v1).
+                started = {
+                    version: run_deployment(
+                        DEPLOYMENT,
+                        parameters={
+                            "model": "tiny",
+                            "version": version,
+                            "recipes": TINY_RECIPES,
+                            "thresholds": gates.model_dump(),
+                            "bench": BENCH,
+                        },
+                        timeout=0,
+                    )
+                    for version, gates in (("v1", TINY_GATES), ("v2", REJECTING))
+                }
+                runs = _wait_finished(client, [r.id for r in started.values()], timeout=240)
+                promoted, rejected = runs[started["v1"].id], runs[started["v2"].id]
+                assert promoted.state.name == "Promoted", promoted.state.message
+                assert rejected.state.name == "NotPromoted", rejected.state.message
+                yield Stack(
+                    ui=running.api_url.removesuffix("/api"),
+                    api_url=running.api_url,
+                    deployment_id=str(client.read_deployment_by_name(DEPLOYMENT).id),
+                    promoted=promoted,
+                    rejected=rejected,
+                )
+        finally:
+            drop_bucket(seaweed, bucket)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Headless Chromium through the system chromedriver, given by path: selenium-manager is never asked
+    (it would download a driver and a browser, which this machine cannot reach). Requests to any host but
+    127.0.0.1 fail fast, and every request is recorded in the performance log."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.selenium_manager import SeleniumManager
+
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        pytest.fail("chromium and chromedriver must be on PATH: run `bash infra/browser.sh`", pytrace=False)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in (
+        "--headless=new",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
+        "--disable-dev-shm-usage",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+
+    def no_selenium_manager(*_: Any, **__: Any) -> None:
+        raise AssertionError("selenium-manager was called: the Service must name the system chromedriver")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SE_OFFLINE", "true")
+        patch.setattr(SeleniumManager, "binary_paths", no_selenium_manager)
+        driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def screenshot(browser: Any) -> Callable[[str], Path]:
+    """Save the current view to docs/screenshots/<name>.png (overwritten), for docs/deployments.md."""
+
+    def save(name: str) -> Path:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        path = SCREENSHOTS / f"{name}.png"
+        assert browser.save_screenshot(str(path)), path
+        return path
+
+    return save
+
