@@ -36,6 +36,7 @@ from quantgate.search import (
     Round,
     SearchBudget,
     SearchResult,
+    ShapeComparison,
     choose,
     closest,
     compare_fixed_shape,
@@ -217,16 +218,10 @@ def run_search(
     cores = os.cpu_count() or 1
     recipes = recipes[: budget.max_candidates]
     workers = min(budget.workers or cores, len(recipes))
-    warnings: list[str] = []
+    limits = thresholds.resolved(limits_for(task))  # what the report records, whatever the outcome
 
     # -- what every candidate is compared with ------------------------------------------------------------
-    ref = steps.reference(task, Servable(fp32), assets, evaluation, cores)
-    if time.monotonic() > deadline:
-        raise SearchError(
-            f"the FP32 reference on {len(evaluation)} evaluation rows took {ref.seconds:.0f} s, the "
-            f"whole search budget (max_seconds {budget.max_seconds:g}): lower max_eval_rows or raise "
-            "max_seconds"
-        )
+    ref = _fp32_reference(task, fp32, assets, evaluation, budget, deadline, steps, cores)
     # -- can the held-out set judge anything? --------------------------------------------------------------
     evidence = judge_evidence(task, thresholds, ref.metrics(), len(evaluation))
     if evidence.failed:
@@ -238,20 +233,12 @@ def run_search(
             chosen=None,
             lead=None,
             evidence=evidence,
-            warnings=warnings,
+            warnings=[],
             budget=budget,
             seconds=round(time.monotonic() - started, 2),
-            limits=thresholds.resolved(limits_for(task)),  # what the report records
+            limits=limits,
         )
-    if champion is not None:  # the serving version, judged on the same rows and in the same benchmark
-        try:
-            ref = steps.score_champion(task, ref, champion, evaluation, cores)
-        except Exception as exc:  # noqa: BLE001 - a serving artifact that cannot run must not block its fix
-            warnings.append(
-                f"champion {champion.version} could not be scored ({type(exc).__name__}: {str(exc)[:200]}): "
-                "this version is judged without it"
-            )
-            champion = None
+    ref, champion, warnings = _with_champion(task, ref, champion, evaluation, cores, steps)
     timed_extra = {} if champion is None else {CHAMPION_ENGINE + champion.version: champion.servable}
     calibration = steps.calibration(task, assets, calibration_rows)
     prepared, more = steps.prepare(recipes, fp32, model_dir, work / "prepared")
@@ -273,9 +260,7 @@ def run_search(
         return steps.benchmark({c.name: servable_of(c, job.out_dir) for c in batch} | timed_extra)
 
     # -- every candidate: build, score, then time them all in one interleaved benchmark -------------------
-    results: list[CandidateResult] = []
-    for i in range(0, len(recipes), workers):
-        results += steps.score(recipes[i : i + workers], job, max(1, cores // workers))
+    results = _score_all(recipes, job, workers, cores, steps)
     evaluated = [c for c in results if c.status == "evaluated"]
     if results and all((c.note or "").startswith(NOTHING_TO_QUANTIZE) for c in results):
         # No recipe found anything to quantize: a decision (not promoted, with its reason and what the FP32
@@ -283,7 +268,7 @@ def run_search(
         bench = steps.benchmark(timed_extra)
         return nothing_to_quantize(
             results, ref.task_metric, bench, budget, warnings, time.monotonic() - started
-        ).model_copy(update={"limits": thresholds.resolved(limits_for(task))})
+        ).model_copy(update={"limits": limits})
     if not evaluated:
         notes = "; ".join(f"{c.name}: {c.note}" for c in results)
         raise SearchError(
@@ -296,12 +281,7 @@ def run_search(
     base = fallback_base(results) if budget.max_trials else None
     fallback = None
     if base is not None:
-        source = get_quantizer(base.recipe.backend).fallback_source(
-            base.recipe, fp32, prepared.get(base.recipe.backend)
-        )
-        fallback, trials, again = _fallback(
-            task, base, thresholds, source, job, budget, steps, cores, time_them
-        )
+        fallback, trials, again = _fallback(task, base, thresholds, job, budget, steps, cores, time_them)
         results += trials
         if again is not None:
             benches["fallback"] = again
@@ -311,11 +291,9 @@ def run_search(
     comparison = None
     # Informs, never decides: skipped once the search's time is spent.
     if chosen is not None and steps.benchmark_fixed is not None and time.monotonic() < deadline:
-        passing = [c for c in results if c.passed]
-        fixed = steps.benchmark_fixed({c.name: servable_of(c, job.out_dir) for c in passing})
-        benches[FIXED_ROUND] = fixed
-        shape = f"b{fixed.settings.batch}-s{fixed.settings.seq_len}"
-        comparison = compare_fixed_shape(passing, chosen.name, fixed, shape)
+        benches[FIXED_ROUND], comparison = _fixed_shape_round(
+            results, chosen.name, job.out_dir, steps.benchmark_fixed
+        )
     return SearchResult(
         candidates=results,
         benchmarks=benches,
@@ -327,15 +305,79 @@ def run_search(
         warnings=warnings,
         budget=budget,
         seconds=round(time.monotonic() - started, 2),
-        limits=thresholds.resolved(limits_for(task)),  # what the report records
+        limits=limits,
     )
+
+
+def _fp32_reference(
+    task: TaskType,
+    fp32: Path,
+    assets: Path,
+    evaluation: pd.DataFrame,
+    budget: SearchBudget,
+    deadline: float,
+    steps: SearchSteps,
+    cores: int,
+) -> Reference:
+    """The FP32 model scored on the evaluation rows; one that spends the whole time budget ends the search,
+    with the way out."""
+    ref = steps.reference(task, Servable(fp32), assets, evaluation, cores)
+    if time.monotonic() > deadline:
+        raise SearchError(
+            f"the FP32 reference on {len(evaluation)} evaluation rows took {ref.seconds:.0f} s, the "
+            f"whole search budget (max_seconds {budget.max_seconds:g}): lower max_eval_rows or raise "
+            "max_seconds"
+        )
+    return ref
+
+
+def _with_champion(
+    task: TaskType, ref: Reference, champion: Any, evaluation: pd.DataFrame, cores: int, steps: SearchSteps
+) -> tuple[Reference, Any, list[str]]:
+    """The reference with the serving version (when there is one) judged on the same rows, to be timed in
+    the same benchmark; a champion that cannot be scored is dropped with a warning."""
+    if champion is None:
+        return ref, None, []
+    try:
+        return steps.score_champion(task, ref, champion, evaluation, cores), champion, []
+    except Exception as exc:  # noqa: BLE001 - a serving artifact that cannot run must not block its fix
+        return (
+            ref,
+            None,
+            [
+                f"champion {champion.version} could not be scored ({type(exc).__name__}: {str(exc)[:200]}): "
+                "this version is judged without it"
+            ],
+        )
+
+
+def _score_all(
+    recipes: list[Recipe], job: ScoreJob, workers: int, cores: int, steps: SearchSteps
+) -> list[CandidateResult]:
+    """Every recipe built and scored, `workers` at a time, the cores shared between them."""
+    results: list[CandidateResult] = []
+    for i in range(0, len(recipes), workers):
+        results += steps.score(recipes[i : i + workers], job, max(1, cores // workers))
+    return results
+
+
+def _fixed_shape_round(
+    results: list[CandidateResult],
+    chosen: str,
+    job_out: Path,
+    benchmark_fixed: Callable[[dict[str, Servable]], BenchReport],
+) -> tuple[BenchReport, ShapeComparison]:
+    """Every passing candidate timed at the fixed shape, and what that shape would have promoted."""
+    passing = [c for c in results if c.passed]
+    fixed = benchmark_fixed({c.name: servable_of(c, job_out) for c in passing})
+    shape = f"b{fixed.settings.batch}-s{fixed.settings.seq_len}"
+    return fixed, compare_fixed_shape(passing, chosen, fixed, shape)
 
 
 def _fallback(
     task: TaskType,
     base: CandidateResult,
     thresholds: GateThresholds,
-    source: Path,
     job: ScoreJob,
     budget: SearchBudget,
     steps: SearchSteps,
@@ -345,6 +387,8 @@ def _fallback(
     """Rank the base's nodes by SQNR, then keep the 1, 2, 3, 4, 6, ... worst in FP32 until a trial passes
     the accuracy gates (or the trial or time budget runs out), bisect back towards the fewest with the
     trials left, and time base and trials in one more round."""
+    backend = get_quantizer(base.recipe.backend)
+    source = backend.fallback_source(base.recipe, job.fp32, job.prepared.get(base.recipe.backend))
     ranking = steps.rank(base.recipe, source, job.calibration)
     reason = base.gates.failure_summary() if base.gates else ""
     fallback = Fallback(base=base.name, reason=reason, ranking=ranking)
