@@ -36,38 +36,40 @@ def resource(model: str, version: str) -> dict[str, str]:
     }
 
 
+def model_event(
+    name: str, model: str, version: str, **fields: Any
+) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """One event about a model version, as every quantgate event is shaped: its name, the version as its
+    resource, and a payload that starts with the model and version (as strings) and goes on with `fields`
+    in the order given."""
+    return name, resource(model, version), {"model": model, "version": version, **fields}
+
+
 def registered(registration: Registration, bucket: str) -> tuple[str, dict[str, str], dict[str, Any]]:
     ref = registration.ref
-    return (
+    return model_event(
         REGISTERED,
-        resource(ref.name, ref.version),
-        {
-            "model": ref.name,
-            "version": ref.version,
-            "task": registration.task,
-            "location": f"s3://{bucket}/{registered_prefix(ref)}",
-            "source_checksum": registration.source_checksum,
-        },
+        ref.name,
+        ref.version,
+        task=registration.task,
+        location=f"s3://{bucket}/{registered_prefix(ref)}",
+        source_checksum=registration.source_checksum,
     )
 
 
 def decided(report: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]]:
     failed = [r["gate"]["name"] for r in report["gates"]["results"] if not r["passed"]]
-    name = PROMOTED if report["outcome"] == "promoted" else REJECTED
-    return (
-        name,
-        resource(report["model"], report["version"]),
-        {
-            "model": report["model"],
-            "version": report["version"],
-            "outcome": report["outcome"],
-            "run_id": report["run_id"],
-            "recipe": (report.get("recipe") or {}).get("name"),  # None: no candidate was built
-            "metrics": report["metrics"],
-            "failed_gates": failed,
-            "promoted_to": report.get("promoted_to"),
-            "reason": report.get("reason"),
-        },
+    return model_event(
+        PROMOTED if report["outcome"] == "promoted" else REJECTED,
+        report["model"],
+        report["version"],
+        outcome=report["outcome"],
+        run_id=report["run_id"],
+        recipe=(report.get("recipe") or {}).get("name"),  # None: no candidate was built
+        metrics=report["metrics"],
+        failed_gates=failed,
+        promoted_to=report.get("promoted_to"),
+        reason=report.get("reason"),
     )
 
 
@@ -84,32 +86,26 @@ def outcome_tag(report: dict[str, Any]) -> str:
 def failed(report: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]]:
     """A run that ended Failed (quantgate.report.failure_report's dict): what raised and where its report and
     Data Docs are, for an automation that pages someone."""
-    return (
+    return model_event(
         FAILED,
-        resource(report["model"], report["version"]),
-        {
-            "model": report["model"],
-            "version": report["version"],
-            "outcome": "failed",
-            "run_id": report["run_id"],
-            "error": report.get("error"),
-            "message": report.get("message"),
-            "data_docs": report.get("data_docs"),
-        },
+        report["model"],
+        report["version"],
+        outcome="failed",
+        run_id=report["run_id"],
+        error=report.get("error"),
+        message=report.get("message"),
+        data_docs=report.get("data_docs"),
     )
 
 
 def rolled_back(event: AuditEvent) -> tuple[str, dict[str, str], dict[str, Any]]:
     """current.json moved back to `version` (the rollback's audit event): serving should reload."""
-    return (
+    return model_event(
         ROLLED_BACK,
-        resource(event.model, event.version),
-        {
-            "model": event.model,
-            "version": event.version,
-            "previous_version": event.previous_version,
-            "actor": event.actor,
-            "manifest_sha256": event.manifest_sha256,
-            "at": event.at,
-        },
+        event.model,
+        event.version,
+        previous_version=event.previous_version,
+        actor=event.actor,
+        manifest_sha256=event.manifest_sha256,
+        at=event.at,
     )
