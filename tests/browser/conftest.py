@@ -5,6 +5,7 @@ Prefect UI. Everything is started once per session and stopped when it ends, als
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import time
@@ -24,6 +25,9 @@ from tests.integration.conftest import ACCESS_KEY, SECRET_KEY, drop_bucket, pref
 __all__ = ["seaweed"]  # the session's SeaweedFS, shared with the integration tier's fixture
 
 SCREENSHOTS = REPO / "docs" / "screenshots"
+# docs/screenshots/ is tracked: a run rewrites it only when this is set to 1, so an ordinary run leaves the
+# working tree clean and saves its views under pytest's tmp dir instead.
+UPDATE_SCREENSHOTS = "QUANTGATE_UPDATE_SCREENSHOTS"
 WINDOW = (1400, 1000)
 DEPLOYMENT = "quantize-and-promote/quantize-on-registration"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -172,13 +176,22 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
+@pytest.fixture(scope="session")
+def screenshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """docs/screenshots/ (for docs/deployments.md) when QUANTGATE_UPDATE_SCREENSHOTS=1, else a folder in
+    pytest's tmp dir."""
+    if os.environ.get(UPDATE_SCREENSHOTS) == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return SCREENSHOTS
+    return tmp_path_factory.mktemp("screenshots")
+
+
 @pytest.fixture
-def screenshot(browser: Any) -> Callable[[str], Path]:
-    """Save the current view to docs/screenshots/<name>.png (overwritten), for docs/deployments.md."""
+def screenshot(browser: Any, screenshot_dir: Path) -> Callable[[str], Path]:
+    """Save the current view to <screenshot_dir>/<name>.png (overwritten)."""
 
     def save(name: str) -> Path:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        path = SCREENSHOTS / f"{name}.png"
+        path = screenshot_dir / f"{name}.png"
         assert browser.save_screenshot(str(path)), path
         return path
 

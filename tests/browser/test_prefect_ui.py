@@ -1,7 +1,8 @@
 """What an operator sees (#23), in headless Chromium against the real stack (conftest.py): the runs list
 tells a rejection from a promotion, the report renders with its plots, every link opens without
 credentials, the Data Docs page is styled with nothing fetched from the internet, and the deployment page
-lists every run of the deployment. Each view is saved to docs/screenshots/."""
+lists every run of the deployment. Each view is saved as a screenshot: under pytest's tmp dir, or to
+docs/screenshots/ with QUANTGATE_UPDATE_SCREENSHOTS=1 (conftest.py's `screenshot_dir`)."""
 
 from __future__ import annotations
 
