@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -18,6 +18,8 @@ from quantgate.registry import Manifest
 from quantgate.thresholds import GateThresholds
 
 if TYPE_CHECKING:
+    from quantgate.recipe import Recipe
+    from quantgate.search import CandidateResult
     from quantgate.signing import Signer, TrustedKeys
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,6 +53,49 @@ def artifact_files(tmp_path: Path, tag: str, repeat: int = 1000) -> dict[str, Pa
         path.write_bytes(f"{tag}:{name}".encode() * repeat)
         out[name] = path
     return out
+
+
+def scored_candidate(
+    recipe: Recipe | str,
+    *,
+    parity: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
+    **fields: Any,
+) -> CandidateResult:
+    """A sentence-embedding candidate as the search scores it, without running anything: 100 rows,
+    Spearman 0.87 for FP32 and 0.868 for the candidate, parity well within its tolerances, no gate judged
+    failed. `parity` and `evaluation` replace fields of its ParityReport and Evaluation; `fields` set the
+    candidate's own (latency, metrics, gates, ...). A recipe given by name is ONNX Runtime's."""
+    from quantgate.backends.onnxruntime import OrtRecipe
+    from quantgate.evaluate import ParityReport
+    from quantgate.gates import GateReport
+    from quantgate.search import CandidateResult
+    from quantgate.tasktypes import Evaluation
+
+    report = ParityReport(
+        **{
+            "output": "sentence_embedding", "n_samples": 10, "max_abs_diff": 0.01, "mean_abs_diff": 0.001,
+            "abs_tol": 0.1, "mean_tol": 0.01, "passed": True,
+        }
+        | (parity or {})
+    )  # fmt: skip
+    scored = Evaluation(
+        **{
+            "task_metric": "sts_spearman", "task_metric_fp32": 0.87, "task_metric_candidate": 0.868,
+            "parity": report, "seconds": 1.0, "rows": 100,
+        }
+        | (evaluation or {})
+    )  # fmt: skip
+    return CandidateResult(
+        **{
+            "recipe": OrtRecipe(name=recipe) if isinstance(recipe, str) else recipe,
+            "status": "evaluated",
+            "evaluation": scored,
+            "gates": GateReport(results=[]),
+        }
+        | fields
+    )
+
 
 configure_process()  # what every entry point does before torch loads
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -10,14 +10,13 @@ from typer.testing import CliRunner
 
 from quantgate import cli, lifecycle
 from quantgate.bench import BenchReport, BenchSettings, EngineResult
-from quantgate.evaluate import ParityReport
 from quantgate.gates import GateReport, GateResult
 from quantgate.registry import ModelRef
 from quantgate.report import ExportSummary, HeldoutSummary, build_run_report
-from quantgate.search import CandidateResult, SearchBudget, SearchResult
+from quantgate.search import SearchBudget, SearchResult
 from quantgate.store import MemoryStore
-from quantgate.tasktypes import Evaluation
 from quantgate.thresholds import flag_limits
+from tests.conftest import scored_candidate
 
 NARROW = {"COLUMNS": "80"}
 WIDE = {"COLUMNS": "200"}
@@ -82,16 +81,6 @@ def test_a_gate_flag_left_at_its_default_judges_with_the_declared_limit(monkeypa
 
 def _run_report() -> dict:
     """A rejected run whose candidates carry the longest names, every one timed and judged."""
-    from quantgate.backends.onnxruntime import OrtRecipe
-
-    parity = ParityReport(
-        output="sentence_embedding", n_samples=10, max_abs_diff=0.01, mean_abs_diff=0.001, abs_tol=0.1,
-        mean_tol=0.01, passed=True,
-    )  # fmt: skip
-    evaluation = Evaluation(
-        task_metric="sts_spearman", task_metric_fp32=0.87, task_metric_candidate=0.868, parity=parity,
-        seconds=1.0, rows=100,
-    )  # fmt: skip
     failed = GateReport(
         results=[GateResult(gate=gate, value=0.9633, passed=False, margin=-0.0167) for gate in cli_gates()]
     )
@@ -104,9 +93,9 @@ def _run_report() -> dict:
         timed.append(latency)
         metrics = {"task_metric_fp32": 0.87, "task_metric_candidate": 0.868, "task_metric_drop": 0.002}
         metrics["mean_cosine"] = 0.9633
-        candidate = CandidateResult(
-            recipe=OrtRecipe(name=name), status="evaluated", evaluation=evaluation, size_bytes=22_900_000,
-            bench_round="candidates", latency=latency, gates=failed, metrics=metrics,
+        candidate = scored_candidate(
+            name, size_bytes=22_900_000, bench_round="candidates", latency=latency, gates=failed,
+            metrics=metrics,
         )  # fmt: skip
         candidates.append(candidate)
     fp32 = timed[0].model_copy(update={"engine": "onnx-fp32", "p50_ms": 2.0})

@@ -12,7 +12,6 @@ import pytest
 
 from quantgate import lifecycle
 from quantgate.backends.onnxruntime import OrtRecipe
-from quantgate.evaluate import ParityReport
 from quantgate.registry import ModelRef, rejection_key
 from quantgate.report import (
     ExportSummary,
@@ -27,8 +26,9 @@ from quantgate.report import (
 from quantgate.search import CandidateResult, SearchBudget, judge_evidence
 from quantgate.search_driver import SearchSteps, run_search
 from quantgate.store import MemoryStore
-from quantgate.tasktypes import Evaluation, Reference, get_task_type
+from quantgate.tasktypes import Reference, get_task_type
 from quantgate.thresholds import GateThresholds
+from tests.conftest import scored_candidate
 
 STS = get_task_type("sentence-embedding")
 REF = ModelRef(name="tiny", version="ten")
@@ -50,18 +50,17 @@ def _reference(value: float, interval: tuple[float, float]) -> Reference:
 def _candidate(ref: Reference, thresholds: GateThresholds) -> CandidateResult:
     """A candidate as the search scores it against this reference (`ResampledTaskType.evaluate` copies the
     reference's metric and interval), perfect on everything else: only the evidence can reject it."""
-    parity = ParityReport(
-        output="sentence_embedding", n_samples=10, max_abs_diff=0.0, mean_abs_diff=0.0, abs_tol=0.1,
-        mean_tol=0.01, passed=True,
+    return scored_candidate(
+        "dynamic-int8",
+        parity={"max_abs_diff": 0.0, "mean_abs_diff": 0.0},
+        evaluation={
+            "task_metric_fp32": ref.task_metric, "task_metric_candidate": ref.task_metric, "seconds": 0.1,
+            "rows": 5, "task_metric_fp32_interval": ref.interval, "task_metric_drop_interval": (0.0, 0.0),
+            "extra": {"mean_cosine": 1.0, "share_below_cosine_floor": 0.0, "neighbour_agreement": 1.0},
+            "extra_intervals": {"share_below_cosine_floor": (0.0, 0.0), "neighbour_agreement": (1.0, 1.0)},
+        },
+        gates=None,  # judged by the test
     )  # fmt: skip
-    evaluation = Evaluation(
-        task_metric="sts_spearman", task_metric_fp32=ref.task_metric, task_metric_candidate=ref.task_metric,
-        parity=parity, seconds=0.1, rows=5, task_metric_fp32_interval=ref.interval,
-        task_metric_drop_interval=(0.0, 0.0),
-        extra={"mean_cosine": 1.0, "share_below_cosine_floor": 0.0, "neighbour_agreement": 1.0},
-        extra_intervals={"share_below_cosine_floor": (0.0, 0.0), "neighbour_agreement": (1.0, 1.0)},
-    )  # fmt: skip
-    return CandidateResult(recipe=OrtRecipe(name="dynamic-int8"), status="evaluated", evaluation=evaluation)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -15,14 +15,12 @@ from quantgate import cli, lifecycle
 from quantgate.backends.onnxruntime import OrtRecipe
 from quantgate.backends.openvino import OvRecipe
 from quantgate.bench import BenchReport, BenchSettings, EngineResult
-from quantgate.evaluate import ParityReport
-from quantgate.gates import GateReport
 from quantgate.recipe import Recipe
 from quantgate.registry import FileEntry, Manifest, ModelRef, Registration
 from quantgate.report import ExportSummary, HeldoutSummary, build_run_report, manifest_for
-from quantgate.search import CandidateResult, SearchBudget, SearchResult
+from quantgate.search import SearchBudget, SearchResult
 from quantgate.store import MemoryStore
-from quantgate.tasktypes import Evaluation
+from tests.conftest import scored_candidate
 
 REF = ModelRef(name="m", version="v1")
 ORT_VERSION = importlib.metadata.version("onnxruntime")
@@ -34,17 +32,9 @@ def _manifest_of_a_run(recipe: Recipe, task: str = "sentence-embedding") -> Mani
         engine=recipe.name, p50_ms=1.0, p95_ms=1.1, p99_ms=1.2, mean_ms=1.0, throughput_per_s=1000.0,
         size_mb=1.0, load_s=0.1,
     )  # fmt: skip
-    parity = ParityReport(
-        output="sentence_embedding", n_samples=10, max_abs_diff=0.01, mean_abs_diff=0.001, abs_tol=0.1,
-        mean_tol=0.01, passed=True,
-    )  # fmt: skip
-    evaluation = Evaluation(
-        task_metric="sts_spearman", task_metric_fp32=0.87, task_metric_candidate=0.868, parity=parity,
-        seconds=1.0, rows=100,
-    )  # fmt: skip
-    lead = CandidateResult(
-        recipe=recipe, status="evaluated", evaluation=evaluation, bench_round="candidates", latency=latency,
-        metrics={"task_metric_fp32": 0.87, "task_metric_candidate": 0.868}, gates=GateReport(results=[]),
+    lead = scored_candidate(
+        recipe, bench_round="candidates", latency=latency,
+        metrics={"task_metric_fp32": 0.87, "task_metric_candidate": 0.868},
     )  # fmt: skip
     search = SearchResult(
         candidates=[lead],

@@ -29,6 +29,7 @@ from quantgate.search import QUANTIZABLE_GATE, CandidateResult, SearchBudget
 from quantgate.stats import bootstrap_indices, percentile_interval
 from quantgate.tasktypes import Comparison, ResampledTaskType, TaskMetric, task_types
 from quantgate.thresholds import GateThresholds, gates_for
+from tests.conftest import scored_candidate
 
 
 def test_a_declaration_is_built_with_the_limits_value_and_keeps_its_direction_bound_and_kind():
@@ -61,24 +62,21 @@ def test_every_task_type_reads_in_the_same_order_held_out_size_first_speed_last(
 
 
 def _lead(*failed: tuple[GateSpec | None, float | None], rows: int = 100) -> CandidateResult:
-    from quantgate.tasktypes import Evaluation
-
     results = []
     for spec, value in failed:
         gate = QUANTIZABLE_GATE if spec is None else build_gates([spec], GateThresholds())[0]
         results.append(GateResult(gate=gate, value=value, passed=False, margin=None))
-    evaluation = Evaluation(
-        task_metric="m",
-        task_metric_fp32=0.5,
-        task_metric_candidate=0.5,
-        parity=parity_report(np.zeros((2, 2)), np.zeros((2, 2)), 0.1, 0.1),
-        seconds=0.0,
-        rows=rows,
+    evaluation = {
+        "task_metric": "m",
+        "task_metric_fp32": 0.5,
+        "task_metric_candidate": 0.5,
+        "parity": parity_report(np.zeros((2, 2)), np.zeros((2, 2)), 0.1, 0.1),
+        "seconds": 0.0,
+        "rows": rows,
+    }
+    return scored_candidate(
+        get_recipe("dynamic-int8"), evaluation=evaluation, gates=GateReport(results=results)
     )
-    return CandidateResult(
-        recipe=get_recipe("dynamic-int8"), status="evaluated", evaluation=evaluation,
-        gates=GateReport(results=results),
-    )  # fmt: skip
 
 
 def test_the_rejection_reason_follows_what_each_gate_declares_not_its_metric_name():

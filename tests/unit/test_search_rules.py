@@ -8,13 +8,13 @@ import pytest
 
 from quantgate.backends.onnxruntime import OrtRecipe as Recipe
 from quantgate.bench import BenchReport, BenchSettings, EngineResult
-from quantgate.evaluate import ParityReport
 from quantgate.heldout import load_sts_tsv, split_heldout
 from quantgate.plots import ParetoPoint, pareto_front
 from quantgate.search import CandidateResult, choose, closest, fallback_base, node_costs
 from quantgate.sensitivity import NodeSensitivity
-from quantgate.tasktypes import Evaluation, get_task_type
+from quantgate.tasktypes import get_task_type
 from quantgate.thresholds import GateThresholds
+from tests.conftest import scored_candidate
 
 GATES = GateThresholds()
 STS = get_task_type("sentence-embedding")
@@ -33,33 +33,27 @@ def _bench(latencies: dict[str, float]) -> BenchReport:
 
 
 def _candidate(name: str, cosine: float, nodes: list[str] | None = None) -> CandidateResult:
-    ev = Evaluation(
-        task_metric="sts_spearman",
-        task_metric_fp32=0.87,
-        task_metric_candidate=0.868,
-        parity=ParityReport(
-            max_abs_diff=0.05,
-            mean_abs_diff=0.005,
-            passed=True,
-            abs_tol=0.1,
-            mean_tol=0.01,
-            output="sentence_embedding",
-            n_samples=10,
-        ),
-        seconds=1.0,
-        rows=1000,
-        task_metric_fp32_interval=(0.855, 0.885),
-        task_metric_drop_interval=(0.0, 0.004),
-        extra={
-            "mean_cosine": cosine,
-            "share_below_cosine_floor": 0.0,
-            "min_cosine": 0.95,
-            "neighbour_agreement": 0.95,
+    return scored_candidate(
+        Recipe(name=name, nodes_to_exclude=nodes or []),
+        parity={"max_abs_diff": 0.05, "mean_abs_diff": 0.005},
+        evaluation={
+            "rows": 1000,
+            "task_metric_fp32_interval": (0.855, 0.885),
+            "task_metric_drop_interval": (0.0, 0.004),
+            "extra": {
+                "mean_cosine": cosine,
+                "share_below_cosine_floor": 0.0,
+                "min_cosine": 0.95,
+                "neighbour_agreement": 0.95,
+            },
+            "extra_intervals": {
+                "neighbour_agreement": (0.94, 0.96),
+                "share_below_cosine_floor": (0.0, 0.004),
+            },
         },
-        extra_intervals={"neighbour_agreement": (0.94, 0.96), "share_below_cosine_floor": (0.0, 0.004)},
+        size_bytes=100,
+        gates=None,  # judged by each test
     )
-    recipe = Recipe(name=name, nodes_to_exclude=nodes or [])
-    return CandidateResult(recipe=recipe, status="evaluated", size_bytes=100, evaluation=ev)
 
 
 def _judged(specs: dict[str, tuple[float, float]]) -> list[CandidateResult]:

@@ -10,8 +10,6 @@ import pytest
 
 from quantgate import lifecycle
 from quantgate.bench import BenchReport, BenchSettings, EngineResult
-from quantgate.evaluate import ParityReport
-from quantgate.gates import GateReport
 from quantgate.registry import ModelRef
 from quantgate.report import (
     ExportSummary,
@@ -23,9 +21,9 @@ from quantgate.report import (
     decision_plots,
     to_markdown,
 )
-from quantgate.search import CandidateResult, SearchBudget, SearchResult
+from quantgate.search import SearchBudget, SearchResult
 from quantgate.store import MemoryStore
-from quantgate.tasktypes import Evaluation
+from tests.conftest import scored_candidate
 
 # A relative address a page makes the browser follow or fetch (href, src, CSS url()).
 _REFERENCED = re.compile(r'(?:src|href)="([^"#:?]+)"|url\([\'"]?([^\'")#:?]+)')
@@ -43,18 +41,9 @@ def _report(heldout: HeldoutSummary | None = None) -> RunReport:
         size_mb=1.0, load_s=0.1,
     )  # fmt: skip
     fp32 = latency.model_copy(update={"engine": "onnx-fp32", "p50_ms": 2.0})
-    parity = ParityReport(
-        output="sentence_embedding", n_samples=10, max_abs_diff=0.01, mean_abs_diff=0.001, abs_tol=0.1,
-        mean_tol=0.01, passed=True,
-    )  # fmt: skip
-    evaluation = Evaluation(
-        task_metric="sts_spearman", task_metric_fp32=0.87, task_metric_candidate=0.868, parity=parity,
-        seconds=1.0, rows=100,
-    )  # fmt: skip
-    lead = CandidateResult(
-        recipe=recipe, status="evaluated", evaluation=evaluation, bench_round="candidates", latency=latency,
+    lead = scored_candidate(
+        recipe, bench_round="candidates", latency=latency,
         metrics={"task_metric_fp32": 0.87, "task_metric_candidate": 0.868, "task_metric_drop": 0.002},
-        gates=GateReport(results=[]),
     )  # fmt: skip
     search = SearchResult(
         candidates=[lead],
