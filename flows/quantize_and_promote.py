@@ -156,6 +156,7 @@ def quantize_and_promote(
                 allow_pickle,
                 work,
                 champion,
+                settings.build_cache_dir,
             )
 
             # -- decide and act on the decision -----------------------------------------------------------

@@ -36,6 +36,7 @@ def search_recipes(
     allow_pickle: bool,
     work: Path,
     champion: Champion | None = None,
+    build_cache: Path | None = None,
 ) -> SearchResult:
     assets, fp32 = exported.assets_dir, exported.onnx_path
     progress = SearchProgress(min(len(recipes), budget.max_candidates), budget.max_trials)
@@ -82,6 +83,7 @@ def search_recipes(
         work,
         steps,
         champion,
+        build_cache,
     )
     progress.finished(search)
     return search

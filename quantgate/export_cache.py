@@ -15,8 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from quantgate.content_cache import publish, tree_files
 from quantgate.export import ExportResult
-from quantgate.storage import sha256_file
 from quantgate.workspace import private_dir
 
 MARKER = "export.json"
@@ -40,11 +40,7 @@ def _relocate(result: ExportResult, old: Path, new: Path) -> ExportResult:
 
 
 def _files(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): sha256_file(p)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MARKER
-    }
+    return tree_files(folder, skip=MARKER)
 
 
 def _trustworthy(entry: CacheEntry, folder: Path, source_checksum: str, atol: float) -> bool:
@@ -72,28 +68,6 @@ def _verified(folder: Path, source_checksum: str, atol: float) -> ExportResult |
     except (ValidationError, ValueError, OSError):
         return None  # unreadable or foreign
     return entry.result if _trustworthy(entry, folder, source_checksum, atol) else None
-
-
-def _publish(staging: Path, folder: Path, source_checksum: str, atol: float) -> ExportResult | None:
-    """Rename the finished `staging` entry into place. A published entry is never removed while it
-    verifies: other runs read their model from it for their whole run. When another run published first,
-    its entry is used if it verifies; one that does not (tampered, or half-written by an older version) is
-    renamed aside in one step, so nothing is ever deleted from under a reader of a good entry."""
-    for _ in range(5):
-        try:
-            staging.rename(folder)  # fails when `folder` exists and is not empty
-            return None
-        except OSError:
-            won = _verified(folder, source_checksum, atol)
-            if won is not None:
-                return won
-            stale = folder.parent / f".stale.{folder.name}.{uuid.uuid4().hex[:8]}"
-            try:
-                folder.rename(stale)
-            except FileNotFoundError:
-                continue  # another run moved it aside first
-            shutil.rmtree(stale, ignore_errors=True)
-    raise OSError(f"could not publish the export cache entry {folder} (five tries against other runs)")
 
 
 def cached_export(
@@ -124,7 +98,9 @@ def cached_export(
             files=files,
         )
         (staging / MARKER).write_text(entry.model_dump_json(indent=2))
-        won = _publish(staging, folder, source_checksum, atol)
+        won = publish(
+            staging, folder, lambda f: _verified(f, source_checksum, atol), "export cache"
+        )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return (won if won is not None else result), False

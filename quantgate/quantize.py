@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from quantgate.backends import AccuracyTarget, get_quantizer, parse_recipe, quantizers
+from quantgate.backends import AccuracyTarget, get_quantizer, get_runtime, parse_recipe, quantizers
 from quantgate.bench import BASELINES
+from quantgate.build_cache import build_key, cached_build
 from quantgate.errors import ConfigError
 from quantgate.recipe import QuantizeResult, Recipe
 
@@ -80,14 +81,19 @@ def build_candidate(
     prepared: dict[str, Any] | None = None,
     calibration: list[dict[str, np.ndarray]] | None = None,
     target: AccuracyTarget | None = None,
+    cache_root: Path | None = None,
 ) -> QuantizeResult:
-    """Build one candidate with its backend's quantizer; `prepared` holds each backend's shared work."""
+    """Build one candidate with its backend's quantizer; `prepared` holds each backend's shared work. With
+    `cache_root`, a build whose inputs are files is taken from (or added to) the build cache there."""
     quantizer = get_quantizer(recipe.backend)
-    return quantizer.build(
-        recipe,
-        fp32,
-        out_dir,
-        prepared=(prepared or {}).get(recipe.backend),
-        calibration=calibration,
-        target=target,
-    )
+    shared = (prepared or {}).get(recipe.backend)
+
+    def build(out: Path) -> QuantizeResult:
+        return quantizer.build(recipe, fp32, out, prepared=shared, calibration=calibration, target=target)
+
+    inputs = quantizer.build_inputs(recipe, shared) if cache_root is not None else None
+    if cache_root is None or inputs is None:
+        return build(out_dir)
+    graphs = [*get_runtime("onnxruntime").files(fp32), *inputs]
+    key = build_key(recipe, quantizer, graphs, calibration)
+    return cached_build(cache_root, key, recipe, out_dir, build, get_runtime(quantizer.runtime).files)

@@ -52,3 +52,4 @@ class QuantizeResult(BaseModel):
     float_matmuls: int
     fused_ops: dict[str, int] | None = None
     seconds: float = 0.0
+    cached: bool = Field(False, description="copied from the build cache (quantgate/build_cache.py)")

@@ -74,6 +74,7 @@ class CandidateResult(BaseModel):
     op_counts: dict[str, int] = Field(default_factory=dict)
     fused_ops: dict[str, int] | None = None
     quantize_s: float | None = None
+    build_cached: bool = Field(False, description="its build was taken from the build cache")
     evaluation: Evaluation | None = None
     bench_round: Round | None = Field(None, description="which interleaved benchmark round timed it")
     latency: EngineResult | None = None

@@ -65,6 +65,7 @@ class ScoreJob(BaseModel):
     evaluation: pd.DataFrame
     thresholds: GateThresholds
     deadline: float
+    build_cache: Path | None = None  # where verified builds are kept (quantgate/build_cache.py); None: off
 
 
 def candidate_dir(job_out: Path, recipe: Recipe) -> Path:
@@ -103,6 +104,7 @@ def score_candidate(recipe: Recipe, job: ScoreJob, threads: int) -> CandidateRes
             prepared=job.prepared,
             calibration=job.calibration,
             target=accuracy_target(task, job, threads),
+            cache_root=job.build_cache,
         )
     except CandidateUnavailable as exc:
         return CandidateResult(recipe=recipe, status="skipped", note=str(exc)[:500])
@@ -119,6 +121,7 @@ def score_candidate(recipe: Recipe, job: ScoreJob, threads: int) -> CandidateRes
         op_counts=q.op_counts,
         fused_ops=q.fused_ops,
         quantize_s=round(q.seconds, 2),
+        build_cached=q.cached,
         evaluation=ev,
     )
     return result.judged(task, job.thresholds)
@@ -212,6 +215,7 @@ def run_search(
     work: Path,
     steps: SearchSteps,
     champion: Any = None,
+    build_cache: Path | None = None,
 ) -> SearchResult:
     started = time.monotonic()
     deadline = started + budget.max_seconds
@@ -254,6 +258,7 @@ def run_search(
         evaluation=evaluation,
         thresholds=thresholds,
         deadline=deadline,
+        build_cache=build_cache,
     )
 
     def time_them(batch: list[CandidateResult]) -> BenchReport:

@@ -46,7 +46,13 @@ class Settings(BaseSettings):
     )
     cache_dir: Path = Field(
         default_factory=lambda: user_cache_root() / "exports",
-        description="local cache of ONNX exports keyed by model checksum; must be this user's own (0700)",
+        description="local cache of ONNX exports keyed by model checksum, and of built candidates (its "
+        "builds/ folder) keyed by what they were built from; must be this user's own (0700)",
+    )
+    build_cache: bool = Field(
+        default=True,
+        description="take candidates built from the same graph, recipe, calibration data and code from the "
+        "cache instead of quantizing again (each is still scored, timed and gated); false: always build",
     )
     s3_link_endpoint_url: str | None = Field(
         default=None,
@@ -101,6 +107,11 @@ class Settings(BaseSettings):
                 "buckets: set one of them"
             )
         return {**data, "bucket": name}
+
+    @property
+    def build_cache_dir(self) -> Path | None:
+        """Where built candidates are cached; None when the build cache is off."""
+        return self.cache_dir / "builds" if self.build_cache else None
 
     @property
     def store_address(self) -> str:

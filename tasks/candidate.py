@@ -123,9 +123,10 @@ def build_and_score(recipe: Recipe, job: ScoreJob, threads: int) -> CandidateRes
     elif result.evaluation is not None:
         ev = result.evaluation
         logger.info(
-            "candidate %-38s %5.1f MB  %s %.4f -> %.4f  %s",
+            "candidate %-38s %5.1f MB%s  %s %.4f -> %.4f  %s",
             recipe.name,
             (result.size_bytes or 0) / 1e6,
+            " (build cache hit)" if result.build_cached else "",
             ev.task_metric,
             ev.task_metric_fp32,
             ev.task_metric_candidate,

@@ -482,6 +482,11 @@ class OnnxRuntimeQuantizer(Quantizer):
             raise ConfigError(f"recipe {recipe.name!r} is not an ONNX Runtime recipe")
         return apply_recipe(recipe, fp32, out_dir, fused=prepared, calibration=calibration)
 
+    def build_inputs(self, recipe: Recipe, prepared: Any) -> list[Path] | None:
+        """A fused recipe quantizes the transformer optimizer's graph, not the FP32 export."""
+        fused = isinstance(recipe, OrtRecipe) and recipe.fuse and prepared is not None
+        return [prepared.path] if fused else []
+
     def fallback_source(self, recipe: Recipe, fp32: Path, prepared: Any) -> Path:
         fused = isinstance(recipe, OrtRecipe) and recipe.fuse and prepared is not None
         return prepared.path if fused else fp32

@@ -260,6 +260,10 @@ class OpenVinoQuantizer(Quantizer):
         # the CPU has it.
         return list(DEFAULT_SEARCH)
 
+    def build_inputs(self, recipe: Recipe, prepared: Any) -> list[Path] | None:
+        """Accuracy control tunes against the run's own metric and limit: never taken from the cache."""
+        return None if isinstance(recipe, OvRecipe) and recipe.accuracy_control else []
+
     def build(
         self,
         recipe: Recipe,

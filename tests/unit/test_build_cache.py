@@ -1,0 +1,143 @@
+"""The candidate build cache (quantgate/build_cache.py): a build is taken from it only for the same recipe,
+graph files, calibration batches and code, and only when every file still verifies; what it hands a run
+is a copy in the run's own folder. Real ONNX Runtime quantization of a one-MatMul graph."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quantgate.backends import get_quantizer, get_runtime
+from quantgate.backends.onnxruntime import OrtRecipe
+from quantgate.build_cache import MARKER
+from quantgate.quantize import build_candidate
+from quantgate.storage import sha256_file
+
+RECIPE = OrtRecipe(name="dynamic-int8-per-channel", per_channel=True)
+
+
+def _graph(path: Path, seed: int = 0) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(seed).standard_normal((64, 64)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the recipes the ORT quantizer really built."""
+    quantizer = type(get_quantizer("onnxruntime"))
+    real = quantizer.build
+    calls: list[str] = []
+
+    def build(self, recipe, *args, **kwargs):
+        calls.append(recipe.name)
+        return real(self, recipe, *args, **kwargs)
+
+    monkeypatch.setattr(quantizer, "build", build)
+    return calls
+
+
+def _artifact(result) -> dict[str, str]:
+    """The artifact's files (model, settings, external data) by name, with their sha256."""
+    files = get_runtime("onnxruntime").files(result.path)
+    return {p.relative_to(result.path.parent).as_posix(): sha256_file(p) for p in files}
+
+
+def test_a_second_build_of_the_same_inputs_is_a_verified_copy_in_the_runs_own_folder(tmp_path, counted):
+    fp32 = _graph(tmp_path / "fp32" / "model.onnx")
+    cache = tmp_path / "cache"
+    first = build_candidate(RECIPE, fp32, tmp_path / "run1" / "c", cache_root=cache)
+    second = build_candidate(RECIPE, fp32, tmp_path / "run2" / "c", cache_root=cache)
+    assert counted == [RECIPE.name]
+    assert (first.cached, second.cached) == (False, True)
+    assert second.path.parent == tmp_path / "run2" / "c"  # the run's own copy, not the cache's files
+    assert _artifact(first) == _artifact(second)
+    assert len(_artifact(second)) == 2  # the model and its session settings
+    assert (second.op_counts, second.size_bytes) == (first.op_counts, first.size_bytes)
+    # Off (no cache root): always built.
+    build_candidate(RECIPE, fp32, tmp_path / "run3" / "c")
+    assert counted == [RECIPE.name, RECIPE.name]
+
+
+@pytest.mark.parametrize("change", ["recipe", "graph", "calibration"])
+def test_a_different_recipe_graph_or_calibration_is_built_again(tmp_path, counted, change):
+    fp32 = _graph(tmp_path / "fp32" / "model.onnx")
+    cache = tmp_path / "cache"
+    calibration = [{"x": np.ones((2, 64), np.float32)}]
+    build_candidate(RECIPE, fp32, tmp_path / "run1" / "c", calibration=calibration, cache_root=cache)
+    recipe = RECIPE.model_copy(update={"reduce_range": True}) if change == "recipe" else RECIPE
+    if change == "graph":
+        fp32 = _graph(tmp_path / "fp32-other" / "model.onnx", seed=1)  # same path name, other weights
+    if change == "calibration":
+        calibration = [{"x": np.full((2, 64), 2.0, np.float32)}]
+    again = build_candidate(recipe, fp32, tmp_path / "run2" / "c", calibration=calibration, cache_root=cache)
+    assert again.cached is False
+    assert len(counted) == 2
+
+
+@pytest.mark.parametrize("poison", ["tamper-model", "plant-file", "drop-marker", "foreign-marker"])
+def test_an_entry_that_does_not_reverify_is_not_used_and_is_replaced(tmp_path, counted, poison):
+    fp32 = _graph(tmp_path / "fp32" / "model.onnx")
+    cache = tmp_path / "cache"
+    first = build_candidate(RECIPE, fp32, tmp_path / "run1" / "c", cache_root=cache)
+    (entry,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    if poison == "tamper-model":
+        model = entry / RECIPE.artifact_name
+        model.write_bytes(model.read_bytes()[:-8] + b"\0" * 8)
+    elif poison == "plant-file":
+        (entry / "extra.onnx").write_bytes(b"planted")
+    elif poison == "drop-marker":
+        (entry / MARKER).unlink()
+    else:
+        (entry / MARKER).write_text('{"not": "an entry"}')
+    again = build_candidate(RECIPE, fp32, tmp_path / "run2" / "c", cache_root=cache)
+    assert again.cached is False
+    assert len(counted) == 2
+    assert _artifact(again) == _artifact(first)  # what was built, not what was planted
+    # The bad entry was set aside and replaced: the next build is a hit again, with nothing left over.
+    assert build_candidate(RECIPE, fp32, tmp_path / "run3" / "c", cache_root=cache).cached is True
+    assert [p.name for p in cache.iterdir()] == [entry.name]
+
+
+def test_an_accuracy_controlled_build_is_never_taken_from_the_cache(tmp_path):
+    from quantgate.backends.openvino import OvRecipe
+
+    quantizer = get_quantizer("openvino")
+    tuned = OvRecipe(name="ov-ac", backend="openvino", accuracy_control=True)
+    assert quantizer.build_inputs(tuned, None) is None
+    assert quantizer.build_inputs(tuned.model_copy(update={"accuracy_control": False}), None) == []
+
+
+def test_two_runs_building_the_same_candidate_at_once_each_get_a_complete_one(tmp_path):
+    fp32 = _graph(tmp_path / "fp32" / "model.onnx")
+    cache = tmp_path / "cache"
+    results = {}
+
+    def run(tag: str) -> None:
+        results[tag] = build_candidate(RECIPE, fp32, tmp_path / tag / "c", cache_root=cache)
+
+    threads = [threading.Thread(target=run, args=(tag,)) for tag in ("a", "b", "c")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(results) == ["a", "b", "c"]
+    assert len({tuple(_artifact(r).items()) for r in results.values()}) == 1
+    assert [p.name for p in cache.iterdir() if not p.name.startswith(".")] == [
+        p.name for p in cache.iterdir()
+    ]  # no staging or stale leftovers
+    assert build_candidate(RECIPE, fp32, tmp_path / "d" / "c", cache_root=cache).cached is True
