@@ -29,7 +29,12 @@ def registry_sweep(
     thresholds: GateThresholds = GateThresholds(),  # noqa: B008 - pydantic defaults are immutable here
     bench: BenchSettings = BenchSettings(),  # noqa: B008
     budget: SearchBudget = SearchBudget(),  # noqa: B008
+    require_approval: bool | None = None,
+    approval_timeout_s: int | None = None,
 ) -> State:
+    """`require_approval`/`approval_timeout_s` reach every run (None: the worker's QUANTGATE_ settings),
+    so the sweep never promotes what a registration-triggered run would have asked about; a run waiting
+    for approval holds the sweep until it is answered or times out."""
     settings = Settings()
     plan = storage.find_undecided(settings, max_failures)
     ran = {}
@@ -41,6 +46,8 @@ def registry_sweep(
             thresholds=thresholds,
             bench=bench,
             budget=budget,
+            require_approval=require_approval,
+            approval_timeout_s=approval_timeout_s,
             return_state=True,
         )
         ran[str(ref)] = (state.name, announce.describe_outcome(state))

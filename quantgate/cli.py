@@ -649,6 +649,57 @@ def rollback(
     _announce_rollback(event)
 
 
+def _answer(model: str, version: str, decision: str, by: str | None, comment: str | None) -> None:
+    """Resume the run of model@version that waits for approval, with the reviewer's answer."""
+    from prefect.settings import PREFECT_API_URL
+
+    from quantgate.settings import Settings
+
+    if not PREFECT_API_URL.value():
+        raise _fail(
+            "no PREFECT_API_URL set: a run waiting for approval lives on a Prefect server; set "
+            "PREFECT_API_URL to the server the run reports to (e.g. http://127.0.0.1:4200/api)"
+        )
+    from tasks.approval import resume
+
+    ref = _ref(model, version)
+    try:
+        run_id = resume(ref, decision, by or Settings().actor, comment)  # type: ignore[arg-type]
+    except (QuantgateError, ValidationError) as exc:
+        raise _fail(str(exc)) from None
+    verb = "approved: it promotes now" if decision == "approve" else "rejected: it records the rejection"
+    _say(f"{ref}: run {run_id} {verb}")
+
+
+_BY = typer.Option(
+    help="who decides (recorded in the report, manifest and run tags); default: QUANTGATE_ACTOR"
+)
+_COMMENT = typer.Option(help="why, for the record")
+
+
+@app.command(cls=ReadableCommand)
+def approve(
+    model: Annotated[str, typer.Argument()],
+    version: Annotated[str, typer.Argument()],
+    by: Annotated[str | None, _BY] = None,
+    comment: Annotated[str | None, _COMMENT] = None,
+) -> None:
+    """Approve the run of MODEL@VERSION that passed every gate and waits for approval: it promotes."""
+    _answer(model, version, "approve", by, comment)
+
+
+@app.command(cls=ReadableCommand)
+def reject(
+    model: Annotated[str, typer.Argument()],
+    version: Annotated[str, typer.Argument()],
+    by: Annotated[str | None, _BY] = None,
+    comment: Annotated[str | None, _COMMENT] = None,
+) -> None:
+    """Reject the run of MODEL@VERSION that waits for approval: it records a rejection (reason
+    by-reviewer) and promotes nothing."""
+    _answer(model, version, "reject", by, comment)
+
+
 def _announce_rollback(event: Any) -> None:
     """quantgate.model.rolled-back, when a Prefect API is configured (serving can reload on it)."""
     from prefect.settings import PREFECT_API_URL
