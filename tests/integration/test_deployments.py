@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from infra.zombies import AUTOMATION_NAME
 from quantgate import lifecycle
 from quantgate.bench import BenchSettings
 from quantgate.registry import ModelRef, manifest_key
@@ -56,6 +57,13 @@ def test_registration_triggers_a_run_and_the_sweep_catches_silent_uploads(
         for name in ("quantize-and-promote/quantize-on-registration", "registry-sweep/registry-sweep"):
             deployment = client.read_deployment_by_name(name)
             client.update_deployment(deployment.id, DeploymentUpdate(parameters=TINY_PARAMS))
+
+        # Every automation on the server is named and described (none is `<deployment>__automation_1`).
+        automations = {a.name: a for a in client.read_automations()}
+        assert {"quantgate-run-on-registration", AUTOMATION_NAME} <= set(automations), set(automations)
+        for automation in automations.values():
+            assert "__automation_" not in automation.name
+            assert len(automation.description) > 80, automation.name
 
         # 1. `quantgate register` is all a person does; the event trigger starts the run on the worker.
         env = {**stack.env(), "PYTHONPATH": str(REPO)}
