@@ -72,6 +72,7 @@ def _report_decision(settings: Settings, ref: ModelRef, report: RunReport, lost_
     task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1),
     on_completion=[announce.tag_outcome],
     on_failure=[announce.tag_outcome],
+    on_crashed=[announce.tag_outcome],  # a crash its process survives; a killed one is tagged by the sweep
 )
 def quantize_and_promote(
     model: str,

@@ -35,7 +35,15 @@ def failure(report: dict[str, Any]) -> str:
     """quantgate.model.failed; the worker relates it to this flow run (Prefect adds the run context's
     flow run to every event emitted inside it)."""
     name, resource, payload = announce.failed(report)
-    emit_event(event=name, resource=resource, payload=payload)
+    related = None
+    if report["run_id"] != str(current_run.get_id()):  # a crash the sweep reports: name the crashed run
+        related = [
+            {
+                "prefect.resource.id": f"prefect.flow-run.{report['run_id']}",
+                "prefect.resource.role": "flow-run",
+            }
+        ]
+    emit_event(event=name, resource=resource, payload=payload, related=related)
     return name
 
 
@@ -84,6 +92,14 @@ def add_tags(flow_run_id: UUID, tags: list[str]) -> None:
     with get_client(sync_client=True) as client:
         existing = client.read_flow_run(flow_run_id).tags
         client.update_flow_run(flow_run_id, tags=[*existing, *(t for t in tags if t not in existing)])
+
+
+def tag_failed(flow_run_id: str) -> None:
+    """The `failed` tag on a run that could not tag itself (it crashed); best effort."""
+    try:
+        add_tags(UUID(flow_run_id), [announce.FAILED_TAG])
+    except Exception as exc:  # noqa: BLE001 - a tag is a label on the run, never worth failing the sweep
+        get_run_logger().warning("could not tag run %s failed: %s: %s", flow_run_id, type(exc).__name__, exc)
 
 
 def tag_approval(approval: Approval | None) -> None:
