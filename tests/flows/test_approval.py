@@ -103,6 +103,9 @@ def test_a_rejected_run_stores_nothing_but_its_rejection_and_run_report(
     before = store.snapshot()
 
     def reject(run_id: Any) -> None:
+        # The server checks an answer against the run's form: a decision it does not offer is refused.
+        with pytest.raises(RuntimeError, match="Cannot resume"):
+            resume_flow_run(run_id, run_input={"decision": "maybe", "by": "bob"})
         resume_flow_run(run_id, run_input={"decision": "reject", "by": "bob", "comment": "wait for v2"})
 
     thread, seen = _when_paused(store, ref, reject)
