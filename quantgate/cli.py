@@ -23,7 +23,7 @@ from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from quantgate.bench import BenchSettings
-from quantgate.errors import QuantgateError
+from quantgate.errors import ConfigError, QuantgateError
 from quantgate.registry import ModelRef
 from quantgate.search import SearchBudget
 
@@ -338,6 +338,7 @@ def run(
 
         lifecycle.load_registration(_store(), ref)
         promotion_signer(Settings())  # a missing or unreadable signing key: say so before the run
+        _reviewer_can_reach_the_run(Settings())
     except ValidationError as exc:
         err = exc.errors()[0]
         flag = f"--{str(err['loc'][0]).replace('_', '-')} " if err["loc"] else ""
@@ -493,6 +494,10 @@ def print_report(report: dict[str, Any]) -> None:
     if parsed.reason:
         needed = f" (about {parsed.rows_needed} held-out rows would be needed)" if parsed.rows_needed else ""
         _say(f"reason: [bold]{escape(parsed.reason)}[/]{needed}")
+    if parsed.approval:
+        from quantgate.approval import approval_line
+
+        _say(f"review: {escape(approval_line(parsed.approval))}")
     _say(escape(champion_line(parsed)))
     m = parsed.metrics
     if parsed.recipe is None:
@@ -647,6 +652,19 @@ def rollback(
         f"(manifest sha256 {event.manifest_sha256[:16]}…, by {event.actor})"
     )
     _announce_rollback(event)
+
+
+def _reviewer_can_reach_the_run(settings: Any) -> None:
+    """With approval on, the run waits on its Prefect server for a person's answer: an in-process
+    throwaway server (no PREFECT_API_URL) is one nobody else can reach, so the run would only time out."""
+    from prefect.settings import PREFECT_API_URL
+
+    if settings.require_approval and not PREFECT_API_URL.value():
+        raise ConfigError(
+            "QUANTGATE_REQUIRE_APPROVAL is on but PREFECT_API_URL is not set: the run would wait for an "
+            "approval on a throwaway in-process Prefect server nobody can reach; set PREFECT_API_URL to a "
+            "running server (python -m infra.prefect_server start) or turn approval off"
+        )
 
 
 def _answer(model: str, version: str, decision: str, by: str | None, comment: str | None) -> None:

@@ -88,6 +88,8 @@ def test_an_approved_run_promotes_and_names_its_approver(memory_env, tiny_model_
     assert lifecycle.current(store, "tiny").version == "ap"
     tags = _flow_run(state).tags
     assert {"promoted", "approved-by:ann"} <= set(tags), tags
+    shown = CliRunner().invoke(app, ["report", "tiny", "ap"])
+    assert "review: approved by ann at" in " ".join(shown.output.split()), shown.output
     found = _artifacts(state.state_details.flow_run_id, ["tiny-ap-approval-request", "tiny-decision"])
     assert "waits for a person" in found["tiny-ap-approval-request"].data
     assert "approved by ann" in found["tiny-decision"].data
@@ -149,3 +151,12 @@ def test_a_run_nobody_answers_fails_in_time_and_decides_nothing(memory_env, tiny
     after = store.snapshot()
     own = run_prefix(ref, str(state.state_details.flow_run_id))
     assert [k for k in after if k not in before and not k.startswith(own)] == []
+
+    # Too late to answer: the CLI finds no run waiting and says why.
+    from typer.testing import CliRunner
+
+    from quantgate.cli import app
+
+    late = CliRunner().invoke(app, ["approve", "tiny", "to", "--by", "ann"])
+    assert late.exit_code == 2, late.output
+    assert "no run of tiny@to is waiting for approval" in " ".join(late.output.split())

@@ -59,3 +59,25 @@ def test_only_a_run_its_gates_promoted_can_be_approved_and_a_reviewer_rejection_
     assert approval_tags(None) == []
     line = registry_summary("rejected", ModelRef(name="m", version="v1"), [], REJECTED_BY_REVIEWER)
     assert line == "m@v1 not promoted: by-reviewer; report at rejected/m/v1/report.json"
+
+
+def test_the_cli_says_when_no_reviewer_could_reach_a_run(monkeypatch):
+    """Without PREFECT_API_URL a run waits on a throwaway in-process server: `run` refuses to start one
+    with approval on, and `approve` has no server to look for the run on."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from typer.testing import CliRunner
+
+    from quantgate import lifecycle
+    from quantgate.cli import app
+
+    monkeypatch.setenv("QUANTGATE_STORE_URL", "memory://approval-cli")
+    monkeypatch.setenv("QUANTGATE_REQUIRE_APPROVAL", "1")
+    monkeypatch.setattr(lifecycle, "load_registration", lambda store, ref: None)  # "registered"
+    runner = CliRunner()
+    with temporary_settings({PREFECT_API_URL: None}):
+        ran = runner.invoke(app, ["run", "tiny", "v1"])
+        approved = runner.invoke(app, ["approve", "tiny", "v1", "--by", "ann"])
+    assert ran.exit_code == 2, ran.output
+    assert "QUANTGATE_REQUIRE_APPROVAL is on but PREFECT_API_URL is not set" in " ".join(ran.output.split())
+    assert approved.exit_code == 2, approved.output
+    assert "no PREFECT_API_URL set" in approved.output
