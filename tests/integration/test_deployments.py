@@ -91,8 +91,12 @@ def test_registration_triggers_a_run_and_the_sweep_catches_silent_uploads(
         assert "announced quantgate.model.registered" in registered.stdout
         run = _wait_for_run(client, "tiny@d1")
         assert run.state.name == "Promoted", run.state.message
-        # The outcome tag joins the deployment's own tag (update_flow_run replaces the list: kept).
-        assert {"quantgate", "promoted"} <= set(client.read_flow_run(run.id).tags)
+        # The outcome tag joins the deployment's own tag (update_flow_run replaces the list: kept). The
+        # state hook writes it just after the final state, which the poll above may see first: poll again.
+        deadline = time.monotonic() + 30
+        while "promoted" not in (tags := client.read_flow_run(run.id).tags) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert {"quantgate", "promoted"} <= set(tags)
         assert (
             run.deployment_id
             == client.read_deployment_by_name("quantize-and-promote/quantize-on-registration").id
