@@ -5,11 +5,15 @@ run is rejected as every candidate would be, with no candidate built.
 
 The flow wires stages together and decides nothing itself: the search's pure rules pick the fastest
 candidate that passes every gate, and the gate stage's report says promote or not.
+Optionally (require_approval, off by default) a run whose candidate passed every gate pauses before the
+promotion until a person approves (promote, the approver recorded) or rejects it (NotPromoted, reason
+by-reviewer); with no answer in time it fails and decides nothing (tasks/approval.py).
+
 Final states: Completed "Promoted", Completed "NotPromoted" (a deliberate rejection, distinct from a crash
 in the UI and emitted as prefect.flow-run.NotPromoted), Completed "AlreadyDecided", or Failed (bad input,
-storage outage after retries) with the error in the run's own report under runs/, published under the
-model's decision key and announced as quantgate.model.failed. Every run ends tagged with its outcome
-(`promoted`, `rejected:<reason>`, `failed`, `already-decided`) by a state hook.
+storage outage after retries, no approval in time) with the error in the run's own report under runs/,
+published under the model's decision key and announced as quantgate.model.failed. Every run ends tagged
+with its outcome (`promoted`, `rejected:<reason>`, `failed`, `already-decided`) by a state hook.
 """
 
 from __future__ import annotations
@@ -28,14 +32,14 @@ from quantgate.bench import BenchSettings
 from quantgate.heldout import split_heldout
 from quantgate.quantize import resolve_recipes
 from quantgate.registry import ModelRef, promoted_prefix, registry_summary
-from quantgate.report import failure_report, manifest_for, promotion_files
+from quantgate.report import RunReport, failure_report, manifest_for, promotion_files
 from quantgate.search import SearchBudget
 from quantgate.search_driver import candidate_path
 from quantgate.settings import Settings
 from quantgate.tasktypes import check_profile, get_task_type, serving_settings
 from quantgate.thresholds import GateThresholds
 from quantgate.workspace import private_dir, workspace
-from tasks import announce, candidate, gate, storage, validate
+from tasks import announce, approval, candidate, gate, storage, validate
 
 
 def _report_failure(
@@ -50,6 +54,17 @@ def _report_failure(
     announce.failure(failed)
 
 
+def _report_decision(settings: Settings, ref: ModelRef, report: RunReport, lost_race: str | None) -> None:
+    """A decided run keeps its report under runs/, publishes it and its tables and links, and announces
+    the decision (unless a concurrent run decided first: then it links nothing and announces nothing)."""
+    storage.save_run_report(settings, ref, report.run_id, report.model_dump(mode="json"))
+    links = {} if lost_race else storage.decision_links(settings, report)
+    gate.publish_report(ref, report, links, settings.link_expiry_s)  # the run's first artifact
+    gate.publish(ref, report, links, settings.link_expiry_s)
+    if not lost_race:
+        announce.decision(report.model_dump(mode="json"))
+
+
 @flow(
     name="quantize-and-promote",
     flow_run_name="{model}@{version}",
@@ -57,6 +72,7 @@ def _report_failure(
     task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1),
     on_completion=[announce.tag_outcome],
     on_failure=[announce.tag_outcome],
+    on_crashed=[announce.tag_outcome],  # a crash its process survives; a killed one is tagged by the sweep
 )
 def quantize_and_promote(
     model: str,
@@ -66,13 +82,18 @@ def quantize_and_promote(
     bench: BenchSettings = BenchSettings(),  # noqa: B008
     budget: SearchBudget = SearchBudget(),  # noqa: B008
     allow_pickle: bool = False,
+    require_approval: bool | None = None,
+    approval_timeout_s: int | None = None,
 ) -> State:
     """`recipes`: catalogue names or full recipe objects (None = the default search); `budget` bounds the
-    search (candidates, fallback trials, seconds)."""
+    search (candidates, fallback trials, seconds). `require_approval`: pause after every gate passed until
+    a person approves or rejects (None: QUANTGATE_REQUIRE_APPROVAL, off by default), waiting at most
+    `approval_timeout_s` (None: QUANTGATE_APPROVAL_TIMEOUT_S, 3600)."""
     ref = ModelRef(name=model, version=version)
     # A bad recipe list fails before anything is pulled; none given = the task type's default search.
     candidates = resolve_recipes(recipes) if recipes else None
     settings = Settings()
+    ask_within = approval.wait_s(settings, require_approval, approval_timeout_s)  # None: do not ask
     run_id = str(flow_run.get_id() or uuid.uuid4())
     data_docs = None  # where the held-out validation's Data Docs were stored, once they were
 
@@ -163,6 +184,9 @@ def quantize_and_promote(
             report = gate.decide(
                 ref, run_id, task_type.name, exported, split, heldout_check, search, data_docs
             )
+            if report.passed and ask_within:
+                # A person has the last word before the pointer moves (tasks/approval.py).
+                report = approval.ask(ref, report, ask_within)
             if report.passed:
                 report = report.model_copy(
                     update={"promoted_to": f"s3://{settings.bucket}/{promoted_prefix(ref)}"}
@@ -180,12 +204,7 @@ def quantize_and_promote(
                 )
             else:
                 lost_race = storage.record_rejection(settings, ref, report.model_dump(mode="json"))
-            storage.save_run_report(settings, ref, run_id, report.model_dump(mode="json"))
-            links = {} if lost_race else storage.decision_links(settings, report)
-            gate.publish_report(ref, report, links, settings.link_expiry_s)  # the run's first artifact
-            gate.publish(ref, report, links, settings.link_expiry_s)
-            if not lost_race:
-                announce.decision(report.model_dump(mode="json"))
+            _report_decision(settings, ref, report, lost_race)
     except Exception as exc:
         _report_failure(settings, ref, run_id, exc, data_docs)
         raise

@@ -2,6 +2,10 @@
 decision yet: versions whose registration event was missed, or that another tool uploaded. A decided
 version is never run again; a version whose runs keep failing is left alone after `max_failures`.
 
+First it reports the runs that crashed without a report (killed; marked Crashed by the zombie
+automation): each gets the report, `failed` tag, decision-key artifact and quantgate.model.failed event a
+failed run gives itself, and counts against `max_failures`.
+
 It ends Failed when any of its runs failed (Completed otherwise), with a one-line summary as the state's
 message, and publishes the `registry-sweep-summary` artifact: every version it saw, its outcome and the
 retries the sweep has left for it."""
@@ -15,10 +19,25 @@ from flows.quantize_and_promote import quantize_and_promote
 from quantgate.backends import AnyRecipe
 from quantgate.bench import BenchSettings
 from quantgate.lifecycle import sweep_rows, sweep_summary
+from quantgate.registry import ModelRef
 from quantgate.search import SearchBudget
 from quantgate.settings import Settings
 from quantgate.thresholds import GateThresholds
-from tasks import announce, storage
+from tasks import announce, gate, storage
+
+
+def _report_crashes(settings: Settings) -> list[str]:
+    """A run killed mid-way (marked Crashed by the zombie automation) wrote no report, no tag, no event:
+    the sweep writes its report and publishes, announces and tags it like any failed run."""
+    found = []
+    for report, key in storage.record_crashes(settings, "registry-sweep"):
+        ref = ModelRef(name=report["model"], version=report["version"])
+        links = storage.failure_links(settings, report, key)
+        gate.publish_failure(ref, report, links, settings.link_expiry_s)
+        announce.failure(report)
+        announce.tag_failed(report["run_id"])
+        found.append(f"{ref} ({report['run_id']})")
+    return found
 
 
 @flow(name="registry-sweep", validate_parameters=True)
@@ -29,8 +48,14 @@ def registry_sweep(
     thresholds: GateThresholds = GateThresholds(),  # noqa: B008 - pydantic defaults are immutable here
     bench: BenchSettings = BenchSettings(),  # noqa: B008
     budget: SearchBudget = SearchBudget(),  # noqa: B008
+    require_approval: bool | None = None,
+    approval_timeout_s: int | None = None,
 ) -> State:
+    """`require_approval`/`approval_timeout_s` reach every run (None: the worker's QUANTGATE_ settings),
+    so the sweep never promotes what a registration-triggered run would have asked about; a run waiting
+    for approval holds the sweep until it is answered or times out."""
     settings = Settings()
+    crashed = _report_crashes(settings)  # first: a crash counts against max_failures like any failure
     plan = storage.find_undecided(settings, max_failures)
     ran = {}
     for ref in plan.pending[:max_runs]:
@@ -41,12 +66,14 @@ def registry_sweep(
             thresholds=thresholds,
             bench=bench,
             budget=budget,
+            require_approval=require_approval,
+            approval_timeout_s=approval_timeout_s,
             return_state=True,
         )
         ran[str(ref)] = (state.name, announce.describe_outcome(state))
 
     rows = sweep_rows(plan, ran, max_failures)
-    summary = sweep_summary(rows)
+    summary = sweep_summary(rows) + (f"; crashed run(s) reported: {', '.join(crashed)}" if crashed else "")
     announce.publish_sweep(rows, summary)
     if any(r["outcome"].startswith("failed") for r in rows):
         return Failed(message=summary, data=rows)

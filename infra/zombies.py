@@ -37,7 +37,10 @@ def zombie_automation(crashed_after_s: int = CRASHED_AFTER_S):
         name=AUTOMATION_NAME,
         description=(
             f"Marks a flow run Crashed when its heartbeats stop for {crashed_after_s} s before it reached a "
-            "final state: its process was killed (SIGKILL, OOM, a lost machine)."
+            "final state: its process was killed (SIGKILL, OOM, a lost machine). Without it such a run "
+            "stays Running forever (one was seen Running for 42 minutes); once Crashed, the next "
+            "registry-sweep reports it as failed (report, `failed` tag, quantgate.model.failed) and runs "
+            "the version again."
         ),
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*"},

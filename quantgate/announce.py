@@ -70,6 +70,7 @@ def decided(report: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, Any]
         failed_gates=failed,
         promoted_to=report.get("promoted_to"),
         reason=report.get("reason"),
+        approval=report.get("approval"),  # who approved or rejected, when the run asked
     )
 
 

@@ -23,7 +23,7 @@ from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from quantgate.bench import BenchSettings
-from quantgate.errors import QuantgateError
+from quantgate.errors import ConfigError, QuantgateError
 from quantgate.registry import ModelRef
 from quantgate.search import SearchBudget
 
@@ -338,6 +338,7 @@ def run(
 
         lifecycle.load_registration(_store(), ref)
         promotion_signer(Settings())  # a missing or unreadable signing key: say so before the run
+        _reviewer_can_reach_the_run(Settings())
     except ValidationError as exc:
         err = exc.errors()[0]
         flag = f"--{str(err['loc'][0]).replace('_', '-')} " if err["loc"] else ""
@@ -493,6 +494,10 @@ def print_report(report: dict[str, Any]) -> None:
     if parsed.reason:
         needed = f" (about {parsed.rows_needed} held-out rows would be needed)" if parsed.rows_needed else ""
         _say(f"reason: [bold]{escape(parsed.reason)}[/]{needed}")
+    if parsed.approval:
+        from quantgate.approval import approval_line
+
+        _say(f"review: {escape(approval_line(parsed.approval))}")
     _say(escape(champion_line(parsed)))
     m = parsed.metrics
     if parsed.recipe is None:
@@ -647,6 +652,70 @@ def rollback(
         f"(manifest sha256 {event.manifest_sha256[:16]}…, by {event.actor})"
     )
     _announce_rollback(event)
+
+
+def _reviewer_can_reach_the_run(settings: Any) -> None:
+    """With approval on, the run waits on its Prefect server for a person's answer: an in-process
+    throwaway server (no PREFECT_API_URL) is one nobody else can reach, so the run would only time out."""
+    from prefect.settings import PREFECT_API_URL
+
+    if settings.require_approval and not PREFECT_API_URL.value():
+        raise ConfigError(
+            "QUANTGATE_REQUIRE_APPROVAL is on but PREFECT_API_URL is not set: the run would wait for an "
+            "approval on a throwaway in-process Prefect server nobody can reach; set PREFECT_API_URL to a "
+            "running server (python -m infra.prefect_server start) or turn approval off"
+        )
+
+
+def _answer(model: str, version: str, decision: str, by: str | None, comment: str | None) -> None:
+    """Resume the run of model@version that waits for approval, with the reviewer's answer."""
+    from prefect.settings import PREFECT_API_URL
+
+    from quantgate.settings import Settings
+
+    if not PREFECT_API_URL.value():
+        raise _fail(
+            "no PREFECT_API_URL set: a run waiting for approval lives on a Prefect server; set "
+            "PREFECT_API_URL to the server the run reports to (e.g. http://127.0.0.1:4200/api)"
+        )
+    from tasks.approval import resume
+
+    ref = _ref(model, version)
+    try:
+        run_id = resume(ref, decision, by or Settings().actor, comment)  # type: ignore[arg-type]
+    except (QuantgateError, ValidationError) as exc:
+        raise _fail(str(exc)) from None
+    verb = "approved: it promotes now" if decision == "approve" else "rejected: it records the rejection"
+    _say(f"{ref}: run {run_id} {verb}")
+
+
+_BY = typer.Option(
+    help="who decides (recorded in the report, manifest and run tags); default: QUANTGATE_ACTOR"
+)
+_COMMENT = typer.Option(help="why, for the record")
+
+
+@app.command(cls=ReadableCommand)
+def approve(
+    model: Annotated[str, typer.Argument()],
+    version: Annotated[str, typer.Argument()],
+    by: Annotated[str | None, _BY] = None,
+    comment: Annotated[str | None, _COMMENT] = None,
+) -> None:
+    """Approve the run of MODEL@VERSION that passed every gate and waits for approval: it promotes."""
+    _answer(model, version, "approve", by, comment)
+
+
+@app.command(cls=ReadableCommand)
+def reject(
+    model: Annotated[str, typer.Argument()],
+    version: Annotated[str, typer.Argument()],
+    by: Annotated[str | None, _BY] = None,
+    comment: Annotated[str | None, _COMMENT] = None,
+) -> None:
+    """Reject the run of MODEL@VERSION that waits for approval: it records a rejection (reason
+    by-reviewer) and promotes nothing."""
+    _answer(model, version, "reject", by, comment)
 
 
 def _announce_rollback(event: Any) -> None:

@@ -277,6 +277,17 @@ def source_checksum(files: list[FileEntry]) -> str:
     return sha256_bytes(lines.encode())
 
 
+class Approval(BaseModel):
+    """A reviewer's answer to a run that paused for approval after passing every gate (off by default:
+    QUANTGATE_REQUIRE_APPROVAL or the flow's `require_approval`). `by` is who the reviewer says they are:
+    the Prefect OSS server has no users, so it is a record, not an authentication."""
+
+    decision: Literal["approve", "reject"]
+    by: str = Field(min_length=1, max_length=100, pattern=r"^\S(.*\S)?$")
+    comment: str | None = Field(default=None, max_length=2000)
+    at: str = Field(default_factory=utcnow)
+
+
 class Manifest(BaseModel):
     """Written last, create-only, at promoted/<m>/<v>/manifest.json: what was promoted and why."""
 
@@ -300,6 +311,9 @@ class Manifest(BaseModel):
         default_factory=dict,
         description="the packages that run the promoted artifact and the versions it was judged with "
         "(`quantgate pull` warns when the local ones differ); empty in manifests written before",
+    )
+    approval: Approval | None = Field(
+        default=None, description="who approved the promotion, when the run asked; None when it did not"
     )
 
 
@@ -359,6 +373,6 @@ def registry_summary(
         + f"(limit {r.gate.op} {r.gate.limit:g})"
         for r in failed
     )
-    why = f"{reason}: " if reason else ""
+    why = (f"{reason}: " if reasons else reason) if reason else ""
     more = f" (about {rows_needed} held-out rows would be needed)" if rows_needed else ""
     return f"{ref} not promoted: {why}{reasons}{more}; report at {rejection_key(ref)}"

@@ -76,6 +76,18 @@ class Settings(BaseSettings):
         description="how long a promotion waits for its model's Prefect concurrency slot before going on "
         "without it (a run killed while holding it keeps it until its 60 s lease expires)",
     )
+    require_approval: bool = Field(
+        default=False,
+        description="pause every run whose candidate passed every gate until a person approves or rejects "
+        "it (Prefect's pause with a typed form; `quantgate approve`/`reject`); a flow's `require_approval` "
+        "parameter overrides it",
+    )
+    approval_timeout_s: int = Field(
+        default=3600,
+        ge=1,
+        description="how long a run waits for its approval; then it fails, deciding nothing (the version "
+        "stays undecided and is asked again on its next run)",
+    )
     signing_key: Path | None = Field(
         default=None,
         description="the promoter's private key (`quantgate keys create`): every promotion is signed "

@@ -10,10 +10,14 @@ from prefect import get_client, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
+from prefect.logging import get_run_logger
 from prefect.logging.loggers import flow_run_logger
+from prefect.runtime import flow_run as current_run
 from prefect.states import State
 
 from quantgate import announce
+from quantgate.approval import approval_tags
+from quantgate.registry import Approval
 from quantgate.report import failure_reason, sweep_markdown
 
 SWEEP_SUMMARY_KEY = "registry-sweep-summary"
@@ -31,7 +35,15 @@ def failure(report: dict[str, Any]) -> str:
     """quantgate.model.failed; the worker relates it to this flow run (Prefect adds the run context's
     flow run to every event emitted inside it)."""
     name, resource, payload = announce.failed(report)
-    emit_event(event=name, resource=resource, payload=payload)
+    related = None
+    if report["run_id"] != str(current_run.get_id()):  # a crash the sweep reports: name the crashed run
+        related = [
+            {
+                "prefect.resource.id": f"prefect.flow-run.{report['run_id']}",
+                "prefect.resource.role": "flow-run",
+            }
+        ]
+    emit_event(event=name, resource=resource, payload=payload, related=related)
     return name
 
 
@@ -80,6 +92,27 @@ def add_tags(flow_run_id: UUID, tags: list[str]) -> None:
     with get_client(sync_client=True) as client:
         existing = client.read_flow_run(flow_run_id).tags
         client.update_flow_run(flow_run_id, tags=[*existing, *(t for t in tags if t not in existing)])
+
+
+def tag_failed(flow_run_id: str) -> None:
+    """The `failed` tag on a run that could not tag itself (it crashed); best effort."""
+    try:
+        add_tags(UUID(flow_run_id), [announce.FAILED_TAG])
+    except Exception as exc:  # noqa: BLE001 - a tag is a label on the run, never worth failing the sweep
+        get_run_logger().warning("could not tag run %s failed: %s: %s", flow_run_id, type(exc).__name__, exc)
+
+
+def tag_approval(approval: Approval | None) -> None:
+    """`approved-by:<who>` / `rejected-by:<who>` on this run, as soon as the reviewer answered; best
+    effort, like the outcome tag."""
+    tags = approval_tags(approval)
+    run_id = current_run.get_id()
+    if not tags or run_id is None:
+        return
+    try:
+        add_tags(UUID(run_id), tags)
+    except Exception as exc:  # noqa: BLE001 - a tag is a label on the run, never worth failing it
+        get_run_logger().warning("could not tag the run with %s: %s: %s", tags, type(exc).__name__, exc)
 
 
 def tag_outcome(flow: Any, flow_run: Any, state: State) -> None:

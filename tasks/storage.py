@@ -43,6 +43,60 @@ def find_undecided(settings: Settings, max_failures: int) -> lifecycle.SweepPlan
     return plan
 
 
+FLOW_NAME = "quantize-and-promote"
+CRASHED_RUNS_LOOKED_AT = 200  # the most recent: a crash older than that was long since re-run
+
+
+@task(name="record-crashes", cache_policy=NO_CACHE, **STORAGE_TASK)
+def record_crashes(settings: Settings, found_by: str) -> list[tuple[dict[str, Any], str]]:
+    """Runs of quantize-and-promote that ended Crashed (killed; marked by infra/zombies.py's automation)
+    without a run report, for versions still undecided: writes the report each would have written, so
+    the sweep counts them against max_failures and `report`/`list` say "failed: Crashed: …". Returns
+    (report, stored key) per crash recorded now; a crash recorded before is not recorded again."""
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    from quantgate.errors import QuantgateError
+    from quantgate.report import crash_report
+
+    with get_client(sync_client=True) as client:
+        crashed = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CRASHED]))
+            ),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=CRASHED_RUNS_LOOKED_AT,
+        )
+    store, logger, recorded = open_store(settings), get_run_logger(), []
+    for run in crashed:
+        model, _, version = run.name.partition("@")
+        try:
+            ref = ModelRef(name=model, version=version)
+        except (QuantgateError, ValueError):
+            continue  # not named model@version: not a run of a registered version
+        if not lifecycle.unreported_crash(store, ref, str(run.id)):
+            continue
+        state = run.state
+        at = state.timestamp.isoformat() if state and state.timestamp else None
+        report = crash_report(
+            ref, str(run.id), state.name if state else "Crashed", state and state.message, at, found_by
+        )
+        key = lifecycle.write_run_report(store, ref, str(run.id), report)
+        logger.warning(
+            "%s: run %s ended %s without a report; recorded it as failed", ref, run.id, report["error"]
+        )
+        recorded.append((report, key))
+    return recorded
+
+
 @task(name="pull-champion", cache_policy=NO_CACHE, **STORAGE_TASK)
 def pull_champion(ref: ModelRef, task: str, settings: Settings, dest: Path) -> lifecycle.Champion | None:
     """The model's serving version (checksums verified), judged beside this one; None for a first one."""

@@ -20,7 +20,8 @@ pointer back to an older promotion.
     pointer.py        moving current.json: forward after a promotion, back on a rollback (plan, apply)
     promotion.py      promote, finish_promotion
     rejection.py      reject
-    sweep.py          sweep_plan: what the registry sweep runs, sweep_rows: what it did; last_failure
+    sweep.py          sweep_plan: what the registry sweep runs, sweep_rows: what it did; last_failure,
+                      unreported_crash: a killed run the sweep writes the report of
     download.py       pull (a registered version), pull_promotion, engine_drift
     champion.py       pull_champion: the serving version, to judge beside a new one
     run_reports.py    write_run_report, write_data_docs
@@ -61,6 +62,7 @@ from quantgate.lifecycle.sweep import (
     sweep_rows,
     sweep_summary,
     undecided,
+    unreported_crash,
 )
 from quantgate.lifecycle.verification import FileCheck, Verification, verify_promotion
 from quantgate.registry import ModelRef  # callers (tests/integration/test_signing_s3.py) name it from here
@@ -109,6 +111,7 @@ __all__ = [
     "sweep_rows",
     "sweep_summary",
     "undecided",
+    "unreported_crash",
     "verify_promotion",
     "write_data_docs",
     "write_run_report",

@@ -11,7 +11,7 @@ from quantgate.lifecycle._records import _load_json
 from quantgate.lifecycle.decisions import decision_of
 from quantgate.lifecycle.promotion import promotion_finished
 from quantgate.lifecycle.registration import list_registered
-from quantgate.registry import ModelRef, runs_prefix
+from quantgate.registry import ModelRef, registration_key, run_prefix, runs_prefix
 from quantgate.store import Store
 
 
@@ -51,6 +51,16 @@ def last_failure(store: Store, ref: ModelRef) -> dict[str, Any] | None:
     """The report of the version's latest failed run (None when no run failed); meaningful while the
     version has no decision."""
     return run_history(store, ref).last_failure
+
+
+def unreported_crash(store: Store, ref: ModelRef, run_id: str) -> bool:
+    """A run of a registered, undecided version that left no run report (killed, then marked Crashed):
+    the registry sweep writes its report, so it is counted, shown and announced like any failed run."""
+    return (
+        store.exists(registration_key(ref))
+        and decision_of(store, ref) is None
+        and not store.exists(f"{run_prefix(ref, run_id)}report.json")
+    )
 
 
 def failed_runs(store: Store, ref: ModelRef) -> int:

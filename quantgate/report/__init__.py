@@ -14,7 +14,13 @@ their names on (callers keep writing `from quantgate.report import RunReport`).
 
 from quantgate.report.decision import build_run_report, champion_summary, reason_for, rejection_reason
 from quantgate.report.environment import environment, run_packages
-from quantgate.report.failure import failure_keys, failure_markdown, failure_reason, failure_report
+from quantgate.report.failure import (
+    crash_report,
+    failure_keys,
+    failure_markdown,
+    failure_reason,
+    failure_report,
+)
 from quantgate.report.links import browser_links, decision_keys, decision_links, decision_plots, stored_key
 from quantgate.report.manifest import manifest_for, promotion_files, write_json
 from quantgate.report.markdown import (
@@ -53,6 +59,7 @@ __all__ = [
     "champion_line",
     "champion_summary",
     "compact_candidate_rows",
+    "crash_report",
     "decision_keys",
     "decision_links",
     "decision_plots",

@@ -33,6 +33,25 @@ def failure_report(
     return report
 
 
+def crash_report(
+    ref: ModelRef, run_id: str, state: str, message: str | None, at: str | None, found_by: str
+) -> dict[str, Any]:
+    """The report of a run that ended without writing one (its process was killed and the zombie
+    automation marked it Crashed), written later by whoever found it (`found_by`: the registry sweep).
+    Same shape as failure_report's, so the sweep counts it and `report`/`list` say "failed: Crashed: …"."""
+    return {
+        "model": ref.name,
+        "version": ref.version,
+        "run_id": run_id,
+        "outcome": "failed",
+        "error": state,
+        "message": (message or f"the run ended {state} without a report")[:MESSAGE_CHARS],
+        "failed_at": at or utcnow(),
+        "data_docs": None,
+        "found_by": found_by,
+    }
+
+
 def failure_reason(report: dict[str, Any], limit: int | None = None) -> str:
     """`<ErrorType>: <message>`, cut at `limit` characters (a table cell) when given."""
     reason = f"{report.get('error') or 'unknown error'}: {report.get('message') or ''}".rstrip(": ")
@@ -67,9 +86,14 @@ def failure_markdown(
     checks = report.get("failed_checks") or []
     if checks:
         parts.append("## Failed data checks\n\n" + "\n".join(f"- {plain(c)}" for c in checks))
+    if report.get("found_by"):
+        parts.append(
+            f"The run's process ended without writing a report; {plain(report['found_by'])} found the run "
+            f"{plain(report.get('error'))} and wrote this one. Anything the run stored is under its prefix."
+        )
     if links:
         parts += _links_md(links, links_expire_s)
-    elif report.get("data_docs") is None:
+    elif report.get("data_docs") is None and not report.get("found_by"):
         parts.append("No Data Docs: the run failed before the held-out validation stored them.")
     parts.append(f"Run report under `{run_prefix(ref, report['run_id'])}`.")
     return "\n\n".join(parts)

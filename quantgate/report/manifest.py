@@ -38,6 +38,7 @@ def manifest_for(report: RunReport, registration: Registration) -> Manifest:
         benchmark=report.benchmark.model_dump(mode="json"),
         environment=report.environment,
         engine={p: v for p in engine_packages(report.recipe.backend) if (v := recorded.get(p))},
+        approval=report.approval,
     )
 
 

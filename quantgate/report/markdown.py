@@ -181,6 +181,11 @@ def to_markdown(
     if report.reason:
         needed = f" (about {report.rows_needed} held-out rows would be needed)" if report.rows_needed else ""
         parts.insert(2, f"Reason: **{report.reason}**{needed}")
+    if report.approval:
+        a = report.approval
+        said = f": {plain(a.comment)}" if a.comment else ""
+        verb = "approved" if a.decision == "approve" else "rejected"
+        parts.insert(2, f"Review: **{verb} by {plain(a.by)}** at {a.at}{said}")
     slices = slice_rows(report)
     if slices:
         parts.append(

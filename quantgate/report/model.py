@@ -12,7 +12,7 @@ from quantgate.bench import BenchReport
 from quantgate.evaluate import ParityReport
 from quantgate.export import ExportResult
 from quantgate.gates import GateReport
-from quantgate.registry import Outcome, utcnow
+from quantgate.registry import Approval, Outcome, utcnow
 from quantgate.search import SearchResult
 
 
@@ -79,12 +79,18 @@ class RunReport(BaseModel):
     promoted_to: str | None = None
     reason: str | None = Field(
         None,
-        description="why not promoted: heldout-too-small, baseline-not-meaningful, nothing-to-quantize or "
-        "gates-failed (with rows_needed for the first)",
+        description="why not promoted: heldout-too-small, baseline-not-meaningful, nothing-to-quantize, "
+        "gates-failed (with rows_needed for the first) or by-reviewer (every gate passed; a reviewer "
+        "rejected it)",
     )
     rows_needed: int | None = None
     champion: ChampionSummary | None = Field(
         None, description="the serving version judged beside this one; None for a first version"
+    )
+    approval: Approval | None = Field(
+        None,
+        description="the reviewer's answer when the run paused for approval after every gate passed "
+        "(approve: promoted; reject: rejected with reason by-reviewer); None when it did not ask",
     )
 
     @model_validator(mode="before")

@@ -284,3 +284,57 @@ def test_a_rollback_is_announced(memory_env, tmp_path):
     assert event.resource.id == "quantgate.model.rolled"
     assert (event.payload["version"], event.payload["previous_version"]) == ("rb1", "rb2")
     assert not _events(announce.ROLLED_BACK, "rb2", timeout=0)  # the version rolled back to is the resource
+
+
+def test_a_crashed_run_found_by_the_sweep_is_reported_tagged_and_announced_as_failed(
+    memory_env, tiny_model_dir, small_sts
+):
+    """A run killed mid-way wrote nothing: the zombie automation marks it Crashed (its message says so).
+    The sweep writes its report, publishes it, tags the run `failed` and announces it, once; the crash
+    counts against max_failures like any failure."""
+    from prefect import get_client
+    from prefect.states import Crashed
+    from typer.testing import CliRunner
+
+    from quantgate.cli import app, console
+
+    store = memory_env()
+    ref = _register(store, "crashed", tiny_model_dir, small_sts, model="tiny")
+    message = "No heartbeat for 120 s: the flow run's process is gone (killed?)."
+    with get_client(sync_client=True) as client:  # what a SIGKILLed run leaves on the server
+        crashed = client.create_flow_run(quantize_and_promote, name=str(ref), state=Crashed(message=message))
+    run_id = str(crashed.id)
+
+    sweep = registry_sweep(**RUN, max_runs=0, return_state=True)  # report it, run nothing
+    assert sweep.is_completed(), sweep.message
+    assert f"crashed run(s) reported: tiny@crashed ({run_id})" in sweep.message
+    failure = lifecycle.last_failure(store, ref)
+    assert (failure["run_id"], failure["error"], failure["message"]) == (run_id, "Crashed", message)
+    assert store.exists(f"runs/tiny/crashed/{run_id}/report.json")
+    with get_client(sync_client=True) as client:
+        assert "failed" in client.read_flow_run(crashed.id).tags
+    found = _artifacts(sweep.state_details.flow_run_id, ["tiny-decision", "tiny-crashed-run-report"])
+    assert "tiny@crashed: FAILED" in found["tiny-decision"].data
+    assert "registry-sweep found the run Crashed" in found["tiny-decision"].data
+    (event,) = _events(announce.FAILED, "crashed")
+    assert (event.payload["run_id"], event.payload["error"]) == (run_id, "Crashed")
+    assert f"prefect.flow-run.{run_id}" in {r.id for r in event.related}
+
+    runner = CliRunner()
+    wide = console.width
+    console.width = 250
+    try:
+        shown = runner.invoke(app, ["report", "tiny", "crashed"])
+        listed = runner.invoke(app, ["list", "tiny"])
+    finally:
+        console.width = wide
+    assert "tiny@crashed: failed: Crashed: No heartbeat" in shown.output, shown.output
+    row = next(line for line in listed.output.splitlines() if "crashed" in line)
+    assert "failed: Crashed" in row
+
+    # Recorded once; and a version that crashed max_failures times is left alone like any failing one.
+    again = registry_sweep(**RUN, max_failures=1, return_state=True)
+    assert "crashed run(s) reported" not in again.message
+    assert lifecycle.run_history(store, ref).failed == 1
+    rows = {r["version"]: r for r in _summary(again)}
+    assert rows["crashed"]["outcome"].startswith("skipped: 1 failed run(s)")

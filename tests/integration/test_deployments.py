@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from infra.zombies import AUTOMATION_NAME
 from quantgate import lifecycle
 from quantgate.bench import BenchSettings
 from quantgate.registry import ModelRef, manifest_key
@@ -57,6 +58,13 @@ def test_registration_triggers_a_run_and_the_sweep_catches_silent_uploads(
             deployment = client.read_deployment_by_name(name)
             client.update_deployment(deployment.id, DeploymentUpdate(parameters=TINY_PARAMS))
 
+        # Every automation on the server is named and described (none is `<deployment>__automation_1`).
+        automations = {a.name: a for a in client.read_automations()}
+        assert {"quantgate-run-on-registration", AUTOMATION_NAME} <= set(automations), set(automations)
+        for automation in automations.values():
+            assert "__automation_" not in automation.name
+            assert len(automation.description) > 80, automation.name
+
         # 1. `quantgate register` is all a person does; the event trigger starts the run on the worker.
         env = {**stack.env(), "PYTHONPATH": str(REPO)}
         registered = subprocess.run(
@@ -83,8 +91,12 @@ def test_registration_triggers_a_run_and_the_sweep_catches_silent_uploads(
         assert "announced quantgate.model.registered" in registered.stdout
         run = _wait_for_run(client, "tiny@d1")
         assert run.state.name == "Promoted", run.state.message
-        # The outcome tag joins the deployment's own tag (update_flow_run replaces the list: kept).
-        assert {"quantgate", "promoted"} <= set(client.read_flow_run(run.id).tags)
+        # The outcome tag joins the deployment's own tag (update_flow_run replaces the list: kept). The
+        # state hook writes it just after the final state, which the poll above may see first: poll again.
+        deadline = time.monotonic() + 30
+        while "promoted" not in (tags := client.read_flow_run(run.id).tags) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert {"quantgate", "promoted"} <= set(tags)
         assert (
             run.deployment_id
             == client.read_deployment_by_name("quantize-and-promote/quantize-on-registration").id
