@@ -178,6 +178,7 @@ def quantize_and_promote(
                 work,
                 champion,
                 settings.build_cache_dir,
+                settings.prediction_cache_dir,
             )
 
             # -- decide and act on the decision -----------------------------------------------------------

@@ -37,6 +37,7 @@ def search_recipes(
     work: Path,
     champion: Champion | None = None,
     build_cache: Path | None = None,
+    prediction_cache: Path | None = None,
 ) -> SearchResult:
     assets, fp32 = exported.assets_dir, exported.onnx_path
     progress = SearchProgress(min(len(recipes), budget.max_candidates), budget.max_trials)
@@ -84,6 +85,7 @@ def search_recipes(
         steps,
         champion,
         build_cache,
+        prediction_cache,
     )
     progress.finished(search)
     return search

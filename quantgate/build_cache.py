@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from quantgate.content_cache import code_version, publish, source_of, tree_files
+from quantgate.content_cache import code_version, file_digest, publish, source_of, tree_files
 from quantgate.packages import versions
 from quantgate.recipe import QuantizeResult, Recipe
-from quantgate.storage import sha256_file
 from quantgate.workspace import private_dir
 
 MARKER = "build.json"
@@ -75,7 +74,7 @@ def build_key(
         backend_source=source_of(quantizer),
         packages=versions(quantizer.packages),
         code=code_version(),
-        graphs=[sha256_file(p) for p in graph_files],
+        graphs=[file_digest(p) for p in graph_files],
         calibration=calibration_digest(calibration),
     )
 

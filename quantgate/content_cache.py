@@ -34,6 +34,18 @@ def _source_digest(path: str) -> str:
     return sha256_file(Path(path))
 
 
+@functools.lru_cache(maxsize=4096)
+def _stat_digest(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    return sha256_file(Path(path))
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, computed once per process while its size, mtime and inode stay the same (the
+    caches' keys hash the same model and tokenizer files for every candidate of a run)."""
+    info = path.stat()
+    return _stat_digest(str(path.resolve()), info.st_size, info.st_mtime_ns, info.st_ino)
+
+
 @functools.cache
 def code_version() -> str:
     """sha256 over quantgate's own source files: an entry made by other code is never used."""

@@ -26,6 +26,7 @@ from quantgate.backends import AccuracyTarget, Servable, get_quantizer
 from quantgate.bench import CHAMPION_ENGINE, BenchReport, BenchSettings
 from quantgate.errors import CandidateUnavailable, NothingToQuantize, SearchError
 from quantgate.gates import limit_value
+from quantgate.prediction_cache import using as using_predictions
 from quantgate.quantize import Recipe, build_candidate
 from quantgate.search import (
     FIXED_ROUND,
@@ -66,6 +67,7 @@ class ScoreJob(BaseModel):
     thresholds: GateThresholds
     deadline: float
     build_cache: Path | None = None  # where verified builds are kept (quantgate/build_cache.py); None: off
+    prediction_cache: Path | None = None  # where outputs are kept (quantgate/prediction_cache.py); None: off
 
 
 def candidate_dir(job_out: Path, recipe: Recipe) -> Path:
@@ -91,10 +93,15 @@ def accuracy_target(task: TaskType, job: ScoreJob, threads: int) -> AccuracyTarg
 def score_candidate(recipe: Recipe, job: ScoreJob, threads: int) -> CandidateResult:
     """Build one candidate with its backend and score it on the evaluation split. A recipe that cannot be
     applied to this model is a failed candidate, not a failed run: the others still compete."""
-    from quantgate.tasktypes import get_task_type
-
     if time.monotonic() > job.deadline:
         return CandidateResult(recipe=recipe, status="skipped", note="search time budget spent")
+    with using_predictions(job.prediction_cache):  # wherever the step runs (a thread, another process)
+        return _build_and_score(recipe, job, threads)
+
+
+def _build_and_score(recipe: Recipe, job: ScoreJob, threads: int) -> CandidateResult:
+    from quantgate.tasktypes import get_task_type
+
     task = get_task_type(job.task)
     try:
         q = build_candidate(
@@ -216,6 +223,32 @@ def run_search(
     steps: SearchSteps,
     champion: Any = None,
     build_cache: Path | None = None,
+    prediction_cache: Path | None = None,
+) -> SearchResult:
+    """The search above. Candidates' builds go through `build_cache`, and every model's outputs on the
+    evaluation rows (FP32, champion, candidates) through `prediction_cache` (None: off)."""
+    with using_predictions(prediction_cache):
+        return _run_search(
+            task, model_dir, fp32, assets, calibration_rows, evaluation, recipes, thresholds, budget, work,
+            steps, champion, build_cache, prediction_cache,
+        )  # fmt: skip
+
+
+def _run_search(
+    task: TaskType,
+    model_dir: Path,
+    fp32: Path,
+    assets: Path,
+    calibration_rows: pd.DataFrame,
+    evaluation: pd.DataFrame,
+    recipes: list[Recipe],
+    thresholds: GateThresholds,
+    budget: SearchBudget,
+    work: Path,
+    steps: SearchSteps,
+    champion: Any,
+    build_cache: Path | None,
+    prediction_cache: Path | None,
 ) -> SearchResult:
     started = time.monotonic()
     deadline = started + budget.max_seconds
@@ -259,6 +292,7 @@ def run_search(
         thresholds=thresholds,
         deadline=deadline,
         build_cache=build_cache,
+        prediction_cache=prediction_cache,
     )
 
     def time_them(batch: list[CandidateResult]) -> BenchReport:

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         description="take candidates built from the same graph, recipe, calibration data and code from the "
         "cache instead of quantizing again (each is still scored, timed and gated); false: always build",
     )
+    prediction_cache: bool = Field(
+        default=True,
+        description="read a model's outputs on held-out rows back from the cache when the same model files, "
+        "side files, rows, threads and code computed them before (every metric and gate is still computed "
+        "from them); false: always run the model",
+    )
     s3_link_endpoint_url: str | None = Field(
         default=None,
         description="the S3 endpoint as the operator's browser reaches it, for presigned links (a signature "
@@ -124,6 +130,11 @@ class Settings(BaseSettings):
     def build_cache_dir(self) -> Path | None:
         """Where built candidates are cached; None when the build cache is off."""
         return self.cache_dir / "builds" if self.build_cache else None
+
+    @property
+    def prediction_cache_dir(self) -> Path | None:
+        """Where models' outputs on held-out rows are cached; None when the prediction cache is off."""
+        return self.cache_dir / "predictions" if self.prediction_cache else None
 
     @property
     def store_address(self) -> str:

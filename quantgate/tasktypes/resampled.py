@@ -22,6 +22,7 @@ from quantgate.backends import Servable
 from quantgate.evaluate import ParityReport
 from quantgate.gates import Gate, GateSpec, Thresholds, build_gates
 from quantgate.heldout import HeldoutSchema
+from quantgate.prediction_cache import predictions
 from quantgate.stats import bootstrap_indices, percentile_interval
 from quantgate.tasktypes.base import TaskMetric
 from quantgate.tasktypes.results import (
@@ -93,16 +94,22 @@ class ResampledTaskType:
 
     # --- written once ----------------------------------------------------------------------------------
 
+    def _predicted(self, model: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> Any:
+        """`predict`, through the prediction cache when the search uses one."""
+        return predictions(
+            self, model, assets, heldout, threads, lambda: self.predict(model, assets, heldout, threads)
+        )
+
     def _scored(
         self, model: Servable, assets: Path, heldout: pd.DataFrame, threads: int
     ) -> tuple[Any, float, np.ndarray]:
-        predicted = self.predict(model, assets, heldout, threads)
+        predicted = self._predicted(model, assets, heldout, threads)
         value, resampled = self.score(predicted, assets, heldout, bootstrap_indices(len(heldout)))
         return predicted, value, resampled
 
     def reference(self, fp32: Servable, assets: Path, heldout: pd.DataFrame, threads: int) -> Reference:
         start = time.perf_counter()
-        predicted = self.predict(fp32, assets, heldout, threads)
+        predicted = self._predicted(fp32, assets, heldout, threads)
         self.check_reference(predicted, assets, heldout)
         value, resampled = self.score(predicted, assets, heldout, bootstrap_indices(len(heldout)))
         return Reference(

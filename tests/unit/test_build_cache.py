@@ -5,7 +5,6 @@ is a copy in the run's own folder. Real ONNX Runtime quantization of a one-MatMu
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,25 +14,9 @@ from quantgate.backends.onnxruntime import OrtRecipe
 from quantgate.build_cache import MARKER
 from quantgate.quantize import build_candidate
 from quantgate.storage import sha256_file
+from tests.conftest import matmul_graph
 
 RECIPE = OrtRecipe(name="dynamic-int8-per-channel", per_channel=True)
-
-
-def _graph(path: Path, seed: int = 0) -> Path:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    weight = np.random.default_rng(seed).standard_normal((64, 64)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])],
-        [numpy_helper.from_array(weight, "w")],
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
 
 
 @pytest.fixture
@@ -58,7 +41,7 @@ def _artifact(result) -> dict[str, str]:
 
 
 def test_a_second_build_of_the_same_inputs_is_a_verified_copy_in_the_runs_own_folder(tmp_path, counted):
-    fp32 = _graph(tmp_path / "fp32" / "model.onnx")
+    fp32 = matmul_graph(tmp_path / "fp32" / "model.onnx")
     cache = tmp_path / "cache"
     first = build_candidate(RECIPE, fp32, tmp_path / "run1" / "c", cache_root=cache)
     second = build_candidate(RECIPE, fp32, tmp_path / "run2" / "c", cache_root=cache)
@@ -75,13 +58,13 @@ def test_a_second_build_of_the_same_inputs_is_a_verified_copy_in_the_runs_own_fo
 
 @pytest.mark.parametrize("change", ["recipe", "graph", "calibration"])
 def test_a_different_recipe_graph_or_calibration_is_built_again(tmp_path, counted, change):
-    fp32 = _graph(tmp_path / "fp32" / "model.onnx")
+    fp32 = matmul_graph(tmp_path / "fp32" / "model.onnx")
     cache = tmp_path / "cache"
     calibration = [{"x": np.ones((2, 64), np.float32)}]
     build_candidate(RECIPE, fp32, tmp_path / "run1" / "c", calibration=calibration, cache_root=cache)
     recipe = RECIPE.model_copy(update={"reduce_range": True}) if change == "recipe" else RECIPE
     if change == "graph":
-        fp32 = _graph(tmp_path / "fp32-other" / "model.onnx", seed=1)  # same path name, other weights
+        fp32 = matmul_graph(tmp_path / "fp32-other" / "model.onnx", seed=1)  # same path name, other weights
     if change == "calibration":
         calibration = [{"x": np.full((2, 64), 2.0, np.float32)}]
     again = build_candidate(recipe, fp32, tmp_path / "run2" / "c", calibration=calibration, cache_root=cache)
@@ -91,7 +74,7 @@ def test_a_different_recipe_graph_or_calibration_is_built_again(tmp_path, counte
 
 @pytest.mark.parametrize("poison", ["tamper-model", "plant-file", "drop-marker", "foreign-marker"])
 def test_an_entry_that_does_not_reverify_is_not_used_and_is_replaced(tmp_path, counted, poison):
-    fp32 = _graph(tmp_path / "fp32" / "model.onnx")
+    fp32 = matmul_graph(tmp_path / "fp32" / "model.onnx")
     cache = tmp_path / "cache"
     first = build_candidate(RECIPE, fp32, tmp_path / "run1" / "c", cache_root=cache)
     (entry,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
@@ -123,7 +106,7 @@ def test_an_accuracy_controlled_build_is_never_taken_from_the_cache(tmp_path):
 
 
 def test_two_runs_building_the_same_candidate_at_once_each_get_a_complete_one(tmp_path):
-    fp32 = _graph(tmp_path / "fp32" / "model.onnx")
+    fp32 = matmul_graph(tmp_path / "fp32" / "model.onnx")
     cache = tmp_path / "cache"
     results = {}
 
