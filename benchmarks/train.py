@@ -206,7 +206,7 @@ def sts_retrieval(sts_tsv: Path, out: Path, min_score: float = 4.0, limit: int |
     sentence of the file is in the corpus (the others are distractors)."""
     import json
 
-    from quantgate.heldout import load_sts_tsv
+    from quantgate.families.sentence_embedding import load_sts_tsv
 
     pairs = load_sts_tsv(sts_tsv).dropna(subset=["score", "sentence1", "sentence2"])
     pairs = pairs.head(limit) if limit else pairs

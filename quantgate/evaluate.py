@@ -1,19 +1,10 @@
-"""Metrics: pure functions over arrays, plus running an artifact over held-out texts.
-
-`parity_report` compares named output tensors, whatever the task. The embedding metrics (cosine,
-neighbour agreement) are the sentence-embedding task type's: its task metric (STS Spearman) can hold while
-embeddings drift, which breaks a vector index built with the FP32 model.
-"""
+"""What every task type compares: `parity_report` over named output tensors, whatever the task. A task
+type's own metrics live in its module (the embedding metrics in families/sentence_embedding.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 from pydantic import BaseModel, Field
-
-from quantgate.backends import Servable, open_session
 
 
 class OutputDiff(BaseModel):
@@ -33,26 +24,6 @@ class ParityReport(BaseModel):
     mean_tol: float
     passed: bool
     outputs: dict[str, OutputDiff] = Field(default_factory=dict)
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    na = np.linalg.norm(a, axis=1)
-    nb = np.linalg.norm(b, axis=1)
-    return (a * b).sum(axis=1) / np.maximum(na * nb, 1e-12)
-
-
-def neighbour_agreement(ref: np.ndarray, cand: np.ndarray) -> float:
-    """Share of rows whose nearest other row (by cosine) is the same under both embeddings."""
-    if len(ref) < 2:
-        return float("nan")
-
-    def nearest(x: np.ndarray) -> np.ndarray:
-        unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        sims = unit @ unit.T
-        np.fill_diagonal(sims, -np.inf)
-        return sims.argmax(axis=1)
-
-    return float((nearest(ref) == nearest(cand)).mean())
 
 
 def parity_report(
@@ -91,44 +62,3 @@ def parity_report(
     )
 
 
-def embedding_agreement(ref: np.ndarray, cand: np.ndarray) -> dict[str, float]:
-    """How far candidate embeddings moved: mean and worst cosine to FP32, nearest-neighbour agreement."""
-    cos = cosine_rows(ref, cand)
-    return {
-        "mean_cosine": float(cos.mean()),
-        "min_cosine": float(cos.min()),
-        "neighbour_agreement": neighbour_agreement(ref, cand),
-    }
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(x, y).statistic)
-
-
-def embed_texts(
-    model: Servable | Path,
-    tokenizer: Any,
-    texts: list[str],
-    *,
-    batch: int = 64,
-    max_length: int = 256,
-    threads: int = 2,
-) -> np.ndarray:
-    """sentence_embedding for every text; length-sorted batches keep padding (and time) low."""
-    from quantgate.export import tokenize
-
-    sess = open_session(model if isinstance(model, Servable) else Servable(model), threads)
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    out: np.ndarray | None = None
-    for start in range(0, len(texts), batch):
-        idx = order[start : start + batch]
-        feeds = tokenize(tokenizer, [texts[i] for i in idx], max_length)
-        (emb,) = sess.run(["sentence_embedding"], feeds)
-        if out is None:
-            out = np.zeros((len(texts), emb.shape[1]), dtype=np.float32)
-        out[idx] = emb
-    if out is None:
-        raise ValueError("no texts to embed")
-    return out

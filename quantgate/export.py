@@ -215,22 +215,6 @@ def check_external_data(onnx_path: Path) -> None:
             )
 
 
-def _pooling_of(model_dir: Path) -> tuple[str, bool]:
-    """Pooling and normalisation from a sentence-transformers folder; mean + L2 for plain HF folders."""
-    mode, normalize = "mean", True
-    pooling_cfg = model_dir / "1_Pooling" / "config.json"
-    if pooling_cfg.is_file():
-        cfg = json.loads(pooling_cfg.read_text())
-        if cfg.get("pooling_mode_cls_token"):
-            mode = "cls"
-        elif cfg.get("pooling_mode_max_tokens"):
-            mode = "max"
-    modules = model_dir / "modules.json"
-    if modules.is_file():
-        normalize = any("Normalize" in m.get("type", "") for m in json.loads(modules.read_text()))
-    return mode, normalize
-
-
 def load_hf_model(model_dir: Path, auto_class: str = "AutoModel", allow_pickle: bool = False) -> Any:
     """The model in eval mode, loaded by `auto_class`, every weight accounted for (eager attention)."""
     from safetensors import SafetensorError
@@ -273,42 +257,7 @@ def load_tokenizer(folder: Path) -> Any:
         raise InvalidModelError(f"cannot load the tokenizer in {folder.name}: {exc}") from None
 
 
-def build_embedding_module(model_dir: Path, allow_pickle: bool = False) -> tuple[Any, Any, str, bool]:
-    """(torch module taking named inputs, tokenizer, pooling, normalize)."""
-    import torch
-
-    check_model_folder(model_dir, allow_pickle)
-    tokenizer = load_tokenizer(model_dir)
-    base = load_hf_model(model_dir, "AutoModel", allow_pickle)
-    pooling, normalize = _pooling_of(model_dir)
-
-    class SentenceEmbedder(torch.nn.Module):
-        def __init__(self, encoder: torch.nn.Module) -> None:
-            super().__init__()
-            self.encoder = encoder
-
-        def forward(
-            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            hidden = self.encoder(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            if pooling == "cls":
-                pooled = hidden[:, 0]
-            elif pooling == "max":
-                pooled = (hidden + (mask - 1.0) * 1e9).max(dim=1).values
-            else:
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            if normalize:
-                pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
-            return hidden, pooled
-
-    return SentenceEmbedder(base).eval(), tokenizer, pooling, normalize
-
-
 INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
-OUTPUT_NAMES = ["last_hidden_state", "sentence_embedding"]
 
 
 def tokenize(
@@ -402,35 +351,3 @@ def parity_vs_torch(
     return worst
 
 
-def export_sentence_embedding(
-    model_dir: Path,
-    out_dir: Path,
-    sample_texts: list[str],
-    atol: float,
-    allow_pickle: bool = False,
-    max_length: int = 128,
-) -> ExportResult:
-    module, tokenizer, pooling, normalize = build_embedding_module(model_dir, allow_pickle)
-    onnx_path = out_dir / "model.onnx"
-    example = tokenize(tokenizer, sample_texts[:2], max_length)
-    axes = {name: {0: "batch", 1: "sequence"} for name in [*INPUT_NAMES, "last_hidden_state"]}
-    axes["sentence_embedding"] = {0: "batch"}
-    export_module(module, onnx_path, example, OUTPUT_NAMES, axes, model_dir.name)
-    tokenizer_dir = out_dir / "tokenizer"
-    tokenizer.save_pretrained(tokenizer_dir)
-    batches = [
-        tokenize(tokenizer, sample_texts[i : i + 8], max_length) for i in range(0, len(sample_texts), 8)
-    ]
-    diffs = parity_vs_torch(module, onnx_path, batches, OUTPUT_NAMES, atol)
-    return ExportResult(
-        onnx_path=onnx_path,
-        tokenizer_files=sorted(p for p in tokenizer_dir.iterdir() if p.is_file()),
-        input_names=INPUT_NAMES,
-        output_names=OUTPUT_NAMES,
-        opset=OPSET,
-        pooling=pooling,
-        normalize=normalize,
-        max_abs_diff_vs_torch=diffs,
-        parity_samples=len(sample_texts),
-        size_bytes=onnx_path.stat().st_size,
-    )

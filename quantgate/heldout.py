@@ -119,27 +119,6 @@ def iter_lines(text: str) -> Iterator[str]:
         start = end + 1
 
 
-def load_sts_tsv(path: Path) -> pd.DataFrame:
-    """STS Benchmark layout: tab separated, no header, no quoting;
-    `genre filename year score sentence1 sentence2 [extra fields...]`. Sentences contain '"', so quoting
-    is off (csv.QUOTE_NONE). Rows with too few fields keep None in the missing columns, so the GX suite
-    reports them instead of the parser guessing."""
-    limits = heldout_limits()
-    text = read_utf8(path, limits)
-    records = []
-    for fields in csv.reader(iter_lines(text), delimiter="\t", quoting=csv.QUOTE_NONE):
-        if not fields or fields == [""]:
-            continue
-        check_bound(path.name, "rows (at least)", len(records) + 1, "max_heldout_rows", limits)
-        padded = fields + [None] * (7 - len(fields))
-        records.append(
-            {"score": padded[4], "sentence1": padded[5], "sentence2": padded[6], "genre": padded[0]}
-        )
-    df = pd.DataFrame.from_records(records, columns=["score", "sentence1", "sentence2", "genre"])
-    df["score"] = pd.to_numeric(df["score"], errors="coerce")
-    return df
-
-
 def load_headed_tsv(path: Path) -> pd.DataFrame:
     """A tab-separated file with a header line (SST-2's `sentence<TAB>label`), no quoting: sentences
     contain quotes. Every value stays a string (labels may be names or indices); a row with too few

@@ -23,14 +23,15 @@ import pandas as pd
 
 from quantgate.backends import Servable
 from quantgate.errors import HeldoutValidationError
-from quantgate.evaluate import cosine_rows, embed_texts
 from quantgate.families.sentence_embedding import (
     COSINE_TAIL,
     COSINE_TAIL_LIMITS,
     MEAN_COSINE,
     MEAN_COSINE_LIMIT,
     SentenceEmbedding,
+    cosine_rows,
     cosine_tail,
+    embed_texts,
 )
 from quantgate.gates import BASELINE, BASELINE_LIMIT, GateSpec, Limit, Thresholds, judged_by
 from quantgate.heldout import HeldoutSchema, check_bound, heldout_limits, read_utf8

@@ -7,24 +7,29 @@ the same models on a retrieval set and shares the cosine limits and the export d
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from quantgate.backends import Servable
+from quantgate.backends import Servable, open_session
 from quantgate.bench import BenchReport, BenchSettings, Request, draw_requests
 from quantgate.errors import HeldoutValidationError
-from quantgate.evaluate import (
-    ParityReport,
-    cosine_rows,
-    embed_texts,
-    embedding_agreement,
-    parity_report,
-    spearman,
+from quantgate.evaluate import ParityReport, parity_report
+from quantgate.export import (
+    INPUT_NAMES,
+    OPSET,
+    ExportResult,
+    check_model_folder,
+    export_module,
+    load_hf_model,
+    load_tokenizer,
+    parity_vs_torch,
+    tokenize,
 )
-from quantgate.export import ExportResult, build_embedding_module, export_sentence_embedding, tokenize
 from quantgate.gates import (
     BASELINE,
     BASELINE_LIMIT,
@@ -35,7 +40,7 @@ from quantgate.gates import (
     limit_value,
     tail_spec,
 )
-from quantgate.heldout import HeldoutSchema, load_sts_tsv
+from quantgate.heldout import HeldoutSchema, check_bound, heldout_limits, iter_lines, read_utf8
 from quantgate.stats import (
     bootstrap_indices,
     percentile_interval,
@@ -55,6 +60,177 @@ from quantgate.tasktypes.results import (
     shorten,
 )
 from quantgate.tasktypes.serving import benchmark_with_torch, serving_settings
+
+# --- export, reader and metrics of this task type (shared with sentence-retrieval) ------------------
+
+def _pooling_of(model_dir: Path) -> tuple[str, bool]:
+    """Pooling and normalisation from a sentence-transformers folder; mean + L2 for plain HF folders."""
+    mode, normalize = "mean", True
+    pooling_cfg = model_dir / "1_Pooling" / "config.json"
+    if pooling_cfg.is_file():
+        cfg = json.loads(pooling_cfg.read_text())
+        if cfg.get("pooling_mode_cls_token"):
+            mode = "cls"
+        elif cfg.get("pooling_mode_max_tokens"):
+            mode = "max"
+    modules = model_dir / "modules.json"
+    if modules.is_file():
+        normalize = any("Normalize" in m.get("type", "") for m in json.loads(modules.read_text()))
+    return mode, normalize
+
+
+def build_embedding_module(model_dir: Path, allow_pickle: bool = False) -> tuple[Any, Any, str, bool]:
+    """(torch module taking named inputs, tokenizer, pooling, normalize)."""
+    import torch
+
+    check_model_folder(model_dir, allow_pickle)
+    tokenizer = load_tokenizer(model_dir)
+    base = load_hf_model(model_dir, "AutoModel", allow_pickle)
+    pooling, normalize = _pooling_of(model_dir)
+
+    class SentenceEmbedder(torch.nn.Module):
+        def __init__(self, encoder: torch.nn.Module) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            hidden = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            if pooling == "cls":
+                pooled = hidden[:, 0]
+            elif pooling == "max":
+                pooled = (hidden + (mask - 1.0) * 1e9).max(dim=1).values
+            else:
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            if normalize:
+                pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+            return hidden, pooled
+
+    return SentenceEmbedder(base).eval(), tokenizer, pooling, normalize
+
+
+OUTPUT_NAMES = ["last_hidden_state", "sentence_embedding"]
+
+
+def export_sentence_embedding(
+    model_dir: Path,
+    out_dir: Path,
+    sample_texts: list[str],
+    atol: float,
+    allow_pickle: bool = False,
+    max_length: int = 128,
+) -> ExportResult:
+    module, tokenizer, pooling, normalize = build_embedding_module(model_dir, allow_pickle)
+    onnx_path = out_dir / "model.onnx"
+    example = tokenize(tokenizer, sample_texts[:2], max_length)
+    axes = {name: {0: "batch", 1: "sequence"} for name in [*INPUT_NAMES, "last_hidden_state"]}
+    axes["sentence_embedding"] = {0: "batch"}
+    export_module(module, onnx_path, example, OUTPUT_NAMES, axes, model_dir.name)
+    tokenizer_dir = out_dir / "tokenizer"
+    tokenizer.save_pretrained(tokenizer_dir)
+    batches = [
+        tokenize(tokenizer, sample_texts[i : i + 8], max_length) for i in range(0, len(sample_texts), 8)
+    ]
+    diffs = parity_vs_torch(module, onnx_path, batches, OUTPUT_NAMES, atol)
+    return ExportResult(
+        onnx_path=onnx_path,
+        tokenizer_files=sorted(p for p in tokenizer_dir.iterdir() if p.is_file()),
+        input_names=INPUT_NAMES,
+        output_names=OUTPUT_NAMES,
+        opset=OPSET,
+        pooling=pooling,
+        normalize=normalize,
+        max_abs_diff_vs_torch=diffs,
+        parity_samples=len(sample_texts),
+        size_bytes=onnx_path.stat().st_size,
+    )
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    na = np.linalg.norm(a, axis=1)
+    nb = np.linalg.norm(b, axis=1)
+    return (a * b).sum(axis=1) / np.maximum(na * nb, 1e-12)
+
+
+def neighbour_agreement(ref: np.ndarray, cand: np.ndarray) -> float:
+    """Share of rows whose nearest other row (by cosine) is the same under both embeddings."""
+    if len(ref) < 2:
+        return float("nan")
+
+    def nearest(x: np.ndarray) -> np.ndarray:
+        unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        sims = unit @ unit.T
+        np.fill_diagonal(sims, -np.inf)
+        return sims.argmax(axis=1)
+
+    return float((nearest(ref) == nearest(cand)).mean())
+
+
+def embedding_agreement(ref: np.ndarray, cand: np.ndarray) -> dict[str, float]:
+    """How far candidate embeddings moved: mean and worst cosine to FP32, nearest-neighbour agreement."""
+    cos = cosine_rows(ref, cand)
+    return {
+        "mean_cosine": float(cos.mean()),
+        "min_cosine": float(cos.min()),
+        "neighbour_agreement": neighbour_agreement(ref, cand),
+    }
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic)
+
+
+def embed_texts(
+    model: Servable | Path,
+    tokenizer: Any,
+    texts: list[str],
+    *,
+    batch: int = 64,
+    max_length: int = 256,
+    threads: int = 2,
+) -> np.ndarray:
+    """sentence_embedding for every text; length-sorted batches keep padding (and time) low."""
+    sess = open_session(model if isinstance(model, Servable) else Servable(model), threads)
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out: np.ndarray | None = None
+    for start in range(0, len(texts), batch):
+        idx = order[start : start + batch]
+        feeds = tokenize(tokenizer, [texts[i] for i in idx], max_length)
+        (emb,) = sess.run(["sentence_embedding"], feeds)
+        if out is None:
+            out = np.zeros((len(texts), emb.shape[1]), dtype=np.float32)
+        out[idx] = emb
+    if out is None:
+        raise ValueError("no texts to embed")
+    return out
+
+
+def load_sts_tsv(path: Path) -> pd.DataFrame:
+    """STS Benchmark layout: tab separated, no header, no quoting;
+    `genre filename year score sentence1 sentence2 [extra fields...]`. Sentences contain '"', so quoting
+    is off (csv.QUOTE_NONE). Rows with too few fields keep None in the missing columns, so the GX suite
+    reports them instead of the parser guessing."""
+    limits = heldout_limits()
+    text = read_utf8(path, limits)
+    records = []
+    for fields in csv.reader(iter_lines(text), delimiter="\t", quoting=csv.QUOTE_NONE):
+        if not fields or fields == [""]:
+            continue
+        check_bound(path.name, "rows (at least)", len(records) + 1, "max_heldout_rows", limits)
+        padded = fields + [None] * (7 - len(fields))
+        records.append(
+            {"score": padded[4], "sentence1": padded[5], "sentence2": padded[6], "genre": padded[0]}
+        )
+    df = pd.DataFrame.from_records(records, columns=["score", "sentence1", "sentence2", "genre"])
+    df["score"] = pd.to_numeric(df["score"], errors="coerce")
+    return df
+
 
 # The per-row cosine tail (quantgate/gates.py `tail_gate`), shared with sentence-retrieval. It replaces
 # "min cosine >= 0.90 over the sample", whose meaning changed with the sample's size: the promoted MiniLM's

@@ -10,7 +10,8 @@ import pytest
 from quantgate.backends.onnxruntime import RECIPES, apply_recipe
 from quantgate.backends.onnxruntime import OrtRecipe as Recipe
 from quantgate.errors import ConfigError, InvalidModelError
-from quantgate.export import check_model_folder, export_sentence_embedding, tokenize
+from quantgate.export import check_model_folder, tokenize
+from quantgate.families.sentence_embedding import export_sentence_embedding
 from quantgate.quantize import get_recipe
 from quantgate.runtime import inference_session
 

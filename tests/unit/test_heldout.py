@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from quantgate.errors import HeldoutValidationError
-from quantgate.heldout import load_sts_tsv, require_valid, validate_heldout
+from quantgate.families.sentence_embedding import load_sts_tsv
+from quantgate.heldout import require_valid, validate_heldout
 from quantgate.tasktypes import SentenceEmbedding
 
 SCHEMA = SentenceEmbedding.schema

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from quantgate.evaluate import (
+from quantgate.evaluate import parity_report
+from quantgate.families.sentence_embedding import (
     cosine_rows,
     embedding_agreement,
     neighbour_agreement,
-    parity_report,
     spearman,
 )
 

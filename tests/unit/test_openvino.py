@@ -14,7 +14,8 @@ from transformers import AutoTokenizer
 from quantgate.backends import Servable, get_quantizer, open_session
 from quantgate.backends.openvino import OpenVino, cpu_capabilities
 from quantgate.errors import CandidateUnavailable
-from quantgate.export import export_sentence_embedding, tokenize
+from quantgate.export import tokenize
+from quantgate.families.sentence_embedding import export_sentence_embedding
 from quantgate.quantize import build_candidate, get_recipe
 from quantgate.search_driver import ScoreJob, score_candidate
 from quantgate.tasktypes import get_task_type

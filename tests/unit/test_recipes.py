@@ -17,7 +17,8 @@ from quantgate.backends.onnxruntime import OrtRecipe as Recipe
 from quantgate.backends.openvino import DEFAULT_SEARCH as OV_DEFAULT_SEARCH
 from quantgate.backends.ort_sensitivity import _quantize_weight, rank_nodes, sqnr_db
 from quantgate.errors import ConfigError
-from quantgate.export import export_sentence_embedding, tokenize
+from quantgate.export import tokenize
+from quantgate.families.sentence_embedding import export_sentence_embedding
 from quantgate.quantize import (
     get_recipe,
     load_recipe_file,

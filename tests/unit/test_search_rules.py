@@ -8,7 +8,8 @@ import pytest
 
 from quantgate.backends.onnxruntime import OrtRecipe as Recipe
 from quantgate.bench import BenchReport, BenchSettings, EngineResult
-from quantgate.heldout import load_sts_tsv, split_heldout
+from quantgate.families.sentence_embedding import load_sts_tsv
+from quantgate.heldout import split_heldout
 from quantgate.plots import ParetoPoint, pareto_front
 from quantgate.search import CandidateResult, choose, closest, fallback_base, node_costs
 from quantgate.sensitivity import NodeSensitivity

@@ -11,7 +11,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from quantgate.errors import InvalidModelError
-from quantgate.export import build_embedding_module, check_model_folder
+from quantgate.export import check_model_folder
+from quantgate.families.sentence_embedding import build_embedding_module
 
 
 def _variant(tiny_model_dir: Path, tmp_path: Path, edit) -> Path:
