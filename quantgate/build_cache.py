@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from quantgate.content_cache import code_version, file_digest, publish, source_of, tree_files
+from quantgate.content_cache import code_version, file_digest, source_of, store_entry, tree_files
 from quantgate.packages import versions
 from quantgate.recipe import QuantizeResult, Recipe
 from quantgate.workspace import private_dir
@@ -139,17 +138,13 @@ def cached_build(
     names = [p.relative_to(out_dir).as_posix() for p in artifact_files(result.path) if out_dir in p.parents]
     if out_dir not in result.path.parents or len(names) != len(artifact_files(result.path)):
         return result  # not all inside the run's folder: nothing this cache can hold whole
-    staging = cache_root / f".{folder.name}.{uuid.uuid4().hex[:8]}"
-    try:
-        staging.mkdir()
+    stored = result.model_dump(mode="json", exclude={"recipe", "cached"})
+    stored["path"] = result.path.relative_to(out_dir).as_posix()
+
+    def write(staging: Path) -> None:
         _copy(names, out_dir, staging)
-        stored = result.model_dump(mode="json", exclude={"recipe", "cached"})
-        stored["path"] = result.path.relative_to(out_dir).as_posix()
-        files = tree_files(staging, skip=MARKER)
-        (staging / MARKER).write_text(BuildEntry(key=key, result=stored, files=files).model_dump_json())
-        publish(staging, folder, lambda f: _entry(f, key), "build cache")
-    except OSError:
-        pass  # a full or unwritable cache costs the next run a build, never this run its candidate
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        entry = BuildEntry(key=key, result=stored, files=tree_files(staging, skip=MARKER))
+        (staging / MARKER).write_text(entry.model_dump_json())
+
+    store_entry(folder, write, lambda f: _entry(f, key), "build cache")
     return result

@@ -64,6 +64,22 @@ def source_of(obj: object) -> str:
     return _source_digest(inspect.getfile(type(obj)))
 
 
+def store_entry(
+    folder: Path, write: Callable[[Path], None], verified: Callable[[Path], object], what: str
+) -> None:
+    """Write a new entry for `folder` apart (`write(staging)`) and publish it (see `publish`). A cache that
+    cannot be written costs the next run the work, never this run its result: OSError is swallowed."""
+    staging = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}"
+    try:
+        staging.mkdir()
+        write(staging)
+        publish(staging, folder, verified, what)
+    except OSError:
+        pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def publish(staging: Path, folder: Path, verified: Callable[[Path], T | None], what: str) -> T | None:
     """Rename the finished `staging` entry into place; None when it landed. A published entry is never
     removed while it verifies: other runs read from it. When another run published first, its entry is

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -28,7 +26,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ValidationError
 
-from quantgate.content_cache import code_version, file_digest, publish, source_of
+from quantgate.content_cache import code_version, file_digest, source_of, store_entry
 from quantgate.packages import versions
 from quantgate.storage import sha256_file
 from quantgate.workspace import private_dir
@@ -139,15 +137,11 @@ def cached_predictions(cache_root: Path | None, key: PredictionKey | None, compu
     outputs = compute()
     if not (isinstance(outputs, np.ndarray) and outputs.dtype.kind in "fiub"):
         return outputs
-    staging = cache_root / f".{folder.name}.{uuid.uuid4().hex[:8]}"
-    try:
-        staging.mkdir()
+
+    def write(staging: Path) -> None:
         np.save(staging / OUTPUTS, outputs, allow_pickle=False)
         entry = PredictionEntry(key=key, sha256=sha256_file(staging / OUTPUTS))
         (staging / MARKER).write_text(entry.model_dump_json())
-        publish(staging, folder, lambda f: _entry(f, key), "prediction cache")
-    except OSError:
-        pass  # a full or unwritable cache costs the next run the computation, never this run its outputs
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    store_entry(folder, write, lambda f: _entry(f, key), "prediction cache")
     return outputs

@@ -31,7 +31,6 @@ from tasks import announce
 # How often the paused run asks the API whether it was resumed (Prefect's default is 10 s): an answer is
 # acted on within this many seconds; one small GET each time.
 POLL_S = 2
-FLOW_NAME = "quantize-and-promote"
 
 
 class ApprovalInput(RunInput):
@@ -102,27 +101,9 @@ def ask(ref: ModelRef, report: RunReport, timeout_s: int) -> RunReport:
 
 def paused_runs(ref: ModelRef) -> list[UUID]:
     """The quantize-and-promote runs of this version waiting for approval (normally one), oldest first."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import (
-        FlowFilter,
-        FlowFilterName,
-        FlowRunFilter,
-        FlowRunFilterName,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-    from prefect.client.schemas.sorting import FlowRunSort
+    from tasks.runs import flow_runs
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
-            flow_run_filter=FlowRunFilter(
-                name=FlowRunFilterName(any_=[str(ref)]),
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])),
-            ),
-            sort=FlowRunSort.START_TIME_ASC,
-        )
+    runs = flow_runs("PAUSED", name=str(ref))
     return [r.id for r in runs]
 
 

@@ -43,7 +43,6 @@ def find_undecided(settings: Settings, max_failures: int) -> lifecycle.SweepPlan
     return plan
 
 
-FLOW_NAME = "quantize-and-promote"
 CRASHED_RUNS_LOOKED_AT = 200  # the most recent: a crash older than that was long since re-run
 
 
@@ -53,28 +52,11 @@ def record_crashes(settings: Settings, found_by: str) -> list[tuple[dict[str, An
     without a run report, for versions still undecided: writes the report each would have written, so
     the sweep counts them against max_failures and `report`/`list` say "failed: Crashed: …". Returns
     (report, stored key) per crash recorded now; a crash recorded before is not recorded again."""
-    from prefect.client.schemas.filters import (
-        FlowFilter,
-        FlowFilterName,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-    from prefect.client.schemas.sorting import FlowRunSort
-
     from quantgate.errors import QuantgateError
     from quantgate.report import crash_report
+    from tasks.runs import flow_runs
 
-    with get_client(sync_client=True) as client:
-        crashed = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CRASHED]))
-            ),
-            sort=FlowRunSort.START_TIME_DESC,
-            limit=CRASHED_RUNS_LOOKED_AT,
-        )
+    crashed = flow_runs("CRASHED", newest_first=True, limit=CRASHED_RUNS_LOOKED_AT)
     store, logger, recorded = open_store(settings), get_run_logger(), []
     for run in crashed:
         model, _, version = run.name.partition("@")
