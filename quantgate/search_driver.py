@@ -228,124 +228,102 @@ def run_search(
     """The search above. Candidates' builds go through `build_cache`, and every model's outputs on the
     evaluation rows (FP32, champion, candidates) through `prediction_cache` (None: off)."""
     with using_predictions(prediction_cache):
-        return _run_search(
-            task, model_dir, fp32, assets, calibration_rows, evaluation, recipes, thresholds, budget, work,
-            steps, champion, build_cache, prediction_cache,
-        )  # fmt: skip
+        started = time.monotonic()
+        deadline = started + budget.max_seconds
+        cores = os.cpu_count() or 1
+        recipes = recipes[: budget.max_candidates]
+        workers = min(budget.workers or cores, len(recipes))
+        limits = thresholds.resolved(limits_for(task))  # what the report records, whatever the outcome
 
+        # -- what every candidate is compared with
+        ref = _fp32_reference(task, fp32, assets, evaluation, budget, deadline, steps, cores)
+        # -- can the held-out set judge anything?
+        evidence = judge_evidence(task, thresholds, ref.metrics(), len(evaluation))
+        if evidence.failed:
+            # Every candidate would fail the same gate on the same FP32 values: the decision is known, so no
+            # champion is scored and no candidate is built (issue #23: shuffled scores built 11 for 355 s).
+            return SearchResult(
+                candidates=[],
+                benchmarks={},
+                chosen=None,
+                lead=None,
+                evidence=evidence,
+                warnings=[],
+                budget=budget,
+                seconds=round(time.monotonic() - started, 2),
+                limits=limits,
+            )
+        ref, champion, warnings = _with_champion(task, ref, champion, evaluation, cores, steps)
+        timed_extra = {} if champion is None else {CHAMPION_ENGINE + champion.version: champion.servable}
+        calibration = steps.calibration(task, assets, calibration_rows)
+        prepared, more = steps.prepare(recipes, fp32, model_dir, work / "prepared")
+        warnings += more
+        job = ScoreJob(
+            task=task.name,
+            fp32=fp32,
+            prepared=prepared,
+            calibration=calibration,
+            out_dir=work / "candidates",
+            reference=ref,
+            assets=assets,
+            evaluation=evaluation,
+            thresholds=thresholds,
+            deadline=deadline,
+            build_cache=build_cache,
+            prediction_cache=prediction_cache,
+        )
 
-def _run_search(
-    task: TaskType,
-    model_dir: Path,
-    fp32: Path,
-    assets: Path,
-    calibration_rows: pd.DataFrame,
-    evaluation: pd.DataFrame,
-    recipes: list[Recipe],
-    thresholds: GateThresholds,
-    budget: SearchBudget,
-    work: Path,
-    steps: SearchSteps,
-    champion: Any,
-    build_cache: Path | None,
-    prediction_cache: Path | None,
-) -> SearchResult:
-    started = time.monotonic()
-    deadline = started + budget.max_seconds
-    cores = os.cpu_count() or 1
-    recipes = recipes[: budget.max_candidates]
-    workers = min(budget.workers or cores, len(recipes))
-    limits = thresholds.resolved(limits_for(task))  # what the report records, whatever the outcome
+        def time_them(batch: list[CandidateResult]) -> BenchReport:
+            return steps.benchmark({c.name: servable_of(c, job.out_dir) for c in batch} | timed_extra)
 
-    # -- what every candidate is compared with ------------------------------------------------------------
-    ref = _fp32_reference(task, fp32, assets, evaluation, budget, deadline, steps, cores)
-    # -- can the held-out set judge anything? --------------------------------------------------------------
-    evidence = judge_evidence(task, thresholds, ref.metrics(), len(evaluation))
-    if evidence.failed:
-        # Every candidate would fail the same gate on the same FP32 values: the decision is known, so no
-        # champion is scored and no candidate is built (issue #23: shuffled scores built 11 for 355 s).
+        # -- every candidate: build, score, then time them all in one interleaved benchmark
+        results = _score_all(recipes, job, workers, cores, steps)
+        evaluated = [c for c in results if c.status == "evaluated"]
+        if results and all((c.note or "").startswith(NOTHING_TO_QUANTIZE) for c in results):
+            # No recipe found anything to quantize: a decision (not promoted, with its reason and what the
+            # FP32 model costs), not a failed run.
+            bench = steps.benchmark(timed_extra)
+            return nothing_to_quantize(
+                results, ref.task_metric, bench, budget, warnings, time.monotonic() - started
+            ).model_copy(update={"limits": limits})
+        if not evaluated:
+            notes = "; ".join(f"{c.name}: {c.note}" for c in results)
+            raise SearchError(
+                f"no candidate could be built and scored ({notes}): check the recipes and the budget"
+            )
+        benches: dict[Round, BenchReport] = {"candidates": time_them(evaluated)}
+        results = [c.judged(task, thresholds, benches["candidates"], "candidates") for c in results]
+
+        # -- sensitive-node fallback: keep the worst nodes in FP32 until the accuracy gates pass
+        base = fallback_base(results) if budget.max_trials else None
+        fallback = None
+        if base is not None:
+            fallback, trials, again = _fallback(task, base, thresholds, job, budget, steps, cores, time_them)
+            results += trials
+            if again is not None:
+                benches["fallback"] = again
+
+        chosen = choose(results)
+        lead = chosen or closest(results)
+        comparison = None
+        # Informs, never decides: skipped once the search's time is spent.
+        if chosen is not None and steps.benchmark_fixed is not None and time.monotonic() < deadline:
+            benches[FIXED_ROUND], comparison = _fixed_shape_round(
+                results, chosen.name, job.out_dir, steps.benchmark_fixed
+            )
         return SearchResult(
-            candidates=[],
-            benchmarks={},
-            chosen=None,
-            lead=None,
+            candidates=results,
+            benchmarks=benches,
+            chosen=chosen.name if chosen else None,
+            lead=lead.name if lead else None,
+            fixed_shape=comparison,
+            fallback=fallback,
             evidence=evidence,
-            warnings=[],
+            warnings=warnings,
             budget=budget,
             seconds=round(time.monotonic() - started, 2),
             limits=limits,
         )
-    ref, champion, warnings = _with_champion(task, ref, champion, evaluation, cores, steps)
-    timed_extra = {} if champion is None else {CHAMPION_ENGINE + champion.version: champion.servable}
-    calibration = steps.calibration(task, assets, calibration_rows)
-    prepared, more = steps.prepare(recipes, fp32, model_dir, work / "prepared")
-    warnings += more
-    job = ScoreJob(
-        task=task.name,
-        fp32=fp32,
-        prepared=prepared,
-        calibration=calibration,
-        out_dir=work / "candidates",
-        reference=ref,
-        assets=assets,
-        evaluation=evaluation,
-        thresholds=thresholds,
-        deadline=deadline,
-        build_cache=build_cache,
-        prediction_cache=prediction_cache,
-    )
-
-    def time_them(batch: list[CandidateResult]) -> BenchReport:
-        return steps.benchmark({c.name: servable_of(c, job.out_dir) for c in batch} | timed_extra)
-
-    # -- every candidate: build, score, then time them all in one interleaved benchmark -------------------
-    results = _score_all(recipes, job, workers, cores, steps)
-    evaluated = [c for c in results if c.status == "evaluated"]
-    if results and all((c.note or "").startswith(NOTHING_TO_QUANTIZE) for c in results):
-        # No recipe found anything to quantize: a decision (not promoted, with its reason and what the FP32
-        # model costs), not a failed run.
-        bench = steps.benchmark(timed_extra)
-        return nothing_to_quantize(
-            results, ref.task_metric, bench, budget, warnings, time.monotonic() - started
-        ).model_copy(update={"limits": limits})
-    if not evaluated:
-        notes = "; ".join(f"{c.name}: {c.note}" for c in results)
-        raise SearchError(
-            f"no candidate could be built and scored ({notes}): check the recipes and the budget"
-        )
-    benches: dict[Round, BenchReport] = {"candidates": time_them(evaluated)}
-    results = [c.judged(task, thresholds, benches["candidates"], "candidates") for c in results]
-
-    # -- sensitive-node fallback: keep the worst nodes in FP32 until the accuracy gates pass --------------
-    base = fallback_base(results) if budget.max_trials else None
-    fallback = None
-    if base is not None:
-        fallback, trials, again = _fallback(task, base, thresholds, job, budget, steps, cores, time_them)
-        results += trials
-        if again is not None:
-            benches["fallback"] = again
-
-    chosen = choose(results)
-    lead = chosen or closest(results)
-    comparison = None
-    # Informs, never decides: skipped once the search's time is spent.
-    if chosen is not None and steps.benchmark_fixed is not None and time.monotonic() < deadline:
-        benches[FIXED_ROUND], comparison = _fixed_shape_round(
-            results, chosen.name, job.out_dir, steps.benchmark_fixed
-        )
-    return SearchResult(
-        candidates=results,
-        benchmarks=benches,
-        chosen=chosen.name if chosen else None,
-        lead=lead.name if lead else None,
-        fixed_shape=comparison,
-        fallback=fallback,
-        evidence=evidence,
-        warnings=warnings,
-        budget=budget,
-        seconds=round(time.monotonic() - started, 2),
-        limits=limits,
-    )
 
 
 def _fp32_reference(
