@@ -29,6 +29,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.search import search_recipes
 from quantgate.backends import AnyRecipe
 from quantgate.bench import BenchSettings
+from quantgate.content_cache import prepare_caches
 from quantgate.heldout import split_heldout
 from quantgate.quantize import resolve_recipes
 from quantgate.registry import ModelRef, promoted_prefix, registry_summary
@@ -38,7 +39,7 @@ from quantgate.search_driver import candidate_path
 from quantgate.settings import Settings
 from quantgate.tasktypes import check_profile, get_task_type, serving_settings
 from quantgate.thresholds import GateThresholds
-from quantgate.workspace import private_dir, workspace
+from quantgate.workspace import workspace
 from tasks import announce, approval, candidate, gate, storage, validate
 
 
@@ -115,7 +116,7 @@ def quantize_and_promote(
 
         # Both local folders are checked before anything is pulled: an unusable export cache would
         # otherwise fail the run only after the download and the held-out validation.
-        private_dir(settings.cache_dir, "QUANTGATE_CACHE_DIR")
+        prepare_caches(settings)
         with workspace(settings.work_dir, run_id) as work:
             # -- pull and check the data ------------------------------------------------------------------
             pulled = storage.pull_version(ref, settings, work / "source")

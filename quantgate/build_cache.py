@@ -21,8 +21,18 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from quantgate.content_cache import code_version, file_digest, source_of, store_entry, tree_files
-from quantgate.packages import versions
+from quantgate.content_cache import (
+    code_version,
+    file_digest,
+    host,
+    key_packages,
+    log_hit,
+    mark_used,
+    source_of,
+    store_entry,
+    tree_files,
+)
+from quantgate.errors import ConfigError
 from quantgate.recipe import QuantizeResult, Recipe
 from quantgate.workspace import private_dir
 
@@ -36,6 +46,7 @@ class BuildKey(BaseModel):
     backend: str
     backend_source: str
     packages: dict[str, str | None]
+    host: dict[str, Any]
     code: str
     graphs: list[str]  # sha256 of every file the build reads (the FP32 graph's, then the recipe's own)
     calibration: str
@@ -71,7 +82,8 @@ def build_key(
         recipe=recipe.model_dump(mode="json"),
         backend=quantizer.name,
         backend_source=source_of(quantizer),
-        packages=versions(quantizer.packages),
+        packages=key_packages(quantizer.packages),
+        host=host(),
         code=code_version(),
         graphs=[file_digest(p) for p in graph_files],
         calibration=calibration_digest(calibration),
@@ -96,14 +108,18 @@ def _copy(files: list[str], source: Path, target: Path) -> None:
 
 
 def _take(folder: Path, entry: BuildEntry, recipe: Recipe, out_dir: Path) -> QuantizeResult | None:
-    """Copy the entry's files into the run's `out_dir` and check the copies (what the run will use)."""
+    """Copy the entry's files into the run's `out_dir` and check the copies (what the run will use); None
+    when the entry went away meanwhile or a copy does not match (then the candidate is built)."""
     start = time.perf_counter()
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-    _copy(list(entry.files), folder, out_dir)
-    if tree_files(out_dir, skip=MARKER) != entry.files:
-        shutil.rmtree(out_dir)
+    try:
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        out_dir.mkdir(parents=True)
+        _copy(list(entry.files), folder, out_dir)
+        if tree_files(out_dir, skip=MARKER) != entry.files:
+            raise OSError("a copied file does not match its entry")
+    except OSError:
+        shutil.rmtree(out_dir, ignore_errors=True)
         return None
     return QuantizeResult.model_validate(
         {
@@ -127,12 +143,17 @@ def cached_build(
     """A verified entry copied into `out_dir` (`cached` set), else `build(out_dir)`, whose artifact
     (`artifact_files` of its path: the model, its external data, its settings) is published for the next
     run. A cache that cannot be written never fails the build."""
-    private_dir(cache_root, "QUANTGATE_CACHE_DIR")
+    try:
+        private_dir(cache_root, "QUANTGATE_CACHE_DIR")
+    except (ConfigError, OSError):
+        return build(out_dir)  # a cache that cannot be made (read-only, full) costs the build only
     folder = cache_root / key.digest()
     entry = _entry(folder, key)
     if entry is not None:
         taken = _take(folder, entry, recipe, out_dir)
         if taken is not None:
+            mark_used(folder)
+            log_hit("build", recipe.name, folder.name)
             return taken
     result = build(out_dir)
     names = [p.relative_to(out_dir).as_posix() for p in artifact_files(result.path) if out_dir in p.parents]

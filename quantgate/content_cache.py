@@ -6,16 +6,23 @@ from under a run that is reading it."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
+import logging
+import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from quantgate.storage import sha256_file
+
+if TYPE_CHECKING:
+    from quantgate.settings import Settings
 
 T = TypeVar("T")
 
@@ -59,6 +66,35 @@ def code_version() -> str:
     return digest.hexdigest()
 
 
+@functools.cache
+def host() -> dict[str, object]:
+    """The CPU an entry was made on (model, machine, the instruction sets INT8 kernels choose by: AVX2 U8S8
+    saturates, VNNI does not; BF16 needs the flag): a cache on a shared home is not used across CPUs."""
+    from quantgate.bench import cpu_info
+
+    info = cpu_info()
+    return {"model": info["model"], "machine": info["machine"], "flags": info["flags"]}
+
+
+def key_packages(*groups: tuple[str, ...]) -> dict[str, str | None]:
+    """Versions of quantgate's core distributions and each group's (a task type's, a backend's): what the
+    manifest records as the versions a decision was judged with."""
+    from quantgate.packages import CORE, versions
+
+    return versions((*CORE, *(name for group in groups for name in group)))
+
+
+def log_hit(what: str, subject: str, digest: str) -> None:
+    """Say in the run's log (or quantgate's, outside a run) that work was read back, not done."""
+    try:
+        from prefect.logging import get_run_logger
+
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = get_run_logger()
+    except Exception:  # noqa: BLE001 - outside a flow or task run
+        logger = logging.getLogger("quantgate")
+    logger.info("cache hit: %s of %s read back (entry %s)", what, subject, digest[:12])
+
+
 def source_of(obj: object) -> str:
     """sha256 of the file defining `obj`'s class: a plugin outside quantgate is versioned by its source."""
     return _source_digest(inspect.getfile(type(obj)))
@@ -100,3 +136,55 @@ def publish(staging: Path, folder: Path, verified: Callable[[Path], T | None], w
                 continue  # another run moved it aside first
             shutil.rmtree(stale, ignore_errors=True)
     raise OSError(f"could not publish the {what} entry {folder} (five tries against other runs)")
+
+
+def mark_used(folder: Path) -> None:
+    """Record that an entry was just read (its folder's mtime), so pruning removes the least used first."""
+    with contextlib.suppress(OSError):
+        os.utime(folder)
+
+
+def prune(root: Path, max_bytes: int, stale_after_s: float = 3600) -> list[str]:
+    """Keep the cache at `root` within `max_bytes`: the entries used longest ago go first, each renamed
+    aside in one step before it is deleted (a run reading it meanwhile misses and does the work). Staging
+    and set-aside folders left by a killed run are removed after `stale_after_s`. Returns what was removed."""
+    if not root.is_dir():
+        return []
+    now, entries, removed = time.time(), [], []
+    for child in root.iterdir():
+        try:
+            used = child.stat().st_mtime
+            if child.name.startswith("."):
+                if now - used > stale_after_s:
+                    shutil.rmtree(child, ignore_errors=True)
+                continue
+            size = sum(f.stat().st_size for f in child.rglob("*") if f.is_file())
+        except OSError:
+            continue  # removed by another run meanwhile
+        entries.append((used, size, child))
+    total = sum(size for _, size, _ in entries)
+    for _, size, child in sorted(entries, key=lambda e: e[0]):
+        if total <= max_bytes:
+            break
+        aside = root / f".stale.{child.name}.{uuid.uuid4().hex[:8]}"
+        try:
+            child.rename(aside)
+        except OSError:
+            continue
+        shutil.rmtree(aside, ignore_errors=True)
+        total -= size
+        removed.append(child.name)
+    return removed
+
+
+def prepare_caches(settings: Settings) -> None:
+    """Before a run pulls anything: the cache folders are this user's own (refused loudly otherwise, with
+    the way out), and the build and prediction caches are pruned to QUANTGATE_CACHE_MAX_GB each."""
+    from quantgate.workspace import private_dir
+
+    private_dir(settings.cache_dir, "QUANTGATE_CACHE_DIR")
+    for cache in (settings.build_cache_dir, settings.prediction_cache_dir):
+        if cache is not None:
+            private_dir(cache, "QUANTGATE_CACHE_DIR")
+            prune(cache, int(settings.cache_max_gb * 1e9))
+

@@ -104,15 +104,16 @@ def _build_and_score(recipe: Recipe, job: ScoreJob, threads: int) -> CandidateRe
 
     task = get_task_type(job.task)
     try:
-        q = build_candidate(
-            recipe,
-            job.fp32,
-            candidate_dir(job.out_dir, recipe),
-            prepared=job.prepared,
-            calibration=job.calibration,
-            target=accuracy_target(task, job, threads),
-            cache_root=job.build_cache,
-        )
+        with using_predictions(None):  # a quantizer tuning against the metric scores models in memory
+            q = build_candidate(
+                recipe,
+                job.fp32,
+                candidate_dir(job.out_dir, recipe),
+                prepared=job.prepared,
+                calibration=job.calibration,
+                target=accuracy_target(task, job, threads),
+                cache_root=job.build_cache,
+            )
     except CandidateUnavailable as exc:
         return CandidateResult(recipe=recipe, status="skipped", note=str(exc)[:500])
     except NothingToQuantize as exc:

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         description="take candidates built from the same graph, recipe, calibration data and code from the "
         "cache instead of quantizing again (each is still scored, timed and gated); false: always build",
     )
+    cache_max_gb: float = Field(
+        default=20.0,
+        gt=0,
+        description="each of the build and prediction caches is pruned to this size when a run starts, the "
+        "entries used longest ago first",
+    )
     prediction_cache: bool = Field(
         default=True,
         description="read a model's outputs on held-out rows back from the cache when the same model files, "

@@ -132,8 +132,9 @@ class Quantizer(ABC):
     def build_inputs(self, recipe: Recipe, prepared: Any) -> list[Path] | None:
         """The files a build of `recipe` reads besides the FP32 graph and the calibration batches (their
         content is part of the build cache's key, quantgate/build_cache.py); None when the build depends on
-        more than files (it tunes against the run's own metric), so it is never taken from the cache."""
-        return []
+        more than that (what `prepare` made in memory, the run's own metric), so it is never taken from the
+        cache. None by default: a backend opts in by naming everything its build reads."""
+        return None
 
     def fallback_source(self, recipe: Recipe, fp32: Path, prepared: Any) -> Path:
         """The graph the sensitive-node fallback ranks nodes of."""

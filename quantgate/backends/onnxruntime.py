@@ -485,7 +485,7 @@ class OnnxRuntimeQuantizer(Quantizer):
     def build_inputs(self, recipe: Recipe, prepared: Any) -> list[Path] | None:
         """A fused recipe quantizes the transformer optimizer's graph, not the FP32 export."""
         fused = isinstance(recipe, OrtRecipe) and recipe.fuse and prepared is not None
-        return [prepared.path] if fused else []
+        return OnnxRuntime().files(prepared.path) if fused else []
 
     def fallback_source(self, recipe: Recipe, fp32: Path, prepared: Any) -> Path:
         fused = isinstance(recipe, OrtRecipe) and recipe.fuse and prepared is not None

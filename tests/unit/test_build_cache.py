@@ -124,3 +124,67 @@ def test_two_runs_building_the_same_candidate_at_once_each_get_a_complete_one(tm
         p.name for p in cache.iterdir()
     ]  # no staging or stale leftovers
     assert build_candidate(RECIPE, fp32, tmp_path / "d" / "c", cache_root=cache).cached is True
+
+
+def test_an_entry_that_goes_away_while_it_is_copied_is_built_instead(tmp_path, counted, monkeypatch):
+    """Another run set the entry aside (it no longer verified) between the check and the copy."""
+    from quantgate import build_cache
+
+    fp32 = matmul_graph(tmp_path / "fp32" / "model.onnx")
+    cache = tmp_path / "cache"
+    build_candidate(RECIPE, fp32, tmp_path / "run1" / "c", cache_root=cache)
+    real = build_cache._copy
+
+    def vanished(files, source, target):
+        if source.parent == cache:
+            raise FileNotFoundError(source)
+        return real(files, source, target)
+
+    monkeypatch.setattr(build_cache, "_copy", vanished)
+    again = build_candidate(RECIPE, fp32, tmp_path / "run2" / "c", cache_root=cache)
+    assert again.cached is False
+    assert len(counted) == 2
+    assert again.path.is_file()
+
+
+def test_a_cache_that_cannot_be_made_costs_the_build_only(tmp_path, counted):
+    fp32 = matmul_graph(tmp_path / "fp32" / "model.onnx")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    result = build_candidate(RECIPE, fp32, tmp_path / "run1" / "c", cache_root=blocked / "cache")
+    assert (result.cached, len(counted)) == (False, 1)
+
+
+def test_a_backend_that_does_not_name_its_inputs_is_never_cached(tmp_path):
+    """Opt-in: a plugin quantizer that reads what `prepare` made, or the run's metric, says nothing and
+    is built every time."""
+    from quantgate.backends import Quantizer
+
+    class Plugin(Quantizer):
+        def build(self, *args, **kwargs):
+            raise NotImplementedError
+
+    assert Plugin().build_inputs(RECIPE, None) is None
+    assert get_quantizer("onnxruntime").build_inputs(RECIPE, None) == []
+
+
+def test_pruning_keeps_the_cache_within_its_size_and_removes_the_least_used_first(tmp_path):
+    import os
+    import time
+
+    from quantgate.content_cache import prune
+
+    root = tmp_path / "builds"
+    now = time.time()
+    for name, age in [("old", 300), ("used-recently", 10), ("middle", 100)]:
+        entry = root / name
+        entry.mkdir(parents=True)
+        (entry / "model.onnx").write_bytes(b"x" * 1000)
+        os.utime(entry, (now - age, now - age))
+    for name, age in [(".abc.staging", 7200), (".fresh.staging", 5)]:  # a killed run's leftovers; one live
+        (root / name).mkdir()
+        os.utime(root / name, (now - age, now - age))
+    assert prune(root, max_bytes=2000) == ["old"]
+    assert sorted(p.name for p in root.iterdir()) == [".fresh.staging", "middle", "used-recently"]
+    assert prune(root, max_bytes=1000) == ["middle"]
+    assert prune(root, max_bytes=10_000) == []

@@ -126,9 +126,62 @@ def test_outputs_that_are_not_a_numeric_array_and_rows_that_cannot_be_hashed_are
             return np.asarray(predicted)
 
     tagged = Tagged()
-    listed = _rows().assign(tokens=[["a", "b"]] * 40)  # cells holding lists (NER tokens)
+    listed = _rows().assign(handle=[object() for _ in range(40)])  # cells whose print is an address
     with using(cache):
         for _ in range(2):
             tagged.reference(model, assets, _rows(), threads=1)
             probe.reference(model, assets, listed, threads=1)
     assert (tagged.runs, probe.runs) == (2, 2)
+
+
+def test_what_the_rows_carry_beside_them_is_part_of_their_identity(setup):
+    """A retrieval set keeps its corpus in `attrs`: another corpus with the same queries is other rows."""
+    probe, model, assets, cache = setup
+    rows = _rows()
+    rows.attrs["corpus"] = pd.DataFrame({"doc": ["a", "b"]})
+    other = _rows()
+    other.attrs["corpus"] = pd.DataFrame({"doc": ["a", "b", "c"]})
+    # The corpus as retrieval keeps it, a dict of documents: the same documents in another order are
+    # embedded in that order, so they are other outputs too.
+    ordered, reordered = _rows(), _rows()
+    ordered.attrs["corpus"] = {"d1": "first", "d2": "second"}
+    reordered.attrs["corpus"] = {"d2": "second", "d1": "first"}
+    with using(cache):
+        for frame in (rows, other, rows, ordered, reordered, ordered):
+            probe.reference(model, assets, frame, threads=1)
+    assert probe.runs == 4
+
+
+def test_a_model_that_is_not_files_on_disk_is_never_cached(setup, tmp_path):
+    """NNCF's accuracy control scores candidates held in memory (a runtime that lists no files): each
+    is another model under the same empty key, so none may be read back for another."""
+    from quantgate.backends import Runtime
+
+    probe, model, assets, cache = setup
+    real = Runtime.registry["onnxruntime"]
+
+    class InMemory(real):  # opens the graph like ORT, lists no files (as openvino-live)
+        name = "test-in-memory"
+
+        def files(self, path: Path) -> list[Path]:
+            return []
+
+    try:
+        live = Servable(model.path, "test-in-memory")
+        with using(cache):
+            probe.reference(live, assets, _rows(), threads=1)
+            probe.reference(live, assets, _rows(), threads=1)
+    finally:
+        Runtime.registry.pop("test-in-memory", None)
+    assert probe.runs == 2
+    assert not cache.exists() or not list(cache.iterdir())
+
+
+def test_a_cache_that_cannot_be_made_costs_the_computation_only(setup, tmp_path):
+    probe, model, assets, _ = setup
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with using(blocked / "cache"):
+        ref = probe.reference(model, assets, _rows(), threads=1)
+    assert probe.runs == 1
+    assert np.isfinite(ref.task_metric)
