@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from infra.chromium import chromium_options, chromium_paths
+
 REPO = Path(__file__).resolve().parents[1]
 DEPLOYMENT = "quantize-and-promote/quantize-on-registration"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -92,22 +94,11 @@ def _browser() -> Iterator[Any]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and chromedriver):
+    paths = chromium_paths()
+    if paths is None:
         raise SystemExit("chromium and chromedriver must be on PATH: run `bash infra/browser.sh`")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in (
-        "--headless=new",
-        f"--window-size={WIDTH},{FLOW_RUN_HEIGHT}",
-        "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
-        "--disable-dev-shm-usage",
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-    ):
-        options.add_argument(arg)
+    chromium, chromedriver = paths
+    options = chromium_options(chromium, WIDTH, FLOW_RUN_HEIGHT)
     driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
     try:
         yield driver

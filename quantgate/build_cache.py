@@ -31,10 +31,9 @@ from quantgate.content_cache import (
     source_of,
     store_entry,
     tree_files,
+    usable,
 )
-from quantgate.errors import ConfigError
 from quantgate.recipe import QuantizeResult, Recipe
-from quantgate.workspace import private_dir
 
 MARKER = "build.json"
 
@@ -143,10 +142,8 @@ def cached_build(
     """A verified entry copied into `out_dir` (`cached` set), else `build(out_dir)`, whose artifact
     (`artifact_files` of its path: the model, its external data, its settings) is published for the next
     run. A cache that cannot be written never fails the build."""
-    try:
-        private_dir(cache_root, "QUANTGATE_CACHE_DIR")
-    except (ConfigError, OSError):
-        return build(out_dir)  # a cache that cannot be made (read-only, full) costs the build only
+    if not usable(cache_root):
+        return build(out_dir)  # a cache that cannot be made (read-only, full) costs the work only
     folder = cache_root / key.digest()
     entry = _entry(folder, key)
     if entry is not None:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from quantgate.settings import Settings
 
 T = TypeVar("T")
+LOGGER = logging.getLogger("quantgate.cache")
 
 
 def tree_files(folder: Path, *, skip: str) -> dict[str, str]:
@@ -85,14 +86,22 @@ def key_packages(*groups: tuple[str, ...]) -> dict[str, str | None]:
 
 
 def log_hit(what: str, subject: str, digest: str) -> None:
-    """Say in the run's log (or quantgate's, outside a run) that work was read back, not done."""
-    try:
-        from prefect.logging import get_run_logger
+    """Say on quantgate's logger (`quantgate.cache`) that work was read back, not done."""
+    LOGGER.info("cache hit: %s of %s read back (entry %s)", what, subject, digest[:12])
 
-        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = get_run_logger()
-    except Exception:  # noqa: BLE001 - outside a flow or task run
-        logger = logging.getLogger("quantgate")
-    logger.info("cache hit: %s of %s read back (entry %s)", what, subject, digest[:12])
+
+def usable(root: Path) -> bool:
+    """Whether the cache folder `root` can be used: made if missing, this user's own (workspace.private_dir).
+    One that cannot (read-only, full, not a folder) costs the work, never the run: the flow refuses an
+    unsafe one loudly before anything is pulled (prepare_caches)."""
+    from quantgate.errors import ConfigError
+    from quantgate.workspace import private_dir
+
+    try:
+        private_dir(root, "QUANTGATE_CACHE_DIR")
+    except (ConfigError, OSError):
+        return False
+    return True
 
 
 def source_of(obj: object) -> str:
@@ -187,4 +196,3 @@ def prepare_caches(settings: Settings) -> None:
         if cache is not None:
             private_dir(cache, "QUANTGATE_CACHE_DIR")
             prune(cache, int(settings.cache_max_gb * 1e9))
-

@@ -36,10 +36,9 @@ from quantgate.content_cache import (
     mark_used,
     source_of,
     store_entry,
+    usable,
 )
-from quantgate.errors import ConfigError
 from quantgate.storage import sha256_file
-from quantgate.workspace import private_dir
 
 MARKER = "entry.json"
 OUTPUTS = "outputs.npy"
@@ -193,10 +192,8 @@ def cached_predictions(cache_root: Path | None, key: PredictionKey | None, compu
     key: `compute()`. A cache that cannot be written never fails the run."""
     if cache_root is None or key is None:
         return compute()
-    try:
-        private_dir(cache_root, "QUANTGATE_CACHE_DIR")
-    except (ConfigError, OSError):
-        return compute()  # a cache that cannot be made (read-only, full) costs the computation only
+    if not usable(cache_root):
+        return compute()  # a cache that cannot be made (read-only, full) costs the work only
     folder = cache_root / key.digest()
     hit = _entry(folder, key)
     if hit is not None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from infra.chromium import chromium_options, chromium_paths
 from quantgate import lifecycle
 from quantgate.bench import BenchSettings
 from quantgate.registry import ModelRef
@@ -145,22 +145,11 @@ def browser() -> Iterator[Any]:
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.selenium_manager import SeleniumManager
 
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and chromedriver):
+    paths = chromium_paths()
+    if paths is None:
         pytest.fail("chromium and chromedriver must be on PATH: run `bash infra/browser.sh`", pytrace=False)
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in (
-        "--headless=new",
-        f"--window-size={WINDOW[0]},{WINDOW[1]}",
-        "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
-        "--disable-dev-shm-usage",
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-    ):
-        options.add_argument(arg)
+    chromium, chromedriver = paths
+    options = chromium_options(chromium, *WINDOW)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
 
     def no_selenium_manager(*_: Any, **__: Any) -> None:
@@ -196,4 +185,3 @@ def screenshot(browser: Any, screenshot_dir: Path) -> Callable[[str], Path]:
         return path
 
     return save
-
