@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# The test command: install everything, lint, then run each test tier on its own (unit: pure logic;
-# flows: the real Prefect flow on the in-memory store, the full fault matrix; integration: real SeaweedFS
-# and Prefect; slow: the real MiniLM and the trained families; browser: headless Chromium against a real
-# stack), and print each one's wall time. Every tier runs even when an earlier one fails; the script fails
-# if any did. Extra args go to every pytest tier (a tier they select nothing from is reported as such, not
-# as a failure).
+# The test command: install everything, lint, then run each test tier and print each one's wall time.
+#   unit         pure logic
+#   flows        the real Prefect flow on the in-memory store: the full fault matrix
+#   integration  real SeaweedFS and Prefect servers and workers
+#   slow         the real MiniLM and the families trained from real data, where no speed is judged
+#   browser      headless Chromium against a real stack
+#   timed        slow tests whose outcome rests on latency measured on a real model
+# The first five share the machine: none of them judges a latency, and on two cores one tier alone leaves a
+# core idle while it waits on servers, thread joins and flow-run polls (run one after another they took
+# 13:45; side by side, 11:45). The timed tier runs last and alone, so nothing else takes the CPU while it
+# measures (a second version of MiniLM measured 2.06x its identical champion with another tier beside it).
+# Chromium's install (Debian's packages: it needs root and apt, not the Python environment) runs beside
+# the Python setup. Every tier runs even when another fails; the script fails if any did. Extra args go to
+# every pytest tier (a tier they select nothing from is reported as such, not as a failure).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,70 +22,100 @@ selecting=0
 for arg in "$@"; do
   case $arg in -k|-k*|-m|-m*|--deselect*|tests/*|*::*) selecting=1 ;; esac
 done
-ran_any=0
-names=()
-times=()
-results=()
-failed=0
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+order=()
+waiting=()
 
-tier() {  # tier NAME COMMAND...: run it, record its wall time and result
-  local name=$1 start rc result
+run_tier() {  # run_tier NAME COMMAND...: run it; "seconds|result|ran a test" goes to $logs/NAME.result
+  local name=$1 start rc result ran=0
   shift
   echo "== ${name}: $*"
   start=$(date +%s)
   "$@"
   rc=$?
   case $rc in
-    0) result=passed; [[ "$*" == *pytest* ]] && ran_any=1 ;;
+    0) result=passed; [[ "$*" == *pytest* ]] && ran=1 ;;
     5)  # pytest's exit code when nothing was collected: fine only where extra args deselected the tier
-      if [ "$selecting" -eq 1 ]; then result="no tests selected"; else result="FAILED (no tests)"; failed=1; fi ;;
-    *) result="FAILED (exit ${rc})"; failed=1 ;;
+      if [ "$selecting" -eq 1 ]; then result="no tests selected"; else result="FAILED (no tests)"; fi ;;
+    *) result="FAILED (exit ${rc})" ;;
   esac
-  names+=("$name")
-  times+=("$(($(date +%s) - start))")
-  results+=("$result")
+  echo "$(($(date +%s) - start))|${result}|${ran}" > "$logs/${name}.result"
+}
+
+tier() {  # tier NAME COMMAND...: in the foreground, its output as it comes
+  order+=("$1")
+  run_tier "$@"
+}
+
+spawn() {  # spawn NAME [--after TIER] COMMAND...: in the background; its output is shown when it ends
+  local name=$1 after=""
+  shift
+  if [ "${1:-}" = --after ]; then after=$2; shift 2; fi
+  order+=("$name")
+  waiting+=("$name")
+  (
+    if [ -n "$after" ]; then  # its clock starts once the tier it needs has ended
+      while [ ! -f "$logs/${after}.result" ]; do sleep 1; done
+      if [ "$(cut -d'|' -f2 "$logs/${after}.result")" != passed ]; then
+        echo "== ${name}: not run, ${after} failed"
+        echo "0|FAILED (${after} failed)|0" > "$logs/${name}.result"
+        exit
+      fi
+    fi
+    run_tier "$name" "$@"
+  ) > "$logs/${name}.log" 2>&1 &
+}
+
+collect() {  # wait for every background tier and show its output, in the order they were started
+  local name
+  for name in "${waiting[@]}"; do
+    while [ ! -f "$logs/${name}.result" ]; do sleep 1; done
+    cat "$logs/${name}.log"
+  done
+  waiting=()
+  wait
 }
 
 summary() {
-  local i total=0
+  local name seconds result ran total=$(($(date +%s) - began)) failed=0 ran_any=0
   echo
   printf '%-12s %8s  %s\n' tier "wall" result
-  for i in "${!names[@]}"; do
-    printf '%-12s %5d:%02d  %s\n' "${names[$i]}" $((times[i] / 60)) $((times[i] % 60)) "${results[$i]}"
-    total=$((total + times[i]))
+  for name in "${order[@]}"; do
+    IFS='|' read -r seconds result ran < "$logs/${name}.result"
+    printf '%-12s %5d:%02d  %s\n' "$name" $((seconds / 60)) $((seconds % 60)) "$result"
+    case $result in passed|"no tests selected") ;; *) failed=1 ;; esac
+    [ "$ran" -eq 1 ] && ran_any=1
   done
-  printf '%-12s %5d:%02d\n' total $((total / 60)) $((total % 60))
+  printf '%-12s %5d:%02d  %s\n' total $((total / 60)) $((total % 60)) "(unit to browser ran side by side)"
+  if [ "$ran_any" -eq 0 ]; then
+    echo "no tier ran a test: nothing was checked" >&2
+    failed=1
+  fi
+  return "$failed"
 }
 
+began=$(date +%s)
+spawn chromium bash infra/browser.sh  # a no-op when both binaries are on PATH
 tier setup bash infra/setup.sh
-if [ "${results[0]}" != passed ]; then
+if [ "$(cut -d'|' -f2 "$logs/setup.result")" != passed ]; then
+  collect
   summary
   exit 1
 fi
 . .venv/bin/activate || { echo "cannot activate .venv" >&2; exit 1; }
 export PREFECT_SERVER_ANALYTICS_ENABLED=false GX_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 DO_NOT_TRACK=1
 
-# Four pytest workers on two cores where a run waits as much as it computes (Prefect API calls, server-side
-# event writes, thread joins, server starts): the flows tier used one core's worth of CPU with two workers
-# and both cores with four (11:03 -> 7:35). Each worker starts its own SeaweedFS and Prefect harness; in
-# the integration tier a file's tests stay on one worker, so module fixtures are built once.
-# The slow tier runs alone: the real MiniLM's latency gates (p50 vs the champion) must not share the CPU
-# (with two workers, test_evidence's second version measured 2.06x its champion and was rejected).
-PARALLEL=(-n 4 --dist loadfile)
 tier lint ruff check .
-tier unit python -m pytest tests/unit -m "not slow" -n 2 "$@"
-tier flows python -m pytest tests/flows -m "not slow" -n 4 "$@"
-tier integration python -m pytest tests/integration -m "not slow" "${PARALLEL[@]}" "$@"
-tier slow python -m pytest tests -m "slow and not browser" "$@"
-# Chromium comes from Debian's packages, installed here rather than by setup.sh: it needs root (or sudo)
-# and apt, which the Python environment does not, and only this tier uses it. Its own line, so a first
-# install's minute is not counted as the browser tests' time; a no-op when both binaries are on PATH.
-tier chromium bash infra/browser.sh
-tier browser python -m pytest tests/browser "$@"
+# Side by side: eight pytest processes on two cores, each starting its own Prefect harness (and SeaweedFS
+# where it needs one). In the integration tier a file's tests stay on one worker, so module fixtures are
+# built once; the fault matrix's shards spread over the flows tier's workers.
+spawn unit python -m pytest tests/unit -m "not slow" -n 1 "$@"
+spawn flows python -m pytest tests/flows -m "not slow" -n 3 "$@"
+spawn integration python -m pytest tests/integration -m "not slow" -n 3 --dist loadfile "$@"
+spawn slow python -m pytest tests -m "slow and not timed and not browser" "$@"
+spawn browser --after chromium python -m pytest tests/browser "$@"
+collect
+tier timed python -m pytest tests -m "timed and not browser" "$@"
 
-if [ "$ran_any" -eq 0 ]; then
-  echo "no tier ran a test: nothing was checked" >&2
-  failed=1
-fi
 summary
-exit "$failed"

@@ -97,6 +97,25 @@ def scored_candidate(
     )
 
 
+def task_runs_of(flow_run_id: Any, last: str, timeout: float = 30.0) -> list[Any]:
+    """The task runs of a flow run, once one named `last`... (the run's final task) is recorded: the
+    server records task runs from their events in batches, so they arrive a moment after the run ends."""
+    import time
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + timeout
+    of_run = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(flow_run_filter=of_run)
+            if any(r.name.startswith(last) for r in runs):
+                return runs
+            assert time.monotonic() < deadline, f"no task run {last}... recorded within {timeout:.0f} s"
+            time.sleep(0.2)
+
+
 def matmul_graph(path: Path, seed: int = 0) -> Path:
     """A real one-MatMul ONNX graph (64 x 64 random weights, `seed`): quantizable and runnable in ms."""
     import numpy as np
@@ -124,6 +143,12 @@ os.environ["QUANTGATE_ALLOW_MEMORY_STORE"] = "1"  # the flows tier runs on memor
 # A run SIGKILLed while promoting keeps its model's concurrency slot for the 60 s lease; the re-runs in the
 # crash tests should not wait that long for it (test_guarantees checks the wait itself).
 os.environ.setdefault("QUANTGATE_PROMOTION_LOCK_TIMEOUT_S", "5")
+# The test servers (the harness's and the integration tier's stacks) write task runs in batches, flushed
+# every half second, rather than one database transaction per state change (Prefect's default batch is 1):
+# the server's CPU per tiny flow run fell from ~0.8 s to ~0.45 s. A test that reads a run's task runs
+# waits for them (`task_runs_of`).
+os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "50")
+os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL", "0.5")
 # One export cache per test session: shared by its tests (re-runs hit it), never by earlier sessions.
 os.environ.setdefault("QUANTGATE_CACHE_DIR", tempfile.mkdtemp(prefix="quantgate-test-cache-"))
 

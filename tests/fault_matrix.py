@@ -26,6 +26,7 @@ precision-hint settings), whose promotions write different files.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Callable
@@ -54,8 +55,6 @@ ENGINES = [
     pytest.param("ov-nncf-int8-transformer", id="openvino"),
 ]
 WritePath = list[tuple[str, str]]  # (operation, key) of every write of one promotion, in order
-
-
 
 
 def _snapshot(store: Store) -> dict[str, str]:
@@ -113,6 +112,22 @@ def _check_complete(
     assert leftovers == {f"promoted/fm/{ref.version}/manifest.json"}, (label, leftovers)
 
 
+def _numbered_once(shared: Path, number: Callable[[], WritePath]) -> WritePath:
+    """The path numbered by `number()` the first time, read back from `shared` after that: the write path
+    of a promotion depends on its engine's files, not on which walk asks (a fault-free run is the same
+    run each time), so the shards of one engine share one numbering run. A lock makes a second pytest
+    worker wait for the first one's run rather than start its own."""
+    from filelock import FileLock
+
+    shared.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{shared}.lock"):
+        if shared.exists():
+            return [(op, key) for op, key in json.loads(shared.read_text())]
+        path = number()
+        shared.write_text(json.dumps(path))
+        return path
+
+
 def walk_fault_matrix(
     recipe: str,
     fresh_store: Callable[[], Store],
@@ -123,10 +138,12 @@ def walk_fault_matrix(
     tiny_model_dir: Path,
     small_sts: Path,
     signing: tuple[Signer, TrustedKeys],
+    shared_path: Path | None = None,
 ) -> dict[str, str]:
     """Number the writes of one promotion with `recipe`, then run it with a 503 at each position `choose`
     picks from that path, in each of `modes`; every check above at every one. `fresh_store()` makes an
-    empty store that the flow's Settings open; `install` puts a plan in front of it."""
+    empty store that the flow's Settings open; `install` puts a plan in front of it. `shared_path`: a file
+    where the numbered path is kept, so the walks of one engine (shards, pytest workers) number it once."""
     if recipe.startswith("ov-"):
         pytest.importorskip("openvino")
     run = {**RUN, "recipes": [recipe]}
@@ -144,24 +161,28 @@ def walk_fault_matrix(
         lifecycle.register(store, ref, tiny_model_dir, small_sts, "sentence-embedding")
         return store, ref
 
-    # -- the path: every write of one promotion, numbered ----------------------------------------------
-    store, ref = prepare(f"{walk}-path")
-    before = _snapshot(store)
-    plan = install(store, FaultPlan())
-    state = quantize_and_promote(model=ref.name, version=ref.version, **run, return_state=True)
-    assert state.name == "Promoted", state.message
-    _check_complete(store, ref, before, "no fault", trusted)
-    path = list(plan.writes)
-    assert any(k.endswith("/manifest.json") for _, k in path)
-    assert any(k.endswith("current.json") for _, k in path)
-    assert any(k.startswith("audit/") for _, k in path)
-    assert len(path) >= 10, path
-    artifact = "model.ov-int8" if recipe.startswith("ov-") else "model.int8"
-    assert any(artifact in k for _, k in path), path  # this engine's files are on the path
-    signature = [i for i, (_, k) in enumerate(path) if k.endswith(("/model.sig", "/promotion.json"))]
-    manifest_at = next(i for i, (_, k) in enumerate(path) if k.endswith("/manifest.json"))
-    assert len(signature) == 2, path  # the signature's writes are walked like every other file's
-    assert max(signature) < manifest_at, path
+    # -- the path: every write of one promotion, numbered (once per engine when a file is shared) ------
+    def number_writes() -> WritePath:
+        store, ref = prepare(f"{walk}-path")
+        before = _snapshot(store)
+        plan = install(store, FaultPlan())
+        state = quantize_and_promote(model=ref.name, version=ref.version, **run, return_state=True)
+        assert state.name == "Promoted", state.message
+        _check_complete(store, ref, before, "no fault", trusted)
+        path = list(plan.writes)
+        assert any(k.endswith("/manifest.json") for _, k in path)
+        assert any(k.endswith("current.json") for _, k in path)
+        assert any(k.startswith("audit/") for _, k in path)
+        assert len(path) >= 10, path
+        artifact = "model.ov-int8" if recipe.startswith("ov-") else "model.int8"
+        assert any(artifact in k for _, k in path), path  # this engine's files are on the path
+        signature = [i for i, (_, k) in enumerate(path) if k.endswith(("/model.sig", "/promotion.json"))]
+        manifest_at = next(i for i, (_, k) in enumerate(path) if k.endswith("/manifest.json"))
+        assert len(signature) == 2, path  # the signature's writes are walked like every other file's
+        assert max(signature) < manifest_at, path
+        return path
+
+    path = number_writes() if shared_path is None else _numbered_once(shared_path, number_writes)
 
     # -- a 503 at each chosen write in turn -----------------------------------------------------------
     positions = choose(path)

@@ -2,10 +2,13 @@
 the real Prefect flow on the in-memory store (tests/fault_matrix.py says what is checked at each). One test
 per engine, mode and shard of the write positions (every SHARDS-th write from the shard's own): together
 the shards walk every write, and the pytest workers share the ~150 runs evenly (one test per engine and mode
-left a single OpenVINO walk running alone at the end). Each shard numbers the writes with its own fault-free
-run first. The same walk runs at a few representative positions on the real SeaweedFS in tests/integration."""
+left a single OpenVINO walk running alone at the end). The writes are numbered by one fault-free run per
+engine, shared by its shards across the pytest workers. The same walk runs at a few representative
+positions on the real SeaweedFS in tests/integration."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -20,12 +23,20 @@ def _install(store, plan: FaultPlan) -> FaultPlan:
     return plan
 
 
+@pytest.fixture(scope="session")
+def numbered_paths(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """A folder this session's pytest workers share (xdist gives each worker its own base temp, under one
+    session folder), where each engine's numbered write path is kept."""
+    base = tmp_path_factory.getbasetemp()
+    return (base if worker_id == "master" else base.parent) / "fault-matrix-paths"
+
+
 @pytest.mark.usefixtures("prefect_api", "no_retry_delay")
 @pytest.mark.parametrize("shard", range(SHARDS), ids=[f"writes-{i}-mod-{SHARDS}" for i in range(SHARDS)])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("recipe", ENGINES)
 def test_a_503_at_every_storage_write_of_a_promotion(
-    recipe, mode, shard, memory_env, tmp_path, tiny_model_dir, small_sts, signing
+    recipe, mode, shard, memory_env, tmp_path, tiny_model_dir, small_sts, signing, numbered_paths
 ):
     walk_fault_matrix(
         recipe,
@@ -37,6 +48,7 @@ def test_a_503_at_every_storage_write_of_a_promotion(
         tiny_model_dir,
         small_sts,
         signing,
+        shared_path=numbered_paths / f"{recipe}.json",
     )
 
 

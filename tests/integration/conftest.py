@@ -40,7 +40,9 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]
     try:
         yield server
     finally:
-        server.stop()
+        # The session's data is thrown away: a weed that has not exited 5 s after SIGTERM is killed (now
+        # and then it took the whole default 20 s, on the slow tier's critical path).
+        server.stop(timeout=5)
 
 
 @pytest.fixture

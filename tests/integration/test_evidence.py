@@ -56,13 +56,9 @@ def _write(rows: list[list[str]], path: Path) -> Path:
 def _assert_decided_before_any_candidate(store, ref: ModelRef, state) -> dict:
     """The FP32 reference's evidence decided the run (#23): no candidate task ran, the report says none was
     built, and the rejection stored its record and nothing else (no parity report, no plots)."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from tests.conftest import task_runs_of
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        )
+    runs = task_runs_of(state.state_details.flow_run_id, last="announce-decision")
     names = {r.name for r in runs}
     assert any(n.startswith("reference-outputs") for n in names), names
     assert not [n for n in names if n.startswith(("candidate", "benchmark", "prepare", "calibration"))]
@@ -154,6 +150,7 @@ def test_degenerate_held_out_data_is_a_clear_validation_error_with_a_report(
 
 
 @pytest.mark.slow
+@pytest.mark.timed
 def test_a_second_version_is_judged_against_the_serving_one(store, minilm_dir, sts_path):
     """v2 is scored beside the serving v1 on v2's rows and in the same benchmark; the report says how
     they compare. A first version says it has no champion."""

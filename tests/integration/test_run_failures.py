@@ -71,10 +71,8 @@ def test_a_full_disk_fails_the_run_at_once_naming_the_space_needed(
     import shutil
     from collections import namedtuple
 
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
     from quantgate.errors import DiskFullError
+    from tests.conftest import task_runs_of
 
     ref = ModelRef(name="tiny", version="full")
     lifecycle.register(store, ref, tiny_model_dir, small_sts, "sentence-embedding")
@@ -84,10 +82,7 @@ def test_a_full_disk_fails_the_run_at_once_naming_the_space_needed(
     assert state.is_failed()
     with pytest.raises(DiskFullError, match=r"needs about \d+ MB .* only 5 MB are free"):
         state.result()
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        )
+    runs = task_runs_of(state.state_details.flow_run_id, last="announce-failure")
     pulls = [r for r in runs if r.name.startswith("pull")]
     assert [r.run_count for r in pulls] == [1]  # no retry
     assert not list(store.list("promoted/"))

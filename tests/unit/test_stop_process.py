@@ -29,10 +29,18 @@ def test_a_child_that_exits_on_sigterm_is_reaped_and_stopped_at_once():
 
 def test_a_child_that_ignores_sigterm_is_killed_after_the_timeout():
     child = subprocess.Popen(
-        [sys.executable, "-c", "import signal as s, time; s.signal(s.SIGTERM, s.SIG_IGN); time.sleep(60)"],
+        [
+            sys.executable,
+            "-c",
+            "import signal as s, time; s.signal(s.SIGTERM, s.SIG_IGN); print('ready', flush=True); "
+            "time.sleep(60)",
+        ],
         start_new_session=True,
+        stdout=subprocess.PIPE,
     )
-    time.sleep(0.5)
+    # Not a fixed sleep: on a loaded machine the child had not yet ignored SIGTERM half a second later.
+    assert child.stdout is not None
+    assert child.stdout.readline() == b"ready\n"
     started = time.monotonic()
     stop_process(child.pid, timeout=1)
     assert 1 <= time.monotonic() - started < 5
