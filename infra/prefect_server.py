@@ -37,7 +37,7 @@ def wait_healthy(url: str, timeout: float, proc: subprocess.Popen[bytes] | None 
     raise RuntimeError(f"prefect server did not answer {url}/health within {timeout:.0f}s")
 
 
-def start(state_dir: Path, port: int, timeout: float = 90.0) -> subprocess.Popen[bytes]:
+def start(state_dir: Path, port: int, timeout: float = 180.0) -> subprocess.Popen[bytes]:
     home = state_dir / "prefect"
     home.mkdir(parents=True, exist_ok=True)
     env = {

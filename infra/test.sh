@@ -3,13 +3,12 @@
 #   unit         pure logic
 #   flows        the real Prefect flow on the in-memory store: the full fault matrix
 #   integration  real SeaweedFS and Prefect servers and workers
-#   slow         the real MiniLM and the families trained from real data, where no speed is judged
 #   browser      headless Chromium against a real stack
-#   timed        slow tests whose outcome rests on latency measured on a real model
-# The first five share the machine: none of them judges a latency, and on two cores one tier alone leaves a
-# core idle while it waits on servers, thread joins and flow-run polls (run one after another they took
-# 13:45; side by side, 11:45). The timed tier runs last and alone, so nothing else takes the CPU while it
-# measures (a second version of MiniLM measured 2.06x its identical champion with another tier beside it).
+#   slow         the real MiniLM and the families trained from real data
+# The first four run side by side: none of them judges a latency, and one tier alone left a core idle
+# while it waited on servers, thread joins and flow-run polls. The slow tier runs last and alone: the
+# real models' speed gates must not share the CPU (a second version of MiniLM measured 2.06x its
+# identical champion with another pytest worker beside it).
 # Chromium's install (Debian's packages: it needs root and apt, not the Python environment) runs beside
 # the Python setup. Every tier runs even when another fails; the script fails if any did. Extra args go to
 # every pytest tier (a tier they select nothing from is reported as such, not as a failure).
@@ -87,7 +86,7 @@ summary() {
     case $result in passed|"no tests selected") ;; *) failed=1 ;; esac
     [ "$ran" -eq 1 ] && ran_any=1
   done
-  printf '%-12s %5d:%02d  %s\n' total $((total / 60)) $((total % 60)) "(unit to browser ran side by side)"
+  printf '%-12s %5d:%02d  %s\n' total $((total / 60)) $((total % 60)) "(unit, flows, integration and browser ran side by side)"
   if [ "$ran_any" -eq 0 ]; then
     echo "no tier ran a test: nothing was checked" >&2
     failed=1
@@ -113,9 +112,8 @@ tier lint ruff check .
 spawn unit python -m pytest tests/unit -m "not slow" -n 1 "$@"
 spawn flows python -m pytest tests/flows -m "not slow" -n 3 "$@"
 spawn integration python -m pytest tests/integration -m "not slow" -n 3 --dist loadfile "$@"
-spawn slow python -m pytest tests -m "slow and not timed and not browser" "$@"
 spawn browser --after chromium python -m pytest tests/browser "$@"
 collect
-tier timed python -m pytest tests -m "timed and not browser" "$@"
+tier slow python -m pytest tests -m "slow and not browser" "$@"
 
 summary

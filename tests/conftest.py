@@ -217,7 +217,10 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         temporary_settings(
             {PREFECT_RESULTS_LOCAL_STORAGE_PATH: results, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
         ),
-        prefect_test_harness(server_startup_timeout=60),
+        # infra/test.sh starts about ten pytest processes at once on two cores, each with its own harness:
+        # with 60 s, a flows worker's server did not answer in time (its imports and migrations shared the
+        # CPU with every other process's).
+        prefect_test_harness(server_startup_timeout=300),
     ):
         yield
 

@@ -150,7 +150,6 @@ def test_degenerate_held_out_data_is_a_clear_validation_error_with_a_report(
 
 
 @pytest.mark.slow
-@pytest.mark.timed
 def test_a_second_version_is_judged_against_the_serving_one(store, minilm_dir, sts_path):
     """v2 is scored beside the serving v1 on v2's rows and in the same benchmark; the report says how
     they compare. A first version says it has no champion."""

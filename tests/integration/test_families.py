@@ -216,7 +216,6 @@ def test_an_undecodable_image_is_refused_at_registration_by_name(store, digits_c
     assert not list(store.list(""))
 
 
-@pytest.mark.timed
 def test_dynamic_int8_of_a_cnn_is_rejected_as_slower_than_fp32(store, digits_cnn):
     model, npz = digits_cnn
     assert _cli("register", "digits", "v2", "--model-dir", str(model), "--heldout", str(npz)).exit_code == 0
@@ -290,7 +289,6 @@ def sts_retrieval_set(sts_path, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.timed
 def test_minilm_with_a_retrieval_set_is_judged_on_recall_at_10_and_the_top_10_it_keeps(
     store, minilm_dir, sts_retrieval_set
 ):

@@ -220,7 +220,6 @@ def test_secret_key_never_reaches_reports_or_run_logs(store, tiny_model_dir, sma
 
 
 @pytest.mark.slow
-@pytest.mark.timed
 def test_minilm_default_search_promotes_a_tuned_recipe_where_the_naive_one_fails_a_tight_cosine_gate(
     store, minilm_dir, sts_path
 ):
@@ -245,7 +244,6 @@ def test_minilm_default_search_promotes_a_tuned_recipe_where_the_naive_one_fails
 
 
 @pytest.mark.slow
-@pytest.mark.timed
 def test_minilm_sensitive_node_fallback_keeps_the_worst_nodes_in_fp32_until_the_gate_passes(
     store, minilm_dir, sts_path
 ):
