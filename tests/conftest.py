@@ -144,11 +144,12 @@ os.environ["QUANTGATE_ALLOW_MEMORY_STORE"] = "1"  # the flows tier runs on memor
 # crash tests should not wait that long for it (test_guarantees checks the wait itself).
 os.environ.setdefault("QUANTGATE_PROMOTION_LOCK_TIMEOUT_S", "5")
 # The test servers (the harness's and the integration tier's stacks) write task runs in batches, flushed
-# every half second, rather than one database transaction per state change (Prefect's default batch is 1):
+# every second, rather than one database transaction per state change (Prefect's default batch is 1):
 # the server's CPU per tiny flow run fell from ~0.8 s to ~0.45 s. A test that reads a run's task runs
-# waits for them (`task_runs_of`).
+# waits for them (`task_runs_of`). Not below 1 s: at 0.5 s an idle server spun at a quarter of a core
+# (7.2 CPU-s in 30 s, against 0.3 s at 1 s or at the default 5 s).
 os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "50")
-os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL", "0.5")
+os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL", "1")
 # One export cache per test session: shared by its tests (re-runs hit it), never by earlier sessions.
 os.environ.setdefault("QUANTGATE_CACHE_DIR", tempfile.mkdtemp(prefix="quantgate-test-cache-"))
 
