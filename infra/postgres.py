@@ -109,6 +109,9 @@ def _as_user(name: str | None) -> dict[str, object]:
 
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
+        # As PostgreSQL's own listener does: connections of a stopped server in TIME_WAIT do not block a
+        # restart, a listener on the port still does.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
         except OSError:

@@ -197,3 +197,29 @@ def test_postgres_and_server_started_within_budget(pg_stack: PgStack):
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_restart_keeps_the_data_and_the_password(tmp_path: Path):
+    pg = Postgres(tmp_path, SPARE_PORT).start()
+    try:
+        first_url = pg.url()
+        asyncio.run(_execute(pg.url(driver="postgresql"), "CREATE TABLE kept (n int)"))
+    finally:
+        pg.stop()
+    assert "database system is shut down" in (tmp_path / "postgres" / "postgres.log").read_text()
+    pg = Postgres(tmp_path, SPARE_PORT).start()  # straight after the stop: the port is free again
+    try:
+        assert pg.url() == first_url
+        asyncio.run(_execute(pg.url(driver="postgresql"), "SELECT count(*) FROM kept"))
+    finally:
+        pg.stop()
+
+
+async def _execute(url: str, statement: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
