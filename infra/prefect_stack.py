@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.prefect_server import service_main, stop_process
-from infra.prefect_server import start as start_server
+from infra.postgres import database_choice
+from infra.prefect_server import service_main, start_servers, stop_process
 from infra.zombies import CRASHED_AFTER_S, HEARTBEAT_S
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,8 +61,10 @@ class PrefectStack:
         def step(what: str) -> None:
             self.say(f"[{time.monotonic() - began:4.0f} s] {what}")
 
+        if database_choice() == "postgres":
+            step("starting PostgreSQL (infra/postgres.py) and migrating Prefect's database on it")
         step(f"starting the Prefect server on 127.0.0.1:{self.port} (about 16 s on a new database)")
-        self.processes.append(start_server(self.state_dir, self.port))
+        self.processes.extend(start_servers(self.state_dir, self.port))
         try:
             env = self.env()
             step(f"server healthy; creating the process work pool {POOL}")
@@ -94,7 +96,7 @@ class PrefectStack:
         return self
 
     def stop(self) -> None:
-        for proc in reversed(self.processes):  # worker first, then the server
+        for proc in reversed(self.processes):  # worker first, then the server, then PostgreSQL
             stop_process(proc.pid)
         self.processes.clear()
 

@@ -4,8 +4,9 @@
 #   flows        the real Prefect flow on the in-memory store: the full fault matrix
 #   integration  real SeaweedFS and Prefect servers and workers
 #   browser      headless Chromium against a real stack
+#   scale        the Prefect server on a real PostgreSQL (QUANTGATE_PREFECT_DB=postgres, infra/postgres.py)
 #   slow         the real MiniLM and the families trained from real data
-# The first four run side by side: none of them judges a latency, and one tier alone left a core idle
+# The first five run side by side: none of them judges a latency, and one tier alone left a core idle
 # while it waited on servers, thread joins and flow-run polls. The slow tier runs last and alone: the
 # real models' speed gates must not share the CPU (a second version of MiniLM measured 2.06x its
 # identical champion with another pytest worker beside it).
@@ -86,7 +87,7 @@ summary() {
     case $result in passed|"no tests selected") ;; *) failed=1 ;; esac
     [ "$ran" -eq 1 ] && ran_any=1
   done
-  printf '%-12s %5d:%02d  %s\n' total $((total / 60)) $((total % 60)) "(unit, flows, integration and browser ran side by side)"
+  printf '%-12s %5d:%02d  %s\n' total $((total / 60)) $((total % 60)) "(unit, flows, integration, browser and scale ran side by side)"
   if [ "$ran_any" -eq 0 ]; then
     echo "no tier ran a test: nothing was checked" >&2
     failed=1
@@ -106,14 +107,15 @@ fi
 export PREFECT_SERVER_ANALYTICS_ENABLED=false GX_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 DO_NOT_TRACK=1
 
 tier lint ruff check .
-# Side by side: eight pytest processes on two cores, each starting its own Prefect harness (and SeaweedFS
+# Side by side: nine pytest processes on two cores, each starting its own Prefect harness (and SeaweedFS
 # where it needs one). In the integration tier a file's tests stay on one worker, so module fixtures are
 # built once; the fault matrix's shards spread over the flows tier's workers.
-spawn unit python -m pytest tests/unit -m "not slow" -n 1 "$@"
-spawn flows python -m pytest tests/flows -m "not slow" -n 3 "$@"
-spawn integration python -m pytest tests/integration -m "not slow" -n 3 --dist loadfile "$@"
+spawn unit python -m pytest tests/unit -m "not slow and not scale" -n 1 "$@"
+spawn flows python -m pytest tests/flows -m "not slow and not scale" -n 3 "$@"
+spawn integration python -m pytest tests/integration -m "not slow and not scale" -n 3 --dist loadfile "$@"
 spawn browser --after chromium python -m pytest tests/browser "$@"
+spawn scale python -m pytest tests -m scale "$@"
 collect
-tier slow python -m pytest tests -m "slow and not browser" "$@"
+tier slow python -m pytest tests -m "slow and not browser and not scale" "$@"
 
 summary

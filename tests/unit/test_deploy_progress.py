@@ -16,7 +16,7 @@ class _Proc:
 
 def test_each_step_of_the_stack_start_is_announced_before_it_runs(monkeypatch, tmp_path: Path):
     events: list[str] = []
-    monkeypatch.setattr(stack_module, "start_server", lambda *a: events.append("run server") or _Proc(1))
+    monkeypatch.setattr(stack_module, "start_servers", lambda *a: events.append("run server") or [_Proc(1)])
     monkeypatch.setattr(stack_module, "_prefect", lambda *a, env: events.append("run " + " ".join(a)))
     monkeypatch.setattr(stack_module, "_prefect_python", lambda *a, env: events.append("run zombies"))
     monkeypatch.setattr(
