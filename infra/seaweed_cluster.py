@@ -254,6 +254,7 @@ upsertQuery = '''
                 self._write_filer_toml(folder, password)
                 self._spawn(f"filer{i}", self.filer_command(i), folder)
                 self._wait(deadline, f"S3 gateway {i}", lambda i=i: self._s3_answers(i))
+            self._wait(deadline, "filers' lock ring", self.lock_ring_settled)
         except BaseException:
             self.stop()
             raise
@@ -295,6 +296,25 @@ upsertQuery = '''
             return True  # 403 for an anonymous request means the gateway is answering
         except (urllib.error.URLError, OSError):
             return False
+        return True
+
+    def lock_ring_settled(self) -> bool:
+        """True once every filer and every S3 gateway has applied the lock ring naming all filers.
+        Conditional writes are locked per object on the filer the ring assigns; a gateway that still
+        holds an older ring (it arrives ≈1-2 s after a filer joins) would lock on another filer than its
+        peer does, so no create-only write is served before then. No HTTP endpoint shows the ring: each
+        filer's own log does ("LockRing: applying master ring update ...", "LockRing: s3@... received")."""
+        members = [f"{HOST}:{self.filer_port(j)}" for j in range(FILERS)]
+        for i in range(FILERS):
+            try:
+                text = (self.state_dir / f"filer{i}.log").read_text(errors="replace")
+            except OSError:
+                return False
+            lines = [line for line in text.splitlines() if "LockRing:" in line]
+            filer = [line for line in lines if "applying master ring update" in line]
+            s3 = [line for line in lines if f"s3@{HOST}:{self.s3_port(i) + GRPC_OFFSET} received" in line]
+            if not filer or not s3 or not all(m in filer[-1] and m in s3[-1] for m in members):
+                return False
         return True
 
     def volume_servers_of(self, bucket: str, key: str) -> list[set[int]]:
