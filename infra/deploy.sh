@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
-echo "deploy.sh: Prefect server, work pool, deployments, zombie automation and a worker on 127.0.0.1" \
+echo "deploy.sh: Prefect server, work pool, deployments, zombie automation and the workers (QUANTGATE_WORKERS, default 1) on 127.0.0.1" \
     "(storage: ${QUANTGATE_S3_ENDPOINT_URL:-AWS S3}, bucket ${QUANTGATE_BUCKET:-quantgate};" \
     "database: ${QUANTGATE_PREFECT_DB:-sqlite})"
 python -m infra.prefect_stack start --port "${PREFECT_PORT:-4200}"
