@@ -164,6 +164,15 @@ def rejection_files_prefix(ref: ModelRef, run_id: str) -> str:
     return f"{rejected_prefix(ref)}{_safe_relpath(run_id)}/"
 
 
+def promoted_model_prefix(model: str) -> str:
+    """Every promotion of one model (a folder per version, and current.json)."""
+    return f"promoted/{check_name(model)}/"
+
+
+def rejected_model_prefix(model: str) -> str:
+    return f"rejected/{check_name(model)}/"
+
+
 def registered_model_prefix(model: str | None) -> str:
     """Every registration (of one model, or of all)."""
     return f"registered/{check_name(model)}/" if model else "registered/"

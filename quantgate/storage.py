@@ -310,6 +310,23 @@ class ObjectStore(Store):
                 return out
             token = page["NextContinuationToken"]
 
+    def list_grouped(self, prefix: str, delimiter: str) -> tuple[list[str], list[str]]:
+        # A delimiter of more than one character is plain S3 (and SeaweedFS 4.48, checked 2026-11-30):
+        # a page holds up to 1,000 keys and groups together, however many objects each group rolls up.
+        keys: list[str] = []
+        groups: list[str] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Prefix": prefix, "Delimiter": delimiter}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._call("list_objects_v2", **kwargs)
+            keys += [obj["Key"] for obj in page.get("Contents", [])]
+            groups += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+            if not page.get("IsTruncated"):
+                return sorted(keys), sorted(groups)
+            token = page["NextContinuationToken"]
+
     def delete(self, key: str) -> None:
         self._call("delete_object", key)
 

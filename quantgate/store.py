@@ -18,7 +18,9 @@ The contract:
 - `get_bytes` / `get_file` / `head` of a missing key raise NotFoundError; `get_with_etag` returns None;
   `exists` returns False; `delete` of a missing key is not an error.
 - `list(prefix)` yields every object under the prefix (recursively) in key order; `list_prefixes(p)` the
-  immediate sub-folder names below `p` (which ends with '/').
+  immediate sub-folder names below `p` (which ends with '/'); `list_grouped(p, delimiter)` S3's listing
+  with a delimiter: keys without it, and one entry per group of keys that share it (few requests however
+  many objects a group holds).
 - Errors are quantgate's (StorageError and children), never a client library's.
 """
 
@@ -124,6 +126,21 @@ class Store(ABC):
 
     @abstractmethod
     def list_prefixes(self, prefix: str) -> list[str]: ...
+
+    def list_grouped(self, prefix: str, delimiter: str) -> tuple[list[str], list[str]]:
+        """(keys, groups) under prefix, in key order, as S3's ListObjectsV2 with `Delimiter` gives them: a
+        key holding `delimiter` after the prefix is not listed, its group (the key up to and including the
+        delimiter's first occurrence) is, once. This default reads every key; the S3 store asks the server,
+        which answers with one entry per group."""
+        keys: list[str] = []
+        groups: dict[str, None] = {}
+        for obj in self.list(prefix):
+            cut = obj.key.find(delimiter, len(prefix))
+            if cut < 0:
+                keys.append(obj.key)
+            else:
+                groups[obj.key[: cut + len(delimiter)]] = None
+        return keys, sorted(groups)
 
     @abstractmethod
     def delete(self, key: str) -> None: ...

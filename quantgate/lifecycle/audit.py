@@ -39,19 +39,43 @@ def read_audit_log(store: Store, model: str) -> AuditLog:
     log = AuditLog(events=[], skipped=[])
     prefix = audit_prefix(model)
     for obj in store.list(prefix):
-        if not AUDIT_NAME_RE.fullmatch(obj.key.removeprefix(prefix)):
-            log.skipped.append(obj.key)
-            continue
-        try:
-            event = AuditEvent.model_validate_json(store.get_bytes(obj.key))
-        except (ValidationError, NotFoundError):
-            log.skipped.append(obj.key)
-            continue
-        if event.model != model:
+        shaped = AUDIT_NAME_RE.fullmatch(obj.key.removeprefix(prefix))
+        event = read_event(store, obj.key, model) if shaped else None
+        if event is None:
             log.skipped.append(obj.key)
             continue
         log.events.append(event)
     return log
+
+
+def read_event(store: Store, key: str, model: str) -> AuditEvent | None:
+    """One audit event, None when it does not parse or is another model's (never trusted)."""
+    try:
+        event = AuditEvent.model_validate_json(store.get_bytes(key))
+    except (ValidationError, NotFoundError):
+        return None
+    return event if event.model == model else None
+
+
+def promote_event_keys(store: Store, model: str) -> dict[str, list[str]]:
+    """version -> the keys of its promote events, oldest first, from one listing of audit/<model>/ (the key
+    names say action and version): a check of one version then reads only that version's events."""
+    prefix = audit_prefix(model)
+    found: dict[str, list[str]] = {}
+    for obj in store.list(prefix):
+        name = obj.key.removeprefix(prefix)
+        if not AUDIT_NAME_RE.fullmatch(name):
+            continue
+        _, _, rest = name.split("-", 2)  # <time>-<token>-<action>-<version>.json
+        action, _, version = rest.removesuffix(".json").partition("-")
+        if action == "promote":
+            found.setdefault(version, []).append(obj.key)
+    return found
+
+
+def event_token(key: str) -> str:
+    """The token of an audit key: a promotion's event carries its manifest digest's first 8 hex digits."""
+    return key.rsplit("/", 1)[-1].split("-", 2)[1]
 
 
 def audit_log(store: Store, model: str) -> list[AuditEvent]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from quantgate.errors import ConfigError, ConflictError, IntegrityError, NotFoundError
 from quantgate.lifecycle._records import NO_TRUST, _delete_prefix, _json_bytes, _put_json
-from quantgate.lifecycle.audit import _append_audit, audit_log
+from quantgate.lifecycle.audit import _append_audit, event_token, promote_event_keys, read_event
 from quantgate.lifecycle.decisions import _manifest_with_digest
 from quantgate.lifecycle.pointer import _advance_pointer
 from quantgate.lifecycle.verification import _check_signature
@@ -122,17 +122,28 @@ def _resume_or_refuse(store: Store, ref: ModelRef, run_id: str, actor: str) -> M
     )
 
 
-def promotion_finished(store: Store, ref: ModelRef) -> bool:
-    """True when the promotion's audit event exists (its pointer step is done, moved or superseded)."""
+def promotion_finished(store: Store, ref: ModelRef, event_keys: list[str] | None = None) -> bool:
+    """True when the promotion's audit event exists (its pointer step is done, moved or superseded).
+    `event_keys`: the version's promote-event keys when the caller listed the audit log already."""
     _, digest = _manifest_with_digest(store, ref)
-    return _audited(store, ref, digest)
+    return _audited(store, ref, digest, event_keys)
 
 
-def _audited(store: Store, ref: ModelRef, digest: str) -> bool:
-    return any(
-        e.action == "promote" and e.version == ref.version and e.manifest_sha256 == digest
-        for e in audit_log(store, ref.name)
-    )
+def _audited(store: Store, ref: ModelRef, digest: str, event_keys: list[str] | None = None) -> bool:
+    """Reads only this version's promote events (their key names say so), the one whose key carries this
+    manifest's digest first: a finished promotion costs one GET however long the model's audit log."""
+    if event_keys is None:
+        event_keys = promote_event_keys(store, ref.name).get(ref.version, [])
+    for key in sorted(event_keys, key=lambda k: event_token(k) != digest[:8]):
+        event = read_event(store, key, ref.name)
+        if (
+            event is not None
+            and event.action == "promote"
+            and event.version == ref.version
+            and event.manifest_sha256 == digest
+        ):
+            return True
+    return False
 
 
 def finish_promotion(store: Store, ref: ModelRef, actor: str, trusted: TrustedKeys = NO_TRUST) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from quantgate.bench import ServingProfile
 from quantgate.errors import (
+    ConfigError,
     ConflictError,
     IntegrityError,
     InvalidModelError,
@@ -152,6 +153,24 @@ def load_registration(store: Store, ref: ModelRef) -> Registration:
 
 
 def list_registered(store: Store, model: str | None = None) -> list[ModelRef]:
-    prefix = registered_model_prefix(model)
-    refs = [parse_registration_key(obj.key) for obj in store.list(prefix)]
-    return sorted({r for r in refs if r is not None}, key=lambda r: (r.name, r.version))
+    """Registered versions (those with a registration.json), by model then version. Costs a page per
+    1,000 models and, per model, a page per ~500 versions, however many files each version holds."""
+    if model:
+        return registered_versions(store, registered_model_prefix(model))
+    refs: list[ModelRef] = []
+    for name in sorted(store.list_prefixes(registered_model_prefix(None))):
+        try:
+            prefix = registered_model_prefix(name)
+        except ConfigError:
+            continue  # a folder no quantgate name could have made: nothing registered there
+        refs += registered_versions(store, prefix)
+    return refs
+
+
+def registered_versions(store: Store, prefix: str) -> list[ModelRef]:
+    """The registration.json keys under registered/<m>/, from one delimited listing: the server rolls each
+    version's uploads up into one `…/<v>/uploads/` entry, so a version costs about two listed entries
+    whatever its file count (a registration from before upload ids lists its files)."""
+    keys, _ = store.list_grouped(prefix, "/uploads/")
+    refs = {parse_registration_key(key) for key in keys}
+    return sorted((r for r in refs if r is not None), key=lambda r: (r.name, r.version))

@@ -8,10 +8,19 @@ from typing import Any
 
 from quantgate.errors import IntegrityError, NotFoundError, QuantgateError
 from quantgate.lifecycle._records import _load_json
-from quantgate.lifecycle.decisions import decision_of
-from quantgate.lifecycle.promotion import promotion_finished
+from quantgate.lifecycle.audit import promote_event_keys
+from quantgate.lifecycle.decisions import _manifest_with_digest, decision_of
+from quantgate.lifecycle.promotion import _audited, promotion_finished
 from quantgate.lifecycle.registration import list_registered
-from quantgate.registry import ModelRef, registration_key, run_prefix, runs_prefix
+from quantgate.registry import (
+    ModelRef,
+    Outcome,
+    promoted_model_prefix,
+    registration_key,
+    rejected_model_prefix,
+    run_prefix,
+    runs_prefix,
+)
 from quantgate.store import Store
 
 
@@ -29,13 +38,15 @@ class RunHistory:
 
 def run_history(store: Store, ref: ModelRef) -> RunHistory:
     history = RunHistory()
-    for obj in store.list(runs_prefix(ref)):
-        if not obj.key.endswith("/report.json") or obj.key.count("/") != 4:
+    # A run's Data Docs site (many files) is rolled up by the server: one listed entry per run.
+    keys, _ = store.list_grouped(runs_prefix(ref), "/data_docs/")
+    for key in keys:
+        if not key.endswith("/report.json") or key.count("/") != 4:
             continue
         try:
-            report = _load_json(store, obj.key, "run report", "delete it")
+            report = _load_json(store, key, "run report", "delete it")
         except (IntegrityError, NotFoundError):
-            history.unreadable.append(obj.key)
+            history.unreadable.append(key)
             continue
         if report.get("outcome") == "failed":
             history.failed += 1
@@ -79,13 +90,25 @@ class SweepPlan:
 def sweep_plan(store: Store, max_failures: int) -> SweepPlan:
     """Registered versions with no decision, and promotions whose tail (pointer, audit) is unfinished,
     oldest-named first; versions that failed `max_failures` times are skipped. One unreadable object
-    skips its own version (and says so), never the whole sweep."""
+    skips its own version (and says so), never the whole sweep.
+
+    Cost (docs/scale.md): per model, delimited listings of registered/, promoted/ and the keys of
+    rejected/ and audit/ (pages of 1,000 entries); then per promoted version two GETs (its manifest and
+    the promote event its key names), per rejected version none, per undecided version its run reports.
+    Nothing grows with the files a version holds, nor with the audit log per promoted version."""
     plan = SweepPlan()
-    for ref in list_registered(store):
+    refs = list_registered(store)
+    indexes: dict[str, _ModelIndex | None] = {}
+    for ref in refs:
+        if ref.name not in indexes:
+            try:
+                indexes[ref.name] = _model_index(store, ref.name)
+            except QuantgateError:
+                indexes[ref.name] = None  # each version asks for itself, and says what failed
         try:
-            decision = decision_of(store, ref)
+            decision, finished = _decision(store, ref, indexes[ref.name])
             if decision == "promoted":
-                if not promotion_finished(store, ref):
+                if not finished:
                     plan.pending.append(ref)
                 continue
             if decision is not None:
@@ -101,6 +124,50 @@ def sweep_plan(store: Store, max_failures: int) -> SweepPlan:
         except QuantgateError as exc:
             plan.skipped[str(ref)] = f"{type(exc).__name__}: {exc}"
     return plan
+
+
+@dataclass(frozen=True)
+class _ModelIndex:
+    """What the sweep learns about one model from listings, reading no object."""
+
+    promoted: set[str]  # versions with anything under promoted/<m>/<v>/ (a manifest or not)
+    rejected: set[str]  # versions whose rejected/<m>/<v>/report.json exists
+    promote_events: dict[str, list[str]]  # version -> keys of its promote events in audit/<m>/
+
+
+def _model_index(store: Store, model: str) -> _ModelIndex:
+    rejected_prefix = rejected_model_prefix(model)
+    # A rejection holds its record and a few side files (parity report, plots), never the model's files.
+    rejected = {
+        obj.key.removeprefix(rejected_prefix).split("/", 1)[0]
+        for obj in store.list(rejected_prefix)
+        if obj.key.count("/") == 3 and obj.key.endswith("/report.json")
+    }
+    return _ModelIndex(
+        promoted=set(store.list_prefixes(promoted_model_prefix(model))),
+        rejected=rejected,
+        promote_events=promote_event_keys(store, model),
+    )
+
+
+def _decision(store: Store, ref: ModelRef, index: _ModelIndex | None) -> tuple[Outcome | None, bool]:
+    """(decision, finished): finished tells whether a promotion's tail is done."""
+    if index is None:
+        decision = decision_of(store, ref)
+        return decision, decision == "promoted" and promotion_finished(store, ref)
+    if ref.version in index.promoted:
+        # The folder alone decides nothing: a promotion interrupted before its manifest leaves files only.
+        # The manifest is read (not trusted from the listing) because its digest must match the event's:
+        # a version re-promoted after its promoted/ prefix was removed has an older event already.
+        try:
+            _, digest = _manifest_with_digest(store, ref)
+        except NotFoundError:
+            digest = None
+        if digest is not None:
+            return "promoted", _audited(store, ref, digest, index.promote_events.get(ref.version, []))
+    if ref.version in index.rejected:
+        return "rejected", False
+    return None, False
 
 
 def undecided(store: Store, max_failures: int) -> list[ModelRef]:
