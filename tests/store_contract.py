@@ -105,11 +105,23 @@ def check_listing(store: Store) -> None:
     assert not store.exists("l/top")
 
 
+def check_grouped_listing(store: Store) -> None:
+    """S3's Delimiter of more than one character: searched after the prefix, cut after its first match."""
+    keys = ["g/v1/registration.json", "g/v1/uploads/u/model/a", "g/v1/uploads/u/model/b"]
+    keys += ["g/v2/uploads/u/model/a", "g/uploads/registration.json", "g/uploads/uploads/u/x", "h/x"]
+    for key in keys:
+        store.put_bytes(key, key.encode())
+    keys, groups = store.list_grouped("g/", "/uploads/")
+    assert keys == ["g/uploads/registration.json", "g/v1/registration.json"]
+    assert groups == ["g/uploads/uploads/", "g/v1/uploads/", "g/v2/uploads/"]
+
+
 CONTRACT = [
     check_create_only_never_overwrites,
     check_racing_create_only_writers_have_one_winner,
     check_compare_and_swap,
     check_listing,
+    check_grouped_listing,
 ]
 CONTRACT_WITH_TMP = [
     check_missing_keys,
