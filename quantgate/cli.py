@@ -751,11 +751,16 @@ def list_versions(model: Annotated[str | None, typer.Argument(help="only this mo
         for col in ("model", "version", "decision", "files", "current"):
             table.add_column(col)
         pointers: dict[str, Any] = {}
+        audits: dict[str, Any] = {}  # each model's audit keys, listed once for all its versions
         for name in {r.name for r in refs}:
             try:
                 pointers[name] = lifecycle.current(store, name)
             except QuantgateError as exc:
                 pointers[name] = exc
+            try:
+                audits[name] = lifecycle.event_keys(store, name)
+            except QuantgateError:
+                audits[name] = None  # each version lists it again, and says what failed
         for ref in refs:
             pointer = pointers[ref.name]
             if isinstance(pointer, QuantgateError):
@@ -771,7 +776,9 @@ def list_versions(model: Annotated[str | None, typer.Argument(help="only this mo
             health = ""
             if decision == "promoted":
                 try:
-                    check = lifecycle.verify_promotion(store, ref, trusted=trusted)
+                    check = lifecycle.verify_promotion(
+                        store, ref, trusted=trusted, audit_keys=audits[ref.name]
+                    )
                     health = "ok" if check.ok else f"[red]BROKEN ({len(check.problems)} problem(s))[/]"
                 except QuantgateError as exc:
                     health = f"[red]BROKEN ({type(exc).__name__})[/]"

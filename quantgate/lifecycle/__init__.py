@@ -28,7 +28,7 @@ pointer back to an older promotion.
 """
 
 from quantgate.lifecycle._records import NO_TRUST
-from quantgate.lifecycle.audit import AuditLog, audit_log, read_audit_log
+from quantgate.lifecycle.audit import AuditLog, audit_log, event_keys, read_audit_log
 from quantgate.lifecycle.champion import Champion, pull_champion
 from quantgate.lifecycle.decisions import (
     current,
@@ -85,6 +85,7 @@ __all__ = [
     "current",
     "decision_of",
     "engine_drift",
+    "event_keys",
     "failed_runs",
     "finish_promotion",
     "last_failure",

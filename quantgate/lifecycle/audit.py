@@ -57,9 +57,10 @@ def read_event(store: Store, key: str, model: str) -> AuditEvent | None:
     return event if event.model == model else None
 
 
-def promote_event_keys(store: Store, model: str) -> dict[str, list[str]]:
-    """version -> the keys of its promote events, oldest first, from one listing of audit/<model>/ (the key
-    names say action and version): a check of one version then reads only that version's events."""
+def event_keys(store: Store, model: str, action: str | None = None) -> dict[str, list[str]]:
+    """version -> the keys of its events (of `action`, or all), oldest first, from one listing of
+    audit/<model>/ (the key names say action and version): a check of one version then reads only that
+    version's events, however long the model's log."""
     prefix = audit_prefix(model)
     found: dict[str, list[str]] = {}
     for obj in store.list(prefix):
@@ -67,10 +68,14 @@ def promote_event_keys(store: Store, model: str) -> dict[str, list[str]]:
         if not AUDIT_NAME_RE.fullmatch(name):
             continue
         _, _, rest = name.split("-", 2)  # <time>-<token>-<action>-<version>.json
-        action, _, version = rest.removesuffix(".json").partition("-")
-        if action == "promote":
+        named, _, version = rest.removesuffix(".json").partition("-")
+        if action is None or named == action:
             found.setdefault(version, []).append(obj.key)
     return found
+
+
+def promote_event_keys(store: Store, model: str) -> dict[str, list[str]]:
+    return event_keys(store, model, "promote")
 
 
 def event_token(key: str) -> str:

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from quantgate.errors import IntegrityError, NotFoundError
 from quantgate.lifecycle._records import NO_TRUST
-from quantgate.lifecycle.audit import audit_log
+from quantgate.lifecycle.audit import event_keys, read_event
 from quantgate.lifecycle.decisions import _parse_manifest, current
 from quantgate.registry import FileEntry, Manifest, ModelRef, manifest_key, promoted_key
 from quantgate.signing import SIGNATURE_FIX, SignatureCheck, TrustedKeys, check_promotion, signed_entries
@@ -42,17 +42,26 @@ class Verification(BaseModel):
 
 
 def verify_promotion(
-    store: Store, ref: ModelRef, deep: bool = False, trusted: TrustedKeys = NO_TRUST
+    store: Store,
+    ref: ModelRef,
+    deep: bool = False,
+    trusted: TrustedKeys = NO_TRUST,
+    audit_keys: dict[str, list[str]] | None = None,
 ) -> Verification:
     """Check a promotion in place: the manifest parses and matches the digest its audit event (and the
     pointer, when it names this version) recorded; every file it lists exists with its size and sha256
     (the checksum the server stored at upload, or the bytes themselves with `deep`); and, with trusted
-    keys, its signature verifies and covers exactly the manifest's files and content."""
-    return _verify(store, ref, deep, trusted)[0]
+    keys, its signature verifies and covers exactly the manifest's files and content. `audit_keys`: the
+    model's `event_keys`, when the caller verifies many versions (one audit listing for all)."""
+    return _verify(store, ref, deep, trusted, audit_keys)[0]
 
 
 def _verify(
-    store: Store, ref: ModelRef, deep: bool, trusted: TrustedKeys
+    store: Store,
+    ref: ModelRef,
+    deep: bool,
+    trusted: TrustedKeys,
+    audit_keys: dict[str, list[str]] | None = None,
 ) -> tuple[Verification, Manifest, bytes]:
     """The verification, and the manifest (parsed and raw) it was made on: callers act on these bytes,
     never on a second read an attacker could swap in between."""
@@ -63,7 +72,11 @@ def _verify(
     manifest = _parse_manifest(store, ref, raw)
     digest = sha256_bytes(raw)
     problems: list[str] = []
-    recorded = {e.manifest_sha256 for e in audit_log(store, ref.name) if e.version == ref.version}
+    if audit_keys is None:
+        audit_keys = event_keys(store, ref.name)
+    # Only the events whose key names this version are read: the cost does not grow with the log.
+    events = [read_event(store, key, ref.name) for key in audit_keys.get(ref.version, [])]
+    recorded = {e.manifest_sha256 for e in events if e is not None and e.version == ref.version}
     if recorded and digest not in recorded:
         problems.append(
             f"manifest.json changed after it was promoted (sha256 {digest[:12]}… not in the audit log)"
