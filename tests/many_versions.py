@@ -157,6 +157,9 @@ def version_objects(ref: ModelRef, state: str, files: int, at_ns: int) -> dict[s
             data = f"{ref}:int8-{i}".encode()
             out[f"promoted/{ref.name}/{ref.version}/{run}/shard-{i:04d}.bin"] = data
             promoted.append(_entry(f"{run}/shard-{i:04d}.bin", data))
+        report = json.dumps({"run_id": run, "outcome": "promoted"}).encode()
+        out[f"promoted/{ref.name}/{ref.version}/{run}/report.json"] = report
+        promoted.append(_entry(f"{run}/report.json", report))
         if state != "interrupted":
             manifest = Manifest(
                 model=ref.name, version=ref.version, run_id=run, task="sentence-embedding", recipe={},
