@@ -26,9 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 # The tiny random BERT can neither win latency from INT8 nor measure anything on STS (its weights are
 # random): its runs turn the speed and evidence gates off, explicitly. MiniLM runs keep every default.
+# The champion's p50 gate has no "off": its limit is set out of reach. The tiny model's sub-millisecond p50
+# is noise on a loaded machine (a second version measured 13.7x its identical champion while the tiers ran
+# beside three other sessions' tests, failing the earlier limit of 11x).
 TINY_GATES = GateThresholds(
     min_p95_speedup=0.0, min_objective_speedup=0.0, min_baseline_metric=-1.0, max_baseline_half_width=1.0,
-    max_champion_slowdown=10.0,
+    max_champion_slowdown=1000.0,
 )
 # One recipe for the runs whose subject is not the search (storage, events, the sweep, deployments, kills):
 # the default search on the tiny model builds and benchmarks 11 candidates, minutes per test. The search
