@@ -111,6 +111,23 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
+def write_identity(path: Path, access_key: str, secret_key: str) -> Path:
+    """The S3 gateway's identity file (one identity, quantgate's keys), readable by its owner only."""
+    config = {
+        "identities": [
+            {
+                "name": "quantgate",
+                "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+            }
+        ]
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(config, fh)
+    return path
+
+
 @dataclass
 class SeaweedServer:
     """One `weed mini` process with its own data dir, ports and admin identity."""
@@ -126,20 +143,7 @@ class SeaweedServer:
         return f"http://127.0.0.1:{self.ports['s3']}"
 
     def _write_identity(self) -> Path:
-        config = {
-            "identities": [
-                {
-                    "name": "quantgate",
-                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-                    "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-                }
-            ]
-        }
-        path = self.data_dir / "s3.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(config, fh)
-        return path
+        return write_identity(self.data_dir / "s3.json", self.access_key, self.secret_key)
 
     def command(self) -> list[str]:
         weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")

@@ -47,6 +47,7 @@ from infra.seaweed import (
     SeaweedError,
     load_or_create_credentials,
     write_env_file,
+    write_identity,
 )
 
 HOST = "127.0.0.1"
@@ -119,16 +120,7 @@ class SeaweedCluster:
         return path
 
     def _write_identity(self) -> Path:
-        config = {
-            "identities": [
-                {
-                    "name": "quantgate",
-                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-                    "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-                }
-            ]
-        }
-        return self._write_private(self.state_dir / "s3.json", json.dumps(config))
+        return write_identity(self.state_dir / "s3.json", self.access_key, self.secret_key)
 
     def _write_filer_toml(self, folder: Path, password: str) -> None:
         # The password is a TOML basic string: escape what TOML would read as syntax.
