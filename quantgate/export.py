@@ -10,10 +10,8 @@ Attention is loaded as "eager": SDPA exports leave ORT's fuser 0 Attention nodes
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,93 +126,51 @@ def _auto(name: str) -> Any:
     return getattr(transformers, name)
 
 
-@dataclass(frozen=True)
-class _Skeleton:
-    """What the architecture of a config.json expects of its weights (check_weights_match_architecture)."""
-
-    names: tuple[str, ...]  # config.architectures, else the class built
-    expected: dict[str, tuple[int, ...]]
-    buffers: frozenset[str]
-    prefix: str
-    tied: tuple[Any, ...]
-    ignore_missing: tuple[Any, ...]
-    ignore_unexpected: tuple[Any, ...]
-
-
-_SKELETONS: dict[tuple[str, str], _Skeleton] = {}
-
-
-def _skeleton(model_dir: Path, auto_class: str) -> _Skeleton:
-    """Built once per process for each config.json content (sha256 of its bytes) and auto class: even a
-    meta-device skeleton takes ~0.4 s to build, and a worker checks the same architecture for every
-    version it registers or runs."""
-    key = (hashlib.sha256((model_dir / "config.json").read_bytes()).hexdigest(), auto_class)
-    if key not in _SKELETONS:
-        if len(_SKELETONS) >= 16:  # a few architectures at a time: keep the memo small
-            _SKELETONS.clear()
-        _SKELETONS[key] = _build_skeleton(model_dir, auto_class)
-    return _SKELETONS[key]
-
-
-def _build_skeleton(model_dir: Path, auto_class: str) -> _Skeleton:
-    import torch
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
-    with torch.device("meta"):
-        skeleton = _auto(auto_class).from_config(config)
-
-    def patterns(name: str) -> tuple[Any, ...]:
-        found = getattr(skeleton, name, None) or []
-        return tuple(found) if isinstance(found, list | tuple | dict) else (found,)
-
-    return _Skeleton(
-        names=tuple(config.architectures or [type(skeleton).__name__]),
-        expected={k: tuple(v.shape) for k, v in skeleton.state_dict().items()},
-        buffers=frozenset(name for name, _ in skeleton.named_buffers()),  # transformers skips stored buffers
-        prefix=f"{skeleton.base_model_prefix}." if skeleton.base_model_prefix else "",
-        tied=patterns("_tied_weights_keys"),
-        ignore_missing=patterns("_keys_to_ignore_on_load_missing"),
-        ignore_unexpected=patterns("_keys_to_ignore_on_load_unexpected"),
-    )
-
-
 def check_weights_match_architecture(model_dir: Path, weights: Path, auto_class: str = "AutoModel") -> None:
     """Every weight the architecture in config.json needs is in model.safetensors with its shape, and
     nothing else is: otherwise transformers would randomly initialise what is missing (with a warning)
     and the run would quantize, gate and promote a model nobody trained. Checked from the safetensors
     header and a skeleton of the architecture on torch's meta device: no tensor data is read."""
+    import torch
     from safetensors import safe_open
+    from transformers import AutoConfig
 
     try:
-        skeleton = _skeleton(model_dir, auto_class)
+        config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+        with torch.device("meta"):
+            skeleton = _auto(auto_class).from_config(config)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InvalidModelError(
             f"config.json does not describe an architecture transformers can build ({exc}): re-save the "
             "model with save_pretrained()"
         ) from None
-    expected, buffers, prefix = skeleton.expected, skeleton.buffers, skeleton.prefix
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    buffers = {name for name, _ in skeleton.named_buffers()}  # transformers skips stored buffers
     with safe_open(str(weights), framework="np") as fh:
         stored = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 - not a dict
+    prefix = f"{skeleton.base_model_prefix}." if skeleton.base_model_prefix else ""
     if prefix and not set(stored) & set(expected):
         # A checkpoint of a model with a head (bert.encoder…) read by the base model: transformers
         # drops the prefix; the head's own weights are then unexpected.
         stored = {k.removeprefix(prefix): v for k, v in stored.items()}
+    tied = getattr(skeleton, "_tied_weights_keys", None) or []
+    ignore_missing = getattr(skeleton, "_keys_to_ignore_on_load_missing", None) or []
+    ignore_unexpected = getattr(skeleton, "_keys_to_ignore_on_load_unexpected", None) or []
     missing = sorted(
         k
         for k in set(expected) - set(stored)
-        if not _patterns_match(skeleton.tied, k) and not _patterns_match(skeleton.ignore_missing, k)
+        if not _patterns_match(tied, k) and not _patterns_match(ignore_missing, k)
     )
     unexpected = sorted(
         k
         for k in set(stored) - set(expected)
-        if k not in buffers and not _patterns_match(skeleton.ignore_unexpected, k)
+        if k not in buffers and not _patterns_match(ignore_unexpected, k)
     )
     mismatched = sorted(
         f"{k} {stored[k]} vs {expected[k]}" for k in set(stored) & set(expected) if stored[k] != expected[k]
     )
     if missing or unexpected or mismatched:
-        arch = ", ".join(skeleton.names)
+        arch = ", ".join(config.architectures or [type(skeleton).__name__])
         raise InvalidModelError(
             f"model.safetensors does not match the architecture in config.json ({arch}): "
             f"{_weights_problem(missing, unexpected, mismatched)} of {len(expected)} weights. Loading it "
