@@ -283,49 +283,33 @@ class ObjectStore(Store):
             raise
         return True
 
-    def list(self, prefix: str) -> Iterator[StoredObject]:
-        token: str | None = None
+    def _pages(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Every page of a ListObjectsV2 (1,000 entries each), following the continuation tokens."""
         while True:
-            kwargs: dict[str, Any] = {"Prefix": prefix}
-            if token:
-                kwargs["ContinuationToken"] = token
             page = self._call("list_objects_v2", **kwargs)
-            for obj in page.get("Contents", []):
-                yield StoredObject(obj["Key"], obj["Size"], obj["ETag"].strip('"'))
+            yield page
             if not page.get("IsTruncated"):
                 return
-            token = page["NextContinuationToken"]
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+    def list(self, prefix: str) -> Iterator[StoredObject]:
+        for page in self._pages(Prefix=prefix):
+            for obj in page.get("Contents", []):
+                yield StoredObject(obj["Key"], obj["Size"], obj["ETag"].strip('"'))
 
     def list_prefixes(self, prefix: str) -> list[str]:
         """Immediate 'sub-folders' below prefix (which must end with '/')."""
-        out: list[str] = []
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"Prefix": prefix, "Delimiter": "/"}
-            if token:
-                kwargs["ContinuationToken"] = token
-            page = self._call("list_objects_v2", **kwargs)
-            out += [p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
-            if not page.get("IsTruncated"):
-                return out
-            token = page["NextContinuationToken"]
+        return [group[len(prefix) :].rstrip("/") for group in self.list_grouped(prefix, "/")[1]]
 
     def list_grouped(self, prefix: str, delimiter: str) -> tuple[list[str], list[str]]:
         # A delimiter of more than one character is plain S3 (and SeaweedFS 4.48, checked 2026-11-30):
         # a page holds up to 1,000 keys and groups together, however many objects each group rolls up.
         keys: list[str] = []
         groups: list[str] = []
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"Prefix": prefix, "Delimiter": delimiter}
-            if token:
-                kwargs["ContinuationToken"] = token
-            page = self._call("list_objects_v2", **kwargs)
+        for page in self._pages(Prefix=prefix, Delimiter=delimiter):
             keys += [obj["Key"] for obj in page.get("Contents", [])]
             groups += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
-            if not page.get("IsTruncated"):
-                return sorted(keys), sorted(groups)
-            token = page["NextContinuationToken"]
+        return sorted(keys), sorted(groups)
 
     def delete(self, key: str) -> None:
         self._call("delete_object", key)
