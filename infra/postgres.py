@@ -233,7 +233,9 @@ class Postgres:
                 capture_output=True,
             )
             entry = pwd.getpwnam(RUN_AS_WHEN_ROOT)
-        for parent in self.root.resolve().parents:
+        # That user must reach its data folder and the wheel's binaries: a clone in a 0700 folder (mktemp -d)
+        # holds the virtualenv, and initdb there was refused (Permission denied) until its parents got o+x.
+        for parent in {*self.root.resolve().parents, *_bin_dir().resolve().parents}:
             mode = parent.stat().st_mode
             if not mode & stat.S_IXOTH:
                 parent.chmod(mode | stat.S_IXOTH)
