@@ -153,7 +153,10 @@ def test_degenerate_held_out_data_is_a_clear_validation_error_with_a_report(
 def test_a_second_version_is_judged_against_the_serving_one(store, minilm_dir, sts_path):
     """v2 is scored beside the serving v1 on v2's rows and in the same benchmark; the report says how
     they compare. A first version says it has no champion."""
-    thresholds = FAST_ANY
+    # The same weights twice: their interleaved p50s differed by 10.5 % on a CI machine (a loaded machine's
+    # noise, above the default 10 % limit). The gate's being computed beside its champion is what is
+    # checked here, so its limit is wide.
+    thresholds = GateThresholds(min_p95_speedup=0.0, min_objective_speedup=0.0, max_champion_slowdown=0.5)
     reports = {}
     for version in ("v1", "v2"):
         ref = ModelRef(name="minilm", version=version)

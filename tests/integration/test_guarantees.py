@@ -28,8 +28,6 @@ from tests.integration.conftest import ACCESS_KEY, SECRET_KEY, snapshot
 FAST_BENCH = BenchSettings(warmup_runs=1, repeat_runs=5)
 
 
-
-
 def assert_one_complete_promotion(store: ObjectStore, ref: ModelRef) -> Manifest:
     """Every object under promoted/<m>/<v>/ is the manifest or a file it lists, with matching bytes."""
     manifest = Manifest.model_validate_json(store.get_bytes(manifest_key(ref)))
