@@ -220,6 +220,20 @@ class ObjectStore(Store):
     def get_bytes(self, key: str) -> bytes:
         return self._call("get_object", key)["Body"].read()
 
+    def sha256_of_content(self, key: str) -> str:
+        """The SHA-256 of the object's bytes, read in 1 MiB chunks (a deep verify of a model past 2 GB
+        holds one chunk at a time)."""
+        digest = hashlib.sha256()
+        body = self._call("get_object", key)["Body"]
+        try:
+            while chunk := body.read(_CHUNK):
+                digest.update(chunk)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._translate(exc, key) from None
+        finally:
+            body.close()
+        return digest.hexdigest()
+
     def get_with_etag(self, key: str) -> tuple[bytes, str] | None:
         """(data, ETag) for compare-and-swap, None when the key does not exist."""
         try:

@@ -118,6 +118,11 @@ class Store(ABC):
     def sha256_of(self, key: str) -> str | None:
         return self.head(key).sha256
 
+    def sha256_of_content(self, key: str) -> str:
+        """The SHA-256 of the object's bytes as read back now (not the one stored at upload). A store
+        whose objects can be large streams them: a model is never read whole into memory."""
+        return hashlib.sha256(self.get_bytes(key)).hexdigest()
+
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 

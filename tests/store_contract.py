@@ -83,6 +83,16 @@ def check_checksums_and_run_tags(store: Store, tmp_path: Path) -> None:
     assert (tmp_path / "down" / "f.bin").read_bytes() == b"file"
 
 
+def check_content_digest_is_read_back(store: Store) -> None:
+    """`sha256_of_content` hashes the bytes as stored now, over several read chunks (an object larger than
+    one), and a missing key is NotFoundError, as for every read."""
+    data = bytes(range(256)) * (5 * 4096 + 7)  # ~5 MiB: more than one 1 MiB chunk, not a multiple of it
+    store.put_bytes("d/model.onnx.data", data)
+    assert store.sha256_of_content("d/model.onnx.data") == hashlib.sha256(data).hexdigest()
+    with pytest.raises(NotFoundError):
+        store.sha256_of_content("d/missing")
+
+
 def check_a_download_stops_at_its_declared_size(store: Store, tmp_path: Path) -> None:
     data = b"x" * (3 << 20)  # larger than one read chunk
     store.put_bytes("big/blob", data)
@@ -122,6 +132,7 @@ CONTRACT = [
     check_compare_and_swap,
     check_listing,
     check_grouped_listing,
+    check_content_digest_is_read_back,
 ]
 CONTRACT_WITH_TMP = [
     check_missing_keys,

@@ -101,7 +101,7 @@ def _verify(
                 )
             )
             continue
-        actual = sha256_bytes(store.get_bytes(key)) if deep or head.sha256 is None else head.sha256
+        actual = store.sha256_of_content(key) if deep or head.sha256 is None else head.sha256
         if actual != entry.sha256:
             checks.append(
                 FileCheck(

@@ -39,3 +39,36 @@ def _store(code: str, status: int) -> ObjectStore:
 def test_s3_errors_name_the_problem_and_the_way_out(code, status, error, says):
     with pytest.raises(error, match=says):
         _store(code, status).get_bytes("runs/m/v/report.json")
+
+
+def test_a_deep_digest_reads_the_object_a_chunk_at_a_time():
+    """`verify --deep` of a model past 2 GB must not hold it in memory: the body is read in bounded chunks."""
+    import hashlib
+    import io
+
+    from botocore.response import StreamingBody
+
+    data = b"w" * (3 * 2**20 + 5)
+    reads: list[int | None] = []
+
+    class Recording(io.BytesIO):
+        def read(self, size=-1):
+            reads.append(size)
+            return super().read(size)
+
+    client = boto3.session.Session().client(
+        "s3",
+        region_name="us-east-1",
+        aws_access_key_id="k",
+        aws_secret_access_key="stub",  # noqa: S106
+    )
+    stub = Stubber(client)
+    body = StreamingBody(Recording(data), len(data))
+    stub.add_response("get_object", {"Body": body, "ContentLength": len(data)})
+    stub.activate()
+    store = ObjectStore(
+        Settings(bucket="quantgate-test", s3_endpoint_url="http://127.0.0.1:1"), client=client
+    )
+    assert store.sha256_of_content("m/model.onnx.data") == hashlib.sha256(data).hexdigest()
+    assert len(reads) > 3, reads
+    assert all(size is not None and 0 < size <= 2**20 for size in reads), reads
