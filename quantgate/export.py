@@ -290,8 +290,8 @@ def model_inputs(model: Any) -> list[str]:
 def external_data_min_bytes() -> int:
     """QUANTGATE_EXTERNAL_DATA_MIN_BYTES (settings.ExportSettings; default 2 GiB, the protobuf limit of one
     ONNX file, less 256 MiB for the graph): weights of this many bytes or more go to external data; 0
-    forces it. Read where the export runs, as the held-out limits are: a task
-    type's export takes no storage-layout knob."""
+    forces it. Read where the export runs, as the held-out limits are, so that the task types' `export`
+    does not carry a storage-layout setting through every family."""
     from pydantic import ValidationError
 
     from quantgate.errors import ConfigError

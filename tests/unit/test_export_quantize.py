@@ -9,6 +9,7 @@ import pytest
 
 from quantgate.backends.onnxruntime import RECIPES, OnnxRuntime, apply_recipe
 from quantgate.backends.onnxruntime import OrtRecipe as Recipe
+from quantgate.backends.ort_sensitivity import rank_nodes
 from quantgate.errors import ConfigError, InvalidModelError
 from quantgate.export import check_model_folder, external_data_min_bytes, external_locations, tokenize
 from quantgate.families.sentence_embedding import export_sentence_embedding
@@ -226,6 +227,8 @@ def test_an_export_forced_to_external_data_is_quantized_the_same_way_with_every_
     want = inference_session(one_file.path, threads=1).run(None, feeds)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
+    # The sensitivity ranking (the fallback's) saves its capture graph with the data too: same ranking.
+    assert rank_nodes(external.onnx_path, recipe, [feeds]) == rank_nodes(exported.onnx_path, recipe, [feeds])
 
 
 def test_a_bad_external_data_setting_names_the_variable(monkeypatch):
