@@ -352,19 +352,19 @@ def apply_recipe(
     if recipe.fuse and fused is None:
         raise ConfigError(f"recipe {recipe.name!r} needs the fused model: call fuse_transformer first")
     out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()  # the private view's copy of external data counts as build time
     source = _private_view(fused.path if (recipe.fuse and fused is not None) else fp32_path, out_dir)
     out_path = out_dir / recipe.artifact_name
-    # A source stored with external data (a model past 2 GB, or the export forced so) gets its output
-    # written the same way: ORT's quantizers otherwise serialise the whole model as one protobuf, which
-    # fails past 2 GiB. Its data file (`<artifact>.data`) is listed by OnnxRuntime.files and travels with
-    # the artifact. An INT8 model a quarter of the size would fit in one file; one rule is simpler.
-    external = uses_external_data(source)
-    data_file(out_path).unlink(missing_ok=True)  # onnx appends to a data file already there (a rebuild)
-    start = time.perf_counter()
     # Needed when the input graph was fused by ORT's transformer optimizer: its fused nodes leave tensors
     # without a type, and the quantizer then fails unless told the default (quantize_dynamic's extra_options).
     extra: dict[str, Any] = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     try:
+        # A source stored with external data (a model past 2 GB, or the export forced so) gets its output
+        # written the same way: ORT's quantizers otherwise serialise the whole model as one protobuf, which
+        # fails past 2 GiB. Its data file (`<artifact>.data`) is listed by OnnxRuntime.files and travels
+        # with the artifact. An INT8 model a quarter of the size would fit in one file; one rule is simpler.
+        external = uses_external_data(source)
+        data_file(out_path).unlink(missing_ok=True)  # onnx appends to a data file already there (a rebuild)
         with _quiet_ort():
             if recipe.method == "dynamic":
                 quantize_dynamic(
