@@ -4,8 +4,9 @@
 #   flows        the real Prefect flow on the in-memory store: the full fault matrix
 #   integration  real SeaweedFS and Prefect servers and workers
 #   browser      headless Chromium against a real stack
-#   scale        the Prefect server on a real PostgreSQL (QUANTGATE_PREFECT_DB=postgres, infra/postgres.py), and
-#                SeaweedFS as a cluster (infra/seaweed_cluster.py, fixed ports 4650-4658)
+#   scale        the Prefect server on a real PostgreSQL (QUANTGATE_PREFECT_DB=postgres, infra/postgres.py),
+#                SeaweedFS as a cluster (infra/seaweed_cluster.py, fixed ports 4650-4658), and the tiny BERT
+#                exported with ONNX external data (the twin of a model past 2 GB)
 #   slow         the real MiniLM and the families trained from real data
 # The first five run side by side: none of them judges a latency, and one tier alone left a core idle
 # while it waited on servers, thread joins and flow-run polls. The slow tier runs last and alone: the

@@ -479,7 +479,9 @@ def ort_engine(name: str, path: Path, threads: int) -> Engine:
         sess = inference_session(path, threads)
         return lambda feeds: sess.run(None, feeds)
 
-    return Engine(name=name, load=load, size_bytes=path.stat().st_size)
+    from quantgate.export import model_files_size
+
+    return Engine(name=name, load=load, size_bytes=model_files_size(path))
 
 
 def torch_engine(name: str, build: Callable[[], Any], threads: int, size_bytes: int) -> Engine:

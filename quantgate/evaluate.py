@@ -60,5 +60,3 @@ def parity_report(
         passed=finite and max_abs <= abs_tol and mean_abs <= mean_tol,
         outputs=diffs,
     )
-
-

@@ -6,6 +6,10 @@ exports MiniLM in < 1 s (dynamo: ~5 s) and its graph is what ONNX Runtime's tran
 export). Passing positional args to the bare model fails (`got multiple values for argument
 'use_cache'`), hence the wrapper.
 Attention is loaded as "eager": SDPA exports leave ORT's fuser 0 Attention nodes to fuse.
+
+A model whose weights pass the 2 GiB protobuf limit is saved with ONNX external data: `model.onnx` (the
+graph) and `model.onnx.data` (every tensor over 1 KiB) side by side, above QUANTGATE_EXTERNAL_DATA_MIN_BYTES
+(0 forces it: the CI-sized twin). Every later stage opens the model by its path, so it finds the data.
 """
 
 from __future__ import annotations
@@ -283,6 +287,81 @@ def model_inputs(model: Any) -> list[str]:
     return [n for n in INPUT_NAMES if n in accepted]
 
 
+def external_data_min_bytes() -> int:
+    """QUANTGATE_EXTERNAL_DATA_MIN_BYTES (settings.ExportSettings; default 2 GiB, the protobuf limit of one
+    ONNX file, less 256 MiB for the graph): weights of this many bytes or more go to external data; 0
+    forces it. Read where the export runs, as the held-out limits are, so that the task types' `export`
+    does not carry a storage-layout setting through every family."""
+    from pydantic import ValidationError
+
+    from quantgate.errors import ConfigError
+    from quantgate.settings import ExportSettings
+
+    try:
+        return ExportSettings().external_data_min_bytes
+    except ValidationError as exc:
+        raise ConfigError(
+            f"bad QUANTGATE_EXTERNAL_DATA_MIN_BYTES ({exc.errors()[0]['msg']}): set a whole number of bytes "
+            ">= 0 (0 writes every export with external data)"
+        ) from None
+
+
+def data_file(onnx_path: Path) -> Path:
+    """Where an export's external data goes: beside it, `model.onnx` -> `model.onnx.data` (the name ONNX
+    Runtime's quantizers give theirs, so every artifact's data file reads the same)."""
+    return onnx_path.with_name(onnx_path.name + ".data")
+
+
+def weight_bytes(model: Any) -> int:
+    """Bytes of every tensor in a loaded model (initializers, and constants in node attributes)."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    return sum(t.ByteSize() for t in _get_all_tensors(model))
+
+
+def external_locations(onnx_path: Path) -> set[str]:
+    """The external-data files a model's tensors name (relative to its folder; read without the data)."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+    from onnx.external_data_helper import uses_external_data as external
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return {
+        entry.value
+        for tensor in _get_all_tensors(model)
+        if external(tensor)
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+
+
+def uses_external_data(onnx_path: Path) -> bool:
+    """Whether any tensor of the file is stored outside it."""
+    return bool(external_locations(onnx_path))
+
+
+def save_onnx(model: Any, onnx_path: Path, external: bool) -> None:
+    """Save a loaded model as one file, or with every tensor over 1 KiB in one `<name>.data` file beside it
+    (onnx's external-data format: how a model past the 2 GiB protobuf limit is stored)."""
+    import onnx
+
+    data_file(onnx_path).unlink(missing_ok=True)  # save_model appends to an existing data file
+    onnx.save_model(
+        model,
+        str(onnx_path),
+        save_as_external_data=external,
+        all_tensors_to_one_file=True,
+        location=data_file(onnx_path).name,
+        size_threshold=1024,
+    )
+
+
+def model_files_size(onnx_path: Path) -> int:
+    """Bytes of the model file and its external data, if any."""
+    data = data_file(onnx_path)
+    return onnx_path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+
+
 def export_module(
     module: Any,
     onnx_path: Path,
@@ -290,33 +369,47 @@ def export_module(
     output_names: list[str],
     dynamic_axes: dict[str, dict[int, str]],
     name: str,
+    external_min_bytes: int | None = None,
 ) -> None:
-    """TorchScript-export a module taking `example`'s named inputs (in that order), consolidate it into one
-    file and run onnx's full checker on it."""
+    """TorchScript-export a module taking `example`'s named inputs (in that order), save it as one file, or
+    with its weights in `<name>.data` beside it when they reach `external_min_bytes` (None: the setting,
+    `external_data_min_bytes()`), and run onnx's full checker on it."""
+    import shutil
+
     import onnx
     import torch
 
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    # Past 2 GiB the TorchScript exporter writes one external file per tensor, named after the tensor,
+    # beside the model: it exports into a folder of its own, which is removed once the model is re-saved.
+    scratch = onnx_path.parent / f".{onnx_path.name}.export"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TorchScript tracer warnings about python control flow
             torch.onnx.export(
                 module,
                 tuple(torch.from_numpy(v) for v in example.values()),
-                str(onnx_path),
+                str(scratch / onnx_path.name),
                 input_names=list(example),
                 output_names=output_names,
                 dynamic_axes=dynamic_axes,
                 opset_version=OPSET,
                 dynamo=False,
             )
-        # Consolidate into one file (small models) and check the graph; onnx.checker on the path also
-        # covers models with external data.
-        model_proto = onnx.load(str(onnx_path))
-        onnx.save(model_proto, str(onnx_path))
+        model_proto = onnx.load(str(scratch / onnx_path.name))
+        shutil.rmtree(scratch)
+        threshold = external_data_min_bytes() if external_min_bytes is None else external_min_bytes
+        save_onnx(model_proto, onnx_path, external=weight_bytes(model_proto) >= threshold)
+        del model_proto
+        # On the path, not the proto: the checker then reads a model with external data (and one past
+        # 2 GiB, which cannot be one proto in memory) from where its data is.
         onnx.checker.check_model(str(onnx_path), full_check=True)
     except (RuntimeError, ValueError, onnx.checker.ValidationError) as exc:
         raise ExportError(f"ONNX export of {name} failed: {exc}") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def parity_vs_torch(
@@ -349,5 +442,3 @@ def parity_vs_torch(
             f"{samples} held-out inputs: the export is wrong, not the quantization"
         )
     return worst
-
-

@@ -98,9 +98,7 @@ def cached_export(
             files=files,
         )
         (staging / MARKER).write_text(entry.model_dump_json(indent=2))
-        won = publish(
-            staging, folder, lambda f: _verified(f, source_checksum, atol), "export cache"
-        )
+        won = publish(staging, folder, lambda f: _verified(f, source_checksum, atol), "export cache")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return (won if won is not None else result), False

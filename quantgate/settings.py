@@ -183,3 +183,18 @@ class HeldoutLimits(BaseSettings):
         default=1_000_000, ge=1, description="rows (images, sentences, table rows, queries) of a held-out set"
     )
     max_heldout_tokens: int = Field(default=2_000_000, ge=1, description="tokens of a CoNLL held-out set")
+
+
+class ExportSettings(BaseSettings):
+    """How an export is laid out on disk, read where the export runs (quantgate/export.py)."""
+
+    model_config = SettingsConfigDict(env_prefix="QUANTGATE_", extra="ignore")
+
+    external_data_min_bytes: int = Field(
+        # 2 GiB (the protobuf limit of one ONNX file) less 256 MiB for the graph beside the weights.
+        default=2**31 - 256 * 2**20,
+        ge=0,
+        description="an export whose weights reach this many bytes is saved with ONNX external data "
+        "(model.onnx + model.onnx.data); 0 forces it for every export (the CI-sized twin of a model past "
+        "2 GB); the quantizers then write theirs the same way",
+    )

@@ -16,13 +16,14 @@ from prefect.logging import get_run_logger
 
 from quantgate.backends import Servable
 from quantgate.bench import BenchReport, BenchSettings
-from quantgate.export import OPSET, ExportResult
+from quantgate.export import OPSET, ExportResult, external_data_min_bytes, uses_external_data
 from quantgate.export_cache import cached_export
 from quantgate.lifecycle import Champion
 from quantgate.quantize import Recipe
 from quantgate.search import CandidateResult
 from quantgate.search_driver import ScoreJob, prepare_backends, rank_nodes_of, score_candidate
 from quantgate.sensitivity import NodeSensitivity
+from quantgate.settings import ExportSettings
 from quantgate.tasktypes import Reference, TaskType
 
 
@@ -40,7 +41,15 @@ def export(
     An export made with allow_pickle has its own entry: a run without it never reuses what was loaded on
     the word of another run's user (a tabular export keeps a loadable copy of the model)."""
     vouched = "-allow-pickle" if allow_pickle else ""
-    key = f"{task_type.name}-{source_checksum[:32]}-opset{OPSET}-atol{atol:g}{vouched}"
+    # A forced external-data layout (QUANTGATE_EXTERNAL_DATA_MIN_BYTES) is an entry of its own: a cached
+    # one-file export would otherwise be handed to a run that asked for external data.
+    threshold = external_data_min_bytes()
+    layout = (
+        ""
+        if threshold == ExportSettings.model_fields["external_data_min_bytes"].default
+        else (f"-ext{threshold}")
+    )
+    key = f"{task_type.name}-{source_checksum[:32]}-opset{OPSET}-atol{atol:g}{vouched}{layout}"
     result, hit = cached_export(
         cache_dir,
         key,
@@ -49,9 +58,10 @@ def export(
         atol=atol,
     )
     get_run_logger().info(
-        "%s %s (%.1f MB, opset %d); max |ONNX - PyTorch| = %s",
+        "%s %s%s (%.1f MB, opset %d); max |ONNX - PyTorch| = %s",
         "export cache hit:" if hit else "exported",
         result.onnx_path.name,
+        " with external data" if uses_external_data(result.onnx_path) else "",
         result.size_bytes / 1e6,
         result.opset,
         {k: f"{v:.2e}" for k, v in result.max_abs_diff_vs_torch.items()},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 import time
 from collections import Counter
@@ -255,6 +256,8 @@ def fuse_transformer(fp32_path: Path, model_config: dict[str, Any], out_dir: Pat
     Attention was not fused, which is what an SDPA export gives."""
     from onnxruntime.transformers.optimizer import optimize_model
 
+    from quantgate.export import uses_external_data
+
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / "model.fused.onnx"
     model_type = str(model_config.get("model_type", ""))
@@ -269,7 +272,8 @@ def fuse_transformer(fp32_path: Path, model_config: dict[str, Any], out_dir: Pat
         with _quiet_ort():
             model = optimize_model(str(fp32_path), model_type="bert", num_heads=heads, hidden_size=hidden)
             stats = {k: int(v) for k, v in model.get_fused_operator_statistics().items()}
-            model.save_model_to_file(str(out))
+            # Past 2 GiB the fused graph cannot be one protobuf either (`model.fused.onnx.data` beside it).
+            model.save_model_to_file(str(out), use_external_data_format=uses_external_data(fp32_path))
     except Exception as exc:  # noqa: BLE001 - the optimizer asserts on shapes it does not expect
         raise ConfigError(
             f"ORT transformer fusion failed on this graph ({type(exc).__name__}: {exc}): "
@@ -341,60 +345,71 @@ def apply_recipe(
         quantize_static,
     )
 
-    from quantgate.export import check_external_data
+    from quantgate.export import check_external_data, data_file, save_onnx, uses_external_data
 
     check_external_data(fp32_path)
     check_quantizable(onnx.load(str(fp32_path), load_external_data=False).graph)
     if recipe.fuse and fused is None:
         raise ConfigError(f"recipe {recipe.name!r} needs the fused model: call fuse_transformer first")
     out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()  # the private view's copy of external data counts as build time
     source = _private_view(fused.path if (recipe.fuse and fused is not None) else fp32_path, out_dir)
     out_path = out_dir / recipe.artifact_name
-    start = time.perf_counter()
     # Needed when the input graph was fused by ORT's transformer optimizer: its fused nodes leave tensors
     # without a type, and the quantizer then fails unless told the default (quantize_dynamic's extra_options).
     extra: dict[str, Any] = {"DefaultTensorType": onnx.TensorProto.FLOAT}
-    with _quiet_ort():
-        if recipe.method == "dynamic":
-            quantize_dynamic(
-                str(source),
-                str(out_path),
-                weight_type=QuantType[recipe.weight_type],
-                per_channel=recipe.per_channel,
-                reduce_range=recipe.reduce_range,
-                op_types_to_quantize=recipe.op_types,
-                nodes_to_exclude=recipe.nodes_to_exclude,
-                extra_options=extra,
-            )
-        elif recipe.method == "static":
-            if not calibration:
-                raise ConfigError(
-                    f"recipe {recipe.name!r} is static and needs calibration data: the held-out set's "
-                    "calibration split is empty (give more rows or drop static recipes)"
+    try:
+        # A source stored with external data (a model past 2 GB, or the export forced so) gets its output
+        # written the same way: ORT's quantizers otherwise serialise the whole model as one protobuf, which
+        # fails past 2 GiB. Its data file (`<artifact>.data`) is listed by OnnxRuntime.files and travels
+        # with the artifact. An INT8 model a quarter of the size would fit in one file; one rule is simpler.
+        external = uses_external_data(source)
+        data_file(out_path).unlink(missing_ok=True)  # onnx appends to a data file already there (a rebuild)
+        with _quiet_ort():
+            if recipe.method == "dynamic":
+                quantize_dynamic(
+                    str(source),
+                    str(out_path),
+                    weight_type=QuantType[recipe.weight_type],
+                    per_channel=recipe.per_channel,
+                    reduce_range=recipe.reduce_range,
+                    op_types_to_quantize=recipe.op_types,
+                    nodes_to_exclude=recipe.nodes_to_exclude,
+                    use_external_data_format=external,
+                    extra_options=extra,
                 )
-            quantize_static(
-                str(source),
-                str(out_path),
-                FeedsReader(calibration),
-                quant_format=QuantFormat.QDQ,
-                weight_type=QuantType[recipe.weight_type],
-                activation_type=QuantType[recipe.activation_type],
-                per_channel=recipe.per_channel,
-                reduce_range=recipe.reduce_range,
-                calibrate_method=CalibrationMethod[recipe.calibration or "MinMax"],
-                op_types_to_quantize=recipe.op_types,
-                nodes_to_exclude=recipe.nodes_to_exclude,
-                extra_options=extra,
-            )
-        else:
-            from onnxruntime.transformers.float16 import convert_float_to_float16
+            elif recipe.method == "static":
+                if not calibration:
+                    raise ConfigError(
+                        f"recipe {recipe.name!r} is static and needs calibration data: the held-out set's "
+                        "calibration split is empty (give more rows or drop static recipes)"
+                    )
+                quantize_static(
+                    str(source),
+                    str(out_path),
+                    FeedsReader(calibration),
+                    quant_format=QuantFormat.QDQ,
+                    weight_type=QuantType[recipe.weight_type],
+                    activation_type=QuantType[recipe.activation_type],
+                    per_channel=recipe.per_channel,
+                    reduce_range=recipe.reduce_range,
+                    calibrate_method=CalibrationMethod[recipe.calibration or "MinMax"],
+                    op_types_to_quantize=recipe.op_types,
+                    nodes_to_exclude=recipe.nodes_to_exclude,
+                    use_external_data_format=external,
+                    extra_options=extra,
+                )
+            else:
+                from onnxruntime.transformers.float16 import convert_float_to_float16
 
-            model = onnx.load(str(source))
-            # keep_io_types: callers still feed int64 ids and read FP32 embeddings.
-            half = convert_float_to_float16(
-                model, keep_io_types=True, node_block_list=recipe.nodes_to_exclude or None
-            )
-            onnx.save(half, str(out_path))
+                model = onnx.load(str(source))
+                # keep_io_types: callers still feed int64 ids and read FP32 embeddings.
+                half = convert_float_to_float16(
+                    model, keep_io_types=True, node_block_list=recipe.nodes_to_exclude or None
+                )
+                save_onnx(half, out_path, external)
+    finally:
+        shutil.rmtree(source.parent, ignore_errors=True)  # the private view: links and copied data
     try:
         onnx.checker.check_model(str(out_path))
     except onnx.checker.ValidationError as exc:
@@ -404,12 +419,13 @@ def apply_recipe(
     counts = dict(Counter(node.op_type for node in graph.node))
     if count_quantized(graph, recipe.precision) == 0:
         out_path.unlink()
+        data_file(out_path).unlink(missing_ok=True)
         raise _not_quantized(recipe, set(counts))
     qdq = _qdq_matmuls(graph)
     return QuantizeResult(
         path=out_path,
         recipe=recipe,
-        size_bytes=out_path.stat().st_size,
+        size_bytes=sum(f.stat().st_size for f in OnnxRuntime().files(out_path)),
         op_counts=counts,
         quantized_matmuls=counts.get("MatMulInteger", 0)
         + counts.get("DynamicQuantizeMatMul", 0)
@@ -424,11 +440,19 @@ def apply_recipe(
 def _private_view(source: Path, out_dir: Path) -> Path:
     """ORT's quantizers write scratch files (model-inferred.onnx) beside their input, so candidates built
     concurrently from one source would overwrite each other's (and litter the export cache). Each gets
-    its own folder of symlinks to the source's files (external data included)."""
+    its own folder with links to the source's files; its external data is copied instead, since onnx
+    refuses to read external data through a symbolic or a hard link (either could point it at any file).
+    The folder is removed once the candidate is built (`apply_recipe`)."""
+    from quantgate.export import external_locations
+
     view = out_dir / "source"
-    view.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(view, ignore_errors=True)
+    view.mkdir(parents=True)
+    data = external_locations(source)
     for f in source.parent.iterdir():
-        if f.is_file() and not (view / f.name).exists():
+        if f.name in data:
+            shutil.copyfile(f, view / f.name)
+        elif f.is_file():
             (view / f.name).symlink_to(f.resolve())
     return view / source.name
 
@@ -509,16 +533,8 @@ class OnnxRuntime(Runtime):
         return inference_session(path, threads)
 
     def files(self, path: Path) -> list[Path]:
-        import onnx
-        from onnx.external_data_helper import uses_external_data
+        from quantgate.export import external_locations
 
-        model = onnx.load(str(path), load_external_data=False)
-        external = {
-            entry.value
-            for tensor in onnx.external_data_helper._get_all_tensors(model)
-            if uses_external_data(tensor)
-            for entry in tensor.external_data
-            if entry.key == "location"
-        }
+        external = external_locations(path)
         sidecars = [settings_path(path)] if settings_path(path).exists() else []
         return [path, *sidecars, *(path.parent / name for name in sorted(external))]

@@ -67,8 +67,10 @@ def rank_nodes(fp32_path: Path, recipe: Recipe, feeds: list[dict[str, np.ndarray
     import onnx
     from onnx import numpy_helper
 
+    from quantgate.export import save_onnx, uses_external_data
     from quantgate.runtime import inference_session
 
+    external = uses_external_data(fp32_path)  # a model past 2 GiB cannot be saved as one protobuf
     model = onnx.load(str(fp32_path))
     weights = {i.name: i for i in model.graph.initializer}
     targets = [
@@ -88,20 +90,23 @@ def rank_nodes(fp32_path: Path, recipe: Recipe, feeds: list[dict[str, np.ndarray
             model.graph.output.append(onnx.helper.ValueInfoProto(name=name))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "capture.onnx"
-        onnx.save(model, str(path))
+        save_onnx(model, path, external)
         sess = inference_session(path, threads=1)
         names = [o.name for o in sess.get_outputs()]
         captured: dict[str, list[np.ndarray]] = {}
         for feed in feeds:
             for name, value in zip(names, sess.run(names, feed), strict=True):
                 captured.setdefault(name, []).append(value.reshape(-1, value.shape[-1]))
-    ranked = []
-    for node in targets:
-        w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
-        w_hat = _quantize_weight(w, recipe)
-        # One activation scale per run, as dynamic quantization computes it per call.
-        pairs = [(x @ w, _quantize_activation(x) @ w_hat) for x in captured[node.input[0]]]
-        y, y_hat = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
-        ranked.append(NodeSensitivity(node=node.name, sqnr_db=sqnr_db(y, y_hat), macs_per_token=int(w.size)))
+        ranked = []
+        for node in targets:
+            # Saved with external data, the proto's weights now live in the folder's data file.
+            w = numpy_helper.to_array(weights[node.input[1]], base_dir=tmp).astype(np.float32)
+            w_hat = _quantize_weight(w, recipe)
+            # One activation scale per run, as dynamic quantization computes it per call.
+            pairs = [(x @ w, _quantize_activation(x) @ w_hat) for x in captured[node.input[0]]]
+            y, y_hat = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+            ranked.append(
+                NodeSensitivity(node=node.name, sqnr_db=sqnr_db(y, y_hat), macs_per_token=int(w.size))
+            )
     ranked.sort(key=lambda s: (s.sqnr_db, s.macs_per_token))
     return ranked

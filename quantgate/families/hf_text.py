@@ -21,6 +21,7 @@ from quantgate.export import (
     export_module,
     load_hf_model,
     load_tokenizer,
+    model_files_size,
     model_inputs,
     parity_vs_torch,
 )
@@ -136,7 +137,7 @@ def export_text_head(
         opset=OPSET,
         max_abs_diff_vs_torch=diffs,
         parity_samples=sum(len(b["input_ids"]) for b in batches),
-        size_bytes=onnx_path.stat().st_size,
+        size_bytes=model_files_size(onnx_path),
     )
 
 

@@ -32,6 +32,7 @@ from quantgate.export import (
     check_model_folder,
     export_module,
     load_hf_model,
+    model_files_size,
     parity_vs_torch,
 )
 from quantgate.families import classification as clf
@@ -349,7 +350,7 @@ class ImageClassification(clf.ProbabilityClassifier):
             opset=OPSET,
             max_abs_diff_vs_torch=diffs,
             parity_samples=len(sample),
-            size_bytes=onnx_path.stat().st_size,
+            size_bytes=model_files_size(onnx_path),
         )
 
     def calibration_feeds(self, assets: Path, calibration: pd.DataFrame) -> list[dict[str, np.ndarray]]:

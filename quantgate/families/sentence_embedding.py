@@ -27,6 +27,7 @@ from quantgate.export import (
     export_module,
     load_hf_model,
     load_tokenizer,
+    model_files_size,
     parity_vs_torch,
     tokenize,
 )
@@ -62,6 +63,7 @@ from quantgate.tasktypes.results import (
 from quantgate.tasktypes.serving import benchmark_with_torch, serving_settings
 
 # --- export, reader and metrics of this task type (shared with sentence-retrieval) ------------------
+
 
 def _pooling_of(model_dir: Path) -> tuple[str, bool]:
     """Pooling and normalisation from a sentence-transformers folder; mean + L2 for plain HF folders."""
@@ -146,7 +148,7 @@ def export_sentence_embedding(
         normalize=normalize,
         max_abs_diff_vs_torch=diffs,
         parity_samples=len(sample_texts),
-        size_bytes=onnx_path.stat().st_size,
+        size_bytes=model_files_size(onnx_path),
     )
 
 

@@ -188,3 +188,36 @@ def test_pruning_keeps_the_cache_within_its_size_and_removes_the_least_used_firs
     assert sorted(p.name for p in root.iterdir()) == [".fresh.staging", "middle", "used-recently"]
     assert prune(root, max_bytes=1000) == ["middle"]
     assert prune(root, max_bytes=10_000) == []
+
+
+def test_a_build_from_a_graph_with_external_data_is_cached_and_verified_with_its_data_file(tmp_path, counted):
+    """A model past 2 GB is stored with external data: the build (whose INT8 model ORT writes the same way)
+    is cached, copied and re-verified with its data file, not just model.int8.onnx."""
+    import onnx
+
+    fp32 = matmul_graph(tmp_path / "fp32" / "model.onnx")
+    onnx.save_model(
+        onnx.load(str(fp32)),
+        str(fp32),
+        save_as_external_data=True,
+        location="model.onnx.data",
+        size_threshold=0,
+    )
+    cache = tmp_path / "cache"
+    first = build_candidate(RECIPE, fp32, tmp_path / "run1" / "c", cache_root=cache)
+    names = set(_artifact(first))
+    assert names == {"model.int8.onnx", "model.int8.onnx.data", "model.int8.session.json"}
+    second = build_candidate(RECIPE, fp32, tmp_path / "run2" / "c", cache_root=cache)
+    assert second.cached is True
+    assert _artifact(second) == _artifact(first)
+    (entry,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    data = entry / "model.int8.onnx.data"
+    data.write_bytes(data.read_bytes()[:-4] + b"\0\0\0\0")  # the graph file is intact, its data is not
+    third = build_candidate(RECIPE, fp32, tmp_path / "run3" / "c", cache_root=cache)
+    assert third.cached is False
+    assert _artifact(third) == _artifact(first)
+    # A graph whose data file changed is another input: built again, not taken from the cache.
+    fp32_data = fp32.with_name("model.onnx.data")
+    fp32_data.write_bytes(fp32_data.read_bytes()[:-4] + b"\0\0\0\0")
+    assert build_candidate(RECIPE, fp32, tmp_path / "run4" / "c", cache_root=cache).cached is False
+    assert counted == [RECIPE.name] * 3

@@ -45,6 +45,29 @@ def test_second_export_of_the_same_checksum_is_served_from_the_cache(tmp_path):
     assert not list(tmp_path.glob(".key.*"))  # no staging leftovers
 
 
+@pytest.mark.parametrize("damage", ["tamper", "delete"])
+def test_an_entry_whose_external_data_changed_is_rebuilt(tmp_path, damage):
+    """A model past 2 GB is exported with its weights in model.onnx.data: that file is verified with the
+    graph, so a hit never hands a run a graph with other weights (or none)."""
+    calls: list[Path] = []
+
+    def build(out: Path) -> ExportResult:
+        result = _builder(calls)(out)
+        (out / "model.onnx.data").write_bytes(b"weights" * 100)
+        return result
+
+    first, _ = cached_export(tmp_path, "key", build, **SOURCE)
+    data = first.onnx_path.with_name("model.onnx.data")
+    if damage == "tamper":
+        data.write_bytes(b"WEIGHTS" * 100)
+    else:
+        data.unlink()
+    again, hit = cached_export(tmp_path, "key", build, **SOURCE)
+    assert hit is False
+    assert len(calls) == 2
+    assert again.onnx_path.with_name("model.onnx.data").read_bytes() == b"weights" * 100
+
+
 def test_altered_cache_entry_is_rebuilt_not_used(tmp_path):
     calls: list[Path] = []
     first, _ = cached_export(tmp_path, "key", _builder(calls), **SOURCE)

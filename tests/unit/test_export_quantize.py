@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantgate.backends.onnxruntime import RECIPES, apply_recipe
+from quantgate.backends.onnxruntime import RECIPES, OnnxRuntime, apply_recipe
 from quantgate.backends.onnxruntime import OrtRecipe as Recipe
+from quantgate.backends.ort_sensitivity import rank_nodes
 from quantgate.errors import ConfigError, InvalidModelError
-from quantgate.export import check_model_folder, tokenize
+from quantgate.export import check_model_folder, external_data_min_bytes, external_locations, tokenize
 from quantgate.families.sentence_embedding import export_sentence_embedding
 from quantgate.quantize import get_recipe
 from quantgate.runtime import inference_session
@@ -186,3 +187,57 @@ def test_an_embedding_candidate_is_scored_with_the_texts_that_moved_most(exporte
     assert share * 120 == pytest.approx(round(share * 120))
     assert 0 <= lo <= share <= hi <= 1
     assert ev.examples[0].text in task.texts(heldout)
+
+
+def test_an_export_is_one_file_below_the_external_data_threshold(exported):
+    assert external_locations(exported.onnx_path) == set()
+    assert {p.name for p in exported.onnx_path.parent.iterdir()} == {"model.onnx", "tokenizer"}
+
+
+def test_an_export_forced_to_external_data_is_quantized_the_same_way_with_every_file_listed(
+    exported, tiny_model_dir, tmp_path, monkeypatch
+):
+    """QUANTGATE_EXTERNAL_DATA_MIN_BYTES=0 stores the weights beside the graph, as a model past 2 GB must
+    be; ORT's quantizer then writes its INT8 model the same way, and gives the same model as from the
+    one-file export."""
+    monkeypatch.setenv("QUANTGATE_EXTERNAL_DATA_MIN_BYTES", "0")
+    external = export_sentence_embedding(tiny_model_dir, tmp_path / "onnx", TEXTS, atol=EXPORT_ATOL)
+    assert external_locations(external.onnx_path) == {"model.onnx.data"}
+    # Only the graph and its data: the exporter's own folder is gone.
+    assert {p.name for p in external.onnx_path.parent.iterdir()} == {
+        "model.onnx",
+        "model.onnx.data",
+        "tokenizer",
+    }
+    data = external.onnx_path.with_name("model.onnx.data").stat().st_size
+    assert external.onnx_path.stat().st_size < 100_000 < 7 * 2**20 < data  # the 30522 x 64 embeddings
+    assert external.size_bytes == external.onnx_path.stat().st_size + data
+    assert max(external.max_abs_diff_vs_torch.values()) <= EXPORT_ATOL
+
+    recipe = RECIPES["dynamic-int8-per-channel"]
+    int8 = apply_recipe(recipe, external.onnx_path, tmp_path / "int8")
+    files = OnnxRuntime().files(int8.path)
+    assert {p.name for p in files} == {"model.int8.onnx", "model.int8.onnx.data", "model.int8.session.json"}
+    assert {p.name for p in (tmp_path / "int8").iterdir()} == {p.name for p in files}  # no scratch view left
+    assert int8.size_bytes == sum(p.stat().st_size for p in files)
+    assert int8.quantized_matmuls == 12
+    one_file = apply_recipe(recipe, exported.onnx_path, tmp_path / "int8-one-file")
+    feeds = tokenize(_tokenizer(tiny_model_dir), TEXTS, max_length=32)
+    got = inference_session(int8.path, threads=1).run(None, feeds)
+    want = inference_session(one_file.path, threads=1).run(None, feeds)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The sensitivity ranking (the fallback's) saves its capture graph with the data too: same ranking.
+    assert rank_nodes(external.onnx_path, recipe, [feeds]) == rank_nodes(exported.onnx_path, recipe, [feeds])
+
+
+def test_a_bad_external_data_setting_names_the_variable(monkeypatch):
+    monkeypatch.setenv("QUANTGATE_EXTERNAL_DATA_MIN_BYTES", "-1")
+    with pytest.raises(ConfigError, match="QUANTGATE_EXTERNAL_DATA_MIN_BYTES"):
+        external_data_min_bytes()
+
+
+def _tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, local_files_only=True)
