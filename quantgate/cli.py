@@ -10,7 +10,8 @@ import functools
 import inspect
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -102,6 +103,48 @@ def _store() -> Any:
     return open_store(Settings())
 
 
+@contextmanager
+def _transfer_bars() -> Iterator[Any]:
+    """A TransferProgress for lifecycle.register / pull_promotion: a rich progress bar on stderr for each
+    file above QUANTGATE_MULTIPART_THRESHOLD_MB, only when stderr is a terminal (never in a pipe, a log
+    or a flow run's output: flows pass no progress at all). None when there is no terminal."""
+    from quantgate.settings import Settings
+
+    if not err.is_terminal:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    threshold = Settings().multipart_threshold_mb * 2**20
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    )
+
+    def watch(name: str, size: int) -> Callable[[int], None] | None:
+        if size <= threshold:
+            return None
+        bars.start()  # on the first large file only: small transfers draw nothing
+        task = bars.add_task(escape(name), total=size)
+        return lambda done: bars.advance(task, done)
+
+    try:
+        yield watch
+    finally:
+        bars.stop()
+
+
 def _trusted() -> Any:
     """The public keys this consumer trusts (QUANTGATE_TRUSTED_KEYS); none: signatures are not checked."""
     from quantgate.settings import Settings
@@ -162,9 +205,18 @@ def register(
         serving = load_profile(profile) if profile else None
         if task == "auto":
             task = detect_task_type(model_dir, heldout).name
-        registration = lifecycle.register(
-            _store(), ref, model_dir, heldout, task, allow_pickle, expect_metric=expected, profile=serving
-        )
+        with _transfer_bars() as progress:
+            registration = lifecycle.register(
+                _store(),
+                ref,
+                model_dir,
+                heldout,
+                task,
+                allow_pickle,
+                expect_metric=expected,
+                profile=serving,
+                progress=progress,
+            )
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
     _announce_registration(registration)
@@ -837,7 +889,8 @@ def pull(
         check_name(model)
         if version is not None:
             _ref(model, version)
-        manifest, paths = lifecycle.pull_promotion(_store(), model, version, to, _trusted())
+        with _transfer_bars() as progress:
+            manifest, paths = lifecycle.pull_promotion(_store(), model, version, to, _trusted(), progress)
     except QuantgateError as exc:
         raise _fail(str(exc)) from None
     total = sum(p.stat().st_size for p in paths) / 1e6

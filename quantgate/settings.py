@@ -9,7 +9,7 @@ from __future__ import annotations
 import getpass
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -77,6 +77,28 @@ class Settings(BaseSettings):
         le=7 * 24 * 3600,
         description="how long the presigned HTTP(S) links a run publishes (model, plots, report, Data Docs) "
         "stay valid, in seconds; 7 days is the most SigV4 allows",
+    )
+    multipart_threshold_mb: int = Field(
+        default=64,
+        ge=1,
+        description="files larger than this many MiB are uploaded in parts (S3 multipart: one request per "
+        "part, each with its SHA-256; a failed upload is aborted) and shown with a progress bar in the CLI; "
+        "a file past 5 GiB, S3's limit for one PUT, always is",
+    )
+    multipart_part_size_mb: int = Field(
+        default=16,
+        ge=5,
+        le=5120,
+        description="size of one part of a multipart upload in MiB (S3: 5 MiB to 5 GiB, at most 10,000 "
+        "parts, so a larger file gets larger parts); the upload holds one part in memory",
+    )
+    s3_checksums: Literal["when_supported", "when_required"] | None = Field(
+        default=None,
+        description="botocore's default CRC checksums (boto3 >= 1.36) on requests and responses: "
+        "when_supported (AWS S3 and SeaweedFS 4.48 accept them) or when_required (only where an operation "
+        "demands one: for S3-compatible servers that refuse the new checksum headers); unset: botocore's "
+        "own choice (AWS_REQUEST_CHECKSUM_CALCULATION / AWS_RESPONSE_CHECKSUM_VALIDATION or the AWS config "
+        "file, else when_supported); every upload still sends its SHA-256 either way",
     )
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 60.0

@@ -1,13 +1,23 @@
 """The only module that talks S3. Works with any S3-compatible endpoint (AWS, SeaweedFS, MinIO, Ceph).
 
 Every upload sends its SHA-256 (`ChecksumSHA256`), so the server rejects a body that arrived damaged
-(SeaweedFS answers BadDigest), and every download is hashed again by the caller against the manifest.
-Create-only writes use `If-None-Match: *`, which SeaweedFS 4.48 and AWS S3 honour with 412.
+(SeaweedFS answers BadDigest), and every download is hashed as it streams, then compared by the caller
+with the record. Create-only writes use `If-None-Match: *`, which SeaweedFS 4.48 and AWS S3 honour with 412.
+
+Files above `QUANTGATE_MULTIPART_THRESHOLD_MB` (and any past 5 GiB, the most one PUT takes) go up as a
+multipart upload, made of explicit requests rather than boto3's transfer manager: s3transfer 0.19 drops
+`IfNoneMatch` from CompleteMultipartUpload, uploads parts from threads in no fixed order (the fault tests
+number every write), and cannot check the file against the digest it was registered with before the
+upload commits. Each part carries its own SHA-256 (S3 keeps only a checksum of the part checksums, "…-N",
+for the whole object), the whole file's SHA-256 stays in the object's `sha256` metadata as for one PUT,
+and any failure aborts the upload. docs/storage.md, "Big files", says what SeaweedFS does with a
+conditional multipart completion.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import mimetypes
 import os
@@ -17,22 +27,48 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    FlexibleChecksumError,
+    IncompleteReadError,
+    NoCredentialsError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
 
 from quantgate.errors import (
     ConfigError,
     ConflictError,
+    IntegrityError,
     NotFoundError,
     StorageAuthError,
     StorageError,
     StorageUnreachableError,
 )
 from quantgate.settings import Settings
-from quantgate.store import RUN_METADATA, ObjectHead, Store, StoredObject, memory_store, too_large
+from quantgate.store import (
+    RUN_METADATA,
+    ObjectHead,
+    Progress,
+    Store,
+    StoredObject,
+    memory_store,
+    too_large,
+)
 from quantgate.workspace import translating_disk_full
 
 _AUTH_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "InvalidToken", "ExpiredToken"}
 _CHUNK = 1 << 20
+MIB = 1 << 20
+# S3's limits (docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html): one PUT up to 5 GiB; a multipart
+# upload of at most 10,000 parts, each 5 MiB to 5 GiB (the last one may be smaller).
+SINGLE_PUT_MAX = 5 << 30
+MAX_PARTS = 10_000
+# A body that breaks off mid-download: the rest is asked for again from where it stopped.
+_STREAM_ERRORS = (ResponseStreamingError, ReadTimeoutError, IncompleteReadError, ConnectionClosedError)
 
 
 def sha256_file(path: Path) -> str:
@@ -61,6 +97,17 @@ def _b64(hex_digest: str) -> str:
 
 def make_client(settings: Settings) -> Any:
     """The boto3 S3 client every ObjectStore uses. Tests wrap it to inject faults at every write."""
+    # boto3 >= 1.36 adds a CRC32 to requests and asks for one back by default; some S3-compatible servers
+    # refuse those headers (boto3 issue #4392). Unset, botocore's own environment variables and config
+    # file decide. Explicit SHA-256s are sent either way.
+    checksums = (
+        {
+            "request_checksum_calculation": settings.s3_checksums,
+            "response_checksum_validation": settings.s3_checksums,
+        }
+        if settings.s3_checksums
+        else {}
+    )
     # A session of its own: boto3's default session caches the credentials it resolved first.
     return boto3.session.Session().client(
         "s3",
@@ -72,6 +119,7 @@ def make_client(settings: Settings) -> Any:
             connect_timeout=settings.connect_timeout_s,
             read_timeout=settings.read_timeout_s,
             retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+            **checksums,
         ),
     )
 
@@ -83,6 +131,9 @@ class ObjectStore(Store):
         self.bucket = settings.bucket
         self.endpoint = settings.s3_endpoint_url or "AWS S3"
         self._client = client or make_client(settings)
+        self.multipart_threshold = settings.multipart_threshold_mb * MIB
+        self.part_size = settings.multipart_part_size_mb * MIB
+        self.max_attempts = settings.max_attempts
         link = settings.s3_link_endpoint_url
         # Presigning sends no request: a client for the browser's address only computes signatures.
         self._link_client = (
@@ -201,8 +252,15 @@ class ObjectStore(Store):
         digest: str | None = None,
         create_only: bool = False,
         run_id: str | None = None,
+        progress: Progress | None = None,
     ) -> str:
+        """Upload a file: one PUT up to the multipart threshold, parts above it (and always past 5 GiB).
+        A create-only upload stays one PUT up to 5 GiB: SeaweedFS 4.48 checks `If-None-Match` on a
+        multipart completion, but not atomically (docs/storage.md, "Big files")."""
+        size = path.stat().st_size
         digest = digest or sha256_file(path)
+        if size > SINGLE_PUT_MAX or (size > self.multipart_threshold and not create_only):
+            return self._put_multipart(key, path, size, digest, create_only, run_id, progress)
         extra = {"IfNoneMatch": "*"} if create_only else {}
         with path.open("rb") as fh:
             self._call(
@@ -215,7 +273,111 @@ class ObjectStore(Store):
                 Metadata=_metadata(digest, run_id),
                 **extra,
             )
+        if progress is not None:
+            progress(size)
         return digest
+
+    def _part_size(self, size: int) -> int:
+        """The configured part size, or the smallest whole MiB that fits the file into 10,000 parts."""
+        fits = -(-size // MAX_PARTS)
+        return max(self.part_size, -(-fits // MIB) * MIB)
+
+    def _put_multipart(
+        self,
+        key: str,
+        path: Path,
+        size: int,
+        digest: str,
+        create_only: bool,
+        run_id: str | None,
+        progress: Progress | None,
+    ) -> str:
+        where = f"s3://{self.bucket}/{key}"
+        if create_only and self.exists(key):  # fail before uploading gigabytes; the completion decides
+            raise ConflictError(f"{where} already exists (create-only write refused)")
+        try:
+            upload_id = self._call(
+                "create_multipart_upload",
+                key,
+                ChecksumAlgorithm="SHA256",
+                ContentType=content_type_of(key),
+                Metadata=_metadata(digest, run_id),
+            )["UploadId"]
+        except StorageError as exc:
+            if not isinstance(exc, StorageAuthError):
+                self._abort_unknown_uploads(key)  # the server may have created it and lost the answer
+            raise
+        try:
+            parts = []
+            whole = hashlib.sha256()
+            part_size = self._part_size(size)
+            with path.open("rb") as fh:
+                # One part in memory at a time: its SHA-256 goes in the request's header, before the body.
+                while chunk := fh.read(part_size):
+                    whole.update(chunk)
+                    check = _b64(hashlib.sha256(chunk).hexdigest())
+                    number = len(parts) + 1
+                    answer = self._call(
+                        "upload_part",
+                        key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=chunk,
+                        ChecksumSHA256=check,
+                    )
+                    parts.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": check})
+                    if progress is not None:
+                        progress(len(chunk))
+            if whole.hexdigest() != digest:
+                raise IntegrityError(
+                    f"{path} changed while it was uploaded to {where}: its sha256 is now "
+                    f"{whole.hexdigest()[:12]}…, not {digest[:12]}… as hashed before; nothing was stored, "
+                    "upload it again once nothing writes to it"
+                )
+            etag = self._call(
+                "complete_multipart_upload",
+                key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+                **({"IfNoneMatch": "*"} if create_only else {}),
+            )["ETag"].strip('"')
+        except BaseException:
+            self._abort(key, upload_id)
+            raise
+        if create_only:
+            self._check_won(key, etag)
+        return digest
+
+    def _check_won(self, key: str, etag: str) -> None:
+        """After a create-only multipart completion: the object is ours, or another writer's completion
+        passed the same check and landed after ours (SeaweedFS 4.48: in 7 of 40 rounds of 8 racing
+        completions, 2-6 were answered 200; benchmarks/multipart_race.py). This catches an overwrite that
+        lands before the HEAD, not one after it: docs/storage.md says so."""
+        try:
+            stored = self._call("head_object", key)["ETag"].strip('"')
+        except StorageError:
+            return  # the completion answered 200: a failed check is no evidence against it
+        if stored != etag:
+            raise ConflictError(
+                f"s3://{self.bucket}/{key} already exists (create-only write refused: another writer's "
+                "upload completed at the same time)"
+            )
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        """Abort an upload and its parts; never raises over the error that made it necessary (a part left
+        behind is what a bucket's AbortIncompleteMultipartUpload lifecycle rule removes)."""
+        with contextlib.suppress(StorageError):
+            self._call("abort_multipart_upload", key, UploadId=upload_id)
+
+    def _abort_unknown_uploads(self, key: str) -> None:
+        """Abort every unfinished upload of exactly `key`: after a CreateMultipartUpload whose answer was
+        lost, the server may hold an upload nobody knows the id of. Safe because quantgate uploads files
+        only under a prefix of their writer's own (an upload id or a run id): no one else uploads that key."""
+        with contextlib.suppress(StorageError):
+            listed = self._call("list_multipart_uploads", Prefix=key).get("Uploads", [])
+            for upload in listed:
+                if upload["Key"] == key:
+                    self._abort(key, upload["UploadId"])
 
     def get_bytes(self, key: str) -> bytes:
         return self._call("get_object", key)["Body"].read()
@@ -242,33 +404,70 @@ class ObjectStore(Store):
             return None
         return obj["Body"].read(), obj["ETag"].strip('"')
 
-    def get_file(self, key: str, path: Path, max_bytes: int | None = None) -> None:
-        """Download to path (via a .part file). A full local disk is a DiskFullError naming the folder,
-        never an error a storage retry would repeat. With max_bytes, an object the response says is
-        larger is refused before its body is read, and the body is never read past max_bytes + 1 (a
-        server that misreports its length cannot fill the disk either)."""
+    def get_file(
+        self, key: str, path: Path, max_bytes: int | None = None, progress: Progress | None = None
+    ) -> str:
+        """Download to path (via a .part file) and return the SHA-256 of the bytes written, hashed as they
+        stream. A full local disk is a DiskFullError naming the folder, never an error a storage retry
+        would repeat. With max_bytes, an object the response says is larger is refused before its body is
+        read, and the body is never read past max_bytes + 1 (a server that misreports its length cannot
+        fill the disk either). One GET streams the whole object (a GET has no 5 GiB limit); a body that
+        breaks off is asked for again from the byte it reached, with `If-Match` on the first answer's ETag
+        so that every byte comes from the same object."""
         where = f"s3://{self.bucket}/{key}"
         with translating_disk_full(path.parent):
             path.parent.mkdir(parents=True, exist_ok=True)
             response = self._call("get_object", key)
             body = response["Body"]
-            if max_bytes is not None and int(response.get("ContentLength", 0)) > max_bytes:
+            size = int(response.get("ContentLength", 0))
+            if max_bytes is not None and size > max_bytes:
                 body.close()
                 raise too_large(where, response["ContentLength"], max_bytes)
+            etag = response["ETag"]
             tmp = path.with_name(path.name + ".part")
+            digest = hashlib.sha256()
             read = 0
+            resumed = 0
             try:
                 with tmp.open("wb") as fh:
-                    while chunk := body.read(_CHUNK):
-                        read += len(chunk)
-                        if max_bytes is not None and read > max_bytes:
-                            raise too_large(where, f"at least {read}", max_bytes)
-                        fh.write(chunk)
+                    while True:
+                        try:
+                            while chunk := body.read(_CHUNK):
+                                read += len(chunk)
+                                if max_bytes is not None and read > max_bytes:
+                                    raise too_large(where, f"at least {read}", max_bytes)
+                                fh.write(chunk)
+                                digest.update(chunk)
+                                if progress is not None:
+                                    progress(len(chunk))
+                            break
+                        except _STREAM_ERRORS as exc:
+                            body.close()
+                            resumed += 1
+                            if resumed >= self.max_attempts or read >= size:
+                                raise self._translate(exc, key) from None
+                            body = self._resume(key, read, etag)
+                        except FlexibleChecksumError:
+                            raise IntegrityError(
+                                f"{where}: the body does not match the checksum the server stored with it: "
+                                "the object is damaged on the server or on the way; download it again"
+                            ) from None
+                        except BotoCoreError as exc:
+                            raise self._translate(exc, key) from None
             except BaseException:
                 body.close()
                 tmp.unlink(missing_ok=True)
                 raise
             tmp.replace(path)
+        return digest.hexdigest()
+
+    def _resume(self, key: str, start: int, etag: str) -> Any:
+        try:
+            return self._call("get_object", key, Range=f"bytes={start}-", IfMatch=etag)["Body"]
+        except ConflictError:  # a 412: If-Match failed
+            raise StorageError(
+                f"s3://{self.bucket}/{key} was replaced while it was downloaded: download it again"
+            ) from None
 
     def head(self, key: str) -> ObjectHead:
         """Size, stored SHA-256 and metadata of one object; NotFoundError when it does not exist."""

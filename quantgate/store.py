@@ -15,6 +15,9 @@ The contract:
   otherwise ConflictError (or NotFoundError when the key is gone), and nothing changes.
 - Every put stores the body's SHA-256 (returned, and given back by `head`) and, with `run_id`, the
   metadata `quantgate-run: <run id>` that marks the object as that run's (repair deletes only those).
+- `put_file` and `get_file` take an optional `progress` callback, called with the bytes just moved (a
+  progress bar's advance); `get_file` returns the SHA-256 of the bytes it wrote, for the caller to compare
+  with its record (older stores return None: the caller hashes the file then).
 - `get_bytes` / `get_file` / `head` of a missing key raise NotFoundError; `get_with_etag` returns None;
   `exists` returns False; `delete` of a missing key is not an error.
 - `list(prefix)` yields every object under the prefix (recursively) in key order; `list_prefixes(p)` the
@@ -45,6 +48,12 @@ def too_large(where: str, size: int | str, max_bytes: int) -> SizeExceededError:
         f"{where} holds {size} bytes, more than the {max_bytes} its record declares: the download stopped "
         "there. The object was replaced after it was recorded: register the model again as a new version"
     )
+
+
+# Called with the number of bytes just uploaded or downloaded, as they go (boto3's `Callback` convention).
+Progress = Callable[[int], None]
+# Given a file's name and size, the Progress its transfer reports to; None: report nothing (a CLI's bar).
+TransferProgress = Callable[[str, int], Progress | None]
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,7 @@ class Store(ABC):
         digest: str | None = None,
         create_only: bool = False,
         run_id: str | None = None,
+        progress: Progress | None = None,
     ) -> str: ...
 
     @abstractmethod
@@ -108,9 +118,11 @@ class Store(ABC):
         """(data, ETag) for compare-and-swap, None when the key does not exist."""
 
     @abstractmethod
-    def get_file(self, key: str, path: Path, max_bytes: int | None = None) -> None:
-        """Download to path. With max_bytes, at most that many bytes are read: a larger object is a
-        SizeExceededError and nothing is left at path."""
+    def get_file(
+        self, key: str, path: Path, max_bytes: int | None = None, progress: Progress | None = None
+    ) -> str | None:
+        """Download to path, return the SHA-256 of what was written. With max_bytes, at most that many
+        bytes are read: a larger object is a SizeExceededError and nothing is left at path."""
 
     @abstractmethod
     def head(self, key: str) -> ObjectHead: ...
@@ -224,8 +236,13 @@ class MemoryStore(Store):
         digest: str | None = None,
         create_only: bool = False,
         run_id: str | None = None,
+        progress: Progress | None = None,
     ) -> str:
-        return self.put_bytes(key, path.read_bytes(), create_only=create_only, run_id=run_id)
+        data = path.read_bytes()
+        digest = self.put_bytes(key, data, create_only=create_only, run_id=run_id)
+        if progress is not None:
+            progress(len(data))
+        return digest
 
     def _get(self, key: str) -> _Object:
         with self._lock:
@@ -244,7 +261,9 @@ class MemoryStore(Store):
             return None
         return obj.data, obj.etag
 
-    def get_file(self, key: str, path: Path, max_bytes: int | None = None) -> None:
+    def get_file(
+        self, key: str, path: Path, max_bytes: int | None = None, progress: Progress | None = None
+    ) -> str:
         data = self._get(key).data
         if max_bytes is not None and len(data) > max_bytes:
             raise too_large(f"memory://{self.bucket}/{key}", len(data), max_bytes)
@@ -252,6 +271,9 @@ class MemoryStore(Store):
         tmp = path.with_name(path.name + ".part")
         tmp.write_bytes(data)
         tmp.replace(path)
+        if progress is not None:
+            progress(len(data))
+        return hashlib.sha256(data).hexdigest()
 
     def head(self, key: str) -> ObjectHead:
         obj = self._get(key)

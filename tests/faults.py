@@ -1,5 +1,6 @@
-"""Faults at numbered storage writes, for both stores: every write request (put, delete, copy, multipart)
-is numbered, and a plan answers HTTP 503 at the chosen ones.
+"""Faults at numbered storage writes, for both stores: every write request (put, delete, copy, and each
+request of a multipart upload: create, every part, complete, abort) is numbered, and a plan answers
+HTTP 503 at the chosen ones.
 - On S3, a layer around the boto3 client, installed by patching `quantgate.storage.make_client`, so every
   ObjectStore the flow builds goes through it (`install`, `faulty_store`).
 - On the in-memory store, the plan as the store's `fault` hook (`memory_hook`): every task of the flow that
@@ -31,6 +32,7 @@ WRITE_OPS = frozenset(
         "create_multipart_upload",
         "upload_part",
         "complete_multipart_upload",
+        "abort_multipart_upload",
         "upload_file",
         "upload_fileobj",
     }

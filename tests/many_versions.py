@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from quantgate.errors import IntegrityError, NotFoundError, QuantgateError
 from quantgate.lifecycle import SweepPlan, audit_log, decision_of
@@ -94,9 +95,11 @@ class CountingStore(Store):
         self.counts["get"] += 1
         return self.inner.get_with_etag(key)
 
-    def get_file(self, key: str, path: Path, max_bytes: int | None = None) -> None:
+    def get_file(
+        self, key: str, path: Path, max_bytes: int | None = None, progress: Any = None
+    ) -> str | None:
         self.counts["get"] += 1
-        self.inner.get_file(key, path, max_bytes)
+        return self.inner.get_file(key, path, max_bytes, progress)
 
     def head(self, key: str) -> ObjectHead:
         self.counts["head"] += 1

@@ -79,7 +79,11 @@ def check_checksums_and_run_tags(store: Store, tmp_path: Path) -> None:
     path.write_bytes(b"file")
     assert store.put_file("m/f.bin", path) == hashlib.sha256(b"file").hexdigest()
     assert RUN_METADATA not in store.head("m/f.bin").metadata
-    store.get_file("m/f.bin", tmp_path / "down" / "f.bin")
+    moved: list[int] = []
+    # get_file returns the SHA-256 of what it wrote, hashed as it streamed, and reports its progress.
+    got = store.get_file("m/f.bin", tmp_path / "down" / "f.bin", progress=moved.append)
+    assert got == hashlib.sha256(b"file").hexdigest()
+    assert sum(moved) == 4
     assert (tmp_path / "down" / "f.bin").read_bytes() == b"file"
 
 

@@ -17,7 +17,7 @@ from quantgate.packages import versions
 from quantgate.registry import FileEntry, Manifest, ModelRef, Registration, promoted_key
 from quantgate.signing import TrustedKeys
 from quantgate.storage import sha256_bytes, sha256_file
-from quantgate.store import Store
+from quantgate.store import Store, TransferProgress
 from quantgate.workspace import require_free_space
 
 
@@ -29,10 +29,18 @@ class PulledVersion:
 
 
 def _download_verified(
-    store: Store, key: str, dest: Path, entry: FileEntry, what: str = "registration"
+    store: Store,
+    key: str,
+    dest: Path,
+    entry: FileEntry,
+    what: str = "registration",
+    progress: TransferProgress | None = None,
 ) -> None:
-    store.get_file(key, dest, max_bytes=entry.size)
-    actual = sha256_file(dest)
+    watch = progress(entry.path, entry.size) if progress is not None else None
+    # Passed only when asked for: a Store written before get_file took `progress` keeps working.
+    streamed = store.get_file(key, dest, max_bytes=entry.size, **({"progress": watch} if watch else {}))
+    # The store hashes what it wrote while streaming; a store that returns nothing is hashed here.
+    actual = streamed or sha256_file(dest)
     if actual != entry.sha256:
         dest.unlink()
         way_out = (
@@ -71,7 +79,12 @@ def local_name(entry: FileEntry) -> str:
 
 
 def pull_promotion(
-    store: Store, model: str, version: str | None, dest: Path, trusted: TrustedKeys = NO_TRUST
+    store: Store,
+    model: str,
+    version: str | None,
+    dest: Path,
+    trusted: TrustedKeys = NO_TRUST,
+    progress: TransferProgress | None = None,
 ) -> tuple[Manifest, list[Path]]:
     """Download a promotion (default: the one current.json names) into `dest`, every file checked against
     the manifest's sha256 after download, and the manifest against the signature with `trusted` keys.
@@ -98,7 +111,8 @@ def pull_promotion(
         paths = []
         for entry in manifest.files:
             target = staging / local_name(entry)
-            _download_verified(store, promoted_key(ref, entry.path), target, entry, what="promotion")
+            key = promoted_key(ref, entry.path)
+            _download_verified(store, key, target, entry, what="promotion", progress=progress)
             paths.append(dest / local_name(entry))
         (staging / "manifest.json").write_bytes(raw)
         if dest.exists():

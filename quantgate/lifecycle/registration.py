@@ -33,7 +33,7 @@ from quantgate.registry import (
     source_checksum,
     upload_prefix,
 )
-from quantgate.store import Store
+from quantgate.store import Store, TransferProgress
 from quantgate.tasktypes import check_profile, get_task_type
 
 
@@ -54,6 +54,12 @@ def model_files(model_dir: Path) -> list[Path]:
     return files
 
 
+def _upload(store: Store, key: str, path: Path, name: str, progress: TransferProgress | None) -> str:
+    watch = progress(name, path.stat().st_size) if progress is not None else None
+    # Passed only when asked for: a Store written before put_file took `progress` keeps working.
+    return store.put_file(key, path, **({"progress": watch} if watch else {}))
+
+
 def register(
     store: Store,
     ref: ModelRef,
@@ -63,14 +69,19 @@ def register(
     allow_pickle: bool = False,
     expect_metric: ExpectedMetric | None = None,
     profile: ServingProfile | None = None,
+    progress: TransferProgress | None = None,
 ) -> Registration:
+    """Upload the model folder and the held-out set, then write registration.json (create-only).
+    `progress`, given a file's name and size, returns the callback its upload reports to (the CLI's bar)."""
     task_type = get_task_type(task)
     task_type.check_model(model_dir, allow_pickle)
     check_profile(task_type, model_dir, profile)
     if heldout.is_dir():  # an image folder: uploaded as one deterministic tar
         with tempfile.TemporaryDirectory(prefix="quantgate-heldout-") as scratch:
             packed = pack_folder(heldout, Path(scratch))
-            return register(store, ref, model_dir, packed, task, allow_pickle, expect_metric, profile)
+            return register(
+                store, ref, model_dir, packed, task, allow_pickle, expect_metric, profile, progress
+            )
     if not heldout.is_file():
         raise InvalidModelError(f"held-out file {heldout} does not exist")
     # Parsed before anything is uploaded: a file the task type cannot read (not UTF-8, not its format) or
@@ -84,9 +95,10 @@ def register(
         entries = []
         for path in model_files(model_dir):
             rel = path.relative_to(model_dir).as_posix()
-            digest = store.put_file(registered_model_key(ref, rel, upload_id), path)
+            digest = _upload(store, registered_model_key(ref, rel, upload_id), path, rel, progress)
             entries.append(FileEntry(path=rel, sha256=digest, size=path.stat().st_size))
-        held_digest = store.put_file(registered_heldout_key(ref, heldout.name, upload_id), heldout)
+        held_key = registered_heldout_key(ref, heldout.name, upload_id)
+        held_digest = _upload(store, held_key, heldout, heldout.name, progress)
         registration = Registration(
             model=ref.name,
             version=ref.version,
