@@ -3,6 +3,7 @@ config (fast to export and quantize), with the real MiniLM tokenizer; the Prefec
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -153,8 +154,13 @@ os.environ.setdefault("QUANTGATE_PROMOTION_LOCK_TIMEOUT_S", "5")
 # (7.2 CPU-s in 30 s, against 0.3 s at 1 s or at the default 5 s).
 os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "50")
 os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL", "1")
-# One export cache per test session: shared by its tests (re-runs hit it), never by earlier sessions.
-os.environ.setdefault("QUANTGATE_CACHE_DIR", tempfile.mkdtemp(prefix="quantgate-test-cache-"))
+# One export cache per test session: shared by its tests (re-runs hit it), never by earlier sessions. Made
+# only by the process that finds none (pytest, not its xdist workers or the servers and workers it starts,
+# which inherit it) and removed when that process exits: `setdefault(..., mkdtemp())` made one per import
+# and removed none (1,076 folders, 19 GB in /tmp on this machine after a day of runs).
+if "QUANTGATE_CACHE_DIR" not in os.environ:
+    os.environ["QUANTGATE_CACHE_DIR"] = tempfile.mkdtemp(prefix="quantgate-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["QUANTGATE_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
