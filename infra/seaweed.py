@@ -136,6 +136,9 @@ class SeaweedServer:
     access_key: str
     secret_key: str
     ports: dict[str, int] = field(default_factory=pick_ports)
+    # gRPC ports by service; unset, each is its HTTP port + 10000 (weed's own rule). Given, a caller keeps
+    # every port weed opens inside one range (benchmarks/flood.py: 4740-4759).
+    grpc_ports: dict[str, int] | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -166,6 +169,7 @@ class SeaweedServer:
             "-master.telemetry=false",
             "-s3.autoCreateBucket=false",
             f"-s3.config={self.data_dir / 's3.json'}",
+            *(f"-{service}.port.grpc={port}" for service, port in (self.grpc_ports or {}).items()),
         ]
 
     def start(self, timeout: float = 30.0, attempts: int = 3) -> SeaweedServer:

@@ -8,16 +8,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from benchmarks.runs import announce_all, register_all, wait_for_runs
 from benchmarks.workers import FIGURES_SETTING, figures, peak_overlap, run_times, runs_by_worker, table
 from infra.prefect_stack import PrefectStack, worker_name
-from quantgate import announce, lifecycle
+from quantgate import lifecycle
 from quantgate.registry import ModelRef
-from tests.integration.test_deployments import TERMINAL, TINY_PARAMS
+from tests.integration.test_deployments import TINY_PARAMS
 
 pytestmark = pytest.mark.scale
 
@@ -29,37 +29,6 @@ FLOW_CONCURRENCY = 2
 REFS = [ModelRef(name=f"m{m}", version=f"v{v}") for m in (1, 2, 3) for v in (1, 2)]
 DEPLOYMENT = "quantize-and-promote/quantize-on-registration"
 DECIDING = {"Promoted", "NotPromoted"}
-
-
-def _register_and_announce(store, refs, model_dir: Path, heldout: Path) -> None:
-    """Every version uploaded in its own thread, then every registration event emitted at once."""
-    from prefect.events import emit_event
-
-    def register(ref: ModelRef):
-        return lifecycle.register(store, ref, model_dir, heldout, "sentence-embedding")
-
-    with ThreadPoolExecutor(len(refs)) as pool:
-        registrations = list(pool.map(register, refs))
-    bucket = os.environ["QUANTGATE_BUCKET"]
-    for registration in registrations:
-        name, resource, payload = announce.registered(registration, bucket)
-        emit_event(event=name, resource=resource, payload=payload)
-
-
-def _wait_for_runs(client, deployment_id, count: int, timeout: float) -> list:
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-    deadline = time.monotonic() + timeout
-    runs: list = []
-    while time.monotonic() < deadline:
-        runs = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
-        )
-        if len(runs) >= count and all(r.state and r.state.type.value in TERMINAL for r in runs):
-            return runs
-        time.sleep(1)
-    states = sorted(f"{r.name}: {r.state.name if r.state else None}" for r in runs)
-    raise AssertionError(f"not every run of {DEPLOYMENT} finished within {timeout} s: {states}")
 
 
 def _promotion_slot_intervals(client, models: set[str], expected: int, timeout: float = 60) -> dict:
@@ -116,10 +85,14 @@ def test_two_workers_share_the_runs_within_the_deployment_limit_and_decide_every
             assert deployment.concurrency_options.collision_strategy.value == "ENQUEUE"
             client.update_deployment(deployment.id, DeploymentUpdate(parameters=TINY_PARAMS))
 
-            _register_and_announce(store, REFS, tiny_model_dir, small_sts)
+            # Every version uploaded in its own thread, then every registration event emitted at once.
+            registrations = register_all(
+                store, REFS, tiny_model_dir, small_sts, "sentence-embedding", threads=len(REFS)
+            )
+            announce_all(registrations, os.environ["QUANTGATE_BUCKET"])
             # 240 s was too short on a CI machine with the other tiers beside this one (m3's two runs were
             # still running): six tiny runs take ~1 min alone.
-            runs = _wait_for_runs(client, deployment.id, len(REFS), timeout=600)
+            runs = wait_for_runs(client, deployment.id, len(REFS), timeout=600)
             ran_in = runs_by_worker(stack.worker_logs)
             times = [run_times(client, run, ran_in) for run in runs]
             found = figures(times, WORKERS, WORKER_LIMIT, FLOW_CONCURRENCY)
