@@ -43,18 +43,9 @@ BUCKET = "quantgate-flood"
 DEPLOYMENT = "quantize-and-promote/quantize-on-registration"
 DECIDING = {"Promoted", "NotPromoted"}
 # A flow run's process (`python -m prefect.engine`, started by a process worker) imports the deployment's
-# entrypoint and nothing else, so the task type and backend of tests/plugins/ would be unknown there.
-# This file, first on the workers' PYTHONPATH, imports them in those processes only (sys.orig_argv): the
-# worker still launches each run exactly as it does in production.
-SITECUSTOMIZE = """\
-# Written by benchmarks/flood.py: flow runs load the toy task type and the copy backend of tests/plugins/.
-import sys
-
-if "prefect.engine" in sys.orig_argv:
-    import flows  # noqa: F401 - its configure_process() first, as in any flow run
-    import tests.plugins.copy_backend  # noqa: F401
-    import tests.plugins.toy_regression  # noqa: F401
-"""
+# entrypoint and nothing else: QUANTGATE_PLUGINS makes it load the toy task type and the copy backend of
+# tests/plugins/ (quantgate/plugins.py), as a team's own plugins are loaded on its workers.
+PLUGINS = "tests.plugins.toy_regression,tests.plugins.copy_backend"
 
 
 def _params() -> dict[str, Any]:
@@ -263,9 +254,6 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:  # noqa: PLR
     model_dir, heldout = scratch / "toy" / "model", scratch / "toy" / "heldout.csv"
     train(model_dir, heldout)
 
-    site = scratch / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     key, secret = "qgflood" + secrets.token_hex(4), secrets.token_urlsafe(24)
     os.environ.update(
         {
@@ -279,9 +267,8 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:  # noqa: PLR
             "PREFECT_HOME": str(scratch / "prefect-client"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "GX_ANALYTICS_ENABLED": "False",
-            "PYTHONPATH": os.pathsep.join([str(site), str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(
-                os.pathsep
-            ),
+            "QUANTGATE_PLUGINS": PLUGINS,
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         }
     )
     os.environ.pop("QUANTGATE_STORE_URL", None)

@@ -220,3 +220,23 @@ class ExportSettings(BaseSettings):
         "(model.onnx + model.onnx.data); 0 forces it for every export (the CI-sized twin of a model past "
         "2 GB); the quantizers then write theirs the same way",
     )
+
+
+class PluginSettings(BaseSettings):
+    """Which plugin modules every process loads before it looks up a task type or a backend
+    (quantgate/plugins.py): the registering CLI, and a worker's flow-run process alike."""
+
+    model_config = SettingsConfigDict(env_prefix="QUANTGATE_", extra="ignore")
+
+    plugins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated modules to import (each calls register_task_type or defines a "
+        "Quantizer/Runtime subclass), besides the `quantgate.plugins` entry points of installed packages",
+    )
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value

@@ -148,8 +148,12 @@ class Quantizer(ABC):
 
 
 def _load_builtin() -> None:
+    """The built-in backends, then the plugins' (quantgate/plugins.py)."""
+    from quantgate.plugins import load_plugins
+
     for module in BUILTIN:
         importlib.import_module(module)
+    load_plugins()
 
 
 def get_quantizer(name: str) -> Quantizer:

@@ -168,11 +168,14 @@ def register_task_type(task_type: TaskType) -> TaskType:
 
 
 def task_types() -> dict[str, TaskType]:
-    """Every registered task type, the built-in ones loaded."""
+    """Every registered task type, the built-in ones and the plugins' loaded (quantgate/plugins.py)."""
     import importlib
+
+    from quantgate.plugins import load_plugins
 
     for module in BUILTIN:
         importlib.import_module(module)
+    load_plugins()
     return TASK_TYPES
 
 
