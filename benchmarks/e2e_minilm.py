@@ -100,6 +100,7 @@ def sweep(
 
 
 def stage_times(flow_run_id: object) -> list[dict[str, object]]:
+    """Every task run of the flow run: its stage name, wall time, start and end (epoch seconds)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -110,6 +111,8 @@ def stage_times(flow_run_id: object) -> list[dict[str, object]]:
         {
             "stage": re.sub(r"-[0-9a-f]{3}$", "", r.name),
             "wall_s": round((r.end_time - r.start_time).total_seconds(), 2),
+            "start": r.start_time.timestamp(),
+            "end": r.end_time.timestamp(),
         }
         for r in timed
     ]
