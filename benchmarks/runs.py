@@ -34,6 +34,16 @@ def register_all(
         return list(pool.map(register, refs))
 
 
+def _fresh_events_worker() -> None:
+    """Prefect keeps one events worker per process for every running server, bound to the API URL that was
+    set when it started: in a process that ran flows on another server before (a test session's ephemeral
+    one), emit_event would send there. Draining stops it; the next emit_event starts one for the current
+    PREFECT_API_URL. (`quantgate register` runs in a process of its own and never meets this.)"""
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all()
+
+
 def announce_all(registrations: Sequence[Registration], bucket: str) -> list[Any]:
     """quantgate.model.registered for each registration, as `quantgate register` emits it; the events as
     sent (their ids let a caller send the very same event again). Returns once every event left this
@@ -41,6 +51,7 @@ def announce_all(registrations: Sequence[Registration], bucket: str) -> list[Any
     from prefect.events import emit_event
     from prefect.events.worker import EventsWorker
 
+    _fresh_events_worker()
     sent = []
     for registration in registrations:
         name, resource, payload = announce.registered(registration, bucket)
@@ -57,6 +68,7 @@ def resend(events: Sequence[Any]) -> None:
     from prefect.events import emit_event
     from prefect.events.worker import EventsWorker
 
+    _fresh_events_worker()
     for event in events:
         emit_event(
             event=event.event,
