@@ -26,7 +26,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.search import search_recipes
+from flows.search import dask_runner, search_recipes
 from quantgate.backends import AnyRecipe
 from quantgate.bench import BenchSettings
 from quantgate.content_cache import prepare_caches
@@ -180,6 +180,7 @@ def quantize_and_promote(
                 champion,
                 settings.build_cache_dir,
                 settings.prediction_cache_dir,
+                dask_runner(settings),  # None: the candidates are scored on this flow's threads
             )
 
             # -- decide and act on the decision -----------------------------------------------------------

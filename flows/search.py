@@ -1,12 +1,20 @@
 """The recipe search inside a quantize-and-promote run, wired to Prefect: each step of the core search
 driver (quantgate/search_driver.py) runs as a task, and candidates are scored concurrently (one per core,
-each on its own ONNX Runtime thread) with `.submit`. The driver decides everything; this only wires."""
+each on its own ONNX Runtime thread) with `.submit`. The driver decides everything; this only wires.
+
+Where candidates are built and scored is QUANTGATE_SEARCH_RUNNER: the flow's threads (the default), or
+the worker processes of prefect-dask's DaskTaskRunner (issue #24), which then receive the job's path and a
+wall-clock deadline instead of its arrays. Everything else, the interleaved benchmark included, stays in
+the flow's process: latencies are compared only when measured on one machine in one round."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import cloudpickle
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.logging import get_logger, get_run_logger
@@ -17,11 +25,24 @@ from quantgate.export import ExportResult
 from quantgate.heldout import HeldoutSplit
 from quantgate.lifecycle import Champion
 from quantgate.quantize import Recipe
-from quantgate.search import CandidateResult, SearchBudget, SearchResult
-from quantgate.search_driver import ScoreJob, SearchSteps, comparison_settings, run_search
+from quantgate.search import CandidateResult, Dispatch, SearchBudget, SearchResult
+from quantgate.search_driver import (
+    ScoreJob,
+    SearchSteps,
+    SharedJob,
+    comparison_settings,
+    run_search,
+    share_job,
+)
+from quantgate.settings import Settings
 from quantgate.tasktypes import TaskType
 from quantgate.thresholds import GateThresholds
 from tasks import candidate
+
+if TYPE_CHECKING:
+    from prefect_dask import DaskTaskRunner
+
+Score = Callable[[list[Recipe], ScoreJob, int], list[CandidateResult]]
 
 
 def search_recipes(
@@ -38,6 +59,56 @@ def search_recipes(
     champion: Champion | None = None,
     build_cache: Path | None = None,
     prediction_cache: Path | None = None,
+    dask: DaskTaskRunner | None = None,
+) -> SearchResult:
+    """`dask`: a DaskTaskRunner (not started) that builds and scores the candidates; None: the flow's own
+    task runner (threads). It is started at the first candidate and closed when the search ends, however
+    it ends."""
+    with ExitStack() as stack:
+        return _search(
+            task_type, model_dir, exported, split, recipes, thresholds, bench, budget, allow_pickle, work,
+            champion, build_cache, prediction_cache, stack, dask,
+        )  # fmt: skip
+
+
+def dask_runner(settings: Settings) -> DaskTaskRunner | None:
+    """The search's DaskTaskRunner when QUANTGATE_SEARCH_RUNNER=dask: the scheduler at
+    QUANTGATE_DASK_ADDRESS, else a LocalCluster of QUANTGATE_DASK_WORKERS single-threaded processes bound to
+    127.0.0.1, with no dashboard (no port opened beyond the scheduler's and workers' own, chosen free)."""
+    if settings.search_runner != "dask":
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    if settings.dask_address:
+        return DaskTaskRunner(address=settings.dask_address)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": settings.dask_workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": None,
+        },
+    )
+
+
+def _search(
+    task_type: TaskType,
+    model_dir: Path,
+    exported: ExportResult,
+    split: HeldoutSplit,
+    recipes: list[Recipe],
+    thresholds: GateThresholds,
+    bench: BenchSettings,
+    budget: SearchBudget,
+    allow_pickle: bool,
+    work: Path,
+    champion: Champion | None,
+    build_cache: Path | None,
+    prediction_cache: Path | None,
+    stack: ExitStack,
+    dask: DaskTaskRunner | None,
 ) -> SearchResult:
     assets, fp32 = exported.assets_dir, exported.onnx_path
     progress = SearchProgress(min(len(recipes), budget.max_candidates), budget.max_trials)
@@ -53,7 +124,7 @@ def search_recipes(
         score_champion=candidate.score_champion,
         calibration=candidate.calibration_data,
         prepare=candidate.prepare,
-        score=score,
+        score=score if dask is None else _on_dask(dask, stack, work / "shared", progress),
         rank=candidate.rank_sensitive_nodes,
         benchmark=lambda servables: candidate.benchmark(
             task_type, model_dir, Servable(fp32), servables, assets, split.evaluation, bench, allow_pickle
@@ -89,6 +160,36 @@ def search_recipes(
     )
     progress.finished(search)
     return search
+
+
+def _on_dask(runner: DaskTaskRunner, stack: ExitStack, shared_dir: Path, progress: SearchProgress) -> Score:
+    """The score step on Dask: the job is written once to the run's work folder, and each candidate's task
+    carries its recipe, that file's path and sha256, and the deadline as wall-clock time. The runner (and
+    the LocalCluster it creates) starts at the first batch, so a search stopped by its evidence gates starts
+    no process."""
+    shared: list[tuple[ScoreJob, SharedJob]] = []
+
+    def score(batch: list[Recipe], job: ScoreJob, threads: int) -> list[CandidateResult]:
+        if not shared or shared[-1][0] is not job:
+            if not shared:
+                stack.enter_context(runner)
+            shared.append((job, share_job(job, shared_dir / f"job-{len(shared)}.pkl")))
+        handle = shared[-1][1]
+        sent = []
+        for recipe in batch:
+            parameters = {"recipe": recipe, "job": handle, "threads": threads}
+            size = len(cloudpickle.dumps(parameters))
+            sent.append((runner.submit(candidate.build_and_score_shared, parameters), size))
+        results = []
+        for future, size in sent:
+            result = future.result()
+            worker = result.dispatch.worker if result.dispatch else None
+            result = result.model_copy(update={"dispatch": Dispatch(worker=worker, task_bytes=size)})
+            progress.scored(result)
+            results.append(result)
+        return results
+
+    return score
 
 
 class SearchProgress:

@@ -66,6 +66,14 @@ def _round_name(value: Any) -> Any:
     return value
 
 
+class Dispatch(BaseModel):
+    """Where a candidate was built and scored when the search sent it to another process (the Dask
+    runner), and how large the task it was sent as was, pickled."""
+
+    worker: str | None = Field(None, description="host:pid of the process that built and scored it")
+    task_bytes: int = Field(description="its submitted arguments, cloudpickled")
+
+
 class CandidateResult(BaseModel):
     recipe: AnyRecipe
     status: Status
@@ -80,6 +88,7 @@ class CandidateResult(BaseModel):
     latency: EngineResult | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     gates: GateReport | None = None
+    dispatch: Dispatch | None = Field(None, description="set when it ran on a Dask worker; None: a thread")
 
     @model_validator(mode="before")
     @classmethod

@@ -11,10 +11,14 @@ times the fallback's base and trials again.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +72,58 @@ class ScoreJob(BaseModel):
     deadline: float
     build_cache: Path | None = None  # where verified builds are kept (quantgate/build_cache.py); None: off
     prediction_cache: Path | None = None  # where outputs are kept (quantgate/prediction_cache.py); None: off
+
+
+class SharedJob(BaseModel):
+    """A `ScoreJob` as another process receives it (issue #24: the search on Dask): the path of the job
+    written once by the search (its arrays and rows included) and that file's sha256, plus the deadline as
+    wall-clock epoch seconds, since a `time.monotonic()` value means nothing on another host or process.
+    A few hundred bytes, whatever the model and held-out set."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: Path
+    sha256: str
+    deadline_epoch: float
+
+
+def share_job(job: ScoreJob, path: Path) -> SharedJob:
+    """Writes the job where the workers read it (the run's own work folder: this user's, 0700) and returns
+    its handle. A worker on another host needs that folder mounted at the same path."""
+    data = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return SharedJob(
+        path=path,
+        sha256=hashlib.sha256(data).hexdigest(),
+        deadline_epoch=time.time() + (job.deadline - time.monotonic()),
+    )
+
+
+def load_shared_job(shared: SharedJob) -> ScoreJob:
+    """The job back in a worker, its deadline on this process's monotonic clock again. The file is read
+    once per worker process and unpickled only when its bytes are the ones the search wrote."""
+    job = _read_job(shared.path, shared.sha256)
+    return job.model_copy(update={"deadline": time.monotonic() + (shared.deadline_epoch - time.time())})
+
+
+@lru_cache(maxsize=4)
+def _read_job(path: Path, sha256: str) -> ScoreJob:
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise SearchError(
+            f"the shared search job {path} changed after the search wrote it (sha256 differs): a worker "
+            "reads only the job it was sent; rerun the search"
+        )
+    job = pickle.loads(data)  # noqa: S301 - our own file, written by this run and checked by sha256 above
+    if not isinstance(job, ScoreJob):
+        raise SearchError(f"{path} holds a {type(job).__name__}, not a search job")
+    return job
+
+
+def worker_id() -> str:
+    """Where a candidate was built and scored: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def candidate_dir(job_out: Path, recipe: Recipe) -> Path:

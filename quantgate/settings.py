@@ -66,6 +66,20 @@ class Settings(BaseSettings):
         "side files, rows, threads and code computed them before (every metric and gate is still computed "
         "from them); false: always run the model",
     )
+    search_runner: Literal["threads", "dask"] = Field(
+        default="threads",
+        description="where the search's candidates are built and scored: threads of the flow's process, or "
+        "Dask worker processes (prefect-dask's DaskTaskRunner; the benchmark stays in the flow's process)",
+    )
+    dask_address: str | None = Field(
+        default=None,
+        description="an existing Dask scheduler (tcp://host:port) for search_runner=dask; its workers must "
+        "import this project and read the run's work folder at the same path; unset: a LocalCluster of "
+        "dask_workers processes on 127.0.0.1, started for the search and closed after it",
+    )
+    dask_workers: int = Field(
+        default=2, ge=1, le=64, description="worker processes of the LocalCluster (one thread each)"
+    )
     s3_link_endpoint_url: str | None = Field(
         default=None,
         description="the S3 endpoint as the operator's browser reaches it, for presigned links (a signature "

@@ -20,8 +20,16 @@ from quantgate.export import OPSET, ExportResult, external_data_min_bytes, uses_
 from quantgate.export_cache import cached_export
 from quantgate.lifecycle import Champion
 from quantgate.quantize import Recipe
-from quantgate.search import CandidateResult
-from quantgate.search_driver import ScoreJob, prepare_backends, rank_nodes_of, score_candidate
+from quantgate.search import CandidateResult, Dispatch
+from quantgate.search_driver import (
+    ScoreJob,
+    SharedJob,
+    load_shared_job,
+    prepare_backends,
+    rank_nodes_of,
+    score_candidate,
+    worker_id,
+)
 from quantgate.sensitivity import NodeSensitivity
 from quantgate.settings import ExportSettings
 from quantgate.tasktypes import Reference, TaskType
@@ -124,17 +132,31 @@ def prepare(
 
 @task(name="candidate", task_run_name="candidate-{recipe.name}", cache_policy=NO_CACHE)
 def build_and_score(recipe: Recipe, job: ScoreJob, threads: int) -> CandidateResult:
-    logger = get_run_logger()
     if time.monotonic() > job.deadline:
-        logger.warning("candidate %s skipped: the search time budget is spent", recipe.name)
-    result = score_candidate(recipe, job, threads)
+        get_run_logger().warning("candidate %s skipped: the search time budget is spent", recipe.name)
+    return _logged(score_candidate(recipe, job, threads))
+
+
+@task(name="candidate", task_run_name="candidate-{recipe.name}", cache_policy=NO_CACHE)
+def build_and_score_shared(recipe: Recipe, job: SharedJob, threads: int) -> CandidateResult:
+    """The same step in a Dask worker process: it receives the job's path and wall-clock deadline (a few
+    hundred bytes), reads the job from the run's work folder, and says where it ran."""
+    local = load_shared_job(job)
+    if time.monotonic() > local.deadline:
+        get_run_logger().warning("candidate %s skipped: the search time budget is spent", recipe.name)
+    result = _logged(score_candidate(recipe, local, threads))
+    return result.model_copy(update={"dispatch": Dispatch(worker=worker_id(), task_bytes=0)})
+
+
+def _logged(result: CandidateResult) -> CandidateResult:
+    logger = get_run_logger()
     if result.status == "failed":
-        logger.warning("candidate %s failed to build: %s", recipe.name, result.note)
+        logger.warning("candidate %s failed to build: %s", result.name, result.note)
     elif result.evaluation is not None:
         ev = result.evaluation
         logger.info(
             "candidate %-38s %5.1f MB%s  %s %.4f -> %.4f  %s",
-            recipe.name,
+            result.name,
             (result.size_bytes or 0) / 1e6,
             " (build cache hit)" if result.build_cached else "",
             ev.task_metric,
