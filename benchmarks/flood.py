@@ -21,9 +21,7 @@ on failure or Ctrl-C."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import secrets
 import sys
 import tempfile
@@ -450,21 +448,15 @@ def main(argv: list[str] | None = None) -> None:
         found = run(args, Path(scratch))
     print(table(found))
     command = " ".join(["benchmarks.flood", *(argv if argv is not None else sys.argv[1:])])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "command": f".venv/bin/python -m {command}",
-                "scenario": f"{args.versions} toy-regression versions over {args.models} models registered "
-                "with the work pool paused, announced at once; copy backend; SeaweedFS; Prefect 3.8.8 "
-                f"server on PostgreSQL; {args.workers} process workers; concurrency_limit {args.concurrency}",
-                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-                "measured_at": datetime.now().astimezone().isoformat(timespec="seconds"),
-                **found,
-            },
-            indent=2,
-        )
-        + "\n"
+    from benchmarks.runs import write_result
+
+    write_result(
+        args.out,
+        f".venv/bin/python -m {command}",
+        f"{args.versions} toy-regression versions over {args.models} models registered with the work pool "
+        "paused, announced at once; copy backend; SeaweedFS; Prefect 3.8.8 server on PostgreSQL; "
+        f"{args.workers} process workers; concurrency_limit {args.concurrency}",
+        found,
     )
     print(f"wrote {args.out}")
 

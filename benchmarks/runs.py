@@ -7,9 +7,13 @@ setting) and the QUANTGATE_* storage settings."""
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -128,3 +132,16 @@ def wait_for_runs(client: Any, deployment_id: UUID, count: int, timeout: float) 
     runs = deployment_runs(client, deployment_id)
     states = sorted(f"{r.name}: {r.state.name if r.state else None}" for r in runs)
     raise AssertionError(f"not every run of deployment {deployment_id} finished within {timeout} s: {states}")
+
+
+def write_result(path: Path, command: str, scenario: str, found: dict[str, Any]) -> None:
+    """A benchmark's JSON: the command that made it, its scenario, the machine, when, and its figures."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "command": command,
+        "scenario": scenario,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "measured_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+        **found,
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n")

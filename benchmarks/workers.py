@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -164,20 +163,14 @@ def main() -> None:
             sys.exit(f"the scale test failed (exit {done.returncode}): no figures written")
         found = Figures(**json.loads(out.read_text()))
     print(table(found))
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(
-        json.dumps(
-            {
-                "command": ".venv/bin/python -m benchmarks.workers",
-                "scenario": "3 models x 2 versions registered at once; tiny BERT; SeaweedFS; Prefect 3.8.8 "
-                "server on PostgreSQL; quantize-on-registration through its event trigger",
-                "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-                "measured_at": datetime.now().astimezone().isoformat(timespec="seconds"),
-                **asdict(found),
-            },
-            indent=2,
-        )
-        + "\n"
+    from benchmarks.runs import write_result
+
+    write_result(
+        RESULT,
+        ".venv/bin/python -m benchmarks.workers",
+        "3 models x 2 versions registered at once; tiny BERT; SeaweedFS; Prefect 3.8.8 server on PostgreSQL; "
+        "quantize-on-registration through its event trigger",
+        asdict(found),
     )
     print(f"wrote {RESULT.relative_to(REPO)}")
 

@@ -383,18 +383,9 @@ class ObjectStore(Store):
         return self._call("get_object", key)["Body"].read()
 
     def sha256_of_content(self, key: str) -> str:
-        """The SHA-256 of the object's bytes, read in 1 MiB chunks (a deep verify of a model past 2 GB
-        holds one chunk at a time)."""
-        digest = hashlib.sha256()
-        body = self._call("get_object", key)["Body"]
-        try:
-            while chunk := body.read(_CHUNK):
-                digest.update(chunk)
-        except (ClientError, BotoCoreError) as exc:
-            raise self._translate(exc, key) from None
-        finally:
-            body.close()
-        return digest.hexdigest()
+        """The SHA-256 of the object's bytes, streamed in 1 MiB chunks and resumed like a download (a deep
+        verify of a model past 2 GB holds one chunk at a time and writes nothing)."""
+        return self._stream(key, lambda chunk: None)
 
     def get_with_etag(self, key: str) -> tuple[bytes, str] | None:
         """(data, ETag) for compare-and-swap, None when the key does not exist."""
@@ -408,57 +399,71 @@ class ObjectStore(Store):
         self, key: str, path: Path, max_bytes: int | None = None, progress: Progress | None = None
     ) -> str:
         """Download to path (via a .part file) and return the SHA-256 of the bytes written, hashed as they
-        stream. A full local disk is a DiskFullError naming the folder, never an error a storage retry
-        would repeat. With max_bytes, an object the response says is larger is refused before its body is
-        read, and the body is never read past max_bytes + 1 (a server that misreports its length cannot
-        fill the disk either). One GET streams the whole object (a GET has no 5 GiB limit); a body that
-        breaks off is asked for again from the byte it reached, with `If-Match` on the first answer's ETag
-        so that every byte comes from the same object."""
-        where = f"s3://{self.bucket}/{key}"
+        stream (`_stream`). A full local disk is a DiskFullError naming the folder, never an error a storage
+        retry would repeat."""
         with translating_disk_full(path.parent):
             path.parent.mkdir(parents=True, exist_ok=True)
-            response = self._call("get_object", key)
-            body = response["Body"]
-            size = int(response.get("ContentLength", 0))
-            if max_bytes is not None and size > max_bytes:
-                body.close()
-                raise too_large(where, response["ContentLength"], max_bytes)
-            etag = response["ETag"]
             tmp = path.with_name(path.name + ".part")
-            digest = hashlib.sha256()
-            read = 0
-            resumed = 0
             try:
                 with tmp.open("wb") as fh:
-                    while True:
-                        try:
-                            while chunk := body.read(_CHUNK):
-                                read += len(chunk)
-                                if max_bytes is not None and read > max_bytes:
-                                    raise too_large(where, f"at least {read}", max_bytes)
-                                fh.write(chunk)
-                                digest.update(chunk)
-                                if progress is not None:
-                                    progress(len(chunk))
-                            break
-                        except _STREAM_ERRORS as exc:
-                            body.close()
-                            resumed += 1
-                            if resumed >= self.max_attempts or read >= size:
-                                raise self._translate(exc, key) from None
-                            body = self._resume(key, read, etag)
-                        except FlexibleChecksumError:
-                            raise IntegrityError(
-                                f"{where}: the body does not match the checksum the server stored with it: "
-                                "the object is damaged on the server or on the way; download it again"
-                            ) from None
-                        except BotoCoreError as exc:
-                            raise self._translate(exc, key) from None
+                    sha = self._stream(key, fh.write, max_bytes, progress)
             except BaseException:
-                body.close()
                 tmp.unlink(missing_ok=True)
                 raise
             tmp.replace(path)
+        return sha
+
+    def _stream(
+        self,
+        key: str,
+        sink: Callable[[bytes], object],
+        max_bytes: int | None = None,
+        progress: Progress | None = None,
+    ) -> str:
+        """Read the object's body into `sink` chunk by chunk and return its SHA-256. With max_bytes, an
+        object the response says is larger is refused before its body is read, and the body is never read
+        past max_bytes + 1 (a server that misreports its length cannot fill the disk either). One GET streams
+        the whole object (a GET has no 5 GiB limit); a body that breaks off is asked for again from the byte
+        it reached, with `If-Match` on the first answer's ETag so that every byte comes from the same
+        object."""
+        where = f"s3://{self.bucket}/{key}"
+        response = self._call("get_object", key)
+        body = response["Body"]
+        size = int(response.get("ContentLength", 0))
+        if max_bytes is not None and size > max_bytes:
+            body.close()
+            raise too_large(where, response["ContentLength"], max_bytes)
+        etag = response["ETag"]
+        digest = hashlib.sha256()
+        read = 0
+        resumed = 0
+        try:
+            while True:
+                try:
+                    while chunk := body.read(_CHUNK):
+                        read += len(chunk)
+                        if max_bytes is not None and read > max_bytes:
+                            raise too_large(where, f"at least {read}", max_bytes)
+                        sink(chunk)
+                        digest.update(chunk)
+                        if progress is not None:
+                            progress(len(chunk))
+                    break
+                except _STREAM_ERRORS as exc:
+                    body.close()
+                    resumed += 1
+                    if resumed >= self.max_attempts or read >= size:
+                        raise self._translate(exc, key) from None
+                    body = self._resume(key, read, etag)
+                except FlexibleChecksumError:
+                    raise IntegrityError(
+                        f"{where}: the body does not match the checksum the server stored with it: "
+                        "the object is damaged on the server or on the way; download it again"
+                    ) from None
+                except BotoCoreError as exc:
+                    raise self._translate(exc, key) from None
+        finally:
+            body.close()
         return digest.hexdigest()
 
     def _resume(self, key: str, start: int, etag: str) -> Any:

@@ -64,7 +64,7 @@ def test_a_deep_digest_reads_the_object_a_chunk_at_a_time():
     )
     stub = Stubber(client)
     body = StreamingBody(Recording(data), len(data))
-    stub.add_response("get_object", {"Body": body, "ContentLength": len(data)})
+    stub.add_response("get_object", {"Body": body, "ContentLength": len(data), "ETag": '"e1"'})
     stub.activate()
     store = ObjectStore(
         Settings(bucket="quantgate-test", s3_endpoint_url="http://127.0.0.1:1"), client=client
