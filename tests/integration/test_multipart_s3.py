@@ -1,7 +1,8 @@
 """Multipart uploads against the real SeaweedFS 4.48, with a 5 MiB threshold and 5 MiB parts (S3's smallest)
 so that a ~11 MiB file goes up in three parts: round trip with its sha256, create-only refused by the
-server's own If-None-Match on the completion, and a fault at each write of one upload aborting it (no
-parts left) and leaving storage as it was. Four tests, one bucket each: ~12 s with the server's start."""
+server's own If-None-Match on the completion, a fault at each write of one upload aborting it (no
+parts left) and leaving storage as it was, and an uploading process SIGKILLed mid-upload (no object, a
+retry stores the right bytes). Six tests, one bucket each: ~40 s with the server's start."""
 
 from __future__ import annotations
 
@@ -101,3 +102,55 @@ def test_a_fault_at_every_write_of_a_multipart_upload_aborts_it_and_leaves_stora
                 assert store.head(KEY).sha256 == sha256_file(big)
                 store.delete(KEY)
             assert snapshot(store) == before, f"storage changed by a fault {mode} {op}"
+
+
+_KILLED_UPLOAD = """
+import os, signal, sys
+from pathlib import Path
+from quantgate.settings import Settings
+from quantgate.storage import ObjectStore, make_client
+
+class DiesAfterParts:
+    def __init__(self, client, parts):
+        self._client, self._parts = client, parts
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+    def upload_part(self, **kwargs):
+        answer = self._client.upload_part(**kwargs)
+        self._parts -= 1
+        if self._parts == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return answer
+
+settings = Settings()
+store = ObjectStore(settings, client=DiesAfterParts(make_client(settings), int(sys.argv[3])))
+store.put_file(sys.argv[1], Path(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("parts", [1, 3], ids=["after-the-first-part", "before-the-completion"])
+def test_a_process_killed_mid_upload_leaves_no_object_and_a_new_upload_of_the_key_succeeds(
+    settings, big, parts
+):
+    """SIGKILL gives the uploader no chance to abort: the server keeps the parts it received (a bucket's
+    AbortIncompleteMultipartUpload rule removes them, docs/storage.md), but no object appears under the key,
+    storage is otherwise as it was, and the next upload of the key (a retry) stores the right bytes."""
+    import os
+    import subprocess
+    import sys
+
+    store = ObjectStore(settings)
+    store.put_bytes("registered/m/v/registration.json", b"{}")
+    before = snapshot(store)
+    env = {**os.environ, "QUANTGATE_MULTIPART_THRESHOLD_MB": "5", "QUANTGATE_MULTIPART_PART_SIZE_MB": "5"}
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_UPLOAD, KEY, str(big), str(parts)],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == -9, done.stderr[-2000:]
+    assert not store.exists(KEY)
+    assert snapshot(store) == before
+    assert _unfinished(store) == [KEY]  # what the kill left: parts, never an object
+    assert store.put_file(KEY, big) == sha256_file(big)
+    assert store.head(KEY).sha256 == sha256_file(big)
+    assert store.sha256_of_content(KEY) == sha256_file(big)
