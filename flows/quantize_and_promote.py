@@ -25,6 +25,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import opaque
 
 from flows.search import dask_runner, search_recipes
 from quantgate.backends import AnyRecipe
@@ -50,20 +51,21 @@ def _report_failure(
     it under the model's decision key (with the Data Docs when they were stored), automations get
     quantgate.model.failed. The error that failed the run is re-raised by the flow, unchanged."""
     failed = failure_report(ref, run_id, exc, data_docs)
-    saved = storage.save_run_report(settings, ref, run_id, failed)
-    gate.publish_failure(ref, failed, storage.failure_links(settings, failed, saved), settings.link_expiry_s)
-    announce.failure(failed)
+    saved = storage.save_run_report(settings, ref, run_id, opaque(failed))
+    links = storage.failure_links(settings, opaque(failed), saved)
+    gate.publish_failure(ref, failed, links, settings.link_expiry_s)
+    announce.failure(opaque(failed))
 
 
 def _report_decision(settings: Settings, ref: ModelRef, report: RunReport, lost_race: str | None) -> None:
     """A decided run keeps its report under runs/, publishes it and its tables and links, and announces
     the decision (unless a concurrent run decided first: then it links nothing and announces nothing)."""
-    storage.save_run_report(settings, ref, report.run_id, report.model_dump(mode="json"))
-    links = {} if lost_race else storage.decision_links(settings, report)
+    storage.save_run_report(settings, ref, report.run_id, opaque(report.model_dump(mode="json")))
+    links = {} if lost_race else storage.decision_links(settings, opaque(report))
     gate.publish_report(ref, report, links, settings.link_expiry_s)  # the run's first artifact
-    gate.publish(ref, report, links, settings.link_expiry_s)
+    gate.publish(ref, opaque(report), links, settings.link_expiry_s)
     if not lost_race:
-        announce.decision(report.model_dump(mode="json"))
+        announce.decision(opaque(report.model_dump(mode="json")))
 
 
 @flow(
@@ -142,7 +144,7 @@ def quantize_and_promote(
             data_docs = storage.save_data_docs(
                 settings, ref, run_id, work / "data_docs", heldout_check.data_docs
             )
-            validate.require(heldout_check, pulled.heldout_path.name)
+            validate.require(opaque(heldout_check), pulled.heldout_path.name)
 
             split = split_heldout(
                 heldout,
@@ -185,7 +187,7 @@ def quantize_and_promote(
 
             # -- decide and act on the decision -----------------------------------------------------------
             report = gate.decide(
-                ref, run_id, task_type.name, exported, split, heldout_check, search, data_docs
+                ref, run_id, task_type.name, exported, split, opaque(heldout_check), opaque(search), data_docs
             )
             if report.passed and ask_within:
                 # A person has the last word before the pointer moves (tasks/approval.py).
@@ -196,17 +198,17 @@ def quantize_and_promote(
                 )
                 lost_race = storage.promote(
                     settings,
-                    manifest_for(report, pulled.registration),
+                    opaque(manifest_for(report, pulled.registration)),
                     promotion_files(
                         report,
                         candidate_path(search, report.recipe.name, work),
                         exported.tokenizer_files,
                         work / "out",
                     ),
-                    report.model_dump(mode="json"),
+                    opaque(report.model_dump(mode="json")),
                 )
             else:
-                lost_race = storage.record_rejection(settings, ref, report.model_dump(mode="json"))
+                lost_race = storage.record_rejection(settings, ref, opaque(report.model_dump(mode="json")))
             _report_decision(settings, ref, report, lost_race)
     except Exception as exc:
         _report_failure(settings, ref, run_id, exc, data_docs)

@@ -18,6 +18,7 @@ import cloudpickle
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.logging import get_logger, get_run_logger
+from prefect.utilities.annotations import opaque
 
 from quantgate.backends import Servable
 from quantgate.bench import BenchSettings
@@ -65,10 +66,58 @@ def search_recipes(
     task runner (threads). It is started at the first candidate and closed when the search ends, however
     it ends."""
     with ExitStack() as stack:
-        return _search(
-            task_type, model_dir, exported, split, recipes, thresholds, bench, budget, allow_pickle, work,
-            champion, build_cache, prediction_cache, stack, dask,
-        )  # fmt: skip
+        assets, fp32 = exported.assets_dir, exported.onnx_path
+        progress = SearchProgress(min(len(recipes), budget.max_candidates), budget.max_trials)
+
+        def score(batch: list[Recipe], job: ScoreJob, threads: int) -> list[CandidateResult]:
+            # The job (reference outputs, evaluation rows) is passed as it is: Prefect would otherwise walk
+            # every element of it looking for futures, for each candidate.
+            futures = [candidate.build_and_score.submit(r, opaque(job), threads) for r in batch]
+            for done in as_completed(futures):
+                progress.scored(done.result())
+            return [f.result() for f in futures]
+
+        steps = SearchSteps(
+            reference=candidate.reference,
+            score_champion=candidate.score_champion,
+            calibration=candidate.calibration_data,
+            prepare=candidate.prepare,
+            score=score if dask is None else _on_dask(dask, stack, work / "shared", progress),
+            rank=candidate.rank_sensitive_nodes,
+            benchmark=lambda servables: candidate.benchmark(
+                task_type, model_dir, Servable(fp32), servables, assets, split.evaluation, bench, allow_pickle
+            ),
+            benchmark_fixed=None
+            if bench.serving.source == "fixed"
+            else lambda servables: candidate.benchmark(
+                task_type,
+                model_dir,
+                Servable(fp32),
+                servables,
+                assets,
+                split.evaluation,
+                comparison_settings(bench),
+                allow_pickle,
+            ),
+        )
+        search = run_search(
+            task_type,
+            model_dir,
+            fp32,
+            assets,
+            split.calibration,
+            split.evaluation,
+            recipes,
+            thresholds,
+            budget,
+            work,
+            steps,
+            champion,
+            build_cache,
+            prediction_cache,
+        )
+        progress.finished(search)
+        return search
 
 
 def dask_runner(settings: Settings) -> DaskTaskRunner | None:
@@ -91,75 +140,6 @@ def dask_runner(settings: Settings) -> DaskTaskRunner | None:
             "dashboard_address": None,
         },
     )
-
-
-def _search(
-    task_type: TaskType,
-    model_dir: Path,
-    exported: ExportResult,
-    split: HeldoutSplit,
-    recipes: list[Recipe],
-    thresholds: GateThresholds,
-    bench: BenchSettings,
-    budget: SearchBudget,
-    allow_pickle: bool,
-    work: Path,
-    champion: Champion | None,
-    build_cache: Path | None,
-    prediction_cache: Path | None,
-    stack: ExitStack,
-    dask: DaskTaskRunner | None,
-) -> SearchResult:
-    assets, fp32 = exported.assets_dir, exported.onnx_path
-    progress = SearchProgress(min(len(recipes), budget.max_candidates), budget.max_trials)
-
-    def score(batch: list[Recipe], job: ScoreJob, threads: int) -> list[CandidateResult]:
-        futures = [candidate.build_and_score.submit(r, job, threads) for r in batch]
-        for done in as_completed(futures):
-            progress.scored(done.result())
-        return [f.result() for f in futures]
-
-    steps = SearchSteps(
-        reference=candidate.reference,
-        score_champion=candidate.score_champion,
-        calibration=candidate.calibration_data,
-        prepare=candidate.prepare,
-        score=score if dask is None else _on_dask(dask, stack, work / "shared", progress),
-        rank=candidate.rank_sensitive_nodes,
-        benchmark=lambda servables: candidate.benchmark(
-            task_type, model_dir, Servable(fp32), servables, assets, split.evaluation, bench, allow_pickle
-        ),
-        benchmark_fixed=None
-        if bench.serving.source == "fixed"
-        else lambda servables: candidate.benchmark(
-            task_type,
-            model_dir,
-            Servable(fp32),
-            servables,
-            assets,
-            split.evaluation,
-            comparison_settings(bench),
-            allow_pickle,
-        ),
-    )
-    search = run_search(
-        task_type,
-        model_dir,
-        fp32,
-        assets,
-        split.calibration,
-        split.evaluation,
-        recipes,
-        thresholds,
-        budget,
-        work,
-        steps,
-        champion,
-        build_cache,
-        prediction_cache,
-    )
-    progress.finished(search)
-    return search
 
 
 def _on_dask(runner: DaskTaskRunner, stack: ExitStack, shared_dir: Path, progress: SearchProgress) -> Score:
