@@ -93,8 +93,11 @@ def main() -> None:
                 "flow_cpu_s": round(after[0] - before[0], 3),
                 "server_cpu_s": round(after[1] - before[1], 3),
             }
-            print(f"run {i}: {row['state']:<12} wall {row['wall_s']:5.2f} s  flow CPU {row['flow_cpu_s']:.2f} s"
-                  f"  server CPU {row['server_cpu_s']:.2f} s", flush=True)  # fmt: skip
+            print(
+                f"run {i}: {row['state']:<12} wall {row['wall_s']:5.2f} s  "
+                f"flow CPU {row['flow_cpu_s']:.2f} s  server CPU {row['server_cpu_s']:.2f} s",
+                flush=True,
+            )
             runs.append(row)
     warm = runs[1:] or runs
     median = {
