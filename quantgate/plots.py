@@ -61,9 +61,11 @@ def latency_plot(bench: BenchReport, title: str, path: Path) -> Path:
     heading = f"{title}: {bench.describe()}"
     ax.set_title(heading, fontsize=8, wrap=True)
     ax.legend(fontsize=8, loc="lower right")
-    label_width = max(_text_width_in(fig, engine, 8) for engine in engines)
+    label_width = max((_text_width_in(fig, engine, 8) for engine in engines), default=0.0)
     title_lines = 1 + int(_text_width_in(fig, heading, 8) // 7.6)  # how many lines the title wraps to
-    _margins(fig, left=label_width + 0.2, right=0.2, top=0.15 + 0.15 * title_lines, bottom=0.55)
+    # At most 45 % of the width: a longer name (recipes may have 80 characters) is cut at the figure's
+    # edge, never a layout with no room left for the bars.
+    _margins(fig, left=min(label_width + 0.2, 3.6), right=0.2, top=0.15 + 0.15 * title_lines, bottom=0.55)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

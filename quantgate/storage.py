@@ -433,7 +433,7 @@ class ObjectStore(Store):
         if max_bytes is not None and size > max_bytes:
             body.close()
             raise too_large(where, response["ContentLength"], max_bytes)
-        etag = response["ETag"]
+        etag = response.get("ETag")  # every S3 server sends one; without it a broken body is not resumed
         digest = hashlib.sha256()
         read = 0
         resumed = 0
@@ -452,7 +452,7 @@ class ObjectStore(Store):
                 except _STREAM_ERRORS as exc:
                     body.close()
                     resumed += 1
-                    if resumed >= self.max_attempts or read >= size:
+                    if resumed >= self.max_attempts or read >= size or etag is None:
                         raise self._translate(exc, key) from None
                     body = self._resume(key, read, etag)
                 except FlexibleChecksumError:

@@ -146,6 +146,7 @@ def test_a_process_killed_mid_upload_leaves_no_object_and_a_new_upload_of_the_ke
     done = subprocess.run(
         [sys.executable, "-c", _KILLED_UPLOAD, KEY, str(big), str(parts)],
         env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=Path(__file__).resolve().parents[2],  # this checkout's quantgate, whatever the venv points at
     )  # fmt: skip
     assert done.returncode == -9, done.stderr[-2000:]
     assert not store.exists(KEY)

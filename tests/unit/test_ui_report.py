@@ -301,3 +301,24 @@ def test_the_offline_check_sees_every_way_a_page_fetches_and_only_the_sites_own_
     assert "data:image/png;base64," in page
     assert "ZG8gbm90IHB1Ymxpc2g" not in page  # base64 of the secret: a path out of static/ is never inlined
     assert 'src="#"' in page
+
+
+@pytest.mark.parametrize(
+    "engines",
+    [["W" * 80, "onnx-fp32"], ["champion@" + "W" * 64], []],
+    ids=["longest-recipe-name", "longest-champion-version", "no-engine"],
+)
+def test_the_latency_plot_draws_any_engine_names_it_can_be_given(tmp_path, engines):
+    """Recipe names may have 80 characters and versions 64: a name wider than the figure must not leave
+    the bars no room (a plot that raised would turn a promotion into a failed run: decision_links)."""
+    from quantgate.bench import BenchReport, BenchSettings, EngineResult
+    from quantgate.plots import latency_plot
+
+    results = [
+        EngineResult(engine=e, p50_ms=1.0, p95_ms=1.2, p99_ms=1.3, mean_ms=1.0, throughput_per_s=1000.0,
+                     size_mb=1.0, load_s=0.1)
+        for e in engines
+    ]  # fmt: skip
+    bench = BenchReport(settings=BenchSettings(), results=results, cpu={})
+    path = latency_plot(bench, "m@v", tmp_path / "l.png")
+    assert path.read_bytes().startswith(b"\x89PNG")
