@@ -196,12 +196,17 @@ def print_tables(report: dict[str, object]) -> list[dict[str, object]]:
     if line:
         print("\n" + line)
     table = candidate_rows(search, report["task"])
-    print(f"\n{'candidate':<44}{'MB':>6}{'p50 ms':>8}{'drop pt':>8}{'cosine':>8}{'nn':>7}  result")
+    print(
+        f"\n{'candidate':<44}{'MB':>6}{'p50 ms':>8}{'drop pt':>8}{'cosine':>8}{'nn':>7}  {'result':<9}"
+        f"{'build s':>8}{'score s':>8}  scored on"
+    )
     for r in table:
         drop = "" if r["task_metric_drop"] is None else f"{100 * r['task_metric_drop']:.2f}"
+        scored = (r["scored_on"] or "").split(":")[0]
         print(
             f"{r['candidate']:<44}{r['size_mb'] or '':>6}{r['p50_ms'] or '':>8}{drop:>8}"
-            f"{r['mean_cosine'] or '':>8}{r['neighbour_agreement'] or '':>7}  {r['result']}"
+            f"{r['mean_cosine'] or '':>8}{r['neighbour_agreement'] or '':>7}  {r['result']:<9}"
+            f"{r['build_s'] or '':>8}{r['score_s'] or '':>8}  {scored}"
         )
     print(
         f"\npromoted {report['recipe']['name']}: STS Spearman FP32 {m['task_metric_fp32']:.4f} -> "
@@ -219,6 +224,11 @@ def main() -> int:  # noqa: PLR0915 - the benchmark reads top to bottom, one ste
     parser.add_argument("--stsb", type=Path, default=stsb_path(), help="default: see infra/stsb.py")
     parser.add_argument("--no-sweep", action="store_true", help="skip the threads x sequence-length sweep")
     parser.add_argument("--sweep-repeats", type=int, default=50)
+    parser.add_argument(
+        "--exhaustive",
+        action="store_true",
+        help="score every candidate on every row (no racing): the decision racing must reproduce",
+    )
     parser.add_argument(
         "--champion",
         action="store_true",
@@ -259,7 +269,10 @@ def main() -> int:  # noqa: PLR0915 - the benchmark reads top to bottom, one ste
         from flows.quantize_and_promote import quantize_and_promote
 
         t0 = time.perf_counter()
-        state = quantize_and_promote(model=ref.name, version=ref.version, return_state=True)
+        from quantgate.search import SearchBudget
+
+        budget = SearchBudget(race=not args.exhaustive)
+        state = quantize_and_promote(model=ref.name, version=ref.version, budget=budget, return_state=True)
         flow_s = time.perf_counter() - t0
         if not state.is_completed():
             print(f"flow ended {state.name}: {state.message}", file=sys.stderr)
@@ -307,6 +320,8 @@ def main() -> int:  # noqa: PLR0915 - the benchmark reads top to bottom, one ste
         json.dumps(
             {
                 "outcome": state.name,
+                "search": "exhaustive" if args.exhaustive else "raced",
+                "racing": report["search"].get("racing"),
                 "register_s": register_s,
                 "flow_s": flow_s,
                 "peak_rss_mb": peak_rss_mb,

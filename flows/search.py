@@ -43,7 +43,7 @@ from tasks import candidate
 if TYPE_CHECKING:
     from prefect_dask import DaskTaskRunner
 
-Score = Callable[[list[Recipe], ScoreJob, int], list[CandidateResult]]
+Score = Callable[[list[Recipe], ScoreJob, int, int], list[CandidateResult]]
 
 
 def search_recipes(
@@ -69,13 +69,20 @@ def search_recipes(
         assets, fp32 = exported.assets_dir, exported.onnx_path
         progress = SearchProgress(min(len(recipes), budget.max_candidates), budget.max_trials)
 
-        def score(batch: list[Recipe], job: ScoreJob, threads: int) -> list[CandidateResult]:
-            # The job (reference outputs, evaluation rows) is passed as it is: Prefect would otherwise walk
-            # every element of it looking for futures, for each candidate.
-            futures = [candidate.build_and_score.submit(r, opaque(job), threads) for r in batch]
-            for done in as_completed(futures):
-                progress.scored(done.result())
-            return [f.result() for f in futures]
+        def score(batch: list[Recipe], job: ScoreJob, threads: int, at_once: int) -> list[CandidateResult]:
+            # `at_once` tasks in flight, the next submitted as soon as one ends. The job (reference outputs,
+            # evaluation rows) is passed as it is: Prefect would otherwise walk every element of it looking
+            # for futures, for each candidate.
+            waiting, running, results = list(batch), [], {}
+            while waiting or running:
+                while waiting and len(running) < at_once:
+                    running.append(candidate.build_and_score.submit(waiting.pop(0), opaque(job), threads))
+                done = next(iter(as_completed(running)))
+                running.remove(done)
+                result = done.result()
+                progress.scored(result, again=result.name in job.built)
+                results[result.name] = result
+            return [results[r.name] for r in batch]
 
         steps = SearchSteps(
             reference=candidate.reference,
@@ -149,7 +156,8 @@ def _on_dask(runner: DaskTaskRunner, stack: ExitStack, shared_dir: Path, progres
     no process."""
     shared: list[tuple[ScoreJob, SharedJob]] = []
 
-    def score(batch: list[Recipe], job: ScoreJob, threads: int) -> list[CandidateResult]:
+    def score(batch: list[Recipe], job: ScoreJob, threads: int, _at_once: int) -> list[CandidateResult]:
+        # Every task at once: the cluster's workers take them as they free up.
         if not shared or shared[-1][0] is not job:
             if not shared:
                 stack.enter_context(runner)
@@ -165,7 +173,7 @@ def _on_dask(runner: DaskTaskRunner, stack: ExitStack, shared_dir: Path, progres
             result = future.result()
             worker = result.dispatch.worker if result.dispatch else None
             result = result.model_copy(update={"dispatch": Dispatch(worker=worker, task_bytes=size)})
-            progress.scored(result)
+            progress.scored(result, again=result.name in job.built)
             results.append(result)
         return results
 
@@ -178,6 +186,7 @@ class SearchProgress:
 
     def __init__(self, candidates: int, max_trials: int) -> None:
         self.candidates, self.max_trials, self.done = candidates, max_trials, 0
+        self.share = 0.0
         self.id = self._best_effort(
             create_progress_artifact,
             0.0,
@@ -201,15 +210,20 @@ class SearchProgress:
         if self.id is not None:
             self._best_effort(update_progress_artifact, self.id, share, description=description)
 
-    def scored(self, result: CandidateResult) -> None:
-        self.done += 1
+    def scored(self, result: CandidateResult, again: bool = False) -> None:
+        """`again`: racing scored it on its probe before, and now on the full split."""
         verdict = {"evaluated": "pass" if result.passed else "fail"}.get(result.status, result.status)
+        if again:
+            self._update(self.share, f"`{result.name}` on the full split: {verdict}")
+            return
+        self.done += 1
         if self.done <= self.candidates:
             where = f"candidate {self.done} of {self.candidates}"
         else:
             where = f"fallback trial {self.done - self.candidates} of at most {self.max_trials}"
-        share = 100.0 * self.done / (self.candidates + self.max_trials)
-        self._update(min(share, 99.0), f"{where}: `{result.name}` {verdict}")
+        self.share = min(100.0 * self.done / (self.candidates + self.max_trials), 99.0)
+        rows = f" on {result.evaluation.rows} rows" if result.evaluation is not None else ""
+        self._update(self.share, f"{where}: `{result.name}`{rows} {verdict}")
 
     def finished(self, search: SearchResult) -> None:
         if search.stopped_early and search.evidence is not None:

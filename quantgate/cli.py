@@ -326,6 +326,13 @@ def run(
     max_eval_rows: Annotated[
         int, typer.Option(help="held-out rows every metric is computed on (a fixed sample beyond)")
     ] = _budget("max_eval_rows"),
+    race: Annotated[
+        bool,
+        typer.Option(
+            help="race the candidates: a stratified probe first, then the full split only for those that "
+            "can still win (--no-race: every candidate on every row)"
+        ),
+    ] = _budget("race"),
     profile: Annotated[
         str | None,
         typer.Option(
@@ -382,6 +389,7 @@ def run(
             max_seconds=max_seconds,
             calibration_rows=calibration_rows,
             max_eval_rows=max_eval_rows,
+            race=race,
         )
         # An unreachable endpoint, bad keys, a missing bucket or version: say so before Prefect starts.
         from quantgate import lifecycle

@@ -39,6 +39,12 @@ class Recipe(BaseModel):
         """Whether keeping nodes in FP32 is a way this recipe could pass (not for FP16, not for copies)."""
         return False
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether building it runs the model on calibration data (the slow builds: the search starts them
+        first)."""
+        return False
+
     def keeping_fp32(self, nodes: list[str], name: str) -> Recipe:
         return self.model_copy(update={"name": name, "nodes_to_exclude": [*self.nodes_to_exclude, *nodes]})
 

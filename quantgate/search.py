@@ -48,6 +48,18 @@ class SearchBudget(BaseModel):
         description="held-out rows every metric is computed on (a fixed sample when the set is larger): "
         "bounds the FP32 reference and each candidate's scoring",
     )
+    race: bool = Field(
+        True,
+        description="score every candidate on a stratified probe of the evaluation rows first, drop the "
+        "ones a gate already fails with certainty, time the rest, and score in full only those that can "
+        "still win (quantgate/racing.py); off: every candidate on every row",
+    )
+    race_share: float = Field(
+        0.125,
+        gt=0,
+        lt=1,
+        description="the probe's share of the evaluation rows (at least 100 rows, else no race)",
+    )
 
 
 Status = Literal["evaluated", "failed", "skipped"]
@@ -74,6 +86,25 @@ class Dispatch(BaseModel):
     task_bytes: int = Field(description="its submitted arguments, cloudpickled")
 
 
+RaceOutcome = Literal["full", "raced-out", "speed-failed", "cannot-win"]
+
+
+class Race(BaseModel):
+    """What racing did with a candidate: scored on the full split (`full`, the only way to pass), dropped
+    after the probe because a gate already failed with its whole interval outside the limit (`raced-out`),
+    not scored further because the candidates round failed it on speed (`speed-failed`), or not scored
+    further because a candidate faster beyond the tie band passed every gate (`cannot-win`)."""
+
+    outcome: RaceOutcome
+    rows: int = Field(description="evaluation rows its reported metrics are computed on")
+    of: int = Field(description="rows of the evaluation split")
+    reason: str = ""
+
+    def summary(self) -> str:
+        where = "full split" if self.outcome == "full" else f"{self.rows} of {self.of} rows"
+        return f"{self.outcome} ({where})" + (f": {self.reason}" if self.reason else "")
+
+
 class CandidateResult(BaseModel):
     recipe: AnyRecipe
     status: Status
@@ -89,6 +120,7 @@ class CandidateResult(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     gates: GateReport | None = None
     dispatch: Dispatch | None = Field(None, description="set when it ran on a Dask worker; None: a thread")
+    race: Race | None = Field(None, description="how much of the evaluation it was scored on, and why")
 
     @model_validator(mode="before")
     @classmethod
@@ -129,8 +161,13 @@ class CandidateResult(BaseModel):
         return self.model_copy(update=update | {"metrics": metrics, "gates": gates})
 
 
+def speed_of(c: CandidateResult) -> float:
+    """What "fastest" compares: the serving profile's objective in the candidate's round (inf: untimed)."""
+    return c.latency.speed if c.latency else float("inf")
+
+
 def _speed_key(c: CandidateResult) -> tuple[float, int]:
-    return (c.latency.speed if c.latency else float("inf"), c.size_bytes or 0)
+    return (speed_of(c), c.size_bytes or 0)
 
 
 # Latencies closer than this are a tie on a shared machine (interleaved p50s of identical kernels differ
@@ -323,6 +360,16 @@ def judge_evidence(
     return Evidence(rows=rows, metrics=metrics, gates=evaluate_gates(metrics, gates))
 
 
+class Racing(BaseModel):
+    """The probe of a raced search: which rows, how they were drawn, and whether racing had to give way
+    (no candidate passed: every candidate is then scored in full, as the exhaustive search does)."""
+
+    probe_rows: int
+    of: int
+    strata: list[str] = Field(description="the columns the probe is stratified by")
+    gave_way: bool = False
+
+
 class SearchResult(BaseModel):
     candidates: list[CandidateResult]
     benchmarks: dict[Round, BenchReport] = Field(description="each interleaved benchmark round, by name")
@@ -342,6 +389,7 @@ class SearchResult(BaseModel):
         default_factory=dict,
         description="every limit's effective value the search judged with: what the report records",
     )
+    racing: Racing | None = Field(None, description="the probe racing scored every candidate on first")
 
     @model_validator(mode="before")
     @classmethod

@@ -12,6 +12,7 @@ times the fallback's base and trials again.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickle
 import socket
@@ -29,15 +30,27 @@ from pydantic import BaseModel, ConfigDict
 from quantgate.backends import AccuracyTarget, Servable, get_quantizer
 from quantgate.bench import CHAMPION_ENGINE, BenchReport, BenchSettings
 from quantgate.errors import CandidateUnavailable, NothingToQuantize, SearchError
-from quantgate.gates import limit_value
+from quantgate.gates import GateResult, limit_value
 from quantgate.prediction_cache import using as using_predictions
 from quantgate.quantize import Recipe, build_candidate
+from quantgate.racing import (
+    cannot_win,
+    certain_failures,
+    decided_by,
+    probe_rows,
+    speed_failures,
+    strata,
+)
 from quantgate.search import (
     FIXED_ROUND,
     NOTHING_TO_QUANTIZE,
+    SPEED_TIE,
     CandidateResult,
     Fallback,
     FallbackTrial,
+    Race,
+    RaceOutcome,
+    Racing,
     Round,
     SearchBudget,
     SearchResult,
@@ -49,6 +62,7 @@ from quantgate.search import (
     judge_evidence,
     node_costs,
     nothing_to_quantize,
+    speed_of,
 )
 from quantgate.sensitivity import NodeSensitivity, next_exclusion
 from quantgate.tasktypes import Reference, TaskType
@@ -72,6 +86,12 @@ class ScoreJob(BaseModel):
     deadline: float
     build_cache: Path | None = None  # where verified builds are kept (quantgate/build_cache.py); None: off
     prediction_cache: Path | None = None  # where outputs are kept (quantgate/prediction_cache.py); None: off
+    # Candidates this run already built (racing's probe): scored from their artifact, not built again.
+    built: dict[str, CandidateResult] = {}
+    # The rows a quantizer that tunes against the metric is given, when `evaluation` is only the probe:
+    # the full split, so a tuned build is the same raced or not.
+    tuning_reference: Reference | None = None
+    tuning_rows: pd.DataFrame | None = None
 
 
 class SharedJob(BaseModel):
@@ -134,15 +154,17 @@ def accuracy_target(task: TaskType, job: ScoreJob, threads: int) -> AccuracyTarg
     """The run's own task metric and drop limit, for a quantizer that tunes against accuracy: the candidate
     it settles on is then judged by the same gates as every other."""
     sign = 1.0 if task.metric.higher_is_better else -1.0
+    reference = job.reference if job.tuning_reference is None else job.tuning_reference
+    rows = job.evaluation if job.tuning_rows is None else job.tuning_rows
 
     def metric(servable: Servable) -> float:
-        ev = task.evaluate(job.reference, servable, job.assets, job.evaluation, job.thresholds, threads)
+        ev = task.evaluate(reference, servable, job.assets, rows, job.thresholds, threads)
         return sign * ev.task_metric_candidate
 
     return AccuracyTarget(
         metric=metric,
         max_drop=limit_value(job.thresholds, "max_task_metric_drop"),
-        feeds=lambda: task.calibration_feeds(job.assets, job.evaluation),
+        feeds=lambda: task.calibration_feeds(job.assets, rows),
     )
 
 
@@ -159,36 +181,39 @@ def _build_and_score(recipe: Recipe, job: ScoreJob, threads: int) -> CandidateRe
     from quantgate.tasktypes import get_task_type
 
     task = get_task_type(job.task)
-    try:
-        with using_predictions(None):  # a quantizer tuning against the metric scores models in memory
-            q = build_candidate(
-                recipe,
-                job.fp32,
-                candidate_dir(job.out_dir, recipe),
-                prepared=job.prepared,
-                calibration=job.calibration,
-                target=accuracy_target(task, job, threads),
-                cache_root=job.build_cache,
-            )
-    except CandidateUnavailable as exc:
-        return CandidateResult(recipe=recipe, status="skipped", note=str(exc)[:500])
-    except NothingToQuantize as exc:
-        return CandidateResult(recipe=recipe, status="failed", note=f"{NOTHING_TO_QUANTIZE}: {exc}"[:500])
-    except Exception as exc:  # noqa: BLE001 - quantizers raise anything; the run goes on without it
-        return CandidateResult(recipe=recipe, status="failed", note=f"{type(exc).__name__}: {exc}"[:500])
-    servable = Servable(q.path, get_quantizer(recipe.backend).runtime)
+    built = job.built.get(recipe.name)
+    if built is not None and servable_of(built, job.out_dir).path.is_file():
+        result = built.model_copy(update={"evaluation": None, "metrics": {}, "gates": None, "race": None})
+    else:
+        try:
+            with using_predictions(None):  # a quantizer tuning against the metric scores models in memory
+                q = build_candidate(
+                    recipe,
+                    job.fp32,
+                    candidate_dir(job.out_dir, recipe),
+                    prepared=job.prepared,
+                    calibration=job.calibration,
+                    target=accuracy_target(task, job, threads),
+                    cache_root=job.build_cache,
+                )
+        except CandidateUnavailable as exc:
+            return CandidateResult(recipe=recipe, status="skipped", note=str(exc)[:500])
+        except NothingToQuantize as exc:
+            return CandidateResult(recipe=recipe, status="failed", note=f"{NOTHING_TO_QUANTIZE}: {exc}"[:500])
+        except Exception as exc:  # noqa: BLE001 - quantizers raise anything; the run goes on without it
+            return CandidateResult(recipe=recipe, status="failed", note=f"{type(exc).__name__}: {exc}"[:500])
+        result = CandidateResult(
+            recipe=recipe,
+            status="evaluated",
+            size_bytes=q.size_bytes,
+            op_counts=q.op_counts,
+            fused_ops=q.fused_ops,
+            quantize_s=round(q.seconds, 2),
+            build_cached=q.cached,
+        )
+    servable = servable_of(result, job.out_dir)
     ev = task.evaluate(job.reference, servable, job.assets, job.evaluation, job.thresholds, threads)
-    result = CandidateResult(
-        recipe=recipe,
-        status="evaluated",
-        size_bytes=q.size_bytes,
-        op_counts=q.op_counts,
-        fused_ops=q.fused_ops,
-        quantize_s=round(q.seconds, 2),
-        build_cached=q.cached,
-        evaluation=ev,
-    )
-    return result.judged(task, job.thresholds)
+    return result.model_copy(update={"evaluation": ev}).judged(task, job.thresholds)
 
 
 def servable_of(c: CandidateResult, job_out: Path) -> Servable:
@@ -199,15 +224,15 @@ def servable_of(c: CandidateResult, job_out: Path) -> Servable:
 
 @dataclass
 class SearchSteps:
-    """Who runs each step. `score` takes a batch of recipes and returns their results in order (the flow
-    submits them as concurrent tasks); `benchmark` times the FP32 baseline(s) and the given servables in
-    one interleaved round."""
+    """Who runs each step. `score` takes recipes, the ONNX Runtime threads each gets and how many run at
+    once, and returns their results in order (the flow keeps that many tasks in flight); `benchmark`
+    times the FP32 baseline(s) and the given servables in one interleaved round."""
 
     reference: Callable[[TaskType, Servable, Path, pd.DataFrame, int], Reference]
     score_champion: Callable[[TaskType, Reference, Any, pd.DataFrame, int], Reference]
     calibration: Callable[[TaskType, Path, pd.DataFrame], list[dict[str, np.ndarray]]]
     prepare: Callable[[list[Recipe], Path, Path, Path], tuple[dict[str, Any], list[str]]]
-    score: Callable[[list[Recipe], ScoreJob, int], list[CandidateResult]]
+    score: Callable[[list[Recipe], ScoreJob, int, int], list[CandidateResult]]
     rank: Callable[[Recipe, Path, list[dict[str, np.ndarray]]], list[NodeSensitivity]]
     benchmark: Callable[[dict[str, Servable]], BenchReport]
     # Times servables at the fixed shape (b1/s128) for the report's comparison; None when the run's profile
@@ -246,7 +271,7 @@ def local_steps(
         ),
         calibration=lambda t, a, h: t.calibration_feeds(a, h),
         prepare=prepare_backends,
-        score=lambda batch, job, n: [score_candidate(r, job, n) for r in batch],
+        score=lambda batch, job, n, _at_once: [score_candidate(r, job, n) for r in batch],
         rank=rank_nodes_of,
         benchmark=lambda servables: task.benchmark(
             model_dir, Servable(fp32), servables, assets, heldout, bench, allow_pickle
@@ -333,23 +358,30 @@ def run_search(
         def time_them(batch: list[CandidateResult]) -> BenchReport:
             return steps.benchmark({c.name: servable_of(c, job.out_dir) for c in batch} | timed_extra)
 
-        # -- every candidate: build, score, then time them all in one interleaved benchmark
-        results = _score_all(recipes, job, workers, cores, steps)
-        evaluated = [c for c in results if c.status == "evaluated"]
-        if results and all((c.note or "").startswith(NOTHING_TO_QUANTIZE) for c in results):
-            # No recipe found anything to quantize: a decision (not promoted, with its reason and what the
-            # FP32 model costs), not a failed run.
-            bench = steps.benchmark(timed_extra)
-            return nothing_to_quantize(
-                results, ref.task_metric, bench, budget, warnings, time.monotonic() - started
-            ).model_copy(update={"limits": limits})
-        if not evaluated:
-            notes = "; ".join(f"{c.name}: {c.note}" for c in results)
-            raise SearchError(
-                f"no candidate could be built and scored ({notes}): check the recipes and the budget"
-            )
-        benches: dict[Round, BenchReport] = {"candidates": time_them(evaluated)}
-        results = [c.judged(task, thresholds, benches["candidates"], "candidates") for c in results]
+        race = _Race(task, model_dir, evaluation, job, thresholds, budget, steps, workers, cores, champion)
+        raced = race.run(recipes, time_them) if budget.race else None
+        if raced is not None:
+            results, benches = raced
+        else:
+            # -- every candidate: build, score, then time them all in one interleaved benchmark
+            if race.racing is not None:
+                warnings.append(race.gave_way())
+            results = _score_all(recipes, race.full_job, workers, cores, steps)
+            evaluated = [c for c in results if c.status == "evaluated"]
+            if results and all((c.note or "").startswith(NOTHING_TO_QUANTIZE) for c in results):
+                # No recipe found anything to quantize: a decision (not promoted, with its reason and what
+                # the FP32 model costs), not a failed run.
+                bench = steps.benchmark(timed_extra)
+                return nothing_to_quantize(
+                    results, ref.task_metric, bench, budget, warnings, time.monotonic() - started
+                ).model_copy(update={"limits": limits, "racing": race.racing})
+            if not evaluated:
+                notes = "; ".join(f"{c.name}: {c.note}" for c in results)
+                raise SearchError(
+                    f"no candidate could be built and scored ({notes}): check the recipes and the budget"
+                )
+            benches = {"candidates": time_them(evaluated)}
+            results = [c.judged(task, thresholds, benches["candidates"], "candidates") for c in results]
 
         # -- sensitive-node fallback: keep the worst nodes in FP32 until the accuracy gates pass
         base = fallback_base(results) if budget.max_trials else None
@@ -380,7 +412,165 @@ def run_search(
             budget=budget,
             seconds=round(time.monotonic() - started, 2),
             limits=limits,
+            racing=race.racing,
         )
+
+
+class _Race:
+    """Racing (quantgate/racing.py) for one search: the probe's reference, each candidate built and scored
+    on the probe, the certain failures dropped, the rest timed, then scored in full fastest first until
+    the rest cannot win. `run` returns None when racing does not apply (too few rows) or gives way (no
+    candidate passed); `full_job` then scores every candidate on every row, reusing the probe's builds."""
+
+    def __init__(
+        self,
+        task: TaskType,
+        model_dir: Path,
+        evaluation: pd.DataFrame,
+        job: ScoreJob,
+        thresholds: GateThresholds,
+        budget: SearchBudget,
+        steps: SearchSteps,
+        workers: int,
+        cores: int,
+        champion: Any,
+    ) -> None:
+        self.task, self.model_dir, self.evaluation, self.job = task, model_dir, evaluation, job
+        self.thresholds, self.budget, self.steps = thresholds, budget, steps
+        self.workers, self.cores, self.champion = workers, cores, champion
+        self.full_job = job
+        self.racing: Racing | None = None
+
+    def _probe(self) -> ScoreJob | None:
+        schema = self.task.heldout_schema(self.model_dir)
+        keys = strata(schema.columns, schema.slice_columns, self.evaluation)
+        at = probe_rows(self.evaluation, self.budget.race_share, keys, dict(schema.columns))
+        if at is None:
+            return None
+        rows = self.evaluation.iloc[at]
+        ref = self.steps.reference(self.task, Servable(self.job.fp32), self.job.assets, rows, self.cores)
+        if self.champion is not None:
+            try:
+                ref = self.steps.score_champion(self.task, ref, self.champion, rows, self.cores)
+            except Exception:  # noqa: BLE001 - the champion scored on the full split already: do not race
+                return None
+        self.racing = Racing(probe_rows=len(rows), of=len(self.evaluation), strata=keys)
+        return self.job.model_copy(
+            update={
+                "reference": ref,
+                "evaluation": rows,
+                "tuning_reference": self.job.reference,
+                "tuning_rows": self.job.evaluation,
+            }
+        )
+
+    def gave_way(self) -> str:
+        """The warning a search that raced and found no passing candidate carries."""
+        rows = 0
+        if self.racing is not None:
+            self.racing = self.racing.model_copy(update={"gave_way": True})
+            rows = self.racing.probe_rows
+        return (
+            f"racing gave way: no candidate passed every gate after the {rows}-row probe, so every "
+            "candidate was scored on the full split, as without racing"
+        )
+
+    def _race(self, outcome: RaceOutcome, rows: int, reason: str = "") -> Race:
+        return Race(outcome=outcome, rows=rows, of=len(self.evaluation), reason=reason)
+
+    def run(
+        self, recipes: list[Recipe], time_them: Callable[[list[CandidateResult]], BenchReport]
+    ) -> tuple[list[CandidateResult], dict[Round, BenchReport]] | None:
+        probe = self._probe()
+        if probe is None:
+            return None
+        probed = _score_all(recipes, probe, self.workers, self.cores, self.steps)
+        self.full_job = self.job.model_copy(
+            update={"built": {c.name: c for c in probed if c.status == "evaluated"}}
+        )
+        decided = {c.name: c for c in probed if c.status != "evaluated"}
+        alive = self._drop_certain(probed, len(probe.evaluation), decided)
+        if not alive:
+            return None
+        bench = time_them(alive)
+        pending = self._drop_slow(alive, bench, len(probe.evaluation), decided)
+        judged = self._full(pending, bench, len(probe.evaluation), decided)
+        if not any(c.passed for c in judged):
+            return None
+        return [decided[r.name] for r in recipes if r.name in decided], {"candidates": bench}
+
+    def _drop_certain(
+        self, probed: list[CandidateResult], n: int, decided: dict[str, CandidateResult]
+    ) -> list[CandidateResult]:
+        """The probed candidates no accuracy gate has failed for certain; the others are decided."""
+        alive = []
+        for c in probed:
+            if c.status != "evaluated" or c.gates is None:
+                continue
+            certain = certain_failures(c.gates, c.metrics)
+            if not certain:
+                alive.append(c)
+                continue
+            reason = "; ".join(_outside(r) for r in certain)
+            decided[c.name] = decided_by(c, certain).model_copy(
+                update={"race": self._race("raced-out", n, reason)}
+            )
+        return alive
+
+    def _drop_slow(
+        self, alive: list[CandidateResult], bench: BenchReport, n: int, decided: dict[str, CandidateResult]
+    ) -> list[CandidateResult]:
+        """The timed candidates that passed every speed gate, fastest first; the others are decided."""
+        pending = []
+        for c in alive:
+            timed = c.judged(self.task, self.thresholds, bench, "candidates")
+            slow = speed_failures(timed.gates) if timed.gates else []
+            if not slow:
+                pending.append(timed)
+                continue
+            reason = f"failed {', '.join(r.gate.name for r in slow)} in the candidates round"
+            decided[c.name] = decided_by(timed, slow).model_copy(
+                update={"race": self._race("speed-failed", n, reason)}
+            )
+        return sorted(pending, key=speed_of)
+
+    def _full(
+        self, pending: list[CandidateResult], bench: BenchReport, n: int, decided: dict[str, CandidateResult]
+    ) -> list[CandidateResult]:
+        """Score on the full split, `workers` at a time and fastest first, until the rest cannot win."""
+        threads = max(1, self.cores // self.workers)
+        judged: list[CandidateResult] = []
+        while pending:
+            losing = {c.name for c in cannot_win(pending, judged)}
+            for c in (c for c in pending if c.name in losing):
+                best = min((j for j in judged if j.passed), key=speed_of)
+                reason = (
+                    f"{speed_of(c):.3g} against {best.name}'s {speed_of(best):.3g} (the serving profile's "
+                    f"objective), slower beyond the {SPEED_TIE:.0%} tie band than a candidate that passed "
+                    "every gate: it could not be chosen"
+                )
+                race = self._race("cannot-win", n, reason)
+                decided[c.name] = c.model_copy(
+                    update={"status": "skipped", "gates": None, "note": reason, "race": race}
+                )
+            pending = [c for c in pending if c.name not in losing]
+            batch, pending = pending[: self.workers], pending[self.workers :]
+            scored = self.steps.score([c.recipe for c in batch], self.full_job, threads, len(batch))
+            for c in scored if batch else []:
+                full = c.judged(self.task, self.thresholds, bench, "candidates")
+                if full.status == "evaluated":
+                    full = full.model_copy(update={"race": self._race("full", len(self.evaluation))})
+                judged.append(full)
+                decided[c.name] = full
+        return judged
+
+
+def _outside(result: GateResult) -> str:
+    """'share below cosine floor: its 95 % interval [0.051, 0.11] lies above the limit 0.01'."""
+    lo, hi = result.interval or (math.nan, math.nan)
+    side = "below" if result.gate.op == ">=" else "above"
+    where = f"[{lo:.4g}, {hi:.4g}]" if result.interval else "interval"
+    return f"{result.gate.name}: its 95 % interval {where} lies {side} the limit {result.gate.limit:g}"
 
 
 def _fp32_reference(
@@ -429,10 +619,13 @@ def _score_all(
     recipes: list[Recipe], job: ScoreJob, workers: int, cores: int, steps: SearchSteps
 ) -> list[CandidateResult]:
     """Every recipe built and scored, `workers` at a time, the cores shared between them."""
-    results: list[CandidateResult] = []
-    for i in range(0, len(recipes), workers):
-        results += steps.score(recipes[i : i + workers], job, max(1, cores // workers))
-    return results
+    if not recipes:
+        return []
+    # The slowest builds first (calibrated ones collect statistics), so that no core idles at the end
+    # while one long build finishes: results come back in the recipes' order.
+    order = sorted(recipes, key=lambda r: not r.calibrated)
+    by_name = {c.name: c for c in steps.score(order, job, max(1, cores // workers), workers)}
+    return [by_name[r.name] for r in recipes]
 
 
 def _fixed_shape_round(
@@ -473,7 +666,7 @@ def _fallback(
             fallback.stopped = "search time budget spent"
             break
         recipe = base.recipe.keeping_fp32([s.node for s in ranking[:k]], f"{base.name}+fp32x{k}")
-        result = steps.score([recipe], job, cores)[0]
+        result = steps.score([recipe], job, cores, 1)[0]
         trials.append(result)
         tried.append((k, result.accuracy_passed))
         fallback.trials.append(

@@ -94,6 +94,10 @@ class OrtRecipe(Recipe):
     def can_fall_back(self) -> bool:
         return self.method != "fp16"
 
+    @property
+    def calibrated(self) -> bool:
+        return self.method == "static"
+
 
 def _r(name: str, **kw: Any) -> OrtRecipe:
     return OrtRecipe(name=name, **kw)

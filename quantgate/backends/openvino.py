@@ -88,6 +88,10 @@ class OvRecipe(Recipe):
         return f"openvino-{self.precision}"
 
     @property
+    def calibrated(self) -> bool:
+        return self.method == "nncf-int8"
+
+    @property
     def can_fall_back(self) -> bool:
         # The sensitive-node fallback's nodes become NNCF's ignored scope (OpenVINO's frontend keeps the ONNX
         # node names); accuracy control reverts layers itself.

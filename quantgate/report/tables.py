@@ -131,6 +131,11 @@ def candidate_rows(search: SearchResult, task: str) -> list[dict[str, Any]]:
                 "task_metric_drop": _r(m.get("task_metric_drop"), 4),
                 **{col.metric: _r(m.get(col.metric), col.digits) for col in _columns(task)},
                 "max_abs_diff": _r(m.get("max_abs_diff"), 4),
+                # What the search spent on it, and how much of the evaluation it needed (racing).
+                "build_s": c.quantize_s,
+                "build_cached": c.build_cached,
+                "score_s": None if c.evaluation is None else round(c.evaluation.seconds, 2),
+                "scored_on": c.race.summary() if c.race else ("full split" if c.evaluation else ""),
             }
         )
     return rows

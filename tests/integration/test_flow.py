@@ -233,9 +233,16 @@ def test_minilm_default_search_promotes_a_tuned_recipe_where_the_naive_one_fails
     report = json.loads(lifecycle.read_promoted_file(store, ref, "report.json"))
     candidates = {c["recipe"]["name"]: c for c in report["search"]["candidates"]}
     assert len(candidates) >= 6
-    naive = {g["gate"]["metric"]: g for g in candidates["dynamic-int8"]["gates"]["results"]}
-    assert naive["task_metric_drop"]["passed"] is True
-    assert naive["mean_cosine"]["passed"] is False
+    # Racing drops it after its probe: the cosine tail's whole interval is above its limit there, so the
+    # full split could not bring it back; its report holds that gate alone, and says so.
+    naive = candidates["dynamic-int8"]
+    assert naive["race"]["outcome"] == "raced-out"
+    assert naive["race"]["rows"] < naive["race"]["of"] == report["heldout"]["evaluation_rows"]
+    assert [g["gate"]["metric"] for g in naive["gates"]["results"]] == ["share_below_cosine_floor"]
+    assert not naive["gates"]["results"][0]["passed"]
+    promoted = candidates[report["recipe"]["name"]]
+    assert promoted["race"] == {"outcome": "full", "rows": naive["race"]["of"], "of": naive["race"]["of"],
+                                "reason": ""}  # fmt: skip
     assert report["recipe"]["name"] != "dynamic-int8"
     assert report["metrics"]["task_metric_fp32"] > 0.85  # all-MiniLM-L6-v2 scores ~0.87 on this split
     assert report["metrics"]["mean_cosine"] >= 0.99

@@ -1,0 +1,116 @@
+"""Racing: the rules that let the search skip work whose outcome is already certain (issue #25).
+
+Every candidate is first built and scored on a stratified probe of the evaluation rows. A candidate whose
+probe already fails an accuracy gate with the metric's whole 95 % interval outside the limit is dropped
+(`certain_failures`): the full split would not bring the interval back at the gates' confidence. The
+others are timed in one interleaved round as before; one that fails a speed gate there is decided. The rest
+are scored on the full split, fastest first, and once one passes every gate, any candidate slower than it
+beyond the tie band is not scored further (`cannot_win`): `choose` could never pick it.
+
+A candidate is promoted only on the full split. A search in which no candidate passes gives way to the
+exhaustive one (every candidate on every row), so the fallback and the closest candidate are chosen on
+the same evidence as without racing. These functions are pure; quantgate/search_driver.py runs them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from quantgate.gates import GateReport, GateResult
+from quantgate.search import SPEED_TIE, CandidateResult, speed_of
+
+# Below this many probe rows an interval says too little to drop anything: the search is not raced.
+MIN_PROBE_ROWS = 100
+_SCORE_BINS = 5  # a score column (STS gold scores) is stratified by its quintiles
+_MAX_LABELS = 50  # a label column with more distinct values than this is not a stratum
+
+
+def strata(schema_columns: dict[str, str], slice_columns: Sequence[str], rows: pd.DataFrame) -> list[str]:
+    """The columns the probe is stratified by: the declared slice columns, scalar label columns with few
+    values, and score columns (by quintile)."""
+    keys = [c for c in slice_columns if c in rows.columns]
+    for name, kind in schema_columns.items():
+        if name not in rows.columns or name in keys:
+            continue
+        column = rows[name]
+        if (kind == "score" and pd.api.types.is_numeric_dtype(column)) or (
+            kind == "label" and column.map(_hashable).all() and column.nunique() <= _MAX_LABELS
+        ):
+            keys.append(name)
+    return keys
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def probe_rows(
+    rows: pd.DataFrame, share: float, keys: Sequence[str], kinds: dict[str, str], seed: int = 0
+) -> np.ndarray | None:
+    """Positions (sorted) of a seeded sample of `share` of the rows, the same share of every stratum (at
+    least one row of each); None when it would have fewer than MIN_PROBE_ROWS rows."""
+    if round(len(rows) * share) < MIN_PROBE_ROWS:
+        return None
+    groups = pd.Series(0, index=range(len(rows)))
+    if keys:
+        parts = []
+        for key in keys:
+            column = rows[key].reset_index(drop=True)
+            if kinds.get(key) == "score":
+                column = pd.qcut(column.rank(method="first"), _SCORE_BINS, labels=False)
+            parts.append(column.astype(str))
+        groups = pd.concat(parts, axis=1).agg("\x1f".join, axis=1)
+    rng = np.random.default_rng(seed)
+    picked: list[int] = []
+    for _, positions in groups.groupby(groups, sort=True).groups.items():
+        members = np.asarray(positions)
+        take = max(1, round(len(members) * share))
+        picked += rng.choice(members, size=take, replace=False).tolist()
+    return np.sort(np.asarray(picked, dtype=int))
+
+
+def certain_failures(gates: GateReport, metrics: dict[str, float]) -> list[GateResult]:
+    """The accuracy gates the probe fails with the metric's whole 95 % interval outside the limit (a
+    `>=` gate: the upper bound below it; a `<=` gate: the lower bound above it). A gate on a point value
+    without an interval never races: the probe cannot say where the full split's value would fall."""
+    certain = []
+    for result in gates.results:
+        gate = result.gate
+        if gate.kind != "accuracy" or result.passed:
+            continue
+        lo, hi = metrics.get(f"{gate.metric}_lo"), metrics.get(f"{gate.metric}_hi")
+        if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+            continue
+        if (gate.op == ">=" and hi < gate.limit) or (gate.op == "<=" and lo > gate.limit):
+            certain.append(result)
+    return certain
+
+
+def speed_failures(gates: GateReport) -> list[GateResult]:
+    """The speed gates a candidate failed in the candidates round: timing decides them, not more rows."""
+    return [r for r in gates.results if r.gate.kind == "speed" and not r.passed]
+
+
+def decided_by(candidate: CandidateResult, failed: list[GateResult]) -> CandidateResult:
+    """The candidate with only the gates that decided it: the others were judged on the probe alone."""
+    return candidate.model_copy(update={"gates": GateReport(results=failed)})
+
+
+def cannot_win(pending: list[CandidateResult], judged: list[CandidateResult]) -> list[CandidateResult]:
+    """The pending candidates slower, beyond the tie band, than the fastest candidate that passed every
+    gate on the full split: `choose` ties only within SPEED_TIE of the fastest passing one, and a faster
+    pending candidate that passed would only lower that bound."""
+    passing = [speed_of(c) for c in judged if c.passed]
+    if not passing:
+        return []
+    limit = min(passing) * (1 + SPEED_TIE)
+    return [c for c in pending if speed_of(c) > limit]

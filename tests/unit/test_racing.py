@@ -1,0 +1,235 @@
+"""Racing (issue #25): the probe is a stratified, reproducible share of the evaluation rows; a gate drops
+a candidate only when the probe puts its whole interval outside the limit; a candidate slower than a
+passing one beyond the tie band is never scored in full; and the search decides what the exhaustive one
+decides (the same chosen candidate, the same verdict for every candidate it judged), including when
+nothing passes and racing gives way."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from quantgate.racing import MIN_PROBE_ROWS, cannot_win, certain_failures, probe_rows, strata
+from quantgate.search import CandidateResult, SearchBudget, choose
+from quantgate.search_driver import SearchSteps, run_search
+from quantgate.tasktypes import Reference, get_task_type
+from quantgate.thresholds import GateThresholds
+from tests.unit.test_search_rules import _bench, _candidate
+
+STS = get_task_type("sentence-embedding")
+GATES = GateThresholds()
+ROWS = 1436  # STS-B dev's evaluation split
+
+
+def _rows(n: int = ROWS, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "score": rng.uniform(0, 5, n).round(2),
+            "sentence1": [f"first {i}" for i in range(n)],
+            "sentence2": [f"second {i}" for i in range(n)],
+            "genre": rng.choice(["news", "forum", "captions"], n, p=[0.5, 0.3, 0.2]),
+        }
+    )
+
+
+def test_the_probe_takes_the_same_share_of_every_stratum_and_is_reproducible():
+    rows = _rows()
+    schema = STS.heldout_schema(Path())
+    keys = strata(schema.columns, schema.slice_columns, rows)
+    assert keys == ["genre", "score"]
+    at = probe_rows(rows, 0.125, keys, dict(schema.columns))
+    assert at is not None
+    assert list(at) == sorted(set(at.tolist()))
+    assert abs(len(at) - ROWS / 8) <= 15  # one rounding per stratum (3 genres x 5 score quintiles)
+    probe = rows.iloc[at]
+    for genre, share in rows["genre"].value_counts(normalize=True).items():
+        assert abs((probe["genre"] == genre).mean() - share) < 0.02
+    quintiles = pd.qcut(rows["score"].rank(method="first"), 5, labels=False)
+    assert quintiles.iloc[at].value_counts().min() >= len(at) // 5 - 4
+    assert list(probe_rows(rows, 0.125, keys, dict(schema.columns))) == list(at)  # seeded: the same rows
+    assert list(probe_rows(rows, 0.125, keys, dict(schema.columns), seed=1)) != list(at)
+
+
+def test_a_split_too_small_for_a_probe_of_100_rows_is_not_raced():
+    rows = _rows(n=MIN_PROBE_ROWS * 8 - 8)
+    assert probe_rows(rows, 0.125, [], {}) is None
+    assert probe_rows(_rows(n=MIN_PROBE_ROWS * 8), 0.125, [], {}) is not None
+
+
+def test_list_labels_are_not_strata():
+    rows = pd.DataFrame({"tokens": [["a"]] * 900, "tags": [["O"]] * 900})
+    assert strata({"tokens": "text", "tags": "label"}, [], rows) == []
+
+
+def test_a_gate_fails_for_certain_only_when_its_whole_interval_is_outside_the_limit():
+    def failures(interval: tuple[float, float], share: float) -> list[str]:
+        c = _candidate(
+            "c",
+            0.99,
+            share_below_cosine_floor=share,
+            intervals={"neighbour_agreement": (0.94, 0.96), "share_below_cosine_floor": interval},
+        ).judged(STS, GATES)
+        return [r.gate.name for r in certain_failures(c.gates, c.metrics)]
+
+    assert failures((0.05, 0.2), 0.1) == ["cosine tail"]  # lower bound above the 1 % limit
+    assert failures((0.0, 0.2), 0.1) == []  # straddles it: more rows could bring it inside
+    assert failures((0.0, 0.004), 0.0) == []  # passes
+    # A point value with no interval (mean cosine 0.90 < 0.98) fails the gate but never races.
+    low = _candidate("low", 0.90).judged(STS, GATES)
+    assert "mean cosine" in {r.gate.name for r in low.gates.failed}
+    assert certain_failures(low.gates, low.metrics) == []
+    # Speed gates fail "not measured" before the benchmark: timing decides those, not rows.
+    assert all(r.gate.kind != "speed" for r in certain_failures(low.gates, low.metrics))
+
+
+def test_skipping_the_candidates_that_cannot_win_never_changes_the_choice():
+    """Random rounds: judge pending candidates fastest first, skipping what `cannot_win` names; the
+    choice over the judged ones is always `choose` over all of them."""
+    rng = random.Random(7)  # noqa: S311 - a reproducible simulation, not a secret
+    for _ in range(500):
+        n = rng.randint(1, 9)
+        specs = {
+            f"c{i}": (rng.choice([0.90, 0.995]), rng.choice([5.0, 5.05, 5.08, 5.2, 6.0, 4.0, 4.06]))
+            for i in range(n)
+        }
+        bench = _bench({name: ms for name, (_, ms) in specs.items()})
+        every = [
+            _candidate(name, cos, task_metric_drop=rng.random()).judged(STS, GATES, bench, "candidates")
+            for name, (cos, _) in specs.items()
+        ]
+        pending = sorted(every, key=lambda c: c.latency.speed)
+        judged: list[CandidateResult] = []
+        while pending:
+            losing = {c.name for c in cannot_win(pending, judged)}
+            pending = [c for c in pending if c.name not in losing]
+            if pending:
+                judged.append(pending.pop(0))
+        expected, got = choose(every), choose(judged)
+        assert (expected and expected.name) == (got and got.name), specs
+
+
+# --- the driver, on recorded candidates: what a probe and the full split gave each ---------------------
+
+
+def _scored(name: str, *, share: float, interval: tuple[float, float], candidate: float) -> CandidateResult:
+    c = _candidate(
+        name,
+        0.992,
+        share_below_cosine_floor=share,
+        intervals={"neighbour_agreement": (0.94, 0.96), "share_below_cosine_floor": interval},
+    )
+    return c.model_copy(
+        update={"evaluation": c.evaluation.model_copy(update={"task_metric_candidate": candidate})}
+    )
+
+PASS, FAIL_TAIL = ((0.0, (0.0, 0.004)), (0.05, (0.04, 0.07)))
+# name: (p50 ms, probe (share, interval), full (share, interval), task metric) - as runs measured them.
+RECORDED = {
+    "borderline": (4.0, (0.01, (0.0, 0.03)), FAIL_TAIL, 0.868),  # fastest: the probe cannot tell
+    "fast": (5.0, PASS, PASS, 0.866),
+    "tied": (5.05, PASS, PASS, 0.869),  # within 2 % of fast, a smaller drop: the tie goes to it
+    "slower": (6.0, PASS, PASS, 0.869),  # passes, but cannot win
+    "bad": (4.5, ((0.3, (0.2, 0.4))), ((0.3, (0.27, 0.33))), 0.86),  # raced out on the probe
+    "sluggish": (20.0, PASS, PASS, 0.869),  # slower than ORT FP32 (15 ms): speed-failed
+}
+
+
+def _steps(recorded: dict, calls: list[tuple[str, int, bool]], rows: int = ROWS) -> SearchSteps:
+    bench = _bench({name: spec[0] for name, spec in recorded.items()})
+    ref = Reference(outputs=np.zeros(1), task_metric=0.87, seconds=0.1, interval=(0.855, 0.885))
+
+    def score(batch, job, threads, at_once):
+        out = []
+        for recipe in batch:
+            _, probe, full, metric = recorded[recipe.name]
+            calls.append((recipe.name, len(job.evaluation), recipe.name in job.built))
+            share, interval = full if len(job.evaluation) == rows else probe
+            c = _scored(recipe.name, share=share, interval=interval, candidate=metric)
+            c = c.model_copy(update={"recipe": recipe, "gates": None, "latency": None, "metrics": {}})
+            out.append(c.judged(STS, GATES))
+        return out
+
+    return SearchSteps(
+        reference=lambda *_: ref,
+        score_champion=lambda *_: ref,
+        calibration=lambda *_: [],
+        prepare=lambda *_: ({}, []),
+        score=score,
+        rank=lambda *_: [],
+        benchmark=lambda servables: bench,
+    )
+
+
+def _search(tmp_path: Path, recorded: dict, race: bool, calls: list, rows: int = ROWS) -> object:
+    from quantgate.backends.onnxruntime import OrtRecipe
+
+    recipes = [OrtRecipe(name=name) for name in recorded]
+    return run_search(
+        STS, tmp_path, tmp_path / "model.onnx", tmp_path, _rows(64), _rows(rows),
+        recipes, GATES, SearchBudget(race=race, max_trials=0, workers=2), tmp_path / "work",
+        _steps(recorded, calls, rows),
+    )  # fmt: skip
+
+
+def test_the_raced_search_decides_what_the_exhaustive_one_decides_with_less_work(tmp_path):
+    raced_calls: list = []
+    every_calls: list = []
+    raced = _search(tmp_path, RECORDED, True, raced_calls)
+    every = _search(tmp_path, RECORDED, False, every_calls)
+    assert every.chosen == raced.chosen == "tied"
+    verdicts = {c.name: c for c in every.candidates}
+    for c in raced.candidates:
+        if c.race.outcome == "cannot-win":
+            assert c.status == "skipped"
+            assert verdicts[c.name].passed
+            continue
+        assert c.passed == verdicts[c.name].passed, c.name
+    outcome = {c.name: c.race.outcome for c in raced.candidates}
+    assert outcome == {
+        "borderline": "full", "fast": "full", "tied": "full", "slower": "cannot-win", "bad": "raced-out",
+        "sluggish": "speed-failed",
+    }  # fmt: skip
+    # Every candidate once on the probe, then only three on the full split, each from its probe's build.
+    probe = raced.racing.probe_rows
+    assert sorted(n for n, rows, _ in raced_calls if rows == probe) == sorted(RECORDED)
+    assert sorted((n, built) for n, rows, built in raced_calls if rows == ROWS) == [
+        ("borderline", True), ("fast", True), ("tied", True)
+    ]  # fmt: skip
+    assert len(every_calls) == len(RECORDED)
+    assert raced.racing.strata == ["genre", "score"]
+    # What decided the dropped ones is all their report shows, and says why.
+    bad = raced.get("bad")
+    assert [r.gate.name for r in bad.gates.results] == ["cosine tail"]
+    assert not bad.passed
+    assert "lies above the limit 0.01" in bad.race.reason
+    assert [r.gate.kind for r in raced.get("sluggish").gates.results] == ["speed", "speed"]
+    assert "tie band" in raced.get("slower").note
+
+
+def test_when_nothing_passes_racing_gives_way_to_the_exhaustive_search(tmp_path):
+    failing = {name: (ms, probe, FAIL_TAIL, metric) for name, (ms, probe, _, metric) in RECORDED.items()}
+    raced = _search(tmp_path, failing, True, [])
+    every = _search(tmp_path, failing, False, [])
+    assert raced.chosen is None
+    assert every.chosen is None
+    assert raced.lead == every.lead
+    assert raced.racing.gave_way
+    assert any("racing gave way" in w for w in raced.warnings)
+    for a, b in zip(raced.candidates, every.candidates, strict=True):
+        assert a.name == b.name
+        assert a.gates == b.gates
+        assert a.race is None
+
+
+def test_a_split_too_small_to_probe_is_searched_exhaustively(tmp_path):
+    calls: list = []
+    result = _search(tmp_path, RECORDED, True, calls, rows=MIN_PROBE_ROWS * 4)
+    assert result.racing is None
+    assert result.chosen == "tied"
+    assert sorted(n for n, _, _ in calls) == sorted(RECORDED)  # each once, on every row
+    assert {rows for _, rows, _ in calls} == {MIN_PROBE_ROWS * 4}
+    assert all(c.race is None for c in result.candidates)
