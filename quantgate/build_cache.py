@@ -78,7 +78,7 @@ def build_key(
     calibration: list[dict[str, np.ndarray]] | None,
 ) -> BuildKey:
     return BuildKey(
-        recipe=recipe.model_dump(mode="json"),
+        recipe=quantizer.graph_of(recipe),
         backend=quantizer.name,
         backend_source=source_of(quantizer),
         packages=key_packages(quantizer.packages),

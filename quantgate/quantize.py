@@ -96,4 +96,7 @@ def build_candidate(
         return build(out_dir)
     graphs = [*get_runtime("onnxruntime").files(fp32), *inputs]
     key = build_key(recipe, quantizer, graphs, calibration)
-    return cached_build(cache_root, key, recipe, out_dir, build, get_runtime(quantizer.runtime).files)
+    result = cached_build(cache_root, key, recipe, out_dir, build, get_runtime(quantizer.runtime).files)
+    if result.cached:
+        quantizer.settle(recipe, result)
+    return result

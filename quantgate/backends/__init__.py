@@ -136,6 +136,17 @@ class Quantizer(ABC):
         cache. None by default: a backend opts in by naming everything its build reads."""
         return None
 
+    def graph_of(self, recipe: Recipe) -> dict[str, Any]:
+        """What of a recipe its built graph depends on: the build cache's key (by default every field).
+        Two recipes with the same value build the same files, so one build serves both (`settle` then
+        writes what differs beside them)."""
+        return recipe.model_dump(mode="json")
+
+    def settle(self, recipe: Recipe, result: QuantizeResult) -> None:
+        """Called on a build taken from the cache, possibly made for another recipe of the same graph:
+        writes this recipe's own side files (nothing by default)."""
+        del recipe, result  # a backend with side files of its own overrides this
+
     def fallback_source(self, recipe: Recipe, fp32: Path, prepared: Any) -> Path:
         """The graph the sensitive-node fallback ranks nodes of."""
         return fp32

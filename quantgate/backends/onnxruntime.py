@@ -515,6 +515,15 @@ class OnnxRuntimeQuantizer(Quantizer):
         fused = isinstance(recipe, OrtRecipe) and recipe.fuse and prepared is not None
         return OnnxRuntime().files(prepared.path) if fused else []
 
+    def graph_of(self, recipe: Recipe) -> dict[str, Any]:
+        """The session settings are written beside the graph, not into it: a `-no-sln` recipe builds its
+        sibling's graph (issue #25: built once, taken from the build cache by the other)."""
+        return recipe.model_dump(mode="json", exclude={"name", "session"})
+
+    def settle(self, recipe: Recipe, result: QuantizeResult) -> None:
+        if isinstance(recipe, OrtRecipe):
+            write_settings(result.path, recipe.session)
+
     def fallback_source(self, recipe: Recipe, fp32: Path, prepared: Any) -> Path:
         fused = isinstance(recipe, OrtRecipe) and recipe.fuse and prepared is not None
         return prepared.path if fused else fp32

@@ -56,6 +56,30 @@ def test_a_second_build_of_the_same_inputs_is_a_verified_copy_in_the_runs_own_fo
     assert counted == [RECIPE.name, RECIPE.name]
 
 
+def test_a_recipe_that_differs_only_in_session_settings_takes_its_siblings_build_with_its_own_settings(
+    tmp_path, counted
+):
+    """Issue #25: `-no-sln` is its sibling's graph served with other ORT session settings: built once,
+    the twin gets the same model bytes and its own settings file."""
+    from quantgate.backends.onnxruntime import _NO_SLN
+    from quantgate.runtime import read_settings
+
+    fp32 = matmul_graph(tmp_path / "fp32" / "model.onnx")
+    cache = tmp_path / "cache"
+    twin = RECIPE.model_copy(update={"name": f"{RECIPE.name}-no-sln", "session": _NO_SLN})
+    first = build_candidate(RECIPE, fp32, tmp_path / "run" / RECIPE.name, cache_root=cache)
+    second = build_candidate(twin, fp32, tmp_path / "run" / twin.name, cache_root=cache)
+    assert counted == [RECIPE.name]
+    assert second.cached
+    assert sha256_file(second.path) == sha256_file(first.path)
+    assert read_settings(second.path) == _NO_SLN
+    assert read_settings(first.path) == RECIPE.session != _NO_SLN
+    # The cache's own entry keeps the settings of the recipe that built it.
+    third = build_candidate(RECIPE, fp32, tmp_path / "run2" / RECIPE.name, cache_root=cache)
+    assert third.cached
+    assert read_settings(third.path) == RECIPE.session
+
+
 @pytest.mark.parametrize("change", ["recipe", "graph", "calibration"])
 def test_a_different_recipe_graph_or_calibration_is_built_again(tmp_path, counted, change):
     fp32 = matmul_graph(tmp_path / "fp32" / "model.onnx")
