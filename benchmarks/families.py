@@ -9,6 +9,7 @@ a request and throughput for tables). Writes JSON and prints the families table 
 it into docs/families.md between its markers).
 
     .venv/bin/python benchmarks/families.py [--models ~/.cache/quantgate-families] [--only tabular] [--readme]
+        [--no-race]
 """
 
 from __future__ import annotations
@@ -209,6 +210,9 @@ def main() -> int:  # noqa: PLR0915 - the benchmark reads top to bottom, one ste
     parser.add_argument("--only", nargs="*", help="families or model names to run (default: all)")
     parser.add_argument("--readme", action="store_true", help="write the table into docs/families.md")
     parser.add_argument("--train-only", action="store_true", help="make the models, run nothing")
+    parser.add_argument(
+        "--no-race", action="store_true", help="score every candidate on every row (the exhaustive search)"
+    )
     parser.add_argument("--table-from", type=Path, help="only print (and --readme write) the table of a JSON")
     args = parser.parse_args()
 
@@ -261,7 +265,7 @@ def main() -> int:  # noqa: PLR0915 - the benchmark reads top to bottom, one ste
                 print(registered.output, file=sys.stderr)
                 return 1
             t0 = time.perf_counter()
-            ran = runner.invoke(app, ["run", name, "v1", *flags])
+            ran = runner.invoke(app, ["run", name, "v1", *flags, *(["--no-race"] if args.no_race else [])])
             seconds = time.perf_counter() - t0
             decided = [
                 k.key for k in store.list("") if k.key.endswith("/report.json") and f"/{name}/v1/" in k.key
