@@ -11,6 +11,7 @@ Two checks, no model run:
 
     .venv/bin/python -m benchmarks.racing_replay [--reports benchmarks/results/families/*.report.json]
         [--pair benchmarks/results/e2e_minilm_exhaustive.json benchmarks/results/e2e_minilm_raced.json]
+        [--pair-reports EXHAUSTIVE_DIR RACED_DIR]
 """
 
 from __future__ import annotations
@@ -93,6 +94,66 @@ def pair(exhaustive: dict[str, Any], raced: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def pair_reports(exhaustive: SearchResult, raced: SearchResult) -> dict[str, Any]:
+    """The same comparison on two run reports' searches (benchmarks/families.py with --no-race and
+    without): what racing decided must agree; the choices are shown side by side with both runs' speeds,
+    since which of two near-equal candidates is faster is each run's own timing round."""
+    every = {c.name: c for c in exhaustive.candidates}
+    rows = []
+    for c in raced.candidates:
+        other = every.get(c.name)
+        if other is None or other.gates is None:
+            continue
+        outcome = c.race.outcome if c.race else "full"
+        other_failed = any(r.gate.kind != "speed" for r in other.gates.failed)
+        agrees: bool | None = None
+        if outcome == "raced-out":
+            raced_gates = {r.gate.name for r in (c.gates.failed if c.gates else [])}
+            agrees = raced_gates <= {r.gate.name for r in other.gates.failed}
+        elif outcome == "full" and c.gates is not None:
+            agrees = any(r.gate.kind != "speed" for r in c.gates.failed) == other_failed
+        rows.append(
+            {
+                "candidate": c.name,
+                "raced": outcome,
+                "agrees": agrees,
+                "speed": {"exhaustive": round(speed_of(other), 4), "raced": round(speed_of(c), 4)},
+            }
+        )
+    return {
+        "chosen": {"exhaustive": exhaustive.chosen, "raced": raced.chosen},
+        "racing": raced.racing.model_dump() if raced.racing else None,
+        "candidates": rows,
+        "disagreements": [r["candidate"] for r in rows if r["agrees"] is False],
+    }
+
+
+def compare_folders(exhaustive_dir: Path, raced_dir: Path) -> dict[str, Any]:
+    families = {}
+    for path in sorted(raced_dir.glob("*.report.json")):
+        other = exhaustive_dir / path.name
+        if not other.is_file():
+            continue
+        raced, every = json.loads(path.read_text())["search"], json.loads(other.read_text())["search"]
+        if not raced or not every:
+            continue
+        name = path.name.removesuffix(".report.json")
+        compared = pair_reports(SearchResult.model_validate(every), SearchResult.model_validate(raced))
+        families[name] = compared
+        print(
+            f"\n{name}: chosen exhaustive {compared['chosen']['exhaustive']}, raced "
+            f"{compared['chosen']['raced']}; racing {'on' if compared['racing'] else 'off (too few rows)'}; "
+            f"disagreements {compared['disagreements'] or 'none'}"
+        )
+        for row in compared["candidates"]:
+            verdict = {True: "agrees", False: "DISAGREES", None: "timing"}[row["agrees"]]
+            print(
+                f"  {row['candidate']:<46}{row['raced']:<14}{verdict:<10}"
+                f"speed {row['speed']['exhaustive']} / {row['speed']['raced']}"
+            )
+    return families
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -109,6 +170,13 @@ def main() -> int:
             REPO / "benchmarks" / "results" / "e2e_minilm_exhaustive.json",
             REPO / "benchmarks" / "results" / "e2e_minilm_raced.json",
         ],
+    )
+    parser.add_argument(
+        "--pair-reports",
+        nargs=2,
+        type=Path,
+        metavar=("EXHAUSTIVE_DIR", "RACED_DIR"),
+        help="two folders of families.py run reports (<model>.report.json), --no-race and raced",
     )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "racing_replay.json")
     args = parser.parse_args()
@@ -135,11 +203,17 @@ def main() -> int:
         for row in paired["candidates"]:
             verdict = {True: "agrees", False: "DISAGREES", None: "timing (each run's own round)"}
             print(f"  {row['candidate']:<46}{row['raced']:<28}{row['exhaustive']:<9}{verdict[row['agrees']]}")
+    families = compare_folders(*args.pair_reports) if args.pair_reports else {}
     write_result(
-        args.out, " ".join(sys.argv), "racing replayed on recorded runs", {"replays": replays, "pair": paired}
+        args.out,
+        " ".join(sys.argv),
+        "racing replayed on recorded runs",
+        {"replays": replays, "pair": paired, "families": families},
     )
-    same = all(r["same"] for r in replays.values()) and (
-        paired is None or (paired["same_choice"] and not paired["disagreements"])
+    same = (
+        all(r["same"] for r in replays.values())
+        and (paired is None or (paired["same_choice"] and not paired["disagreements"]))
+        and not any(f["disagreements"] for f in families.values())
     )
     return 0 if same else 2
 
