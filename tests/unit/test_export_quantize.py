@@ -241,3 +241,23 @@ def _tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def test_external_locations_are_read_again_when_the_file_changes(tmp_path):
+    """Remembered per file version: the same file answers from memory, a file saved again (other layout,
+    same path) is read again, and a link answers for the file it points at."""
+    import onnx
+
+    from quantgate.export import save_onnx
+    from tests.conftest import matmul_graph
+
+    path = matmul_graph(tmp_path / "m" / "model.onnx")
+    assert external_locations(path) == set()
+    link = tmp_path / "link.onnx"
+    link.symlink_to(path)
+    assert external_locations(link) == set()
+    model = onnx.load(str(path))
+    path.unlink()
+    save_onnx(model, path, external=True)
+    assert external_locations(path) == {"model.onnx.data"}
+    assert external_locations(link) == {"model.onnx.data"}
