@@ -195,6 +195,11 @@ class BenchSettings(BaseModel):
     profile: ServingProfile | None = Field(
         None, description="the serving profile; None = the registration's, else the held-out default"
     )
+    baselines: bool = Field(
+        True,
+        description="time the FP32 baselines beside the candidates (the fixed-shape comparison round, which "
+        "only ranks candidates, leaves them out)",
+    )
 
     @property
     def serving(self) -> ServingProfile:
@@ -346,6 +351,8 @@ def cpu_info() -> dict[str, Any]:
 def run_benchmark(engines: list[Engine], settings: BenchSettings, requests: list[Request]) -> BenchReport:
     """Every engine on the same requests: round i times request i (cycling through the profile's
     requests, whose order is drawn once, seeded) on every engine, in a new seeded random engine order."""
+    if not settings.baselines:
+        engines = [e for e in engines if e.name not in BASELINES]  # left out before anything loads
     if not engines:
         raise ConfigError("nothing to benchmark: give at least one engine")
     if not requests:

@@ -44,6 +44,28 @@ def test_slower_engine_measures_slower():
     assert report.by_engine("big").p50_ms > report.by_engine("small").p50_ms
 
 
+def test_a_round_without_baselines_neither_loads_nor_times_them():
+    from quantgate.bench import ONNX_FP32, TORCH_FP32
+
+    calls: list[str] = []
+    loaded: list[str] = []
+
+    def loading(engine: Engine) -> Engine:
+        def load():
+            loaded.append(engine.name)
+            return engine.load()
+
+        return Engine(name=engine.name, load=load, size_bytes=1)
+
+    engines = [loading(_engine(n, 1, calls, 4)) for n in (TORCH_FP32, ONNX_FP32, "int8")]
+    report = run_benchmark(engines, BenchSettings(warmup_runs=1, repeat_runs=5, baselines=False), ONE)
+    assert [r.engine for r in report.results] == ["int8"]
+    assert loaded == ["int8"]
+    assert set(calls) == {"int8"}
+    full = run_benchmark(engines, BenchSettings(warmup_runs=1, repeat_runs=5), ONE)
+    assert [r.engine for r in full.results] == [TORCH_FP32, ONNX_FP32, "int8"]
+
+
 def test_no_engine_is_an_error():
     with pytest.raises(ConfigError):
         run_benchmark([], BenchSettings(), ONE)
