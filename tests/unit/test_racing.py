@@ -6,6 +6,7 @@ nothing passes and racing gives way."""
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -151,7 +152,9 @@ RECORDED = {
 }
 
 
-def _steps(recorded: dict, calls: list[tuple[str, int, bool]], rows: int = ROWS) -> SearchSteps:
+def _steps(
+    recorded: dict, calls: list[tuple[str, int, bool]], rows: int = ROWS, threads_of: dict | None = None
+) -> SearchSteps:
     bench = _bench({name: spec[0] for name, spec in recorded.items()})
     ref = Reference(outputs=np.zeros(1), task_metric=0.87, seconds=0.1, interval=(0.855, 0.885))
 
@@ -160,6 +163,8 @@ def _steps(recorded: dict, calls: list[tuple[str, int, bool]], rows: int = ROWS)
         for recipe in batch:
             _, probe, full, metric = recorded[recipe.name]
             calls.append((recipe.name, len(job.evaluation), recipe.name in job.built))
+            if threads_of is not None:
+                threads_of[(recipe.name, len(job.evaluation))] = threads
             share, interval = full if len(job.evaluation) == rows else probe
             c = _scored(recipe.name, share=share, interval=interval, candidate=metric)
             c = c.model_copy(update={"recipe": recipe, "gates": None, "latency": None, "metrics": {}})
@@ -177,21 +182,24 @@ def _steps(recorded: dict, calls: list[tuple[str, int, bool]], rows: int = ROWS)
     )
 
 
-def _search(tmp_path: Path, recorded: dict, race: bool, calls: list, rows: int = ROWS) -> object:
+def _search(
+    tmp_path: Path, recorded: dict, race: bool, calls: list, rows: int = ROWS, threads_of: dict | None = None
+) -> object:
     from quantgate.backends.onnxruntime import OrtRecipe
 
     recipes = [OrtRecipe(name=name) for name in recorded]
     return run_search(
         STS, tmp_path, tmp_path / "model.onnx", tmp_path, _rows(64), _rows(rows),
         recipes, GATES, SearchBudget(race=race, max_trials=0, workers=2), tmp_path / "work",
-        _steps(recorded, calls, rows),
+        _steps(recorded, calls, rows, threads_of),
     )  # fmt: skip
 
 
 def test_the_raced_search_decides_what_the_exhaustive_one_decides_with_less_work(tmp_path):
     raced_calls: list = []
     every_calls: list = []
-    raced = _search(tmp_path, RECORDED, True, raced_calls)
+    threads_of: dict = {}
+    raced = _search(tmp_path, RECORDED, True, raced_calls, threads_of=threads_of)
     every = _search(tmp_path, RECORDED, False, every_calls)
     assert every.chosen == raced.chosen == "tied"
     verdicts = {c.name: c for c in every.candidates}
@@ -212,6 +220,11 @@ def test_the_raced_search_decides_what_the_exhaustive_one_decides_with_less_work
     assert sorted((n, built) for n, rows, built in raced_calls if rows == ROWS) == [
         ("borderline", True), ("fast", True), ("tied", True)
     ]  # fmt: skip
+    # Two at a time share the cores; the last one, alone, takes them all.
+    cores = os.cpu_count() or 1
+    assert {n: threads_of[(n, ROWS)] for n in ("borderline", "fast", "tied")} == {
+        "borderline": max(1, cores // 2), "fast": max(1, cores // 2), "tied": cores
+    }  # fmt: skip
     assert len(every_calls) == len(RECORDED)
     assert raced.racing.strata == ["genre", "score"]
     # What decided the dropped ones is all their report shows, and says why.
