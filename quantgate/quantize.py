@@ -97,6 +97,4 @@ def build_candidate(
     graphs = [*get_runtime("onnxruntime").files(fp32), *inputs]
     key = build_key(recipe, quantizer, graphs, calibration)
     result = cached_build(cache_root, key, recipe, out_dir, build, get_runtime(quantizer.runtime).files)
-    if result.cached:
-        quantizer.settle(recipe, result)
-    return result
+    return quantizer.settle(recipe, result) if result.cached else result

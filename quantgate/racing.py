@@ -57,11 +57,16 @@ def _hashable(value: Any) -> bool:
 def probe_rows(
     rows: pd.DataFrame, share: float, keys: Sequence[str], kinds: dict[str, str], seed: int = 0
 ) -> np.ndarray | None:
-    """Positions (sorted) of a seeded sample of `share` of the rows, the same share of every stratum (at
-    least one row of each); None when it would have fewer than MIN_PROBE_ROWS rows."""
+    """Positions (sorted) of a seeded, stratified sample of `share` of the rows; None when it would have
+    fewer than MIN_PROBE_ROWS rows. A systematic sample over the rows ordered by stratum (in a random order
+    within each): every row is drawn with the same probability `share`, and every stratum gets its share
+    of the probe to within one row. No stratum is forced in: a minimum of one row each would draw every
+    one-row stratum with certainty (27 rare labels in 900 rows would be 27 of a 112-row probe, not 3), and
+    the probe's share of rows beyond a limit would then not estimate the split's, which the tail gates'
+    Wilson interval assumes."""
     if round(len(rows) * share) < MIN_PROBE_ROWS:
         return None
-    groups = pd.Series(0, index=range(len(rows)))
+    codes = np.zeros(len(rows), dtype=int)
     if keys:
         parts = []
         for key in keys:
@@ -69,14 +74,12 @@ def probe_rows(
             if kinds.get(key) == "score":
                 column = pd.qcut(column.rank(method="first"), _SCORE_BINS, labels=False)
             parts.append(column.astype(str))
-        groups = pd.concat(parts, axis=1).agg("\x1f".join, axis=1)
+        codes = pd.Categorical(parts[0].str.cat(parts[1:], sep="\x1f") if len(parts) > 1 else parts[0]).codes
     rng = np.random.default_rng(seed)
-    picked: list[int] = []
-    for _, positions in groups.groupby(groups, sort=True).groups.items():
-        members = np.asarray(positions)
-        take = max(1, round(len(members) * share))
-        picked += rng.choice(members, size=take, replace=False).tolist()
-    return np.sort(np.asarray(picked, dtype=int))
+    order = np.lexsort((rng.random(len(rows)), codes))  # by stratum, then at random
+    step = 1.0 / share
+    picked = order[np.floor(np.arange(rng.random() * step, len(rows), step)).astype(int)]
+    return np.sort(picked)
 
 
 def certain_failures(gates: GateReport, metrics: dict[str, float]) -> list[GateResult]:

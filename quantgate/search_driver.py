@@ -368,10 +368,14 @@ def run_search(
         if raced is not None:
             results, benches = raced
         else:
-            # -- every candidate: build, score, then time them all in one interleaved benchmark
-            if race.racing is not None:
+            # -- every candidate: build, score, then time them all in one interleaved benchmark (when racing
+            # gave way, what it already knows on every row is kept: builds that failed, full-split scores)
+            if race.racing is not None and race.built_any:
                 warnings.append(race.gave_way())
-            results = _score_all(recipes, race.full_job, workers, cores, steps)
+            todo = [r for r in recipes if r.name not in race.known]
+            fresh = _score_all(todo, race.full_job, workers, cores, steps)
+            scored = {c.name: c for c in fresh} | race.known
+            results = [scored[r.name] for r in recipes]
             evaluated = [c for c in results if c.status == "evaluated"]
             if results and all((c.note or "").startswith(NOTHING_TO_QUANTIZE) for c in results):
                 # No recipe found anything to quantize: a decision (not promoted, with its reason and what
@@ -445,6 +449,10 @@ class _Race:
         self.workers, self.cores, self.champion = workers, cores, champion
         self.full_job = job
         self.racing: Racing | None = None
+        # What the exhaustive search would get for a recipe whatever the rows, as it came from the score
+        # step: a build that failed or was skipped, a score on the full split. Kept when racing gives way.
+        self.known: dict[str, CandidateResult] = {}
+        self.built_any = False
 
     def _probe(self) -> ScoreJob | None:
         schema = self.task.heldout_schema(self.model_dir)
@@ -453,12 +461,12 @@ class _Race:
         if at is None:
             return None
         rows = self.evaluation.iloc[at]
-        ref = self.steps.reference(self.task, Servable(self.job.fp32), self.job.assets, rows, self.cores)
-        if self.champion is not None:
-            try:
+        try:
+            ref = self.steps.reference(self.task, Servable(self.job.fp32), self.job.assets, rows, self.cores)
+            if self.champion is not None:
                 ref = self.steps.score_champion(self.task, ref, self.champion, rows, self.cores)
-            except Exception:  # noqa: BLE001 - the champion scored on the full split already: do not race
-                return None
+        except Exception:  # noqa: BLE001 - both were scored on the full split already: do not race
+            return None
         self.racing = Racing(probe_rows=len(rows), of=len(self.evaluation), strata=keys)
         return self.job.model_copy(
             update={
@@ -493,6 +501,8 @@ class _Race:
         self.full_job = self.job.model_copy(
             update={"built": {c.name: c for c in probed if c.status == "evaluated"}}
         )
+        self.known = {c.name: c for c in probed if c.status != "evaluated"}
+        self.built_any = bool(self.full_job.built)
         decided = {c.name: c for c in probed if c.status != "evaluated"}
         alive = self._drop_certain(probed, len(probe.evaluation), decided)
         if not alive:
@@ -564,6 +574,7 @@ class _Race:
             batch, pending = pending[: self.workers], pending[self.workers :]
             threads = max(1, self.cores // max(1, len(batch)))
             scored = self.steps.score([c.recipe for c in batch], self.full_job, threads, len(batch))
+            self.known |= {c.name: c for c in scored}
             for c in scored if batch else []:
                 full = c.judged(self.task, self.thresholds, bench, "candidates")
                 if full.status == "evaluated":

@@ -142,10 +142,11 @@ class Quantizer(ABC):
         writes what differs beside them)."""
         return recipe.model_dump(mode="json")
 
-    def settle(self, recipe: Recipe, result: QuantizeResult) -> None:
+    def settle(self, recipe: Recipe, result: QuantizeResult) -> QuantizeResult:
         """Called on a build taken from the cache, possibly made for another recipe of the same graph:
-        writes this recipe's own side files (nothing by default)."""
-        del recipe, result  # a backend with side files of its own overrides this
+        writes this recipe's own side files (nothing by default) and returns the result as this recipe's."""
+        del recipe  # a backend with side files of its own overrides this
+        return result
 
     def fallback_source(self, recipe: Recipe, fp32: Path, prepared: Any) -> Path:
         """The graph the sensitive-node fallback ranks nodes of."""

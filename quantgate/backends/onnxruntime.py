@@ -520,9 +520,15 @@ class OnnxRuntimeQuantizer(Quantizer):
         sibling's graph (issue #25: built once, taken from the build cache by the other)."""
         return recipe.model_dump(mode="json", exclude={"name", "session"})
 
-    def settle(self, recipe: Recipe, result: QuantizeResult) -> None:
-        if isinstance(recipe, OrtRecipe):
-            write_settings(result.path, recipe.session)
+    def settle(self, recipe: Recipe, result: QuantizeResult) -> QuantizeResult:
+        """The twin's own session settings beside the shared graph, and its size counted with them (the
+        cached result carries the size of whichever twin was built first)."""
+        if not isinstance(recipe, OrtRecipe):
+            return result
+        write_settings(result.path, recipe.session)
+        return result.model_copy(
+            update={"size_bytes": sum(f.stat().st_size for f in OnnxRuntime().files(result.path))}
+        )
 
     def fallback_source(self, recipe: Recipe, fp32: Path, prepared: Any) -> Path:
         fused = isinstance(recipe, OrtRecipe) and recipe.fuse and prepared is not None

@@ -176,11 +176,23 @@ def kind_rows(search: SearchResult) -> list[dict[str, Any]]:
             "fastest": c.name,
             "p50_ms": round(p50, 3),
             "vs ONNX FP32": f"{fp32 / p50:.2f}x" if fp32 else None,
-            "task metric drop": _r(c.metrics.get("task_metric_drop"), 4),
-            "passed": "yes" if c.passed else "no",
+            # a raced candidate not scored on every row has only its probe's drop: not shown as the drop
+            "task metric drop": _r(c.metrics.get("task_metric_drop"), 4) if _in_full(c) else None,
+            "passed": _passed(c),
         }
         for kind, (p50, c) in sorted(best.items(), key=lambda kv: kv[1][0])
     ]
+
+
+def _in_full(c: CandidateResult) -> bool:
+    return c.race is None or c.race.outcome == "full"
+
+
+def _passed(c: CandidateResult) -> str:
+    """yes / no; a raced candidate skipped as slower than one that passed was never judged in full."""
+    if c.race is not None and c.race.outcome == "cannot-win":
+        return "not judged: cannot win"
+    return "yes" if c.passed else "no"
 
 
 def _r(v: float | None, digits: int) -> float | None:

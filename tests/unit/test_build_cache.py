@@ -74,6 +74,10 @@ def test_a_recipe_that_differs_only_in_session_settings_takes_its_siblings_build
     assert sha256_file(second.path) == sha256_file(first.path)
     assert read_settings(second.path) == _NO_SLN
     assert read_settings(first.path) == RECIPE.session != _NO_SLN
+    # Its size is its own files' (the settings file differs), not the cached sibling's.
+    for built in (first, second):
+        assert built.size_bytes == sum(p.stat().st_size for p in get_runtime("onnxruntime").files(built.path))
+    assert second.size_bytes != first.size_bytes
     # The cache's own entry keeps the settings of the recipe that built it.
     third = build_candidate(RECIPE, fp32, tmp_path / "run2" / RECIPE.name, cache_root=cache)
     assert third.cached

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from quantgate.racing import MIN_PROBE_ROWS, cannot_win, certain_failures, probe_rows, strata
-from quantgate.search import CandidateResult, SearchBudget, choose
+from quantgate.search import NOTHING_TO_QUANTIZE, CandidateResult, SearchBudget, choose
 from quantgate.search_driver import SearchSteps, run_search
 from quantgate.tasktypes import Reference, get_task_type
 from quantgate.thresholds import GateThresholds
@@ -45,7 +45,7 @@ def test_the_probe_takes_the_same_share_of_every_stratum_and_is_reproducible():
     at = probe_rows(rows, 0.125, keys, dict(schema.columns))
     assert at is not None
     assert list(at) == sorted(set(at.tolist()))
-    assert abs(len(at) - ROWS / 8) <= 15  # one rounding per stratum (3 genres x 5 score quintiles)
+    assert abs(len(at) - ROWS / 8) <= 1
     probe = rows.iloc[at]
     for genre, share in rows["genre"].value_counts(normalize=True).items():
         assert abs((probe["genre"] == genre).mean() - share) < 0.02
@@ -53,6 +53,25 @@ def test_the_probe_takes_the_same_share_of_every_stratum_and_is_reproducible():
     assert quintiles.iloc[at].value_counts().min() >= len(at) // 5 - 4
     assert list(probe_rows(rows, 0.125, keys, dict(schema.columns))) == list(at)  # seeded: the same rows
     assert list(probe_rows(rows, 0.125, keys, dict(schema.columns), seed=1)) != list(at)
+
+
+def test_every_row_is_drawn_with_the_probes_share_however_small_its_stratum():
+    """27 one-row labels among 900 rows: a probe that took at least one row of every stratum held all 27
+    (a quarter of it), so a share of rows beyond a limit measured on it did not estimate the split's."""
+    labels = [f"rare{i}" for i in range(27)] + ["a"] * 500 + ["b"] * 373
+    rows = pd.DataFrame({"label": labels})
+    draws = [probe_rows(rows, 0.125, ["label"], {"label": "label"}, seed=seed) for seed in range(400)]
+    assert all(len(at) in (112, 113) for at in draws)
+    rare = np.array([(at < 27).sum() for at in draws])
+    assert 2.8 < rare.mean() < 4.0  # 27 / 8 = 3.375
+    every = np.bincount(np.concatenate(draws), minlength=len(rows)) / len(draws)
+    assert abs(every.mean() - 0.125) < 0.002
+    assert every.min() > 0.04  # no row is never drawn ...
+    assert every.max() < 0.22  # ... and none for certain (binomial(400, 1/8): 50 +- 6.6 draws each)
+    for at in draws[:20]:  # each common label gets its share, to within a row
+        picked = rows["label"].iloc[at]
+        assert abs((picked == "a").sum() - 500 / 8) <= 1
+        assert abs((picked == "b").sum() - 373 / 8) <= 1
 
 
 def test_a_split_too_small_for_a_probe_of_100_rows_is_not_raced():
@@ -139,7 +158,6 @@ def _scored(name: str, *, share: float, interval: tuple[float, float], candidate
     return c.model_copy(
         update={"evaluation": c.evaluation.model_copy(update={"task_metric_candidate": candidate})}
     )
-
 PASS, FAIL_TAIL = ((0.0, (0.0, 0.004)), (0.05, (0.04, 0.07)))
 # name: (p50 ms, probe (share, interval), full (share, interval), task metric) - as runs measured them.
 RECORDED = {
@@ -155,14 +173,18 @@ RECORDED = {
 def _steps(
     recorded: dict, calls: list[tuple[str, int, bool]], rows: int = ROWS, threads_of: dict | None = None
 ) -> SearchSteps:
-    bench = _bench({name: spec[0] for name, spec in recorded.items()})
+    bench = _bench({name: spec[0] for name, spec in recorded.items() if spec is not None})
     ref = Reference(outputs=np.zeros(1), task_metric=0.87, seconds=0.1, interval=(0.855, 0.885))
 
     def score(batch, job, threads, at_once):
         out = []
         for recipe in batch:
-            _, probe, full, metric = recorded[recipe.name]
             calls.append((recipe.name, len(job.evaluation), recipe.name in job.built))
+            if recorded[recipe.name] is None:  # a recipe this model cannot take
+                note = f"{NOTHING_TO_QUANTIZE}: no MatMul"
+                out.append(CandidateResult(recipe=recipe, status="failed", note=note))
+                continue
+            _, probe, full, metric = recorded[recipe.name]
             if threads_of is not None:
                 threads_of[(recipe.name, len(job.evaluation))] = threads
             share, interval = full if len(job.evaluation) == rows else probe
@@ -238,7 +260,13 @@ def test_the_raced_search_decides_what_the_exhaustive_one_decides_with_less_work
 
 def test_when_nothing_passes_racing_gives_way_to_the_exhaustive_search(tmp_path):
     failing = {name: (ms, probe, FAIL_TAIL, metric) for name, (ms, probe, _, metric) in RECORDED.items()}
-    raced = _search(tmp_path, failing, True, [])
+    calls: list = []
+    raced = _search(tmp_path, failing, True, calls)
+    # What racing scored on every row before it gave way is kept, not scored again; the rest is scored
+    # in full once, from its probe's build.
+    in_full = [name for name, rows, _ in calls if rows == ROWS]
+    assert sorted(in_full) == sorted(failing)
+    assert all(built for _, rows, built in calls if rows == ROWS)
     every = _search(tmp_path, failing, False, [])
     assert raced.chosen is None
     assert every.chosen is None
@@ -259,3 +287,53 @@ def test_a_split_too_small_to_probe_is_searched_exhaustively(tmp_path):
     assert sorted(n for n, _, _ in calls) == sorted(RECORDED)  # each once, on every row
     assert {rows for _, rows, _ in calls} == {MIN_PROBE_ROWS * 4}
     assert all(c.race is None for c in result.candidates)
+
+
+def test_when_no_recipe_builds_racing_builds_nothing_twice(tmp_path):
+    calls: list = []
+    result = _search(tmp_path, dict.fromkeys(RECORDED), True, calls)
+    assert sorted(n for n, _, _ in calls) == sorted(RECORDED)  # each tried once
+    assert [c.status for c in result.candidates] == ["failed"] * len(RECORDED)
+    assert result.chosen is None
+    assert all(c.gates.failed[0].gate.name == "something to quantize" for c in result.candidates)
+    assert not any("racing gave way" in w for w in result.warnings)
+
+
+def test_a_reference_that_cannot_be_scored_on_the_probe_means_no_race(tmp_path):
+    """The FP32 model was scored on the full split already; a task type whose reference fails on a subset
+    (a class or slice the probe lacks) is searched exhaustively, not failed."""
+    from dataclasses import replace
+
+    from quantgate.backends.onnxruntime import OrtRecipe
+
+    calls: list = []
+    steps = _steps(RECORDED, calls)
+    full_reference = steps.reference
+
+    def reference(task, servable, assets, rows, cores):
+        if len(rows) < ROWS:
+            raise ValueError("a slice the probe lacks")
+        return full_reference(task, servable, assets, rows, cores)
+
+    result = run_search(
+        STS, tmp_path, tmp_path / "model.onnx", tmp_path, _rows(64), _rows(ROWS),
+        [OrtRecipe(name=name) for name in RECORDED], GATES, SearchBudget(race=True, max_trials=0, workers=2),
+        tmp_path / "work", replace(steps, reference=reference),
+    )  # fmt: skip
+    assert result.racing is None
+    assert result.chosen == "tied"
+    assert {rows for _, rows, _ in calls} == {ROWS}
+
+
+def test_the_report_does_not_call_a_candidate_that_could_not_win_failed(tmp_path):
+    from quantgate.report.tables import kind_rows
+
+    raced = _search(tmp_path, RECORDED, True, [])
+    only = raced.model_copy(update={"candidates": [raced.get("slower"), raced.get("sluggish")]})
+    (row,) = kind_rows(only)
+    assert row["fastest"] == "slower"
+    assert row["passed"] == "not judged: cannot win"
+    assert row["task metric drop"] is None  # its probe's drop is not the split's
+    full = raced.model_copy(update={"candidates": [raced.get("tied")]})
+    assert kind_rows(full)[0]["passed"] == "yes"
+    assert kind_rows(full)[0]["task metric drop"] is not None
