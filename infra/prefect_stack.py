@@ -23,6 +23,7 @@ from infra.zombies import CRASHED_AFTER_S, HEARTBEAT_S
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "quantgate-pool"
+SWEEP_DEPLOYMENT = "registry-sweep/registry-sweep"
 QUANTIZE_DEPLOYMENT = "quantize-and-promote/quantize-on-registration"
 WORKERS_SETTING = "QUANTGATE_WORKERS"
 WORKER_LIMIT_SETTING = "QUANTGATE_WORKER_LIMIT"
@@ -95,6 +96,10 @@ class PrefectStack:
     # run one worker took all six (tests/integration/test_workers.py). With one, the others take the rest.
     worker_limit: int | None = field(default_factory=worker_limit)
     flow_concurrency: int = field(default_factory=flow_concurrency)
+    # False: the registry sweep's hourly schedule is turned off after `prefect deploy` (a test's runs are
+    # its own: at the top of the hour a scheduled sweep once ran every registered version of a test with
+    # the deployment's default parameters, before the test's own runs). The deployment stays runnable.
+    sweep_schedule: bool = True
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     # Told each step as it starts (deploy.sh prints them: the whole start takes ~40 s).
     say: Callable[[str], None] = lambda _: None
@@ -148,6 +153,9 @@ class PrefectStack:
             if self.flow_concurrency != deployed_flow_concurrency():
                 step(f"setting {QUANTIZE_DEPLOYMENT}'s concurrency_limit to {self.flow_concurrency}")
                 self._set_flow_concurrency()
+            if not self.sweep_schedule:
+                step(f"turning off {SWEEP_DEPLOYMENT}'s schedule")
+                self._sweep_schedule_off()
             step(f"creating the automation that marks a silent run Crashed after {self.crashed_after_s} s")
             _prefect_python("-m", "infra.zombies", "--crashed-after", str(self.crashed_after_s), env=env)
             for name, log_path in self.worker_logs.items():
@@ -169,6 +177,15 @@ class PrefectStack:
         with temporary_settings({PREFECT_API_URL: self.api_url}), get_client(sync_client=True) as client:
             deployment = client.read_deployment_by_name(QUANTIZE_DEPLOYMENT)
             client.update_deployment(deployment.id, DeploymentUpdate(concurrency_limit=self.flow_concurrency))
+
+    def _sweep_schedule_off(self) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: self.api_url}), get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(SWEEP_DEPLOYMENT)
+            for schedule in deployment.schedules:
+                client.update_deployment_schedule(deployment.id, schedule.id, active=False)
 
     def _start_worker(self, name: str, log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
         prefect = str(Path(sys.executable).parent / "prefect")

@@ -11,7 +11,7 @@ from typing import Any
 from quantgate.errors import ConfigError, ConflictError, IntegrityError, NotFoundError
 from quantgate.lifecycle._records import NO_TRUST, _delete_prefix, _json_bytes, _put_json
 from quantgate.lifecycle.audit import _append_audit, event_token, promote_event_keys, read_event
-from quantgate.lifecycle.decisions import _manifest_with_digest
+from quantgate.lifecycle.decisions import _manifest_with_digest, load_rejection
 from quantgate.lifecycle.pointer import _advance_pointer
 from quantgate.lifecycle.verification import _check_signature
 from quantgate.registry import (
@@ -26,6 +26,7 @@ from quantgate.registry import (
     parse_time,
     promoted_key,
     promoted_prefix,
+    rejection_key,
     utcnow,
 )
 from quantgate.signing import SIGNATURE_FIX, Signer, TrustedKeys, statement_bytes, unverified_digests
@@ -58,6 +59,7 @@ def promote(
         raise ConfigError(f"promoted file names {sorted(reserved)} are quantgate's own: rename those files")
     if store.exists(manifest_key(ref)):
         return _resume_or_refuse(store, ref, manifest.run_id, actor)
+    _refuse_if_rejected(store, ref)
     prefix = artifact_prefix(ref, manifest.run_id)
     rel_prefix = prefix.removeprefix(promoted_prefix(ref))
     with tempfile.TemporaryDirectory(prefix="quantgate-promote-") as scratch:
@@ -68,12 +70,28 @@ def promote(
         final = manifest.model_copy(update={"files": entries, "promoted_at": utcnow()})
         if signer is not None:
             final = _sign(store, final, files, Path(scratch), signer)
+    # A rejection recorded meanwhile by another run of this version (the sweep's, say) decided it: the
+    # manifest and the rejection record are two keys, so each commit checks the other first.
+    _refuse_if_rejected(store, ref, artifact_prefix(ref, manifest.run_id))
     try:
         _put_json(store, manifest_key(ref), final, create_only=True, run_id=manifest.run_id)
     except ConflictError:
         return _resume_or_refuse(store, ref, manifest.run_id, actor)
     finish_promotion(store, ref, actor)
     return final
+
+
+def _refuse_if_rejected(store: Store, ref: ModelRef, uploads: str | None = None) -> None:
+    """Refuse to promote a version another run has rejected, after deleting this run's `uploads`."""
+    if not store.exists(rejection_key(ref)):
+        return
+    if uploads is not None:
+        _delete_prefix(store, uploads)
+    by = load_rejection(store, ref).get("run_id")
+    raise ConflictError(
+        f"{ref} was already rejected by run {by} (a concurrent or earlier run); this run promoted nothing"
+        + (" and removed its own uploads" if uploads is not None else "")
+    )
 
 
 def _upload_checked(

@@ -96,12 +96,12 @@ def store(s3_env: Settings) -> ObjectStore:
 @contextmanager
 def prefect_stack(tmp_path: Path, **settings: int) -> Iterator[PrefectStack]:
     """A real Prefect server, the process pool, the deployments and a worker on 127.0.0.1 (a free port),
-    stopped also when the test fails."""
+    stopped also when the test fails. The sweep's hourly schedule is off: a test's runs are its own."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     (tmp_path / "prefect").mkdir()
-    stack = PrefectStack(tmp_path / "prefect", port, **settings)
+    stack = PrefectStack(tmp_path / "prefect", port, **{"sweep_schedule": False, **settings})
     stack.start()
     try:
         yield stack

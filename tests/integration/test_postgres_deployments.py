@@ -44,7 +44,7 @@ def test_a_worker_runs_a_deployment_of_the_postgres_stack(s3_env, tmp_path: Path
     monkeypatch.setenv("QUANTGATE_POSTGRES_PORT", str(PG_PORT))
     state = tmp_path / "prefect"
     state.mkdir()
-    stack = PrefectStack(state, SERVER_PORT)
+    stack = PrefectStack(state, SERVER_PORT, sweep_schedule=False)
     stack.start()
     second_worker = None
     try:
@@ -59,6 +59,13 @@ def test_a_worker_runs_a_deployment_of_the_postgres_stack(s3_env, tmp_path: Path
                 start_new_session=True,
             )
         with temporary_settings({PREFECT_API_URL: stack.api_url}):
+            from prefect.client.orchestration import get_client
+
+            with get_client(sync_client=True) as client:
+                schedules = client.read_deployment_by_name("registry-sweep/registry-sweep").schedules
+            # deployed with its hourly schedule, turned off here (sweep_schedule=False); still runnable
+            assert schedules
+            assert not any(s.active for s in schedules)
             sweep = run_deployment("registry-sweep/registry-sweep", timeout=300)
         assert sweep.state is not None
         assert sweep.state.is_completed(), sweep.state.message

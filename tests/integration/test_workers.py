@@ -75,7 +75,12 @@ def test_two_workers_share_the_runs_within_the_deployment_limit_and_decide_every
     state = tmp_path / "prefect"
     state.mkdir()
     stack = PrefectStack(
-        state, SERVER_PORT, workers=WORKERS, worker_limit=WORKER_LIMIT, flow_concurrency=FLOW_CONCURRENCY
+        state,
+        SERVER_PORT,
+        workers=WORKERS,
+        worker_limit=WORKER_LIMIT,
+        flow_concurrency=FLOW_CONCURRENCY,
+        sweep_schedule=False,  # at 07:00 a scheduled sweep once decided the six versions first
     ).start()
     try:
         with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:

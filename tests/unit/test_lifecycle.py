@@ -333,6 +333,57 @@ def test_a_rejection_whose_answer_was_lost_is_its_own(tmp_path):
     assert lifecycle.reject(store, V1, {"run_id": "run-a"}, {"passed": False}) == rejection_key(V1)
 
 
+def test_a_version_another_run_rejected_is_not_promoted_and_one_it_promoted_is_not_rejected(tmp_path):
+    """The manifest and the rejection record are two create-only keys: each decision checks the other."""
+    store = MemoryStore()
+    lifecycle.reject(store, V1, {"run_id": "run-a"}, {"passed": False})
+    before = store.snapshot()
+    with pytest.raises(ConflictError, match="already rejected by run run-a"):
+        _promote(store, V1, "run-b", tmp_path)
+    assert store.snapshot() == before
+    _promote(store, V2, "run-c", tmp_path)
+    before = store.snapshot()
+    with pytest.raises(ConflictError, match="already promoted"):
+        lifecycle.reject(store, V2, {"run_id": "run-d"}, {"passed": False})
+    assert store.snapshot() == before
+    assert (lifecycle.decision_of(store, V1), lifecycle.decision_of(store, V2)) == ("rejected", "promoted")
+
+
+class _DecidedMeanwhile(MemoryStore):
+    """Another run's decision of V1 lands while this run uploads its own files (the sweep's run and the
+    registration's run of one version, seen in CI: one rejected it, then the other promoted it)."""
+
+    def __init__(self, other: object) -> None:
+        super().__init__()
+        self.other, self.done = other, False
+
+    def put_file(self, key, path, **kwargs):
+        digest = super().put_file(key, path, **kwargs)
+        if not self.done and "run-b" in key:
+            self.done = True
+            self.other(self)
+        return digest
+
+
+def test_a_rejection_landing_during_a_promotions_uploads_stops_it_and_its_uploads_go(tmp_path):
+    store = _DecidedMeanwhile(lambda s: lifecycle.reject(s, V1, {"run_id": "run-a"}, {"passed": False}))
+    with pytest.raises(ConflictError, match="already rejected by run run-a"):
+        _promote(store, V1, "run-b", tmp_path)
+    assert lifecycle.decision_of(store, V1) == "rejected"
+    assert not list(store.list("promoted/"))
+
+
+def test_a_promotion_landing_during_a_rejections_side_files_stops_it_and_its_files_go(tmp_path):
+    plot = tmp_path / "latency.png"
+    plot.write_bytes(b"png")
+    store = _DecidedMeanwhile(lambda s: _promote(s, V1, "run-a", tmp_path))
+    with pytest.raises(ConflictError, match="already promoted"):
+        lifecycle.reject(store, V1, {"run_id": "run-b"}, {"passed": False}, {"latency.png": plot})
+    assert lifecycle.decision_of(store, V1) == "promoted"
+    assert not list(store.list("rejected/"))
+    assert_complete(store, V1)
+
+
 # --- rollback and verify --------------------------------------------------------------------------------
 
 
