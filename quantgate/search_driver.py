@@ -370,7 +370,7 @@ def run_search(
         else:
             # -- every candidate: build, score, then time them all in one interleaved benchmark (when racing
             # gave way, what it already knows on every row is kept: builds that failed, full-split scores)
-            if race.racing is not None and race.built_any:
+            if race.racing is not None and race.full_job.built:
                 warnings.append(race.gave_way())
             todo = [r for r in recipes if r.name not in race.known]
             fresh = _score_all(todo, race.full_job, workers, cores, steps)
@@ -452,7 +452,6 @@ class _Race:
         # What the exhaustive search would get for a recipe whatever the rows, as it came from the score
         # step: a build that failed or was skipped, a score on the full split. Kept when racing gives way.
         self.known: dict[str, CandidateResult] = {}
-        self.built_any = False
 
     def _probe(self) -> ScoreJob | None:
         schema = self.task.heldout_schema(self.model_dir)
@@ -502,8 +501,7 @@ class _Race:
             update={"built": {c.name: c for c in probed if c.status == "evaluated"}}
         )
         self.known = {c.name: c for c in probed if c.status != "evaluated"}
-        self.built_any = bool(self.full_job.built)
-        decided = {c.name: c for c in probed if c.status != "evaluated"}
+        decided = dict(self.known)
         alive = self._drop_certain(probed, len(probe.evaluation), decided)
         if not alive:
             return None
@@ -571,11 +569,13 @@ class _Race:
                     update={"status": "skipped", "gates": None, "note": reason, "race": race}
                 )
             pending = [c for c in pending if c.name not in losing]
+            if not pending:
+                break
             batch, pending = pending[: self.workers], pending[self.workers :]
-            threads = max(1, self.cores // max(1, len(batch)))
+            threads = max(1, self.cores // len(batch))
             scored = self.steps.score([c.recipe for c in batch], self.full_job, threads, len(batch))
             self.known |= {c.name: c for c in scored}
-            for c in scored if batch else []:
+            for c in scored:
                 full = c.judged(self.task, self.thresholds, bench, "candidates")
                 if full.status == "evaluated":
                     full = full.model_copy(update={"race": self._race("full", len(self.evaluation))})

@@ -350,38 +350,89 @@ def test_a_version_another_run_rejected_is_not_promoted_and_one_it_promoted_is_n
 
 
 class _DecidedMeanwhile(MemoryStore):
-    """Another run's decision of V1 lands while this run uploads its own files (the sweep's run and the
-    registration's run of one version, seen in CI: one rejected it, then the other promoted it)."""
+    """Another run's decision of V1 lands right after this run's write number `at`, whichever write that is
+    (the sweep's run and the registration's run of one version, seen in CI: one rejected it, then the other
+    promoted it). `at=None` only counts this run's writes."""
 
-    def __init__(self, other: object) -> None:
+    def __init__(self, other: object, at: int | None) -> None:
         super().__init__()
-        self.other, self.done = other, False
+        self.other, self.at, self.mine = other, at, 0
+        self.other_refused: ConflictError | None = None
 
-    def put_file(self, key, path, **kwargs):
-        digest = super().put_file(key, path, **kwargs)
-        if not self.done and "run-b" in key:
-            self.done = True
-            self.other(self)
-        return digest
-
-
-def test_a_rejection_landing_during_a_promotions_uploads_stops_it_and_its_uploads_go(tmp_path):
-    store = _DecidedMeanwhile(lambda s: lifecycle.reject(s, V1, {"run_id": "run-a"}, {"passed": False}))
-    with pytest.raises(ConflictError, match="already rejected by run run-a"):
-        _promote(store, V1, "run-b", tmp_path)
-    assert lifecycle.decision_of(store, V1) == "rejected"
-    assert not list(store.list("promoted/"))
+    def _write(self, op, key, apply):
+        super()._write(op, key, apply)
+        if self.other is None:  # the other run's own writes
+            return
+        self.mine += 1
+        if self.mine - 1 == self.at:
+            other, self.other = self.other, None
+            try:
+                other(self)
+            except ConflictError as exc:  # the other run lost: its own failure, not this run's
+                self.other_refused = exc
 
 
-def test_a_promotion_landing_during_a_rejections_side_files_stops_it_and_its_files_go(tmp_path):
+def _refusal(decide, store) -> ConflictError | None:
+    try:
+        decide(store)
+    except ConflictError as exc:
+        return exc
+    return None
+
+
+def _writes_of_run_b(decide) -> int:
+    store = _DecidedMeanwhile(lambda s: None, None)
+    decide(store)
+    return store.mine
+
+
+def _plot(tmp_path: Path) -> dict[str, Path]:
     plot = tmp_path / "latency.png"
     plot.write_bytes(b"png")
-    store = _DecidedMeanwhile(lambda s: _promote(s, V1, "run-a", tmp_path))
-    with pytest.raises(ConflictError, match="already promoted"):
-        lifecycle.reject(store, V1, {"run_id": "run-b"}, {"passed": False}, {"latency.png": plot})
-    assert lifecycle.decision_of(store, V1) == "promoted"
-    assert not list(store.list("rejected/"))
-    assert_complete(store, V1)
+    return {"latency.png": plot}
+
+
+def test_a_rejection_landing_after_any_write_of_a_promotion_leaves_one_decision(tmp_path):
+    promote = lambda s: _promote(s, V1, "run-b", tmp_path)  # noqa: E731 - the run under test, each time
+    reject = lambda s: lifecycle.reject(s, V1, {"run_id": "run-a"}, {"passed": False})  # noqa: E731
+    outcomes = []
+    for at in range(_writes_of_run_b(promote)):
+        store = _DecidedMeanwhile(reject, at)
+        refused = _refusal(promote, store)
+        # Exactly one of the two runs was refused.
+        assert (refused is None) != (store.other_refused is None), at
+        if refused is not None:
+            # Landed before the manifest: the promotion refuses and removes its own uploads.
+            assert "already rejected by run run-a" in str(refused), at
+            assert lifecycle.decision_of(store, V1) == "rejected", at
+            assert not list(store.list("promoted/")), at
+        else:
+            # Landed after the manifest (the commit): the rejection is the one refused, nothing kept.
+            assert lifecycle.decision_of(store, V1) == "promoted", at
+            assert not list(store.list("rejected/")), at
+            assert_complete(store, V1)
+        outcomes.append(refused is None)
+    assert set(outcomes) == {False, True}  # both sides of the commit point were walked
+
+
+def test_a_promotion_landing_after_any_write_of_a_rejection_leaves_one_decision(tmp_path):
+    plots = _plot(tmp_path)
+    reject = lambda s: lifecycle.reject(s, V1, {"run_id": "run-b"}, {"passed": False}, plots)  # noqa: E731
+    outcomes = []
+    for at in range(_writes_of_run_b(reject)):
+        store = _DecidedMeanwhile(lambda s: _promote(s, V1, "run-a", tmp_path), at)
+        refused = _refusal(reject, store)
+        assert (refused is None) != (store.other_refused is None), at
+        if refused is not None:
+            assert "already promoted" in str(refused), at
+            assert lifecycle.decision_of(store, V1) == "promoted", at
+            assert not list(store.list("rejected/")), at
+            assert_complete(store, V1)
+        else:
+            assert lifecycle.decision_of(store, V1) == "rejected", at
+            assert not list(store.list("promoted/")), at
+        outcomes.append(refused is None)
+    assert set(outcomes) == {False, True}
 
 
 # --- rollback and verify --------------------------------------------------------------------------------
