@@ -114,6 +114,9 @@ class CandidateResult(BaseModel):
     fused_ops: dict[str, int] | None = None
     quantize_s: float | None = None
     build_cached: bool = Field(False, description="its build was taken from the build cache")
+    files: dict[str, str] = Field(
+        default_factory=dict, description="the judged artifact's files (relative to its folder) -> sha256"
+    )
     evaluation: Evaluation | None = None
     bench_round: Round | None = Field(None, description="which interleaved benchmark round timed it")
     latency: EngineResult | None = None

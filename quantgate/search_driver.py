@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from quantgate.backends import AccuracyTarget, Servable, get_quantizer
+from quantgate.backends import AccuracyTarget, Servable, get_quantizer, get_runtime
 from quantgate.bench import CHAMPION_ENGINE, BenchReport, BenchSettings
 from quantgate.errors import CandidateUnavailable, NothingToQuantize, SearchError
 from quantgate.gates import GateResult, limit_value
@@ -65,6 +65,7 @@ from quantgate.search import (
     speed_of,
 )
 from quantgate.sensitivity import NodeSensitivity, next_exclusion
+from quantgate.storage import sha256_file
 from quantgate.tasktypes import Reference, TaskType
 from quantgate.thresholds import GateThresholds, limits_for
 
@@ -211,9 +212,20 @@ def _build_and_score(recipe: Recipe, job: ScoreJob, threads: int) -> CandidateRe
             quantize_s=round(q.seconds, 2),
             build_cached=q.cached,
         )
+        result.files = judged_files(servable_of(result, job.out_dir))
     servable = servable_of(result, job.out_dir)
     ev = task.evaluate(job.reference, servable, job.assets, job.evaluation, job.thresholds, threads)
     return result.model_copy(update={"evaluation": ev}).judged(task, job.thresholds)
+
+
+def judged_files(servable: Servable) -> dict[str, str]:
+    """The artifact's files (the model, its external data, its settings), relative to its folder -> sha256:
+    which bytes the gates judged, whichever process or cache built them."""
+    folder = servable.path.parent
+    return {
+        p.relative_to(folder).as_posix(): sha256_file(p)
+        for p in sorted(get_runtime(servable.runtime).files(servable.path))
+    }
 
 
 def servable_of(c: CandidateResult, job_out: Path) -> Servable:

@@ -5,10 +5,13 @@ same verdict per candidate; the candidates really ran in the workers, and each w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -18,6 +21,7 @@ from quantgate import lifecycle
 from quantgate.bench import BenchSettings
 from quantgate.registry import ModelRef
 from quantgate.search import SearchBudget
+from quantgate.storage import sha256_file
 from tests.conftest import TINY_GATES
 
 pytestmark = [pytest.mark.scale, pytest.mark.usefixtures("prefect_api")]
@@ -26,17 +30,11 @@ pytestmark = [pytest.mark.scale, pytest.mark.usefixtures("prefect_api")]
 # and a thread count are a few hundred bytes; the job itself (reference outputs, held-out rows, calibration
 # batches) is hundreds of KB on the tiny model and MBs on MiniLM, so this bound fails if it is ever sent.
 MAX_TASK_BYTES = 16 * 1024
-# The winner is the fastest passing candidate in the flow's own interleaved benchmark, which runs in the
-# flow's process whichever runner built the candidates. On the tiny model the two fused recipes are 5-10 %
-# apart and can swap between any two runs (threads against threads too; more so on a loaded machine): such a
-# swap is no other decision.
-SPEED_NOISE = 0.15
 # Fast enough for the tier (about a minute both ways on 2 cores); the search is the subject, not the
 # latency gates (TINY_GATES), and no fallback is needed to compare the two runners.
 RUN = {
     "thresholds": TINY_GATES,
-    # More repeats than the flows tier's 5, so that a swap of the two fused recipes stays rare.
-    "bench": BenchSettings(warmup_runs=2, repeat_runs=20),
+    "bench": BenchSettings(warmup_runs=1, repeat_runs=5),
     "budget": SearchBudget(max_trials=0),
 }
 
@@ -80,7 +78,16 @@ def test_the_search_on_dask_workers_decides_as_the_thread_search(
     assert len(threads["candidates"]) >= 6  # the default search, not one recipe
     assert _verdicts(dask) == _verdicts(threads)
     assert _accuracy(dask) == _accuracy(threads)  # the same builds scored on the same rows
-    assert _same_winner(threads, dask), _latencies(threads, dask)
+    # The same bytes judged, candidate by candidate: the runner changed no build. The winner is then the
+    # fastest of the same passing candidates in the flow's own interleaved benchmark, which runs in the
+    # flow's process whichever runner built them; on the tiny model the fused ORT recipes are a few percent
+    # apart, so which of them wins is that round's timing (CI at 751d4c4: the two runs, side by side with
+    # the other tiers, chose two different fused recipes), not the runner's doing.
+    judged = {r: _judged(reports[r]["search"], tmp_path / f"cache-{r}" / "builds") for r in reports}
+    assert judged["dask"] == judged["threads"]
+    assert all(judged["threads"].values())
+    for a, b in ((threads, dask), (dask, threads)):
+        assert a["chosen"] in _passed(b), (a["chosen"], _passed(b))
 
     assert all(c["dispatch"] is None for c in threads["candidates"])
     sent = [c["dispatch"] for c in dask["candidates"]]
@@ -113,28 +120,29 @@ def _accuracy(search: dict) -> dict[str, float | None]:
     }
 
 
-def _same_winner(threads: dict, dask: dict) -> bool:
-    """The same recipe promoted; or two that both runs passed, and that at least one run measured within
-    SPEED_NOISE of each other (a tie the shared machine's load decided, not the runner). Two clear and
-    different winners fail."""
-    a, b = threads["chosen"], dask["chosen"]
-    if a == b:
-        return True
-    tied = []
-    for search in (threads, dask):
-        speed = {c["recipe"]["name"]: _speed(c) for c in search["candidates"]}
-        if speed.get(a) is None or speed.get(b) is None:
-            return False
-        tied.append(abs(speed[a] / speed[b] - 1) <= SPEED_NOISE)
-    return any(tied)
+# OpenVINO names the nodes it makes after a per-process counter (Constant_91870 in one process and
+# Constant_198373 in another for the same node, Constant_277_1 against Constant_335_1 for a deduplicated
+# one), so an IR's XML is compared with those numbers taken out; its weights (.bin) and every other file
+# are compared byte for byte.
+_OV_AUTO_NAME = re.compile(rb'name="([A-Za-z]+)(?:_[0-9]+)+"')
 
 
-def _speed(c: dict) -> float | None:
-    lat = c["latency"] or {}
-    return lat.get("objective_ms") or lat.get("p50_ms")
+def _judged(search: dict, builds: Path) -> dict[str, dict[str, str]]:
+    """Each evaluated candidate's files -> sha256 as the report gives them, an OpenVINO XML's made
+    comparable across processes: read from the run's build cache, where every built file is kept."""
+    by_sha = {sha256_file(p): p for p in builds.rglob("*.xml")}
+    out = {}
+    for c in search["candidates"]:
+        if c["status"] != "evaluated":
+            continue
+        files = dict(c["files"])
+        for name, sha in files.items():
+            if name.endswith(".xml"):
+                text = _OV_AUTO_NAME.sub(rb'name="\1_#"', by_sha[sha].read_bytes())
+                files[name] = hashlib.sha256(text).hexdigest()
+        out[c["recipe"]["name"]] = files
+    return out
 
 
-def _latencies(*searches: dict) -> list[dict[str, float | None]]:
-    return [
-        {c["recipe"]["name"]: (c["latency"] or {}).get("p50_ms") for c in s["candidates"]} for s in searches
-    ]
+def _passed(search: dict) -> set[str]:
+    return {name for name, (_, passed, _) in _verdicts(search).items() if passed}
