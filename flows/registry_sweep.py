@@ -1,6 +1,7 @@
 """registry-sweep: the safety net. Runs quantize-and-promote for every registered version that has no
 decision yet: versions whose registration event was missed, or that another tool uploaded. A decided
-version is never run again; a version whose runs keep failing is left alone after `max_failures`.
+version is never run again; a version whose runs keep failing is left alone after `max_failures`; a
+version whose own run has not ended yet (queued, running, paused for approval) is left to it.
 
 First it reports the runs that crashed without a report (killed; marked Crashed by the zombie
 automation): each gets the report, `failed` tag, decision-key artifact and quantgate.model.failed event a
@@ -50,13 +51,17 @@ def registry_sweep(
     budget: SearchBudget = SearchBudget(),  # noqa: B008
     require_approval: bool | None = None,
     approval_timeout_s: int | None = None,
+    in_flight_max_age_h: float = 24.0,
 ) -> State:
     """`require_approval`/`approval_timeout_s` reach every run (None: the worker's QUANTGATE_ settings),
     so the sweep never promotes what a registration-triggered run would have asked about; a run waiting
-    for approval holds the sweep until it is answered or times out."""
+    for approval holds the sweep until it is answered or times out. A version that another run not yet
+    ended is deciding (queued behind the pool's concurrency limit, running, paused for approval) is left
+    to that run, unless that run was created more than `in_flight_max_age_h` hours ago."""
     settings = Settings()
     crashed = _report_crashes(settings)  # first: a crash counts against max_failures like any failure
     plan = storage.find_undecided(settings, max_failures)
+    plan = plan.hold_back(storage.runs_in_flight(plan.pending, in_flight_max_age_h))
     ran = {}
     for ref in plan.pending[:max_runs]:
         state = quantize_and_promote(

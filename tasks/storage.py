@@ -43,6 +43,39 @@ def find_undecided(settings: Settings, max_failures: int) -> lifecycle.SweepPlan
     return plan
 
 
+@task(name="runs-in-flight", cache_policy=NO_CACHE, **STORAGE_TASK)
+def runs_in_flight(refs: list[ModelRef], max_age_h: float) -> dict[str, str]:
+    """str(ref) -> the quantize-and-promote run of it that has not ended yet (waiting for a worker or a
+    concurrency slot, running, paused for approval), for the versions in `refs`: the sweep leaves those to
+    that run. A run created more than `max_age_h` hours ago holds nothing back (a run stuck that long is
+    what the safety net is for; its decision is still one, lifecycle/promotion.py's cross-check)."""
+    from datetime import UTC, datetime, timedelta
+
+    from tasks.runs import IN_FLIGHT, flow_runs, version_of
+
+    wanted = {str(r) for r in refs}
+    if not wanted:
+        return {}
+    now = datetime.now(UTC)
+    cutoff = now - timedelta(hours=max_age_h)
+    held, logger = {}, get_run_logger()
+    # Every run not ended (a queue of hundreds at most): one not started yet is not named model@version.
+    for run in flow_runs(IN_FLIGHT):
+        version = version_of(run)
+        if version not in wanted:
+            continue
+        state = run.state.name if run.state else "unknown"
+        age_min = (now - run.created).total_seconds() / 60
+        if run.created < cutoff:
+            logger.warning(
+                "%s: run %s is %s, created %.0f min ago (over %s h): not waited for", version, run.id, state,
+                age_min, max_age_h,
+            )  # fmt: skip
+            continue
+        held.setdefault(version, f"run {run.id} of it is {state} (created {age_min:.0f} min ago)")
+    return held
+
+
 CRASHED_RUNS_LOOKED_AT = 200  # the most recent: a crash older than that was long since re-run
 
 

@@ -86,6 +86,17 @@ class SweepPlan:
     skipped: dict[str, str] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)  # failed runs so far, per undecided version
 
+    def hold_back(self, in_flight: dict[str, str]) -> SweepPlan:
+        """The plan without the versions another run is deciding now (`in_flight`: str(ref) -> that run):
+        the sweep would judge them a second time, side by side, with its own parameters. They are
+        skipped, named with that run, and not counted as failures."""
+        held = {str(ref) for ref in self.pending} & set(in_flight)
+        return SweepPlan(
+            pending=[ref for ref in self.pending if str(ref) not in held],
+            skipped={**self.skipped, **{key: f"in flight: {in_flight[key]}" for key in sorted(held)}},
+            failures=self.failures,
+        )
+
 
 def sweep_plan(store: Store, max_failures: int) -> SweepPlan:
     """Registered versions with no decision, and promotions whose tail (pointer, audit) is unfinished,

@@ -338,3 +338,42 @@ def test_a_crashed_run_found_by_the_sweep_is_reported_tagged_and_announced_as_fa
     assert lifecycle.run_history(store, ref).failed == 1
     rows = {r["version"]: r for r in _summary(again)}
     assert rows["crashed"]["outcome"].startswith("skipped: 1 failed run(s)")
+
+
+def test_the_sweep_leaves_a_version_to_its_run_still_in_flight_until_that_run_is_too_old(
+    memory_env, tiny_model_dir, small_sts
+):
+    """A registration's run waits behind the pool's concurrency limit (ENQUEUE) under a random name: it is
+    named model@version only once it starts. The sweep finds it by its parameters and leaves the version
+    to it, naming that run; a run that has ended holds nothing back; one older than the sweep's
+    `in_flight_max_age_h` does not either (the sweep then decides the version itself)."""
+    from prefect import get_client
+    from prefect.states import AwaitingConcurrencySlot, Completed
+
+    store = memory_env()
+    queued = _register(store, "queued", tiny_model_dir, small_sts, model="inflight")
+    ended = _register(store, "ended", tiny_model_dir, small_sts, model="inflight")
+    params = {"model": queued.name, "version": queued.version}
+    with get_client(sync_client=True) as client:
+        waiting = client.create_flow_run(
+            quantize_and_promote, name="crimson-fox", parameters=params, state=AwaitingConcurrencySlot()
+        )
+        client.create_flow_run(quantize_and_promote, name=str(ended), state=Completed())
+    try:
+        sweep = registry_sweep(**RUN, return_state=True)
+        assert sweep.is_completed(), sweep.message
+        rows = {r["version"]: r for r in _summary(sweep)}
+        assert rows["ended"]["state"] == "Promoted"
+        assert rows["queued"]["state"] == "Skipped"
+        assert rows["queued"]["outcome"].startswith(f"skipped: in flight: run {waiting.id} of it is Awaiting")
+        assert lifecycle.decision_of(store, queued) is None  # left to its own run
+        assert lifecycle.run_history(store, queued).failures == 0
+
+        time.sleep(1.5)
+        late = registry_sweep(**RUN, in_flight_max_age_h=1 / 3600, return_state=True)
+        assert late.is_completed(), late.message
+        assert {r["version"]: r["state"] for r in _summary(late)} == {"queued": "Promoted"}
+        assert lifecycle.decision_of(store, queued) == "promoted"
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_flow_run(waiting.id)

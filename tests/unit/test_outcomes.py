@@ -105,3 +105,19 @@ def test_sweep_rows_say_each_outcome_and_the_retries_left():
     summary = lifecycle.sweep_summary(rows)
     assert summary == "2 run(s): 1 promoted, 1 failed (failed: m@b); 1 left for the next sweep, 1 skipped"
     assert "| m | b | Failed | failed: HeldoutValidationError: x | 1 |" in sweep_markdown(rows, summary)
+
+
+def test_a_version_another_run_is_deciding_is_held_back_with_that_run_named():
+    a, b, c = (ModelRef(name="m", version=v) for v in ("a", "b", "c"))
+    plan = SweepPlan(pending=[a, b, c], skipped={"m@d": "3 failed run(s) (limit 3)"}, failures={"m@b": 1})
+    held = plan.hold_back({"m@b": "run 42 of it is AwaitingConcurrencySlot", "m@d": "run 7", "x@y": "run 9"})
+    assert held.pending == [a, c]
+    assert held.skipped == {
+        "m@d": "3 failed run(s) (limit 3)",  # skipped already: its reason stays
+        "m@b": "in flight: run 42 of it is AwaitingConcurrencySlot",
+    }
+    assert plan.pending == [a, b, c]  # the plan it came from is unchanged
+    rows = {r["version"]: r for r in lifecycle.sweep_rows(held, {}, max_failures=3)}
+    assert (rows["b"]["state"], rows["b"]["retries_left"]) == ("Skipped", 2)  # not counted as a failure
+    assert rows["b"]["outcome"] == "skipped: in flight: run 42 of it is AwaitingConcurrencySlot"
+    assert plan.hold_back({}).pending == [a, b, c]
