@@ -112,12 +112,15 @@ tier lint ruff check .
 # Side by side: nine pytest processes on two cores, each starting its own Prefect harness (and SeaweedFS
 # where it needs one). In the integration tier a file's tests stay on one worker, so module fixtures are
 # built once; the fault matrix's shards spread over the flows tier's workers.
-spawn unit python -m pytest tests/unit -m "not slow and not scale" -n 1 "$@"
-spawn flows python -m pytest tests/flows -m "not slow and not scale" -n 3 "$@"
-spawn integration python -m pytest tests/integration -m "not slow and not scale" -n 3 --dist loadfile "$@"
-spawn browser --after chromium python -m pytest tests/browser "$@"
-spawn scale python -m pytest tests -m scale "$@"
+# Each tier ends with its ten slowest tests (setup and teardown apart): where the next minute is.
+slowest=(--durations=10 --durations-min=5)
+spawn unit python -m pytest tests/unit -m "not slow and not scale" -n 1 "${slowest[@]}" "$@"
+spawn flows python -m pytest tests/flows -m "not slow and not scale" -n 3 "${slowest[@]}" "$@"
+spawn integration python -m pytest tests/integration -m "not slow and not scale" -n 3 --dist loadfile \
+  "${slowest[@]}" "$@"
+spawn browser --after chromium python -m pytest tests/browser "${slowest[@]}" "$@"
+spawn scale python -m pytest tests -m scale "${slowest[@]}" "$@"
 collect
-tier slow python -m pytest tests -m "slow and not browser and not scale" "$@"
+tier slow python -m pytest tests -m "slow and not browser and not scale" "${slowest[@]}" "$@"
 
 summary
