@@ -1,7 +1,8 @@
 """The browser tier: one real stack (SeaweedFS, a Prefect server with the process pool, prefect.yaml's
-deployments and a worker), two runs of the tiny model made through the deployment (one promoted, one
-rejected), and one headless Chromium (Debian's, installed by infra/browser.sh) that looks at them in the
-Prefect UI. Everything is started once per session and stopped when it ends, also on failure."""
+deployments and a worker), three runs of the tiny model made through the deployment (one promoted, one
+rejected, one decided by a raced search of three kinds of recipe), and one headless Chromium (Debian's,
+installed by infra/browser.sh) that looks at them in the Prefect UI. Everything is started once per
+session and stopped when it ends, also on failure."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 BENCH = BenchSettings(warmup_runs=1, repeat_runs=5).model_dump()
 # The tiny random BERT passes TINY_GATES; no INT8 model matches FP32 to 1e-12 on average, so this rejects.
 REJECTING = TINY_GATES.model_copy(update={"mean_tol": 1e-12})
+# Three kinds of recipe (dynamic and static ONNX Runtime INT8, OpenVINO BF16), raced: half the 236
+# evaluation rows are a probe of 118 (racing needs 100). Scored on every row two at a time, fastest first:
+# the two INT8 candidates (0.35-0.42 ms here) pass, and OpenVINO BF16 (8.9 ms on the tiny model, 20x
+# slower) cannot win, so it is never scored in full, and the report's table by kind says so.
+RACED_RECIPES = ["dynamic-int8-per-channel", "static-qdq-minmax", "ov-bf16"]
+RACED_BUDGET = {"max_trials": 0, "race_share": 0.5, "workers": 2}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -50,6 +57,7 @@ class Stack:
     deployment_id: str
     promoted: Any  # prefect FlowRun, read back after it finished
     rejected: Any
+    raced: Any
 
 
 def _outcome_tagged(run: Any) -> bool:
@@ -74,8 +82,8 @@ def _wait_finished(client: Any, run_ids: list[Any], timeout: float) -> dict[Any,
 def stack(
     seaweed: Any, tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, small_sts: Path
 ) -> Iterator[Stack]:
-    """The stack, with tiny@v1 promoted and tiny@v2 rejected, both run by the deployment's worker so they
-    belong to the deployment and show in the server's UI."""
+    """The stack, with tiny@v1 promoted, tiny@v2 rejected and raced@v1 decided by a raced search, all run
+    by the deployment's worker so they belong to the deployment and show in the server's UI."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -101,36 +109,43 @@ def stack(
                 temporary_settings({PREFECT_API_URL: running.api_url}),
                 get_client(sync_client=True) as client,
             ):
-                for version in ("v1", "v2"):
+                for ref in ("tiny@v1", "tiny@v2", "raced@v1"):
+                    name, version = ref.split("@")
                     lifecycle.register(
-                        store, ModelRef(name="tiny", version=version), tiny_model_dir, small_sts,
+                        store, ModelRef(name=name, version=version), tiny_model_dir, small_sts,
                         "sentence-embedding",
                     )  # fmt: skip
-                # Both at once: the worker runs them side by side (the rejection does not depend on v1).
-                started = {
-                    version: run_deployment(
-                        DEPLOYMENT,
-                        parameters={
-                            "model": "tiny",
-                            "version": version,
-                            "recipes": TINY_RECIPES,
-                            "thresholds": gates.model_dump(),
-                            "bench": BENCH,
-                        },
-                        timeout=0,
-                    )
-                    for version, gates in (("v1", TINY_GATES), ("v2", REJECTING))
+                # At once: the worker runs them side by side (none depends on another's decision).
+                tiny = {"recipes": TINY_RECIPES, "bench": BENCH}
+                asked = {
+                    "tiny@v1": {**tiny, "thresholds": TINY_GATES.model_dump()},
+                    "tiny@v2": {**tiny, "thresholds": REJECTING.model_dump()},
+                    "raced@v1": {
+                        "recipes": RACED_RECIPES,
+                        "bench": BENCH,
+                        "thresholds": TINY_GATES.model_dump(),
+                        "budget": RACED_BUDGET,
+                    },
                 }
-                runs = _wait_finished(client, [r.id for r in started.values()], timeout=240)
-                promoted, rejected = runs[started["v1"].id], runs[started["v2"].id]
+                started = {}
+                for ref, params in asked.items():
+                    model, version = ref.split("@")
+                    started[ref] = run_deployment(
+                        DEPLOYMENT, parameters={"model": model, "version": version, **params}, timeout=0
+                    )
+                runs = _wait_finished(client, [r.id for r in started.values()], timeout=360)
+                promoted, rejected = runs[started["tiny@v1"].id], runs[started["tiny@v2"].id]
+                raced = runs[started["raced@v1"].id]
                 assert promoted.state.name == "Promoted", promoted.state.message
                 assert rejected.state.name == "NotPromoted", rejected.state.message
+                assert raced.state.name == "Promoted", raced.state.message
                 yield Stack(
                     ui=running.api_url.removesuffix("/api"),
                     api_url=running.api_url,
                     deployment_id=str(client.read_deployment_by_name(DEPLOYMENT).id),
                     promoted=promoted,
                     rejected=rejected,
+                    raced=raced,
                 )
         finally:
             drop_bucket(seaweed, bucket)

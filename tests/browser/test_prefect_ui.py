@@ -1,5 +1,6 @@
 """What an operator sees (#23), in headless Chromium against the real stack (conftest.py): the runs list
-tells a rejection from a promotion, the report renders with its plots, every link opens without
+tells a rejection from a promotion, the report renders with its plots, a raced run's table by kind says
+what was not judged in full, every link opens without
 credentials, the Data Docs page is styled with nothing fetched from the internet, and the deployment page
 lists every run of the deployment. Each view is saved as a screenshot: under pytest's tmp dir, or to
 docs/screenshots/ with QUANTGATE_UPDATE_SCREENSHOTS=1 (conftest.py's `screenshot_dir`)."""
@@ -18,6 +19,7 @@ import pytest
 
 WAIT_S = 30
 RUN_ROW = "flow-run-list-item"
+RUNS = ("tiny@v1", "tiny@v2", "raced@v1")  # the stack's runs (conftest.py)
 # Prefect 3.8.8 stores a link artifact as markdown "[text](url)" (tests/integration/test_ui_links.py).
 LINK = re.compile(r"^\[[^\]]*\]\((?P<url>[^)\s]+)\)$")
 
@@ -43,7 +45,7 @@ def _rows(driver: Any) -> dict[str, str]:
     rows = {}
     for row in driver.find_elements(By.CLASS_NAME, RUN_ROW):
         text = row.text
-        for name in ("tiny@v1", "tiny@v2"):
+        for name in RUNS:
             if name in text.split():
                 rows[name] = text
     return rows
@@ -84,7 +86,7 @@ def test_the_runs_list_tells_a_rejected_run_from_a_promoted_one(stack, browser, 
     from selenium.webdriver.common.by import By
 
     browser.get(f"{stack.ui}/runs")
-    rows = _wait(browser, lambda d: (r := _rows(d)) and len(r) == 2 and r, "both tiny runs in the runs list")
+    rows = _wait(browser, lambda d: (r := _rows(d)) and len(r) == len(RUNS) and r, "every run in the list")
     promoted, rejected = rows["tiny@v1"], rows["tiny@v2"]
     # The state name and the outcome tag are both on the row, in words: the colour is the same green.
     assert "Promoted" in promoted.split()
@@ -98,28 +100,35 @@ def test_the_runs_list_tells_a_rejected_run_from_a_promoted_one(stack, browser, 
     screenshot("runs-list")
 
 
-def test_the_promoted_runs_report_renders_with_its_plots(stack, browser, screenshot):
+def _open_decision(browser: Any, stack: Any, run: Any, key: str, screenshot: Any = None) -> Any:
+    """The run's `key` report artifact, rendered: its page opened from the run's Artifacts tab."""
     from selenium.webdriver.common.by import By
 
     # `?tab=Artifacts` alone is not enough: the page hides that tab until the run has loaded and falls back
     # to Logs meanwhile (Prefect 3.8.8), so the tab is clicked, as a person would.
-    browser.get(f"{stack.ui}/runs/flow-run/{stack.promoted.id}")
+    browser.get(f"{stack.ui}/runs/flow-run/{run.id}")
     tab = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "li.p-tab#artifacts"), "Artifacts tab")
     tab[0].click()
     card = _wait(
         browser,
         lambda d: next(
-            (a for a in d.find_elements(By.CSS_SELECTOR, "a[href*='/artifacts/artifact/']")
-             if "tiny-decision" in a.text),
+            (a for a in d.find_elements(By.CSS_SELECTOR, "a[href*='/artifacts/artifact/']") if key in a.text),
             None,
         ),
-        "the tiny-decision card on the Artifacts tab",
-    )  # fmt: skip
-    screenshot("flow-run-artifacts")
+        f"the {key} card on the Artifacts tab",
+    )
+    if screenshot is not None:
+        screenshot("flow-run-artifacts")
     card.click()
-    report = _wait(
+    return _wait(
         browser, lambda d: d.find_elements(By.CLASS_NAME, "artifact-data-markdown"), "the rendered report"
     )[0]
+
+
+def test_the_promoted_runs_report_renders_with_its_plots(stack, browser, screenshot):
+    from selenium.webdriver.common.by import By
+
+    report = _open_decision(browser, stack, stack.promoted, "tiny-decision", screenshot)
     assert "tiny@v1: PROMOTED" in report.text
     images = _wait(
         browser,
@@ -138,6 +147,39 @@ def test_the_promoted_runs_report_renders_with_its_plots(stack, browser, screens
     screenshot("report-artifact")
     browser.execute_script("arguments[0].scrollIntoView()", images[0])
     screenshot("report-artifact-plots")
+
+
+def test_a_raced_runs_report_says_by_kind_what_was_not_judged_in_full(stack, browser, screenshot):
+    """The table by kind of recipe, as the UI renders it, tells the same story as report.json: the
+    fastest of each kind and whether it passed, or was never scored on every row because a faster one
+    already passed ("not judged: cannot win")."""
+    from selenium.webdriver.common.by import By
+
+    from quantgate.report.tables import kind_rows
+    from quantgate.search import SearchResult
+
+    url = _links(stack, stack.raced)["raced-v1-report-json"]
+    with urllib.request.urlopen(url, timeout=30) as answer:  # noqa: S310 - presigned http URL
+        search = SearchResult.model_validate(json.loads(answer.read())["search"])
+    assert search.racing is not None  # the run raced
+    assert not search.racing.gave_way, search.racing
+    outcomes = {c.name: c.race.outcome for c in search.candidates if c.race is not None}
+    expected = {row["kind"]: (row["fastest"], row["passed"]) for row in kind_rows(search)}
+    assert len(expected) == 3, (expected, outcomes)  # one row per kind: each kind was timed
+
+    report = _open_decision(browser, stack, stack.raced, "raced-decision")
+    assert "By kind of recipe" in report.text
+    (table,) = report.find_elements(By.XPATH, ".//table[.//th[normalize-space()='kind']]")
+    head = [th.text.strip() for th in table.find_elements(By.CSS_SELECTOR, "thead th")]
+    shown = {}
+    for tr in table.find_elements(By.CSS_SELECTOR, "tbody tr"):
+        cells = dict(zip(head, (td.text.strip() for td in tr.find_elements(By.TAG_NAME, "td")), strict=True))
+        shown[cells["kind"]] = (cells["fastest"], cells["passed"])
+    assert shown == expected, (shown, outcomes)
+    assert "yes" in {passed for _, passed in shown.values()}  # the winner, judged on every row
+    assert shown["openvino-bf16"] == ("ov-bf16", "not judged: cannot win"), (shown, outcomes)
+    browser.execute_script("arguments[0].scrollIntoView()", table)
+    screenshot("report-kinds-raced")
 
 
 def test_every_link_artifact_opens_without_credentials(stack):
@@ -204,7 +246,7 @@ def test_the_deployment_page_lists_every_run_of_the_deployment(stack, browser, s
 
     state_filter.click()
     _wait(browser, _visible_all_states_option, "the 'All run states' option").click()
-    rows = _wait(browser, lambda d: (r := _rows(d)) and len(r) == 2 and r, "both runs with all states")
+    rows = _wait(browser, lambda d: (r := _rows(d)) and len(r) == len(RUNS) and r, "every run, all states")
     assert set(rows) == {run.name for run in _deployment_runs(stack)}
     assert "Promoted" in rows["tiny@v1"].split()
     assert "NotPromoted" in rows["tiny@v2"].split()
