@@ -52,18 +52,30 @@ def registry_sweep(
     require_approval: bool | None = None,
     approval_timeout_s: int | None = None,
     in_flight_max_age_h: float = 24.0,
+    registration_grace_s: float = 600.0,
 ) -> State:
     """`require_approval`/`approval_timeout_s` reach every run (None: the worker's QUANTGATE_ settings),
     so the sweep never promotes what a registration-triggered run would have asked about; a run waiting
     for approval holds the sweep until it is answered or times out. A version that another run not yet
     ended is deciding (queued behind the pool's concurrency limit, running, paused for approval) is left
-    to that run, unless that run was created more than `in_flight_max_age_h` hours ago."""
+    to that run, unless that run was created more than `in_flight_max_age_h` hours ago: checked for every
+    undecided version first, then again just before each run (a registration's run can be created while
+    the sweep runs others). A version registered less than `registration_grace_s` seconds ago waits for
+    the next sweep: its registration's own run may not exist yet."""
     settings = Settings()
     crashed = _report_crashes(settings)  # first: a crash counts against max_failures like any failure
     plan = storage.find_undecided(settings, max_failures)
-    plan = plan.hold_back(storage.runs_in_flight(plan.pending, in_flight_max_age_h))
-    ran = {}
-    for ref in plan.pending[:max_runs]:
+    in_flight = storage.runs_in_flight(plan.pending, in_flight_max_age_h)
+    plan = plan.hold_back({key: f"in flight: {run}" for key, run in in_flight.items()})
+    ran, held, started = {}, {}, 0
+    for ref in plan.pending:
+        if started == max_runs:
+            break
+        why = storage.hold_back(settings, ref, in_flight_max_age_h, registration_grace_s)
+        if why is not None:
+            held[str(ref)] = why
+            continue
+        started += 1
         state = quantize_and_promote(
             model=ref.name,
             version=ref.version,
@@ -77,7 +89,7 @@ def registry_sweep(
         )
         ran[str(ref)] = (state.name, announce.describe_outcome(state))
 
-    rows = sweep_rows(plan, ran, max_failures)
+    rows = sweep_rows(plan.hold_back(held), ran, max_failures)
     summary = sweep_summary(rows) + (f"; crashed run(s) reported: {', '.join(crashed)}" if crashed else "")
     announce.publish_sweep(rows, summary)
     if any(r["outcome"].startswith("failed") for r in rows):

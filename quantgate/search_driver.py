@@ -212,7 +212,10 @@ def _build_and_score(recipe: Recipe, job: ScoreJob, threads: int) -> CandidateRe
             quantize_s=round(q.seconds, 2),
             build_cached=q.cached,
         )
-        result.files = judged_files(servable_of(result, job.out_dir))
+        try:
+            result.files = judged_files(servable_of(result, job.out_dir))
+        except OSError as exc:  # a file the runtime names is missing or unreadable: this candidate's failure
+            return CandidateResult(recipe=recipe, status="failed", note=f"{type(exc).__name__}: {exc}"[:500])
     servable = servable_of(result, job.out_dir)
     ev = task.evaluate(job.reference, servable, job.assets, job.evaluation, job.thresholds, threads)
     return result.model_copy(update={"evaluation": ev}).judged(task, job.thresholds)
@@ -220,10 +223,11 @@ def _build_and_score(recipe: Recipe, job: ScoreJob, threads: int) -> CandidateRe
 
 def judged_files(servable: Servable) -> dict[str, str]:
     """The artifact's files (the model, its external data, its settings), relative to its folder -> sha256:
-    which bytes the gates judged, whichever process or cache built them."""
+    which bytes the gates judged, whichever process or cache built them. A runtime may name a file outside
+    the folder (`../shared/vocab.txt`)."""
     folder = servable.path.parent
     return {
-        p.relative_to(folder).as_posix(): sha256_file(p)
+        Path(os.path.relpath(p, folder)).as_posix(): sha256_file(p)
         for p in sorted(get_runtime(servable.runtime).files(servable.path))
     }
 

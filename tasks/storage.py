@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
@@ -13,7 +14,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.logging import get_run_logger
 
 from quantgate import lifecycle
-from quantgate.errors import ConflictError, IntegrityError, NotFoundError
+from quantgate.errors import ConfigError, ConflictError, IntegrityError, NotFoundError
 from quantgate.registry import Manifest, ModelRef, Outcome
 from quantgate.report import RunReport
 from quantgate.report import decision_links as links_for
@@ -49,10 +50,45 @@ def runs_in_flight(refs: list[ModelRef], max_age_h: float) -> dict[str, str]:
     concurrency slot, running, paused for approval), for the versions in `refs`: the sweep leaves those to
     that run. A run created more than `max_age_h` hours ago holds nothing back (a run stuck that long is
     what the safety net is for; its decision is still one, lifecycle/promotion.py's cross-check)."""
+    return _in_flight(refs, max_age_h)
+
+
+@task(name="hold-back", cache_policy=NO_CACHE, **STORAGE_TASK)
+def hold_back(settings: Settings, ref: ModelRef, max_age_h: float, grace_s: float) -> str | None:
+    """Why the sweep should not run `ref` now, checked just before it would: a run of it not yet ended
+    (created while the sweep ran others: Prefect created the runs of a 500-event burst over 307 s,
+    docs/scale.md), or a registration younger than `grace_s` seconds, whose own trigger's run may not
+    exist yet. None: run it."""
+    from datetime import UTC, datetime
+
+    from quantgate.registry import parse_time
+
+    held = _in_flight([ref], max_age_h)
+    if held:
+        return f"in flight: {held[str(ref)]}"
+    try:
+        registered = parse_time(lifecycle.load_registration(open_store(settings), ref).registered_at)
+    except (IntegrityError, NotFoundError):
+        return None  # the run says what is wrong with it, in its own report, as for any version
+    age_s = (datetime.now(UTC) - registered).total_seconds() if registered else math.inf
+    if age_s < grace_s:
+        return (
+            f"registered {age_s:.0f} s ago, within the sweep's {grace_s:g} s grace: its registration's own "
+            "run may not have been created yet (the next sweep runs it if it is still undecided)"
+        )
+    return None
+
+
+def _in_flight(refs: list[ModelRef], max_age_h: float) -> dict[str, str]:
     from datetime import UTC, datetime, timedelta
 
     from tasks.runs import IN_FLIGHT, flow_runs, version_of
 
+    if not (0 < max_age_h < math.inf):
+        raise ConfigError(
+            f"in_flight_max_age_h must be a number of hours above 0, not {max_age_h!r}: it is how old a run "
+            "not yet ended may be and still hold its version back from the sweep (24 by default)"
+        )
     wanted = {str(r) for r in refs}
     if not wanted:
         return {}
@@ -87,12 +123,12 @@ def record_crashes(settings: Settings, found_by: str) -> list[tuple[dict[str, An
     (report, stored key) per crash recorded now; a crash recorded before is not recorded again."""
     from quantgate.errors import QuantgateError
     from quantgate.report import crash_report
-    from tasks.runs import flow_runs
+    from tasks.runs import flow_runs, version_of
 
     crashed = flow_runs("CRASHED", newest_first=True, limit=CRASHED_RUNS_LOOKED_AT)
     store, logger, recorded = open_store(settings), get_run_logger(), []
     for run in crashed:
-        model, _, version = run.name.partition("@")
+        model, _, version = version_of(run).partition("@")
         try:
             ref = ModelRef(name=model, version=version)
         except (QuantgateError, ValueError):

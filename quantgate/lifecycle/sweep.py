@@ -86,14 +86,17 @@ class SweepPlan:
     skipped: dict[str, str] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)  # failed runs so far, per undecided version
 
-    def hold_back(self, in_flight: dict[str, str]) -> SweepPlan:
-        """The plan without the versions another run is deciding now (`in_flight`: str(ref) -> that run):
-        the sweep would judge them a second time, side by side, with its own parameters. They are
-        skipped, named with that run, and not counted as failures."""
-        held = {str(ref) for ref in self.pending} & set(in_flight)
+    def hold_back(self, reasons: dict[str, str]) -> SweepPlan:
+        """The plan without the versions the sweep must leave alone now (`reasons`: str(ref) -> why, e.g.
+        another run of it is under way): skipped with that reason (after any reason they were already
+        listed with), and not counted as failures."""
+        held = {str(ref) for ref in self.pending} & set(reasons)
+        skipped = dict(self.skipped)
+        for key in sorted(held):
+            skipped[key] = f"{skipped[key]}; {reasons[key]}" if key in skipped else reasons[key]
         return SweepPlan(
             pending=[ref for ref in self.pending if str(ref) not in held],
-            skipped={**self.skipped, **{key: f"in flight: {in_flight[key]}" for key in sorted(held)}},
+            skipped=skipped,
             failures=self.failures,
         )
 

@@ -27,6 +27,8 @@ RUN = {
     "bench": BenchSettings(warmup_runs=1, repeat_runs=5),
     "budget": SearchBudget(max_trials=0),
 }
+# The sweep over versions registered a moment ago, with no registration event: nothing else runs them.
+SWEEP = {**RUN, "registration_grace_s": 0}
 
 
 def _bad_heldout(sts_path: Path, tmp_path: Path) -> Path:
@@ -228,7 +230,7 @@ def test_the_sweep_ends_failed_when_a_run_failed_and_publishes_its_summary(
     _register(store, "sw-ok", tiny_model_dir, small_sts, model="swept")
     _register(store, "sw-bad", tiny_model_dir, _bad_heldout(sts_path, tmp_path), model="swept")
 
-    state = registry_sweep(**RUN, max_failures=3, return_state=True)
+    state = registry_sweep(**SWEEP, max_failures=3, return_state=True)
     assert state.is_failed()
     assert "failed: swept@sw-bad" in state.message
     rows = {r["version"]: r for r in _summary(state)}
@@ -242,7 +244,7 @@ def test_the_sweep_ends_failed_when_a_run_failed_and_publishes_its_summary(
     assert rows["sw-bad"]["retries left"] == "2"  # 3 allowed, 1 used
 
     # The failing version over its limit: skipped, and the sweep (which ran nothing that failed) completes.
-    again: State = registry_sweep(**RUN, max_failures=1, return_state=True)
+    again: State = registry_sweep(**SWEEP, max_failures=1, return_state=True)
     assert again.is_completed(), again.message
     rows = {r["version"]: r for r in _summary(again)}
     assert set(rows) == {"sw-bad"}
@@ -305,7 +307,7 @@ def test_a_crashed_run_found_by_the_sweep_is_reported_tagged_and_announced_as_fa
         crashed = client.create_flow_run(quantize_and_promote, name=str(ref), state=Crashed(message=message))
     run_id = str(crashed.id)
 
-    sweep = registry_sweep(**RUN, max_runs=0, return_state=True)  # report it, run nothing
+    sweep = registry_sweep(**SWEEP, max_runs=0, return_state=True)  # report it, run nothing
     assert sweep.is_completed(), sweep.message
     assert f"crashed run(s) reported: tiny@crashed ({run_id})" in sweep.message
     failure = lifecycle.last_failure(store, ref)
@@ -333,7 +335,7 @@ def test_a_crashed_run_found_by_the_sweep_is_reported_tagged_and_announced_as_fa
     assert "failed: Crashed" in row
 
     # Recorded once; and a version that crashed max_failures times is left alone like any failing one.
-    again = registry_sweep(**RUN, max_failures=1, return_state=True)
+    again = registry_sweep(**SWEEP, max_failures=1, return_state=True)
     assert "crashed run(s) reported" not in again.message
     assert lifecycle.run_history(store, ref).failed == 1
     rows = {r["version"]: r for r in _summary(again)}
@@ -346,7 +348,8 @@ def test_the_sweep_leaves_a_version_to_its_run_still_in_flight_until_that_run_is
     """A registration's run waits behind the pool's concurrency limit (ENQUEUE) under a random name: it is
     named model@version only once it starts. The sweep finds it by its parameters and leaves the version
     to it, naming that run; a run that has ended holds nothing back; one older than the sweep's
-    `in_flight_max_age_h` does not either (the sweep then decides the version itself)."""
+    `in_flight_max_age_h` does not either (the sweep then decides the version itself). A version
+    registered within `registration_grace_s` waits for the next sweep."""
     from prefect import get_client
     from prefect.states import AwaitingConcurrencySlot, Completed
 
@@ -360,7 +363,13 @@ def test_the_sweep_leaves_a_version_to_its_run_still_in_flight_until_that_run_is
         )
         client.create_flow_run(quantize_and_promote, name=str(ended), state=Completed())
     try:
-        sweep = registry_sweep(**RUN, return_state=True)
+        fresh = registry_sweep(**RUN, return_state=True)  # the default grace: both just registered
+        rows = {r["version"]: r for r in _summary(fresh)}
+        assert rows["ended"]["outcome"].startswith("skipped: registered "), rows["ended"]
+        assert "grace" in rows["ended"]["outcome"]
+        assert lifecycle.decision_of(store, ended) is None
+
+        sweep = registry_sweep(**SWEEP, return_state=True)
         assert sweep.is_completed(), sweep.message
         rows = {r["version"]: r for r in _summary(sweep)}
         assert rows["ended"]["state"] == "Promoted"
@@ -369,11 +378,50 @@ def test_the_sweep_leaves_a_version_to_its_run_still_in_flight_until_that_run_is
         assert lifecycle.decision_of(store, queued) is None  # left to its own run
         assert lifecycle.run_history(store, queued).failures == 0
 
-        time.sleep(1.5)
-        late = registry_sweep(**RUN, in_flight_max_age_h=1 / 3600, return_state=True)
+        late = registry_sweep(**SWEEP, in_flight_max_age_h=1 / 3600, return_state=True)  # 3.6 s
         assert late.is_completed(), late.message
         assert {r["version"]: r["state"] for r in _summary(late)} == {"queued": "Promoted"}
         assert lifecycle.decision_of(store, queued) == "promoted"
     finally:
         with get_client(sync_client=True) as client:
             client.delete_flow_run(waiting.id)
+
+
+def test_a_run_created_while_the_sweep_runs_others_holds_its_version_back(
+    memory_env, monkeypatch, tiny_model_dir, small_sts
+):
+    """The sweep checks every undecided version once, then each again just before it runs it: the run of a
+    version that its registration's trigger creates in between (here, after the first check saw none) is
+    found by the second check, and the sweep leaves the version to it."""
+    from prefect import get_client, task
+    from prefect.states import Scheduled
+
+    from tasks import storage
+
+    store = memory_env()
+    _register(store, "a-first", tiny_model_dir, small_sts, model="between")
+    second = _register(store, "b-second", tiny_model_dir, small_sts, model="between")
+    made = []
+
+    @task(name="runs-in-flight")
+    def none_yet(refs, max_age_h):  # the first check, before the registration's run of `second` exists
+        params = {"model": second.name, "version": second.version}
+        with get_client(sync_client=True) as client:
+            run = client.create_flow_run(
+                quantize_and_promote, name="amber-owl", parameters=params, state=Scheduled()
+            )
+        made.append(run)
+        return {}
+
+    monkeypatch.setattr(storage, "runs_in_flight", none_yet)
+    try:
+        sweep = registry_sweep(**SWEEP, return_state=True)
+        rows = {r["version"]: r for r in _summary(sweep)}
+        assert rows["a-first"]["state"] == "Promoted"
+        held = rows["b-second"]["outcome"]
+        assert held.startswith(f"skipped: in flight: run {made[0].id} of it is Scheduled"), held
+        assert lifecycle.decision_of(store, second) is None
+    finally:
+        with get_client(sync_client=True) as client:
+            for run in made:
+                client.delete_flow_run(run.id)

@@ -138,7 +138,9 @@ def _judged(search: dict, builds: Path) -> dict[str, dict[str, str]]:
         files = dict(c["files"])
         for name, sha in files.items():
             if name.endswith(".xml"):
-                text = _OV_AUTO_NAME.sub(rb'name="\1_#"', by_sha[sha].read_bytes())
+                kept = by_sha.get(sha)
+                assert kept is not None, f"{c['recipe']['name']}: {name} is not in {builds} (not cached?)"
+                text = _OV_AUTO_NAME.sub(rb'name="\1_#"', kept.read_bytes())
                 files[name] = hashlib.sha256(text).hexdigest()
         out[c["recipe"]["name"]] = files
     return out

@@ -116,7 +116,10 @@ def test_registration_triggers_a_run_and_the_sweep_catches_silent_uploads(
         lifecycle.register(
             store, ModelRef(name="tiny", version="d2"), tiny_model_dir, small_sts, "sentence-embedding"
         )
-        sweep = run_deployment("registry-sweep/registry-sweep", timeout=300)
+        # (Registered a moment ago: the sweep's grace for a registration's own run is waived here.)
+        sweep = run_deployment(
+            "registry-sweep/registry-sweep", parameters={"registration_grace_s": 0}, timeout=300
+        )
         assert sweep.state.is_completed(), sweep.state.message
         assert _wait_for_run(client, "tiny@d2").state.name == "Promoted"
         assert snapshot(store, "promoted/tiny/d1/") == d1_before  # decided: never run again

@@ -109,15 +109,25 @@ def test_sweep_rows_say_each_outcome_and_the_retries_left():
 
 def test_a_version_another_run_is_deciding_is_held_back_with_that_run_named():
     a, b, c = (ModelRef(name="m", version=v) for v in ("a", "b", "c"))
-    plan = SweepPlan(pending=[a, b, c], skipped={"m@d": "3 failed run(s) (limit 3)"}, failures={"m@b": 1})
-    held = plan.hold_back({"m@b": "run 42 of it is AwaitingConcurrencySlot", "m@d": "run 7", "x@y": "run 9"})
-    assert held.pending == [a, c]
+    plan = SweepPlan(
+        pending=[a, b, c],
+        skipped={
+            "m@d": "3 failed run(s) (limit 3)",
+            "m@c": "unreadable run report(s) counted as failed: [k]",  # run anyway: it is pending too
+        },
+        failures={"m@b": 1, "m@c": 1},
+    )
+    held = plan.hold_back(
+        {"m@b": "in flight: run 42", "m@c": "in flight: run 43", "m@d": "in flight: run 7", "x@y": "run 9"}
+    )
+    assert held.pending == [a]
     assert held.skipped == {
-        "m@d": "3 failed run(s) (limit 3)",  # skipped already: its reason stays
-        "m@b": "in flight: run 42 of it is AwaitingConcurrencySlot",
+        "m@d": "3 failed run(s) (limit 3)",  # not pending (skipped already): its reason alone stays
+        "m@b": "in flight: run 42",
+        "m@c": "unreadable run report(s) counted as failed: [k]; in flight: run 43",  # both reasons
     }
     assert plan.pending == [a, b, c]  # the plan it came from is unchanged
     rows = {r["version"]: r for r in lifecycle.sweep_rows(held, {}, max_failures=3)}
     assert (rows["b"]["state"], rows["b"]["retries_left"]) == ("Skipped", 2)  # not counted as a failure
-    assert rows["b"]["outcome"] == "skipped: in flight: run 42 of it is AwaitingConcurrencySlot"
+    assert rows["b"]["outcome"] == "skipped: in flight: run 42"
     assert plan.hold_back({}).pending == [a, b, c]

@@ -227,3 +227,39 @@ def test_the_fixed_shape_comparison_names_the_winner_it_would_have_picked():
     assert (other.winner, other.chosen_ms, other.winner_ms, other.differs) == ("ov", 12.6, 12.1, True)
     same = compare_fixed_shape(passing, "ort", _bench({"ort": 12.0, "ov": 12.1}), "b1-s128")
     assert (same.winner, same.differs) == ("ort", False)
+
+
+def test_the_judged_files_name_a_file_outside_the_candidates_folder_by_its_relative_path(
+    tmp_path, monkeypatch
+):
+    """A runtime may name a file beside the candidate's folder (a shared vocabulary): the report keys it
+    `../shared/...`, with its sha256, rather than failing the run."""
+    import hashlib
+    from pathlib import Path
+
+    from quantgate.backends import Runtime, Servable
+    from quantgate.search_driver import judged_files
+
+    folder, shared = tmp_path / "cand", tmp_path / "shared"
+    folder.mkdir()
+    shared.mkdir()
+    (folder / "model.bin").write_bytes(b"weights")
+    (shared / "vocab.txt").write_bytes(b"a\nb\n")
+
+    class _Beside(Runtime):
+        name = "test-beside"
+
+        def session(self, path: Path, threads: int):  # pragma: no cover - not opened here
+            raise NotImplementedError
+
+        def files(self, path: Path) -> list[Path]:
+            return [path, path.parent.parent / "shared" / "vocab.txt"]
+
+    try:
+        files = judged_files(Servable(folder / "model.bin", "test-beside"))
+    finally:
+        Runtime.registry.pop("test-beside")
+    assert files == {
+        "model.bin": hashlib.sha256(b"weights").hexdigest(),
+        "../shared/vocab.txt": hashlib.sha256(b"a\nb\n").hexdigest(),
+    }
