@@ -99,6 +99,54 @@ def sweep(
     return rows
 
 
+class CpuTrace:
+    """The machine's busy cores (all processes: the flow, Prefect's server, anything else), sampled every
+    `every` seconds in a thread from psutil.cpu_times(): where a run leaves a core idle."""
+
+    def __init__(self, every: float = 0.25) -> None:
+        import threading
+
+        self.every, self.samples = every, []  # (epoch seconds at the sample's end, busy cores over it)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        cores = psutil.cpu_count() or 1
+
+        def read() -> tuple[float, float]:
+            t = psutil.cpu_times()
+            return sum(t), t.idle + getattr(t, "iowait", 0.0)
+
+        total, idle = read()
+        while not self._stop.wait(self.every):
+            now_total, now_idle = read()
+            spent = now_total - total
+            if spent > 0:
+                self.samples.append((time.time(), cores * (1 - (now_idle - idle) / spent)))
+            total, idle = now_total, now_idle
+
+    def __enter__(self) -> CpuTrace:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def busy(self, start: float, end: float) -> float | None:
+        """Mean busy cores over the samples that ended within [start, end + one interval]."""
+        inside = [b for t, b in self.samples if start < t <= end + self.every]
+        return round(sum(inside) / len(inside), 2) if inside else None
+
+    def idle_core_s(self, start: float, end: float) -> float:
+        import psutil
+
+        cores = psutil.cpu_count() or 1
+        return round(sum((cores - b) * self.every for t, b in self.samples if start < t <= end), 1)
+
+
 def stage_times(flow_run_id: object) -> list[dict[str, object]]:
     """Every task run of the flow run: its stage name, wall time, start and end (epoch seconds)."""
     from prefect.client.orchestration import get_client
@@ -279,13 +327,20 @@ def main() -> int:  # noqa: PLR0915 - the benchmark reads top to bottom, one ste
         server_start_s = time.perf_counter() - t0
         budget = SearchBudget(race=not args.exhaustive)
         t0 = time.perf_counter()
-        state = quantize_and_promote(model=ref.name, version=ref.version, budget=budget, return_state=True)
+        began = time.time()
+        with CpuTrace() as cpu:
+            state = quantize_and_promote(
+                model=ref.name, version=ref.version, budget=budget, return_state=True
+            )
         flow_s = time.perf_counter() - t0
+        ended = time.time()
         if not state.is_completed():
             print(f"flow ended {state.name}: {state.message}", file=sys.stderr)
             return 1
         report = state.result()
         stages = stage_times(state.state_details.flow_run_id)
+        for row in stages:
+            row["busy_cores"] = cpu.busy(row["start"], row["end"])
         rows = [] if args.no_sweep else sweep_promoted(store, ref, report, args, Path(tmp))
         second = run_second_version(store, args) if args.champion else None
 
@@ -316,8 +371,18 @@ def main() -> int:  # noqa: PLR0915 - the benchmark reads top to bottom, one ste
         f"start {server_start_s:.1f}s, flow {flow_s:.1f}s, "
         f"peak RSS {peak_rss_mb:.0f} MB (this process; the ephemeral Prefect server is a child)"
     )
-    print("\nstage" + " " * 40 + "wall s")
-    print("\n".join(f"{row['stage']:<44} {row['wall_s']:>7}" for row in stages))
+    idle = cpu.idle_core_s(began, ended)
+    print(
+        f"\nbusy cores over the flow: {cpu.busy(began, ended)} on average; {idle} core-s idle "
+        "(the whole machine, sampled every 0.25 s)"
+    )
+    print("\nstage" + " " * 40 + "wall s  start s  busy cores")
+    print(
+        "\n".join(
+            f"{row['stage']:<44} {row['wall_s']:>7} {row['start'] - began:>8.1f}  {row['busy_cores']}"
+            for row in stages
+        )
+    )
     table = print_tables(report)
     print("\nbar                                       value     bar       met")
     for name, b in bars.items():
@@ -333,6 +398,9 @@ def main() -> int:  # noqa: PLR0915 - the benchmark reads top to bottom, one ste
                 "register_s": register_s,
                 "server_start_s": server_start_s,
                 "flow_s": flow_s,
+                "busy_cores": cpu.busy(began, ended),
+                "idle_core_s": idle,
+                "cpu_trace": [(round(t - began, 2), round(b, 2)) for t, b in cpu.samples],
                 "peak_rss_mb": peak_rss_mb,
                 "stages": stages,
                 "benchmark": report["benchmark"],
