@@ -120,9 +120,15 @@ def _open_decision(browser: Any, stack: Any, run: Any, key: str, screenshot: Any
     if screenshot is not None:
         screenshot("flow-run-artifacts")
     card.click()
+    # The markdown's container is on the page before its text: wait for the report's own first line.
+    heading = f"{run.name}: "
     return _wait(
-        browser, lambda d: d.find_elements(By.CLASS_NAME, "artifact-data-markdown"), "the rendered report"
-    )[0]
+        browser,
+        lambda d: next(
+            (e for e in d.find_elements(By.CLASS_NAME, "artifact-data-markdown") if heading in e.text), None
+        ),
+        f"the rendered report of {run.name}",
+    )
 
 
 def test_the_promoted_runs_report_renders_with_its_plots(stack, browser, screenshot):
