@@ -63,19 +63,19 @@ def hold_back(settings: Settings, ref: ModelRef, max_age_h: float, grace_s: floa
 
     from quantgate.registry import parse_time
 
-    held = _in_flight([ref], max_age_h)
-    if held:
-        return f"in flight: {held[str(ref)]}"
     try:
         registered = parse_time(lifecycle.load_registration(open_store(settings), ref).registered_at)
     except (IntegrityError, NotFoundError):
-        return None  # the run says what is wrong with it, in its own report, as for any version
+        registered = None  # the run says what is wrong with it, in its own report, as for any version
     age_s = (datetime.now(UTC) - registered).total_seconds() if registered else math.inf
-    if age_s < grace_s:
+    if age_s < grace_s:  # first: one GET, where the in-flight check reads every run not ended
         return (
             f"registered {age_s:.0f} s ago, within the sweep's {grace_s:g} s grace: its registration's own "
             "run may not have been created yet (the next sweep runs it if it is still undecided)"
         )
+    held = _in_flight([ref], max_age_h)
+    if held:
+        return f"in flight: {held[str(ref)]}"
     return None
 
 
