@@ -56,7 +56,7 @@ def runs_in_flight(refs: list[ModelRef], max_age_h: float) -> dict[str, str]:
 @task(name="hold-back", cache_policy=NO_CACHE, **STORAGE_TASK)
 def hold_back(settings: Settings, ref: ModelRef, max_age_h: float, grace_s: float) -> str | None:
     """Why the sweep should not run `ref` now, checked just before it would: a run of it not yet ended
-    (created while the sweep ran others: Prefect created the runs of a 500-event burst over 307 s,
+    (created while the sweep ran others: Prefect created the runs of a 500-event burst over 129-307 s,
     docs/scale.md), or a registration younger than `grace_s` seconds, whose own trigger's run may not
     exist yet. None: run it."""
     from datetime import UTC, datetime
