@@ -65,8 +65,7 @@ def registry_sweep(
     settings = Settings()
     crashed = _report_crashes(settings)  # first: a crash counts against max_failures like any failure
     plan = storage.find_undecided(settings, max_failures)
-    in_flight = storage.runs_in_flight(plan.pending, in_flight_max_age_h)
-    plan = plan.hold_back({key: f"in flight: {run}" for key, run in in_flight.items()})
+    plan = plan.hold_back(storage.runs_in_flight(plan.pending, in_flight_max_age_h))
     ran, held, started = {}, {}, 0
     for ref in plan.pending:
         if started == max_runs:

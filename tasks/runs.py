@@ -4,6 +4,7 @@ leaves alone (tasks/storage.py)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 FLOW_NAME = "quantize-and-promote"
@@ -72,3 +73,41 @@ def version_of(run: Any) -> str:
     if isinstance(params.get("model"), str) and isinstance(params.get("version"), str):
         return f"{params['model']}@{params['version']}"
     return run.name
+
+
+def in_flight(refs: list[Any], max_age_h: float) -> dict[str, str]:
+    """str(ref) -> "in flight: run <id> of it is <state> (created N min ago)" for each version in `refs`
+    that a run not yet ended is deciding; runs created more than `max_age_h` hours ago are logged and
+    left out. Called from a task (it logs to the run)."""
+    from datetime import UTC, datetime, timedelta
+
+    from prefect.logging import get_run_logger
+
+    from quantgate.errors import ConfigError
+
+    if not (0 < max_age_h < math.inf):
+        raise ConfigError(
+            f"in_flight_max_age_h must be a number of hours above 0, not {max_age_h!r}: it is how old a run "
+            "not yet ended may be and still hold its version back from the sweep (24 by default)"
+        )
+    wanted = {str(r) for r in refs}
+    if not wanted:
+        return {}
+    now = datetime.now(UTC)
+    cutoff = now - timedelta(hours=max_age_h)
+    held, logger = {}, get_run_logger()
+    # Every run not ended (a queue of hundreds at most): one not started yet is not named model@version.
+    for run in flow_runs(IN_FLIGHT):
+        version = version_of(run)
+        if version not in wanted:
+            continue
+        state = run.state.name if run.state else "unknown"
+        age_min = (now - run.created).total_seconds() / 60
+        if run.created < cutoff:
+            logger.warning(
+                "%s: run %s is %s, created %.0f min ago (over %s h): not waited for", version, run.id, state,
+                age_min, max_age_h,
+            )  # fmt: skip
+            continue
+        held.setdefault(version, f"in flight: run {run.id} of it is {state} (created {age_min:.0f} min ago)")
+    return held

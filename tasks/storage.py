@@ -14,7 +14,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.logging import get_run_logger
 
 from quantgate import lifecycle
-from quantgate.errors import ConfigError, ConflictError, IntegrityError, NotFoundError
+from quantgate.errors import ConflictError, IntegrityError, NotFoundError
 from quantgate.registry import Manifest, ModelRef, Outcome
 from quantgate.report import RunReport
 from quantgate.report import decision_links as links_for
@@ -22,6 +22,7 @@ from quantgate.settings import Settings
 from quantgate.signing import promotion_signer, trusted_keys
 from quantgate.storage import open_store
 from tasks._common import STORAGE_TASK
+from tasks.runs import in_flight
 
 
 @task(name="find-decision", cache_policy=NO_CACHE, **STORAGE_TASK)
@@ -46,11 +47,11 @@ def find_undecided(settings: Settings, max_failures: int) -> lifecycle.SweepPlan
 
 @task(name="runs-in-flight", cache_policy=NO_CACHE, **STORAGE_TASK)
 def runs_in_flight(refs: list[ModelRef], max_age_h: float) -> dict[str, str]:
-    """str(ref) -> the quantize-and-promote run of it that has not ended yet (waiting for a worker or a
+    """str(ref) -> "in flight: <its quantize-and-promote run not ended yet>" (waiting for a worker or a
     concurrency slot, running, paused for approval), for the versions in `refs`: the sweep leaves those to
     that run. A run created more than `max_age_h` hours ago holds nothing back (a run stuck that long is
     what the safety net is for; its decision is still one, lifecycle/promotion.py's cross-check)."""
-    return _in_flight(refs, max_age_h)
+    return in_flight(refs, max_age_h)
 
 
 @task(name="hold-back", cache_policy=NO_CACHE, **STORAGE_TASK)
@@ -73,43 +74,7 @@ def hold_back(settings: Settings, ref: ModelRef, max_age_h: float, grace_s: floa
             f"registered {age_s:.0f} s ago, within the sweep's {grace_s:g} s grace: its registration's own "
             "run may not have been created yet (the next sweep runs it if it is still undecided)"
         )
-    held = _in_flight([ref], max_age_h)
-    if held:
-        return f"in flight: {held[str(ref)]}"
-    return None
-
-
-def _in_flight(refs: list[ModelRef], max_age_h: float) -> dict[str, str]:
-    from datetime import UTC, datetime, timedelta
-
-    from tasks.runs import IN_FLIGHT, flow_runs, version_of
-
-    if not (0 < max_age_h < math.inf):
-        raise ConfigError(
-            f"in_flight_max_age_h must be a number of hours above 0, not {max_age_h!r}: it is how old a run "
-            "not yet ended may be and still hold its version back from the sweep (24 by default)"
-        )
-    wanted = {str(r) for r in refs}
-    if not wanted:
-        return {}
-    now = datetime.now(UTC)
-    cutoff = now - timedelta(hours=max_age_h)
-    held, logger = {}, get_run_logger()
-    # Every run not ended (a queue of hundreds at most): one not started yet is not named model@version.
-    for run in flow_runs(IN_FLIGHT):
-        version = version_of(run)
-        if version not in wanted:
-            continue
-        state = run.state.name if run.state else "unknown"
-        age_min = (now - run.created).total_seconds() / 60
-        if run.created < cutoff:
-            logger.warning(
-                "%s: run %s is %s, created %.0f min ago (over %s h): not waited for", version, run.id, state,
-                age_min, max_age_h,
-            )  # fmt: skip
-            continue
-        held.setdefault(version, f"run {run.id} of it is {state} (created {age_min:.0f} min ago)")
-    return held
+    return in_flight([ref], max_age_h).get(str(ref))
 
 
 CRASHED_RUNS_LOOKED_AT = 200  # the most recent: a crash older than that was long since re-run
