@@ -29,20 +29,30 @@ trap 'rm -rf "$logs"' EXIT
 order=()
 waiting=()
 
-run_tier() {  # run_tier NAME COMMAND...: run it; "seconds|result|ran a test" goes to $logs/NAME.result
-  local name=$1 start rc result ran=0
+children_cpu() {  # children_cpu FILE: CPU seconds (user + system) of this shell's ended children, from
+  # bash's `times` (run in this shell: in a $(...) subshell it would count that subshell's children)
+  times > "$1"
+  awk 'NR == 2 { for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] } }
+    END { printf "%.0f", s }' "$1"
+}
+
+run_tier() {  # run_tier NAME COMMAND...: run it; "seconds|result|ran a test|cpu seconds" to $logs/NAME.result
+  local name=$1 start rc result ran=0 cpu
   shift
   echo "== ${name}: $*"
   start=$(date +%s)
+  children_cpu "$logs/${name}.times" > "$logs/${name}.cpu0"
   "$@"
   rc=$?
+  children_cpu "$logs/${name}.times" > "$logs/${name}.cpu1"
+  cpu=$(($(cat "$logs/${name}.cpu1") - $(cat "$logs/${name}.cpu0")))
   case $rc in
     0) result=passed; [[ "$*" == *pytest* ]] && ran=1 ;;
     5)  # pytest's exit code when nothing was collected: fine only where extra args deselected the tier
       if [ "$selecting" -eq 1 ]; then result="no tests selected"; else result="FAILED (no tests)"; fi ;;
     *) result="FAILED (exit ${rc})" ;;
   esac
-  echo "$(($(date +%s) - start))|${result}|${ran}" > "$logs/${name}.result"
+  echo "$(($(date +%s) - start))|${result}|${ran}|${cpu}" > "$logs/${name}.result"
 }
 
 tier() {  # tier NAME COMMAND...: in the foreground, its output as it comes
@@ -61,7 +71,7 @@ spawn() {  # spawn NAME [--after TIER] COMMAND...: in the background; its output
       while [ ! -f "$logs/${after}.result" ]; do sleep 1; done
       if [ "$(cut -d'|' -f2 "$logs/${after}.result")" != passed ]; then
         echo "== ${name}: not run, ${after} failed"
-        echo "0|FAILED (${after} failed)|0" > "$logs/${name}.result"
+        echo "0|FAILED (${after} failed)|0|0" > "$logs/${name}.result"
         exit
       fi
     fi
@@ -80,16 +90,18 @@ collect() {  # wait for every background tier and show its output, in the order 
 }
 
 summary() {
-  local name seconds result ran total=$(($(date +%s) - began)) failed=0 ran_any=0
+  local name seconds result ran cpu total=$(($(date +%s) - began)) failed=0 ran_any=0 cpu_all=0
   echo
-  printf '%-12s %8s  %s\n' tier "wall" result
+  printf '%-12s %8s %7s  %s\n' tier "wall" "CPU-s" result
   for name in "${order[@]}"; do
-    IFS='|' read -r seconds result ran < "$logs/${name}.result"
-    printf '%-12s %5d:%02d  %s\n' "$name" $((seconds / 60)) $((seconds % 60)) "$result"
+    IFS='|' read -r seconds result ran cpu < "$logs/${name}.result"
+    printf '%-12s %5d:%02d %7d  %s\n' "$name" $((seconds / 60)) $((seconds % 60)) "$cpu" "$result"
+    cpu_all=$((cpu_all + cpu))
     case $result in passed|"no tests selected") ;; *) failed=1 ;; esac
     [ "$ran" -eq 1 ] && ran_any=1
   done
-  printf '%-12s %5d:%02d  %s\n' total $((total / 60)) $((total % 60)) "(unit, flows, integration, browser and scale ran side by side)"
+  printf '%-12s %5d:%02d %7d  %s\n' total $((total / 60)) $((total % 60)) "$cpu_all" \
+    "(unit, flows, integration, browser and scale ran side by side; CPU-s: each tier's processes, ended)"
   if [ "$ran_any" -eq 0 ]; then
     echo "no tier ran a test: nothing was checked" >&2
     failed=1
