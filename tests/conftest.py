@@ -154,6 +154,10 @@ os.environ.setdefault("QUANTGATE_PROMOTION_LOCK_TIMEOUT_S", "5")
 # (7.2 CPU-s in 30 s, against 0.3 s at 1 s or at the default 5 s).
 os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "50")
 os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL", "1")
+# Events are stored every second too (Prefect's default: 5 s). The fault matrix looks each run's
+# quantgate.model.promoted event up: a shard of it slept 13.5 of its 39.5 s waiting for the store (cProfile,
+# 7 runs); an idle server's CPU did not move (0.7-0.9 CPU-s in 60 s either way).
+os.environ.setdefault("PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL", "1")
 # One export cache per test session: shared by its tests (re-runs hit it), never by earlier sessions. Made
 # only by the process that finds none (pytest, not its xdist workers or the servers and workers it starts,
 # which inherit it) and removed when that process exits: `setdefault(..., mkdtemp())` made one per import
