@@ -4,7 +4,8 @@ sample".
 
 - Task metrics (STS Spearman): a paired bootstrap. The same resampled rows score FP32 and the candidate,
   so the drop's interval reflects how the two models disagree, not how hard the rows are. 1,000 seeded
-  resamples, vectorised: ranks of a (B, n) matrix and row-wise Pearson correlation of ranks.
+  resamples, vectorised: ranks of a (B, n) matrix (counted, not sorted: `resampled_ranks`) and row-wise
+  Pearson correlation of ranks.
 - Agreement rates (neighbour agreement): the Wilson score interval (Wilson 1927), which stays inside
   [0, 1] and is sane at rates near 1, where the normal approximation is not.
 - Tails (rows whose cosine falls below a floor, whose probability moves past a ceiling): the share of rows
