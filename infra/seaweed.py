@@ -46,10 +46,18 @@ def _port_free(port: int) -> bool:
     return True
 
 
+# Fixed ports the project's own servers take (infra/seaweed_cluster.py's 4650-4658, the scale tests' Prefect
+# servers and PostgreSQLs at 45xx-46xx), with their gRPC twins: a picked port must be neither. A picked
+# HTTP port 14653 once took the cluster's third volume server's gRPC port while the slow tier's SeaweedFS
+# started beside the scale tier ("bind: address already in use", CI at d2a4867).
+FIXED = range(4500, 4700)
+_NOT_PICKED = frozenset({*FIXED, *(p + GRPC_OFFSET for p in FIXED)})
+
+
 def pick_ports(first: int = 10000, last: int = 22000) -> dict[str, int]:
-    """Free HTTP ports whose gRPC twin (+10000) is free too, one per service. Both stay below Linux's
-    ephemeral range (32768+), where any outgoing connection could take a port between the check and
-    weed's bind (seen: "bind: address already in use" on a picked port)."""
+    """Free HTTP ports whose gRPC twin (+10000) is free too, one per service, outside FIXED and its gRPC
+    twins. Both stay below Linux's ephemeral range (32768+), where any outgoing connection could take a
+    port between the check and weed's bind (seen: "bind: address already in use" on a picked port)."""
     ports: dict[str, int] = {}
     # Start from a random point so parallel sessions rarely race for the same port.
     candidate = first + secrets.randbelow(last - first)
@@ -61,6 +69,8 @@ def pick_ports(first: int = 10000, last: int = 22000) -> dict[str, int]:
         candidate += 7
         tried += 1
         if port in ports.values() or (port + GRPC_OFFSET) in ports.values():
+            continue
+        if port in _NOT_PICKED or port + GRPC_OFFSET in _NOT_PICKED:
             continue
         if _port_free(port) and _port_free(port + GRPC_OFFSET):
             ports[_SERVICES[len(ports)]] = port

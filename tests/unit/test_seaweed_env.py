@@ -5,7 +5,7 @@ from __future__ import annotations
 import stat
 import subprocess
 
-from infra.seaweed import read_env_file, write_env_file
+from infra.seaweed import FIXED, GRPC_OFFSET, pick_ports, read_env_file, write_env_file
 
 
 def test_a_hostile_secret_is_not_run_when_the_env_file_is_sourced(tmp_path):
@@ -38,3 +38,12 @@ def test_a_secret_holding_a_newline_reads_back_whole(tmp_path):
         check=True,
     )
     assert done.stdout == secret
+
+
+def test_picked_ports_leave_the_fixed_servers_ports_and_their_grpc_twins_alone():
+    """A range that holds nothing but the fixed ports' gRPC twins and a few beyond: every pick is beyond."""
+    twins = range(FIXED.start + GRPC_OFFSET, FIXED.stop + GRPC_OFFSET)
+    for _ in range(20):  # the search starts at a random point
+        ports = pick_ports(first=twins.start, last=twins.stop + 60)
+        assert ports
+        assert not set(ports.values()) & set(twins), ports
