@@ -41,9 +41,10 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 def resampled_ranks(x: np.ndarray, idx: np.ndarray, chunk: int = 250) -> np.ndarray:
     """`rankdata(x[idx], axis=-1, method="average")`, the same numbers, without sorting every resample: x's
     distinct values are sorted once, each resample counts how often it drew each of them, and a value's
-    average rank is the count below it plus (its count + 1) / 2. Four times faster on (1000, 1436)-sized
-    resamples (STS-B dev), the task metric's bootstrap; `chunk` resamples at a time bound the memory to
-    about rankdata's own. With a NaN in x, scipy's (every rank of a row that drew it is NaN)."""
+    average rank is the count below it plus (its count + 1) / 2 (one ranking of (2000, 1436) resamples:
+    0.71 -> 0.17 s; STS-B dev's metric and six slices: 1.80 -> 0.16 CPU-s). `chunk` resamples at a time
+    bound the memory to about rankdata's own. With a NaN in x, scipy's (every rank of a row that drew it
+    is NaN)."""
     if np.isnan(x).any():
         return _ranks(x[idx])
     distinct, group = np.unique(x, return_inverse=True)
