@@ -38,6 +38,12 @@ TINY_GATES = GateThresholds(
 # the default search on the tiny model builds and benchmarks 11 candidates, minutes per test. The search
 # itself is tested where it is the subject (test_flow.py's default-search runs, test_search*.py, slow tier).
 TINY_RECIPES = ["dynamic-int8-per-channel"]
+# How long a test waits for a process, a run or an event before it calls it hung. A guard, never a speed
+# judgement: the tiers run side by side at `nice -n 19` (infra/test.sh), and on a loaded 2-core host a
+# `quantgate register` that takes 8 CPU-s once took more than 120 s of wall time (a red CI run at 2837760).
+HANG_S = 600.0
+# How long a test polls for what the server records asynchronously (events, task runs) before it fails.
+RECORDED_S = 120.0
 
 
 def bare_manifest(name: str, version: str, run_id: str) -> Manifest:
@@ -101,7 +107,7 @@ def scored_candidate(
     )
 
 
-def task_runs_of(flow_run_id: Any, last: str, timeout: float = 30.0) -> list[Any]:
+def task_runs_of(flow_run_id: Any, last: str, timeout: float = RECORDED_S) -> list[Any]:
     """The task runs of a flow run, once one named `last`... (the run's final task) is recorded: the
     server records task runs from their events in batches, so they arrive a moment after the run ends."""
     import time

@@ -20,7 +20,7 @@ from infra.chromium import chromium_options, chromium_paths
 from quantgate import lifecycle
 from quantgate.bench import BenchSettings
 from quantgate.registry import ModelRef
-from tests.conftest import REPO, TINY_GATES, TINY_RECIPES
+from tests.conftest import HANG_S, REPO, TINY_GATES, TINY_RECIPES
 from tests.integration.conftest import ACCESS_KEY, SECRET_KEY, drop_bucket, prefect_stack, seaweed
 
 __all__ = ["seaweed"]  # the session's SeaweedFS, shared with the integration tier's fixture
@@ -133,7 +133,7 @@ def stack(
                     started[ref] = run_deployment(
                         DEPLOYMENT, parameters={"model": model, "version": version, **params}, timeout=0
                     )
-                runs = _wait_finished(client, [r.id for r in started.values()], timeout=360)
+                runs = _wait_finished(client, [r.id for r in started.values()], timeout=HANG_S)
                 promoted, rejected = runs[started["tiny@v1"].id], runs[started["tiny@v2"].id]
                 raced = runs[started["raced@v1"].id]
                 assert promoted.state.name == "Promoted", promoted.state.message

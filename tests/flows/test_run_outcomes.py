@@ -16,7 +16,7 @@ from quantgate import announce, lifecycle
 from quantgate.bench import BenchSettings
 from quantgate.registry import ModelRef, current_key
 from quantgate.search import SearchBudget
-from tests.conftest import TINY_GATES
+from tests.conftest import RECORDED_S, TINY_GATES
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -54,7 +54,7 @@ def _flow_run(state):
         return client.read_flow_run(state.state_details.flow_run_id)
 
 
-def _events(name: str, version: str, timeout: float = 30):
+def _events(name: str, version: str, timeout: float = RECORDED_S):
     from prefect import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 

@@ -14,7 +14,7 @@ from infra.zombies import AUTOMATION_NAME
 from quantgate import lifecycle
 from quantgate.bench import BenchSettings
 from quantgate.registry import ModelRef, manifest_key
-from tests.conftest import REPO, TINY_GATES, TINY_RECIPES
+from tests.conftest import HANG_S, REPO, TINY_GATES, TINY_RECIPES
 from tests.integration.conftest import prefect_stack, snapshot
 
 # The tiny model cannot win latency from INT8 (see test_flow.py): the deployments get its speed gate off.
@@ -32,7 +32,7 @@ def stack(s3_env, tmp_path):
         yield running
 
 
-def _wait_for_run(client, run_name: str, timeout: float = 240):
+def _wait_for_run(client, run_name: str, timeout: float = HANG_S):
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
     deadline = time.monotonic() + timeout
@@ -84,7 +84,7 @@ def test_registration_triggers_a_run_and_the_sweep_catches_silent_uploads(
             cwd=REPO,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=HANG_S,
             check=False,
         )
         assert registered.returncode == 0, registered.stderr
@@ -118,7 +118,7 @@ def test_registration_triggers_a_run_and_the_sweep_catches_silent_uploads(
         )
         # (Registered a moment ago: the sweep's grace for a registration's own run is waived here.)
         sweep = run_deployment(
-            "registry-sweep/registry-sweep", parameters={"registration_grace_s": 0}, timeout=300
+            "registry-sweep/registry-sweep", parameters={"registration_grace_s": 0}, timeout=HANG_S
         )
         assert sweep.state.is_completed(), sweep.state.message
         assert _wait_for_run(client, "tiny@d2").state.name == "Promoted"

@@ -20,7 +20,7 @@ from quantgate.errors import ConfigError, ConflictError, NotFoundError, StorageU
 from quantgate.registry import Manifest, ModelRef, manifest_key
 from quantgate.settings import Settings
 from quantgate.storage import ObjectStore, sha256_bytes
-from tests.conftest import REPO, TINY_GATES, TINY_RECIPES
+from tests.conftest import HANG_S, REPO, TINY_GATES, TINY_RECIPES
 from tests.conftest import artifact_files as _files
 from tests.conftest import bare_manifest as _manifest
 from tests.integration.conftest import ACCESS_KEY, SECRET_KEY, snapshot
@@ -188,7 +188,7 @@ def _run_killed(mode: str, ref: ModelRef) -> subprocess.CompletedProcess[bytes]:
         env=env,
         cwd=REPO,
         capture_output=True,
-        timeout=300,
+        timeout=HANG_S,
         check=False,
     )
 
@@ -238,7 +238,7 @@ class OutageRun:
     runner: threading.Thread
     result: dict[str, object]
 
-    def state(self, timeout: float = 180) -> object:
+    def state(self, timeout: float = HANG_S) -> object:
         self.runner.join(timeout=timeout)
         return self.result["state"]
 
@@ -281,7 +281,7 @@ def outage_run(tmp_path, monkeypatch, tiny_model_dir, small_sts, prefect_api) ->
             time.sleep(0.1)
         server.stop()  # pulled: from here every storage call fails until a restart
         yield OutageRun(server, store, ref, runner, result)
-        runner.join(timeout=180)
+        runner.join(timeout=HANG_S)
     finally:
         server.stop()
 

@@ -14,6 +14,7 @@ from quantgate import storage
 from quantgate.errors import ConflictError, StorageError
 from quantgate.settings import Settings
 from quantgate.storage import MIB, ObjectStore, make_client, sha256_file
+from tests.conftest import HANG_S
 from tests.faults import FaultPlan, FaultyClient
 from tests.integration.conftest import snapshot
 
@@ -145,7 +146,7 @@ def test_a_process_killed_mid_upload_leaves_no_object_and_a_new_upload_of_the_ke
     env = {**os.environ, "QUANTGATE_MULTIPART_THRESHOLD_MB": "5", "QUANTGATE_MULTIPART_PART_SIZE_MB": "5"}
     done = subprocess.run(
         [sys.executable, "-c", _KILLED_UPLOAD, KEY, str(big), str(parts)],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
+        env=env, capture_output=True, text=True, timeout=HANG_S, check=False,
         cwd=Path(__file__).resolve().parents[2],  # this checkout's quantgate, whatever the venv points at
     )  # fmt: skip
     assert done.returncode == -9, done.stderr[-2000:]

@@ -14,6 +14,7 @@ import pytest
 from infra.postgres import SUPERUSER
 from infra.prefect_server import stop_process
 from infra.prefect_stack import POOL, REPO, PrefectStack
+from tests.conftest import HANG_S
 
 pytestmark = pytest.mark.scale
 
@@ -66,7 +67,7 @@ def test_a_worker_runs_a_deployment_of_the_postgres_stack(s3_env, tmp_path: Path
             # deployed with its hourly schedule, turned off here (sweep_schedule=False); still runnable
             assert schedules
             assert not any(s.active for s in schedules)
-            sweep = run_deployment("registry-sweep/registry-sweep", timeout=300)
+            sweep = run_deployment("registry-sweep/registry-sweep", timeout=HANG_S)
         assert sweep.state is not None
         assert sweep.state.is_completed(), sweep.state.message
 

@@ -12,7 +12,7 @@ import pytest
 from flows.quantize_and_promote import quantize_and_promote
 from quantgate import lifecycle
 from quantgate.registry import ModelRef
-from tests.conftest import REPO
+from tests.conftest import HANG_S, REPO
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -51,7 +51,7 @@ def test_an_in_flow_error_is_printed_once_without_a_traceback(s3_env, store, tin
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_S,
         check=False,
     )
     out = done.stdout + done.stderr

@@ -12,13 +12,13 @@ from flows.registry_sweep import registry_sweep
 from quantgate import announce, lifecycle
 from quantgate.bench import BenchSettings
 from quantgate.registry import ModelRef
-from tests.conftest import TINY_GATES, TINY_RECIPES
+from tests.conftest import RECORDED_S, TINY_GATES, TINY_RECIPES
 from tests.integration.conftest import snapshot
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
-def _events(name: str, version: str, minimum: int = 1, timeout: float = 30):
+def _events(name: str, version: str, minimum: int = 1, timeout: float = RECORDED_S):
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 

@@ -17,6 +17,7 @@ from benchmarks.workers import FIGURES_SETTING, figures, peak_overlap, run_times
 from infra.prefect_stack import PrefectStack, worker_name
 from quantgate import lifecycle
 from quantgate.registry import ModelRef
+from tests.conftest import RECORDED_S
 from tests.integration.test_deployments import TINY_PARAMS
 
 pytestmark = pytest.mark.scale
@@ -31,7 +32,7 @@ DEPLOYMENT = "quantize-and-promote/quantize-on-registration"
 DECIDING = {"Promoted", "NotPromoted"}
 
 
-def _promotion_slot_intervals(client, models: set[str], expected: int, timeout: float = 60) -> dict:
+def _promotion_slot_intervals(client, models: set[str], expected: int, timeout: float = RECORDED_S) -> dict:
     """Per model, when a run held its `quantgate-promote-<model>` slot: the acquired/released events the
     promote task emits (they reach the server asynchronously: polled until every one is there)."""
     from prefect.events.filters import EventFilter, EventNameFilter

@@ -13,7 +13,7 @@ import pytest
 from infra.zombies import AUTOMATION_NAME
 from quantgate import lifecycle
 from quantgate.registry import ModelRef
-from tests.conftest import REPO
+from tests.conftest import HANG_S, REPO
 from tests.integration.conftest import prefect_stack
 
 HEARTBEAT_S = 30  # Prefect's minimum
@@ -45,7 +45,7 @@ def test_a_killed_run_is_marked_crashed_not_left_running(stack, store, tiny_mode
         env=env,
         cwd=REPO,
         capture_output=True,
-        timeout=300,
+        timeout=HANG_S,
         check=False,
     )
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
