@@ -8,11 +8,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from infra.prefect_server import TEMPLATE_ENV, seed_sqlite
 from infra.stsb import missing_message, stsb_path
 from quantgate.process import configure_process
 from quantgate.registry import Manifest
@@ -164,6 +166,11 @@ os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL"
 # quantgate.model.promoted event up: a shard of it slept 13.5 of its 39.5 s waiting for the store (cProfile,
 # 7 runs); an idle server's CPU did not move (0.7-0.9 CPU-s in 60 s either way).
 os.environ.setdefault("PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL", "1")
+# Every test server (the harnesses, the stacks) starts from a copy of one empty database already migrated by
+# this Prefect (infra.prefect_server.sqlite_template, built once under a lock by the first server of the
+# run): a fresh SQLite database's migration cost each start ~5 CPU-s and ~6 s.
+_TEMPLATES = Path(tempfile.gettempdir()) / "quantgate-prefect-sqlite"
+os.environ.setdefault(TEMPLATE_ENV, str(_TEMPLATES / f"prefect-{metadata.version('prefect')}.db"))
 # One export cache per test session: shared by its tests (re-runs hit it), never by earlier sessions. Made
 # only by the process that finds none (pytest, not its xdist workers or the servers and workers it starts,
 # which inherit it) and removed when that process exits: `setdefault(..., mkdtemp())` made one per import
@@ -221,6 +228,7 @@ def tiny_model_dir(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """One Prefect test harness (a throwaway server and database) per session, for the flows and
     integration tiers."""
+    import prefect.testing.utilities as harness_module
     from prefect.settings import (
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
         PREFECT_RESULTS_LOCAL_STORAGE_PATH,
@@ -228,21 +236,30 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     )
     from prefect.testing.utilities import prefect_test_harness
 
+    def seeded_mkdtemp() -> str:
+        """The harness's database folder, with the migrated template in place as prefect-test.db (its file
+        name in Prefect 3.8.8; under another name the server just migrates its own, as before)."""
+        folder = tempfile.mkdtemp()
+        seed_sqlite(Path(folder) / "prefect-test.db")
+        return folder
+
     # The harness gives a throwaway database but not throwaway result storage (Prefect 3.8.8).
     # No heartbeats from in-process flow runs: the heartbeat thread sleeps in 1 s steps and each flow's
     # end joins it (about 0.5 s per flow, a sub-flow included: 15 % of a tiny run). Heartbeats and the
     # zombie automation they feed are tested on a real worker (tests/integration/test_zombies.py).
     results = tmp_path_factory.mktemp("prefect-results")
-    with (
-        temporary_settings(
-            {PREFECT_RESULTS_LOCAL_STORAGE_PATH: results, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
-        ),
-        # infra/test.sh starts about ten pytest processes at once on two cores, each with its own harness:
-        # with 60 s, a flows worker's server did not answer in time (its imports and migrations shared the
-        # CPU with every other process's).
-        prefect_test_harness(server_startup_timeout=300),
-    ):
-        yield
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(harness_module, "mkdtemp", seeded_mkdtemp)
+        with (
+            temporary_settings(
+                {PREFECT_RESULTS_LOCAL_STORAGE_PATH: results, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+            ),
+            # infra/test.sh starts about ten pytest processes at once on two cores, each with its own
+            # harness: with 60 s, a flows worker's server did not answer in time (its imports and
+            # migrations shared the CPU with every other process's).
+            prefect_test_harness(server_startup_timeout=300),
+        ):
+            yield
 
 
 @pytest.fixture
