@@ -10,7 +10,7 @@ about 16 s to answer /api/health (measured, Prefect 3.8.8).
 
 With QUANTGATE_PREFECT_SQLITE_TEMPLATE set to a file (the tests set it), a state folder without a database
 starts from a copy of an empty database already migrated to this Prefect's head (`sqlite_template`): the
-server's own migration on start then has nothing to do (11 -> 5 CPU-s per start, measured here).
+server's own migration on start then has nothing to do (benchmarks/prefect_db_start.py measures both).
 """
 
 from __future__ import annotations

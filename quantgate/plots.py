@@ -182,12 +182,11 @@ def pareto_figure(
     # Fixed before the labels: placing them needs the final data-to-pixel transform. Every panel has a
     # y label and tick labels of at most a few digits on its left; wspace is a fraction of a panel's width.
     _margins(fig, left=0.9, right=0.1, top=0.45, bottom=0.6, wspace=0.95 / 5.0)
-    # The data limits, autoscaled without drawing (labels do not move them): a draw without rendering laid
-    # every tick and text out once more, a third of the plot's cost. The PNG is drawn once.
-    for ax, _ in to_label:
+    # The data limits, autoscaled without drawing (labels do not move them; `draw_without_rendering` laid
+    # every tick and text out once more: ~0.29 -> ~0.25 CPU-s for 11 candidates). The PNG is drawn once.
+    for ax, labels in to_label:
         ax.get_xlim()
         ax.get_ylim()
-    for ax, labels in to_label:
         _place_labels(fig, ax, labels)
     return fig
 
