@@ -168,7 +168,7 @@ os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL"
 os.environ.setdefault("PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL", "1")
 # Every test server (the harnesses, the stacks) starts from a copy of one empty database already migrated by
 # this Prefect (infra.prefect_server.sqlite_template, built once under a lock by the first server of the
-# run): a fresh SQLite database's migrations cost each start 8-10 CPU-s (benchmarks/prefect_db_start.py).
+# run): a fresh SQLite database's migrations cost each start 8-12 CPU-s (benchmarks/prefect_db_start.py).
 _TEMPLATES = Path(tempfile.gettempdir()) / "quantgate-prefect-sqlite"
 os.environ.setdefault(TEMPLATE_ENV, str(_TEMPLATES / f"prefect-{metadata.version('prefect')}.db"))
 # One export cache per test session: shared by its tests (re-runs hit it), never by earlier sessions. Made
