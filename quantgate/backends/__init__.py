@@ -61,6 +61,10 @@ class Runtime(ABC):
     # The distributions that run the artifact (its engine): the manifest records the versions it was judged
     # with, and `quantgate pull` warns when the local ones differ.
     packages: ClassVar[tuple[str, ...]] = ()
+    # One session opened with one thread runs calls from several threads at once, each on its calling
+    # thread (ONNX Runtime's `InferenceSession.run` is thread-safe): an evaluation then spreads its batches
+    # over the cores without changing them. False: one call at a time (an OpenVINO infer request).
+    concurrent_runs: ClassVar[bool] = False
     registry: ClassVar[dict[str, type[Runtime]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

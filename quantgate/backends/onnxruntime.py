@@ -547,6 +547,7 @@ class OnnxRuntime(Runtime):
 
     name = "onnxruntime"
     packages = ("onnxruntime",)
+    concurrent_runs = True
 
     def session(self, path: Path, threads: int) -> Session:
         return inference_session(path, threads)

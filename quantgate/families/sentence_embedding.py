@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import csv
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from quantgate.backends import Servable, open_session
+from quantgate.backends import Servable, get_runtime, open_session
 from quantgate.bench import BenchReport, BenchSettings, Request, draw_requests
 from quantgate.errors import HeldoutValidationError
 from quantgate.evaluate import ParityReport, parity_report
@@ -188,28 +189,49 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(spearmanr(x, y).statistic)
 
 
+# Texts per evaluation batch. On MiniLM (STS-B dev's 2,872 texts, one thread, this 2-core machine) batches
+# of 8 took 15.0 s in FP32 against 18.5 s for 64 (5.7 vs 6.2 s for a dynamic INT8 candidate): the smaller
+# activations stay in cache, and the length-sorted batches carry less padding.
+EVAL_BATCH = 8
+
+
 def embed_texts(
     model: Servable | Path,
     tokenizer: Any,
     texts: list[str],
     *,
-    batch: int = 64,
+    batch: int = EVAL_BATCH,
     max_length: int = 256,
     threads: int = 2,
 ) -> np.ndarray:
-    """sentence_embedding for every text; length-sorted batches keep padding (and time) low."""
-    sess = open_session(model if isinstance(model, Servable) else Servable(model), threads)
+    """sentence_embedding for every text, in batches of texts of similar length (sorted by length: little
+    padding). The batches do not depend on `threads`. On an engine whose session runs calls from several
+    threads at once (ONNX Runtime), one single-threaded session runs `threads` batches side by side, so
+    the outputs do not depend on the thread count either (two calls side by side: 7.7-8.2 s for MiniLM
+    FP32's 2,872 texts against 9.6-9.9 s on one session of two threads); otherwise one session of
+    `threads` threads runs them in turn."""
+    servable = model if isinstance(model, Servable) else Servable(model)
     order = np.argsort([len(t) for t in texts], kind="stable")
-    out: np.ndarray | None = None
-    for start in range(0, len(texts), batch):
-        idx = order[start : start + batch]
-        feeds = tokenize(tokenizer, [texts[i] for i in idx], max_length)
-        (emb,) = sess.run(["sentence_embedding"], feeds)
-        if out is None:
-            out = np.zeros((len(texts), emb.shape[1]), dtype=np.float32)
-        out[idx] = emb
-    if out is None:
+    chunks = [order[start : start + batch] for start in range(0, len(texts), batch)]
+    if not chunks:
         raise ValueError("no texts to embed")
+    side_by_side = get_runtime(servable.runtime).concurrent_runs and threads > 1 and len(chunks) > 1
+    sess = open_session(servable, 1 if get_runtime(servable.runtime).concurrent_runs else threads)
+    # Tokenized here, in this thread: a fast tokenizer called from two threads at once can fail
+    # ("Already borrowed"), since each call sets its truncation and padding on the shared object.
+    feeds = [tokenize(tokenizer, [texts[i] for i in idx], max_length) for idx in chunks]
+
+    def run(one: dict[str, np.ndarray]) -> np.ndarray:
+        return sess.run(["sentence_embedding"], one)[0]
+
+    if side_by_side:
+        with ThreadPoolExecutor(max_workers=min(threads, len(chunks))) as pool:
+            embeddings = list(pool.map(run, feeds))
+    else:
+        embeddings = [run(one) for one in feeds]
+    out = np.zeros((len(texts), embeddings[0].shape[1]), dtype=np.float32)
+    for idx, emb in zip(chunks, embeddings, strict=True):
+        out[idx] = emb
     return out
 
 
