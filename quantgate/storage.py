@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import mimetypes
 import os
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -95,6 +97,13 @@ def _b64(hex_digest: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_digest)).decode()
 
 
+@functools.cache
+def _service_models() -> Any:
+    """botocore's loader of the service models (S3's API, its endpoints): read-only data, parsed once per
+    process and shared by every client's session, as one session shares it between its clients."""
+    return botocore.session.get_session().get_component("data_loader")
+
+
 def make_client(settings: Settings) -> Any:
     """The boto3 S3 client every ObjectStore uses. Tests wrap it to inject faults at every write."""
     # boto3 >= 1.36 adds a CRC32 to requests and asks for one back by default; some S3-compatible servers
@@ -108,8 +117,12 @@ def make_client(settings: Settings) -> Any:
         if settings.s3_checksums
         else {}
     )
-    # A session of its own: boto3's default session caches the credentials it resolved first.
-    return boto3.session.Session().client(
+    # A session of its own: boto3's default session caches the credentials it resolved first. Its loader
+    # of service models is the process's one: a new loader parses S3's model and endpoints again (~0.1 CPU-s
+    # a client; a run opens a store in each task that touches storage).
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _service_models())
+    return boto3.session.Session(botocore_session=core).client(
         "s3",
         endpoint_url=settings.s3_endpoint_url,
         region_name=settings.s3_region,

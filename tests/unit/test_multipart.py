@@ -348,3 +348,26 @@ def test_a_terminal_gets_a_bar_for_large_files_only(monkeypatch):
         advance(SIZE)
     assert "model.onnx_data" in screen.getvalue()
     assert "config.json" not in screen.getvalue()
+
+
+def test_clients_share_the_parsed_service_models_and_still_read_their_own_credentials(monkeypatch):
+    """Each client has a session of its own (credentials resolved anew) and the process's one loader of
+    S3's service model: a second client parses no model file again."""
+    from botocore.loaders import JSONFileLoader
+
+    make_client(_settings())  # whichever client comes first in this process parses the models
+    reads: list[str] = []
+    real = JSONFileLoader.load_file
+    monkeypatch.setattr(
+        JSONFileLoader, "load_file", lambda self, path: reads.append(path) or real(self, path)
+    )
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "first-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "first-secret")
+    one = make_client(_settings())
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "second-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "second-secret")
+    two = make_client(_settings())
+    assert reads == []
+    # botocore keeps a client's credentials on its request signer (no public accessor).
+    assert one._request_signer._credentials.access_key == "first-key"
+    assert two._request_signer._credentials.access_key == "second-key"
