@@ -410,9 +410,7 @@ class SentenceEmbedding(ResampledTaskType):
 
     @staticmethod
     def _tokenizer(assets: Path) -> Any:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(assets, local_files_only=True)
+        return load_tokenizer(assets)
 
     def calibration_feeds(self, assets: Path, calibration: pd.DataFrame) -> list[dict[str, np.ndarray]]:
         """Both sentences of each calibration pair, in batches padded to one common length: ORT's
