@@ -7,9 +7,11 @@ export). Passing positional args to the bare model fails (`got multiple values f
 'use_cache'`), hence the wrapper.
 Attention is loaded as "eager": SDPA exports leave ORT's fuser 0 Attention nodes to fuse.
 
-A model whose weights pass the 2 GiB protobuf limit is saved with ONNX external data: `model.onnx` (the
-graph) and `model.onnx.data` (every tensor over 1 KiB) side by side, above QUANTGATE_EXTERNAL_DATA_MIN_BYTES
-(0 forces it: the CI-sized twin). Every later stage opens the model by its path, so it finds the data.
+A model whose weights reach QUANTGATE_EXTERNAL_DATA_MIN_BYTES (256 MiB; past 2 GiB, the protobuf limit of
+one file, it must) is saved with ONNX external data: `model.onnx` (the graph) and `model.onnx.data` (every
+tensor over 1 KiB) side by side, the weights written one at a time as torch's exporter hands them over, so
+that they never sit in memory as one proto (`_install_weight_deferral`; 0 forces it: the CI-sized twin).
+Every later stage opens the model by its path, so it finds the data.
 """
 
 from __future__ import annotations
@@ -319,10 +321,10 @@ def model_inputs(model: Any) -> list[str]:
 
 
 def external_data_min_bytes() -> int:
-    """QUANTGATE_EXTERNAL_DATA_MIN_BYTES (settings.ExportSettings; default 2 GiB, the protobuf limit of one
-    ONNX file, less 256 MiB for the graph): weights of this many bytes or more go to external data; 0
-    forces it. Read where the export runs, as the held-out limits are, so that the task types' `export`
-    does not carry a storage-layout setting through every family."""
+    """QUANTGATE_EXTERNAL_DATA_MIN_BYTES (settings.ExportSettings; default 256 MiB): weights of this many
+    bytes or more go to external data, written one tensor at a time as torch hands them over; 0 forces it.
+    Read where the export runs, as the held-out limits are, so that the task types' `export` does not carry
+    a storage-layout setting through every family."""
     from pydantic import ValidationError
 
     from quantgate.errors import ConfigError
@@ -402,6 +404,102 @@ def model_files_size(onnx_path: Path) -> int:
     return onnx_path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 
+# The export writing its weights into external data itself: see `_install_weight_deferral`. Up to 2 GiB
+# less 256 MiB for the graph: past the protobuf limit torch's exporter writes external data on its own and
+# asserts that weights are not also deferred.
+DEFER_MAX_BYTES = 2**31 - 256 * 2**20
+_DEFERRAL = threading.local()
+_DEFERRAL_LOCK = threading.Lock()
+
+
+def _install_weight_deferral() -> bool:
+    """Let torch's TorchScript exporter hand the weights over one tensor at a time (True when installed).
+
+    Asked for a model's ONNX bytes, torch's C++ exporter builds the ModelProto with a copy of every weight,
+    serializes it (a second copy) and returns Python bytes (a third), while the module's own weights are
+    still in memory: a random BERT-large (1.34 GB) took a process from 0.8 to 6.3 GB. Its
+    `defer_weight_export` mode returns the graph with a placeholder per initializer and the weights apart
+    (name -> bytes); quantgate's exports use that mode when the weights go to external data anyway and
+    write each one into `<model>.data` as onnx's own writer would (`_externalize`), so the graph torch
+    writes is small. Installed once per process; an export that does not ask (`_DEFERRAL.data_path`
+    unset) runs torch's exporter exactly as before. False (nothing changed) on a torch without it."""
+    import torch
+
+    with _DEFERRAL_LOCK:
+        graph = getattr(torch._C, "Graph", None)
+        export = getattr(graph, "_export_onnx", None)
+        if export is None:
+            return False
+        if getattr(export, "quantgate_deferral", False):
+            return True
+
+        def export_onnx(self: Any, params: Any, opset: Any, axes: Any, defer: bool, *rest: Any) -> Any:
+            data_path = getattr(_DEFERRAL, "data_path", None)
+            if data_path is None or defer:
+                return export(self, params, opset, axes, defer, *rest)
+            proto, weights, *more = export(self, params, opset, axes, True, *rest)
+            return (_externalize(proto, weights, data_path), {}, *more)
+
+        export_onnx.quantgate_deferral = True  # type: ignore[attr-defined]
+        graph._export_onnx = export_onnx
+        return True
+
+
+def _externalize(proto: bytes, weights: dict[str, bytes], data_path: Path) -> bytes:
+    """The graph torch deferred the weights of (each initializer's data a placeholder, the bytes in
+    `weights` by name), with every initializer of 1 KiB or more written into `data_path` and referenced from
+    there, and the smaller ones put back in the graph: the layout `save_onnx(external=True)` writes, one
+    tensor in memory at a time (each is dropped from `weights` once written)."""
+    import sys
+
+    import onnx
+    from onnx.external_data_helper import _get_initializer_tensors, save_external_data, set_external_data
+
+    model = onnx.load_model_from_string(proto)
+    data_path.unlink(missing_ok=True)
+    data_path.touch()
+    for tensor in _get_initializer_tensors(model):
+        raw = weights.pop(tensor.name, None)
+        if raw is None:
+            continue
+        tensor.raw_data = raw
+        del raw
+        if sys.getsizeof(tensor.raw_data) >= 1024:  # onnx's size_threshold test, as save_onnx uses it
+            set_external_data(tensor, data_path.name)
+            save_external_data(tensor, str(data_path.parent))
+            tensor.ClearField("raw_data")
+    if weights:
+        raise ExportError(
+            f"torch deferred {len(weights)} weight(s) the graph has no initializer for "
+            f"({', '.join(sorted(weights)[:3])}): export with QUANTGATE_EXTERNAL_DATA_MIN_BYTES above the "
+            "model's weights to write it in one file"
+        )
+    return model.SerializeToString()
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap's freed pages back to the kernel (glibc's `malloc_trim`; nothing elsewhere). The
+    weights torch handed over were freed one by one as they were written, but glibc keeps freed heap memory
+    for the process to reuse: a random BERT-large's export left 3.2 GB resident instead of 1.9 GB."""
+    import contextlib
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError):  # AttributeError: a C library without it
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
+def _module_weight_bytes(module: Any) -> int:
+    """Bytes of a torch module's parameters and buffers, each storage once (tied weights share one)."""
+    import itertools
+
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+        for t in itertools.chain(module.parameters(), module.buffers())
+    }
+    return sum(storages.values())
+
+
 def export_module(
     module: Any,
     onnx_path: Path,
@@ -425,23 +523,37 @@ def export_module(
     scratch = onnx_path.parent / f".{onnx_path.name}.export"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
+    exported = scratch / onnx_path.name
+    threshold = external_data_min_bytes() if external_min_bytes is None else external_min_bytes
+    # Weights going to external data are written there one at a time as torch hands them over, never as
+    # one proto in memory (`_install_weight_deferral`). Not near or past 2 GiB: there torch writes each
+    # weight to a file of its own (and refuses to defer them), and the files are gathered below.
+    weights = _module_weight_bytes(module)
+    deferred = threshold <= weights < DEFER_MAX_BYTES and _install_weight_deferral()
+    _DEFERRAL.data_path = data_file(exported) if deferred else None
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TorchScript tracer warnings about python control flow
             torch.onnx.export(
                 module,
                 tuple(torch.from_numpy(v) for v in example.values()),
-                str(scratch / onnx_path.name),
+                str(exported),
                 input_names=list(example),
                 output_names=output_names,
                 dynamic_axes=dynamic_axes,
                 opset_version=OPSET,
                 dynamo=False,
             )
-        exported = scratch / onnx_path.name
-        threshold = external_data_min_bytes() if external_min_bytes is None else external_min_bytes
+        _DEFERRAL.data_path = None
+        if deferred:
+            _return_freed_memory()
         data_file(onnx_path).unlink(missing_ok=True)
-        if [p.name for p in scratch.iterdir()] == [onnx_path.name] and exported.stat().st_size < threshold:
+        written = sorted(p.name for p in scratch.iterdir())
+        if deferred and written == sorted([exported.name, data_file(exported).name]):
+            # The layout wanted, written by `_externalize`: moved into place, data first.
+            data_file(exported).replace(data_file(onnx_path))
+            exported.replace(onnx_path)
+        elif written == [onnx_path.name] and exported.stat().st_size < threshold:
             # One file, below the external-data threshold: already the layout wanted, so it is moved, not
             # loaded and saved again. The round trip held the proto and its serialized bytes beside the
             # module's weights (BERT-large: 4.57 GB peak and 5.6 s, benchmarks/export_memory.py).
@@ -457,6 +569,7 @@ def export_module(
     except (RuntimeError, ValueError, onnx.checker.ValidationError) as exc:
         raise ExportError(f"ONNX export of {name} failed: {exc}") from None
     finally:
+        _DEFERRAL.data_path = None
         shutil.rmtree(scratch, ignore_errors=True)
 
 

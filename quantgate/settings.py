@@ -227,12 +227,13 @@ class ExportSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QUANTGATE_", extra="ignore")
 
     external_data_min_bytes: int = Field(
-        # 2 GiB (the protobuf limit of one ONNX file) less 256 MiB for the graph beside the weights.
-        default=2**31 - 256 * 2**20,
+        # 256 MiB: well below the 2 GiB protobuf limit of one ONNX file, because an export to external data
+        # never holds its weights as one proto (BERT-large's flow peaked at 6.3 GB in one file, 5.0 GB so).
+        default=256 * 2**20,
         ge=0,
         description="an export whose weights reach this many bytes is saved with ONNX external data "
-        "(model.onnx + model.onnx.data); 0 forces it for every export (the CI-sized twin of a model past "
-        "2 GB); the quantizers then write theirs the same way",
+        "(model.onnx + model.onnx.data), written one tensor at a time; 0 forces it for every export (the "
+        "CI-sized twin of a model past 2 GB); the quantizers then write theirs the same way",
     )
 
 

@@ -332,6 +332,43 @@ def _quiet_ort() -> Iterator[None]:
                     lg.setLevel(level)
 
 
+_RELOAD_LOCK = threading.Lock()
+
+
+def _reload_without_copy() -> None:
+    """ONNX Runtime's dynamic quantizer (`ONNXQuantizer.__init__`, after turning Gemm into MatMul) runs
+    shape inference again through `save_and_reload_model_with_shape_infer`: a deep copy of the whole model,
+    saved with external data and loaded back, while the model it copied is still in memory. Of a random
+    BERT-large's 1.34 GB that was a third copy at once: quantization alone peaked at 4.25 GB. The model it
+    copies is the quantizer's own, replaced by the reloaded one on the next line and never read again, so
+    in that module (the only caller there) it is saved without the copy. Installed once per process; an
+    ONNX Runtime without this function keeps its own."""
+    import importlib
+
+    with _RELOAD_LOCK:
+        try:
+            module = importlib.import_module("onnxruntime.quantization.onnx_quantizer")
+            from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+        except ImportError:
+            return
+        original = getattr(module, "save_and_reload_model_with_shape_infer", None)
+        if original is None or getattr(original, "quantgate_no_copy", False):
+            return
+
+        def save_and_reload(model: Any) -> Any:
+            import tempfile
+
+            import onnx
+
+            with tempfile.TemporaryDirectory(prefix="ort.quant.") as folder:
+                path = Path(folder) / "model.onnx"
+                onnx.save_model(model, str(path), save_as_external_data=True)
+                return load_model_with_shape_infer(path)
+
+        save_and_reload.quantgate_no_copy = True  # type: ignore[attr-defined]
+        module.save_and_reload_model_with_shape_infer = save_and_reload
+
+
 def apply_recipe(
     recipe: OrtRecipe,
     fp32_path: Path,
@@ -371,6 +408,7 @@ def apply_recipe(
         data_file(out_path).unlink(missing_ok=True)  # onnx appends to a data file already there (a rebuild)
         with _quiet_ort():
             if recipe.method == "dynamic":
+                _reload_without_copy()
                 quantize_dynamic(
                     str(source),
                     str(out_path),
