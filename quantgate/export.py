@@ -556,7 +556,7 @@ def export_module(
         elif written == [onnx_path.name] and exported.stat().st_size < threshold:
             # One file, below the external-data threshold: already the layout wanted, so it is moved, not
             # loaded and saved again. The round trip held the proto and its serialized bytes beside the
-            # module's weights (BERT-large: 4.57 GB peak and 5.6 s, benchmarks/export_memory.py).
+            # module's weights (BERT-large: benchmarks/export_memory.py --one-file).
             exported.replace(onnx_path)
         else:
             model_proto = onnx.load(str(exported))

@@ -339,10 +339,10 @@ def _reload_without_copy() -> None:
     """ONNX Runtime's dynamic quantizer (`ONNXQuantizer.__init__`, after turning Gemm into MatMul) runs
     shape inference again through `save_and_reload_model_with_shape_infer`: a deep copy of the whole model,
     saved with external data and loaded back, while the model it copied is still in memory. Of a random
-    BERT-large's 1.34 GB that was a third copy at once: quantization alone peaked at 4.25 GB. The model it
-    copies is the quantizer's own, replaced by the reloaded one on the next line and never read again, so
-    in that module (the only caller there) it is saved without the copy. Installed once per process; an
-    ONNX Runtime without this function keeps its own."""
+    BERT-large's 1.34 GB that was a third copy at once (its quantization peaked at 4.74 GB, 3.90 without
+    it: `benchmarks/export_memory.py`). The model it copies is the quantizer's own, replaced by the reloaded
+    one on the next line and never read again, so in that module (the only caller there) it is saved
+    without the copy. Installed once per process; an ONNX Runtime without this function keeps its own."""
     import importlib
 
     with _RELOAD_LOCK:

@@ -5,7 +5,7 @@
   serialized copy and Python's copy of that beside the module (a random BERT-large: 6.1 -> 4.5 GB). The
   files must be the ones the round trip through `onnx.load` and `save_onnx` writes, byte for byte.
 - ONNX Runtime's dynamic quantizer reloads its model for shape inference without its deep copy
-  (BERT-large: 4.25 -> 3.42 GB), writing the same INT8 model byte for byte."""
+  (BERT-large: 4.74 -> 3.90 GB, benchmarks/export_memory.py), writing the same INT8 model byte for byte."""
 
 from pathlib import Path
 
